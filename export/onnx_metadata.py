@@ -1,0 +1,64 @@
+"""The model facts an ONNX file carries in ``metadata_props``, written by export and read by serving.
+
+Every value in ONNX metadata is a string; this module owns the keys and the conversions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import onnx
+
+PREFIX = "alexnet_serve."
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    arch: str
+    labels: list[str]
+    input_size: int  # square crop, pixels
+    resize_size: int  # shorter side before the crop, pixels
+    weights: str  # "untrained" or where the weights came from
+    weights_sha256: str
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    precision: str = "fp32"
+
+    @property
+    def untrained(self) -> bool:
+        return self.weights == "untrained"
+
+    def to_props(self) -> dict[str, str]:
+        return {PREFIX + key: json.dumps(value) for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str = "model") -> "ModelMetadata":
+        fields = cls.__dataclass_fields__
+        values = {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
+        missing = [name for name, f in fields.items() if name not in values and f.default is f.default_factory]
+        if missing:
+            raise ValueError(f"{source}: ONNX metadata lacks {missing}; re-export it with export/to_onnx.py")
+        parsed = {k: json.loads(v) for k, v in values.items() if k in fields}
+        for key in ("mean", "std"):
+            if key in parsed:
+                parsed[key] = tuple(parsed[key])
+        return cls(**parsed)
+
+
+def write_metadata(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
+    """Replace our keys in ``model.metadata_props`` with ``metadata``; other keys are kept."""
+    kept = [p for p in model.metadata_props if not p.key.startswith(PREFIX)]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in metadata.to_props().items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def read_metadata(path: str | Path) -> ModelMetadata:
+    """Metadata of an ONNX file, without loading its weights."""
+    model = onnx.load(str(path), load_external_data=False)
+    return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, source=str(path))

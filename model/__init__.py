@@ -1,0 +1,1 @@
+"""AlexNet definitions, ImageNet labels and checkpoint I/O."""

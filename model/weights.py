@@ -1,0 +1,315 @@
+"""Checkpoint I/O: our own format, torchvision's published weights, and the untrained fallback.
+
+Our checkpoint is a dict saved with ``torch.save`` and read back with ``weights_only=True``:
+
+    {"format": "alexnet-serve-checkpoint", "version": 1, "arch": "torchvision", "num_classes": 1000,
+     "labels": [...], "model": state_dict, "weights_sha256": "...", "provenance": {...},
+     # optional, written by training so a run can resume:
+     "optimizer": ..., "lr_scheduler": ..., "epoch": int, "args": dict}
+
+``weights_sha256`` hashes every tensor's name, dtype, shape and bytes, so a file damaged after it was
+written is refused instead of serving wrong answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from model.alexnet import arch_spec, build
+from model.labels import imagenet_labels
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "alexnet-serve-checkpoint"
+CHECKPOINT_VERSION = 1
+UNTRAINED = "untrained"
+DEFAULT_SEED = 0
+
+# torchvision's published AlexNet (AlexNet_Weights.IMAGENET1K_V1). As in torch.hub, the eight hex
+# digits in the file name are the start of the file's SHA-256.
+TORCHVISION_WEIGHTS_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
+TORCHVISION_WEIGHTS_SOURCE = "torchvision:AlexNet_Weights.IMAGENET1K_V1"
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,64})\.(?:pth|pt)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode and what is known about its weights."""
+
+    model: nn.Module
+    arch: str
+    labels: list[str]
+    weights_sha256: str
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def untrained(self) -> bool:
+        return self.provenance.get("source") == UNTRAINED
+
+    @property
+    def weights_description(self) -> str:
+        """``"untrained"`` or where the weights came from."""
+        return str(self.provenance.get("source", "unknown"))
+
+
+def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over each tensor's name, dtype, shape and bytes, in key order."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    arch: str,
+    labels: list[str] | tuple[str, ...],
+    provenance: Mapping[str, Any],
+    **training_state: Any,
+) -> Path:
+    """Write our checkpoint format atomically (a crash never leaves half a file under ``path``)."""
+    arch_spec(arch)
+    state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    num_classes = state_dict["classifier.6.weight"].shape[0]
+    if len(labels) != num_classes:
+        raise CheckpointError(f"{len(labels)} labels for a model with {num_classes} classes")
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "arch": arch,
+        "num_classes": num_classes,
+        "labels": list(labels),
+        "model": state_dict,
+        "weights_sha256": state_dict_sha256(state_dict),
+        "provenance": {"saved": _now(), **provenance},
+        **training_state,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _torch_load(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged files
+        raise CheckpointError(
+            f"{path}: corrupted or not a PyTorch checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _load_state_dict(path: Path, model: nn.Module, state_dict: Mapping[str, Any], arch: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not fit arch {arch!r}: missing keys {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
+            f"{'...' if len(unexpected) > 5 else ''}"
+        )
+    for name, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{path}: {name} is a {type(tensor).__name__}, not a tensor")
+        if tensor.shape != expected[name].shape:
+            raise CheckpointError(
+                f"{path}: {name} has shape {tuple(tensor.shape)}, arch {arch!r} expects "
+                f"{tuple(expected[name].shape)}"
+            )
+    model.load_state_dict(state_dict)
+
+
+def load_checkpoint(path: str | Path) -> LoadedModel:
+    """Read our checkpoint format, verifying format, arch, key layout, shapes and the weights hash."""
+    path = Path(path)
+    payload = _torch_load(path)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path}: not an alexnet-serve checkpoint (no format tag {CHECKPOINT_FORMAT!r}); "
+            "for a torchvision state-dict file use import_torchvision_weights()"
+        )
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {payload.get('version')!r} is not supported")
+    arch = payload.get("arch")
+    try:
+        arch_spec(str(arch))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    labels = payload.get("labels")
+    num_classes = payload.get("num_classes")
+    if not isinstance(labels, list) or len(labels) != num_classes:
+        raise CheckpointError(f"{path}: label list does not match num_classes={num_classes}")
+    state_dict = payload.get("model")
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{path}: no 'model' state dict")
+    actual_sha = state_dict_sha256(state_dict)
+    if actual_sha != payload.get("weights_sha256"):
+        raise CheckpointError(
+            f"{path}: weights hash mismatch (stored {payload.get('weights_sha256')}, computed {actual_sha}); "
+            "the file is corrupted"
+        )
+    model = build(arch, num_classes=num_classes)
+    _load_state_dict(path, model, state_dict, arch)
+    return LoadedModel(model.eval(), arch, labels, actual_sha, dict(payload.get("provenance", {})))
+
+
+def import_torchvision_weights(path: str | Path, arch: str = "torchvision") -> LoadedModel:
+    """Load a plain state-dict file in torchvision's key layout (e.g. ``alexnet-owt-7be5be79.pth``).
+
+    Where the file name carries a hash prefix, as torchvision's published files do, it is checked.
+    """
+    path = Path(path)
+    match = _HASH_IN_NAME.search(path.name)
+    if match and not file_sha256(path).startswith(match.group(1)):
+        raise CheckpointError(f"{path}: SHA-256 does not start with {match.group(1)} as its name says")
+    state_dict = _torch_load(path)
+    if isinstance(state_dict, dict) and "model" in state_dict and isinstance(state_dict["model"], dict):
+        state_dict = state_dict["model"]  # torchvision references' training checkpoint
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{path}: expected a state dict, found {type(state_dict).__name__}")
+    num_classes = state_dict.get("classifier.6.weight", torch.empty(1000, 0)).shape[0]
+    model = build(arch, num_classes=num_classes)
+    _load_state_dict(path, model, state_dict, arch)
+    labels = list(imagenet_labels()) if num_classes == 1000 else [f"class_{i}" for i in range(num_classes)]
+    sha = state_dict_sha256(model.state_dict())
+    source = TORCHVISION_WEIGHTS_SOURCE if path.name == Path(TORCHVISION_WEIGHTS_URL).name else f"imported:{path.name}"
+    return LoadedModel(model.eval(), arch, labels, sha, {"source": source, "file": str(path)})
+
+
+def untrained_model(arch: str = "torchvision", seed: int = DEFAULT_SEED) -> LoadedModel:
+    """A seeded random initialization, for running the whole pipeline without trained weights."""
+    log.warning(
+        "NO TRAINED WEIGHTS: using a random %s AlexNet (seed %d); its answers are meaningless. "
+        "Pass a checkpoint (python -m model.weights --help).",
+        arch,
+        seed,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build(arch)
+    return LoadedModel(
+        model.eval(), arch, list(imagenet_labels()), state_dict_sha256(model.state_dict()),
+        {"source": UNTRAINED, "seed": seed},
+    )
+
+
+def load_model(path: str | Path | None, arch: str = "torchvision", seed: int = DEFAULT_SEED) -> LoadedModel:
+    """Our checkpoint or a torchvision state dict from ``path``; an untrained model when ``path`` is None."""
+    if path is None:
+        return untrained_model(arch, seed)
+    payload_path = Path(path)
+    if not payload_path.is_file():
+        raise CheckpointError(f"{payload_path}: no such checkpoint file")
+    try:
+        return load_checkpoint(payload_path)
+    except CheckpointError as exc:
+        if "not an alexnet-serve checkpoint" not in str(exc):
+            raise
+    return import_torchvision_weights(payload_path, arch)
+
+
+def download_torchvision_weights(dest_dir: str | Path, url: str = TORCHVISION_WEIGHTS_URL) -> Path:
+    """Download torchvision's published AlexNet weights into ``dest_dir`` and verify their hash.
+
+    Offline hosts get a CheckpointError that says how to bring the file in by hand.
+    """
+    dest = Path(dest_dir) / Path(url).name
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0)
+            done = 0
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                done += len(chunk)
+                if total:
+                    print(f"\rdownloading {dest.name}: {done / 2**20:.0f}/{total / 2**20:.0f} MiB", end="", flush=True)
+        print()
+    except (urllib.error.URLError, OSError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"cannot download {url} ({exc}). On an offline host, copy the file to {dest} by hand "
+            "and pass it with --checkpoint."
+        ) from exc
+    expected = _HASH_IN_NAME.search(dest.name)
+    if expected and not file_sha256(tmp).startswith(expected.group(1)):
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"downloaded {url} but its SHA-256 does not start with {expected.group(1)}")
+    os.replace(tmp, dest)
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: fetch torchvision's weights, or convert a state-dict file into our checkpoint format."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m model.weights",
+        description="Fetch or convert AlexNet weights into an alexnet-serve checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--download", action="store_true", help="download torchvision's published weights")
+    parser.add_argument("--import-file", type=Path, help="a torchvision-layout state-dict file to convert")
+    parser.add_argument("--arch", default="torchvision", help="architecture of the imported weights")
+    parser.add_argument("--out", type=Path, default=Path("artifacts/alexnet.pt"), help="checkpoint to write")
+    args = parser.parse_args(argv)
+    if args.download == bool(args.import_file):
+        parser.error("give exactly one of --download or --import-file")
+    try:
+        source = download_torchvision_weights(args.out.parent) if args.download else args.import_file
+        loaded = import_torchvision_weights(source, args.arch)
+    except CheckpointError as exc:
+        print(f"error: {exc}")
+        return 2
+    save_checkpoint(args.out, loaded.model, loaded.arch, loaded.labels, loaded.provenance)
+    print(f"wrote {args.out} ({loaded.arch}, weights {loaded.weights_description}, sha256 {loaded.weights_sha256[:12]})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
