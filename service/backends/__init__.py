@@ -1,0 +1,114 @@
+"""Backend selection: what runs inference on this host, and why that one.
+
+``auto`` tries, in order, TensorRT (a CUDA GPU and an engine built for it), ONNX Runtime (the CUDA
+provider on a GPU, else the CPU provider) and PyTorch; each refusal's reason is kept and reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from export.onnx_metadata import ModelMetadata, read_metadata
+from model.alexnet import arch_spec
+from model.weights import load_model
+from service.backends.base import Backend
+from service.errors import BackendUnavailable
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Selection:
+    backend: Backend
+    metadata: ModelMetadata
+    reason: str
+    skipped: dict[str, str] = field(default_factory=dict)  # backend -> why it was not used
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _resolve_device(settings: Settings) -> str:
+    if settings.device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if settings.device == "cuda" and not cuda_available():
+        raise BackendUnavailable("device=cuda was asked for but no CUDA GPU is visible to PyTorch")
+    return settings.device
+
+
+def _onnx_metadata(settings: Settings) -> ModelMetadata:
+    if not settings.onnx.is_file():
+        raise BackendUnavailable(f"{settings.onnx}: no ONNX model; build it with `python export/to_onnx.py --out {settings.onnx}`")
+    return read_metadata(settings.onnx)
+
+
+def _build_tensorrt(settings: Settings, device: str) -> tuple[Backend, ModelMetadata]:
+    if device != "cuda":
+        raise BackendUnavailable("TensorRT needs a CUDA GPU")
+    from service.backends.tensorrt import TensorRTBackend
+
+    metadata = _onnx_metadata(settings)
+    return TensorRTBackend(settings.engine, settings.max_batch_size), metadata
+
+
+def _build_onnxruntime(settings: Settings, device: str) -> tuple[Backend, ModelMetadata]:
+    from service.backends.onnxruntime import OnnxRuntimeBackend
+
+    metadata = _onnx_metadata(settings)
+    backend = OnnxRuntimeBackend(settings.onnx, device, settings.max_batch_size, settings.cpu_threads)
+    return backend, metadata
+
+
+def _build_torch(settings: Settings, device: str) -> tuple[Backend, ModelMetadata]:
+    from service.backends.torch import TorchBackend
+
+    arch = settings.arch
+    onnx_meta = read_metadata(settings.onnx) if settings.onnx.is_file() else None
+    if settings.checkpoint is None and onnx_meta is not None:
+        arch = onnx_meta.arch
+    loaded = load_model(settings.checkpoint, arch)
+    if onnx_meta is not None and onnx_meta.weights_sha256 != loaded.weights_sha256:
+        log.warning("torch backend weights (%s) differ from %s (%s)", loaded.weights_description,
+                    settings.onnx, onnx_meta.weights)
+    spec = arch_spec(loaded.arch)
+    precision = settings.precision if settings.precision != "auto" else ("fp16" if device == "cuda" else "fp32")
+    backend = TorchBackend(loaded.model, device, precision, settings.max_batch_size, spec.input_size,
+                           settings.cpu_threads)
+    metadata = ModelMetadata(
+        arch=loaded.arch, labels=list(loaded.labels), input_size=spec.input_size,
+        resize_size=spec.resize_size, weights=loaded.weights_description,
+        weights_sha256=loaded.weights_sha256, precision=backend.precision,
+    )
+    return backend, metadata
+
+
+BUILDERS = {"tensorrt": _build_tensorrt, "onnxruntime": _build_onnxruntime, "torch": _build_torch}
+
+
+def select_backend(settings: Settings) -> Selection:
+    """Build the configured backend, or under ``auto`` the first that works here."""
+    device = _resolve_device(settings)
+    names = list(BUILDERS) if settings.backend == "auto" else [settings.backend]
+    skipped: dict[str, str] = {}
+    for name in names:
+        try:
+            backend, metadata = BUILDERS[name](settings, device)
+        except BackendUnavailable as exc:
+            if settings.backend != "auto":
+                raise
+            skipped[name] = str(exc)
+            log.info("backend %s skipped: %s", name, exc)
+            continue
+        if settings.backend == "auto":
+            reason = f"auto on {device}: first that works of {names}" + (f"; skipped {skipped}" if skipped else "")
+        else:
+            reason = f"asked for {name} on {device}"
+        return Selection(backend, metadata, reason, skipped)
+    raise BackendUnavailable(f"no backend can run on this host: {skipped}")

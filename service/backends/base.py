@@ -1,0 +1,45 @@
+"""The one small interface every inference backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+class Backend(ABC):
+    """Runs preprocessed batches; knows nothing of HTTP, queues or labels.
+
+    ``infer`` is called from one worker thread per ``max_concurrency`` slot, never concurrently on
+    the same slot. ``batch_sizes`` lists the shapes it can run (the batcher pads up to the next one);
+    ``None`` means any size from 1 to ``max_batch_size``.
+    """
+
+    name: str  # e.g. "onnxruntime"
+    device: str  # "cpu" or "cuda:0"
+    precision: str  # "fp32", "fp16", "int8"
+    max_batch_size: int
+    batch_sizes: tuple[int, ...] | None = None
+    max_concurrency: int = 1
+
+    @abstractmethod
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) float32 -> (N, num_classes) float32 logits."""
+
+    def warmup(self, input_size: int) -> None:
+        """Run every batch shape the service will use once, so the first requests pay no compile cost."""
+        sizes = self.batch_sizes or sorted({1, self.max_batch_size} | {2**i for i in range(self.max_batch_size.bit_length()) if 2**i <= self.max_batch_size})
+        for n in sizes:
+            self.infer(np.zeros((n, 3, input_size, input_size), dtype=np.float32))
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "device": self.device,
+            "precision": self.precision,
+            "max_batch_size": self.max_batch_size,
+            "batch_sizes": list(self.batch_sizes) if self.batch_sizes else None,
+        }
+
+    def close(self) -> None:
+        """Free device memory and threads."""

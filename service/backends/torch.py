@@ -1,0 +1,72 @@
+"""PyTorch: fp16 + channels_last + CUDA graphs per batch bucket on a GPU, plain fp32 on the CPU."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from service.backends.base import Backend
+
+log = logging.getLogger(__name__)
+
+
+def cuda_graph_buckets(max_batch_size: int) -> tuple[int, ...]:
+    """Powers of two up to, and including, ``max_batch_size``: each gets one captured graph."""
+    sizes = {2**i for i in range(max_batch_size.bit_length()) if 2**i <= max_batch_size}
+    return tuple(sorted(sizes | {max_batch_size}))
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, model: nn.Module, device: str, precision: str, max_batch_size: int,
+                 input_size: int, cpu_threads: int) -> None:
+        self.max_batch_size = max_batch_size
+        self.precision = precision
+        self._input_size = input_size
+        model = model.eval()
+        if device == "cuda":
+            self.device = "cuda:0"
+            self._dtype = torch.float16 if precision == "fp16" else torch.float32
+            self._model = model.to(self.device, dtype=self._dtype, memory_format=torch.channels_last)
+            self.batch_sizes = cuda_graph_buckets(max_batch_size)
+            self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+            self._stream = torch.cuda.Stream()
+        else:
+            self.device = "cpu"
+            self.precision = "fp32"
+            self._dtype = torch.float32
+            torch.set_num_threads(cpu_threads)
+            self._model = model
+
+    def _capture(self, n: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
+        static_in = torch.zeros((n, 3, self._input_size, self._input_size), device=self.device,
+                                dtype=self._dtype).contiguous(memory_format=torch.channels_last)
+        with torch.cuda.stream(self._stream), torch.inference_mode():
+            for _ in range(3):  # cuDNN picks its algorithms on the first runs, outside the graph
+                self._model(static_in)
+            self._stream.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=self._stream):
+                static_out = self._model(static_in)
+        return graph, static_in, static_out
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        if self.device == "cpu":
+            with torch.inference_mode():
+                return self._model(torch.from_numpy(batch)).numpy()
+        n = batch.shape[0]
+        if n not in self._graphs:
+            self._graphs[n] = self._capture(n)
+        graph, static_in, static_out = self._graphs[n]
+        with torch.cuda.stream(self._stream):
+            static_in.copy_(torch.from_numpy(batch).pin_memory().to(self.device, non_blocking=True))
+            graph.replay()
+            logits = static_out.float().cpu()  # synchronizes the stream
+        return logits.numpy()
+
+    def close(self) -> None:
+        self._graphs = {} if self.device != "cpu" else None

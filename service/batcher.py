@@ -1,0 +1,224 @@
+"""The dynamic batcher: the one place where single images become backend batches.
+
+Policy (the only one in the service):
+- A batch starts with the oldest waiting image and takes every image already waiting, up to
+  ``max_batch_size``.
+- When the backend is idle the batch goes at once: batching never adds latency to a quiet server.
+- While another batch is running (backends with ``max_concurrency`` > 1), a formed batch may wait
+  for more images, but never more than ``max_delay_ms`` after its oldest image arrived.
+- With ``max_concurrency`` 1, images that arrive during a batch wait for it in the queue and all go
+  in the next batch, so preprocessing (on the decode threads) overlaps inference.
+- Images whose request has gone (client disconnected, deadline passed) are dropped before they
+  take a batch slot. The queue is bounded in images: a request that does not fit is refused whole.
+- Batches are padded up to the next size the backend supports, and the padding is sliced off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.backends.base import Backend
+from service.errors import BackendFailure, DeadlineExceeded, NotReady, QueueFull
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+FAILURES_BEFORE_UNHEALTHY = 3
+
+
+@dataclass
+class InferenceResult:
+    logits: np.ndarray  # (num_classes,) float32
+    queue_ms: float
+    inference_ms: float
+    batch_size: int
+
+
+@dataclass
+class _Item:
+    tensor: np.ndarray  # (3, H, W) float32
+    future: asyncio.Future
+    enqueued: float  # time.monotonic()
+    deadline: float  # time.monotonic()
+
+
+@dataclass
+class _Stats:
+    batches: int = 0
+    consecutive_failures: int = 0
+    running_since: dict[int, float] = field(default_factory=dict)  # batch id -> start time
+
+
+class Batcher:
+    def __init__(self, backend: Backend, metrics: Metrics, max_batch_size: int, max_delay_ms: float,
+                 queue_capacity: int, stall_after_s: float) -> None:
+        if max_batch_size > backend.max_batch_size:
+            raise ValueError(f"max_batch_size {max_batch_size} exceeds the backend's {backend.max_batch_size}")
+        self.backend = backend
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_ms / 1000
+        self.queue_capacity = queue_capacity
+        self.stall_after_s = stall_after_s
+        self._metrics = metrics
+        self._queue: deque[_Item] = deque()
+        self._arrived = asyncio.Event()
+        self._slots = asyncio.Semaphore(backend.max_concurrency)
+        self._executor = ThreadPoolExecutor(backend.max_concurrency, thread_name_prefix="infer")
+        self._stats = _Stats()
+        self._tasks: set[asyncio.Task] = set()
+        self._loop_task: asyncio.Task | None = None
+        self._accepting = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._accepting = True
+        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+
+    async def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Refuse new work, finish what is queued and running (up to the timeout), then stop."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_timeout_s
+        while (self._queue or self._tasks) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._loop_task:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(NotReady("the server is shutting down; retry elsewhere"))
+        self._queue.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- health ----------------------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def healthy(self) -> bool:
+        """False after repeated backend failures, or while a batch has run longer than ``stall_after_s``."""
+        now = time.monotonic()
+        stalled = any(now - start > self.stall_after_s for start in self._stats.running_since.values())
+        return self._accepting and not stalled and self._stats.consecutive_failures < FAILURES_BEFORE_UNHEALTHY
+
+    # -- submission ------------------------------------------------------------------------------
+    def submit(self, tensors: list[np.ndarray], deadline: float) -> list[asyncio.Future]:
+        """Enqueue the images of one request, all or none; each future yields an InferenceResult."""
+        if not self._accepting:
+            raise NotReady("the server is not accepting work (starting or shutting down)")
+        if len(self._queue) + len(tensors) > self.queue_capacity:
+            raise QueueFull(
+                f"queue full ({len(self._queue)}/{self.queue_capacity} images waiting); retry after a moment"
+            )
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        futures = []
+        for tensor in tensors:
+            item = _Item(tensor, loop.create_future(), now, deadline)
+            self._queue.append(item)
+            futures.append(item.future)
+        self._metrics.queue_depth.set(len(self._queue))
+        self._arrived.set()
+        return futures
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _pop_live(self) -> _Item | None:
+        """The oldest item still wanted, dropping those whose request has gone or expired."""
+        now = time.monotonic()
+        while self._queue:
+            item = self._queue.popleft()
+            if item.future.done():  # cancelled: the client went away or its deadline fired
+                continue
+            if now >= item.deadline:
+                item.future.set_exception(DeadlineExceeded("the request's deadline passed while it was queued"))
+                self._metrics.errors.labels("deadline_exceeded").inc()
+                continue
+            return item
+        return None
+
+    def _fill(self, batch: list[_Item]) -> None:
+        while len(batch) < self.max_batch_size and (item := self._pop_live()) is not None:
+            batch.append(item)
+        self._metrics.queue_depth.set(len(self._queue))
+
+    async def _wait_for_arrival(self, timeout: float | None) -> bool:
+        self._arrived.clear()
+        if self._queue:
+            return True
+        try:
+            await asyncio.wait_for(self._arrived.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def _run(self) -> None:
+        while True:
+            first = self._pop_live()
+            if first is None:
+                await self._wait_for_arrival(None)
+                continue
+            batch = [first]
+            await self._slots.acquire()
+            self._fill(batch)
+            # Wait for stragglers only while another batch keeps the backend busy.
+            while len(batch) < self.max_batch_size and self._stats.running_since:
+                remaining = first.enqueued + self.max_delay_s - time.monotonic()
+                if remaining <= 0 or not await self._wait_for_arrival(remaining):
+                    break
+                self._fill(batch)
+            batch = [item for item in batch if not item.future.done()]
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._dispatch(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _padded_size(self, n: int) -> int:
+        sizes = self.backend.batch_sizes
+        if not sizes:
+            return n
+        return min(size for size in sizes if size >= n)
+
+    async def _dispatch(self, batch: list[_Item]) -> None:
+        batch_id = self._stats.batches
+        self._stats.batches += 1
+        started = time.monotonic()
+        self._stats.running_since[batch_id] = started
+        n = len(batch)
+        try:
+            stacked = np.stack([item.tensor for item in batch])  # (n, 3, H, W)
+            padded = self._padded_size(n)
+            if padded > n:
+                stacked = np.concatenate([stacked, np.zeros((padded - n, *stacked.shape[1:]), stacked.dtype)])
+            for item in batch:
+                self._metrics.queue_wait.observe(started - item.enqueued)
+            self._metrics.batch_size.observe(n)
+            loop = asyncio.get_running_loop()
+            logits = await loop.run_in_executor(self._executor, self.backend.infer, stacked)
+            if logits.shape[0] != padded:
+                raise RuntimeError(f"backend returned {logits.shape[0]} rows for a batch of {padded}")
+            elapsed = time.monotonic() - started
+            self._metrics.inference_time.observe(elapsed)
+            self._metrics.images.inc(n)
+            self._stats.consecutive_failures = 0
+            for i, item in enumerate(batch):
+                if not item.future.done():
+                    item.future.set_result(InferenceResult(
+                        logits[i], (started - item.enqueued) * 1000, elapsed * 1000, n))
+        except Exception as exc:
+            self._stats.consecutive_failures += 1
+            self._metrics.errors.labels("backend_error").inc()
+            log.exception("backend %s failed on a batch of %d", self.backend.name, n)
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(BackendFailure(f"inference failed ({type(exc).__name__}); retry"))
+        finally:
+            del self._stats.running_since[batch_id]
+            self._slots.release()

@@ -1,0 +1,34 @@
+"""Prometheus metrics of one service instance (its own registry, so tests can run several apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.request_latency = Histogram(
+            "alexnet_request_duration_seconds", "HTTP request latency", ["route", "status"],
+            buckets=LATENCY_BUCKETS_S, registry=r)
+        self.batch_size = Histogram(
+            "alexnet_batch_size", "Images per backend call (before padding)", buckets=BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge("alexnet_queue_depth", "Images waiting for inference", registry=r)
+        self.queue_wait = Histogram(
+            "alexnet_queue_wait_seconds", "Time from enqueue to the start of its batch",
+            buckets=LATENCY_BUCKETS_S, registry=r)
+        self.inference_time = Histogram(
+            "alexnet_inference_duration_seconds", "Backend time per batch", buckets=LATENCY_BUCKETS_S, registry=r)
+        self.preprocess_time = Histogram(
+            "alexnet_preprocess_duration_seconds", "Decode + resize + normalize time per image",
+            buckets=LATENCY_BUCKETS_S, registry=r)
+        self.images = Counter("alexnet_images_total", "Images classified", registry=r)
+        self.errors = Counter("alexnet_errors_total", "Errors by kind", ["kind"], registry=r)
+        self.ready = Gauge("alexnet_ready", "1 when the model is loaded, warm and healthy", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,93 @@
+"""POST /classify: images in (multipart ``file`` fields or a raw ``image/*`` body), top-k labels out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import APIRouter, Request
+from starlette.datastructures import UploadFile
+
+from service.errors import BadParameter, NoImages, NotReady, TooManyImages, UnsupportedMediaType
+from service.state import ServiceState, State
+
+router = APIRouter(tags=["classification"])
+
+RAW_TYPES = ("image/", "application/octet-stream")
+
+
+async def read_images(request: Request, state: ServiceState) -> list[tuple[str | None, bytes]]:
+    """(filename, bytes) of each image in the request, by its content type."""
+    limit = state.settings.max_images_per_request
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "multipart/form-data":
+        # max_files is generous so that *we* answer "too many images" (413), not the form parser (400).
+        form = await request.form(max_files=limit * 4 + 16, max_fields=64)
+        uploads = form.getlist("file")
+        if not uploads:
+            raise NoImages("no image in the form: send each image as a multipart field named 'file'")
+        if len(uploads) > limit:
+            raise TooManyImages(f"{len(uploads)} images in one request; the limit is {limit}")
+        images = []
+        for upload in uploads:
+            if not isinstance(upload, UploadFile):
+                raise NoImages("the 'file' field must be a file upload, not a text value")
+            images.append((upload.filename, await upload.read()))
+        return images
+    if media_type.startswith(RAW_TYPES):
+        return [(None, await request.body())]
+    raise UnsupportedMediaType(
+        f"content type {media_type or '(none)'} is not accepted; send multipart/form-data with 'file' "
+        "fields, or the image itself with an image/* content type"
+    )
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """Returns when the client hangs up (after the body has been read, receive() waits for that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+@router.post("/classify")
+async def classify(request: Request, state: State, top_k: int = 5) -> dict:
+    """Top-k ImageNet labels with probabilities for each image sent."""
+    started = time.monotonic()
+    settings = state.settings
+    if not 1 <= top_k <= settings.max_top_k:
+        raise BadParameter(f"top_k must be between 1 and {settings.max_top_k}, got {top_k}")
+    if not state.ready or state.pipeline is None:
+        raise NotReady("the model is not ready yet; see /readyz")
+    deadline = started + settings.request_timeout_s
+    images = await read_images(request, state)
+    pipeline = state.pipeline
+    prepared = await pipeline.prepare([data for _, data in images])
+    inference = asyncio.ensure_future(pipeline.infer([p.tensor for p in prepared], deadline))
+    hangup = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({inference, hangup}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hangup.cancel()
+    if not inference.done():  # the client is gone: free its batch slots, answer nobody
+        inference.cancel()
+        state.metrics.errors.labels("client_disconnected").inc()
+        await asyncio.gather(inference, return_exceptions=True)
+        raise asyncio.CancelledError
+    results = inference.result()
+    predictions = pipeline.classify(results, top_k)
+    meta = pipeline.metadata
+    backend = pipeline.batcher.backend
+    return {
+        "model": {"name": settings.model_name, "version": settings.model_version, "arch": meta.arch,
+                  "weights": meta.weights},
+        "backend": {"name": backend.name, "device": backend.device, "precision": backend.precision},
+        "results": [
+            {
+                "filename": filename,
+                "predictions": preds,
+                "timings_ms": {"preprocess": round(prep.preprocess_ms, 3), "queue": round(res.queue_ms, 3),
+                               "inference": round(res.inference_ms, 3), "batch_size": res.batch_size},
+            }
+            for (filename, _), prep, res, preds in zip(images, prepared, results, predictions)
+        ],
+        "timings_ms": {"total": round((time.monotonic() - started) * 1000, 3)},
+    }

@@ -1,0 +1,67 @@
+"""Every setting of the service, in one typed place: environment (``ALEXNET_*``) and CLI flags.
+
+``python -m service --help`` lists each field as a flag (``max_batch_size`` -> ``--max-batch-size``);
+a flag wins over the environment, which wins over the default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BackendName = Literal["auto", "tensorrt", "onnxruntime", "torch"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ALEXNET_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="interface to listen on (0.0.0.0 for all)")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = pick a free one)")
+    workers: int = Field(1, ge=1, description="uvicorn worker processes, each with its own model and batcher")
+
+    onnx: Path = Field(Path("artifacts/alexnet.onnx"), description="ONNX model (also the source of labels and preprocessing facts)")
+    engine: Path = Field(Path("artifacts/alexnet.plan"), description="TensorRT engine (with its .json sidecar)")
+    checkpoint: Path | None = Field(None, description="weights for the torch backend; none = the ONNX file's arch, untrained")
+    arch: str = Field("torchvision", description="architecture for the torch backend without a checkpoint")
+    backend: BackendName = Field("auto", description="auto picks tensorrt > onnxruntime > torch by what this host can run")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where inference runs")
+    precision: Literal["auto", "fp32", "fp16"] = Field("auto", description="auto = fp16 on CUDA, fp32 on CPU")
+    intra_op_threads: int = Field(0, ge=0, description="CPU inference threads (0 = one per core)")
+
+    max_batch_size: int = Field(32, ge=1, le=4096, description="largest batch sent to the backend, images")
+    max_delay_ms: float = Field(2.0, ge=0, description="longest a request waits for a batch to fill while the backend is busy")
+    queue_capacity: int = Field(256, ge=1, description="images waiting for inference before new requests get 503")
+    request_timeout_s: float = Field(10.0, gt=0, description="per-request deadline; past it the answer is 504")
+    decode_threads: int = Field(0, ge=0, description="threads decoding and resizing images (0 = one per core)")
+    jpeg_draft: bool = Field(True, description="decode large JPEGs at reduced DCT size (>= 2x the resize target)")
+    warmup: bool = Field(True, description="run every batch shape once before reporting ready")
+
+    max_body_bytes: int = Field(20 * 2**20, ge=1, description="largest request body, bytes (413 above)")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="largest decoded image, pixels (413 above)")
+    max_images_per_request: int = Field(32, ge=1, description="images in one request (413 above)")
+    max_top_k: int = Field(1000, ge=1, description="largest top_k a client may ask for")
+
+    model_name: str = Field("alexnet", description="name reported in responses and /v1/models")
+    model_version: str = Field("1", description="version reported in responses and /v1/models")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if self.max_images_per_request > self.queue_capacity:
+            raise ValueError(
+                f"max_images_per_request ({self.max_images_per_request}) must not exceed "
+                f"queue_capacity ({self.queue_capacity}): such a request could never be admitted"
+            )
+        return self
+
+    @property
+    def cpu_threads(self) -> int:
+        return self.intra_op_threads or (os.cpu_count() or 1)
+
+    @property
+    def decoder_threads(self) -> int:
+        return self.decode_threads or (os.cpu_count() or 1)
