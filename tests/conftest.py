@@ -1,0 +1,124 @@
+"""Shared fixtures: a small ONNX model exported once per session, sample images, a real server."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_image(width: int = 500, height: int = 375, seed: int = 0, fmt: str = "JPEG", mode: str = "RGB") -> bytes:
+    """A deterministic photo-like test image (smooth gradients plus noise) encoded as ``fmt``."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([x / max(width, 1), y / max(height, 1), (x + y) / max(width + height, 1)], axis=-1)
+    pixels = np.clip(base * 200 + rng.normal(0, 20, (height, width, 3)) + rng.uniform(0, 55, 3), 0, 255)
+    image = Image.fromarray(pixels.astype(np.uint8), "RGB")
+    if mode != "RGB":
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def onnx_model(tmp_path_factory) -> Path:
+    """The untrained torchvision AlexNet exported to ONNX (seed 0), once per test session."""
+    from export.to_onnx import export_and_verify
+
+    out = tmp_path_factory.mktemp("onnx") / "alexnet.onnx"
+    export_and_verify(None, out, verify_batch_sizes=(1,))
+    return out
+
+
+@pytest.fixture
+def sample_jpeg() -> bytes:
+    return make_image()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(log_dir: Path, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True,
+                 timeout_s: float = 120) -> LiveServer:
+    """Start ``python -m service`` on 127.0.0.1 and a free port; wait for /readyz unless told not to."""
+    port = free_port()
+    log_path = log_dir / f"server-{port}.log"
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), *args],
+        cwd=REPO, env=full_env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
+    )
+    server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            r = httpx.get(server.url + ("/readyz" if wait_ready else "/healthz"), timeout=2)
+            if r.status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"server not ready after {timeout_s} s:\n{server.log()}")
+
+
+@pytest.fixture
+def server_factory(tmp_path):
+    """Call with extra CLI flags; every server started is stopped at teardown."""
+    servers: list[LiveServer] = []
+
+    def factory(*args: str, **kwargs) -> LiveServer:
+        server = start_server(tmp_path, *args, **kwargs)
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def onnx_server(onnx_model, tmp_path_factory):
+    """One ONNX Runtime CPU server shared by a module's tests."""
+    server = start_server(tmp_path_factory.mktemp("server"), "--onnx", str(onnx_model), "--backend", "onnxruntime")
+    yield server
+    server.stop()
