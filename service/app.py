@@ -63,8 +63,8 @@ async def _start(state: ServiceState) -> None:
     log.info("ready")
 
 
-def create_app(settings: Settings | None = None, load_in_background: bool = False) -> FastAPI:
-    """The service app. With ``load_in_background`` the server answers /healthz while loading."""
+def create_app(settings: Settings | None = None, load_in_background: bool = True) -> FastAPI:
+    """The service app. Loading runs in the background: /healthz answers at once, /readyz once warm."""
     settings = settings or Settings()
     state = ServiceState(settings=settings, metrics=Metrics())
 

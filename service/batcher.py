@@ -159,16 +159,16 @@ class Batcher:
 
     async def _run(self) -> None:
         while True:
-            first = self._pop_live()
-            if first is None:
+            if not self._queue:
                 await self._wait_for_arrival(None)
                 continue
-            batch = [first]
+            # Take the slot first, then the images: whatever expired or left meanwhile is dropped.
             await self._slots.acquire()
+            batch: list[_Item] = []
             self._fill(batch)
             # Wait for stragglers only while another batch keeps the backend busy.
-            while len(batch) < self.max_batch_size and self._stats.running_since:
-                remaining = first.enqueued + self.max_delay_s - time.monotonic()
+            while batch and len(batch) < self.max_batch_size and self._stats.running_since:
+                remaining = batch[0].enqueued + self.max_delay_s - time.monotonic()
                 if remaining <= 0 or not await self._wait_for_arrival(remaining):
                     break
                 self._fill(batch)

@@ -122,3 +122,58 @@ def onnx_server(onnx_model, tmp_path_factory):
     server = start_server(tmp_path_factory.mktemp("server"), "--onnx", str(onnx_model), "--backend", "onnxruntime")
     yield server
     server.stop()
+
+
+class InProcessServer:
+    """The real app under a real uvicorn on 127.0.0.1, in a thread, so tests can reach its state."""
+
+    def __init__(self, settings) -> None:
+        import threading
+
+        import uvicorn
+
+        from service.app import create_app
+
+        self.app = create_app(settings)
+        self.state = self.app.state.service
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning",
+                                                    timeout_graceful_shutdown=30))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("in-process server did not start")
+            time.sleep(0.02)
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.state.ready:
+            if self.state.startup_error:
+                raise RuntimeError(self.state.startup_error)
+            if time.monotonic() > deadline:
+                raise RuntimeError("not ready in time")
+            time.sleep(0.02)
+
+    def stop(self, timeout_s: float = 60) -> None:
+        self.server.should_exit = True  # what uvicorn does on SIGTERM
+        self.thread.join(timeout_s)
+
+
+@pytest.fixture
+def inprocess_server():
+    """Call with a Settings; each server is stopped at teardown."""
+    servers: list[InProcessServer] = []
+
+    def factory(settings, wait_ready: bool = True) -> InProcessServer:
+        server = InProcessServer(settings)
+        servers.append(server)
+        if wait_ready:
+            server.wait_ready()
+        return server
+
+    yield factory
+    for server in servers:
+        server.stop()
