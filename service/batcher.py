@@ -137,7 +137,6 @@ class Batcher:
                 continue
             if now >= item.deadline:
                 item.future.set_exception(DeadlineExceeded("the request's deadline passed while it was queued"))
-                self._metrics.errors.labels("deadline_exceeded").inc()
                 continue
             return item
         return None
@@ -214,7 +213,7 @@ class Batcher:
                         logits[i], (started - item.enqueued) * 1000, elapsed * 1000, n))
         except Exception as exc:
             self._stats.consecutive_failures += 1
-            self._metrics.errors.labels("backend_error").inc()
+            self._metrics.backend_failures.inc()
             log.exception("backend %s failed on a batch of %d", self.backend.name, n)
             for item in batch:
                 if not item.future.done():

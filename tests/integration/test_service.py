@@ -259,3 +259,13 @@ def test_models_endpoint_reports_provenance_backend_and_batching(onnx_server):
     assert model["arch"] == "torchvision" and model["num_classes"] == 1000
     assert model["backend"]["name"] == "onnxruntime" and model["backend"]["precision"] == "fp32"
     assert model["batching"]["max_batch_size"] == 32
+
+
+def test_framework_errors_use_the_same_error_shape(limited_server):
+    missing = httpx.get(limited_server.url + "/nope")
+    assert missing.status_code == 404 and missing.json()["kind"] == "not_found"
+    wrong_method = httpx.get(limited_server.url + "/classify")
+    assert wrong_method.status_code == 405 and wrong_method.json()["kind"] == "method_not_allowed"
+    broken_form = httpx.post(limited_server.url + "/classify", content=b"--b\r\n\xff\xff\r\n\r\n",
+                             headers={"content-type": "multipart/form-data; boundary=b"})
+    assert broken_form.status_code == 400 and broken_form.json()["kind"] == "bad_request"

@@ -146,3 +146,22 @@ def test_pixel_limit_is_checked_before_decoding():
     big = encode(Image.new("L", (20000, 20000)), "PNG", optimize=False)
     with pytest.raises(ImageTooLarge, match="20000x20000"):
         decode(big, PreprocessConfig(max_pixels=10_000_000))
+
+
+@pytest.mark.parametrize("size", [(1, 40000), (40000, 1), (3, 9000)])
+def test_extreme_aspect_ratios_are_cropped_before_resizing(size):
+    """A 1x40000 image would resize to 256x10240000 (2.6 G pixels); only the crop region is resized."""
+    image = Image.new("RGB", size, (200, 100, 50))
+    x = transform(image, CONFIG)
+    expected = (np.array([200, 100, 50], dtype=np.float32)[:, None, None] / 255 - MEAN) / STD
+    np.testing.assert_allclose(x, np.broadcast_to(expected, x.shape), atol=1e-6)
+
+
+def test_the_cropped_resize_path_stays_within_one_level_of_the_full_resize(monkeypatch):
+    import service.preprocess as preprocess_module
+
+    image = Image.open(io.BytesIO(make_image(500, 375, seed=9))).convert("RGB")
+    full = transform(image, CONFIG)
+    monkeypatch.setattr(preprocess_module, "MAX_RESIZED_SIDE", 0)
+    cropped = transform(image, CONFIG)
+    assert np.abs(full - cropped).max() <= 1.01 / 255 / min(CONFIG.std)
