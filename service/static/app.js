@@ -18,8 +18,14 @@
   function percent(p) {
     const pct = p * 100;
     if (pct >= 10) return pct.toFixed(1) + " %";
-    if (pct >= 0.01) return pct.toPrecision(2) + " %";
+    if (pct >= 0.01) return pct.toPrecision(3) + " %";  // 3 digits: an untrained model's 0.1 % still differ
     return pct.toExponential(1) + " %";
+  }
+
+  function size(bytes) {
+    if (bytes < 1024) return `${bytes} bytes`;
+    if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
+    return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
   }
 
   function ms(value) {
@@ -86,7 +92,7 @@
     img.onload = () => { img.hidden = false; $("drop-hint").hidden = true; };
     img.onerror = () => { img.hidden = true; $("drop-hint").hidden = false; };
     img.src = previewUrl;
-    $("file-name").textContent = `${file.name || "(unnamed)"}, ${(file.size / 1024).toFixed(1)} KiB`;
+    $("file-name").textContent = `${file.name || "(unnamed)"}, ${size(file.size)}`;
   }
 
   function clearResults() {

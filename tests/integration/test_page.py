@@ -27,7 +27,7 @@ CHROMEDRIVER = Path(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
 # network refuses; --user-data-dir keeps each run's profile fresh and out of $HOME.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1280,900"]
+         "--disable-dev-shm-usage", "--window-size=1280,1100"]
 WAIT_S = 60  # an answer takes well under a second; the margin is for 2 busy CPU cores
 
 
