@@ -19,10 +19,16 @@ import pytest
 
 from tests.conftest import REPO, make_image
 
-pytestmark = pytest.mark.integration
-
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
+MISSING = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+
+# Decided at collection, so a host without Chromium does not export a model or start a server first.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(bool(MISSING), reason=f"Chromium is not installed ({', '.join(MISSING)} missing): "
+                       "run .ci/install-chromium.sh as root to install Debian's chromium and chromium-driver"),
+]
 # Without the background-networking flags Chromium keeps dialling Google services, which a closed
 # network refuses; --user-data-dir keeps each run's profile fresh and out of $HOME.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -39,10 +45,6 @@ def artifacts_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
-    if missing:
-        pytest.skip(f"Chromium is not installed ({', '.join(missing)} missing): run .ci/install-chromium.sh "
-                    "as root to install Debian's chromium and chromium-driver")
     from selenium import webdriver  # a dev dependency: missing it is a broken setup, not a skip
     from selenium.webdriver.chrome.service import Service
 
