@@ -72,10 +72,11 @@
       const response = await fetch("v1/models");
       if (response.ok) entry = (await response.json()).models[0];
     } catch (err) {
-      // shown below; the page still lets the user try /classify
+      // shown below and tried again; the page still lets the user try /classify
     }
     if (!entry) {
       fillFacts($("model"), [["Status", "the service did not describe its model (GET /v1/models failed)", "ready"]]);
+      setTimeout(loadModel, 5000);
       return;
     }
     modelEntry = entry;
@@ -187,7 +188,13 @@
       if (mine === sequence) showError(`Could not classify ${file.name}: ${message}`);
       return;
     }
-    const body = await response.json();
+    let body;
+    try {
+      body = await response.json();
+    } catch (err) {
+      if (mine === sequence) showError(`The service's answer for ${file.name} was not JSON (${err.message}).`);
+      return;
+    }
     if (mine === sequence) showResults(file, body, performance.now() - started);
   }
 
