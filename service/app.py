@@ -22,7 +22,7 @@ from service.errors import BodyTooLarge, ServiceError
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.preprocess import PreprocessConfig
-from service.routes import classify, ops
+from service.routes import classify, ops, page
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
     app.state.service = state
     app.include_router(ops.router)
     app.include_router(classify.router)
+    app.include_router(page.router)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
