@@ -18,7 +18,7 @@ from service.errors import BodyTooLarge, ServiceError
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.preprocess import PreprocessConfig
-from service.routes import classify, ops
+from service.routes import classify, ops, v2
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None, load_in_background: bool = Fals
     app.state.service = state
     app.include_router(ops.router)
     app.include_router(classify.router)
+    app.include_router(v2.router)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
