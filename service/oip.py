@@ -75,6 +75,11 @@ class InferRequest:
     binary_output: bool = False
     parameters: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def timeout_s(self) -> float | None:
+        """Triton's ``timeout`` request parameter (microseconds; 0 or absent: none), in seconds."""
+        return self.parameters.get("timeout", 0) / 1e6 or None
+
 
 # -- requests -------------------------------------------------------------------------------------
 def header_length(value: str | None, body_length: int) -> int | None:
@@ -106,6 +111,9 @@ def parse_request(body: bytes, json_length: int | None = None) -> InferRequest:
     binary_output = params.get("binary_data_output", False)
     if not isinstance(binary_output, bool):
         raise ProtocolError("parameter 'binary_data_output' must be a boolean")
+    timeout_us = params.get("timeout")
+    if timeout_us is not None and (not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us < 0):
+        raise ProtocolError("parameter 'timeout' must be a non-negative integer of microseconds")
     raw_inputs = obj.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise ProtocolError("'inputs' must be a non-empty array of tensors")

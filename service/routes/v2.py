@@ -124,6 +124,8 @@ async def infer(request: Request, state: State, model_name: str, model_version: 
     json_length = oip.header_length(request.headers.get(oip.HEADER_LENGTH), len(body))
     # A JSON tensor of a full batch is megabytes of text: parse it off the event loop.
     parsed = await asyncio.to_thread(oip.parse_request, body, json_length)
+    if parsed.timeout_s is not None:  # a client's own deadline may only shorten ours
+        deadline = min(deadline, started + parsed.timeout_s)
     tensor = oip.model_input(parsed, meta.input_size)
     outputs = oip.requested_outputs(parsed, min(settings.max_top_k, len(meta.labels)))
     count = tensor.shape[0]

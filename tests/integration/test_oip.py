@@ -168,10 +168,11 @@ def test_client_errors_have_protocol_status(client):
         "unknown version": lambda: client.infer(MODEL, [image_input(IMAGES[:1])], model_version="2"),
         "unknown model metadata": lambda: client.get_model_metadata(MODEL, "2"),
         "too many images": lambda: client.infer(MODEL, [image_input([b"x"] * 33)]),
+        "deadline (timeout 1 us)": lambda: client.infer(MODEL, [image_input(IMAGES[:1])], timeout=1),
     }
     statuses = {name: status_of(call) for name, call in cases.items()}
     assert statuses == {**{name: 400 for name in list(cases)[:7]}, "unknown model": 404, "unknown version": 404,
-                        "unknown model metadata": 404, "too many images": 413}
+                        "unknown model metadata": 404, "too many images": 413, "deadline (timeout 1 us)": 504}
 
 
 @pytest.mark.parametrize("body, headers", [

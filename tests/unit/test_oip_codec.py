@@ -46,7 +46,9 @@ def test_request_fields_are_read():
         "inputs": [fp32_input([1.0], [1])],
         "outputs": [{"name": "logits", "parameters": {"binary_data": False, "classification": 3}}],
     }).encode())
-    assert req.id == "42" and req.binary_output is True
+    assert req.id == "42" and req.binary_output is True and req.timeout_s is None
+    timed = oip.parse_request(json.dumps({"parameters": {"timeout": 250_000}, "inputs": [fp32_input([1.0], [1])]}).encode())
+    assert timed.timeout_s == 0.25
     assert req.outputs == [oip.RequestedOutput("logits", binary=False, classification=3)]
 
 
@@ -101,6 +103,8 @@ MALFORMED = {
                      None, "out of range"),
     "shared memory": (json.dumps({"inputs": [fp32_input([1.0], [1], parameters={"shared_memory_region": "r"})]}).encode(),
                       None, "shared memory"),
+    "bad timeout": (json.dumps({"parameters": {"timeout": 1.5}, "inputs": [fp32_input([1.0], [1])]}).encode(),
+                    None, "timeout"),
     "bad classification": (json.dumps({"inputs": [fp32_input([1.0], [1])],
                                        "outputs": [{"name": "logits", "parameters": {"classification": "5"}}]}).encode(),
                            None, "classification"),
