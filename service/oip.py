@@ -86,7 +86,7 @@ def header_length(value: str | None, body_length: int) -> int | None:
     """The JSON header's length from the ``Inference-Header-Content-Length`` header, checked."""
     if value is None:
         return None
-    if not value.strip().isdigit():
+    if not (value.strip().isascii() and value.strip().isdigit()):
         raise ProtocolError(f"{HEADER_LENGTH} must be a non-negative integer, got {value!r}")
     length = int(value)
     if length > body_length:
@@ -99,7 +99,7 @@ def parse_request(body: bytes, json_length: int | None = None) -> InferRequest:
     head, binary = (body, b"") if json_length is None else (body[:json_length], body[json_length:])
     try:
         obj = json.loads(head)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         hint = "" if json_length is not None else f" (binary tensor data needs the {HEADER_LENGTH} header)"
         raise ProtocolError(f"the request is not valid JSON: {exc}{hint}") from None
     if not isinstance(obj, dict):

@@ -79,13 +79,14 @@ def test_json_bytes_are_utf8_or_base64_when_asked():
 def test_header_length_is_checked():
     assert oip.header_length(None, 10) is None
     assert oip.header_length("7", 10) == 7
-    for bad in ("-1", "x", "11"):
+    for bad in ("-1", "x", "11", "\u00b2"):
         with pytest.raises(ProtocolError):
             oip.header_length(bad, 10)
 
 
 MALFORMED = {
     "not json": (b"{nope", None, "not valid JSON"),
+    "nested too deep": (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None, "not valid JSON"),
     "not an object": (b"[1]", None, "JSON object"),
     "no inputs": (b'{"inputs": []}', None, "non-empty"),
     "id not a string": (json.dumps({"id": 1, "inputs": [fp32_input([1.0], [1])]}).encode(), None, "'id'"),
