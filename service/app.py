@@ -22,7 +22,7 @@ from service.errors import BodyTooLarge, ServiceError
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.preprocess import PreprocessConfig
-from service.routes import classify, ops, page
+from service.routes import classify, ops, page, v2
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -95,6 +95,7 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
     app.include_router(ops.router)
     app.include_router(classify.router)
     app.include_router(page.router)
+    app.include_router(v2.router)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
