@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 
 from service import oip
 from service.errors import NotReady, ServiceError, TooManyImages
-from service.routes.classify import _wait_for_disconnect
+from service.routes.hangup import infer_while_connected
 from service.state import ServiceState, State
 
 log = logging.getLogger("service")
@@ -138,18 +138,8 @@ async def infer(request: Request, state: State, model_name: str, model_version: 
     else:
         tensors = list(np.ascontiguousarray(tensor.data, dtype=np.float32))
 
-    inference = asyncio.ensure_future(pipeline.infer(tensors, deadline))
-    hangup = asyncio.ensure_future(_wait_for_disconnect(request))
-    try:
-        await asyncio.wait({inference, hangup}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        hangup.cancel()
-    if not inference.done():  # the client is gone: free its batch slots, answer nobody
-        inference.cancel()
-        state.metrics.errors.labels("client_disconnected").inc()
-        await asyncio.gather(inference, return_exceptions=True)
-        raise asyncio.CancelledError
-    logits = np.stack([r.logits for r in inference.result()])  # (N, num_classes) float32
+    results = await infer_while_connected(request, pipeline, tensors, deadline)
+    logits = np.stack([r.logits for r in results])  # (N, num_classes) float32
 
     encoded = []
     for out in outputs:
