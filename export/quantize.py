@@ -3,9 +3,10 @@
     python export/quantize.py --onnx artifacts/alexnet.onnx --calibration-dir data/calib \\
         --eval-dir data/eval --out artifacts/alexnet.int8.onnx
 
-Weights are int8, symmetric, per output channel; activations int8, symmetric (zero point 0). That is
-the form TensorRT takes as explicit quantization (its Q/DQ layers need int8 with zero point 0), so
-the same file serves ONNX Runtime on CPU and ``export/to_trt.py --precision int8``.
+Weights are int8, symmetric, per output channel; activations int8, symmetric (zero point 0); biases
+stay float32 (no int32 DequantizeLinear). That is the form TensorRT takes as explicit quantization
+(its Q/DQ layers need int8 with zero point 0), so the same file serves ONNX Runtime on CPU and
+``export/to_trt.py --precision int8``.
 
 Then the model is checked: ``onnx.checker``, it loads in ONNX Runtime, its top-1 / top-5 agreement
 with the fp32 model on ``--eval-dir`` (images not used for calibration), and its speed-up at batch 32
@@ -72,13 +73,17 @@ def quantize_model(src: Path, dst: Path, calibration: list[Path], meta: ModelMet
             weight_type=QuantType.QInt8,
             calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                               "percentile": CalibrationMethod.Percentile}[method],
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
         )
 
 
 def stamp_metadata(path: Path, meta: ModelMetadata, details: dict) -> None:
     """Our metadata with ``precision`` int8, plus how it was quantized (``alexnet_serve.quantization``)."""
     model = onnx.load(str(path))
+    used = {node.domain for node in model.graph.node} | {""}
+    kept = [o for o in model.opset_import if o.domain in used]  # the pre-pass lists every domain it knows
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
     write_metadata(model, ModelMetadata(**{**meta.__dict__, "precision": "int8"}))
     model.metadata_props.add(key=PREFIX + "quantization", value=json.dumps(details))
     model.producer_name = "alexnet-serve"
@@ -152,6 +157,7 @@ def run(onnx_path: Path, calibration_dir: Path, out: Path, eval_dir: Path | None
             _step(f"timing fp32 and int8 at batch 32 on this CPU ({os.cpu_count()} cores)")
             result["throughput"] = compare_throughput(onnx_path, tmp, 32, rounds=bench_rounds, iterations=1,
                                                       log=lambda m: None)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a service running as another user must read it
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
