@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnxruntime.quantization import CalibrationDataReader
 
 from export.image_folder import ImageFolderError, iter_batches, list_images
 from export.onnx_metadata import PREFIX, ModelMetadata, read_metadata, write_metadata
@@ -41,8 +42,8 @@ def _step(message: str) -> float:
     return time.perf_counter()
 
 
-class _ImageReader:
-    """ONNX Runtime CalibrationDataReader over preprocessed image batches."""
+class _ImageReader(CalibrationDataReader):
+    """Preprocessed image batches, as ONNX Runtime's calibration asks for them."""
 
     def __init__(self, paths: list[Path], meta: ModelMetadata, input_name: str, batch_size: int) -> None:
         self._batches = iter_batches(paths, meta, batch_size)
@@ -56,11 +57,10 @@ class _ImageReader:
 def quantize_model(src: Path, dst: Path, calibration: list[Path], meta: ModelMetadata,
                    method: str = "minmax", batch_size: int = 16) -> None:
     """Write the Q/DQ model of ``src`` to ``dst``, calibrated on ``calibration`` images."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    reader = type("Reader", (_ImageReader, CalibrationDataReader), {})(calibration, meta, "input", batch_size)
+    reader = _ImageReader(calibration, meta, "input", batch_size)
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         # ONNX Runtime's recommended pre-pass: shape inference and graph clean-up before quantizing.
