@@ -25,7 +25,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -198,7 +198,9 @@ def run(args: argparse.Namespace, trt: Any) -> Path:
     from export.onnx_metadata import read_metadata
     from export.trt_sidecar import EngineSidecar, current_device, file_sha256, write_sidecar
 
-    t0 = _step(f"TensorRT {trt.__version__}; reading {args.onnx}")
+    device = current_device()
+    t0 = _step(f"TensorRT {trt.__version__} on {device.gpu_name} (sm {device.compute_capability}); "
+               f"reading {args.onnx}")
     if not args.onnx.is_file():
         raise BuildError(f"{args.onnx}: no such ONNX file; make it with python export/to_onnx.py")
     meta = read_metadata(args.onnx)
@@ -221,7 +223,6 @@ def run(args: argparse.Namespace, trt: Any) -> Path:
     if problems:
         raise BuildError("engine failed verification, not written: " + "; ".join(problems))
     _write_atomic(args.out, engine)
-    device = current_device()
     sidecar = write_sidecar(args.out, EngineSidecar(
         tensorrt_version=trt.__version__, gpu_name=device.gpu_name,
         compute_capability=device.compute_capability, precision=plan.precision,
@@ -230,7 +231,7 @@ def run(args: argparse.Namespace, trt: Any) -> Path:
         workspace_mib=args.workspace_mib, onnx_sha256=file_sha256(args.onnx),
         engine_sha256=file_sha256(args.out), build_time_s=round(build_s, 1),
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), onnx_path=str(args.onnx),
-        verification=result,
+        verification=result, model_metadata=asdict(meta),
     ))
     _step(f"done: {args.out} ({len(engine) / 2**20:.0f} MiB, {plan.precision}, {device.gpu_name} sm "
           f"{device.compute_capability}, batch {batches[0]}-{batches[2]}, top-1 agreement "
@@ -267,6 +268,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    from export.trt_sidecar import SidecarError
+
     try:
         trt = load_tensorrt()
     except MissingPrerequisite as exc:
@@ -274,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_MISSING
     try:
         run(args, trt)
-    except (BuildError, ValueError, OSError) as exc:
+    except (BuildError, SidecarError, ValueError, OSError) as exc:
         print(f"[to_trt] error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -74,7 +74,9 @@ class EngineSidecar:
     build_time_s: float
     built_at: str  # ISO 8601, UTC
     onnx_path: str = ""
-    verification: dict[str, Any] = field(default_factory=dict)
+    verification: dict[str, Any] = field(default_factory=dict)  # top-1 agreement, max |diff| vs ONNX Runtime
+    # the ONNX file's ModelMetadata (labels, mean/std, sizes, weights' hash): an engine has no metadata
+    model_metadata: dict[str, Any] = field(default_factory=dict)
     format: str = SIDECAR_FORMAT
     version: int = SIDECAR_VERSION
 

@@ -152,3 +152,48 @@ def test_fp32_clears_tf32(tmp_path):
     to_trt.build_engine(trt, tmp_path / "m.onnx", plan_build(None, "fp32", False), (3, 224, 224),
                         (1, 8, 16), 512, None)
     assert ("clear_flag", "TF32") in trt.calls
+
+
+def _tiny_onnx(path, precision="fp32", untrained=False):
+    """An ONNX file with our metadata; to_trt.run only reads its metadata and hashes it here."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from export.onnx_metadata import ModelMetadata, write_metadata
+
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, 224, 224])])
+    model = helper.make_model(graph)
+    write_metadata(model, ModelMetadata(arch="torchvision", labels=["a", "b"], input_size=224, resize_size=256,
+                                        weights="untrained" if untrained else "test", weights_sha256="c" * 64,
+                                        precision=precision))
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("agreement, rc", [(1.0, 0), (0.5, 1)])
+def test_main_writes_engine_and_sidecar_only_when_verified(tmp_path, monkeypatch, capsys, agreement, rc):
+    """The whole CLI flow with the stand-in TensorRT; the GPU comparison is replaced by fixed numbers."""
+    from export import trt_sidecar
+
+    trt = FakeTensorRT(11)
+    monkeypatch.setattr(to_trt, "load_tensorrt", lambda: trt)
+    monkeypatch.setattr(trt_sidecar, "current_device", lambda: trt_sidecar.DeviceInfo("Fake GPU", "9.0", "11.0.0"))
+    monkeypatch.setattr(to_trt, "compare_with_onnxruntime", lambda *a: {
+        "top1_agreement": agreement, "max_abs_diff": 1e-3, "relative_max_diff": 1e-4, "images": 97})
+    onnx_path, out = _tiny_onnx(tmp_path / "m.int8.onnx", "int8"), tmp_path / "m.plan"
+    assert to_trt.main(["--onnx", str(onnx_path), "--out", str(out), "--timing-cache", str(tmp_path / "c")]) == rc
+    printed = capsys.readouterr()
+    if rc:
+        assert "not written" in printed.err and not out.exists() and not trt_sidecar.sidecar_path(out).exists()
+        return
+    assert out.read_bytes() == b"engine-bytes"
+    for step in ("parsing", "building", "verifying", "done:"):
+        assert f"[to_trt] {step}" in printed.out or f"[to_trt]   {step}" in printed.out, step
+    sidecar = trt_sidecar.read_sidecar(out)
+    assert (sidecar.precision, sidecar.strongly_typed, sidecar.gpu_name) == ("int8", True, "Fake GPU")
+    assert sidecar.onnx_sha256 == trt_sidecar.file_sha256(onnx_path)
+    assert sidecar.model_metadata["labels"] == ["a", "b"] and sidecar.verification["images"] == 97
+    trt_sidecar.check_engine_compatible(out, onnx_sha256=sidecar.onnx_sha256,
+                                        device=trt_sidecar.DeviceInfo("Fake GPU", "9.0", "11.0.0"))

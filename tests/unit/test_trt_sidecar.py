@@ -34,6 +34,7 @@ def engine(tmp_path):
         min_batch=1, opt_batch=32, max_batch=64, workspace_mib=2048,
         onnx_sha256="a" * 64, engine_sha256=file_sha256(path), build_time_s=12.5,
         built_at="2026-01-01T00:00:00+00:00", verification={"top1_agreement": 1.0},
+        model_metadata={"labels": ["cat", "dog"], "input_size": 224},
     )
     write_sidecar(path, sidecar)
     return path, sidecar
