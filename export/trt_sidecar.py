@@ -11,7 +11,6 @@ module on hosts that have neither.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -19,6 +18,8 @@ import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from model.hashing import file_sha256  # noqa: F401  (also used by to_trt and the tests from here)
 
 SIDECAR_FORMAT = "alexnet-serve-trt-sidecar"
 SIDECAR_VERSION = 1
@@ -90,14 +91,6 @@ def sidecar_path(engine_path: str | Path) -> Path:
     """``model.plan`` -> ``model.plan.json``."""
     engine_path = Path(engine_path)
     return engine_path.with_name(engine_path.name + ".json")
-
-
-def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_sidecar(engine_path: str | Path, sidecar: EngineSidecar) -> Path:

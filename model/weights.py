@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from model.alexnet import arch_spec, build
+from model.hashing import file_sha256
 from model.labels import imagenet_labels
 
 log = logging.getLogger(__name__)
@@ -76,14 +77,6 @@ def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
         tensor = state_dict[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -42,7 +42,23 @@ async def read_images(request: Request, state: ServiceState) -> list[tuple[str |
     )
 
 
-@router.post("/classify")
+# The body is read by hand (several content types, size and count limits), so it is declared here
+# for the OpenAPI document: clients, docs and schemathesis see what the route accepts.
+CLASSIFY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "required": ["file"], "properties": {
+                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}},
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.post("/classify", openapi_extra=CLASSIFY_BODY)
 async def classify(request: Request, state: State, top_k: int = 5) -> dict:
     """Top-k ImageNet labels with probabilities for each image sent."""
     started = time.monotonic()
