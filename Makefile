@@ -32,7 +32,9 @@ $(ONNX): | $(VENV)/.installed
 serve: install $(ONNX)
 	$(BIN)/python -m service --host $(HOST) --port $(PORT) --onnx $(ONNX)
 
+# Chromium for the browser test: installed where this runs as root (CI), else the test skips and says why.
 test: install
+	@bash .ci/install-chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean-artifacts:
