@@ -163,3 +163,11 @@ def test_compose_serves_the_port_and_prometheus_scrapes_metrics(get_routes):
         for target in job["static_configs"][0]["targets"]:
             host, target_port = target.split(":")
             assert host == "alexnet" and int(target_port) == port
+
+
+def test_kustomization_applies_every_kubernetes_resource():
+    k8s = DEPLOY / "k8s"
+    (kustomization,) = load(k8s / "kustomization.yaml")
+    resources = {path.name for path in k8s.glob("*.yaml")
+                 if any("kind" in doc and doc["kind"] != "Kustomization" for doc in load(path))}
+    assert set(kustomization["resources"]) == resources
