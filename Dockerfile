@@ -8,7 +8,8 @@
 # One CUDA major for everything (13): change one pin, check the others (docs/deploy.md, "Versions").
 #   base nvcr.io/nvidia/tensorrt:25.10-py3: Ubuntu 24.04, Python 3.12, CUDA 13.0, TensorRT 10.13;
 #     its tensorrt Python bindings match its libraries, so TensorRT is not installed from PyPI
-#   torch 2.13.0 from PyPI: the CUDA 13 build (nvidia-*-cu13 wheels), the release the project tests
+#   torch 2.13.0 from PyPI: the CUDA 13.0 build (cuda-toolkit==13.0.3, nvidia-cudnn-cu13 9.20), the
+#     release the Makefile installs and the tests run
 #   onnxruntime-gpu 1.31.1: built for CUDA 13 + cuDNN 9 (1.26 and older on PyPI are CUDA 12 builds);
 #     the [cuda,cudnn] extras bring those libraries as wheels
 # CUDA 13 needs an R580 or newer driver on the host.

@@ -182,7 +182,14 @@ def prepare(argv: list[str]) -> None:
             return
         log.info("building: %s", reason)
         precision = "fp32" if settings.precision == "fp32" else "fp16"
-        built, why_not = build_engine(settings.onnx, settings.engine, precision)
+        try:
+            built, why_not = build_engine(settings.onnx, settings.engine, precision)
+        except (EntrypointError, subprocess.TimeoutExpired) as exc:
+            if settings.backend == "tensorrt":
+                raise
+            # auto: ONNX Runtime gives the same answers, slower; serving them beats a crash loop.
+            log.error("TensorRT engine build FAILED; serving without TensorRT: %s", exc)
+            return
         if built:
             log.info("built %s (%s)", settings.engine, precision)
         elif settings.backend == "tensorrt":

@@ -104,3 +104,27 @@ def test_help_is_the_service_help(capfd, monkeypatch):
                             cwd=Path(__file__).resolve().parents[2], timeout=120)
     assert result.returncode == 0
     assert "ALEXNET_MODEL_DIR" in result.stderr and "--max-batch-size" in result.stdout
+
+
+@pytest.mark.parametrize("backend, exit_code, outcome", [
+    ("auto", 2, "skipped"), ("auto", 1, "skipped"), ("tensorrt", 2, "error"), ("tensorrt", 1, "error"),
+])
+def test_prepare_falls_back_under_auto_and_stops_when_tensorrt_was_asked_for(
+        onnx_model, tmp_path, monkeypatch, caplog, backend, exit_code, outcome):
+    script = fake_to_trt(tmp_path, f"""
+        print("to_trt: no TensorRT here", file=sys.stderr)
+        sys.exit({exit_code})
+    """)
+    monkeypatch.setattr(entrypoint, "to_trt_script", lambda: script)
+    monkeypatch.setenv("ALEXNET_MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("ALEXNET_ONNX", str(onnx_model))  # present and current: no export
+    monkeypatch.setenv("ALEXNET_ENGINE", str(tmp_path / "models" / "alexnet.plan"))
+    caplog.set_level("INFO", logger="entrypoint")
+    if outcome == "error":
+        with pytest.raises(entrypoint.EntrypointError):
+            entrypoint.prepare(["--backend", backend])
+    else:
+        entrypoint.prepare(["--backend", backend])
+        assert "not exporting" in caplog.text
+        assert ("TensorRT skipped: to_trt: no TensorRT here" in caplog.text if exit_code == 2
+                else "TensorRT engine build FAILED" in caplog.text)
