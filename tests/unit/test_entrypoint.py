@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import textwrap
 import time
@@ -97,9 +98,7 @@ def test_missing_to_trt_script_is_a_skip(tmp_path):
     assert not built and "not part of this build" in reason
 
 
-def test_help_is_the_service_help(capfd, monkeypatch):
-    import subprocess
-
+def test_help_is_the_service_help():
     result = subprocess.run([sys.executable, "-m", "service.entrypoint", "--help"], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[2], timeout=120)
     assert result.returncode == 0
