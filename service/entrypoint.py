@@ -114,20 +114,18 @@ def engine_needs_build(engine: Path, onnx: Path, onnx_exported: bool) -> str | N
         return f"{engine} is missing"
     if onnx_exported or engine.stat().st_mtime < onnx.stat().st_mtime:
         return f"{engine} is older than {onnx}"
+    from export.trt_sidecar import EngineMismatch, SidecarError, check_engine_compatible, file_sha256
+
     try:
-        from export.trt_sidecar import EngineMismatch, check_engine_compatible
-    except ImportError as exc:
-        return f"cannot check {engine} against this GPU ({exc}); rebuilding"
-    try:
-        check_engine_compatible(engine)
+        check_engine_compatible(engine, onnx_sha256=file_sha256(onnx))
     except EngineMismatch as exc:
-        return f"{engine} was built for another GPU or TensorRT: {exc}"
-    except (FileNotFoundError, ValueError) as exc:
-        return f"{engine}: sidecar missing or unreadable ({exc}); rebuilding"
+        return f"{engine} was built for another GPU, TensorRT or ONNX file: {exc}"
+    except SidecarError as exc:  # no sidecar, unreadable, or no TensorRT/GPU to compare with
+        return f"cannot verify {engine} ({exc}); rebuilding"
     return None
 
 
-def build_engine(onnx: Path, engine: Path, precision: str, script: Path | None = None,
+def build_engine(onnx: Path, engine: Path, precision: str, max_batch: int = 64, script: Path | None = None,
                  timeout_s: float = 1800) -> tuple[bool, str]:
     """Run ``to_trt.py``; (True, "") when built, (False, reason) when TensorRT cannot run here.
 
@@ -136,7 +134,10 @@ def build_engine(onnx: Path, engine: Path, precision: str, script: Path | None =
     script = script or to_trt_script()
     if not script.is_file():
         return False, f"{script} is not part of this build"
-    command = [sys.executable, str(script), "--onnx", str(onnx), "--out", str(engine), "--precision", precision]
+    # The profile must cover the service's largest batch; the timing cache lives with the engine.
+    command = [sys.executable, str(script), "--onnx", str(onnx), "--out", str(engine), "--precision", precision,
+               "--max-batch", str(max_batch), "--opt-batch", str(min(32, max_batch)),
+               "--timing-cache", str(engine.with_name("trt_timing.cache"))]
     log.info("running %s", " ".join(command))
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
     output = (result.stdout + result.stderr).strip()
@@ -183,7 +184,8 @@ def prepare(argv: list[str]) -> None:
         log.info("building: %s", reason)
         precision = "fp32" if settings.precision == "fp32" else "fp16"
         try:
-            built, why_not = build_engine(settings.onnx, settings.engine, precision)
+            built, why_not = build_engine(settings.onnx, settings.engine, precision,
+                                          max_batch=max(64, settings.max_batch_size))
         except (EntrypointError, subprocess.TimeoutExpired) as exc:
             if settings.backend == "tensorrt":
                 raise

@@ -79,8 +79,9 @@ def test_build_engine_passes_paths_and_precision(tmp_path):
         out.write_text(" ".join(args))
     """)
     onnx, engine = tmp_path / "m.onnx", tmp_path / "m.plan"
-    assert entrypoint.build_engine(onnx, engine, "fp32", script=script) == (True, "")
-    assert engine.read_text() == f"--onnx {onnx} --out {engine} --precision fp32"
+    assert entrypoint.build_engine(onnx, engine, "fp32", max_batch=128, script=script) == (True, "")
+    assert engine.read_text() == (f"--onnx {onnx} --out {engine} --precision fp32 --max-batch 128 "
+                                  f"--opt-batch 32 --timing-cache {tmp_path / 'trt_timing.cache'}")
 
 
 def test_build_engine_failure_is_an_error_with_the_tools_output(tmp_path):
