@@ -107,8 +107,21 @@ async def model_ready(state: State, model_name: str, model_version: str | None =
     return {"name": model_name, "ready": True}
 
 
-@router.post("/models/{model_name}/infer")
-@router.post("/models/{model_name}/versions/{model_version}/infer")
+# The body is parsed by service.oip (JSON or JSON + binary sections); declared here for the OpenAPI
+# document, so clients and schemathesis see the protocol's inference request.
+_TENSOR = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
+    "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+    "datatype": {"type": "string"}, "parameters": {"type": "object"}, "data": {"type": "array"}}}
+INFER_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"}, "parameters": {"type": "object"},
+        "inputs": {"type": "array", "items": _TENSOR},
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string"}, "parameters": {"type": "object"}}}}}}}}}}
+
+
+@router.post("/models/{model_name}/infer", openapi_extra=INFER_BODY)
+@router.post("/models/{model_name}/versions/{model_version}/infer", openapi_extra=INFER_BODY)
 async def infer(request: Request, state: State, model_name: str, model_version: str | None = None) -> Response:
     """Inference: ``input`` (FP32 [N,3,S,S]) or ``image`` (BYTES [N]) in, ``logits`` [N,C] out."""
     started = time.monotonic()
