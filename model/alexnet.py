@@ -25,6 +25,19 @@ LRN_BETA = 0.75
 LRN_K = 2.0
 
 
+def classifier_head(num_classes: int, dropout: float) -> nn.Sequential:
+    """The fully connected layers both layouts share (keys ``classifier.0 ... classifier.6``)."""
+    return nn.Sequential(
+        nn.Dropout(p=dropout),
+        nn.Linear(256 * 6 * 6, 4096),  # (B, 9216) -> (B, 4096)
+        nn.ReLU(inplace=True),
+        nn.Dropout(p=dropout),
+        nn.Linear(4096, 4096),
+        nn.ReLU(inplace=True),
+        nn.Linear(4096, num_classes),  # (B, num_classes) logits
+    )
+
+
 class AlexNet(nn.Module):
     """torchvision's AlexNet (one weird trick); key layout identical to ``torchvision.models.AlexNet``."""
 
@@ -46,15 +59,7 @@ class AlexNet(nn.Module):
             nn.MaxPool2d(kernel_size=3, stride=2),  # (B, 256, 6, 6)
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))  # identity at 224; lets other sizes through
-        self.classifier = nn.Sequential(
-            nn.Dropout(p=dropout),
-            nn.Linear(256 * 6 * 6, 4096),
-            nn.ReLU(inplace=True),
-            nn.Dropout(p=dropout),
-            nn.Linear(4096, 4096),
-            nn.ReLU(inplace=True),
-            nn.Linear(4096, num_classes),  # (B, num_classes) logits
-        )
+        self.classifier = classifier_head(num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
@@ -87,15 +92,7 @@ class AlexNet2012(nn.Module):
             nn.MaxPool2d(kernel_size=3, stride=2),  # (B, 256, 6, 6)
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))  # identity at 227; lets reduced sizes train
-        self.classifier = nn.Sequential(
-            nn.Dropout(p=dropout),
-            nn.Linear(256 * 6 * 6, 4096),
-            nn.ReLU(inplace=True),
-            nn.Dropout(p=dropout),
-            nn.Linear(4096, 4096),
-            nn.ReLU(inplace=True),
-            nn.Linear(4096, num_classes),
-        )
+        self.classifier = classifier_head(num_classes, dropout)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

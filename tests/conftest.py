@@ -75,21 +75,25 @@ class LiveServer:
         return self.process.returncode
 
 
-def start_server(log_dir: Path, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True,
-                 timeout_s: float = 120) -> LiveServer:
-    """Start ``python -m service`` on 127.0.0.1 and a free port; wait for /readyz unless told not to."""
+def start_server(log_dir: Path, *args: str, env: dict[str, str | None] | None = None, wait_ready: bool = True,
+                 timeout_s: float = 120, module: str = "service") -> LiveServer:
+    """Start ``python -m <module>`` on 127.0.0.1 and a free port; wait for /readyz unless told not to.
+
+    ``env`` entries override the environment; a None value removes the variable.
+    """
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), *args],
+        [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port), *args],
         cwd=REPO, env=full_env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
     )
     server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+            raise RuntimeError(f"{module} exited with {process.returncode}:\n{server.log()}")
         try:
             r = httpx.get(server.url + ("/readyz" if wait_ready else "/healthz"), timeout=2)
             if r.status_code == 200:
@@ -98,7 +102,7 @@ def start_server(log_dir: Path, *args: str, env: dict[str, str] | None = None, w
             pass
         time.sleep(0.2)
     server.stop()
-    raise RuntimeError(f"server not ready after {timeout_s} s:\n{server.log()}")
+    raise RuntimeError(f"{module} not ready after {timeout_s} s:\n{server.log()}")
 
 
 @pytest.fixture

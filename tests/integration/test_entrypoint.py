@@ -5,43 +5,25 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
-from tests.conftest import REPO, LiveServer, free_port, make_image
+from tests.conftest import REPO, LiveServer, make_image, start_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def run_entrypoint(model_dir, log_path, *args: str, timeout_s: float = 240) -> LiveServer:
+def run_entrypoint(model_dir, log_dir, *args: str, timeout_s: float = 240) -> LiveServer:
     """``python -m service.entrypoint`` on 127.0.0.1; returns once /readyz answers 200."""
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "ALEXNET_MODEL_DIR": str(model_dir)}
-    for name in ("ALEXNET_ONNX", "ALEXNET_ENGINE", "ALEXNET_CHECKPOINT"):
-        env.pop(name, None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.entrypoint", "--host", "127.0.0.1", "--port", str(port), *args],
-        cwd=REPO, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
-    server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"entrypoint exited with {process.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    server.stop()
-    raise RuntimeError(f"not ready after {timeout_s} s:\n{server.log()}")
+    env = {"ALEXNET_MODEL_DIR": str(model_dir), "ALEXNET_ONNX": None, "ALEXNET_ENGINE": None,
+           "ALEXNET_CHECKPOINT": None}
+    return start_server(log_dir, *args, env=env, timeout_s=timeout_s, module="service.entrypoint")
 
 
 def test_entrypoint_exports_skips_tensorrt_serves_and_reuses_the_export(tmp_path):
     model_dir = tmp_path / "models"
-    server = run_entrypoint(model_dir, tmp_path / "first.log", "--max-batch-size", "8")
+    server = run_entrypoint(model_dir, tmp_path, "--max-batch-size", "8")
     try:
         response = httpx.post(server.url + "/classify", files={"file": ("a.jpg", make_image(), "image/jpeg")},
                               timeout=60)
@@ -65,7 +47,7 @@ def test_entrypoint_exports_skips_tensorrt_serves_and_reuses_the_export(tmp_path
 
     # Second start: the export is current, so it is reused.
     onnx_mtime = (model_dir / "alexnet.onnx").stat().st_mtime
-    server = run_entrypoint(model_dir, tmp_path / "second.log", "--backend", "onnxruntime")
+    server = run_entrypoint(model_dir, tmp_path, "--backend", "onnxruntime")
     server.stop()
     log = server.log()
     assert "present and current; not exporting" in log
