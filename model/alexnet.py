@@ -123,6 +123,9 @@ class ArchSpec:
     module: Callable[..., nn.Module]
     input_size: int  # square crop fed to the network, pixels
     resize_size: int  # shorter side is resized to this before the center crop, pixels
+    # Smallest square input for which the last max pool still has a 3x3 window, pixels
+    # (torchvision: conv1 pads 2, so (63 + 4 - 11) // 4 + 1 = 15 -> 7 -> 3; alexnet2012: no pad, 67).
+    min_input_size: int
     num_params: int  # with 1000 classes
     source: str
     top1_accuracy: float | None = None  # published ImageNet-1k validation figures, percent
@@ -136,6 +139,7 @@ ARCHS: dict[str, ArchSpec] = {
         module=AlexNet,
         input_size=224,
         resize_size=256,
+        min_input_size=63,
         num_params=61_100_840,  # torchvision AlexNet_Weights.IMAGENET1K_V1.meta["num_params"]
         source="Krizhevsky 2014, One weird trick for parallelizing CNNs, arXiv:1404.5997",
         top1_accuracy=56.522,
@@ -147,6 +151,7 @@ ARCHS: dict[str, ArchSpec] = {
         module=AlexNet2012,
         input_size=227,
         resize_size=256,
+        min_input_size=67,
         # 34,944 + 307,456 + 885,120 + 663,936 + 442,624 (conv) + 37,752,832 + 16,781,312 + 4,097,000 (fc)
         num_params=60_965_224,
         source="Krizhevsky, Sutskever, Hinton 2012, ImageNet Classification with Deep CNNs, NeurIPS",
