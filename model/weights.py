@@ -4,8 +4,9 @@ Our checkpoint is a dict saved with ``torch.save`` and read back with ``weights_
 
     {"format": "alexnet-serve-checkpoint", "version": 1, "arch": "torchvision", "num_classes": 1000,
      "labels": [...], "model": state_dict, "weights_sha256": "...", "provenance": {...},
-     # optional, written by training so a run can resume:
-     "optimizer": ..., "lr_scheduler": ..., "epoch": int, "args": dict}
+     # optional, written by training so a run can resume (plain types only: it is read weights_only):
+     "optimizer": ..., "lr_scheduler": ..., "scaler": ..., "epoch": int, "step": int,
+     "best_top1_err": float, "args": dict}
 
 ``weights_sha256`` hashes every tensor's name, dtype, shape and bytes, so a file damaged after it was
 written is refused instead of serving wrong answers.
@@ -163,6 +164,15 @@ def _load_state_dict(path: Path, model: nn.Module, state_dict: Mapping[str, Any]
 
 def load_checkpoint(path: str | Path) -> LoadedModel:
     """Read our checkpoint format, verifying format, arch, key layout, shapes and the weights hash."""
+    return load_training_checkpoint(path)[0]
+
+
+TRAINING_STATE_KEYS = ("optimizer", "lr_scheduler", "scaler", "epoch", "step", "best_top1_err", "args")
+
+
+def load_training_checkpoint(path: str | Path) -> tuple[LoadedModel, dict[str, Any]]:
+    """``load_checkpoint`` plus the training state saved beside the weights (the keys of
+    ``TRAINING_STATE_KEYS`` that are present), for ``python -m model.train --resume``."""
     path = Path(path)
     payload = _torch_load(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
@@ -192,7 +202,8 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
         )
     model = build(arch, num_classes=num_classes)
     _load_state_dict(path, model, state_dict, arch)
-    return LoadedModel(model.eval(), arch, labels, actual_sha, dict(payload.get("provenance", {})))
+    loaded = LoadedModel(model.eval(), arch, labels, actual_sha, dict(payload.get("provenance", {})))
+    return loaded, {k: payload[k] for k in TRAINING_STATE_KEYS if k in payload}
 
 
 def import_torchvision_weights(path: str | Path, arch: str = "torchvision") -> LoadedModel:
