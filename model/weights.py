@@ -76,7 +76,8 @@ def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        # reshape(-1): view(uint8) refuses 0-dim tensors; for every other tensor the bytes are the same.
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
@@ -194,6 +195,10 @@ def load_training_checkpoint(path: str | Path) -> tuple[LoadedModel, dict[str, A
     state_dict = payload.get("model")
     if not isinstance(state_dict, dict):
         raise CheckpointError(f"{path}: no 'model' state dict")
+    # Before hashing, which would fail with an AttributeError on a non-tensor value.
+    for name, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: {name} is a {type(value).__name__}, not a tensor")
     actual_sha = state_dict_sha256(state_dict)
     if actual_sha != payload.get("weights_sha256"):
         raise CheckpointError(

@@ -157,3 +157,17 @@ def test_untrained_model_says_so():
 def test_missing_file_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_non_tensor_in_state_dict_is_refused(tmp_path):
+    payload = {"format": "alexnet-serve-checkpoint", "version": 1, "arch": "torchvision", "num_classes": 1,
+               "labels": ["a"], "model": {"features.0.weight": 3}, "weights_sha256": "0" * 64}
+    bad = tmp_path / "non_tensor.pt"
+    torch.save(payload, bad)
+    with pytest.raises(CheckpointError, match="features.0.weight is a int, not a tensor"):
+        load_checkpoint(bad)
+
+
+def test_hash_covers_zero_dim_tensors():
+    a, b = state_dict_sha256({"x": torch.tensor(1.0)}), state_dict_sha256({"x": torch.tensor(2.0)})
+    assert a != b and len(a) == 64
