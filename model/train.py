@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from model.alexnet import arch_spec, ARCHS, build
+from model.alexnet import ARCHS, arch_spec, build, kaiming_init_
 from model.data import ImageFolder, ShardSampler, class_labels, make_loader, train_sampler
 from model.distributed import DistInfo, barrier, cleanup, init_distributed
 from model.engine import PRECISIONS, EpochStats, evaluate, train_one_epoch
@@ -59,6 +59,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=5e-4, help="weight decay")
     p.add_argument("--dropout", type=float, default=0.5, help="dropout probability in the classifier")
+    p.add_argument("--init", default="arch", choices=["arch", "kaiming"], help="arch: the layout's own (torchvision's default; the paper's for alexnet2012); kaiming: He init, which learns from the first steps (short and small runs)")
     p.add_argument("--lr-scheduler", default="plateau", choices=["plateau", "step"], help="plateau: /gamma when val top-1 error stops improving (paper); step: /gamma every --lr-step-size epochs")
     p.add_argument("--lr-gamma", type=float, default=0.1, help="factor the learning rate is multiplied by")
     p.add_argument("--lr-patience", type=int, default=3, help="plateau: epochs without improvement before a cut")
@@ -168,6 +169,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     labels = class_labels(train_set.classes)
     _seed_everything(args.seed, -1, 0)  # same initial weights on every rank
     model = build(args.arch, num_classes=len(labels), dropout=args.dropout)
+    if args.init == "kaiming":
+        kaiming_init_(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scheduler = build_scheduler(args, optimizer)
     scaler = torch.amp.GradScaler(device.type) if args.precision == "fp16" else None

@@ -77,3 +77,16 @@ def test_read_labels_refuses_duplicates_and_blanks(tmp_path):
         read_labels(tmp_path / "dup.txt")
     with pytest.raises(ValueError, match="blank"):
         read_labels(tmp_path / "blank.txt")
+
+
+def test_kaiming_init_scales_by_fan_in():
+    from model.alexnet import kaiming_init_
+
+    torch.manual_seed(0)
+    model = kaiming_init_(build("torchvision", num_classes=10))
+    fc1, out = model.classifier[1], model.classifier[6]
+    assert fc1.weight.std().item() == pytest.approx((2 / 9216) ** 0.5, rel=0.01)
+    assert out.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    conv1 = model.features[0]
+    assert conv1.weight.std().item() == pytest.approx((2 / (3 * 11 * 11)) ** 0.5, rel=0.05)
+    assert all(bool((m.bias == 0).all()) for m in (conv1, fc1, out))
