@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 from loadtest.histogram import PERCENTILES, pct_key  # noqa: E402
 from loadtest.runner import StepResult  # noqa: E402
@@ -25,6 +26,7 @@ def latency_vs_throughput(results: list[StepResult], path: Path, title: str = ""
     ax.set_xlabel("throughput, requests/s")
     ax.set_ylabel("latency, ms")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(title="latency")
     ax.set_title(title or "Latency percentiles vs throughput")
@@ -46,6 +48,7 @@ def latency_cdf(results: list[StepResult], path: Path, title: str = "") -> None:
     ticks = [0, 50, 90, 99, 99.9, 99.99]
     ax.set_yticks([-math.log10(1 - t / 100) for t in ticks], [f"{t:g}%" for t in ticks])
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.set_xlabel("latency, ms")
     ax.set_ylabel("percentile")
     ax.grid(True, which="both", alpha=0.3)
