@@ -82,9 +82,16 @@ def device_name(device: str) -> str:
         import torch
 
         return torch.cuda.get_device_name(0)
+    import os
     import platform
 
-    return f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} CPU cores"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} CPU cores"
 
 
 def measure_in_process(backend_name: str, args, images: list[bytes]) -> dict:
@@ -237,6 +244,12 @@ def summarize(result: dict) -> tuple[list[str], list[str]]:
         pbest = _best(entry["steps"])
         lines.append(f"{label}: best {pbest['img_per_s']:.1f} img/s at c={pbest['concurrency']}, "
                      f"p99 {pbest['p99_ms']:.1f} ms")
+        if label != "naive":
+            for name, b in result["backends"].items():
+                best = _best(b.get("service", {}).get("steps", []))
+                if best and pbest["img_per_s"]:
+                    ahead = "ahead" if best["img_per_s"] > pbest["img_per_s"] else "BEHIND"
+                    lines.append(f"  (c) {name} / {label}: {best['img_per_s'] / pbest['img_per_s']:.2f} ({ahead})")
     ceiling = result.get("client_ceiling")
     if ceiling:
         md.append(f"| client ceiling, GET /healthz c={ceiling['concurrency']} | {ceiling['req_per_s']:.0f} req/s | "

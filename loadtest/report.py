@@ -25,6 +25,8 @@ def row(result: StepResult) -> dict:
         "images_ok": result.images_ok, "req_per_s": round(result.rps, 2), "img_per_s": round(result.ips, 2),
         **{f"{k}_ms": _r(lat[k]) for k in LATENCY_KEYS}, "mean_ms": _r(lat["mean"]),
         "abandoned": result.abandoned,
+        # Share of one core the load generator used: near 100% means the client, not the server, limits.
+        "client_cpu_pct": round(100 * result.client_cpu_s / result.elapsed_s, 1) if result.elapsed_s else None,
         "errors_by_status": " ".join(f"{k}:{v}" for k, v in sorted(result.errors.items())),
         "errors_by_kind": " ".join(f"{k}:{v}" for k, v in sorted(result.error_kinds.items())),
         "stopped": result.stopped or "",
@@ -63,7 +65,7 @@ COLUMNS = [  # (header, row key, format)
     ("img/s", "img_per_s", "{:.1f}"), ("p50", "p50_ms", "{:.1f}"), ("p90", "p90_ms", "{:.1f}"),
     ("p95", "p95_ms", "{:.1f}"), ("p99", "p99_ms", "{:.1f}"), ("p99.9", "p99.9_ms", "{:.1f}"),
     ("max", "max_ms", "{:.1f}"), ("batch", "server_batch_size_mean", "{:.1f}"),
-    ("qwait", "server_queue_wait_mean_ms", "{:.1f}"),
+    ("qwait", "server_queue_wait_mean_ms", "{:.1f}"), ("cli%", "client_cpu_pct", "{:.0f}"),
 ]
 
 

@@ -84,6 +84,7 @@ class StepResult:
     scheduled: int = 0  # open loop: requests the schedule held inside the window
     server: dict | None = None
     stopped: str | None = None  # why the step ended early, if it did
+    client_cpu_s: float = 0.0  # CPU time this client process spent in the window (all its threads)
 
     @property
     def rps(self) -> float:
@@ -205,7 +206,9 @@ async def run_step(client: LoadClient, payloads: list[Payload], config: StepConf
         warm = StepResult(config, LatencyHistogram(), schedule_lag=LatencyHistogram())
         await runner(client, payloads, config, _Tally(warm), config.warmup_s, None, None)
     before = await client.scrape()
+    cpu0 = time.process_time()
     await runner(client, payloads, config, tally, config.duration_s, config.requests, progress)
+    result.client_cpu_s = time.process_time() - cpu0
     tally.finish()
     after = await client.scrape()
     if before is not None and after is not None:
