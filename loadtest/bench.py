@@ -214,6 +214,11 @@ def summarize(result: dict) -> tuple[list[str], list[str]]:
         c1 = _at(service["steps"], 1)
         lines.append(f"{name}: service best at c={best['concurrency']}: {best['img_per_s']:.1f} img/s, "
                      f"p50 {best['p50_ms']:.1f} ms, p99 {best['p99_ms']:.1f} ms")
+        # Upper bounds, each as if it had the host to itself: which one the service sits under names the limit.
+        cores = result["host"]["cpu_count"] or 1
+        lines.append(f"  bounds: decode <= {cores * 1000 / b['preprocess_ms']:.0f} img/s ({cores} cores x 1 image per "
+                     f"{b['preprocess_ms']:.1f} ms), engine <= {engine_peak['img_per_s']:.0f} img/s, "
+                     f"client <= {result.get('client_ceiling', {}).get('req_per_s', float('nan')):.0f} req/s")
         ratio = best["img_per_s"] / engine_peak["img_per_s"]
         lines.append(f"  (c)/(a) {ratio:.2f}  (engine at batch {engine_peak['batch']}: {engine_peak['img_per_s']:.1f} img/s)")
         ratio = best["img_per_s"] / pipe_peak["img_per_s"]
