@@ -40,9 +40,12 @@ def _numbers(text: str, cast=float) -> list:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each flag; the module docstring's examples kept as written."""
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
     p.add_argument("--kind", choices=KINDS, default="multipart", help="request kind (see loadtest/payloads.py)")
     p.add_argument("--images-per-request", type=int, default=1, help="images in each request")
