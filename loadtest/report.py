@@ -54,6 +54,7 @@ def step_json(result: StepResult) -> dict:
         "latency_ms": result.latency.summary_ms(),
         "latency_cdf_ms": result.latency.cdf_ms(),
         "latency_hdr": result.latency.encode(),  # HdrHistogram base64, microseconds
+        "error_latency_ms": result.error_latency.summary_ms() if result.error_latency.count else None,
         "schedule_lag_ms": result.schedule_lag.summary_ms() if result.schedule_lag is not None else None,
         "errors_by_status": result.errors, "errors_by_kind": result.error_kinds,
         "server": result.server,

@@ -72,7 +72,8 @@ class StepConfig:
 @dataclass
 class StepResult:
     config: StepConfig
-    latency: LatencyHistogram
+    latency: LatencyHistogram  # of ok answers only: a fast 503 must not make an overloaded server look quick
+    error_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     counted: int = 0  # requests in the step (ok + errors)
     ok: int = 0
     images_ok: int = 0
@@ -174,11 +175,12 @@ class _Tally:
     def add(self, outcome: str, images: int, kind: str | None, latency_s: float) -> None:
         r = self.r
         r.counted += 1
-        r.latency.record(latency_s)
         if outcome == "ok":
+            r.latency.record(latency_s)
             r.ok += 1
             r.images_ok += images
         else:
+            r.error_latency.record(latency_s)
             self.errors[outcome] += 1
             if kind:
                 self.kinds[kind] += 1

@@ -129,7 +129,7 @@ def _result() -> StepResult:
         r.latency.record(0.01 + i / 1000)
     r.counted, r.ok, r.images_ok, r.elapsed_s = 100, 90, 180, 2.0
     for _ in range(10):
-        r.latency.record(0.001)
+        r.error_latency.record(0.001)
     r.errors, r.error_kinds = {"503": 7, "timeout": 3}, {"queue_full": 7}
     r.server = {"batches": 12, "batch_size_mean": 7.5}
     return r
@@ -151,4 +151,5 @@ def test_report_row_adds_up(tmp_path):
     report.write_json({"url": "x"}, [_result()], tmp_path / "r.json")
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["steps"][0]["errors_by_status"] == {"503": 7, "timeout": 3}
-    assert LatencyHistogram.decode(doc["steps"][0]["latency_hdr"]).count == 100
+    assert LatencyHistogram.decode(doc["steps"][0]["latency_hdr"]).count == 90  # ok answers only
+    assert doc["steps"][0]["error_latency_ms"]["max"] == pytest.approx(1.0, rel=1e-2)
