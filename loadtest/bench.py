@@ -31,6 +31,8 @@ from loadtest.progress import ProgressBar
 from loadtest.runner import LoadClient, StepConfig, sweep
 
 GPU_BACKENDS = ("torch", "onnxruntime", "tensorrt")
+DEFAULT_CONCURRENCY = [1, 4, 16, 32]
+GPU_CONCURRENCY = (1, 16, 32, 64, 128)
 TARGETS = {"vs_pipeline": 0.85, "vs_naive": 1.6, "c1_p50_over_pipeline": 1.10}
 
 
@@ -50,10 +52,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--gpu", action="store_true",
                    help=f"CUDA host preset: --device cuda --backends {','.join(GPU_BACKENDS)} (those that load), "
-                        "no naive baseline, no peers")
+                        "a sweep to 128 clients, no naive baseline, no peers")
     p.add_argument("--kind", default="multipart", choices=["multipart", "raw"], help="request kind for (c) (d) peers")
     p.add_argument("--images", default="photos,500x375", help="corpus (see python -m loadtest --help)")
-    p.add_argument("--concurrency", type=_ints, default=[1, 4, 16, 32], help="(c) (d) sweep")
+    p.add_argument("--concurrency", type=_ints, default=DEFAULT_CONCURRENCY,
+                   help=f"(c) (d) sweep (--gpu: {','.join(map(str, GPU_CONCURRENCY))})")
     p.add_argument("--duration-s", type=float, default=8.0, help="measured seconds per step of (b) (c) (d)")
     p.add_argument("--warmup-s", type=float, default=2.0, help="unmeasured seconds before each step")
     p.add_argument("--engine-batches", type=_ints, default=[1, 8, 32], help="(a) batch sizes")
@@ -270,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     backends = [b for b in args.backends.split(",") if b]
     if args.gpu:
         args.device, backends, args.no_naive, args.peers = "cuda", list(GPU_BACKENDS), True, ""
+        if args.concurrency == DEFAULT_CONCURRENCY:  # a GPU saturates far beyond 32 clients
+            args.concurrency = list(GPU_CONCURRENCY)
     if args.device == "cuda":
         from service.backends import cuda_available
 
