@@ -21,6 +21,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from loadtest import report, servers
@@ -28,7 +29,7 @@ from loadtest.__main__ import build_payloads, host_description, write_outputs
 from loadtest.ceilings import engine_ceiling, pipeline_ceiling, preprocess_time_ms
 from loadtest.corpus import build_corpus
 from loadtest.progress import ProgressBar
-from loadtest.runner import LoadClient, StepConfig, sweep
+from loadtest.runner import LoadClient, StepConfig, run_step, sweep
 
 GPU_BACKENDS = ("torch", "onnxruntime", "tensorrt")
 DEFAULT_CONCURRENCY = [1, 4, 16, 32]
@@ -133,49 +134,91 @@ def measure_in_process(backend_name: str, args, images: list[bytes]) -> dict:
     return out
 
 
-def http_sweep(name: str, args, payloads, out_dir: Path, extra: list[str] = (), backend: str = "onnxruntime",
-               ceiling: bool = False) -> dict:
-    """Start a server, (optionally) measure the client's ceiling on /healthz, run the sweep, stop it."""
-    say(f"starting {name} ({backend}, {args.device})")
+def engine_after(backend_name: str, args, batch: int) -> dict | None:
+    """(a) once more at one batch size, after the HTTP part: a big change says the host was not quiet."""
+    from service.backends import select_backend
+    from service.settings import Settings
+
+    selection = select_backend(Settings(onnx=args.onnx, backend=backend_name, device=args.device))
     try:
-        server = servers.start(name, out_dir / "logs", args.onnx, backend, args.device, extra)
-    except Exception as exc:  # a peer that will not start is reported, not fatal
-        say(f"{name} failed to start: {exc}")
-        return {"skipped": f"failed to start: {str(exc)[:500]}"}
-    configs = [StepConfig("closed", concurrency=c, duration_s=args.duration_s, warmup_s=args.warmup_s,
-                          max_error_rate=0.5) for c in args.concurrency]
-    out: dict = {"url": server.url}
+        selection.backend.warmup(selection.metadata.input_size)
+        (e,) = engine_ceiling(selection.backend, selection.metadata.input_size, [batch], args.engine_time_s)
+    finally:
+        selection.backend.close()
+    say(f"(a) engine again after the HTTP part, batch {batch}: {e['img_per_s']:.1f} img/s")
+    return e
+
+
+@dataclass
+class Target:
+    """One server of the HTTP part: where its results go in bench.json and how to start it."""
+
+    key: str  # "service:onnxruntime", "naive", "litserve", ...
+    name: str  # servers.command name
+    backend: str
+    out_dir: Path
+    extra: list[str]
+
+
+def http_sweeps(targets: list[Target], args, payloads) -> tuple[dict[str, dict], dict | None]:
+    """Start every server, then run the concurrency sweep *interleaved*: at each concurrency, one step
+    on each server in turn (the order rotating from step to step). On a shared or throttled host, load
+    from elsewhere then falls on all servers alike instead of on whichever ran during a busy minute.
+    Idle servers cost memory, not CPU. Returns ({key: {"url", "steps"} or {"skipped"}}, client ceiling).
+    """
+    out: dict[str, dict] = {}
+    started: dict[str, servers.Started] = {}
+    for t in targets:
+        say(f"starting {t.key} ({t.backend}, {args.device})")
+        try:
+            started[t.key] = servers.start(t.name, t.out_dir / "logs", args.onnx, t.backend, args.device, t.extra)
+        except Exception as exc:  # a peer that will not start is reported, not fatal
+            say(f"{t.key} failed to start: {exc}")
+            out[t.key] = {"skipped": f"failed to start: {str(exc)[:500]}"}
+    live = [t for t in targets if t.key in started]
+    results: dict[str, list] = {t.key: [] for t in live}
+    ceiling = None
 
     async def go():
-        if ceiling:
-            async with LoadClient(server.url, "healthz") as client:
-                c = max(args.concurrency)
-                r = (await sweep(client, build_payloads("healthz"), [StepConfig(
-                    "closed", concurrency=c, duration_s=min(3.0, args.duration_s), warmup_s=0.5)]))[0]
-                out["client_ceiling"] = {"concurrency": c, "req_per_s": r.rps,
-                                         "p50_ms": r.latency.percentile_ms(50)}
-                say(f"client ceiling: GET /healthz at c={c}: {r.rps:.0f} req/s")
-        bar = ProgressBar(len(configs))
-        bar.next_step()
-
-        def on_step(result):
-            bar.done()
-            bar.next_step()
-            r = report.row(result)
-            say(f"    {name} {r['step']}: {r['img_per_s']} img/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-                f"{r['errors']} errors")
-
-        async with LoadClient(server.url, args.kind) as client:
-            return await sweep(client, payloads, configs, 0.5, None, bar, on_step)
+        nonlocal ceiling
+        first = next((t for t in live if t.name == "service"), None)
+        if first is not None:
+            c = max(args.concurrency)
+            async with LoadClient(started[first.key].url, "healthz") as client:
+                r = await run_step(client, build_payloads("healthz"), StepConfig(
+                    "closed", concurrency=c, duration_s=min(3.0, args.duration_s), warmup_s=0.5))
+            ceiling = {"concurrency": c, "req_per_s": r.rps, "p50_ms": r.latency.percentile_ms(50)}
+            say(f"client ceiling: GET /healthz at c={c}: {r.rps:.0f} req/s")
+        stopped: set[str] = set()
+        for i, c in enumerate(args.concurrency):
+            order = live[i % len(live):] + live[: i % len(live)] if live else []
+            for t in order:
+                if t.key in stopped:
+                    continue
+                config = StepConfig("closed", concurrency=c, duration_s=args.duration_s, warmup_s=args.warmup_s,
+                                    max_error_rate=0.5)
+                bar = ProgressBar(1)
+                bar.next_step()
+                async with LoadClient(started[t.key].url, args.kind) as client:
+                    (r,) = await sweep(client, payloads, [config], 0.5, None, bar)
+                bar.done()
+                results[t.key].append(r)
+                row = report.row(r)
+                say(f"    {t.key} c={c}: {row['img_per_s']} img/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
+                    f"{row['errors']} errors, client CPU {row['client_cpu_pct']}%")
+                if r.stopped:
+                    stopped.add(t.key)
 
     try:
-        results = asyncio.run(go())
+        asyncio.run(go())
     finally:
-        server.stop()
-    write_outputs(out_dir / name, {"server": name, "backend": backend, "device": args.device}, results,
-                  title=f"{name} ({backend}, {args.device})")
-    out["steps"] = [report.row(r) for r in results]
-    return out
+        for server in started.values():
+            server.stop()
+    for t in live:
+        write_outputs(t.out_dir / t.name, {"server": t.key, "backend": t.backend, "device": args.device},
+                      results[t.key], title=f"{t.key} ({t.backend}, {args.device})")
+        out[t.key] = {"url": started[t.key].url, "steps": [report.row(r) for r in results[t.key]]}
+    return out, ceiling
 
 
 def _best(steps: list[dict], lo: int = 16, hi: int = 32) -> dict | None:
@@ -224,9 +267,17 @@ def summarize(result: dict) -> tuple[list[str], list[str]]:
         cores = result["host"]["cpu_count"] or 1
         lines.append(f"  bounds: decode <= {cores * 1000 / b['preprocess_ms']:.0f} img/s ({cores} cores x 1 image per "
                      f"{b['preprocess_ms']:.1f} ms), engine <= {engine_peak['img_per_s']:.0f} img/s, "
-                     f"client <= {result.get('client_ceiling', {}).get('req_per_s', float('nan')):.0f} req/s")
+                     f"client <= {(result.get('client_ceiling') or {}).get('req_per_s', float('nan')):.0f} req/s")
         ratio = best["img_per_s"] / engine_peak["img_per_s"]
         lines.append(f"  (c)/(a) {ratio:.2f}  (engine at batch {engine_peak['batch']}: {engine_peak['img_per_s']:.1f} img/s)")
+        after = b.get("engine_after")
+        if after:
+            before = next(e for e in b["engine"] if e["batch"] == after["batch"])
+            lines.append(f"  host drift: engine at batch {after['batch']} {before['img_per_s']:.1f} img/s before the HTTP "
+                         f"part, {after['img_per_s']:.1f} after (x{after['img_per_s'] / before['img_per_s']:.2f}; "
+                         "far from 1 = a busy host, ratios to (a) and (b) are rough)")
+            md.append(f"| (a) engine {name}, batch {after['batch']}, again after (c) | {after['img_per_s']:.1f} | "
+                      f"{after['ms_per_batch']:.1f} | - | host drift check |")
         ratio = best["img_per_s"] / pipe_peak["img_per_s"]
         ok = "MET" if ratio >= TARGETS["vs_pipeline"] else "MISSED"
         lines.append(f"  (c)/(b) {ratio:.2f}  target >= {TARGETS['vs_pipeline']}: {ok}  "
@@ -289,20 +340,31 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": host_description(),
                     "device": args.device, "device_name": device_name(args.device), "args": vars(args),
                     "backends": {}, "peers": {}}
+    targets = []
     for name in backends:
         b = measure_in_process(name, args, images)
         result["backends"][name] = b
         if "skipped" in b:
             say(f"{name}: skipped: {b['skipped']}")
             continue
-        b["service"] = http_sweep("service", args, payloads, out / name, args.service_flag, name,
-                                  ceiling="client_ceiling" not in result)
-        if "client_ceiling" in b["service"]:
-            result["client_ceiling"] = b["service"].pop("client_ceiling")
+        targets.append(Target(f"service:{name}", "service", name, out / name, list(args.service_flag)))
+    first = next((t.backend for t in targets), backends[0])
     if not args.no_naive:
-        result["naive"] = http_sweep("naive", args, payloads, out, backend=backends[0])
+        targets.append(Target("naive", "naive", first, out, []))
     for peer in [p for p in args.peers.split(",") if p]:
-        result["peers"][peer] = http_sweep(peer, args, payloads, out, backend=backends[0])
+        targets.append(Target(peer, peer, first, out, []))
+    http, result["client_ceiling"] = http_sweeps(targets, args, payloads)
+    for name, b in result["backends"].items():
+        if "skipped" not in b:
+            b["service"] = http.get(f"service:{name}", {"skipped": "not run"})
+    if not args.no_naive:
+        result["naive"] = http.get("naive", {"skipped": "not run"})
+    for peer in [p for p in args.peers.split(",") if p]:
+        result["peers"][peer] = http.get(peer, {"skipped": "not run"})
+    if targets and targets[0].name == "service":  # the engine again: how much the host drifted meanwhile
+        b = result["backends"][targets[0].backend]
+        biggest = max(e["batch"] for e in b["engine"])
+        b["engine_after"] = engine_after(targets[0].backend, args, biggest)
     lines, md = summarize(result)
     header = (f"Machine: {result['device_name']} ({result['host']['platform']}); images {args.images}, "
               f"kind {args.kind}, {args.duration_s:g} s per step")
