@@ -51,7 +51,7 @@ def preprocess_time_ms(images: list[bytes], config: PreprocessConfig, rounds: in
     return (time.perf_counter() - start) / (rounds * len(images)) * 1000
 
 
-async def _pipeline(backend: Backend, meta: ModelMetadata, settings: Settings, images: list[bytes],
+async def run_pipeline(backend: Backend, meta: ModelMetadata, settings: Settings, images: list[bytes],
                     concurrency: int, duration_s: float, warmup_s: float) -> dict:
     metrics = Metrics()
     batcher = Batcher(backend, metrics, settings.max_batch_size, settings.max_delay_ms, settings.queue_capacity,
@@ -94,4 +94,4 @@ async def _pipeline(backend: Backend, meta: ModelMetadata, settings: Settings, i
 def pipeline_ceiling(backend: Backend, meta: ModelMetadata, settings: Settings, images: list[bytes],
                      concurrency: int, duration_s: float = 5.0, warmup_s: float = 1.0) -> dict:
     """{"concurrency", "images", "img_per_s", "latency_ms": {...}, "batch_size_mean"}; one image per call."""
-    return asyncio.run(_pipeline(backend, meta, settings, images, concurrency, duration_s, warmup_s))
+    return asyncio.run(run_pipeline(backend, meta, settings, images, concurrency, duration_s, warmup_s))

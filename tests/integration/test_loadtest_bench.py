@@ -25,6 +25,7 @@ def test_bench_measures_every_part_and_writes_the_table(onnx_model, tmp_path):
     ort = doc["backends"]["onnxruntime"]
     assert [e["batch"] for e in ort["engine"]] == [1, 2] and all(e["img_per_s"] > 0 for e in ort["engine"])
     assert [p["concurrency"] for p in ort["pipeline"]] == [1, 2] and all(p["images"] > 0 for p in ort["pipeline"])
+    assert [p["concurrency"] for p in ort["pipeline_interleaved"]] == [1, 2]  # (b) again, in the (c) rotation
     for steps in (ort["service"]["steps"], doc["naive"]["steps"]):
         assert [s["concurrency"] for s in steps] == [1, 2]
         assert all(s["requests"] == s["ok"] + s["errors"] and s["ok"] > 0 for s in steps)
