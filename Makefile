@@ -10,13 +10,12 @@ HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 EXTRAS ?= $(if $(HAS_GPU),gpu,cpu),dev
 HOST ?= 0.0.0.0
 PORT ?= 8000
+# Model files: alexnet.pt or torchvision's alexnet-owt-*.pth if you have weights (else untrained),
+# and the ONNX model and TensorRT engine built from them on first start.
 ARTIFACTS ?= artifacts
-ONNX ?= $(ARTIFACTS)/alexnet.onnx
-# Trained weights, when you have them (our checkpoint or torchvision's .pth); empty = untrained.
-CHECKPOINT ?= $(wildcard $(ARTIFACTS)/alexnet.pt)
 PYTEST_ARGS ?=
 
-.PHONY: install serve test onnx clean-artifacts
+.PHONY: install serve test clean-artifacts
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -25,14 +24,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
-onnx: $(ONNX)
-$(ONNX): | $(VENV)/.installed
-	$(BIN)/python export/to_onnx.py $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --out $@
+# The same entrypoint as the Docker image: export ONNX / build the engine where missing, then serve.
+serve: install
+	ALEXNET_MODEL_DIR=$(ARTIFACTS) $(BIN)/python -m service.entrypoint --host $(HOST) --port $(PORT)
 
-serve: install $(ONNX)
-	$(BIN)/python -m service --host $(HOST) --port $(PORT) --onnx $(ONNX)
-
+# Chromium for the browser test: installed where this runs as root (CI), else the test skips and says why.
 test: install
+	@bash .ci/install-chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean-artifacts:

@@ -2,15 +2,22 @@
 
     python export/to_onnx.py --out artifacts/alexnet.onnx                       # untrained (loud warning)
     python export/to_onnx.py --checkpoint artifacts/alexnet.pt --out artifacts/alexnet.onnx
+    python export/to_onnx.py --checkpoint artifacts/alexnet.pt --precision fp16 --out artifacts/alexnet.fp16.onnx
 
 The file has input ``input`` (N,3,H,W) float32 and output ``logits`` (N,classes), one self-contained
 file, and our metadata (export/onnx_metadata.py). ``onnx.checker`` must pass and ONNX Runtime must
 agree with PyTorch within ``--tolerance`` at each ``--verify-batch-sizes``, or nothing is written.
+
+``--precision fp16`` (for TensorRT 11, whose strongly typed networks take their precision from the
+ONNX) exports ``model.half()`` wrapped so that the graph still takes and returns float32: a Cast to
+float16 after ``input`` and a Cast to float32 before ``logits``, so callers do not change. It is
+verified against the fp32 PyTorch model with a tolerance relative to the largest |logit|.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import sys
@@ -33,8 +40,23 @@ DEFAULT_OPSET = 18
 MAX_BATCH = 4096
 
 
+PRECISIONS = ("fp32", "fp16")
+DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # fp32: absolute; fp16: relative to max |logit|
+
+
 class ExportError(RuntimeError):
     """The exported model is invalid or disagrees with PyTorch."""
+
+
+class _Float16Inside(torch.nn.Module):
+    """Runs ``model`` in float16 behind a float32 graph boundary (input and logits stay float32)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.half()).float()
 
 
 def _step(message: str) -> float:
@@ -42,9 +64,15 @@ def _step(message: str) -> float:
     return time.perf_counter()
 
 
-def export_model(loaded: LoadedModel, out: Path, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """Trace ``loaded.model`` to ONNX at ``out`` (dynamic batch) and stamp our metadata into it."""
+def export_model(loaded: LoadedModel, out: Path, opset: int = DEFAULT_OPSET,
+                 precision: str = "fp32") -> onnx.ModelProto:
+    """Trace ``loaded.model`` to ONNX (dynamic batch) and stamp our metadata into it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     spec = arch_spec(loaded.arch)
+    module = loaded.model.eval()
+    if precision == "fp16":
+        module = _Float16Inside(copy.deepcopy(module).half())
     size = spec.input_size
     example = torch.randn(2, 3, size, size)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
@@ -53,7 +81,7 @@ def export_model(loaded: LoadedModel, out: Path, opset: int = DEFAULT_OPSET) -> 
         raw = Path(tmp) / "raw.onnx"
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         torch.onnx.export(
-            loaded.model.eval(),
+            module,
             (example,),
             str(raw),
             input_names=[INPUT_NAME],
@@ -74,14 +102,19 @@ def export_model(loaded: LoadedModel, out: Path, opset: int = DEFAULT_OPSET) -> 
             resize_size=spec.resize_size,
             weights=loaded.weights_description,
             weights_sha256=loaded.weights_sha256,
+            precision=precision,
         ),
     )
     model.producer_name = "alexnet-serve"
     return model
 
 
-def verify(model_path: Path, loaded: LoadedModel, batch_sizes: list[int], tolerance: float) -> float:
-    """Max |ONNX Runtime - PyTorch| over random batches of each size; ExportError above ``tolerance``."""
+def verify(model_path: Path, loaded: LoadedModel, batch_sizes: list[int], tolerance: float,
+           relative: bool = False) -> float:
+    """Max |ONNX Runtime - PyTorch| over random batches of each size; ExportError above ``tolerance``.
+
+    With ``relative`` the difference is divided by the largest |logit| of PyTorch's output (fp16).
+    """
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
@@ -96,10 +129,16 @@ def verify(model_path: Path, loaded: LoadedModel, batch_sizes: list[int], tolera
         if actual.shape != expected.shape:
             raise ExportError(f"batch {n}: ONNX output shape {actual.shape}, PyTorch {expected.shape}")
         diff = float(np.max(np.abs(actual - expected)))
-        print(f"[to_onnx]   batch {n:>4}: max |onnxruntime - torch| = {diff:.3g}", flush=True)
+        scale = float(np.max(np.abs(expected))) if relative else 1.0
+        agree = float(np.mean(actual.argmax(1) == expected.argmax(1)))
+        print(f"[to_onnx]   batch {n:>4}: max |onnxruntime - torch| = {diff:.3g}"
+              + (f" (largest |logit| {scale:.3g})" if relative else "")
+              + f", top-1 agreement {agree:.0%}", flush=True)
+        diff /= max(scale, 1e-12)
         worst = max(worst, diff)
-    if worst > tolerance:
-        raise ExportError(f"ONNX Runtime disagrees with PyTorch: max |diff| {worst:.3g} > {tolerance:g}")
+    if not np.isfinite(worst) or worst > tolerance:
+        kind = "relative max |diff|" if relative else "max |diff|"
+        raise ExportError(f"ONNX Runtime disagrees with PyTorch: {kind} {worst:.3g} > {tolerance:g}")
     return worst
 
 
@@ -109,13 +148,15 @@ def export_and_verify(
     arch: str = "torchvision",
     opset: int = DEFAULT_OPSET,
     verify_batch_sizes: tuple[int, ...] = (1, 7, 32),
-    tolerance: float = 1e-4,
+    tolerance: float | None = None,
+    precision: str = "fp32",
 ) -> Path:
     """Load weights, export, check, verify, then move the file into place (never a half-checked file)."""
     t0 = _step(f"loading {'checkpoint ' + str(checkpoint) if checkpoint else 'untrained ' + arch + ' model'}")
     loaded = load_model(checkpoint, arch)
-    t1 = _step(f"exporting {loaded.arch} (weights: {loaded.weights_description}) to ONNX opset {opset}")
-    model = export_model(loaded, out, opset)
+    tolerance = DEFAULT_TOLERANCE[precision] if tolerance is None else tolerance
+    t1 = _step(f"exporting {loaded.arch} (weights: {loaded.weights_description}) to ONNX opset {opset}, {precision}")
+    model = export_model(loaded, out, opset, precision)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
@@ -125,12 +166,13 @@ def export_and_verify(
         t2 = _step(f"exported in {time.perf_counter() - t1:.1f} s; running onnx.checker")
         onnx.checker.check_model(str(tmp), full_check=True)
         _step(f"verifying against PyTorch at batch sizes {list(verify_batch_sizes)}")
-        worst = verify(tmp, loaded, list(verify_batch_sizes), tolerance)
+        worst = verify(tmp, loaded, list(verify_batch_sizes), tolerance, relative=precision == "fp16")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     _step(
-        f"done: {out} ({out.stat().st_size / 2**20:.0f} MiB, max |diff| {worst:.2g}, "
+        f"done: {out} ({precision}, {out.stat().st_size / 2**20:.0f} MiB, "
+        f"{'relative ' if precision == 'fp16' else ''}max |diff| {worst:.2g}, "
         f"{time.perf_counter() - t0:.1f} s in all, verify {time.perf_counter() - t2:.1f} s)"
     )
     return out
@@ -149,7 +191,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (18-20)")
     parser.add_argument("--verify-batch-sizes", type=int, nargs="+", default=[1, 7, 32],
                         help="batch sizes compared with PyTorch")
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="max |diff| allowed in fp32")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp16: float16 weights and compute inside, float32 input/logits (TensorRT 11)")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="max |diff| allowed; default 1e-4 absolute for fp32, 1e-2 relative to max |logit| for fp16")
     return parser
 
 
@@ -158,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         export_and_verify(args.checkpoint, args.out, args.arch, args.opset,
-                          tuple(args.verify_batch_sizes), args.tolerance)
+                          tuple(args.verify_batch_sizes), args.tolerance, args.precision)
     except (CheckpointError, ExportError, ValueError) as exc:
         print(f"[to_onnx] error: {exc}", file=sys.stderr)
         return 1

@@ -25,6 +25,19 @@ LRN_BETA = 0.75
 LRN_K = 2.0
 
 
+def classifier_head(num_classes: int, dropout: float) -> nn.Sequential:
+    """The fully connected layers both layouts share (keys ``classifier.0 ... classifier.6``)."""
+    return nn.Sequential(
+        nn.Dropout(p=dropout),
+        nn.Linear(256 * 6 * 6, 4096),  # (B, 9216) -> (B, 4096)
+        nn.ReLU(inplace=True),
+        nn.Dropout(p=dropout),
+        nn.Linear(4096, 4096),
+        nn.ReLU(inplace=True),
+        nn.Linear(4096, num_classes),  # (B, num_classes) logits
+    )
+
+
 class AlexNet(nn.Module):
     """torchvision's AlexNet (one weird trick); key layout identical to ``torchvision.models.AlexNet``."""
 
@@ -46,15 +59,7 @@ class AlexNet(nn.Module):
             nn.MaxPool2d(kernel_size=3, stride=2),  # (B, 256, 6, 6)
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))  # identity at 224; lets other sizes through
-        self.classifier = nn.Sequential(
-            nn.Dropout(p=dropout),
-            nn.Linear(256 * 6 * 6, 4096),
-            nn.ReLU(inplace=True),
-            nn.Dropout(p=dropout),
-            nn.Linear(4096, 4096),
-            nn.ReLU(inplace=True),
-            nn.Linear(4096, num_classes),  # (B, num_classes) logits
-        )
+        self.classifier = classifier_head(num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
@@ -87,15 +92,7 @@ class AlexNet2012(nn.Module):
             nn.MaxPool2d(kernel_size=3, stride=2),  # (B, 256, 6, 6)
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))  # identity at 227; lets reduced sizes train
-        self.classifier = nn.Sequential(
-            nn.Dropout(p=dropout),
-            nn.Linear(256 * 6 * 6, 4096),
-            nn.ReLU(inplace=True),
-            nn.Dropout(p=dropout),
-            nn.Linear(4096, 4096),
-            nn.ReLU(inplace=True),
-            nn.Linear(4096, num_classes),
-        )
+        self.classifier = classifier_head(num_classes, dropout)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -123,6 +120,9 @@ class ArchSpec:
     module: Callable[..., nn.Module]
     input_size: int  # square crop fed to the network, pixels
     resize_size: int  # shorter side is resized to this before the center crop, pixels
+    # Smallest square input for which the last max pool still has a 3x3 window, pixels
+    # (torchvision: conv1 pads 2, so (63 + 4 - 11) // 4 + 1 = 15 -> 7 -> 3; alexnet2012: no pad, 67).
+    min_input_size: int
     num_params: int  # with 1000 classes
     source: str
     top1_accuracy: float | None = None  # published ImageNet-1k validation figures, percent
@@ -136,6 +136,7 @@ ARCHS: dict[str, ArchSpec] = {
         module=AlexNet,
         input_size=224,
         resize_size=256,
+        min_input_size=63,
         num_params=61_100_840,  # torchvision AlexNet_Weights.IMAGENET1K_V1.meta["num_params"]
         source="Krizhevsky 2014, One weird trick for parallelizing CNNs, arXiv:1404.5997",
         top1_accuracy=56.522,
@@ -147,6 +148,7 @@ ARCHS: dict[str, ArchSpec] = {
         module=AlexNet2012,
         input_size=227,
         resize_size=256,
+        min_input_size=67,
         # 34,944 + 307,456 + 885,120 + 663,936 + 442,624 (conv) + 37,752,832 + 16,781,312 + 4,097,000 (fc)
         num_params=60_965_224,
         source="Krizhevsky, Sutskever, Hinton 2012, ImageNet Classification with Deep CNNs, NeurIPS",
@@ -170,6 +172,22 @@ def build(arch: str = "torchvision", num_classes: int = 1000, dropout: float = 0
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     return arch_spec(arch).module(num_classes=num_classes, dropout=dropout)
+
+
+def kaiming_init_(model: nn.Module) -> nn.Module:
+    """He et al. 2015 (arXiv:1502.01852) initialization: weights ~ N(0, 2 / fan_in), biases 0, and the
+    output layer N(0, 0.01) so the first logits are near uniform.
+
+    Neither published AlexNet uses it; it is offered because it keeps the signal's scale through the
+    eight ReLU layers, where PyTorch's default (kaiming_uniform with a=sqrt(5)) shrinks it about
+    sixfold per layer, which leaves small or short runs stuck at chance for their first epochs.
+    """
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for layer in layers:
+        nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+        nn.init.zeros_(layer.bias)
+    nn.init.normal_(layers[-1].weight, mean=0.0, std=0.01)
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -4,8 +4,9 @@ Our checkpoint is a dict saved with ``torch.save`` and read back with ``weights_
 
     {"format": "alexnet-serve-checkpoint", "version": 1, "arch": "torchvision", "num_classes": 1000,
      "labels": [...], "model": state_dict, "weights_sha256": "...", "provenance": {...},
-     # optional, written by training so a run can resume:
-     "optimizer": ..., "lr_scheduler": ..., "epoch": int, "args": dict}
+     # optional, written by training so a run can resume (plain types only: it is read weights_only):
+     "optimizer": ..., "lr_scheduler": ..., "scaler": ..., "epoch": int, "step": int,
+     "best_top1_err": float, "args": dict}
 
 ``weights_sha256`` hashes every tensor's name, dtype, shape and bytes, so a file damaged after it was
 written is refused instead of serving wrong answers.
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from model.alexnet import arch_spec, build
+from model.hashing import file_sha256
 from model.labels import imagenet_labels
 
 log = logging.getLogger(__name__)
@@ -75,15 +77,8 @@ def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
+        # reshape(-1): view(uint8) refuses 0-dim tensors; for every other tensor the bytes are the same.
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
@@ -163,6 +158,15 @@ def _load_state_dict(path: Path, model: nn.Module, state_dict: Mapping[str, Any]
 
 def load_checkpoint(path: str | Path) -> LoadedModel:
     """Read our checkpoint format, verifying format, arch, key layout, shapes and the weights hash."""
+    return load_training_checkpoint(path)[0]
+
+
+TRAINING_STATE_KEYS = ("optimizer", "lr_scheduler", "scaler", "epoch", "step", "best_top1_err", "args")
+
+
+def load_training_checkpoint(path: str | Path) -> tuple[LoadedModel, dict[str, Any]]:
+    """``load_checkpoint`` plus the training state saved beside the weights (the keys of
+    ``TRAINING_STATE_KEYS`` that are present), for ``python -m model.train --resume``."""
     path = Path(path)
     payload = _torch_load(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
@@ -184,6 +188,10 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
     state_dict = payload.get("model")
     if not isinstance(state_dict, dict):
         raise CheckpointError(f"{path}: no 'model' state dict")
+    # Before hashing, which would fail with an AttributeError on a non-tensor value.
+    for name, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: {name} is a {type(value).__name__}, not a tensor")
     actual_sha = state_dict_sha256(state_dict)
     if actual_sha != payload.get("weights_sha256"):
         raise CheckpointError(
@@ -192,7 +200,8 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
         )
     model = build(arch, num_classes=num_classes)
     _load_state_dict(path, model, state_dict, arch)
-    return LoadedModel(model.eval(), arch, labels, actual_sha, dict(payload.get("provenance", {})))
+    loaded = LoadedModel(model.eval(), arch, labels, actual_sha, dict(payload.get("provenance", {})))
+    return loaded, {k: payload[k] for k in TRAINING_STATE_KEYS if k in payload}
 
 
 def import_torchvision_weights(path: str | Path, arch: str = "torchvision") -> LoadedModel:

@@ -17,6 +17,9 @@ from pydantic import ValidationError
 
 from service.settings import Settings
 
+# Secrets come from the environment only: a flag would show in `ps` and shell history.
+ENV_ONLY = {"api_key"}
+
 
 def _flag_type(annotation):
     if annotation is bool:
@@ -27,9 +30,12 @@ def _flag_type(annotation):
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m service",
-        description="AlexNet classification service. Each flag may also be set as ALEXNET_<NAME>.",
+        description="AlexNet classification service. Each flag may also be set as ALEXNET_<NAME>; "
+        "the API key only as ALEXNET_API_KEY.",
     )
     for name, field in Settings.model_fields.items():
+        if name in ENV_ONLY:
+            continue
         choices = None
         if typing.get_origin(field.annotation) is typing.Literal:
             choices = typing.get_args(field.annotation)
@@ -54,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.update({"ALEXNET_" + k.upper(): str(v) for k, v in settings.model_dump(exclude_none=True).items()})
+    # uvicorn's factory (and each worker process) rebuilds Settings from the environment.
+    values = settings.model_dump(exclude_none=True)
+    if settings.api_key is not None:
+        values["api_key"] = settings.api_key.get_secret_value()
+    os.environ.update({"ALEXNET_" + k.upper(): str(v) for k, v in values.items()})
     uvicorn.run(
         "service.app:create_app",
         factory=True,
@@ -64,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
         access_log=settings.log_level == "debug",
+        limit_concurrency=settings.max_connections or None,
     )
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import time
@@ -10,7 +11,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service.backends import select_backend
 from service.batcher import Batcher
@@ -18,11 +22,12 @@ from service.errors import BodyTooLarge, ServiceError
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.preprocess import PreprocessConfig
-from service.routes import classify, ops
+from service.routes import classify, ops, page, v2
 from service.settings import Settings
 from service.state import ServiceState
 
 log = logging.getLogger("service")
+HTTP_KINDS = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
 
 
 def _load(state: ServiceState) -> None:
@@ -63,8 +68,8 @@ async def _start(state: ServiceState) -> None:
     log.info("ready")
 
 
-def create_app(settings: Settings | None = None, load_in_background: bool = False) -> FastAPI:
-    """The service app. With ``load_in_background`` the server answers /healthz while loading."""
+def create_app(settings: Settings | None = None, load_in_background: bool = True) -> FastAPI:
+    """The service app. Loading runs in the background: /healthz answers at once, /readyz once warm."""
     settings = settings or Settings()
     state = ServiceState(settings=settings, metrics=Metrics())
 
@@ -89,12 +94,28 @@ def create_app(settings: Settings | None = None, load_in_background: bool = Fals
     app.state.service = state
     app.include_router(ops.router)
     app.include_router(classify.router)
+    app.include_router(page.router)
+    app.include_router(v2.router)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         state.metrics.errors.labels(exc.kind).inc()
         log.debug("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.kind)
         return JSONResponse({"error": exc.message, "kind": exc.kind}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Framework errors (unknown route, wrong method, malformed multipart) in our one error shape.
+        kind = HTTP_KINDS.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal")
+        state.metrics.errors.labels(kind).inc()
+        return JSONResponse({"error": str(exc.detail), "kind": kind}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_disconnect(request: Request, exc: ClientDisconnect) -> Response:
+        # The client hung up mid-upload: nobody is left to answer; count it, and log no traceback.
+        state.metrics.errors.labels("client_disconnected").inc()
+        return Response(status_code=499)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -103,6 +124,11 @@ def create_app(settings: Settings | None = None, load_in_background: bool = Fals
         return JSONResponse({"error": problems, "kind": "bad_parameter"}, status_code=422)
 
     app.add_middleware(_BodyLimit, max_body_bytes=settings.max_body_bytes)
+    if settings.api_key is not None:
+        app.add_middleware(_BearerAuth, key=settings.api_key.get_secret_value(), open_paths=_open_paths(settings))
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=[o.strip() for o in settings.cors_origins.split(",")],
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(_RequestMetrics, state=state)  # added last = outermost: it sees every answer
     return app
 
@@ -135,6 +161,34 @@ class _RequestMetrics:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(json.dumps({"method": scope["method"], "path": scope["path"], "route": path,
                                       "status": status["code"], "ms": round(elapsed * 1000, 3)}))
+
+
+HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
+
+
+def _open_paths(settings: Settings) -> frozenset[str]:
+    return (HEALTH_PATHS if settings.open_health else frozenset()) | (
+        frozenset({"/metrics"}) if settings.open_metrics else frozenset())
+
+
+class _BearerAuth:
+    """ASGI middleware: ``Authorization: Bearer <key>`` on every path but the open ones (401 otherwise)."""
+
+    def __init__(self, app, key: str, open_paths: frozenset[str]) -> None:
+        self.app = app
+        self.key = key.encode()
+        self.open_paths = open_paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.open_paths or scope["method"] == "OPTIONS":
+            return await self.app(scope, receive, send)
+        header = dict(scope.get("headers", [])).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key):
+            return await self.app(scope, receive, send)
+        response = JSONResponse({"error": "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                                 "kind": "unauthorized"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        await response(scope, receive, send)
 
 
 class _BodyLimit:

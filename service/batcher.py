@@ -137,7 +137,6 @@ class Batcher:
                 continue
             if now >= item.deadline:
                 item.future.set_exception(DeadlineExceeded("the request's deadline passed while it was queued"))
-                self._metrics.errors.labels("deadline_exceeded").inc()
                 continue
             return item
         return None
@@ -159,16 +158,16 @@ class Batcher:
 
     async def _run(self) -> None:
         while True:
-            first = self._pop_live()
-            if first is None:
+            if not self._queue:
                 await self._wait_for_arrival(None)
                 continue
-            batch = [first]
+            # Take the slot first, then the images: whatever expired or left meanwhile is dropped.
             await self._slots.acquire()
+            batch: list[_Item] = []
             self._fill(batch)
             # Wait for stragglers only while another batch keeps the backend busy.
-            while len(batch) < self.max_batch_size and self._stats.running_since:
-                remaining = first.enqueued + self.max_delay_s - time.monotonic()
+            while batch and len(batch) < self.max_batch_size and self._stats.running_since:
+                remaining = batch[0].enqueued + self.max_delay_s - time.monotonic()
                 if remaining <= 0 or not await self._wait_for_arrival(remaining):
                     break
                 self._fill(batch)
@@ -214,7 +213,7 @@ class Batcher:
                         logits[i], (started - item.enqueued) * 1000, elapsed * 1000, n))
         except Exception as exc:
             self._stats.consecutive_failures += 1
-            self._metrics.errors.labels("backend_error").inc()
+            self._metrics.backend_failures.inc()
             log.exception("backend %s failed on a batch of %d", self.backend.name, n)
             for item in batch:
                 if not item.future.done():

@@ -39,6 +39,11 @@ class CorruptImage(BadRequest):
     kind = "corrupt_image"
 
 
+class NotFound(ServiceError):
+    status = 404
+    kind = "not_found"
+
+
 class BadParameter(ServiceError):
     status = 422
     kind = "bad_parameter"

@@ -27,7 +27,9 @@ class Metrics:
             "alexnet_preprocess_duration_seconds", "Decode + resize + normalize time per image",
             buckets=LATENCY_BUCKETS_S, registry=r)
         self.images = Counter("alexnet_images_total", "Images classified", registry=r)
-        self.errors = Counter("alexnet_errors_total", "Errors by kind", ["kind"], registry=r)
+        self.errors = Counter("alexnet_errors_total", "Requests answered with an error, by kind", ["kind"], registry=r)
+        self.backend_failures = Counter(
+            "alexnet_backend_failures_total", "Batches whose inference raised", registry=r)
         self.ready = Gauge("alexnet_ready", "1 when the model is loaded, warm and healthy", registry=r)
 
     def render(self) -> bytes:

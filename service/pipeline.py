@@ -76,7 +76,6 @@ class Pipeline:
         if pending:
             for future in futures:
                 future.cancel()
-            self._metrics.errors.labels("deadline_exceeded").inc()
             raise DeadlineExceeded("the request's deadline passed before inference finished; retry later")
         return [future.result() for future in futures]
 

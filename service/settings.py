@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BackendName = Literal["auto", "tensorrt", "onnxruntime", "torch"]
@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest decoded image, pixels (413 above)")
     max_images_per_request: int = Field(32, ge=1, description="images in one request (413 above)")
     max_top_k: int = Field(1000, ge=1, description="largest top_k a client may ask for")
+    max_connections: int = Field(0, ge=0, description="concurrent connections before uvicorn answers 503 (0 = no limit)")
+
+    api_key: SecretStr | None = Field(None, description="if set, requests need 'Authorization: Bearer <key>'")
+    open_health: bool = Field(True, description="health and readiness endpoints need no API key")
+    open_metrics: bool = Field(True, description="/metrics needs no API key")
+    cors_origins: str = Field("", description="comma-separated origins allowed by CORS ('' = CORS off)")
 
     model_name: str = Field("alexnet", description="name reported in responses and /v1/models")
     model_version: str = Field("1", description="version reported in responses and /v1/models")

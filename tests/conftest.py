@@ -75,21 +75,25 @@ class LiveServer:
         return self.process.returncode
 
 
-def start_server(log_dir: Path, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True,
-                 timeout_s: float = 120) -> LiveServer:
-    """Start ``python -m service`` on 127.0.0.1 and a free port; wait for /readyz unless told not to."""
+def start_server(log_dir: Path, *args: str, env: dict[str, str | None] | None = None, wait_ready: bool = True,
+                 timeout_s: float = 120, module: str = "service") -> LiveServer:
+    """Start ``python -m <module>`` on 127.0.0.1 and a free port; wait for /readyz unless told not to.
+
+    ``env`` entries override the environment; a None value removes the variable.
+    """
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), *args],
+        [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port), *args],
         cwd=REPO, env=full_env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
     )
     server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+            raise RuntimeError(f"{module} exited with {process.returncode}:\n{server.log()}")
         try:
             r = httpx.get(server.url + ("/readyz" if wait_ready else "/healthz"), timeout=2)
             if r.status_code == 200:
@@ -98,7 +102,7 @@ def start_server(log_dir: Path, *args: str, env: dict[str, str] | None = None, w
             pass
         time.sleep(0.2)
     server.stop()
-    raise RuntimeError(f"server not ready after {timeout_s} s:\n{server.log()}")
+    raise RuntimeError(f"{module} not ready after {timeout_s} s:\n{server.log()}")
 
 
 @pytest.fixture
@@ -122,3 +126,58 @@ def onnx_server(onnx_model, tmp_path_factory):
     server = start_server(tmp_path_factory.mktemp("server"), "--onnx", str(onnx_model), "--backend", "onnxruntime")
     yield server
     server.stop()
+
+
+class InProcessServer:
+    """The real app under a real uvicorn on 127.0.0.1, in a thread, so tests can reach its state."""
+
+    def __init__(self, settings) -> None:
+        import threading
+
+        import uvicorn
+
+        from service.app import create_app
+
+        self.app = create_app(settings)
+        self.state = self.app.state.service
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning",
+                                                    timeout_graceful_shutdown=30))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("in-process server did not start")
+            time.sleep(0.02)
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.state.ready:
+            if self.state.startup_error:
+                raise RuntimeError(self.state.startup_error)
+            if time.monotonic() > deadline:
+                raise RuntimeError("not ready in time")
+            time.sleep(0.02)
+
+    def stop(self, timeout_s: float = 60) -> None:
+        self.server.should_exit = True  # what uvicorn does on SIGTERM
+        self.thread.join(timeout_s)
+
+
+@pytest.fixture
+def inprocess_server():
+    """Call with a Settings; each server is stopped at teardown."""
+    servers: list[InProcessServer] = []
+
+    def factory(settings, wait_ready: bool = True) -> InProcessServer:
+        server = InProcessServer(settings)
+        servers.append(server)
+        if wait_ready:
+            server.wait_ready()
+        return server
+
+    yield factory
+    for server in servers:
+        server.stop()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 
 from service.errors import BadParameter, NoImages, NotReady, TooManyImages, UnsupportedMediaType
+from service.routes.hangup import infer_while_connected
 from service.state import ServiceState, State
 
 router = APIRouter(tags=["classification"])
@@ -42,13 +42,23 @@ async def read_images(request: Request, state: ServiceState) -> list[tuple[str |
     )
 
 
-async def _wait_for_disconnect(request: Request) -> None:
-    """Returns when the client hangs up (after the body has been read, receive() waits for that)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+# The body is read by hand (several content types, size and count limits), so it is declared here
+# for the OpenAPI document: clients, docs and schemathesis see what the route accepts.
+CLASSIFY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "required": ["file"], "properties": {
+                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}},
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
 
 
-@router.post("/classify")
+@router.post("/classify", openapi_extra=CLASSIFY_BODY)
 async def classify(request: Request, state: State, top_k: int = 5) -> dict:
     """Top-k ImageNet labels with probabilities for each image sent."""
     started = time.monotonic()
@@ -61,18 +71,7 @@ async def classify(request: Request, state: State, top_k: int = 5) -> dict:
     images = await read_images(request, state)
     pipeline = state.pipeline
     prepared = await pipeline.prepare([data for _, data in images])
-    inference = asyncio.ensure_future(pipeline.infer([p.tensor for p in prepared], deadline))
-    hangup = asyncio.ensure_future(_wait_for_disconnect(request))
-    try:
-        await asyncio.wait({inference, hangup}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        hangup.cancel()
-    if not inference.done():  # the client is gone: free its batch slots, answer nobody
-        inference.cancel()
-        state.metrics.errors.labels("client_disconnected").inc()
-        await asyncio.gather(inference, return_exceptions=True)
-        raise asyncio.CancelledError
-    results = inference.result()
+    results = await infer_while_connected(request, pipeline, [p.tensor for p in prepared], deadline)
     predictions = pipeline.classify(results, top_k)
     meta = pipeline.metadata
     backend = pipeline.batcher.backend

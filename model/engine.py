@@ -1,0 +1,137 @@
+"""One training epoch and one evaluation pass; counts are summed over ranks, so numbers are exact
+under torchrun too.
+
+Evaluation follows the paper (section 6): top-1 and top-5 *error*, from the center crop as the
+service sees it, and from ten crops (four corners + center, and their mirror images) whose softmax
+outputs are averaged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.distributed import all_reduce_sum
+from model.progress import Progress
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward pass; fp32 is a no-op."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def correct_topk(scores: torch.Tensor, target: torch.Tensor, topk: Iterable[int] = (1, 5)) -> list[torch.Tensor]:
+    """How many rows of ``scores`` (B, C) have ``target`` among their k highest, for each k (capped at C)."""
+    maxk = min(max(topk), scores.shape[1])
+    pred = scores.topk(maxk, dim=1).indices  # (B, maxk)
+    hit = pred.eq(target[:, None])  # (B, maxk)
+    return [hit[:, : min(k, maxk)].any(dim=1).sum() for k in topk]
+
+
+def ten_crop_probs(model: nn.Module, crops: torch.Tensor) -> torch.Tensor:
+    """(B, 10, 3, H, W) -> (B, C): the softmax over classes, averaged over each image's ten crops."""
+    b, n = crops.shape[:2]
+    logits = model(crops.flatten(0, 1))  # (B*10, C)
+    return logits.float().softmax(dim=1).view(b, n, -1).mean(dim=1)
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    top1_err: float  # fraction, 0..1
+    top5_err: float
+    images: int
+    images_per_s: float
+
+
+def _stats(sums: torch.Tensor, images_per_s: float) -> EpochStats:
+    loss_sum, c1, c5, n = all_reduce_sum(sums).tolist()
+    n = max(n, 1)
+    return EpochStats(loss_sum / n, 1 - c1 / n, 1 - c5 / n, int(n), images_per_s)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: Iterable,
+    device: torch.device,
+    preprocess: Callable[[torch.Tensor, bool], torch.Tensor],
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
+    progress: Progress | None = None,
+) -> EpochStats:
+    """One pass over ``loader``; running sums stay on the device so the loop never waits for the GPU
+    except when the progress line is printed."""
+    model.train()
+    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, top-1 hits, top-5 hits, images
+    for images, target in loader:
+        images = preprocess(images.to(device, non_blocking=True), True)  # (B, 3, H, W) float32
+        target = target.to(device, non_blocking=True)
+        with autocast(device, precision):
+            output = model(images)  # (B, C)
+            loss = criterion(output, target)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            c1, c5 = correct_topk(output, target)
+            sums += torch.stack([loss.detach().double() * len(target), c1.double(), c5.double(), sums.new_tensor(len(target))])
+        if progress is not None:
+            progress.update(len(target), loss=loss.detach())  # read (a GPU sync) only when printed
+    stats = _stats(sums, progress.images_per_s if progress is not None else 0.0)
+    if progress is not None:
+        progress.close(loss=stats.loss)
+    if not math.isfinite(stats.loss):
+        raise FloatingPointError(f"training loss is {stats.loss}; lower --lr, or use --precision fp32 or bf16")
+    return stats
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    preprocess: Callable[[torch.Tensor, bool], torch.Tensor],
+    precision: str = "fp32",
+    progress: Progress | None = None,
+) -> EpochStats:
+    """Loss and top-1/top-5 error over ``loader``. Batches of (B, 3, H, W) are scored by their logits;
+    batches of (B, 10, 3, H, W) by the crop-averaged softmax (loss: NLL of that average)."""
+    model.eval()
+    sums = torch.zeros(4, device=device, dtype=torch.float64)
+    for images, target in loader:
+        images = images.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
+        with autocast(device, precision):
+            if images.dim() == 5:
+                b, n = images.shape[:2]
+                flat = preprocess(images.flatten(0, 1), False).unflatten(0, (b, n))
+                scores = ten_crop_probs(model, flat)  # (B, C) probabilities
+                loss = F.nll_loss(scores.clamp_min(1e-12).log(), target, reduction="sum")
+            else:
+                scores = model(preprocess(images, False)).float()  # (B, C) logits
+                loss = F.cross_entropy(scores, target, reduction="sum")
+        c1, c5 = correct_topk(scores, target)
+        sums += torch.stack([loss.double(), c1.double(), c5.double(), sums.new_tensor(len(target))])
+        if progress is not None:
+            progress.update(len(target))
+    if progress is not None:
+        progress.close()
+    return _stats(sums, progress.images_per_s if progress is not None else 0.0)

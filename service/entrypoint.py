@@ -1,0 +1,231 @@
+"""Container entrypoint: make the model artifacts this host needs, then become the service.
+
+    python -m service.entrypoint [service flags...]          # what the image runs
+    ALEXNET_MODEL_DIR=artifacts python -m service.entrypoint --host 0.0.0.0 --max-batch-size 64
+
+Steps, each logged with its time:
+
+1. Find the weights in ``$ALEXNET_MODEL_DIR`` (default ``artifacts``; ``/models`` in the image):
+   ``alexnet.pt`` (our checkpoint) or torchvision's ``alexnet-owt-*.pth``; none = untrained, loudly.
+2. Export ONNX (``export/to_onnx.py``) if it is missing or holds other weights than the checkpoint.
+3. Build the TensorRT engine with ``export/to_trt.py`` if it is missing, older than the ONNX file, or
+   built for another GPU or TensorRT version (its ``.json`` sidecar, ``export/trt_sidecar.py``).
+   No TensorRT or no CUDA GPU here (to_trt exits 2): skipped with the reason, and ``auto`` serves
+   with ONNX Runtime instead.
+4. ``exec`` ``python -m service`` with the same arguments, so signals reach uvicorn directly.
+
+Every argument passes through to ``python -m service`` unchanged; the artifact paths come from the
+same flags and ``ALEXNET_*`` variables the service reads (``--onnx``, ``--engine``, ``--checkpoint``),
+defaulting to files in the model directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger("entrypoint")
+
+MODEL_DIR_ENV = "ALEXNET_MODEL_DIR"
+DEFAULT_MODEL_DIR = "artifacts"
+CHECKPOINT_NAMES = ("alexnet.pt",)
+TORCHVISION_GLOB = "alexnet-owt-*.pth"
+TRT_UNAVAILABLE_EXIT = 2  # to_trt.py's "no tensorrt or no CUDA GPU here"
+
+
+def to_trt_script() -> Path:
+    """``export/to_trt.py`` beside the installed ``export`` package (repo checkout or image)."""
+    import export
+
+    return Path(export.__file__).resolve().parent / "to_trt.py"
+
+
+class EntrypointError(RuntimeError):
+    """A step that cannot go on; the message says what to do."""
+
+
+@contextmanager
+def step(title: str):
+    """Log the start and the end of a step with its duration."""
+    log.info("%s ...", title)
+    t0 = time.perf_counter()
+    yield
+    log.info("%s: done in %.1f s", title, time.perf_counter() - t0)
+
+
+def find_checkpoint(model_dir: Path) -> Path | None:
+    """Our ``alexnet.pt``, else the first torchvision ``alexnet-owt-*.pth``, in ``model_dir``."""
+    for name in CHECKPOINT_NAMES:
+        if (model_dir / name).is_file():
+            return model_dir / name
+    published = sorted(model_dir.glob(TORCHVISION_GLOB))
+    return published[0] if published else None
+
+
+def apply_model_dir_defaults(model_dir: Path, environ) -> None:
+    """Point ONNX, engine and checkpoint at ``model_dir`` unless the environment already names them.
+
+    Flags still win: the service resolves flags over environment over defaults.
+    """
+    environ.setdefault("ALEXNET_ONNX", str(model_dir / "alexnet.onnx"))
+    environ.setdefault("ALEXNET_ENGINE", str(model_dir / "alexnet.plan"))
+    if "ALEXNET_CHECKPOINT" not in environ:
+        found = find_checkpoint(model_dir)
+        if found is not None:
+            environ["ALEXNET_CHECKPOINT"] = str(found)
+
+
+def onnx_needs_export(onnx: Path, checkpoint: Path | None, arch: str) -> str | None:
+    """Why ``onnx`` must be (re)exported, or None when it already holds these weights."""
+    if not onnx.is_file():
+        return f"{onnx} is missing"
+    from export.onnx_metadata import read_metadata
+    from model.weights import load_model
+
+    try:
+        meta = read_metadata(onnx)
+    except Exception as exc:  # unreadable or foreign file: rebuilding is the fix
+        return f"{onnx} has no usable metadata ({exc})"
+    if checkpoint is None:
+        return None  # whatever it holds was exported on purpose; the service reports its weights
+    loaded = load_model(checkpoint, arch)
+    if meta.weights_sha256 != loaded.weights_sha256:
+        return f"{onnx} holds weights {meta.weights!r}, not those of {checkpoint}"
+    return None
+
+
+def export_onnx(onnx: Path, checkpoint: Path | None, arch: str) -> None:
+    from export.to_onnx import export_and_verify
+
+    if checkpoint is None:
+        log.warning("NO CHECKPOINT in the model directory: exporting an UNTRAINED AlexNet; its labels are "
+                    "meaningless. Put alexnet.pt or torchvision's alexnet-owt-*.pth there, or pass --checkpoint.")
+    export_and_verify(checkpoint, onnx, arch)
+
+
+def engine_needs_build(engine: Path, onnx: Path, onnx_exported: bool) -> str | None:
+    """Why ``engine`` must be (re)built, or None when it fits this GPU, this TensorRT and this ONNX."""
+    if not engine.is_file():
+        return f"{engine} is missing"
+    if onnx_exported or engine.stat().st_mtime < onnx.stat().st_mtime:
+        return f"{engine} is older than {onnx}"
+    from export.trt_sidecar import EngineMismatch, SidecarError, check_engine_compatible, file_sha256
+
+    try:
+        check_engine_compatible(engine, onnx_sha256=file_sha256(onnx))
+    except EngineMismatch as exc:
+        return f"{engine} was built for another GPU, TensorRT or ONNX file: {exc}"
+    except SidecarError as exc:  # no sidecar, unreadable, or no TensorRT/GPU to compare with
+        return f"cannot verify {engine} ({exc}); rebuilding"
+    return None
+
+
+def build_engine(onnx: Path, engine: Path, precision: str, max_batch: int = 64, script: Path | None = None,
+                 timeout_s: float = 1800) -> tuple[bool, str]:
+    """Run ``to_trt.py``; (True, "") when built, (False, reason) when TensorRT cannot run here.
+
+    Any other failure raises EntrypointError with the tool's output.
+    """
+    script = script or to_trt_script()
+    if not script.is_file():
+        return False, f"{script} is not part of this build"
+    # The profile must cover the service's largest batch; the timing cache lives with the engine.
+    command = [sys.executable, str(script), "--onnx", str(onnx), "--out", str(engine), "--precision", precision,
+               "--max-batch", str(max_batch), "--opt-batch", str(min(32, max_batch)),
+               "--timing-cache", str(engine.with_name("trt_timing.cache"))]
+    log.info("running %s", " ".join(command))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    output = (result.stdout + result.stderr).strip()
+    for line in output.splitlines()[-20:]:
+        log.info("  to_trt: %s", line)
+    if result.returncode == 0:
+        return True, ""
+    if result.returncode == TRT_UNAVAILABLE_EXIT:
+        lines = output.splitlines()
+        return False, lines[-1] if lines else "to_trt.py exited 2 (TensorRT or a CUDA GPU is missing)"
+    raise EntrypointError(f"to_trt.py failed with exit {result.returncode}:\n{output[-4000:]}")
+
+
+def prepare(argv: list[str]) -> None:
+    """Steps 1-3: leave the artifacts the service needs in place; ``os.environ`` gains the defaults."""
+    from service.__main__ import settings_from_args
+
+    model_dir = Path(os.environ.get(MODEL_DIR_ENV, DEFAULT_MODEL_DIR))
+    with step(f"step 1/4: model directory {model_dir}"):
+        model_dir.mkdir(parents=True, exist_ok=True)
+        apply_model_dir_defaults(model_dir, os.environ)  # inherited by the service through exec
+        settings = settings_from_args(argv)
+        log.info("onnx=%s engine=%s checkpoint=%s backend=%s workers=%d", settings.onnx, settings.engine,
+                 settings.checkpoint or "none (untrained)", settings.backend, settings.workers)
+
+    exported = False
+    with step("step 2/4: ONNX model"):
+        reason = onnx_needs_export(settings.onnx, settings.checkpoint, settings.arch)
+        if reason is None:
+            log.info("%s is present and current; not exporting", settings.onnx)
+        else:
+            log.info("exporting: %s", reason)
+            export_onnx(settings.onnx, settings.checkpoint, settings.arch)
+            exported = True
+
+    with step("step 3/4: TensorRT engine"):
+        if settings.backend in ("onnxruntime", "torch"):
+            log.info("skipped: backend=%s was asked for", settings.backend)
+            return
+        reason = engine_needs_build(settings.engine, settings.onnx, exported)
+        if reason is None:
+            log.info("%s fits this GPU and TensorRT; not rebuilding", settings.engine)
+            return
+        log.info("building: %s", reason)
+        precision = "fp32" if settings.precision == "fp32" else "fp16"
+        try:
+            built, why_not = build_engine(settings.onnx, settings.engine, precision,
+                                          max_batch=max(64, settings.max_batch_size))
+        except (EntrypointError, subprocess.TimeoutExpired) as exc:
+            if settings.backend == "tensorrt":
+                raise
+            # auto: ONNX Runtime gives the same answers, slower; serving them beats a crash loop.
+            log.error("TensorRT engine build FAILED; serving without TensorRT: %s", exc)
+            return
+        if built:
+            log.info("built %s (%s)", settings.engine, precision)
+        elif settings.backend == "tensorrt":
+            raise EntrypointError(f"backend=tensorrt was asked for, but TensorRT cannot run here: {why_not}")
+        else:
+            log.warning("TensorRT skipped: %s; the service will pick the next backend (onnxruntime)", why_not)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for chatty in ("onnxscript", "onnx_ir"):  # the exporter's pass-by-pass INFO lines
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip() + "\n\nService flags (python -m service --help):\n", file=sys.stderr, flush=True)
+    else:
+        t0 = time.perf_counter()
+        try:
+            prepare(argv)
+        except SystemExit:
+            raise  # argparse already said what was wrong with the flags
+        except Exception as exc:
+            log.error("cannot start: %s: %s", type(exc).__name__, exc)
+            return 1
+        log.info("artifacts ready in %.1f s", time.perf_counter() - t0)
+    command = [sys.executable, "-m", "service", *argv]
+    log.info("step 4/4: exec %s", " ".join(command))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp(command[0], command)  # replaces this process: uvicorn gets SIGTERM from docker/kubelet
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""Inference that stops caring when the client hangs up, shared by every inference route."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from fastapi import Request
+from starlette.requests import ClientDisconnect
+
+from service.batcher import InferenceResult
+from service.pipeline import Pipeline
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """Returns when the client hangs up (after the body has been read, receive() waits for that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def infer_while_connected(request: Request, pipeline: Pipeline, tensors: list[np.ndarray],
+                                deadline: float) -> list[InferenceResult]:
+    """``pipeline.infer``, cancelled if the client leaves first, so its images take no batch slot.
+
+    Raises ClientDisconnect then (the app counts it and answers nobody).
+    """
+    inference = asyncio.ensure_future(pipeline.infer(tensors, deadline))
+    hangup = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({inference, hangup}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hangup.cancel()
+    if not inference.done():
+        inference.cancel()
+        await asyncio.gather(inference, return_exceptions=True)
+        raise ClientDisconnect()
+    return inference.result()

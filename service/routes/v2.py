@@ -1,0 +1,163 @@
+"""The Open Inference Protocol (KServe v2) over HTTP, on the same pipeline and batcher as /classify.
+
+Endpoints: ``/v2`` (server metadata), ``/v2/health/{live,ready}``, and for the served model, with or
+without ``/versions/{version}``: metadata, ``/ready`` and ``/infer``. The codec is ``service.oip``;
+errors are the protocol's ``{"error": message}`` with our status codes. See docs/oip.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from service import oip
+from service.errors import NotReady, ServiceError, TooManyImages
+from service.routes.hangup import infer_while_connected
+from service.state import ServiceState, State
+
+log = logging.getLogger("service")
+
+# Triton's platform names, so its tools recognise the backend.
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "torch": "pytorch_libtorch"}
+
+
+class _ProtocolErrors(APIRoute):
+    """Answers ServiceErrors on v2 routes with the protocol's ``{"error": ...}`` body, same status and headers."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ServiceError as exc:
+                request.app.state.service.metrics.errors.labels(exc.kind).inc()
+                log.debug("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.kind)
+                return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+        return handle
+
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=_ProtocolErrors)
+
+
+def _check_model(state: ServiceState, name: str, version: str | None) -> None:
+    s = state.settings
+    if name != s.model_name:
+        raise oip.ModelNotFound(f"unknown model '{name}'; this server serves '{s.model_name}'")
+    if version is not None and version != s.model_version:
+        raise oip.ModelNotFound(f"model '{name}' has no version '{version}'; it has '{s.model_version}'")
+
+
+def _not_ready_reason(state: ServiceState) -> str:
+    if state.startup_error:
+        return f"the model failed to load: {state.startup_error}"
+    if not state.warm:
+        return "the model is loading or warming up; retry shortly"
+    return "the backend is unhealthy (failing or stalled); see /readyz"
+
+
+@router.get("")
+async def server_metadata(request: Request) -> dict:
+    """Server metadata: name, version and the protocol extensions supported."""
+    return {"name": request.app.title, "version": request.app.version, "extensions": list(oip.EXTENSIONS)}
+
+
+@router.get("/health/live")
+async def live() -> dict:
+    """Live: the process answers HTTP."""
+    return {"live": True}
+
+
+@router.get("/health/ready")
+async def ready(state: State) -> dict:
+    """Ready: 200 when the model can serve, 503 otherwise."""
+    if not state.ready:
+        raise NotReady(_not_ready_reason(state))
+    return {"ready": True}
+
+
+@router.get("/models/{model_name}")
+@router.get("/models/{model_name}/versions/{model_version}")
+async def model_metadata(state: State, model_name: str, model_version: str | None = None) -> dict:
+    """Model metadata: inputs and outputs with datatypes and shapes (-1 for the batch)."""
+    _check_model(state, model_name, model_version)
+    if state.selection is None:
+        raise NotReady(_not_ready_reason(state))
+    meta = state.selection.metadata
+    s = state.settings
+    platform = PLATFORMS.get(state.selection.backend.name, state.selection.backend.name)
+    return oip.model_metadata(s.model_name, s.model_version, platform, meta.input_size, len(meta.labels))
+
+
+@router.get("/models/{model_name}/ready")
+@router.get("/models/{model_name}/versions/{model_version}/ready")
+async def model_ready(state: State, model_name: str, model_version: str | None = None) -> dict:
+    """Model ready: 200 when it can serve, 503 otherwise."""
+    _check_model(state, model_name, model_version)
+    if not state.ready:
+        raise NotReady(_not_ready_reason(state))
+    return {"name": model_name, "ready": True}
+
+
+# The body is parsed by service.oip (JSON or JSON + binary sections); declared here for the OpenAPI
+# document, so clients and schemathesis see the protocol's inference request.
+_TENSOR = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
+    "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+    "datatype": {"type": "string"}, "parameters": {"type": "object"}, "data": {"type": "array"}}}
+INFER_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"}, "parameters": {"type": "object"},
+        "inputs": {"type": "array", "items": _TENSOR},
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string"}, "parameters": {"type": "object"}}}}}}}}}}
+
+
+@router.post("/models/{model_name}/infer", openapi_extra=INFER_BODY)
+@router.post("/models/{model_name}/versions/{model_version}/infer", openapi_extra=INFER_BODY)
+async def infer(request: Request, state: State, model_name: str, model_version: str | None = None) -> Response:
+    """Inference: ``input`` (FP32 [N,3,S,S]) or ``image`` (BYTES [N]) in, ``logits`` [N,C] out."""
+    started = time.monotonic()
+    settings = state.settings
+    _check_model(state, model_name, model_version)
+    if not state.ready or state.pipeline is None:
+        raise NotReady(_not_ready_reason(state))
+    deadline = started + settings.request_timeout_s
+    pipeline = state.pipeline
+    meta = pipeline.metadata
+
+    body = await request.body()
+    json_length = oip.header_length(request.headers.get(oip.HEADER_LENGTH), len(body))
+    # A JSON tensor of a full batch is megabytes of text: parse it off the event loop.
+    parsed = await asyncio.to_thread(oip.parse_request, body, json_length)
+    if parsed.timeout_s is not None:  # a client's own deadline may only shorten ours
+        deadline = min(deadline, started + parsed.timeout_s)
+    tensor = oip.model_input(parsed, meta.input_size)
+    outputs = oip.requested_outputs(parsed, min(settings.max_top_k, len(meta.labels)))
+    count = tensor.shape[0]
+    if count > settings.max_images_per_request:
+        raise TooManyImages(f"a batch of {count} in one request; the limit is {settings.max_images_per_request}")
+
+    if tensor.datatype == "BYTES":
+        prepared = await pipeline.prepare([bytes(e) for e in tensor.data])
+        tensors = [p.tensor for p in prepared]
+    else:
+        tensors = list(np.ascontiguousarray(tensor.data, dtype=np.float32))
+
+    results = await infer_while_connected(request, pipeline, tensors, deadline)
+    logits = np.stack([r.logits for r in results])  # (N, num_classes) float32
+
+    encoded = []
+    for out in outputs:
+        data = oip.classification(logits, meta.labels, out.classification) if out.classification else logits
+        binary = parsed.binary_output if out.binary is None else out.binary
+        encoded.append(oip.OutputTensor(out.name, data, binary))
+    body, headers = oip.encode_response(settings.model_name, settings.model_version, parsed.id, encoded)
+    return Response(body, headers=headers, media_type=headers.pop("Content-Type"))

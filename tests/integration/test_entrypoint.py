@@ -1,0 +1,64 @@
+"""The container entrypoint run here, without Docker or a GPU: export, skip TensorRT, serve."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.conftest import REPO, LiveServer, make_image, start_server
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def run_entrypoint(model_dir, log_dir, *args: str, timeout_s: float = 240) -> LiveServer:
+    """``python -m service.entrypoint`` on 127.0.0.1; returns once /readyz answers 200."""
+    env = {"ALEXNET_MODEL_DIR": str(model_dir), "ALEXNET_ONNX": None, "ALEXNET_ENGINE": None,
+           "ALEXNET_CHECKPOINT": None}
+    return start_server(log_dir, *args, env=env, timeout_s=timeout_s, module="service.entrypoint")
+
+
+def test_entrypoint_exports_skips_tensorrt_serves_and_reuses_the_export(tmp_path):
+    model_dir = tmp_path / "models"
+    server = run_entrypoint(model_dir, tmp_path, "--max-batch-size", "8")
+    try:
+        response = httpx.post(server.url + "/classify", files={"file": ("a.jpg", make_image(), "image/jpeg")},
+                              timeout=60)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert len(body["results"][0]["predictions"]) == 5
+        assert body["backend"]["name"] == "onnxruntime" and body["model"]["weights"] == "untrained"
+        models = httpx.get(server.url + "/v1/models").json()["models"][0]
+        assert models["batching"]["max_batch_size"] == 8  # flags pass through to the service
+    finally:
+        # SIGTERM reaches uvicorn itself (exec, no wrapper process); it shuts down gracefully and
+        # re-raises the signal, so -15 is a clean exit too.
+        assert server.stop() in (0, -15)
+    log = server.log()
+    assert "Finished server process" in log
+    assert (model_dir / "alexnet.onnx").is_file()
+    assert "exporting: " in log and "alexnet.onnx is missing" in log
+    assert "UNTRAINED" in log
+    assert "TensorRT skipped: " in log  # with the reason after it
+    assert "step 2/4: ONNX model: done in" in log and "step 4/4: exec" in log
+
+    # Second start: the export is current, so it is reused.
+    onnx_mtime = (model_dir / "alexnet.onnx").stat().st_mtime
+    server = run_entrypoint(model_dir, tmp_path, "--backend", "onnxruntime")
+    server.stop()
+    log = server.log()
+    assert "present and current; not exporting" in log
+    assert "skipped: backend=onnxruntime was asked for" in log
+    assert (model_dir / "alexnet.onnx").stat().st_mtime == onnx_mtime
+
+
+def test_entrypoint_refuses_bad_flags_before_any_work(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "service.entrypoint", "--max-batch-size", "0"],
+                            cwd=REPO, env={**os.environ, "ALEXNET_MODEL_DIR": str(tmp_path)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "max_batch_size" in result.stderr
+    assert not (tmp_path / "alexnet.onnx").exists()

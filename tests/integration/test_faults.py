@@ -1,0 +1,160 @@
+"""Faults: a failing backend, a hung backend, SIGTERM under load, clients that vanish, auth, CORS."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from service.settings import Settings
+from tests.conftest import make_image
+from tests.fakes import install_gated_backend
+from tests.integration.test_service import classify, metric
+
+pytestmark = pytest.mark.integration
+IMAGE = make_image(120, 90, seed=3)
+
+
+def settings(onnx_model, **overrides) -> Settings:
+    return Settings(onnx=onnx_model, backend="onnxruntime", **overrides)
+
+
+def test_a_backend_fault_fails_its_batch_only_is_counted_and_later_requests_succeed(
+        onnx_model, inprocess_server, monkeypatch):
+    holder = install_gated_backend(monkeypatch)
+    server = inprocess_server(settings(onnx_model))
+    backend = holder["backend"]
+    backend.gate.clear()
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(classify, server.url, IMAGE)
+        backend.wait_started()
+        batch = [pool.submit(classify, server.url, IMAGE) for _ in range(3)]
+        while server.state.batcher.depth < 3:
+            time.sleep(0.01)
+        backend.fail_next = 2  # the running batch and the next one (the three queued requests)
+        backend.gate.set()
+        responses = [first.result(), *(f.result() for f in batch)]
+    assert [r.status_code for r in responses] == [500] * 4
+    assert {r.json()["kind"] for r in responses} == {"backend_error"}
+    assert backend.calls == [1, 3]
+    assert classify(server.url, IMAGE).status_code == 200
+    assert metric(server.url, 'alexnet_errors_total{kind="backend_error"}') == 4  # requests
+    assert metric(server.url, "alexnet_backend_failures_total") == 2  # batches
+
+
+def test_a_hung_backend_trips_the_deadline_and_readiness_then_recovers(onnx_model, inprocess_server, monkeypatch):
+    holder = install_gated_backend(monkeypatch)
+    server = inprocess_server(settings(onnx_model, request_timeout_s=0.5))
+    backend = holder["backend"]
+    backend.gate.clear()
+    assert classify(server.url, IMAGE).status_code == 504
+    ready = httpx.get(server.url + "/readyz")
+    assert ready.status_code == 503 and "stalled" in ready.json()["reason"]
+    backend.gate.set()
+    deadline = time.monotonic() + 10
+    while httpx.get(server.url + "/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "readiness never came back"
+        time.sleep(0.05)
+    assert classify(server.url, IMAGE).status_code == 200
+
+
+def test_sigterm_under_load_answers_every_accepted_request(onnx_model, server_factory):
+    """Each request opens its own connection: one refused at connect was never accepted; any other
+    outcome than a full answer (reset, truncated response) would be a request lost."""
+    server = server_factory("--onnx", str(onnx_model), "--backend", "onnxruntime")
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def client():
+        while not stop.is_set():
+            try:
+                r = httpx.post(server.url + "/classify", files={"file": ("a.jpg", IMAGE, "image/jpeg")}, timeout=30)
+                outcomes.append(f"http {r.status_code}")
+            except httpx.ConnectError:
+                outcomes.append("refused")
+                return
+            except httpx.HTTPError as exc:
+                outcomes.append(f"lost {type(exc).__name__}")
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for t in threads:
+        t.start()
+    while sum(o == "http 200" for o in outcomes) < 12:
+        time.sleep(0.05)
+    code = server.stop()
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert code in (0, -15)
+    lost = [o for o in outcomes if o.startswith("lost") or (o.startswith("http") and o != "http 200")]
+    assert not lost, f"requests lost or failed during shutdown: {lost}"
+    assert "Traceback" not in server.log()
+
+
+def test_a_client_vanishing_mid_upload_costs_nothing(onnx_model, inprocess_server, monkeypatch):
+    holder = install_gated_backend(monkeypatch)
+    server = inprocess_server(settings(onnx_model))
+    port = int(server.url.rsplit(":", 1)[1])
+    part_header = (b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+                   b"Content-Type: image/jpeg\r\n\r\n")
+    for content_type, start in (("image/jpeg", b""), ("multipart/form-data; boundary=xyz", part_header)):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+                         "Content-Length: 100000\r\n\r\n".encode() + start + IMAGE[:500])
+            time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while metric(server.url, 'alexnet_errors_total{kind="client_disconnected"}') < 2:
+        assert time.monotonic() < deadline, "the disconnects were not noticed"
+        time.sleep(0.05)
+    assert holder["backend"].calls == []
+    assert classify(server.url, IMAGE).status_code == 200
+
+
+def test_api_key_guards_everything_but_health_and_metrics(onnx_model, inprocess_server, monkeypatch):
+    monkeypatch.setenv("ALEXNET_API_KEY", "k3y")
+    server = inprocess_server(settings(onnx_model))
+    assert classify(server.url, IMAGE).status_code == 401
+    bad = httpx.post(server.url + "/classify", files={"file": ("a.jpg", IMAGE, "image/jpeg")},
+                     headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401 and bad.headers["www-authenticate"] == "Bearer"
+    good = httpx.post(server.url + "/classify", files={"file": ("a.jpg", IMAGE, "image/jpeg")},
+                      headers={"Authorization": "Bearer k3y"})
+    assert good.status_code == 200
+    assert httpx.get(server.url + "/v1/models").status_code == 401
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert httpx.get(server.url + path).status_code == 200
+
+
+def test_metrics_can_be_closed_too(onnx_model, inprocess_server, monkeypatch):
+    monkeypatch.setenv("ALEXNET_API_KEY", "k3y")
+    server = inprocess_server(settings(onnx_model, open_metrics=False))
+    assert httpx.get(server.url + "/metrics").status_code == 401
+    assert httpx.get(server.url + "/healthz").status_code == 200
+
+
+def test_cors_is_off_by_default_and_on_for_listed_origins(onnx_model, inprocess_server):
+    preflight = {"Origin": "http://example.test", "Access-Control-Request-Method": "POST"}
+    off = inprocess_server(settings(onnx_model))
+    assert "access-control-allow-origin" not in httpx.options(off.url + "/classify", headers=preflight).headers
+    on = inprocess_server(settings(onnx_model, cors_origins="http://example.test"))
+    r = httpx.options(on.url + "/classify", headers=preflight)
+    assert r.headers["access-control-allow-origin"] == "http://example.test"
+
+
+def test_connection_limit_answers_503_beyond_it(onnx_model, server_factory):
+    server = server_factory("--onnx", str(onnx_model), "--backend", "onnxruntime", "--max-connections", "2")
+    port = int(server.url.rsplit(":", 1)[1])
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    try:
+        time.sleep(0.2)
+        r = httpx.get(server.url + "/healthz")
+        assert r.status_code == 503
+    finally:
+        for sock in idle:
+            sock.close()
+    time.sleep(0.2)
+    assert httpx.get(server.url + "/healthz").status_code == 200

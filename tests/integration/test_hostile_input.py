@@ -1,0 +1,64 @@
+"""Hostile input: the nasty-file corpus through HTTP, schemathesis over the OpenAPI schema, and a
+short coverage-guided fuzz run of decoding. Longer runs: see docs/hardening.md."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO
+from tests.corpus.make_nasty import EXPECTED, build
+
+pytestmark = pytest.mark.integration
+NASTY = REPO / "tests" / "corpus" / "nasty"
+
+
+def test_the_committed_corpus_is_what_the_generator_writes():
+    built = build()
+    for name, data in built.items():
+        assert (NASTY / name).read_bytes() == data, f"{name} differs: run python tests/corpus/make_nasty.py"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_nasty_file_gets_its_expected_answer_and_never_a_500(onnx_server, name):
+    data = (NASTY / name).read_bytes()
+    r = httpx.post(onnx_server.url + "/classify", files={"file": (name, data, "application/octet-stream")}, timeout=60)
+    assert r.status_code == EXPECTED[name], r.text
+    if r.status_code == 200:
+        assert len(r.json()["results"][0]["predictions"]) == 5
+    else:
+        assert set(r.json()) == {"error", "kind"}
+    assert httpx.get(onnx_server.url + "/readyz").status_code == 200
+
+
+@pytest.mark.skipif(shutil.which("schemathesis") is None and importlib.util.find_spec("schemathesis") is None,
+                    reason="schemathesis is not installed (pip install -e '.[dev]')")
+def test_schemathesis_finds_no_server_error_on_any_route(onnx_server, tmp_path):
+    st = Path(sys.executable).with_name("schemathesis")
+    result = subprocess.run(
+        [str(st), "run", onnx_server.url + "/openapi.json", "--checks", "not_a_server_error",
+         "--max-examples", "25", "--seed", "1", "--request-timeout", "30", "--phases", "examples,coverage,fuzzing",
+         "--exclude-checks", "positive_data_acceptance", "--report-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "No issues found" in result.stdout or "passed" in result.stdout.lower()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris is not installed (pip install atheris)")
+def test_a_short_fuzz_run_of_decoding_finds_nothing(tmp_path):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(NASTY, corpus)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "fuzz" / "fuzz_preprocess.py"), str(corpus),
+         "-max_total_time=20", "-rss_limit_mb=3072", "-timeout=10", f"-artifact_prefix={tmp_path}/"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert "Done" in result.stderr

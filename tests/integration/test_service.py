@@ -1,0 +1,271 @@
+"""The service end to end: real uvicorn on 127.0.0.1, real HTTP, the ONNX Runtime CPU backend."""
+
+from __future__ import annotations
+
+import io
+import re
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.weights import untrained_model
+from service.postprocess import softmax
+from service.preprocess import PreprocessConfig, preprocess
+from service.settings import Settings
+from tests.conftest import make_image
+from tests.fakes import install_gated_backend
+
+pytestmark = pytest.mark.integration
+
+
+def classify(url: str, data: bytes, name: str = "a.jpg", **params) -> httpx.Response:
+    return httpx.post(url + "/classify", files={"file": (name, data, "image/jpeg")}, params=params, timeout=60)
+
+
+def metric(url: str, name: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    match = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+# -- correctness ---------------------------------------------------------------------------------
+def test_top5_matches_the_pytorch_reference(onnx_server):
+    data = make_image(500, 375, seed=11)
+    body = classify(onnx_server.url, data).json()
+    predictions = body["results"][0]["predictions"]
+    import torch
+
+    with torch.inference_mode():
+        logits = untrained_model().model(torch.from_numpy(preprocess(data, PreprocessConfig()))[None]).numpy()[0]
+    reference = softmax(logits)
+    assert len(predictions) == 5
+    fifth = np.sort(reference)[-5]
+    for p in predictions:
+        assert abs(p["probability"] - reference[p["index"]]) < 1e-6
+        assert reference[p["index"]] >= fifth - 1e-6
+    assert [p["probability"] for p in predictions] == sorted((p["probability"] for p in predictions), reverse=True)
+    assert body["model"]["weights"] == "untrained" and body["backend"]["name"] == "onnxruntime"
+
+
+def test_raw_body_and_multipart_give_the_same_answer_and_top_k_is_honoured(onnx_server):
+    data = make_image(300, 200, seed=12)
+    multipart = classify(onnx_server.url, data, top_k=3).json()["results"][0]["predictions"]
+    raw = httpx.post(onnx_server.url + "/classify?top_k=3", content=data,
+                     headers={"content-type": "image/jpeg"}).json()["results"][0]["predictions"]
+    assert len(multipart) == 3 and multipart == raw
+
+
+def test_several_images_in_one_request_each_get_their_own_answer(onnx_server):
+    images = [make_image(200 + 10 * i, 150, seed=20 + i) for i in range(3)]
+    files = [("file", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
+    together = httpx.post(onnx_server.url + "/classify", files=files, timeout=60).json()["results"]
+    alone = [classify(onnx_server.url, data).json()["results"][0] for data in images]
+    assert [r["filename"] for r in together] == ["0.jpg", "1.jpg", "2.jpg"]
+    assert [r["predictions"] for r in together] == [r["predictions"] for r in alone]
+
+
+def test_concurrent_requests_are_batched_and_answers_equal_single_answers(tmp_path, onnx_model, server_factory):
+    server = server_factory("--onnx", str(onnx_model), "--backend", "onnxruntime", "--max-batch-size", "16")
+    images = [make_image(320, 240, seed=100 + i) for i in range(24)]
+    alone = [classify(server.url, data).json()["results"][0]["predictions"] for data in images]
+    before_count = metric(server.url, "alexnet_batch_size_count")
+    before_sum = metric(server.url, "alexnet_batch_size_sum")
+    with ThreadPoolExecutor(24) as pool:
+        together = list(pool.map(lambda d: classify(server.url, d).json()["results"][0], images))
+    batches = metric(server.url, "alexnet_batch_size_count") - before_count
+    batched_images = metric(server.url, "alexnet_batch_size_sum") - before_sum
+    assert batched_images == 24
+    assert batches < 24, "no two concurrent requests shared a batch"
+    assert max(r["timings_ms"]["batch_size"] for r in together) > 1
+    # ONNX Runtime on the CPU gives bitwise-identical rows whatever the batch composition.
+    assert [r["predictions"] for r in together] == alone
+
+
+# -- bad input: a clear 4xx JSON error ---------------------------------------------------------
+def _encoded(fmt: str, size=(16, 16)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", size).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "kwargs, status, kind",
+    [
+        (dict(content=b"", headers={"content-type": "image/jpeg"}), 400, "empty_body"),
+        (dict(files={"file": ("x.txt", b"just text", "text/plain")}), 400, "not_an_image"),
+        (dict(files={"file": ("t.jpg", make_image(400, 300)[:1500], "image/jpeg")}), 400, "corrupt_image"),
+        (dict(files={"file": ("i.ico", _encoded("ICO"), "image/x-icon")}), 415, "unsupported_image_format"),
+        (dict(files={"file": ("bomb.png", _encoded("PNG", (12000, 12000)), "image/png")}), 413, "image_too_large"),
+        (dict(content=b"x" * 3_000_000, headers={"content-type": "image/jpeg"}), 413, "body_too_large"),
+        (dict(content=b"{}", headers={"content-type": "application/json"}), 415, "unsupported_media_type"),
+        (dict(files=[("file", ("a.jpg", b"x", "image/jpeg"))] * 5), 413, "too_many_images"),
+        (dict(files={"other": ("a.jpg", b"x", "image/jpeg")}), 400, "no_images"),
+        (dict(files={"file": ("a.jpg", make_image(64, 64), "image/jpeg")}, params={"top_k": 0}), 422, "bad_parameter"),
+        (dict(files={"file": ("a.jpg", make_image(64, 64), "image/jpeg")}, params={"top_k": "many"}), 422, "bad_parameter"),
+        (dict(files={"file": ("a.jpg", make_image(64, 64), "image/jpeg")}, params={"top_k": 1001}), 422, "bad_parameter"),
+    ],
+    ids=["empty", "not-image", "truncated", "ico", "pixel-bomb", "body-too-large", "json", "too-many",
+         "no-file-field", "top_k-0", "top_k-text", "top_k-1001"],
+)
+def test_bad_input_gets_a_clear_4xx_json_error(limited_server, kwargs, status, kind):
+    r = httpx.post(limited_server.url + "/classify", timeout=60, **kwargs)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["kind"] == kind and len(body["error"]) > 10
+
+
+def test_a_body_streamed_without_length_is_cut_at_the_limit(limited_server):
+    def chunks():
+        for _ in range(40):
+            yield b"y" * 100_000
+
+    r = httpx.post(limited_server.url + "/classify", content=chunks(), headers={"content-type": "image/jpeg"})
+    assert r.status_code == 413 and r.json()["kind"] == "body_too_large"
+
+
+def test_bad_images_do_not_disturb_good_ones_in_flight(limited_server):
+    good = make_image(200, 150, seed=5)
+    expected = classify(limited_server.url, good).json()["results"][0]["predictions"]
+
+    def send(i):
+        return classify(limited_server.url, good if i % 2 else b"garbage" * 10)
+
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(pool.map(send, range(12)))
+    for i, r in enumerate(responses):
+        if i % 2:
+            assert r.status_code == 200 and r.json()["results"][0]["predictions"] == expected
+        else:
+            assert r.status_code == 400
+
+
+@pytest.fixture(scope="module")
+def limited_server(onnx_model, tmp_path_factory):
+    from tests.conftest import start_server
+
+    server = start_server(tmp_path_factory.mktemp("limited"), "--onnx", str(onnx_model), "--backend", "onnxruntime",
+                          "--max-body-bytes", "2000000", "--max-image-pixels", "100000000",
+                          "--max-images-per-request", "4")
+    yield server
+    server.stop()
+
+
+# -- overload, deadlines, readiness, shutdown, disconnects ------------------------------------
+def settings(onnx_model, **overrides) -> Settings:
+    return Settings(onnx=onnx_model, backend="onnxruntime", **overrides)
+
+
+def test_a_full_queue_answers_503_with_retry_after(onnx_model, inprocess_server, monkeypatch):
+    holder = install_gated_backend(monkeypatch)
+    server = inprocess_server(settings(onnx_model, queue_capacity=2, max_images_per_request=1))
+    backend = holder["backend"]
+    backend.gate.clear()
+    data = make_image(100, 100)
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(classify, server.url, data)
+        backend.wait_started()
+        queued = [pool.submit(classify, server.url, data) for _ in range(2)]
+        while server.state.batcher.depth < 2:
+            time.sleep(0.01)
+        refused = classify(server.url, data)
+        backend.gate.set()
+        assert refused.status_code == 503 and refused.json()["kind"] == "queue_full"
+        assert refused.headers["retry-after"] == "1"
+        assert [f.result().status_code for f in [first, *queued]] == [200, 200, 200]
+
+
+def test_a_request_past_its_deadline_gets_504_and_the_server_recovers(onnx_model, inprocess_server, monkeypatch):
+    holder = install_gated_backend(monkeypatch)
+    server = inprocess_server(settings(onnx_model, request_timeout_s=0.5))
+    backend = holder["backend"]
+    backend.gate.clear()
+    r = classify(server.url, make_image(100, 100))
+    assert r.status_code == 504 and r.json()["kind"] == "deadline_exceeded"
+    backend.gate.set()
+    assert classify(server.url, make_image(100, 100)).status_code == 200
+
+
+def test_ready_only_after_warm_up_while_live_at_once(onnx_model, inprocess_server, monkeypatch):
+    holder = install_gated_backend(monkeypatch)
+    holder["warmup_gate"].clear()
+    server = inprocess_server(settings(onnx_model), wait_ready=False)
+    assert httpx.get(server.url + "/healthz").status_code == 200
+    r = httpx.get(server.url + "/readyz")
+    assert r.status_code == 503 and "warming" in r.json()["reason"]
+    assert classify(server.url, make_image(64, 64)).json()["kind"] == "not_ready"
+    holder["warmup_gate"].set()
+    server.wait_ready()
+    assert httpx.get(server.url + "/readyz").status_code == 200
+
+
+def test_graceful_shutdown_completes_requests_in_flight(onnx_model, inprocess_server, monkeypatch):
+    holder = install_gated_backend(monkeypatch)
+    server = inprocess_server(settings(onnx_model))
+    backend = holder["backend"]
+    backend.gate.clear()
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(classify, server.url, make_image(100, 100))
+        backend.wait_started()
+        stopper = threading.Thread(target=server.stop)
+        stopper.start()
+        time.sleep(0.3)  # shutdown has begun: new connections are refused, the open one waits
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(server.url + "/healthz", timeout=2)
+        backend.gate.set()
+        assert in_flight.result().status_code == 200
+        stopper.join(30)
+    assert not server.thread.is_alive()
+
+
+def test_sigterm_stops_the_process_cleanly(onnx_model, server_factory):
+    server = server_factory("--onnx", str(onnx_model), "--backend", "onnxruntime")
+    # uvicorn re-raises the captured SIGTERM after its graceful shutdown, so -15 is a clean exit too.
+    assert server.stop() in (0, -15)
+    log = server.log()
+    assert "Waiting for application shutdown" in log and "stopped" in log and "Traceback" not in log
+
+
+def test_a_client_that_hangs_up_takes_no_batch_slot(onnx_model, inprocess_server, monkeypatch):
+    holder = install_gated_backend(monkeypatch)
+    server = inprocess_server(settings(onnx_model))
+    backend = holder["backend"]
+    backend.gate.clear()
+    data = make_image(100, 100)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(classify, server.url, data)
+        backend.wait_started()
+        port = int(server.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                         + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+            while server.state.batcher.depth < 1:
+                time.sleep(0.01)
+        while metric(server.url, 'alexnet_errors_total{kind="client_disconnected"}') < 1:
+            time.sleep(0.02)
+        backend.gate.set()
+        assert first.result().status_code == 200
+    assert backend.calls == [1], "the departed client's image was still inferred"
+
+
+def test_models_endpoint_reports_provenance_backend_and_batching(onnx_server):
+    (model,) = httpx.get(onnx_server.url + "/v1/models").json()["models"]
+    assert model["weights"] == "untrained" and model["untrained"] is True
+    assert model["arch"] == "torchvision" and model["num_classes"] == 1000
+    assert model["backend"]["name"] == "onnxruntime" and model["backend"]["precision"] == "fp32"
+    assert model["batching"]["max_batch_size"] == 32
+
+
+def test_framework_errors_use_the_same_error_shape(limited_server):
+    missing = httpx.get(limited_server.url + "/nope")
+    assert missing.status_code == 404 and missing.json()["kind"] == "not_found"
+    wrong_method = httpx.get(limited_server.url + "/classify")
+    assert wrong_method.status_code == 405 and wrong_method.json()["kind"] == "method_not_allowed"
+    broken_form = httpx.post(limited_server.url + "/classify", content=b"--b\r\n\xff\xff\r\n\r\n",
+                             headers={"content-type": "multipart/form-data; boundary=b"})
+    assert broken_form.status_code == 400 and broken_form.json()["kind"] == "bad_request"

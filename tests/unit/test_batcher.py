@@ -1,0 +1,253 @@
+"""The dynamic batcher's policy, proven with a controllable fake backend."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.backends.base import Backend
+from service.batcher import FAILURES_BEFORE_UNHEALTHY, Batcher
+from service.errors import BackendFailure, DeadlineExceeded, NotReady, QueueFull
+from service.metrics import Metrics
+
+SHAPE = (3, 4, 4)
+
+
+class FakeBackend(Backend):
+    """Returns each row's identity as its logits; can be paused, made to fail, limited to fixed sizes."""
+
+    name, device, precision = "fake", "cpu", "fp32"
+
+    def __init__(self, max_batch_size=8, batch_sizes=None, max_concurrency=1):
+        self.max_batch_size = max_batch_size
+        self.batch_sizes = batch_sizes
+        self.max_concurrency = max_concurrency
+        self.calls: list[int] = []  # rows received per call (after padding)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Semaphore(0)
+        self.fail_next = 0
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(batch.shape[0])
+        self.started.release()
+        self.gate.wait(10)
+        if self.fail_next:
+            self.fail_next -= 1
+            raise RuntimeError("injected fault")
+        return batch[:, 0, 0, :2].copy()  # (N, 2): row identity survives the round trip
+
+
+def tensor(value: float) -> np.ndarray:
+    return np.full(SHAPE, value, dtype=np.float32)
+
+
+def make(backend, **kwargs) -> Batcher:
+    options = dict(max_batch_size=backend.max_batch_size, max_delay_ms=0.0, queue_capacity=64, stall_after_s=30)
+    options.update(kwargs)
+    batcher = Batcher(backend, Metrics(), **options)
+    batcher.start()
+    return batcher
+
+
+def far() -> float:
+    return time.monotonic() + 30
+
+
+async def wait_started(backend: FakeBackend, n: int = 1) -> None:
+    for _ in range(n):
+        assert await asyncio.to_thread(backend.started.acquire, True, 10), "backend was never called"
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_an_idle_backend_gets_a_single_request_at_once_even_with_a_long_max_delay():
+    async def main():
+        backend = FakeBackend()
+        batcher = make(backend, max_delay_ms=60_000)
+        (future,) = batcher.submit([tensor(7)], far())
+        result = await asyncio.wait_for(future, timeout=5)  # would take 60 s if it waited to fill
+        assert result.batch_size == 1 and result.logits.tolist() == [7, 7]
+        await batcher.stop()
+
+    run(main())
+
+
+def test_requests_arriving_during_a_batch_go_together_in_the_next_one():
+    async def main():
+        backend = FakeBackend()
+        backend.gate.clear()
+        batcher = make(backend)
+        first = batcher.submit([tensor(0)], far())
+        await wait_started(backend)
+        later = [batcher.submit([tensor(v)], far())[0] for v in (1, 2, 3)]
+        backend.gate.set()
+        results = await asyncio.gather(*first, *later)
+        assert backend.calls == [1, 3]
+        assert [r.batch_size for r in results] == [1, 3, 3, 3]
+        assert [r.logits[0] for r in results] == [0, 1, 2, 3]  # each answer is its own
+        await batcher.stop()
+
+    run(main())
+
+
+def test_batches_never_exceed_max_batch_size():
+    async def main():
+        backend = FakeBackend(max_batch_size=8)
+        backend.gate.clear()
+        batcher = make(backend, max_batch_size=2)
+        futures = batcher.submit([tensor(v) for v in range(5)], far())
+        await wait_started(backend)
+        backend.gate.set()
+        results = await asyncio.gather(*futures)
+        assert backend.calls == [2, 2, 1]
+        assert [r.logits[0] for r in results] == [0, 1, 2, 3, 4]
+        await batcher.stop()
+
+    run(main())
+
+
+def test_batches_are_padded_to_a_supported_size_and_the_padding_dropped():
+    async def main():
+        backend = FakeBackend(max_batch_size=8, batch_sizes=(1, 4, 8))
+        backend.gate.clear()
+        batcher = make(backend)
+        head = batcher.submit([tensor(9)], far())
+        await wait_started(backend)
+        futures = batcher.submit([tensor(v) for v in (1, 2, 3)], far())
+        backend.gate.set()
+        results = await asyncio.gather(*head, *futures)
+        assert backend.calls == [1, 4]
+        assert [r.logits[0] for r in results] == [9, 1, 2, 3] and results[1].batch_size == 3
+        await batcher.stop()
+
+    run(main())
+
+
+def test_a_full_queue_refuses_the_whole_request():
+    async def main():
+        backend = FakeBackend()
+        backend.gate.clear()
+        batcher = make(backend, queue_capacity=3)
+        running = batcher.submit([tensor(0)], far())
+        await wait_started(backend)
+        queued = batcher.submit([tensor(1), tensor(2)], far())
+        with pytest.raises(QueueFull):
+            batcher.submit([tensor(3), tensor(4)], far())  # only one slot left: refused whole
+        assert batcher.depth == 2
+        extra = batcher.submit([tensor(5)], far())  # exactly fits
+        backend.gate.set()
+        await asyncio.gather(*running, *queued, *extra)
+        await batcher.stop()
+
+    run(main())
+
+
+def test_expired_and_cancelled_requests_take_no_batch_slot():
+    async def main():
+        backend = FakeBackend()
+        backend.gate.clear()
+        batcher = make(backend)
+        running = batcher.submit([tensor(0)], far())
+        await wait_started(backend)
+        (expired,) = batcher.submit([tensor(1)], time.monotonic() + 0.01)
+        (cancelled,) = batcher.submit([tensor(2)], far())
+        (kept,) = batcher.submit([tensor(3)], far())
+        cancelled.cancel()
+        await asyncio.sleep(0.05)
+        backend.gate.set()
+        await asyncio.gather(*running)
+        assert (await kept).logits[0] == 3
+        with pytest.raises(DeadlineExceeded):
+            await expired
+        assert backend.calls == [1, 1]
+        await batcher.stop()
+
+    run(main())
+
+
+def test_a_failing_batch_fails_only_its_own_requests_and_health_follows():
+    async def main():
+        backend = FakeBackend()
+        batcher = make(backend)
+        backend.fail_next = 1
+        with pytest.raises(BackendFailure):
+            await batcher.submit([tensor(1)], far())[0]
+        assert batcher.healthy  # one failure is not yet unhealthy
+        assert (await batcher.submit([tensor(2)], far())[0]).logits[0] == 2
+        backend.fail_next = FAILURES_BEFORE_UNHEALTHY
+        for _ in range(FAILURES_BEFORE_UNHEALTHY):
+            with pytest.raises(BackendFailure):
+                await batcher.submit([tensor(3)], far())[0]
+        assert not batcher.healthy
+        assert (await batcher.submit([tensor(4)], far())[0]).logits[0] == 4
+        assert batcher.healthy  # recovers on the next success
+        await batcher.stop()
+
+    run(main())
+
+
+def test_a_hung_backend_makes_the_batcher_unhealthy_until_it_returns():
+    async def main():
+        backend = FakeBackend()
+        backend.gate.clear()
+        batcher = make(backend, stall_after_s=0.05)
+        futures = batcher.submit([tensor(1)], far())
+        await wait_started(backend)
+        await asyncio.sleep(0.1)
+        assert not batcher.healthy
+        backend.gate.set()
+        await asyncio.gather(*futures)
+        assert batcher.healthy
+        await batcher.stop()
+
+    run(main())
+
+
+def test_with_two_slots_a_second_batch_waits_up_to_max_delay_for_more():
+    async def main():
+        backend = FakeBackend(max_concurrency=2)
+        backend.gate.clear()
+        batcher = make(backend, max_delay_ms=2_000)
+        first = batcher.submit([tensor(0)], far())
+        await wait_started(backend)
+        second = batcher.submit([tensor(1)], far())
+        await asyncio.sleep(0.05)  # well inside max_delay: the second batch is still open
+        third = batcher.submit([tensor(2)], far())
+        await wait_started(backend)
+        backend.gate.set()
+        results = await asyncio.gather(*first, *second, *third)
+        assert backend.calls == [1, 2]
+        assert [r.batch_size for r in results] == [1, 2, 2]
+        await batcher.stop()
+
+    run(main())
+
+
+def test_stop_finishes_queued_work_then_refuses_new_work():
+    async def main():
+        backend = FakeBackend()
+        backend.gate.clear()
+        batcher = make(backend)
+        futures = batcher.submit([tensor(v) for v in range(3)], far())
+        await wait_started(backend)
+        stopping = asyncio.create_task(batcher.stop())
+        await asyncio.sleep(0.05)
+        with pytest.raises(NotReady):
+            batcher.submit([tensor(9)], far())
+        backend.gate.set()
+        await stopping
+        assert [(await f).logits[0] for f in futures] == [0, 1, 2]
+
+    run(main())
+
+
+def test_max_batch_size_above_the_backend_limit_is_refused():
+    with pytest.raises(ValueError, match="exceeds"):
+        Batcher(FakeBackend(max_batch_size=4), Metrics(), 8, 0.0, 16, 30)

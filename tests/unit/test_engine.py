@@ -1,0 +1,84 @@
+"""model/engine.py: top-k counting and 10-crop evaluation against a hand-computed average."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from model.engine import correct_topk, evaluate, ten_crop_probs
+from model.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchPreprocess, EvalTransform, TenCropTransform
+
+CLASSES = 3
+
+
+def _tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, CLASSES))
+
+
+def _hand_ten_crop_probs(model: nn.Module, pixels: np.ndarray) -> np.ndarray:
+    """Average of softmax over the paper's ten 4x4 patches of a 6x6 image, computed with numpy."""
+    weight = model[1].weight.detach().double().numpy()
+    bias = model[1].bias.detach().double().numpy()
+    x = (pixels / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)  # (6, 6, 3)
+    patches = [x[0:4, 0:4], x[0:4, 2:6], x[2:6, 0:4], x[2:6, 2:6], x[1:5, 1:5]]
+    patches += [p[:, ::-1] for p in patches]
+    probs = []
+    for patch in patches:
+        logits = weight @ patch.transpose(2, 0, 1).reshape(-1) + bias  # flatten in (C, H, W) order
+        e = np.exp(logits - logits.max())
+        probs.append(e / e.sum())
+    return np.mean(probs, axis=0)
+
+
+def test_correct_topk_counts():
+    scores = torch.tensor([[0.1, 0.5, 0.4], [0.7, 0.2, 0.1], [0.2, 0.3, 0.5]])
+    target = torch.tensor([2, 0, 0])
+    top1, top2, top5 = correct_topk(scores, target, topk=(1, 2, 5))
+    assert (top1.item(), top2.item(), top5.item()) == (1, 2, 3)  # top-5 of 3 classes is every class
+
+
+def test_ten_crop_evaluation_matches_hand_computed_average():
+    model = _tiny_model()
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8) for _ in range(4)]
+    targets = torch.tensor([0, 1, 2, 1])
+    transform = TenCropTransform(resize_size=6, crop_size=4)
+    crops = torch.stack([transform(Image.fromarray(p, "RGB")) for p in images])  # (4, 10, 3, 4, 4) uint8
+    preprocess = BatchPreprocess(lighting_std=0.0)
+
+    got = ten_crop_probs(model, preprocess(crops.flatten(0, 1), False).unflatten(0, (4, 10)))
+    hand = np.stack([_hand_ten_crop_probs(model, p) for p in images])  # (4, 3)
+    assert np.allclose(got.detach().double().numpy(), hand, atol=1e-5)
+
+    stats = evaluate(model, [(crops[:2], targets[:2]), (crops[2:], targets[2:])], torch.device("cpu"), preprocess)
+    hand_top1_err = np.mean(hand.argmax(axis=1) != targets.numpy())
+    hand_loss = -np.mean(np.log(hand[np.arange(4), targets.numpy()]))
+    assert stats.images == 4
+    assert stats.top1_err == hand_top1_err
+    assert abs(stats.loss - hand_loss) < 1e-5
+    assert stats.top5_err == 0.0
+
+
+def test_ten_crop_average_differs_from_center_crop():
+    """Guard against an 'average' that quietly uses only one patch."""
+    model = _tiny_model()
+    pixels = np.random.default_rng(2).integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
+    preprocess = BatchPreprocess(lighting_std=0.0)
+    center = EvalTransform(6, 4)(Image.fromarray(pixels, "RGB"))[None]  # (1, 3, 4, 4)
+    center_probs = model(preprocess(center, False)).softmax(1).detach().double().numpy()[0]
+    assert not np.allclose(center_probs, _hand_ten_crop_probs(model, pixels), atol=1e-4)
+
+
+def test_center_crop_evaluation_counts_errors():
+    model = _tiny_model()
+    x = torch.randint(0, 256, (5, 3, 4, 4), dtype=torch.uint8)
+    preprocess = BatchPreprocess(lighting_std=0.0)
+    with torch.no_grad():
+        pred = model(preprocess(x, False)).argmax(1)
+    target = pred.clone()
+    target[:2] = (pred[:2] + 1) % CLASSES  # two wrong on purpose
+    stats = evaluate(model, [(x, target)], torch.device("cpu"), preprocess)
+    assert stats.top1_err == 2 / 5 and stats.images == 5

@@ -1,0 +1,130 @@
+"""The container entrypoint's decisions, through its function API (no server, no export here)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.weights import untrained_model
+from service import entrypoint
+
+
+def fake_to_trt(tmp_path: Path, body: str) -> Path:
+    script = tmp_path / "to_trt.py"
+    script.write_text("import sys\nfrom pathlib import Path\nargs = sys.argv[1:]\n" + textwrap.dedent(body))
+    return script
+
+
+def test_model_dir_defaults_name_the_files_there_and_never_override_the_environment(tmp_path):
+    (tmp_path / "alexnet-owt-7be5be79.pth").write_bytes(b"")
+    env: dict[str, str] = {}
+    entrypoint.apply_model_dir_defaults(tmp_path, env)
+    assert env == {"ALEXNET_ONNX": str(tmp_path / "alexnet.onnx"), "ALEXNET_ENGINE": str(tmp_path / "alexnet.plan"),
+                   "ALEXNET_CHECKPOINT": str(tmp_path / "alexnet-owt-7be5be79.pth")}
+    (tmp_path / "alexnet.pt").write_bytes(b"")  # our own checkpoint wins over torchvision's file
+    assert entrypoint.find_checkpoint(tmp_path) == tmp_path / "alexnet.pt"
+    env = {"ALEXNET_ONNX": "/elsewhere.onnx", "ALEXNET_CHECKPOINT": "/mine.pt"}
+    entrypoint.apply_model_dir_defaults(tmp_path, env)
+    assert env["ALEXNET_ONNX"] == "/elsewhere.onnx" and env["ALEXNET_CHECKPOINT"] == "/mine.pt"
+
+
+def test_no_checkpoint_means_none(tmp_path):
+    assert entrypoint.find_checkpoint(tmp_path) is None
+
+
+def test_onnx_is_exported_when_missing_or_holding_other_weights(onnx_model, tmp_path):
+    assert "missing" in entrypoint.onnx_needs_export(tmp_path / "absent.onnx", None, "torchvision")
+    assert entrypoint.onnx_needs_export(onnx_model, None, "torchvision") is None
+    other = tmp_path / "other-weights.pth"  # a checkpoint dropped in after an untrained export
+    torch.save(untrained_model(seed=1).model.state_dict(), other)
+    reason = entrypoint.onnx_needs_export(onnx_model, other, "torchvision")
+    assert reason and "not those of" in reason
+
+
+def test_engine_is_rebuilt_when_missing_stale_or_unverifiable(tmp_path):
+    onnx, engine = tmp_path / "m.onnx", tmp_path / "m.plan"
+    onnx.write_bytes(b"onnx")
+    assert "missing" in entrypoint.engine_needs_build(engine, onnx, onnx_exported=False)
+    engine.write_bytes(b"plan")
+    assert "older" in entrypoint.engine_needs_build(engine, onnx, onnx_exported=True)
+    past = time.time() - 60
+    os.utime(engine, (past, past))
+    assert "older" in entrypoint.engine_needs_build(engine, onnx, onnx_exported=False)
+    os.utime(engine, None)
+    reason = entrypoint.engine_needs_build(engine, onnx, onnx_exported=False)
+    # Without TensorRT (or without export/trt_sidecar.py yet) the engine cannot be checked: rebuild.
+    assert reason is not None
+
+
+def test_build_engine_reports_tensorrt_missing_as_a_skip_with_its_reason(tmp_path):
+    script = fake_to_trt(tmp_path, """
+        print("[to_trt] checking TensorRT")
+        print("to_trt: TensorRT is not installed here (pip install tensorrt)", file=sys.stderr)
+        sys.exit(2)
+    """)
+    built, reason = entrypoint.build_engine(tmp_path / "m.onnx", tmp_path / "m.plan", "fp16", script=script)
+    assert not built and reason == "to_trt: TensorRT is not installed here (pip install tensorrt)"
+
+
+def test_build_engine_passes_paths_and_precision(tmp_path):
+    script = fake_to_trt(tmp_path, """
+        out = Path(args[args.index("--out") + 1])
+        out.write_text(" ".join(args))
+    """)
+    onnx, engine = tmp_path / "m.onnx", tmp_path / "m.plan"
+    assert entrypoint.build_engine(onnx, engine, "fp32", max_batch=128, script=script) == (True, "")
+    assert engine.read_text() == (f"--onnx {onnx} --out {engine} --precision fp32 --max-batch 128 "
+                                  f"--opt-batch 32 --timing-cache {tmp_path / 'trt_timing.cache'}")
+
+
+def test_build_engine_failure_is_an_error_with_the_tools_output(tmp_path):
+    script = fake_to_trt(tmp_path, """
+        print("parser: unsupported operator Foo", file=sys.stderr)
+        sys.exit(1)
+    """)
+    with pytest.raises(entrypoint.EntrypointError, match="unsupported operator Foo"):
+        entrypoint.build_engine(tmp_path / "m.onnx", tmp_path / "m.plan", "fp16", script=script)
+
+
+def test_missing_to_trt_script_is_a_skip(tmp_path):
+    built, reason = entrypoint.build_engine(tmp_path / "m.onnx", tmp_path / "m.plan", "fp16",
+                                            script=tmp_path / "nope.py")
+    assert not built and "not part of this build" in reason
+
+
+def test_help_is_the_service_help():
+    result = subprocess.run([sys.executable, "-m", "service.entrypoint", "--help"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert result.returncode == 0
+    assert "ALEXNET_MODEL_DIR" in result.stderr and "--max-batch-size" in result.stdout
+
+
+@pytest.mark.parametrize("backend, exit_code, outcome", [
+    ("auto", 2, "skipped"), ("auto", 1, "skipped"), ("tensorrt", 2, "error"), ("tensorrt", 1, "error"),
+])
+def test_prepare_falls_back_under_auto_and_stops_when_tensorrt_was_asked_for(
+        onnx_model, tmp_path, monkeypatch, caplog, backend, exit_code, outcome):
+    script = fake_to_trt(tmp_path, f"""
+        print("to_trt: no TensorRT here", file=sys.stderr)
+        sys.exit({exit_code})
+    """)
+    monkeypatch.setattr(entrypoint, "to_trt_script", lambda: script)
+    monkeypatch.setenv("ALEXNET_MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("ALEXNET_ONNX", str(onnx_model))  # present and current: no export
+    monkeypatch.setenv("ALEXNET_ENGINE", str(tmp_path / "models" / "alexnet.plan"))
+    caplog.set_level("INFO", logger="entrypoint")
+    if outcome == "error":
+        with pytest.raises(entrypoint.EntrypointError):
+            entrypoint.prepare(["--backend", backend])
+    else:
+        entrypoint.prepare(["--backend", backend])
+        assert "not exporting" in caplog.text
+        assert ("TensorRT skipped: to_trt: no TensorRT here" in caplog.text if exit_code == 2
+                else "TensorRT engine build FAILED" in caplog.text)

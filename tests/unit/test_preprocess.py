@@ -1,0 +1,167 @@
+"""Preprocessing: torchvision's ImageNet eval preset, defensive decoding, every mode to RGB."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from service.errors import CorruptImage, EmptyBody, ImageTooLarge, NotAnImage, UnsupportedImageFormat
+from service.preprocess import PreprocessConfig, decode, preprocess, resized_size, transform
+from tests.conftest import make_image
+
+CONFIG = PreprocessConfig(jpeg_draft=False)
+MEAN = np.array(CONFIG.mean, dtype=np.float32)[:, None, None]
+STD = np.array(CONFIG.std, dtype=np.float32)[:, None, None]
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "size, expected",
+    [((500, 375), (341, 256)), ((375, 500), (256, 341)), ((256, 256), (256, 256)), ((4032, 3024), (341, 256)),
+     ((1000, 257), (996, 256))],
+)
+def test_resized_size_truncates_the_long_side_like_torchvision(size, expected):
+    assert resized_size(*size, 256) == expected
+
+
+def test_output_shape_dtype_and_uniform_colour_values():
+    image = Image.new("RGB", (500, 375), (10, 128, 250))
+    x = transform(image, CONFIG)
+    assert x.shape == (3, 224, 224) and x.dtype == np.float32 and x.flags["C_CONTIGUOUS"]
+    expected = (np.array([10, 128, 250], dtype=np.float32)[:, None, None] / 255 - MEAN) / STD
+    np.testing.assert_allclose(x, np.broadcast_to(expected, x.shape), rtol=0, atol=1e-6)
+
+
+def test_center_crop_takes_the_middle():
+    # A 500x375 image resizes to 341x256; the crop starts at column round(117 / 2) = 58 (rounds half to even).
+    image = Image.new("RGB", (341, 256), (0, 0, 0))
+    pixels = np.zeros((256, 341, 3), np.uint8)
+    pixels[:, 58:282] = 255  # exactly the 224 columns the crop should keep
+    image = Image.fromarray(pixels)
+    x = transform(image, CONFIG)
+    white = (1.0 - MEAN) / STD
+    np.testing.assert_allclose(x, np.broadcast_to(white, x.shape), atol=1e-6)
+
+
+def test_matches_an_independent_torch_resize_within_interpolation_noise():
+    """torch's antialiased bilinear (torchvision's tensor path) differs from PIL only by rounding."""
+    image = Image.open(io.BytesIO(make_image(500, 375, seed=3))).convert("RGB")
+    ours = transform(image, CONFIG)
+    t = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+    resized = F.interpolate(t, size=(256, 341), mode="bilinear", antialias=True, align_corners=False)
+    crop = resized[0, :, 16:240, 58:282].clamp(0, 255).round() / 255
+    reference = ((crop - torch.tensor(MEAN)) / torch.tensor(STD)).numpy()
+    assert np.abs(ours - reference).mean() < 0.01  # 0.01 in normalized units is ~0.6/255 of a pixel
+    assert np.abs(ours - reference).max() < 0.1
+
+
+def test_matches_torchvision_exactly_where_it_is_installed():
+    transforms = pytest.importorskip("torchvision.transforms", reason="torchvision is not importable here")
+    from torchvision.models import AlexNet_Weights
+
+    image = Image.open(io.BytesIO(make_image(640, 480, seed=4))).convert("RGB")
+    reference = AlexNet_Weights.IMAGENET1K_V1.transforms()(image).numpy()
+    assert transforms is not None
+    np.testing.assert_allclose(transform(image, CONFIG), reference, atol=1e-6)
+
+
+def test_jpeg_draft_decoding_stays_close_to_a_full_decode():
+    data = make_image(2000, 1500, seed=5)
+    full = preprocess(data, CONFIG)
+    draft = preprocess(data, PreprocessConfig(jpeg_draft=True))
+    assert np.abs(full - draft).mean() < 0.02  # normalized units: ~1/255 of a pixel on average
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_every_supported_format_decodes_to_rgb(fmt):
+    data = make_image(120, 90, seed=1, fmt=fmt)
+    image = decode(data, CONFIG)
+    assert image.mode == "RGB" and image.size == (120, 90)
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "P", "RGBA", "LA", "I;16", "1"])
+def test_every_mode_becomes_rgb(mode):
+    base = Image.open(io.BytesIO(make_image(64, 48, seed=2, fmt="PNG")))
+    image = base.convert("L").convert("I;16") if mode == "I;16" else base.convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else ("TIFF" if mode == "I;16" else "PNG")
+    out = decode(encode(image, fmt), CONFIG)
+    assert out.mode == "RGB" and out.size == (64, 48)
+
+
+def test_sixteen_bit_grey_keeps_its_range_instead_of_clipping_white():
+    grey16 = Image.fromarray(np.full((32, 32), 32768, dtype=np.uint16))
+    out = np.asarray(decode(encode(grey16, "PNG"), CONFIG))
+    assert 120 <= out.mean() <= 135
+
+
+def test_transparent_pixels_are_shown_over_white():
+    rgba = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    out = np.asarray(decode(encode(rgba, "PNG"), CONFIG))
+    assert (out == 255).all()
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (60, 30), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    out = decode(encode(image, "JPEG", exif=exif.tobytes()), CONFIG)
+    assert out.size == (30, 60)
+
+
+def test_gif_uses_the_first_frame():
+    frames = [Image.new("RGB", (20, 20), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    out = np.asarray(decode(buffer.getvalue(), CONFIG))
+    assert out[..., 0].mean() > 200 and out[..., 2].mean() < 50
+
+
+@pytest.mark.parametrize(
+    "data, error",
+    [
+        (b"", EmptyBody),
+        (b"hello, this is not an image", NotAnImage),
+        (make_image(200, 150)[:600], CorruptImage),
+        (encode(Image.new("RGB", (8, 8)), "ICO"), UnsupportedImageFormat),
+    ],
+    ids=["empty", "text", "truncated-jpeg", "ico"],
+)
+def test_bad_input_gets_a_typed_error(data, error):
+    with pytest.raises(error):
+        preprocess(data, CONFIG)
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    # A 20000x20000 PNG of one colour compresses to a few hundred KB but would decode to 1.2 GB.
+    big = encode(Image.new("L", (20000, 20000)), "PNG", optimize=False)
+    with pytest.raises(ImageTooLarge, match="20000x20000"):
+        decode(big, PreprocessConfig(max_pixels=10_000_000))
+
+
+@pytest.mark.parametrize("size", [(1, 40000), (40000, 1), (3, 9000)])
+def test_extreme_aspect_ratios_are_cropped_before_resizing(size):
+    """A 1x40000 image would resize to 256x10240000 (2.6 G pixels); only the crop region is resized."""
+    image = Image.new("RGB", size, (200, 100, 50))
+    x = transform(image, CONFIG)
+    expected = (np.array([200, 100, 50], dtype=np.float32)[:, None, None] / 255 - MEAN) / STD
+    np.testing.assert_allclose(x, np.broadcast_to(expected, x.shape), atol=1e-6)
+
+
+def test_the_cropped_resize_path_stays_within_one_level_of_the_full_resize(monkeypatch):
+    import service.preprocess as preprocess_module
+
+    image = Image.open(io.BytesIO(make_image(500, 375, seed=9))).convert("RGB")
+    full = transform(image, CONFIG)
+    monkeypatch.setattr(preprocess_module, "MAX_RESIZED_SIDE", 0)
+    cropped = transform(image, CONFIG)
+    assert np.abs(full - cropped).max() <= 1.01 / 255 / min(CONFIG.std)

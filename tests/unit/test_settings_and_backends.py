@@ -1,0 +1,86 @@
+"""Settings from flags and environment; backend selection and its reasons."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from service.__main__ import ENV_ONLY, get_args_parser, settings_from_args
+from service.backends import select_backend
+from service.backends.torch import cuda_graph_buckets
+from service.errors import BackendUnavailable
+from service.settings import Settings
+
+
+def test_flags_override_environment_which_overrides_defaults(monkeypatch):
+    monkeypatch.setenv("ALEXNET_MAX_BATCH_SIZE", "16")
+    monkeypatch.setenv("ALEXNET_PORT", "9000")
+    settings = settings_from_args(["--port", "8001", "--jpeg-draft", "false"])
+    assert settings.port == 8001 and settings.max_batch_size == 16 and settings.jpeg_draft is False
+    assert Settings().max_delay_ms == 2.0
+
+
+def test_the_api_key_is_read_from_the_environment_only(monkeypatch):
+    monkeypatch.setenv("ALEXNET_API_KEY", "s3cret")
+    assert settings_from_args([]).api_key.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(settings_from_args([]))
+    with pytest.raises(SystemExit):
+        settings_from_args(["--api-key", "x"])
+
+
+def test_help_lists_every_setting_with_its_default_and_variable():
+    text = get_args_parser().format_help()
+    for name in set(Settings.model_fields) - ENV_ONLY:
+        assert "--" + name.replace("_", "-") in text
+        assert f"ALEXNET_{name.upper()}" in text
+
+
+@pytest.mark.parametrize("args", [["--backend", "magic"], ["--max-batch-size", "0"]])
+def test_invalid_values_are_refused(args):
+    with pytest.raises((SystemExit, ValidationError)):
+        settings_from_args(args)
+
+
+def test_a_request_larger_than_the_queue_is_a_configuration_error():
+    with pytest.raises(ValidationError, match="queue_capacity"):
+        Settings(queue_capacity=4, max_images_per_request=8)
+
+
+def test_auto_picks_onnxruntime_on_a_cpu_host_and_says_why(onnx_model):
+    selection = select_backend(Settings(onnx=onnx_model))
+    assert selection.backend.name == "onnxruntime" and selection.backend.device == "cpu"
+    assert "tensorrt" in selection.skipped and "auto on cpu" in selection.reason
+    assert selection.metadata.weights == "untrained" and len(selection.metadata.labels) == 1000
+
+
+def test_auto_falls_back_to_torch_without_an_onnx_file(tmp_path):
+    selection = select_backend(Settings(onnx=tmp_path / "missing.onnx"))
+    assert selection.backend.name == "torch"
+    assert "no ONNX model" in selection.skipped["onnxruntime"]
+
+
+def test_torch_and_onnxruntime_backends_agree(onnx_model):
+    ort_backend = select_backend(Settings(onnx=onnx_model, backend="onnxruntime")).backend
+    torch_backend = select_backend(Settings(onnx=onnx_model, backend="torch")).backend
+    batch = np.random.default_rng(0).standard_normal((3, 3, 224, 224)).astype(np.float32)
+    np.testing.assert_allclose(ort_backend.infer(batch), torch_backend.infer(batch), atol=1e-4)
+
+
+def test_asking_for_tensorrt_without_a_gpu_names_what_is_missing(onnx_model):
+    with pytest.raises(BackendUnavailable, match="CUDA|tensorrt"):
+        select_backend(Settings(onnx=onnx_model, backend="tensorrt"))
+
+
+def test_asking_for_cuda_without_a_gpu_is_refused(onnx_model):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has a CUDA GPU")
+    with pytest.raises(BackendUnavailable, match="no CUDA GPU"):
+        select_backend(Settings(onnx=onnx_model, device="cuda"))
+
+
+def test_cuda_graph_buckets_cover_every_batch_size():
+    assert cuda_graph_buckets(32) == (1, 2, 4, 8, 16, 32)
+    assert cuda_graph_buckets(48) == (1, 2, 4, 8, 16, 32, 48)
