@@ -2,14 +2,16 @@
 
     multipart    POST /classify, multipart/form-data, one ``file`` field per image
     raw          POST /classify, the image itself as the body (one image per request)
-    oip-json     POST /v2/models/{model}/infer, Open Inference Protocol v2 JSON, BYTES input [N] (base64)
+    oip-json     POST /v2/models/{model}/infer, Open Inference Protocol v2 JSON, BYTES input ``image`` [N]
+                 (base64, ``"parameters": {"content_type": "base64"}``)
     oip-binary   the same with the binary-data extension: BYTES elements (4-byte little-endian length +
                  bytes) after a JSON header whose size is in ``Inference-Header-Content-Length``
     oip-fp32     binary-data extension, FP32 input [N, 3, 224, 224] preprocessed by the client
     healthz      GET /healthz, no image: measures the client's own ceiling against a trivial endpoint
 
 Bodies are built once before a run, so the client spends its CPU on sending, not on encoding.
-The OIP requests follow the KServe v2 / Triton spec: input ``input``, output ``logits``.
+The OIP requests follow the KServe v2 / Triton spec as the service implements it (docs/oip.md): BYTES
+input ``image``, FP32 input ``input``, output ``logits``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import numpy as np
 from loadtest.corpus import CorpusImage
 
 KINDS = ("multipart", "raw", "oip-json", "oip-binary", "oip-fp32", "healthz")
-INPUT_NAME = "input"
+INPUT_NAME = "input"  # FP32 [N, 3, 224, 224], preprocessed
+IMAGE_INPUT_NAME = "image"  # BYTES [N], encoded image files (docs/oip.md)
 OUTPUT_NAME = "logits"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BOUNDARY = "loadtest-7f3a9c1e5b"
@@ -79,12 +82,14 @@ def build_payload(kind: str, images: list[CorpusImage], model: str = "alexnet", 
         return Payload(f"/classify?top_k={top_k}", {"Content-Type": images[0].content_type}, images[0].data, 1)
     path = f"/v2/models/{model}/infer"
     if kind == "oip-json":
-        request = _oip_request([{"name": INPUT_NAME, "shape": [n], "datatype": "BYTES",
+        # JSON strings are UTF-8 and images are not: base64 them and say so (MLServer's convention).
+        request = _oip_request([{"name": IMAGE_INPUT_NAME, "shape": [n], "datatype": "BYTES",
+                                 "parameters": {"content_type": "base64"},
                                  "data": [base64.b64encode(im.data).decode("ascii") for im in images]}], False)
         return Payload(path, {"Content-Type": "application/json"}, json.dumps(request).encode(), n)
     if kind == "oip-binary":
         tensor = bytes_tensor([im.data for im in images])
-        inputs = [{"name": INPUT_NAME, "shape": [n], "datatype": "BYTES",
+        inputs = [{"name": IMAGE_INPUT_NAME, "shape": [n], "datatype": "BYTES",
                    "parameters": {"binary_data_size": len(tensor)}}]
     elif kind == "oip-fp32":
         if preprocessed is None or len(preprocessed) != n:

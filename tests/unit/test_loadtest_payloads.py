@@ -35,7 +35,8 @@ def test_oip_json_bytes_input_is_base64():
     assert p.path == "/v2/models/alexnet/infer"
     doc = json.loads(p.body)
     (inp,) = doc["inputs"]
-    assert inp["name"] == "input" and inp["datatype"] == "BYTES" and inp["shape"] == [2]
+    assert inp["name"] == "image" and inp["datatype"] == "BYTES" and inp["shape"] == [2]
+    assert inp["parameters"] == {"content_type": "base64"}
     assert [base64.b64decode(s) for s in inp["data"]] == [im.data for im in IMAGES]
     assert doc["outputs"] == [{"name": "logits"}]
 
@@ -45,7 +46,7 @@ def test_oip_binary_follows_the_binary_data_extension():
     n = int(p.headers[HEADER_LENGTH])
     header, tensor = json.loads(p.body[:n]), p.body[n:]
     (inp,) = header["inputs"]
-    assert inp["parameters"]["binary_data_size"] == len(tensor)
+    assert inp["name"] == "image" and inp["parameters"]["binary_data_size"] == len(tensor)
     elements, offset = [], 0
     while offset < len(tensor):  # each BYTES element: 4-byte little-endian length, then the bytes
         (size,) = struct.unpack_from("<I", tensor, offset)
@@ -60,7 +61,7 @@ def test_oip_fp32_sends_little_endian_floats():
     p = build_payload("oip-fp32", IMAGES, preprocessed=arrays)
     n = int(p.headers[HEADER_LENGTH])
     inp = json.loads(p.body[:n])["inputs"][0]
-    assert inp["datatype"] == "FP32" and inp["shape"] == [2, 3, 224, 224]
+    assert inp["name"] == "input" and inp["datatype"] == "FP32" and inp["shape"] == [2, 3, 224, 224]
     np.testing.assert_array_equal(np.frombuffer(p.body[n:], "<f4").reshape(2, 3, 224, 224), np.stack(arrays))
 
 
