@@ -1,0 +1,97 @@
+"""The two ceilings a served model is measured against, both in this process, without HTTP:
+
+(a) engine:   ``backend.infer`` alone on preprocessed batches; img/s per batch size.
+(b) pipeline: the service's own decode -> batch -> infer path (``service.pipeline.Pipeline`` with its
+              ``Batcher`` and decode threads) driven by N concurrent in-process callers. Decoding
+              overlaps inference exactly as in the service; only HTTP is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from export.onnx_metadata import ModelMetadata
+from loadtest.histogram import LatencyHistogram
+from service.backends.base import Backend
+from service.batcher import Batcher
+from service.metrics import Metrics
+from service.pipeline import Pipeline
+from service.preprocess import PreprocessConfig, preprocess
+from service.settings import Settings
+
+
+def engine_ceiling(backend: Backend, input_size: int, batch_sizes: list[int], time_s: float = 3.0,
+                   min_iters: int = 3) -> list[dict]:
+    """[{"batch", "img_per_s", "ms_per_batch"}]: each size warmed once, then run for ``time_s``."""
+    out = []
+    rng = np.random.default_rng(0)
+    for n in batch_sizes:
+        if n > backend.max_batch_size:
+            continue
+        batch = rng.standard_normal((n, 3, input_size, input_size), dtype=np.float32)
+        backend.infer(batch)  # warm: allocations, kernel choice
+        iters, start = 0, time.perf_counter()
+        while iters < min_iters or time.perf_counter() - start < time_s:
+            backend.infer(batch)
+            iters += 1
+        elapsed = time.perf_counter() - start
+        out.append({"batch": n, "img_per_s": n * iters / elapsed, "ms_per_batch": elapsed / iters * 1000})
+    return out
+
+
+def preprocess_time_ms(images: list[bytes], config: PreprocessConfig, rounds: int = 3) -> float:
+    """Mean single-thread decode + preprocess time of one image, ms."""
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for data in images:
+            preprocess(data, config)
+    return (time.perf_counter() - start) / (rounds * len(images)) * 1000
+
+
+async def run_pipeline(backend: Backend, meta: ModelMetadata, settings: Settings, images: list[bytes],
+                    concurrency: int, duration_s: float, warmup_s: float) -> dict:
+    metrics = Metrics()
+    batcher = Batcher(backend, metrics, settings.max_batch_size, settings.max_delay_ms, settings.queue_capacity,
+                      stall_after_s=settings.request_timeout_s)
+    batcher.start()
+    config = PreprocessConfig(resize_size=meta.resize_size, crop_size=meta.input_size, mean=meta.mean,
+                              std=meta.std, max_pixels=settings.max_image_pixels, jpeg_draft=settings.jpeg_draft)
+    pipeline = Pipeline(batcher, meta, config, settings.decoder_threads, metrics)
+    latency = LatencyHistogram()
+    t0 = time.perf_counter()
+    measure_from, end = t0 + warmup_s, t0 + warmup_s + duration_s
+    done = 0
+
+    async def caller(index: int) -> None:
+        nonlocal done
+        i = index
+        while (now := time.perf_counter()) < end:
+            data = images[i % len(images)]
+            i += concurrency
+            prepared = await pipeline.prepare([data])
+            results = await pipeline.infer([p.tensor for p in prepared], time.monotonic() + settings.request_timeout_s)
+            pipeline.classify(results, 5)
+            finished = time.perf_counter()
+            if now >= measure_from and finished <= end:
+                latency.record(finished - now)
+                done += 1
+
+    try:
+        await asyncio.gather(*(caller(c) for c in range(concurrency)))
+    finally:
+        await batcher.stop()
+        pipeline.close()
+    batch = metrics.batch_size.collect()[0].samples
+    count = next(s.value for s in batch if s.name.endswith("_count"))
+    total = next(s.value for s in batch if s.name.endswith("_sum"))
+    return {"concurrency": concurrency, "images": done, "img_per_s": done / duration_s,
+            "latency_ms": latency.summary_ms(), "batch_size_mean": total / count if count else None}
+
+
+def pipeline_ceiling(backend: Backend, meta: ModelMetadata, settings: Settings, images: list[bytes],
+                     concurrency: int, duration_s: float = 5.0, warmup_s: float = 1.0) -> dict:
+    """{"concurrency", "images", "img_per_s", "latency_ms": {...}, "batch_size_mean"}; one image per call."""
+    return asyncio.run(run_pipeline(backend, meta, settings, images, concurrency, duration_s, warmup_s))

@@ -1,0 +1,100 @@
+"""Step results -> one flat row each -> a terminal table, CSV and JSON (with the HDR histograms)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from loadtest.histogram import PERCENTILES, pct_key
+from loadtest.runner import StepResult
+
+LATENCY_KEYS = [pct_key(p) for p in PERCENTILES] + ["max"]
+
+
+def row(result: StepResult) -> dict:
+    """The numbers of one step, flat (for CSV and the table); latencies in ms."""
+    c = result.config
+    lat = result.latency.summary_ms()
+    out = {
+        "step": c.label, "mode": c.mode, "concurrency": c.concurrency if c.mode == "closed" else None,
+        "rate": c.rate if c.mode == "open" else None, "arrival": c.arrival if c.mode == "open" else None,
+        "elapsed_s": round(result.elapsed_s, 3), "requests": result.counted, "ok": result.ok,
+        "errors": result.counted - result.ok, "error_rate": round(result.error_rate, 5),
+        "images_ok": result.images_ok, "req_per_s": round(result.rps, 2), "img_per_s": round(result.ips, 2),
+        **{f"{k}_ms": _r(lat[k]) for k in LATENCY_KEYS}, "mean_ms": _r(lat["mean"]),
+        "abandoned": result.abandoned,
+        # Share of one core the load generator used: near 100% means the client, not the server, limits.
+        "client_cpu_pct": round(100 * result.client_cpu_s / result.elapsed_s, 1) if result.elapsed_s else None,
+        "errors_by_status": " ".join(f"{k}:{v}" for k, v in sorted(result.errors.items())),
+        "errors_by_kind": " ".join(f"{k}:{v}" for k, v in sorted(result.error_kinds.items())),
+        "stopped": result.stopped or "",
+    }
+    if result.schedule_lag is not None:
+        lag = result.schedule_lag.summary_ms()
+        out.update({"scheduled": result.scheduled, "lag_p99_ms": _r(lag["p99"]), "lag_max_ms": _r(lag["max"])})
+    server = result.server or {}
+    for key in ("batches", "batch_size_mean", "queue_wait_mean_ms", "queue_wait_p99_ms", "inference_mean_ms",
+                "preprocess_mean_ms"):
+        out[f"server_{key}"] = _r(server.get(key))
+    return out
+
+
+def _r(value, digits: int = 3):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return round(value, digits) if isinstance(value, float) else value
+
+
+def step_json(result: StepResult) -> dict:
+    return {
+        **row(result),
+        "config": vars(result.config),
+        "latency_ms": result.latency.summary_ms(),
+        "latency_cdf_ms": result.latency.cdf_ms(),
+        "latency_hdr": result.latency.encode(),  # HdrHistogram base64, microseconds
+        "error_latency_ms": result.error_latency.summary_ms() if result.error_latency.count else None,
+        "schedule_lag_ms": result.schedule_lag.summary_ms() if result.schedule_lag is not None else None,
+        "errors_by_status": result.errors, "errors_by_kind": result.error_kinds,
+        "server": result.server,
+    }
+
+
+COLUMNS = [  # (header, row key, format)
+    ("step", "step", "{}"), ("req", "requests", "{}"), ("err", "errors", "{}"), ("req/s", "req_per_s", "{:.1f}"),
+    ("img/s", "img_per_s", "{:.1f}"), ("p50", "p50_ms", "{:.1f}"), ("p90", "p90_ms", "{:.1f}"),
+    ("p95", "p95_ms", "{:.1f}"), ("p99", "p99_ms", "{:.1f}"), ("p99.9", "p99.9_ms", "{:.1f}"),
+    ("max", "max_ms", "{:.1f}"), ("batch", "server_batch_size_mean", "{:.1f}"),
+    ("qwait", "server_queue_wait_mean_ms", "{:.1f}"), ("cli%", "client_cpu_pct", "{:.0f}"),
+]
+
+
+def table(rows: list[dict]) -> str:
+    """Fixed-width text table; latencies in ms, ``batch`` and ``qwait`` (ms) are the server's means."""
+    cells = [[h for h, _, _ in COLUMNS]]
+    for r in rows:
+        line = []
+        for _, key, fmt in COLUMNS:
+            value = r.get(key)
+            line.append("-" if value is None else fmt.format(value))
+        cells.append(line)
+    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cl, widths))) for cl in cells]
+    notes = [f"  {r['step']}: stopped: {r['stopped']}" for r in rows if r.get("stopped")]
+    notes += [f"  {r['step']}: errors {r['errors_by_status']} {r['errors_by_kind']}".rstrip() for r in rows if r["errors"]]
+    return "\n".join(lines + notes)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_json(meta: dict, results: list[StepResult], path: Path) -> None:
+    path.write_text(json.dumps({**meta, "steps": [step_json(r) for r in results]}, indent=1, default=str) + "\n")

@@ -1,0 +1,331 @@
+"""Running one load step: a closed loop (N clients, each sends when its answer arrives) or an open loop
+(requests sent on a fixed schedule, constant or Poisson, whatever the server does).
+
+Open-loop latency is counted from each request's *scheduled* send time, so a server that stalls is
+charged for the requests it made the client hold back (no coordinated omission); how late the client
+actually sent them is reported as ``schedule_lag``.
+
+Which requests a step counts:
+- closed loop, by duration: those that *complete* inside the measured window (after the warm-up);
+  requests still in flight at its end are awaited (so the next step starts on an idle server) but not
+  counted, and reported as ``abandoned``.
+- closed loop, by request count: exactly that many requests, issued after the warm-up, all awaited.
+- open loop: every request *scheduled* inside the window, all awaited, however late they finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import aiohttp
+
+from loadtest import prom
+from loadtest.histogram import LatencyHistogram
+from loadtest.payloads import BadResponse, Payload, check_response
+
+MODES = ("closed", "open")
+ARRIVALS = ("constant", "poisson")
+
+
+@dataclass
+class StepConfig:
+    mode: str = "closed"
+    concurrency: int = 1  # closed loop: clients
+    rate: float = 0.0  # open loop: requests per second
+    arrival: str = "constant"
+    duration_s: float | None = 10.0
+    requests: int | None = None  # closed loop: instead of duration
+    warmup_s: float = 1.0
+    timeout_s: float = 30.0
+    max_in_flight: int = 2048  # open loop: past this the sender waits (and the wait counts as latency)
+    max_error_rate: float = 1.0  # abort the step once this fraction of >= 20 answers are errors
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.arrival not in ARRIVALS:
+            raise ValueError(f"arrival must be one of {ARRIVALS}, got {self.arrival!r}")
+        if self.mode == "closed" and self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.mode == "open" and not self.rate > 0:
+            raise ValueError(f"open loop needs a rate > 0 requests/s, got {self.rate}")
+        if self.mode == "open" and not self.duration_s:
+            raise ValueError("open loop runs for a duration; give duration_s")
+        if not self.duration_s and not self.requests:
+            raise ValueError("give a duration_s or a request count")
+
+    @property
+    def label(self) -> str:
+        if self.mode == "closed":
+            return f"c={self.concurrency}"
+        return f"rate={self.rate:g}/s" + (" poisson" if self.arrival == "poisson" else "")
+
+
+@dataclass
+class StepResult:
+    config: StepConfig
+    latency: LatencyHistogram  # of ok answers only: a fast 503 must not make an overloaded server look quick
+    error_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    counted: int = 0  # requests in the step (ok + errors)
+    ok: int = 0
+    images_ok: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # "503", "timeout", "connection", "bad_response"
+    error_kinds: dict[str, int] = field(default_factory=dict)  # the server's JSON "kind" of each error
+    elapsed_s: float = 0.0  # the measured window
+    abandoned: int = 0
+    schedule_lag: LatencyHistogram | None = None  # open loop: actual send time - scheduled time
+    scheduled: int = 0  # open loop: requests the schedule held inside the window
+    server: dict | None = None
+    stopped: str | None = None  # why the step ended early, if it did
+    client_cpu_s: float = 0.0  # CPU time this client process spent in the window (all its threads)
+
+    @property
+    def rps(self) -> float:
+        return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def ips(self) -> float:
+        return self.images_ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def error_rate(self) -> float:
+        return (self.counted - self.ok) / self.counted if self.counted else 0.0
+
+
+def arrival_offsets(rate: float, duration_s: float, arrival: str, seed: int = 0) -> list[float]:
+    """Send times (s from the start) of an open-loop schedule over ``duration_s``."""
+    if arrival == "constant":
+        return [i / rate for i in range(int(math.floor(duration_s * rate)))]
+    rng = random.Random(seed)
+    out, t = [], rng.expovariate(rate)
+    while t < duration_s:
+        out.append(t)
+        t += rng.expovariate(rate)
+    return out
+
+
+class LoadClient:
+    """One aiohttp session against a server; ``send`` returns (outcome, images, server error kind)."""
+
+    def __init__(self, url: str, kind: str, validate: bool = True, timeout_s: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.kind = kind
+        self.validate = validate
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> "LoadClient":
+        # limit=0: one keep-alive connection per concurrent request; the client never queues internally.
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, use_dns_cache=True)
+        self.session = aiohttp.ClientSession(connector=connector, timeout=self.timeout, auto_decompress=False,
+                                             skip_auto_headers=("User-Agent",))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.session.close()
+
+    async def send(self, payload: Payload) -> tuple[str, int, str | None]:
+        try:
+            async with self.session.request(payload.method, self.url + payload.path, data=payload.body or None,
+                                            headers=payload.headers) as response:
+                body = await response.read()
+                if response.status != 200:
+                    kind = None
+                    if body[:1] == b"{":
+                        try:
+                            kind = json.loads(body).get("kind")
+                        except ValueError:
+                            pass
+                    return str(response.status), 0, kind
+                if self.validate:
+                    check_response(self.kind, body, response.headers, payload.images)
+                return "ok", payload.images, None
+        except BadResponse:
+            return "bad_response", 0, None
+        except asyncio.TimeoutError:
+            return "timeout", 0, None
+        except aiohttp.ClientError:
+            return "connection", 0, None
+
+    async def scrape(self) -> prom.Snapshot | None:
+        """The server's /metrics, or None when it has none (a peer framework, the naive baseline)."""
+        try:
+            async with self.session.get(self.url + "/metrics") as response:
+                if response.status != 200:
+                    return None
+                return prom.parse(await response.text())
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return None
+
+
+class _Tally:
+    def __init__(self, result: StepResult) -> None:
+        self.r = result
+        self.errors: Counter = Counter()
+        self.kinds: Counter = Counter()
+
+    def add(self, outcome: str, images: int, kind: str | None, latency_s: float) -> None:
+        r = self.r
+        r.counted += 1
+        if outcome == "ok":
+            r.latency.record(latency_s)
+            r.ok += 1
+            r.images_ok += images
+        else:
+            r.error_latency.record(latency_s)
+            self.errors[outcome] += 1
+            if kind:
+                self.kinds[kind] += 1
+
+    def finish(self) -> None:
+        self.r.errors = dict(self.errors)
+        self.r.error_kinds = dict(self.kinds)
+
+    def too_many_errors(self, limit: float) -> bool:
+        return limit < 1.0 and self.r.counted >= 20 and self.r.error_rate > limit
+
+
+ProgressFn = Callable[[StepResult, float, float], None]  # (partial result, elapsed_s, planned_s)
+
+
+async def run_step(client: LoadClient, payloads: list[Payload], config: StepConfig,
+                   progress: ProgressFn | None = None) -> StepResult:
+    """Warm up, scrape /metrics, run the measured window, scrape again."""
+    result = StepResult(config, LatencyHistogram())
+    if config.mode == "open":
+        result.schedule_lag = LatencyHistogram()
+    tally = _Tally(result)
+    runner = _closed if config.mode == "closed" else _open
+    if config.warmup_s > 0:
+        warm = StepResult(config, LatencyHistogram(), schedule_lag=LatencyHistogram())
+        await runner(client, payloads, config, _Tally(warm), config.warmup_s, None, None)
+    before = await client.scrape()
+    cpu0 = time.process_time()
+    await runner(client, payloads, config, tally, config.duration_s, config.requests, progress)
+    result.client_cpu_s = time.process_time() - cpu0
+    tally.finish()
+    after = await client.scrape()
+    if before is not None and after is not None:
+        result.server = prom.step_summary(before, after)
+    return result
+
+
+async def _ticker(result: StepResult, start: float, planned_s: float, progress: ProgressFn | None) -> None:
+    while progress is not None:
+        await asyncio.sleep(0.25)
+        progress(result, time.perf_counter() - start, planned_s)
+
+
+async def _closed(client: LoadClient, payloads: list[Payload], config: StepConfig, tally: _Tally,
+                  duration_s: float | None, requests: int | None, progress: ProgressFn | None) -> None:
+    start = time.perf_counter()
+    end = start + duration_s if duration_s and not requests else math.inf
+    issued = 0
+    stop = asyncio.Event()
+    result = tally.r
+    offset = random.Random(config.seed).randrange(len(payloads))
+
+    async def worker(worker_id: int) -> None:
+        nonlocal issued
+        i = offset + worker_id
+        while not stop.is_set():
+            if requests is not None:
+                if issued >= requests:
+                    return
+                issued += 1
+            payload = payloads[i % len(payloads)]
+            i += config.concurrency
+            sent = time.perf_counter()
+            outcome, images, kind = await client.send(payload)
+            done = time.perf_counter()
+            if done > end:
+                result.abandoned += 1
+                stop.set()
+                return
+            tally.add(outcome, images, kind, done - sent)
+            if tally.too_many_errors(config.max_error_rate):
+                result.stopped = f"error rate {result.error_rate:.1%} > {config.max_error_rate:.1%}"
+                stop.set()
+
+    async def timer() -> None:
+        await asyncio.sleep(max(0.0, end - time.perf_counter()))
+        stop.set()
+
+    ticker = asyncio.create_task(_ticker(result, start, duration_s or 0.0, progress))
+    timers = [asyncio.create_task(timer())] if math.isfinite(end) else []
+    await asyncio.gather(*(worker(w) for w in range(config.concurrency)))
+    for task in (ticker, *timers):
+        task.cancel()
+    # By duration the window is exactly [start, end]; by count it closes with the last answer.
+    result.elapsed_s = (min(end, time.perf_counter()) if math.isfinite(end) else time.perf_counter()) - start
+
+
+async def _open(client: LoadClient, payloads: list[Payload], config: StepConfig, tally: _Tally,
+                duration_s: float | None, requests: int | None, progress: ProgressFn | None) -> None:
+    offsets = arrival_offsets(config.rate, duration_s, config.arrival, config.seed)
+    result = tally.r
+    result.scheduled = len(offsets)
+    slots = asyncio.Semaphore(config.max_in_flight)
+    tasks: set[asyncio.Task] = set()
+    start = time.perf_counter()
+    last_done = start
+
+    async def one(payload: Payload, scheduled: float) -> None:
+        nonlocal last_done
+        try:
+            outcome, images, kind = await client.send(payload)
+        finally:
+            slots.release()
+        done = time.perf_counter()
+        last_done = max(last_done, done)
+        tally.add(outcome, images, kind, done - scheduled)  # from the schedule, not from the actual send
+
+    ticker = asyncio.create_task(_ticker(result, start, duration_s, progress))
+    for i, offset in enumerate(offsets):
+        scheduled = start + offset
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await slots.acquire()
+        result.schedule_lag.record(time.perf_counter() - scheduled)
+        task = asyncio.create_task(one(payloads[i % len(payloads)], scheduled))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        if tally.too_many_errors(config.max_error_rate):
+            result.stopped = f"error rate {result.error_rate:.1%} > {config.max_error_rate:.1%}"
+            result.scheduled = i + 1
+            break
+    if tasks:
+        await asyncio.gather(*tasks)
+    ticker.cancel()
+    # The window is the schedule's length, or longer when the server took longer to answer it.
+    result.elapsed_s = max(duration_s if not result.stopped else 0.0, last_done - start)
+
+
+async def sweep(client: LoadClient, payloads: list[Payload], configs: list[StepConfig],
+                max_error_rate: float = 1.0, max_p99_ms: float | None = None,
+                progress: ProgressFn | None = None, on_step: Callable[[StepResult], None] | None = None,
+                ) -> list[StepResult]:
+    """Run the steps in order; stop after a step over the error-rate or p99 ceiling (that step is kept)."""
+    results = []
+    for config in configs:
+        result = await run_step(client, payloads, config, progress)
+        if result.stopped is None and result.counted and result.error_rate > max_error_rate:
+            result.stopped = f"error rate {result.error_rate:.1%} > {max_error_rate:.1%}"
+        p99 = result.latency.percentile_ms(99)
+        if result.stopped is None and max_p99_ms is not None and p99 > max_p99_ms:
+            result.stopped = f"p99 {p99:.1f} ms > {max_p99_ms:g} ms"
+        results.append(result)
+        if on_step is not None:
+            on_step(result)
+        if result.stopped:
+            break
+    return results

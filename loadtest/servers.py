@@ -1,0 +1,90 @@
+"""Servers the bench starts and stops on 127.0.0.1: the service, the naive baseline, the peers.
+
+Each runs in its own session (process group), so stopping it also stops the worker processes that
+some frameworks spawn (Mosec, LitServe); nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Started:
+    name: str
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def stop(self, timeout_s: float = 20) -> None:
+        if self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        except ProcessLookupError:
+            pass
+
+
+def command(name: str, port: int, onnx: Path, backend: str, device: str, extra: list[str] = ()) -> tuple[list[str], str]:
+    """(argv, readiness path) of each server the bench knows."""
+    py = sys.executable
+    if name == "service":
+        return [py, "-m", "service", "--host", "127.0.0.1", "--port", str(port), "--onnx", str(onnx),
+                "--backend", backend, "--device", device, *extra], "/readyz"
+    if name == "naive":
+        return [py, "-m", "loadtest.naive_server", "--port", str(port), "--onnx", str(onnx), "--backend", backend,
+                "--device", device], "/readyz"
+    if name == "litserve":
+        return [py, "-m", "loadtest.peers.litserve_server", "--port", str(port)], "/healthz"
+    if name == "mosec":
+        return [py, "-m", "loadtest.peers.mosec_server", "--port", str(port), "--address", "127.0.0.1"], "/"
+    raise ValueError(f"unknown server {name!r}; choose service, naive, litserve or mosec")
+
+
+def start(name: str, log_dir: Path, onnx: Path, backend: str = "onnxruntime", device: str = "cpu",
+          extra: list[str] = (), timeout_s: float = 180) -> Started:
+    """Start one server on a free port and wait until its readiness path answers 200 (raises otherwise)."""
+    port = free_port()
+    argv, ready = command(name, port, onnx, backend, device, list(extra))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}-{port}.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOADTEST_ONNX": str(onnx), "LOADTEST_BACKEND": backend,
+           "LOADTEST_DEVICE": device}
+    process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    server = Started(name, f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}; log {log_path}:\n"
+                               + log_path.read_text(errors="replace")[-3000:])
+        try:
+            with urllib.request.urlopen(server.url + ready, timeout=2) as r:
+                if r.status == 200:
+                    return server
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    server.stop()
+    raise RuntimeError(f"{name} not ready after {timeout_s} s; log {log_path}")
