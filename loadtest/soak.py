@@ -15,9 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -28,11 +25,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from loadtest import servers
 
 
 def rss_bytes(pid: int) -> int:
@@ -163,25 +156,6 @@ def soak(url: str, pid: int, duration_s: float, warmup_s: float, sample_s: float
     return report
 
 
-def start_server(onnx: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
-                                "--onnx", str(onnx), "--log-level", "warning", *extra])
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise SystemExit("server not ready within 300 s")
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loadtest.soak", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -200,7 +174,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    process = None
+    server = None
     if args.url:
         if not args.url.startswith(("http://127.0.0.1", "http://localhost")):
             raise SystemExit("soak tests target loopback only")
@@ -208,14 +182,13 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("--pid is needed with --url (to read the server's RSS)")
         url, pid = args.url, args.pid
     else:
-        process, url = start_server(args.onnx, args.server_arg)
-        pid = process.pid
+        server = servers.start("service", args.out.parent, args.onnx, extra=["--log-level", "warning", *args.server_arg])
+        url, pid = server.url, server.process.pid
     try:
         report = soak(url, pid, args.minutes * 60, args.warmup_s, args.sample_s, args.concurrency)
     finally:
-        if process is not None:
-            process.terminate()
-            process.wait(60)
+        if server is not None:
+            server.stop(60)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(asdict(report), indent=2))
     ok = report.rss_growth < args.max_rss_growth and report.lost == 0

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from model.alexnet import ARCHS, arch_spec, build
 from model.data import ImageFolder
-from model.engine import PRECISIONS, autocast
+from model.engine import PRECISIONS, autocast, optimizer_step
 from model.synthetic import generate
 from model.transforms import LIGHTING_STD, BatchPreprocess, TrainTransform
 
@@ -100,14 +100,7 @@ def bench_one(args: argparse.Namespace, device: torch.device, source: str, preci
         images, target = next(batches)
         with autocast(device, precision):
             loss = criterion(model(images), target)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        optimizer_step(loss, optimizer, scaler)
 
     for _ in range(args.warmup):  # includes worker start-up, cuDNN autotuning and compilation
         step()

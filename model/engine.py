@@ -31,6 +31,18 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler) -> None:
+    """Backward and step, through the fp16 GradScaler when there is one."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
 def correct_topk(scores: torch.Tensor, target: torch.Tensor, topk: Iterable[int] = (1, 5)) -> list[torch.Tensor]:
     """How many rows of ``scores`` (B, C) have ``target`` among their k highest, for each k (capped at C)."""
     maxk = min(max(topk), scores.shape[1])
@@ -82,14 +94,7 @@ def train_one_epoch(
         with autocast(device, precision):
             output = model(images)  # (B, C)
             loss = criterion(output, target)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        optimizer_step(loss, optimizer, scaler)
         with torch.no_grad():
             c1, c5 = correct_topk(output, target)
             sums += torch.stack([loss.detach().double() * len(target), c1.double(), c5.double(), sums.new_tensor(len(target))])
