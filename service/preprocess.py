@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin  # noqa: F401
+from PIL import WebPImagePlugin  # noqa: F401
 
 from service.errors import CorruptImage, EmptyBody, ImageTooLarge, NotAnImage, UnsupportedImageFormat
 
-# MPO is the multi-picture JPEG that many phone cameras write.
-ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 # JPEG draft decoding keeps at least this multiple of the resize target, so the final bilinear
 # resize still does real antialiased downscaling and the result stays within ~1/255 of a full decode.
 DRAFT_MARGIN = 2
@@ -29,6 +29,15 @@ DRAFT_MARGIN = 2
 # the crop's source region is resized: a 1x40000 image would otherwise become a 256x10240000 buffer.
 # That path can differ from resize-then-crop by 1/255 on ~0.1% of pixels (box rounding).
 MAX_RESIZED_SIDE = 4096
+# The parsers tried on incoming bytes (JPEG's also reads MPO, the multi-picture JPEG of phone cameras),
+# registered by the imports above rather than lazily from several decode threads at once.
+PARSERS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_SUPPORTED = ", ".join(sorted(PARSERS))
+# Magic numbers of image formats people send but we do not decode, so they get 415, not "not an image".
+_OTHER_FORMATS = (
+    (b"\x00\x00\x01\x00", "ICO"), (b"8BPS", "PSD"), (b"%PDF", "PDF"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"), (b"qoif", "QOI"), (b"\xff\x0a", "JPEG XL"), (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+)
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 # Our own limit (PreprocessConfig.max_pixels) is checked from the header before any pixel is decoded,
 # with a message that names the size; PIL's global bomb check would only duplicate it, less clearly.
@@ -68,23 +77,32 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
+def _sniff_other_image_format(data: bytes) -> str | None:
+    for magic, name in _OTHER_FORMATS:
+        if data.startswith(magic):
+            return name
+    if data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"mif1", b"avif", b"avis"):
+        return "HEIF/AVIF"
+    if data.lstrip()[:5].lower() in (b"<svg ", b"<?xml"):
+        return "SVG"
+    return None
+
+
 def decode(data: bytes, config: PreprocessConfig) -> Image.Image:
     """Bytes -> an upright RGB PIL image, or a typed 4xx error naming the problem."""
     if not data:
         raise EmptyBody("the image is empty (0 bytes)")
     try:
-        image = Image.open(io.BytesIO(data))
+        # Only our formats' parsers ever see the bytes: PIL's other plugins (dozens of rarely used
+        # formats) are attack surface we do not need.
+        image = Image.open(io.BytesIO(data), formats=PARSERS)
     except UnidentifiedImageError:
-        raise NotAnImage(
-            f"not a recognizable image; send one of {', '.join(sorted(ALLOWED_FORMATS - {'MPO'}))}"
-        ) from None
+        other = _sniff_other_image_format(data)
+        if other:
+            raise UnsupportedImageFormat(f"image format {other} is not supported; send one of {_SUPPORTED}") from None
+        raise NotAnImage(f"not a recognizable image; send one of {_SUPPORTED}") from None
     except Exception as exc:  # PIL raises many types on hostile headers
         raise CorruptImage(f"unreadable image header ({type(exc).__name__})") from None
-    if image.format not in ALLOWED_FORMATS:
-        raise UnsupportedImageFormat(
-            f"image format {image.format} is not supported; send one of "
-            f"{', '.join(sorted(ALLOWED_FORMATS - {'MPO'}))}"
-        )
     width, height = image.size
     if width < 1 or height < 1:
         raise CorruptImage(f"image has no pixels ({width}x{height})")

@@ -165,3 +165,11 @@ def test_the_cropped_resize_path_stays_within_one_level_of_the_full_resize(monke
     monkeypatch.setattr(preprocess_module, "MAX_RESIZED_SIDE", 0)
     cropped = transform(image, CONFIG)
     assert np.abs(full - cropped).max() <= 1.01 / 255 / min(CONFIG.std)
+
+
+def test_formats_we_do_not_serve_are_never_parsed():
+    """PIL knows PPM, but only our six parsers see the bytes: PPM is 'not an image' here."""
+    with pytest.raises(NotAnImage):
+        decode(encode(Image.new("RGB", (8, 8)), "PPM"), CONFIG)
+    with pytest.raises(UnsupportedImageFormat, match="SVG"):
+        decode(b'<svg xmlns="http://www.w3.org/2000/svg"/>', CONFIG)
