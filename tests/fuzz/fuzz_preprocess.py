@@ -1,6 +1,6 @@
 """Coverage-guided fuzzing of image decoding and preprocessing (atheris, libFuzzer underneath).
 
-    python tests/fuzz/fuzz_preprocess.py CORPUS_DIR -max_total_time=300 -rss_limit_mb=4096 -timeout=10
+    python tests/fuzz/fuzz_preprocess.py CORPUS_DIR -max_total_time=300 -malloc_limit_mb=1024 -rss_limit_mb=8192 -timeout=10
 
 Any exception other than our typed ServiceError (a 4xx for the client) is a finding, and so is an
 output that is not a finite (3, 224, 224) float32 array. Seed it with a copy of tests/corpus/nasty:
