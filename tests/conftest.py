@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+
+from loadtest.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,12 +48,6 @@ def onnx_model(tmp_path_factory) -> Path:
 @pytest.fixture
 def sample_jpeg() -> bytes:
     return make_image()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
 
 import numpy as np
 
@@ -69,3 +72,14 @@ def install_gated_backend(monkeypatch) -> dict:
 
     monkeypatch.setattr(service.app, "select_backend", gated_select)
     return holder
+
+
+def occupy(pool: ThreadPoolExecutor, send: Callable[[], object], backend: GatedBackend, batcher,
+           queued: int) -> tuple[Future, list[Future]]:
+    """One request running (held at the closed gate) and ``queued`` more waiting in the queue behind it."""
+    running = pool.submit(send)
+    backend.wait_started()
+    waiting = [pool.submit(send) for _ in range(queued)]
+    while batcher.depth < queued:
+        time.sleep(0.01)
+    return running, waiting

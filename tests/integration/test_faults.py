@@ -10,17 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from service.settings import Settings
 from tests.conftest import make_image
-from tests.fakes import install_gated_backend
-from tests.integration.test_service import classify, metric
+from tests.fakes import install_gated_backend, occupy
+from tests.integration.test_service import classify, metric, settings
 
 pytestmark = pytest.mark.integration
 IMAGE = make_image(120, 90, seed=3)
-
-
-def settings(onnx_model, **overrides) -> Settings:
-    return Settings(onnx=onnx_model, backend="onnxruntime", **overrides)
 
 
 def test_a_backend_fault_fails_its_batch_only_is_counted_and_later_requests_succeed(
@@ -30,11 +25,7 @@ def test_a_backend_fault_fails_its_batch_only_is_counted_and_later_requests_succ
     backend = holder["backend"]
     backend.gate.clear()
     with ThreadPoolExecutor(4) as pool:
-        first = pool.submit(classify, server.url, IMAGE)
-        backend.wait_started()
-        batch = [pool.submit(classify, server.url, IMAGE) for _ in range(3)]
-        while server.state.batcher.depth < 3:
-            time.sleep(0.01)
+        first, batch = occupy(pool, lambda: classify(server.url, IMAGE), backend, server.state.batcher, queued=3)
         backend.fail_next = 2  # the running batch and the next one (the three queued requests)
         backend.gate.set()
         responses = [first.result(), *(f.result() for f in batch)]

@@ -19,7 +19,7 @@ from service.postprocess import softmax
 from service.preprocess import PreprocessConfig, preprocess
 from service.settings import Settings
 from tests.conftest import make_image
-from tests.fakes import install_gated_backend
+from tests.fakes import install_gated_backend, occupy
 
 pytestmark = pytest.mark.integration
 
@@ -168,11 +168,7 @@ def test_a_full_queue_answers_503_with_retry_after(onnx_model, inprocess_server,
     backend.gate.clear()
     data = make_image(100, 100)
     with ThreadPoolExecutor(3) as pool:
-        first = pool.submit(classify, server.url, data)
-        backend.wait_started()
-        queued = [pool.submit(classify, server.url, data) for _ in range(2)]
-        while server.state.batcher.depth < 2:
-            time.sleep(0.01)
+        first, queued = occupy(pool, lambda: classify(server.url, data), backend, server.state.batcher, queued=2)
         refused = classify(server.url, data)
         backend.gate.set()
         assert refused.status_code == 503 and refused.json()["kind"] == "queue_full"
