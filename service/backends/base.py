@@ -7,6 +7,11 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 
+def powers_of_two_up_to(limit: int) -> tuple[int, ...]:
+    """1, 2, 4, ... up to ``limit``, and ``limit`` itself: the batch shapes warmed up or captured."""
+    return tuple(sorted({2**i for i in range(limit.bit_length()) if 2**i <= limit} | {limit}))
+
+
 class Backend(ABC):
     """Runs preprocessed batches; knows nothing of HTTP, queues or labels.
 
@@ -28,8 +33,7 @@ class Backend(ABC):
 
     def warmup(self, input_size: int) -> None:
         """Run every batch shape the service will use once, so the first requests pay no compile cost."""
-        sizes = self.batch_sizes or sorted({1, self.max_batch_size} | {2**i for i in range(self.max_batch_size.bit_length()) if 2**i <= self.max_batch_size})
-        for n in sizes:
+        for n in self.batch_sizes or powers_of_two_up_to(self.max_batch_size):
             self.infer(np.zeros((n, 3, input_size, input_size), dtype=np.float32))
 
     def describe(self) -> dict:

@@ -8,15 +8,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.backends.base import Backend
+from service.backends.base import Backend, powers_of_two_up_to
 
 log = logging.getLogger(__name__)
 
 
 def cuda_graph_buckets(max_batch_size: int) -> tuple[int, ...]:
-    """Powers of two up to, and including, ``max_batch_size``: each gets one captured graph."""
-    sizes = {2**i for i in range(max_batch_size.bit_length()) if 2**i <= max_batch_size}
-    return tuple(sorted(sizes | {max_batch_size}))
+    """The batch sizes that each get one captured graph; the batcher pads up to the next one."""
+    return powers_of_two_up_to(max_batch_size)
 
 
 class TorchBackend(Backend):
@@ -69,4 +68,6 @@ class TorchBackend(Backend):
         return logits.numpy()
 
     def close(self) -> None:
-        self._graphs = {} if self.device != "cpu" else None
+        if self.device != "cpu":
+            self._graphs.clear()  # frees each graph's private memory pool
+            torch.cuda.empty_cache()
