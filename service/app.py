@@ -35,17 +35,15 @@ def _load(state: ServiceState) -> None:
     s = state.settings
     t0 = time.perf_counter()
     selection = select_backend(s)
-    state.timings_s["load"] = time.perf_counter() - t0
     meta = selection.metadata
-    log.info("backend %s (%s), model %s weights=%s: %s", selection.backend.name, selection.backend.device,
-             meta.arch, meta.weights, selection.reason)
+    log.info("backend %s (%s), model %s weights=%s, loaded in %.1f s: %s", selection.backend.name,
+             selection.backend.device, meta.arch, meta.weights, time.perf_counter() - t0, selection.reason)
     if meta.untrained:
         log.warning("SERVING AN UNTRAINED MODEL: its labels are meaningless (weights: untrained)")
     if s.warmup:
         t1 = time.perf_counter()
         selection.backend.warmup(meta.input_size)
-        state.timings_s["warmup"] = time.perf_counter() - t1
-        log.info("warm-up done in %.2f s", state.timings_s["warmup"])
+        log.info("warm-up done in %.2f s", time.perf_counter() - t1)
     state.selection = selection
 
 

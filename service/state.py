@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -23,7 +23,6 @@ class ServiceState:
     pipeline: Pipeline | None = None
     warm: bool = False
     startup_error: str | None = None
-    timings_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 from export.onnx_metadata import ModelMetadata, read_metadata
 from model.alexnet import arch_spec
-from model.hashing import file_sha256
 from model.weights import load_model
 from service.backends.base import Backend
 from service.errors import BackendUnavailable
@@ -56,8 +55,7 @@ def _build_tensorrt(settings: Settings, device: str) -> tuple[Backend, ModelMeta
     from service.backends.tensorrt import TensorRTBackend
 
     metadata = _onnx_metadata(settings)
-    # The engine must have been built from this very ONNX file, or its answers could differ from it.
-    return TensorRTBackend(settings.engine, settings.max_batch_size, file_sha256(settings.onnx)), metadata
+    return TensorRTBackend(settings.engine, settings.max_batch_size, settings.onnx), metadata
 
 
 def _build_onnxruntime(settings: Settings, device: str) -> tuple[Backend, ModelMetadata]:

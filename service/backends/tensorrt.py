@@ -18,7 +18,7 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     device = "cuda:0"
 
-    def __init__(self, engine_path: Path, max_batch_size: int, onnx_sha256: str | None = None) -> None:
+    def __init__(self, engine_path: Path, max_batch_size: int, onnx_path: Path) -> None:
         try:
             import tensorrt as trt
         except ImportError as exc:
@@ -28,10 +28,12 @@ class TensorRTBackend(Backend):
         if not torch.cuda.is_available():
             raise BackendUnavailable("TensorRT needs a CUDA GPU and none is visible")
         from export.trt_runner import EngineRunError, TrtEngineRunner
-        from export.trt_sidecar import SidecarError, check_engine_compatible, read_sidecar
+        from export.trt_sidecar import SidecarError, check_engine_compatible, file_sha256, read_sidecar
 
         try:
-            check_engine_compatible(engine_path, onnx_sha256=onnx_sha256)
+            # Hashed only once TensorRT and a GPU are known to be here: the engine must have been built
+            # from this very ONNX file, or its answers could differ from it.
+            check_engine_compatible(engine_path, onnx_sha256=file_sha256(onnx_path))
             self.precision = read_sidecar(engine_path).precision
             self._runner = TrtEngineRunner(trt, Path(engine_path).read_bytes())
         except (SidecarError, EngineRunError) as exc:

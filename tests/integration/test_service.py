@@ -176,17 +176,6 @@ def test_a_full_queue_answers_503_with_retry_after(onnx_model, inprocess_server,
         assert [f.result().status_code for f in [first, *queued]] == [200, 200, 200]
 
 
-def test_a_request_past_its_deadline_gets_504_and_the_server_recovers(onnx_model, inprocess_server, monkeypatch):
-    holder = install_gated_backend(monkeypatch)
-    server = inprocess_server(settings(onnx_model, request_timeout_s=0.5))
-    backend = holder["backend"]
-    backend.gate.clear()
-    r = classify(server.url, make_image(100, 100))
-    assert r.status_code == 504 and r.json()["kind"] == "deadline_exceeded"
-    backend.gate.set()
-    assert classify(server.url, make_image(100, 100)).status_code == 200
-
-
 def test_ready_only_after_warm_up_while_live_at_once(onnx_model, inprocess_server, monkeypatch):
     holder = install_gated_backend(monkeypatch)
     holder["warmup_gate"].clear()
