@@ -436,7 +436,21 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("\n".join(md))
     print(f"\nwrote {out / 'bench.json'}, {out / 'bench.md'} and per-server reports under {out}")
+    unmeasured = unmeasured_backends(result)
+    if unmeasured:
+        print(f"error: not measured through HTTP: {unmeasured}", file=sys.stderr)
+        return 1
     return 0
+
+
+def unmeasured_backends(result: dict) -> dict[str, str]:
+    """{backend: why} for every backend that loaded here but whose service gave no figures, and for
+    the run as a whole when no backend loaded at all: a benchmark that measured nothing has failed."""
+    loaded = {name: b for name, b in result["backends"].items() if "skipped" not in b}
+    if not loaded:
+        return {"(all)": "no backend loaded: " + "; ".join(f"{n}: {b['skipped']}" for n, b in result["backends"].items())}
+    return {name: str(b.get("service", {}).get("skipped", "no steps"))
+            for name, b in loaded.items() if not b.get("service", {}).get("steps")}
 
 
 if __name__ == "__main__":

@@ -15,11 +15,12 @@ optimizer; timings wait for the device (cuda.synchronize) before the clock is re
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -141,6 +142,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", type=Path, default=None, help="ImageFolder root with train/ (default: a temporary synthetic set)")
     p.add_argument("-j", "--workers", type=int, default=8, help="JPEG rows: loader processes")
     p.add_argument("--synthetic-images", type=int, default=512, help="images in the temporary synthetic set")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows and the device's name to this JSON file")
     return p
 
 
@@ -171,6 +173,9 @@ def main(args: argparse.Namespace) -> list[Row]:
     title = (f"AlexNet ({args.arch}) training throughput on {device_name(device)}; torch {torch.__version__}; "
              f"{args.image_size}x{args.image_size} input, SGD step{', torch.compile' if args.compile else ''}")
     print(format_table(rows, title))
+    if args.json is not None:
+        args.json.write_text(json.dumps({"title": title, "device": device_name(device), "torch": torch.__version__,
+                                         "compile": args.compile, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
     return rows
 
 

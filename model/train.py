@@ -171,6 +171,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     model = build(args.arch, num_classes=len(labels), dropout=args.dropout)
     if args.init == "kaiming":
         kaiming_init_(model)
+    # On the device before the optimizer exists and before --resume loads its state: SGD's
+    # load_state_dict puts the momentum buffers on each parameter's device as it finds it then.
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scheduler = build_scheduler(args, optimizer)
     scaler = torch.amp.GradScaler(device.type) if args.precision == "fp16" else None
@@ -195,9 +200,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             best_top1_err = state.get("best_top1_err", best_top1_err)
             say(f"resumed from {args.resume}: epoch {start_epoch}, step {step}, lr {_lr(optimizer):g}")
 
-    model.to(device)
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
     model_without_ddp = model
     if dist_info.distributed:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -1,48 +1,77 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark of the project in one run, for a CUDA host (the lent H100/H200 or yours).
-# Writes everything under $OUT (default results/gpu) and prints a short table at the end.
+# Every GPU check and benchmark of the project in one run, under one time budget, for a CUDA host
+# (the lent H100/H200 or yours). Writes $OUT/gpu_check.md, $OUT/gpu_check.json, $OUT/gpu_check.log
+# (every step's output) and the service benchmark's bench.md/bench.json, all flat in $OUT; prints a
+# short table; exits non-zero when any step failed or was not measured.
 #
-#   bash scripts/gpu_check.sh                 # on a host with the project installed (make install)
+#   bash scripts/gpu_check.sh                       # a host with the project installed (make install)
 #
-# On the lent device machine (torch, torchvision, onnx, onnxruntime present; no fastapi/uvicorn),
-# prepare the missing wheels here first, in the repository root:
+# A host without network (the lent device machine: torch, torchvision, onnx, onnxruntime present; no
+# fastapi/uvicorn): first, here, `bash scripts/gpu_wheels.sh` (writes .whl/, about 4 MiB), then there,
+# carrying .whl, `bash scripts/gpu_check.sh`. docs/gpu.md has the details.
 #
-#   echo /.whl/ >> .git/info/exclude
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl fastapi starlette uvicorn pydantic pydantic-core pydantic-settings python-dotenv \
-#     annotated-types typing-inspection python-multipart hdrhistogram
-#
-# then run it there with carry [".whl"] and the command `bash scripts/gpu_check.sh` (about 6 minutes).
+# Settings (environment): OUT (default results/gpu), GPU_CHECK_BUDGET_S (default 480: the whole run,
+# hard-stopped), GPU_CHECK_WORK (scratch, default results/gpu-work), PYTHON (default python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/gpu}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+WORK=${GPU_CHECK_WORK:-results/gpu-work}
+BUDGET_S=${GPU_CHECK_BUDGET_S:-480}
 PY=${PYTHON:-python3}
-if [ -d .whl ]; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH="$PYTHONPATH:/tmp/site"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    echo "error: no CUDA GPU is visible to PyTorch from $PY on this host; gpu_check.sh measures nothing here" >&2
+    exit 2
 fi
-status=()
-run() {  # run NAME TIMEOUT_S COMMAND...: log to $OUT/NAME.log, remember pass/fail
+rm -rf "$WORK"
+mkdir -p "$OUT" "$WORK"
+if [ -d .whl ]; then  # wheels carried from scripts/gpu_wheels.sh: a private target, never the host's site
+    $PY -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" .whl/*.whl \
+        || { echo "error: installing .whl/*.whl failed" >&2; exit 1; }
+    export PYTHONPATH="$PYTHONPATH:$PWD/$WORK/site"
+fi
+STEPS="$WORK/steps.tsv"
+: > "$STEPS"
+start_s=$SECONDS
+
+step() {  # step NAME LIMIT_S COMMAND...: output to $WORK/NAME.log; status to steps.tsv; capped by the budget
     local name=$1 limit=$2; shift 2
-    echo "== $name: $*"
-    local start=$SECONDS
-    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-    local rc=$?
-    tail -n 25 "$OUT/$name.log"
-    status+=("$(printf '%-22s %-6s %4ss' "$name" "$([ $rc = 0 ] && echo ok || echo FAIL:$rc)" $((SECONDS - start)))")
+    local left=$((BUDGET_S - (SECONDS - start_s)))
+    if [ "$left" -lt 15 ]; then
+        printf '%s\tnot-run\t0\tbudget spent\n' "$name" >> "$STEPS"
+        echo "== $name: not run, the ${BUDGET_S} s budget is spent"
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    echo "== $name (at most ${limit} s): $*"
+    local t0=$SECONDS
+    timeout --kill-after=10 "$limit" "$@" > "$WORK/$name.log" 2>&1
+    local rc=$? state=ok
+    [ $rc -ne 0 ] && state=failed
+    [ $rc -eq 124 ] || [ $rc -eq 137 ] && state=timed-out
+    printf '%s\t%s\t%s\trc %s\n' "$name" "$state" $((SECONDS - t0)) "$rc" >> "$STEPS"
+    tail -n 8 "$WORK/$name.log"
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-run export-onnx 240 $PY export/to_onnx.py --out artifacts/alexnet.onnx
-run pytest-gpu 300 $PY -m pytest -q -rs tests/gpu tests/unit/test_preprocess.py -k "cuda or tensorrt or torchvision or gpu"
-run bench-train 300 $PY -m model.bench_train --device cuda
-run bench-service 420 $PY -m loadtest.bench --gpu --onnx artifacts/alexnet.onnx --out "$OUT/bench"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$WORK/gpu.txt" 2>&1
+cat "$WORK/gpu.txt"
+ONNX=$WORK/alexnet.onnx
+# In order of what matters most, so a spent budget cuts the least important steps.
+step export-onnx 120 $PY export/to_onnx.py --out "$ONNX"
+step pytest-gpu 150 $PY -m pytest -q -rs -p no:cacheprovider tests/gpu tests/unit/test_preprocess.py \
+    tests/unit/test_model.py
+step bench-service 210 $PY -m loadtest.bench --gpu --onnx "$ONNX" --duration-s 4 --warmup-s 1 \
+    --engine-batches 1,8,32 --engine-time-s 2 --out "$WORK/bench"
+step train 150 bash scripts/gpu_train_check.sh "$WORK/train"
+step bench-train 120 $PY -m model.bench_train --device cuda --warmup 3 --steps 10 --workers 12 \
+    --json "$WORK/bench_train.json"
+step bench-train-compile 150 $PY -m model.bench_train --device cuda --compile --sources tensors \
+    --precisions bf16 --memory-formats channels_last --warmup 5 --steps 20 --json "$WORK/bench_train_compile.json"
 
-echo
-echo "== summary ($(cat "$OUT/gpu.txt"))"
-printf '%s\n' "${status[@]}"
-grep -h -A40 -E "^\| " "$OUT/bench-train.log" | head -20
-grep -h -E "img/s|ratio|p50|p99" "$OUT/bench-service.log" | tail -20
+$PY scripts/gpu_report.py --work "$WORK" --out "$OUT" --budget-s "$BUDGET_S"
+rc=$?
+for f in "$WORK"/*.log; do echo "######## $(basename "$f")"; cat "$f"; done > "$OUT/gpu_check.log"
+for f in bench.md bench.json; do [ -f "$WORK/bench/$f" ] && cp "$WORK/bench/$f" "$OUT/$f"; done
+echo "wrote $OUT/gpu_check.md, $OUT/gpu_check.json, $OUT/gpu_check.log (in $((SECONDS - start_s)) s)"
+exit $rc

@@ -32,7 +32,7 @@ class TorchBackend(Backend):
             self._dtype = torch.float16 if precision == "fp16" else torch.float32
             self._model = model.to(self.device, dtype=self._dtype, memory_format=torch.channels_last)
             self.batch_sizes = cuda_graph_buckets(max_batch_size)
-            self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+            self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
             self._stream = torch.cuda.Stream()
         else:
             self.device = "cpu"
@@ -41,9 +41,12 @@ class TorchBackend(Backend):
             torch.set_num_threads(cpu_threads)
             self._model = model
 
-    def _capture(self, n: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
+    def _capture(self, n: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]:
         static_in = torch.zeros((n, 3, self._input_size, self._input_size), device=self.device,
                                 dtype=self._dtype).contiguous(memory_format=torch.channels_last)
+        staging = torch.empty((n, 3, self._input_size, self._input_size), dtype=torch.float32).pin_memory()
+        # static_in was zeroed on the current stream; the capture stream must not read it before that.
+        self._stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self._stream), torch.inference_mode():
             for _ in range(3):  # cuDNN picks its algorithms on the first runs, outside the graph
                 self._model(static_in)
@@ -51,20 +54,40 @@ class TorchBackend(Backend):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=self._stream):
                 static_out = self._model(static_in)
-        return graph, static_in, static_out
+        return graph, staging, static_in, static_out
+
+    def warmup(self, input_size: int) -> None:
+        """Captures one graph per bucket before the service says ready; infer never captures."""
+        if self.device != "cpu":
+            for n in self.batch_sizes:
+                if n not in self._graphs:
+                    self._graphs[n] = self._capture(n)
+        super().warmup(input_size)
+
+    def _bucket(self, n: int) -> int:
+        bucket = next((b for b in self.batch_sizes if b >= n), None)
+        if bucket is None:
+            raise ValueError(f"batch of {n} is over max_batch_size {self.max_batch_size}")
+        return bucket
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         if self.device == "cpu":
             with torch.inference_mode():
                 return self._model(torch.from_numpy(batch)).numpy()
         n = batch.shape[0]
-        if n not in self._graphs:
-            self._graphs[n] = self._capture(n)
-        graph, static_in, static_out = self._graphs[n]
+        bucket = self._bucket(n)  # the batcher pads to a bucket; a direct caller may not
+        if bucket not in self._graphs:  # only when warmup() was skipped (--warmup false)
+            self._graphs[bucket] = self._capture(bucket)
+        graph, staging, static_in, static_out = self._graphs[bucket]
+        # One graph and one staging buffer per bucket, used by one thread at a time (max_concurrency 1):
+        # the previous replay has finished (its .cpu() synchronized) before the buffer is rewritten.
+        staging[:n].copy_(torch.from_numpy(batch))
+        if n < bucket:
+            staging[n:].zero_()
         with torch.cuda.stream(self._stream):
-            static_in.copy_(torch.from_numpy(batch).pin_memory().to(self.device, non_blocking=True))
+            static_in.copy_(staging.to(self.device, non_blocking=True))
             graph.replay()
-            logits = static_out.float().cpu()  # synchronizes the stream
+            logits = static_out[:n].float().cpu()  # synchronizes the stream
         return logits.numpy()
 
     def close(self) -> None:

@@ -1,0 +1,143 @@
+"""The report of scripts/gpu_check.sh: reads its scratch folder, writes gpu_check.md and gpu_check.json
+(flat, in --out), prints a short table, and exits 1 when any step failed, timed out or did not run.
+
+    python scripts/gpu_report.py --work results/gpu-work --out results/gpu --budget-s 480
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+
+def read_steps(work: Path) -> list[dict]:
+    steps = []
+    for line in (work / "steps.tsv").read_text().splitlines():
+        name, state, seconds, note = line.split("\t")
+        steps.append({"name": name, "state": state, "seconds": int(seconds), "note": note})
+    return steps
+
+
+def load_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def pytest_summary(work: Path) -> str | None:
+    log = work / "pytest-gpu.log"
+    if not log.is_file():
+        return None
+    lines = [ln.strip("= ") for ln in log.read_text().splitlines() if re.search(r"\d+ (passed|failed|error)", ln)]
+    return lines[-1] if lines else None
+
+
+def train_summary(work: Path) -> dict | None:
+    log = work / "train.log"
+    if not log.is_file():
+        return None
+    found = [ln for ln in log.read_text().splitlines() if ln.startswith("TRAIN_SUMMARY ")]
+    return json.loads(found[-1].split(" ", 1)[1]) if found else None
+
+
+def service_rows(bench: dict) -> list[dict]:
+    rows = []
+    for name, b in bench.get("backends", {}).items():
+        if "skipped" in b:
+            rows.append({"backend": name, "skipped": b["skipped"]})
+            continue
+        for e in b.get("engine", []):
+            rows.append({"backend": name, "what": f"(a) engine, batch {e['batch']}", "img_per_s": e["img_per_s"],
+                         "ms": e["ms_per_batch"]})
+        for p in b.get("pipeline", []):
+            rows.append({"backend": name, "what": f"(b) in-process pipeline, {p['concurrency']} callers",
+                         "img_per_s": p["img_per_s"], "ms": p["latency_ms"]["p50"], "p99_ms": p["latency_ms"]["p99"]})
+        for s in b.get("service", {}).get("steps", []):
+            rows.append({"backend": name, "what": f"(c) service over HTTP, c={s['concurrency']}",
+                         "img_per_s": s["img_per_s"], "ms": s["p50_ms"], "p99_ms": s["p99_ms"], "errors": s["errors"],
+                         "batch_mean": s.get("server_batch_size_mean")})
+    return rows
+
+
+def build_report(work: Path, budget_s: int) -> dict:
+    gpu = (work / "gpu.txt").read_text().strip() if (work / "gpu.txt").is_file() else "unknown GPU"
+    return {
+        "gpu": gpu,
+        "budget_s": budget_s,
+        "steps": read_steps(work),
+        "pytest": pytest_summary(work),
+        "train": train_summary(work),
+        "bench_train": load_json(work / "bench_train.json"),
+        "bench_train_compile": load_json(work / "bench_train_compile.json"),
+        "service": service_rows(load_json(work / "bench" / "bench.json") or {}),
+    }
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(report: dict) -> str:
+    md = [f"# GPU check: {report['gpu']}", "",
+          f"Budget {report['budget_s']} s for the whole run. Every figure below was measured on this GPU.", "",
+          "| step | state | seconds | note |", "|---|---|---:|---|"]
+    md += [f"| {s['name']} | {s['state']} | {s['seconds']} | {s['note']} |" for s in report["steps"]]
+    md += ["", f"pytest (tests/gpu, preprocessing, model): {report['pytest'] or 'no summary'}", ""]
+    if report["service"]:
+        md += ["## Inference and the service (loadtest.bench --gpu)", "",
+               "| backend | measurement | img/s | p50 ms (ms/batch for (a)) | p99 ms | note |", "|---|---|---:|---:|---:|---|"]
+        for r in report["service"]:
+            if "skipped" in r:
+                md.append(f"| {r['backend']} | not run | - | - | - | {r['skipped'][:120]} |")
+                continue
+            note = f"{r.get('errors', 0)} errors, mean batch {_fmt(r.get('batch_mean'), '.1f')}" if "errors" in r else ""
+            md.append(f"| {r['backend']} | {r['what']} | {r['img_per_s']:.0f} | {r['ms']:.2f} | "
+                      f"{_fmt(r.get('p99_ms'), '.2f')} | {note} |")
+        md.append("")
+    for key, title in (("bench_train", "Training throughput (model.bench_train)"),
+                       ("bench_train_compile", "Training throughput with torch.compile")):
+        b = report[key]
+        if b:
+            md += [f"## {title}", "", b["title"], "", "| source | precision | memory format | batch | img/s | ms/step |",
+                   "|---|---|---|---:|---:|---:|"]
+            md += [f"| {r['source']} | {r['precision']} | {r['memory_format']} | {r['batch_size']} | "
+                   f"{r['images_per_s']:.0f} | {r['ms_per_step']:.1f} |" for r in b["rows"]]
+            md.append("")
+    t = report["train"]
+    if t:
+        md += ["## Short training run (synthetic 10 classes, 4 epochs + resume to 8, fp16, channels_last)", "",
+               "| epoch | train loss | val top-1 error | train img/s |", "|---:|---:|---:|---:|"]
+        md += [f"| {e} | {loss} | {err} | {ips} |"
+               for e, loss, err, ips in zip(t["epochs"], t["train_loss"], t["val_top1_err"], t["train_img_per_s"])]
+        md.append("")
+    return "\n".join(md) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, required=True, help="gpu_check.sh's scratch folder")
+    p.add_argument("--out", type=Path, required=True, help="where gpu_check.md and gpu_check.json go")
+    p.add_argument("--budget-s", type=int, required=True, help="the run's time budget, for the report")
+    args = p.parse_args(argv)
+    report = build_report(args.work, args.budget_s)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / "gpu_check.md").write_text(markdown(report))
+    print(f"\n== summary: {report['gpu']}")
+    for s in report["steps"]:
+        print(f"  {s['name']:<22} {s['state']:<9} {s['seconds']:>4} s  {s['note']}")
+    for r in report["service"]:
+        if "skipped" not in r and r["what"].startswith("(c)"):
+            print(f"  {r['backend']} {r['what']}: {r['img_per_s']:.0f} img/s, p50 {r['ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms")
+    bad = [s["name"] for s in report["steps"] if s["state"] != "ok"]
+    if bad:
+        print(f"error: not ok: {', '.join(bad)}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
