@@ -1,5 +1,5 @@
 # Two commands matter: `make serve` (set up, build missing artifacts, serve on 0.0.0.0:8000) and
-# `make test` (set up, run the tests). Both create .venv on first use.
+# `make test` (set up, run the gates and the tests). Both create .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -15,7 +15,9 @@ PORT ?= 8000
 ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
 
-.PHONY: install serve test clean-artifacts
+PY_DIRS := service export model loadtest tests scripts
+
+.PHONY: install serve test lint clean-artifacts
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -29,9 +31,15 @@ serve: install
 	ALEXNET_MODEL_DIR=$(ARTIFACTS) $(BIN)/python -m service.entrypoint --host $(HOST) --port $(PORT)
 
 # Chromium for the browser test: installed where this runs as root (CI), else the test skips and says why.
-test: install
+test: install lint
 	@bash .ci/install-chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The gates: ruff (lint + format) on every Python file, mypy on the three packages (pyproject.toml).
+lint: install
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
+	$(BIN)/mypy
 
 clean-artifacts:
 	rm -rf $(ARTIFACTS)

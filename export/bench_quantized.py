@@ -37,8 +37,9 @@ def time_round(session, batch: np.ndarray, iterations: int) -> float:
     return iterations * len(batch) / (time.perf_counter() - start)
 
 
-def compare_throughput(fp32: Path, int8: Path, batch_size: int = 32, rounds: int = 5,
-                       iterations: int = 2, threads: int = 0, log=print) -> dict[str, float]:
+def compare_throughput(
+    fp32: Path, int8: Path, batch_size: int = 32, rounds: int = 5, iterations: int = 2, threads: int = 0, log=print
+) -> dict[str, float]:
     """Median img/s of each model over alternating rounds, and ``speedup`` = int8 / fp32."""
     sessions = {"fp32": make_session(fp32, threads), "int8": make_session(int8, threads)}
     size = sessions["fp32"].get_inputs()[0].shape[2]
@@ -49,8 +50,10 @@ def compare_throughput(fp32: Path, int8: Path, batch_size: int = 32, rounds: int
     for r in range(rounds):
         for name, session in sessions.items():
             samples[name].append(time_round(session, batch, iterations))
-        log(f"[bench]   round {r + 1}/{rounds}: fp32 {samples['fp32'][-1]:.0f} img/s, "
-            f"int8 {samples['int8'][-1]:.0f} img/s")
+        log(
+            f"[bench]   round {r + 1}/{rounds}: fp32 {samples['fp32'][-1]:.0f} img/s, "
+            f"int8 {samples['int8'][-1]:.0f} img/s"
+        )
     result = {name: statistics.median(values) for name, values in samples.items()}
     result["speedup"] = result["int8"] / result["fp32"]
     return result
@@ -63,8 +66,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--fp32", type=Path, default=Path("artifacts/alexnet.onnx"), help="fp32 ONNX model")
-    parser.add_argument("--int8", type=Path, default=Path("artifacts/alexnet.int8.onnx"),
-                        help="Q/DQ model from export/quantize.py")
+    parser.add_argument(
+        "--int8", type=Path, default=Path("artifacts/alexnet.int8.onnx"), help="Q/DQ model from export/quantize.py"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="images per run")
     parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds per model")
     parser.add_argument("--iterations", type=int, default=2, help="runs per round")
@@ -76,14 +80,22 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     for path in (args.fp32, args.int8):
         if not path.is_file():
-            print(f"[bench] error: {path} not found; make it with export/to_onnx.py and export/quantize.py",
-                  file=sys.stderr)
+            print(
+                f"[bench] error: {path} not found; make it with export/to_onnx.py and export/quantize.py",
+                file=sys.stderr,
+            )
             return 1
-    print(f"[bench] batch {args.batch_size}, {args.rounds} rounds x {args.iterations} runs, "
-          f"threads {args.threads or 'auto'}, {os.cpu_count()} CPU cores", flush=True)
+    print(
+        f"[bench] batch {args.batch_size}, {args.rounds} rounds x {args.iterations} runs, "
+        f"threads {args.threads or 'auto'}, {os.cpu_count()} CPU cores",
+        flush=True,
+    )
     r = compare_throughput(args.fp32, args.int8, args.batch_size, args.rounds, args.iterations, args.threads)
-    print(f"[bench] fp32 {r['fp32']:.1f} img/s, int8 {r['int8']:.1f} img/s, "
-          f"speed-up {r['speedup']:.2f}x at batch {args.batch_size}", flush=True)
+    print(
+        f"[bench] fp32 {r['fp32']:.1f} img/s, int8 {r['int8']:.1f} img/s, "
+        f"speed-up {r['speedup']:.2f}x at batch {args.batch_size}",
+        flush=True,
+    )
     return 0
 
 

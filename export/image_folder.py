@@ -39,22 +39,22 @@ def list_images(folder: str | Path, limit: int | None = None) -> list[Path]:
 def preprocess(path: Path, meta: ModelMetadata) -> np.ndarray:
     """One image as a normalized float32 array (3, input_size, input_size)."""
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
             w, h = image.size
             scale = meta.resize_size / min(w, h)
-            image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+            image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
             w, h = image.size
             left, top = (w - meta.input_size) // 2, (h - meta.input_size) // 2
             image = image.crop((left, top, left + meta.input_size, top + meta.input_size))
-            array = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
+            array = np.asarray(image, dtype=np.float32) / np.float32(255.0)  # (H, W, 3)
     except OSError as exc:
         raise ImageFolderError(f"{path}: cannot read image ({exc}); remove it from the folder") from exc
-    array = (array - np.asarray(meta.mean, np.float32)) / np.asarray(meta.std, np.float32)
+    array = np.subtract(array, np.asarray(meta.mean, np.float32)) / np.asarray(meta.std, np.float32)
     return np.ascontiguousarray(array.transpose(2, 0, 1))  # (3, H, W)
 
 
 def iter_batches(paths: list[Path], meta: ModelMetadata, batch_size: int) -> Iterator[np.ndarray]:
     """Batches (N, 3, input_size, input_size) float32 of at most ``batch_size`` images."""
     for start in range(0, len(paths), batch_size):
-        yield np.stack([preprocess(p, meta) for p in paths[start:start + batch_size]])
+        yield np.stack([preprocess(p, meta) for p in paths[start : start + batch_size]])

@@ -36,9 +36,9 @@ class ModelMetadata:
         return {PREFIX + key: json.dumps(value) for key, value in asdict(self).items()}
 
     @classmethod
-    def from_props(cls, props: dict[str, str], source: str = "model") -> "ModelMetadata":
+    def from_props(cls, props: dict[str, str], source: str = "model") -> ModelMetadata:
         fields = cls.__dataclass_fields__
-        values = {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
+        values = {k[len(PREFIX) :]: v for k, v in props.items() if k.startswith(PREFIX)}
         missing = [name for name, f in fields.items() if name not in values and f.default is f.default_factory]
         if missing:
             raise ValueError(f"{source}: ONNX metadata lacks {missing}; re-export it with export/to_onnx.py")

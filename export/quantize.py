@@ -54,8 +54,9 @@ class _ImageReader(CalibrationDataReader):
         return None if batch is None else {self._input_name: batch}
 
 
-def quantize_model(src: Path, dst: Path, calibration: list[Path], meta: ModelMetadata,
-                   method: str = "minmax", batch_size: int = 16) -> None:
+def quantize_model(
+    src: Path, dst: Path, calibration: list[Path], meta: ModelMetadata, method: str = "minmax", batch_size: int = 16
+) -> None:
     """Write the Q/DQ model of ``src`` to ``dst``, calibrated on ``calibration`` images."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -66,13 +67,18 @@ def quantize_model(src: Path, dst: Path, calibration: list[Path], meta: ModelMet
         # ONNX Runtime's recommended pre-pass: shape inference and graph clean-up before quantizing.
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         quantize_static(
-            str(prepared), str(dst), reader,
+            str(prepared),
+            str(dst),
+            reader,
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                              "percentile": CalibrationMethod.Percentile}[method],
+            calibrate_method={
+                "minmax": CalibrationMethod.MinMax,
+                "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile,
+            }[method],
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
         )
 
@@ -90,8 +96,7 @@ def stamp_metadata(path: Path, meta: ModelMetadata, details: dict) -> None:
     onnx.save_model(model, str(path))
 
 
-def agreement(fp32: Path, int8: Path, paths: list[Path], meta: ModelMetadata,
-              batch_size: int = 16) -> dict[str, float]:
+def agreement(fp32: Path, int8: Path, paths: list[Path], meta: ModelMetadata, batch_size: int = 16) -> dict[str, float]:
     """Top-1 and top-5 agreement of ``int8`` with ``fp32`` on ``paths``, and the max |logit diff|."""
     from export.bench_quantized import make_session
 
@@ -109,9 +114,16 @@ def agreement(fp32: Path, int8: Path, paths: list[Path], meta: ModelMetadata,
     return {"top1": top1 / len(paths), "top5": top5 / len(paths), "max_abs_diff": worst, "images": len(paths)}
 
 
-def run(onnx_path: Path, calibration_dir: Path, out: Path, eval_dir: Path | None = None,
-        max_calibration_images: int = 128, method: str = "minmax", min_top1_agreement: float = 0.9,
-        bench_rounds: int = 3) -> dict:
+def run(
+    onnx_path: Path,
+    calibration_dir: Path,
+    out: Path,
+    eval_dir: Path | None = None,
+    max_calibration_images: int = 128,
+    method: str = "minmax",
+    min_top1_agreement: float = 0.9,
+    bench_rounds: int = 3,
+) -> dict:
     """Quantize, check, measure; the file appears at ``out`` only if every check passed."""
     t0 = _step(f"reading {onnx_path}")
     meta = read_metadata(onnx_path)
@@ -121,42 +133,60 @@ def run(onnx_path: Path, calibration_dir: Path, out: Path, eval_dir: Path | None
     evaluation = list_images(eval_dir) if eval_dir else []
     shared = {p.resolve() for p in calibration} & {p.resolve() for p in evaluation}
     if shared:
-        raise QuantizeError(f"{len(shared)} evaluation images are also calibration images (e.g. "
-                            f"{sorted(shared)[0]}); use separate folders so agreement is measured fairly")
+        raise QuantizeError(
+            f"{len(shared)} evaluation images are also calibration images (e.g. "
+            f"{sorted(shared)[0]}); use separate folders so agreement is measured fairly"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)
     result: dict = {"calibration_images": len(calibration), "method": method}
     try:
-        _step(f"calibrating on {len(calibration)} images from {calibration_dir} ({method}) and quantizing "
-              "(int8 symmetric, per-channel weights, Q/DQ)")
+        _step(
+            f"calibrating on {len(calibration)} images from {calibration_dir} ({method}) and quantizing "
+            "(int8 symmetric, per-channel weights, Q/DQ)"
+        )
         quantize_model(onnx_path, tmp, calibration, meta, method)
-        stamp_metadata(tmp, meta, {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-                                   "per_channel": True, "symmetric": True, "method": method,
-                                   "calibration_images": len(calibration)})
+        stamp_metadata(
+            tmp,
+            meta,
+            {
+                "tool": "onnxruntime.quantization.quantize_static",
+                "format": "QDQ",
+                "per_channel": True,
+                "symmetric": True,
+                "method": method,
+                "calibration_images": len(calibration),
+            },
+        )
         _step("running onnx.checker and loading in ONNX Runtime")
         onnx.checker.check_model(str(tmp), full_check=True)
         if evaluation:
             _step(f"measuring agreement with fp32 on {len(evaluation)} evaluation images from {eval_dir}")
             result["agreement"] = agreement(onnx_path, tmp, evaluation, meta)
             a = result["agreement"]
-            _step(f"  top-1 agreement {a['top1']:.1%}, top-5 agreement {a['top5']:.1%}, "
-                  f"max |logit diff| {a['max_abs_diff']:.3g}")
+            _step(
+                f"  top-1 agreement {a['top1']:.1%}, top-5 agreement {a['top5']:.1%}, "
+                f"max |logit diff| {a['max_abs_diff']:.3g}"
+            )
             if a["top1"] < min_top1_agreement:
                 if meta.untrained:
                     _step("  untrained weights: their near-random logits make agreement meaningless; not enforced")
                 else:
-                    raise QuantizeError(f"top-1 agreement {a['top1']:.1%} < {min_top1_agreement:.0%}; try "
-                                        "--method percentile or entropy, or more calibration images")
+                    raise QuantizeError(
+                        f"top-1 agreement {a['top1']:.1%} < {min_top1_agreement:.0%}; try "
+                        "--method percentile or entropy, or more calibration images"
+                    )
         else:
             _step("no --eval-dir: agreement with fp32 not measured")
         if bench_rounds:
             from export.bench_quantized import compare_throughput
 
             _step(f"timing fp32 and int8 at batch 32 on this CPU ({os.cpu_count()} cores)")
-            result["throughput"] = compare_throughput(onnx_path, tmp, 32, rounds=bench_rounds, iterations=1,
-                                                      log=lambda m: None)
+            result["throughput"] = compare_throughput(
+                onnx_path, tmp, 32, rounds=bench_rounds, iterations=1, log=lambda m: None
+            )
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; a service running as another user must read it
         os.replace(tmp, out)
     finally:
@@ -179,14 +209,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--onnx", type=Path, default=Path("artifacts/alexnet.onnx"), help="fp32 ONNX model")
     parser.add_argument("--calibration-dir", type=Path, required=True, help="folder of calibration images")
-    parser.add_argument("--eval-dir", type=Path, default=None,
-                        help="folder of other images to measure agreement with fp32 on")
+    parser.add_argument(
+        "--eval-dir", type=Path, default=None, help="folder of other images to measure agreement with fp32 on"
+    )
     parser.add_argument("--out", type=Path, default=Path("artifacts/alexnet.int8.onnx"), help="Q/DQ model to write")
-    parser.add_argument("--max-calibration-images", type=int, default=128,
-                        help="first N images (sorted); calibration memory grows ~4 MB per image")
+    parser.add_argument(
+        "--max-calibration-images",
+        type=int,
+        default=128,
+        help="first N images (sorted); calibration memory grows ~4 MB per image",
+    )
     parser.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax", help="calibration method")
-    parser.add_argument("--min-top1-agreement", type=float, default=0.9,
-                        help="fail below this top-1 agreement with fp32 (not enforced for untrained weights)")
+    parser.add_argument(
+        "--min-top1-agreement",
+        type=float,
+        default=0.9,
+        help="fail below this top-1 agreement with fp32 (not enforced for untrained weights)",
+    )
     parser.add_argument("--bench-rounds", type=int, default=3, help="timing rounds at batch 32; 0 skips timing")
     return parser
 
@@ -194,8 +233,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
-        run(args.onnx, args.calibration_dir, args.out, args.eval_dir, args.max_calibration_images,
-            args.method, args.min_top1_agreement, args.bench_rounds)
+        run(
+            args.onnx,
+            args.calibration_dir,
+            args.out,
+            args.eval_dir,
+            args.max_calibration_images,
+            args.method,
+            args.min_top1_agreement,
+            args.bench_rounds,
+        )
     except (QuantizeError, ImageFolderError, ValueError, FileNotFoundError) as exc:
         print(f"[quantize] error: {exc}", file=sys.stderr)
         return 1

@@ -64,8 +64,9 @@ def _step(message: str) -> float:
     return time.perf_counter()
 
 
-def export_model(loaded: LoadedModel, out: Path, opset: int = DEFAULT_OPSET,
-                 precision: str = "fp32") -> onnx.ModelProto:
+def export_model(
+    loaded: LoadedModel, out: Path, opset: int = DEFAULT_OPSET, precision: str = "fp32"
+) -> onnx.ModelProto:
     """Trace ``loaded.model`` to ONNX (dynamic batch) and stamp our metadata into it."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -109,8 +110,9 @@ def export_model(loaded: LoadedModel, out: Path, opset: int = DEFAULT_OPSET,
     return model
 
 
-def verify(model_path: Path, loaded: LoadedModel, batch_sizes: list[int], tolerance: float,
-           relative: bool = False) -> float:
+def verify(
+    model_path: Path, loaded: LoadedModel, batch_sizes: list[int], tolerance: float, relative: bool = False
+) -> float:
     """Max |ONNX Runtime - PyTorch| over random batches of each size; ExportError above ``tolerance``.
 
     With ``relative`` the difference is divided by the largest |logit| of PyTorch's output (fp16).
@@ -131,9 +133,12 @@ def verify(model_path: Path, loaded: LoadedModel, batch_sizes: list[int], tolera
         diff = float(np.max(np.abs(actual - expected)))
         scale = float(np.max(np.abs(expected))) if relative else 1.0
         agree = float(np.mean(actual.argmax(1) == expected.argmax(1)))
-        print(f"[to_onnx]   batch {n:>4}: max |onnxruntime - torch| = {diff:.3g}"
-              + (f" (largest |logit| {scale:.3g})" if relative else "")
-              + f", top-1 agreement {agree:.0%}", flush=True)
+        print(
+            f"[to_onnx]   batch {n:>4}: max |onnxruntime - torch| = {diff:.3g}"
+            + (f" (largest |logit| {scale:.3g})" if relative else "")
+            + f", top-1 agreement {agree:.0%}",
+            flush=True,
+        )
         diff /= max(scale, 1e-12)
         worst = max(worst, diff)
     if not np.isfinite(worst) or worst > tolerance:
@@ -184,17 +189,30 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Export AlexNet to ONNX (dynamic batch) and verify it against PyTorch.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="our checkpoint or a torchvision state-dict file; none = untrained (seeded random)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="our checkpoint or a torchvision state-dict file; none = untrained (seeded random)",
+    )
     parser.add_argument("--arch", default="torchvision", help="architecture when no checkpoint names one")
     parser.add_argument("--out", type=Path, default=Path("artifacts/alexnet.onnx"), help="ONNX file to write")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (18-20)")
-    parser.add_argument("--verify-batch-sizes", type=int, nargs="+", default=[1, 7, 32],
-                        help="batch sizes compared with PyTorch")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="fp16: float16 weights and compute inside, float32 input/logits (TensorRT 11)")
-    parser.add_argument("--tolerance", type=float, default=None,
-                        help="max |diff| allowed; default 1e-4 absolute for fp32, 1e-2 relative to max |logit| for fp16")
+    parser.add_argument(
+        "--verify-batch-sizes", type=int, nargs="+", default=[1, 7, 32], help="batch sizes compared with PyTorch"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp16: float16 weights and compute inside, float32 input/logits (TensorRT 11)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="max |diff| allowed; default 1e-4 absolute for fp32, 1e-2 relative to max |logit| for fp16",
+    )
     return parser
 
 
@@ -202,8 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        export_and_verify(args.checkpoint, args.out, args.arch, args.opset,
-                          tuple(args.verify_batch_sizes), args.tolerance, args.precision)
+        export_and_verify(
+            args.checkpoint,
+            args.out,
+            args.arch,
+            args.opset,
+            tuple(args.verify_batch_sizes),
+            args.tolerance,
+            args.precision,
+        )
     except (CheckpointError, ExportError, ValueError) as exc:
         print(f"[to_onnx] error: {exc}", file=sys.stderr)
         return 1

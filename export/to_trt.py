@@ -25,16 +25,19 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 EXIT_MISSING = 2
-GET_TENSORRT = ("pip install 'tensorrt>=10' on a host with an NVIDIA GPU (or `make install` there, which "
-                "adds the [gpu] extra), or run in NVIDIA's image nvcr.io/nvidia/tensorrt:<yy.mm>-py3")
+GET_TENSORRT = (
+    "pip install 'tensorrt>=10' on a host with an NVIDIA GPU (or `make install` there, which "
+    "adds the [gpu] extra), or run in NVIDIA's image nvcr.io/nvidia/tensorrt:<yy.mm>-py3"
+)
 MIN_TOP1_AGREEMENT = {"fp32": 0.99, "fp16": 0.9, "int8": 0.9}  # enforced for trained weights only
 FP32_RELATIVE_TOLERANCE = 1e-3  # max |TensorRT - ONNX Runtime| / max |logit|; TF32 is off for fp32
 
@@ -63,11 +66,15 @@ def load_tensorrt(import_module: Callable[[str], Any] = importlib.import_module)
     except ImportError:
         raise MissingPrerequisite("torch is not installed; it provides the CUDA buffers: make install") from None
     if torch.version.cuda is None:
-        raise MissingPrerequisite(f"torch {torch.__version__} is a CPU build; install its CUDA build on the "
-                                  "GPU host (make install there picks it)")
+        raise MissingPrerequisite(
+            f"torch {torch.__version__} is a CPU build; install its CUDA build on the "
+            "GPU host (make install there picks it)"
+        )
     if not torch.cuda.is_available():
-        raise MissingPrerequisite("no CUDA GPU visible (torch.cuda.is_available() is False): run on a host with "
-                                  "an NVIDIA GPU and driver; in Docker pass --gpus all")
+        raise MissingPrerequisite(
+            "no CUDA GPU visible (torch.cuda.is_available() is False): run on a host with "
+            "an NVIDIA GPU and driver; in Docker pass --gpus all"
+        )
     return trt
 
 
@@ -86,17 +93,24 @@ def plan_build(requested: str | None, onnx_precision: str, has_fp16_flag: bool) 
     if requested == "fp16" and onnx_precision == "fp32":
         if has_fp16_flag:
             return BuildPlan("fp16", strongly_typed=False, fp16_flag=True)
-        raise BuildError("this TensorRT has no BuilderFlag.FP16 (TensorRT 11 removed it): export an fp16 ONNX "
-                         "with python export/to_onnx.py --precision fp16 and build from that")
+        raise BuildError(
+            "this TensorRT has no BuilderFlag.FP16 (TensorRT 11 removed it): export an fp16 ONNX "
+            "with python export/to_onnx.py --precision fp16 and build from that"
+        )
     if requested == "int8":
-        raise BuildError(f"int8 needs a Q/DQ ONNX, this one is {onnx_precision}: make one with "
-                         "python export/quantize.py, then build from it")
-    raise BuildError(f"--precision {requested} from an {onnx_precision} ONNX is not supported; "
-                     f"use the {requested} ONNX export or --precision {onnx_precision}")
+        raise BuildError(
+            f"int8 needs a Q/DQ ONNX, this one is {onnx_precision}: make one with "
+            "python export/quantize.py, then build from it"
+        )
+    raise BuildError(
+        f"--precision {requested} from an {onnx_precision} ONNX is not supported; "
+        f"use the {requested} ONNX export or --precision {onnx_precision}"
+    )
 
 
-def verification_problems(precision: str, untrained: bool, top1: float, relative_diff: float,
-                          min_top1: float | None = None) -> list[str]:
+def verification_problems(
+    precision: str, untrained: bool, top1: float, relative_diff: float, min_top1: float | None = None
+) -> list[str]:
     """Why the engine must not be used; empty when it passed."""
     problems = []
     if not np.isfinite(relative_diff):
@@ -109,9 +123,16 @@ def verification_problems(precision: str, untrained: bool, top1: float, relative
     return problems
 
 
-def build_engine(trt: Any, onnx_path: Path, plan: BuildPlan, input_shape: tuple[int, int, int],
-                 batches: tuple[int, int, int], workspace_mib: int, timing_cache: Path | None,
-                 input_name: str = "input") -> bytes:
+def build_engine(
+    trt: Any,
+    onnx_path: Path,
+    plan: BuildPlan,
+    input_shape: tuple[int, int, int],
+    batches: tuple[int, int, int],
+    workspace_mib: int,
+    timing_cache: Path | None,
+    input_name: str = "input",
+) -> bytes:
     """Parse ``onnx_path`` and build a serialized engine with one optimization profile for the batch."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -142,9 +163,11 @@ def build_engine(trt: Any, onnx_path: Path, plan: BuildPlan, input_shape: tuple[
         cache_bytes = b""
         config.set_timing_cache(config.create_timing_cache(b""), False)
 
-    t = _step(f"building ({plan.precision}, {'strongly' if plan.strongly_typed else 'weakly'} typed, batch "
-              f"{batches[0]}/{batches[1]}/{batches[2]}, workspace {workspace_mib} MiB, timing cache "
-              f"{'loaded from ' + str(timing_cache) if cache_bytes else 'new'}); this takes minutes")
+    t = _step(
+        f"building ({plan.precision}, {'strongly' if plan.strongly_typed else 'weakly'} typed, batch "
+        f"{batches[0]}/{batches[1]}/{batches[2]}, workspace {workspace_mib} MiB, timing cache "
+        f"{'loaded from ' + str(timing_cache) if cache_bytes else 'new'}); this takes minutes"
+    )
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BuildError("TensorRT could not build the engine; see its log above (a larger --workspace-mib?)")
@@ -155,8 +178,9 @@ def build_engine(trt: Any, onnx_path: Path, plan: BuildPlan, input_shape: tuple[
     return bytes(memoryview(serialized))
 
 
-def compare_with_onnxruntime(trt: Any, engine: bytes, onnx_path: Path, input_shape: tuple[int, int, int],
-                             batch_sizes: list[int]) -> dict[str, float]:
+def compare_with_onnxruntime(
+    trt: Any, engine: bytes, onnx_path: Path, input_shape: tuple[int, int, int], batch_sizes: list[int]
+) -> dict[str, float]:
     """Top-1 agreement and max |diff| (absolute and relative to the largest logit) on random batches."""
     import onnxruntime as ort
 
@@ -177,8 +201,12 @@ def compare_with_onnxruntime(trt: Any, engine: bytes, onnx_path: Path, input_sha
         _step(f"  batch {n:>4}: top-1 agreement {top1}/{n}, max |tensorrt - onnxruntime| {diff:.3g}")
         agree, total = agree + top1, total + n
         worst, scale = max(worst, diff), max(scale, float(np.max(np.abs(want))))
-    return {"top1_agreement": agree / total, "max_abs_diff": worst,
-            "relative_max_diff": worst / max(scale, 1e-12), "images": total}
+    return {
+        "top1_agreement": agree / total,
+        "max_abs_diff": worst,
+        "relative_max_diff": worst / max(scale, 1e-12),
+        "images": total,
+    }
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -199,15 +227,16 @@ def run(args: argparse.Namespace, trt: Any) -> Path:
     from export.trt_sidecar import EngineSidecar, current_device, file_sha256, write_sidecar
 
     device = current_device()
-    t0 = _step(f"TensorRT {trt.__version__} on {device.gpu_name} (sm {device.compute_capability}); "
-               f"reading {args.onnx}")
+    t0 = _step(f"TensorRT {trt.__version__} on {device.gpu_name} (sm {device.compute_capability}); reading {args.onnx}")
     if not args.onnx.is_file():
         raise BuildError(f"{args.onnx}: no such ONNX file; make it with python export/to_onnx.py")
     meta = read_metadata(args.onnx)
     plan = plan_build(args.precision, meta.precision, hasattr(trt.BuilderFlag, "FP16"))
     if not 1 <= args.min_batch <= args.opt_batch <= args.max_batch:
-        raise BuildError(f"need 1 <= --min-batch <= --opt-batch <= --max-batch, got "
-                         f"{args.min_batch}/{args.opt_batch}/{args.max_batch}")
+        raise BuildError(
+            f"need 1 <= --min-batch <= --opt-batch <= --max-batch, got "
+            f"{args.min_batch}/{args.opt_batch}/{args.max_batch}"
+        )
     input_shape = (3, meta.input_size, meta.input_size)
     batches = (args.min_batch, args.opt_batch, args.max_batch)
     t1 = time.perf_counter()
@@ -216,27 +245,44 @@ def run(args: argparse.Namespace, trt: Any) -> Path:
     sizes = sorted(set(args.verify_batch_sizes or batches))
     _step(f"verifying against ONNX Runtime at batch sizes {sizes}")
     result = compare_with_onnxruntime(trt, engine, args.onnx, input_shape, sizes)
-    problems = verification_problems(plan.precision, meta.untrained, result["top1_agreement"],
-                                     result["relative_max_diff"], args.min_top1_agreement)
+    problems = verification_problems(
+        plan.precision, meta.untrained, result["top1_agreement"], result["relative_max_diff"], args.min_top1_agreement
+    )
     if meta.untrained:
         _step("  untrained weights: top-1 agreement is reported, not enforced")
     if problems:
         raise BuildError("engine failed verification, not written: " + "; ".join(problems))
     _write_atomic(args.out, engine)
-    sidecar = write_sidecar(args.out, EngineSidecar(
-        tensorrt_version=trt.__version__, gpu_name=device.gpu_name,
-        compute_capability=device.compute_capability, precision=plan.precision,
-        strongly_typed=plan.strongly_typed, input_name="input", output_name="logits",
-        input_shape=list(input_shape), min_batch=batches[0], opt_batch=batches[1], max_batch=batches[2],
-        workspace_mib=args.workspace_mib, onnx_sha256=file_sha256(args.onnx),
-        engine_sha256=file_sha256(args.out), build_time_s=round(build_s, 1),
-        built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), onnx_path=str(args.onnx),
-        verification=result, model_metadata=asdict(meta),
-    ))
-    _step(f"done: {args.out} ({len(engine) / 2**20:.0f} MiB, {plan.precision}, {device.gpu_name} sm "
-          f"{device.compute_capability}, batch {batches[0]}-{batches[2]}, top-1 agreement "
-          f"{result['top1_agreement']:.1%}, max |diff| {result['max_abs_diff']:.3g}, built in {build_s:.0f} s, "
-          f"{time.perf_counter() - t0:.0f} s in all); sidecar {sidecar}")
+    sidecar = write_sidecar(
+        args.out,
+        EngineSidecar(
+            tensorrt_version=trt.__version__,
+            gpu_name=device.gpu_name,
+            compute_capability=device.compute_capability,
+            precision=plan.precision,
+            strongly_typed=plan.strongly_typed,
+            input_name="input",
+            output_name="logits",
+            input_shape=list(input_shape),
+            min_batch=batches[0],
+            opt_batch=batches[1],
+            max_batch=batches[2],
+            workspace_mib=args.workspace_mib,
+            onnx_sha256=file_sha256(args.onnx),
+            engine_sha256=file_sha256(args.out),
+            build_time_s=round(build_s, 1),
+            built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            onnx_path=str(args.onnx),
+            verification=result,
+            model_metadata=asdict(meta),
+        ),
+    )
+    _step(
+        f"done: {args.out} ({len(engine) / 2**20:.0f} MiB, {plan.precision}, {device.gpu_name} sm "
+        f"{device.compute_capability}, batch {batches[0]}-{batches[2]}, top-1 agreement "
+        f"{result['top1_agreement']:.1%}, max |diff| {result['max_abs_diff']:.3g}, built in {build_s:.0f} s, "
+        f"{time.perf_counter() - t0:.0f} s in all); sidecar {sidecar}"
+    )
     return args.out
 
 
@@ -246,23 +292,52 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Build a TensorRT engine (TensorRT 10 or 11) from an ONNX export and verify it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--onnx", type=Path, default=Path("artifacts/alexnet.onnx"),
-                        help="fp32, fp16 (to_onnx.py --precision fp16) or int8 Q/DQ (quantize.py) ONNX")
-    parser.add_argument("--out", type=Path, default=Path("artifacts/alexnet.plan"),
-                        help="engine file; the sidecar is written to <out>.json")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None,
-                        help="default: the ONNX file's own precision (its metadata)")
+    parser.add_argument(
+        "--onnx",
+        type=Path,
+        default=Path("artifacts/alexnet.onnx"),
+        help="fp32, fp16 (to_onnx.py --precision fp16) or int8 Q/DQ (quantize.py) ONNX",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("artifacts/alexnet.plan"),
+        help="engine file; the sidecar is written to <out>.json",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default=None,
+        help="default: the ONNX file's own precision (its metadata)",
+    )
     parser.add_argument("--min-batch", type=int, default=1, help="smallest batch the engine accepts")
     parser.add_argument("--opt-batch", type=int, default=32, help="batch TensorRT tunes kernels for")
-    parser.add_argument("--max-batch", type=int, default=64,
-                        help="largest batch the engine accepts; keep >= the service's max_batch_size")
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=64,
+        help="largest batch the engine accepts; keep >= the service's max_batch_size",
+    )
     parser.add_argument("--workspace-mib", type=int, default=2048, help="builder workspace limit, MiB")
-    parser.add_argument("--timing-cache", type=Path, default=Path("artifacts/trt_timing.cache"),
-                        help="kernel timing cache, read and updated; speeds up rebuilds on the same GPU")
-    parser.add_argument("--verify-batch-sizes", type=int, nargs="+", default=None,
-                        help="batches compared with ONNX Runtime; default min, opt and max")
-    parser.add_argument("--min-top1-agreement", type=float, default=None,
-                        help="default 0.99 fp32, 0.9 fp16/int8; not enforced for untrained weights")
+    parser.add_argument(
+        "--timing-cache",
+        type=Path,
+        default=Path("artifacts/trt_timing.cache"),
+        help="kernel timing cache, read and updated; speeds up rebuilds on the same GPU",
+    )
+    parser.add_argument(
+        "--verify-batch-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="batches compared with ONNX Runtime; default min, opt and max",
+    )
+    parser.add_argument(
+        "--min-top1-agreement",
+        type=float,
+        default=None,
+        help="default 0.99 fp32, 0.9 fp16/int8; not enforced for untrained weights",
+    )
     return parser
 
 

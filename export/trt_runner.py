@@ -27,8 +27,10 @@ class TrtEngineRunner:
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(serialized_engine)
         if self.engine is None:
-            raise EngineRunError("TensorRT could not deserialize the engine (built by another TensorRT version "
-                                 "or for another GPU?); rebuild it with export/to_trt.py on this host")
+            raise EngineRunError(
+                "TensorRT could not deserialize the engine (built by another TensorRT version "
+                "or for another GPU?); rebuild it with export/to_trt.py on this host"
+            )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]

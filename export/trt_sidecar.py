@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from model.hashing import file_sha256  # noqa: F401  (also used by to_trt and the tests from here)
+from model.hashing import file_sha256
 
 SIDECAR_FORMAT = "alexnet-serve-trt-sidecar"
 SIDECAR_VERSION = 1
@@ -83,8 +83,10 @@ class EngineSidecar:
 
     def profile_shapes(self) -> dict[str, list[int]]:
         """The optimization profile as full NCHW shapes (min, opt, max)."""
-        return {k: [n, *self.input_shape] for k, n in
-                (("min", self.min_batch), ("opt", self.opt_batch), ("max", self.max_batch))}
+        return {
+            k: [n, *self.input_shape]
+            for k, n in (("min", self.min_batch), ("opt", self.opt_batch), ("max", self.max_batch))
+        }
 
 
 def sidecar_path(engine_path: str | Path) -> Path:
@@ -145,7 +147,10 @@ def _gpu_from_nvidia_smi(index: int) -> tuple[str, str] | None:
     try:
         out = subprocess.run(
             ["nvidia-smi", f"--id={index}", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None

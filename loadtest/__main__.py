@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import sys
@@ -49,22 +48,34 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
     p.add_argument("--kind", choices=KINDS, default="multipart", help="request kind (see loadtest/payloads.py)")
     p.add_argument("--images-per-request", type=int, default=1, help="images in each request")
-    p.add_argument("--images", default="photos,500x375",
-                   help="corpus: 'photos' (shipped) and/or generated WIDTHxHEIGHT sizes, comma-separated")
+    p.add_argument(
+        "--images",
+        default="photos,500x375",
+        help="corpus: 'photos' (shipped) and/or generated WIDTHxHEIGHT sizes, comma-separated",
+    )
     p.add_argument("--generated-per-size", type=int, default=4, help="generated images per size")
     p.add_argument("--mode", choices=MODES, default="closed", help="closed loop (clients) or open loop (rate)")
-    p.add_argument("--concurrency", type=lambda t: _numbers(t, int), default=[1, 2, 4, 8, 16, 32],
-                   help="closed loop: concurrent clients per step, comma-separated")
+    p.add_argument(
+        "--concurrency",
+        type=lambda t: _numbers(t, int),
+        default=[1, 2, 4, 8, 16, 32],
+        help="closed loop: concurrent clients per step, comma-separated",
+    )
     p.add_argument("--rate", type=_numbers, default=[10.0], help="open loop: requests/s per step, comma-separated")
     p.add_argument("--arrival", choices=ARRIVALS, default="constant", help="open loop: inter-arrival times")
     p.add_argument("--duration-s", type=float, default=10.0, help="measured seconds per step")
-    p.add_argument("--requests", type=int, default=None,
-                   help="closed loop: measured requests per step instead of --duration-s")
+    p.add_argument(
+        "--requests", type=int, default=None, help="closed loop: measured requests per step instead of --duration-s"
+    )
     p.add_argument("--warmup-s", type=float, default=2.0, help="unmeasured seconds before each step")
     p.add_argument("--timeout-s", type=float, default=30.0, help="per-request client timeout")
     p.add_argument("--max-in-flight", type=int, default=2048, help="open loop: most requests outstanding")
-    p.add_argument("--max-error-rate", type=float, default=0.05,
-                   help="stop the sweep after a step with more errors than this fraction")
+    p.add_argument(
+        "--max-error-rate",
+        type=float,
+        default=0.05,
+        help="stop the sweep after a step with more errors than this fraction",
+    )
     p.add_argument("--max-p99-ms", type=float, default=None, help="stop the sweep after a step with a slower p99")
     p.add_argument("--model", default="alexnet", help="model name in OIP v2 paths")
     p.add_argument("--top-k", type=int, default=5, help="top_k asked of /classify")
@@ -76,8 +87,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_payloads(kind: str, spec: str = "photos,500x375", per_request: int = 1, per_size: int = 4,
-                   model: str = "alexnet", top_k: int = 5, seed: int = 0) -> list[Payload]:
+def build_payloads(
+    kind: str,
+    spec: str = "photos,500x375",
+    per_request: int = 1,
+    per_size: int = 4,
+    model: str = "alexnet",
+    top_k: int = 5,
+    seed: int = 0,
+) -> list[Payload]:
     """Request bodies for a run, built once: each corpus image starts one request (cycling through)."""
     if per_request < 1:
         raise ValueError(f"images per request must be >= 1, got {per_request}")
@@ -92,25 +110,39 @@ def build_payloads(kind: str, spec: str = "photos,500x375", per_request: int = 1
     payloads = []
     for start in range(len(images)):
         idx = [(start + j) % len(images) for j in range(per_request)]
-        payloads.append(build_payload(kind, [images[i] for i in idx], model, top_k,
-                                      [tensors[i] for i in idx] if tensors is not None else None))
+        payloads.append(
+            build_payload(
+                kind, [images[i] for i in idx], model, top_k, [tensors[i] for i in idx] if tensors is not None else None
+            )
+        )
     return payloads
 
 
 def step_configs(args) -> list[StepConfig]:
-    common = dict(duration_s=args.duration_s, warmup_s=args.warmup_s, timeout_s=args.timeout_s,
-                  max_error_rate=max(args.max_error_rate, 0.5), seed=args.seed)
+    common = dict(
+        duration_s=args.duration_s,
+        warmup_s=args.warmup_s,
+        timeout_s=args.timeout_s,
+        max_error_rate=max(args.max_error_rate, 0.5),
+        seed=args.seed,
+    )
     if args.mode == "closed":
         if args.requests:
             common["duration_s"] = None
         return [StepConfig("closed", concurrency=c, requests=args.requests, **common) for c in args.concurrency]
-    return [StepConfig("open", rate=r, arrival=args.arrival, max_in_flight=args.max_in_flight, **common)
-            for r in args.rate]
+    return [
+        StepConfig("open", rate=r, arrival=args.arrival, max_in_flight=args.max_in_flight, **common) for r in args.rate
+    ]
 
 
 def host_description() -> dict:
-    return {"hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()}
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+    }
 
 
 async def server_info(url: str) -> dict | None:
@@ -118,12 +150,13 @@ async def server_info(url: str) -> dict | None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
             async with s.get(url.rstrip("/") + "/v1/models") as r:
                 return await r.json() if r.status == 200 else None
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+    except (TimeoutError, aiohttp.ClientError, ValueError):
         return None
 
 
-def write_outputs(out: Path, meta: dict, results: list[StepResult], plots_too: bool = True,
-                  title: str = "") -> list[Path]:
+def write_outputs(
+    out: Path, meta: dict, results: list[StepResult], plots_too: bool = True, title: str = ""
+) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     rows = [report.row(r) for r in results]
     files = [out / "report.json", out / "steps.csv"]
@@ -137,24 +170,38 @@ def write_outputs(out: Path, meta: dict, results: list[StepResult], plots_too: b
 
 
 async def run(args) -> int:
-    payloads = build_payloads(args.kind, args.images, args.images_per_request, args.generated_per_size,
-                              args.model, args.top_k, args.seed)
+    payloads = build_payloads(
+        args.kind, args.images, args.images_per_request, args.generated_per_size, args.model, args.top_k, args.seed
+    )
     configs = step_configs(args)
     out = args.out or Path("results") / time.strftime("loadtest-%Y%m%d-%H%M%S")
-    meta = {"url": args.url, "kind": args.kind, "images": args.images, "images_per_request": args.images_per_request,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "args": vars(args), "host": host_description(),
-            "server": await server_info(args.url)}
+    meta = {
+        "url": args.url,
+        "kind": args.kind,
+        "images": args.images,
+        "images_per_request": args.images_per_request,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "args": vars(args),
+        "host": host_description(),
+        "server": await server_info(args.url),
+    }
     bar = None if args.quiet else ProgressBar(len(configs))
-    print(f"loadtest: {args.kind} x{args.images_per_request} -> {args.url}, {len(configs)} steps, "
-          f"{len(payloads)} distinct bodies", file=sys.stderr)
+    print(
+        f"loadtest: {args.kind} x{args.images_per_request} -> {args.url}, {len(configs)} steps, "
+        f"{len(payloads)} distinct bodies",
+        file=sys.stderr,
+    )
 
     def on_step(result: StepResult) -> None:
         if bar:
             bar.done()
             bar.next_step()
         r = report.row(result)
-        print(f"  {r['step']}: {r['requests']} req, {r['errors']} err, {r['req_per_s']} req/s, "
-              f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms", file=sys.stderr)
+        print(
+            f"  {r['step']}: {r['requests']} req, {r['errors']} err, {r['req_per_s']} req/s, "
+            f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms",
+            file=sys.stderr,
+        )
 
     if bar:
         bar.next_step()
@@ -162,8 +209,10 @@ async def run(args) -> int:
         results = await sweep(client, payloads, configs, args.max_error_rate, args.max_p99_ms, bar, on_step)
     files = write_outputs(out, meta, results, not args.no_plots, f"{args.kind} -> {args.url}")
     print(report.table([report.row(r) for r in results]))
-    print(f"latency in ms; batch and qwait (ms) are the server's own means from /metrics\nwrote: "
-          + ", ".join(str(f) for f in files))
+    print(
+        "latency in ms; batch and qwait (ms) are the server's own means from /metrics\nwrote: "
+        + ", ".join(str(f) for f in files)
+    )
     if any(r.counted == 0 for r in results):
         return 1
     return 0

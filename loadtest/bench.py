@@ -47,25 +47,40 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--onnx", type=Path, default=Path("artifacts/alexnet.onnx"),
-                   help="ONNX model (exported, untrained, when missing)")
+    p.add_argument(
+        "--onnx",
+        type=Path,
+        default=Path("artifacts/alexnet.onnx"),
+        help="ONNX model (exported, untrained, when missing)",
+    )
     p.add_argument("--backends", default="onnxruntime", help="backends to measure, comma-separated")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--gpu", action="store_true",
-                   help=f"CUDA host preset: --device cuda --backends {','.join(GPU_BACKENDS)} (those that load), "
-                        "a sweep to 128 clients, no naive baseline, no peers")
+    p.add_argument(
+        "--gpu",
+        action="store_true",
+        help=f"CUDA host preset: --device cuda --backends {','.join(GPU_BACKENDS)} (those that load), "
+        "a sweep to 128 clients, no naive baseline, no peers",
+    )
     p.add_argument("--kind", default="multipart", choices=["multipart", "raw"], help="request kind for (c) (d) peers")
     p.add_argument("--images", default="photos,500x375", help="corpus (see python -m loadtest --help)")
-    p.add_argument("--concurrency", type=_ints, default=DEFAULT_CONCURRENCY,
-                   help=f"(c) (d) sweep (--gpu: {','.join(map(str, GPU_CONCURRENCY))})")
+    p.add_argument(
+        "--concurrency",
+        type=_ints,
+        default=DEFAULT_CONCURRENCY,
+        help=f"(c) (d) sweep (--gpu: {','.join(map(str, GPU_CONCURRENCY))})",
+    )
     p.add_argument("--duration-s", type=float, default=8.0, help="measured seconds per step of (b) (c) (d)")
     p.add_argument("--warmup-s", type=float, default=2.0, help="unmeasured seconds before each step")
     p.add_argument("--engine-batches", type=_ints, default=[1, 8, 32], help="(a) batch sizes")
     p.add_argument("--engine-time-s", type=float, default=3.0, help="(a) seconds per batch size")
     p.add_argument("--no-naive", action="store_true", help="skip (d)")
     p.add_argument("--peers", default="", help="peer frameworks to run as well: litserve,mosec")
-    p.add_argument("--service-flag", action="append", default=[],
-                   help="extra flag for python -m service (repeat), e.g. --service-flag=--max-delay-ms=4")
+    p.add_argument(
+        "--service-flag",
+        action="append",
+        default=[],
+        help="extra flag for python -m service (repeat), e.g. --service-flag=--max-delay-ms=4",
+    )
     p.add_argument("--out", type=Path, default=None, help="output folder (default results/bench-TIMESTAMP)")
     return p
 
@@ -127,7 +142,9 @@ def measure_in_process(backend_name: str, args, images: list[bytes]) -> dict:
         for c in sorted({1, max(args.concurrency)}):
             say(f"(b) pipeline ceiling, {backend_name}: {c} concurrent in-process callers, {args.duration_s:g} s")
             r = pipeline_ceiling(backend, meta, settings, images, c, args.duration_s, args.warmup_s)
-            say(f"    {r['img_per_s']:.1f} img/s, p50 {r['latency_ms']['p50']:.1f} ms, batch {r['batch_size_mean'] or 0:.1f}")
+            say(
+                f"    {r['img_per_s']:.1f} img/s, p50 {r['latency_ms']['p50']:.1f} ms, batch {r['batch_size_mean'] or 0:.1f}"
+            )
             out["pipeline"].append(r)
     finally:
         backend.close()
@@ -184,8 +201,9 @@ def load_in_process(name: str, args, images: list[bytes]) -> InProcess | None:
     return InProcess(name, selection, settings, images)
 
 
-def http_sweeps(targets: list[Target], args, payloads, pipelines: list[InProcess] = ()
-                ) -> tuple[dict[str, dict], dict | None]:
+def http_sweeps(
+    targets: list[Target], args, payloads, pipelines: list[InProcess] = ()
+) -> tuple[dict[str, dict], dict | None]:
     """Start every server, then run the concurrency sweep *interleaved*: at each concurrency, one step
     on each server in turn (the order rotating from step to step). On a shared or throttled host, load
     from elsewhere then falls on all servers alike instead of on whichever ran during a busy minute.
@@ -200,8 +218,9 @@ def http_sweeps(targets: list[Target], args, payloads, pipelines: list[InProcess
         except Exception as exc:  # a peer that will not start is reported, not fatal
             say(f"{t.key} failed to start: {exc}")
             out[t.key] = {"skipped": f"failed to start: {str(exc)[:500]}"}
-    live = [t for t in targets if t.key in started] + [Target(f"pipeline:{p.name}", "pipeline", p.name, Path(), [])
-                                                         for p in pipelines]
+    live = [t for t in targets if t.key in started] + [
+        Target(f"pipeline:{p.name}", "pipeline", p.name, Path(), []) for p in pipelines
+    ]
     by_key = {f"pipeline:{p.name}": p for p in pipelines}
     results: dict[str, list] = {t.key: [] for t in live}
     ceiling = None
@@ -212,26 +231,39 @@ def http_sweeps(targets: list[Target], args, payloads, pipelines: list[InProcess
         if first is not None:
             c = max(args.concurrency)
             async with LoadClient(started[first.key].url, "healthz") as client:
-                r = await run_step(client, build_payloads("healthz"), StepConfig(
-                    "closed", concurrency=c, duration_s=min(3.0, args.duration_s), warmup_s=0.5))
+                r = await run_step(
+                    client,
+                    build_payloads("healthz"),
+                    StepConfig("closed", concurrency=c, duration_s=min(3.0, args.duration_s), warmup_s=0.5),
+                )
             ceiling = {"concurrency": c, "req_per_s": r.rps, "p50_ms": r.latency.percentile_ms(50)}
             say(f"client ceiling: GET /healthz at c={c}: {r.rps:.0f} req/s")
         stopped: set[str] = set()
         for i, c in enumerate(args.concurrency):
-            order = live[i % len(live):] + live[: i % len(live)] if live else []
+            order = live[i % len(live) :] + live[: i % len(live)] if live else []
             for t in order:
                 if t.key in stopped:
                     continue
                 if t.name == "pipeline":  # (b) at the same concurrency, in this process, no HTTP
                     p = by_key[t.key]
-                    r = await run_pipeline(p.selection.backend, p.selection.metadata, p.settings, p.images, c,
-                                           args.duration_s, args.warmup_s)
+                    r = await run_pipeline(
+                        p.selection.backend,
+                        p.selection.metadata,
+                        p.settings,
+                        p.images,
+                        c,
+                        args.duration_s,
+                        args.warmup_s,
+                    )
                     results[t.key].append(r)
-                    say(f"    {t.key} c={c}: {r['img_per_s']:.1f} img/s, p50 {r['latency_ms']['p50']:.1f} ms, "
-                        f"p99 {r['latency_ms']['p99']:.1f} ms (in-process, no HTTP)")
+                    say(
+                        f"    {t.key} c={c}: {r['img_per_s']:.1f} img/s, p50 {r['latency_ms']['p50']:.1f} ms, "
+                        f"p99 {r['latency_ms']['p99']:.1f} ms (in-process, no HTTP)"
+                    )
                     continue
-                config = StepConfig("closed", concurrency=c, duration_s=args.duration_s, warmup_s=args.warmup_s,
-                                    max_error_rate=0.5)
+                config = StepConfig(
+                    "closed", concurrency=c, duration_s=args.duration_s, warmup_s=args.warmup_s, max_error_rate=0.5
+                )
                 bar = ProgressBar(1)
                 bar.next_step()
                 async with LoadClient(started[t.key].url, args.kind) as client:
@@ -239,8 +271,10 @@ def http_sweeps(targets: list[Target], args, payloads, pipelines: list[InProcess
                 bar.done()
                 results[t.key].append(r)
                 row = report.row(r)
-                say(f"    {t.key} c={c}: {row['img_per_s']} img/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
-                    f"{row['errors']} errors, client CPU {row['client_cpu_pct']}%")
+                say(
+                    f"    {t.key} c={c}: {row['img_per_s']} img/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
+                    f"{row['errors']} errors, client CPU {row['client_cpu_pct']}%"
+                )
                 if r.stopped:
                     stopped.add(t.key)
 
@@ -253,8 +287,12 @@ def http_sweeps(targets: list[Target], args, payloads, pipelines: list[InProcess
         if t.name == "pipeline":
             out[t.key] = {"steps": results[t.key]}
             continue
-        write_outputs(t.out_dir / t.name, {"server": t.key, "backend": t.backend, "device": args.device},
-                      results[t.key], title=f"{t.key} ({t.backend}, {args.device})")
+        write_outputs(
+            t.out_dir / t.name,
+            {"server": t.key, "backend": t.backend, "device": args.device},
+            results[t.key],
+            title=f"{t.key} ({t.backend}, {args.device})",
+        )
         out[t.key] = {"url": started[t.key].url, "steps": [report.row(r) for r in results[t.key]]}
     return out, ceiling
 
@@ -283,69 +321,96 @@ def summarize(result: dict) -> tuple[list[str], list[str]]:
         pipe_c1 = b["pipeline"][0]
         pipe_peak = max(b["pipeline"], key=lambda p: p["img_per_s"])
         for e in b["engine"]:
-            md.append(f"| (a) engine {name}, batch {e['batch']} | {e['img_per_s']:.1f} | "
-                      f"{e['ms_per_batch']:.1f} | - | ms per batch |")
+            md.append(
+                f"| (a) engine {name}, batch {e['batch']} | {e['img_per_s']:.1f} | "
+                f"{e['ms_per_batch']:.1f} | - | ms per batch |"
+            )
         md.append(f"| preprocess one image (1 thread) | - | {b['preprocess_ms']:.1f} | - | decode+resize+normalize |")
         for p in b["pipeline"]:
-            md.append(f"| (b) pipeline {name}, {p['concurrency']} in-process callers | {p['img_per_s']:.1f} | "
-                      f"{p['latency_ms']['p50']:.1f} | {p['latency_ms']['p99']:.1f} | "
-                      f"mean batch {p['batch_size_mean'] or 0:.1f} |")
+            md.append(
+                f"| (b) pipeline {name}, {p['concurrency']} in-process callers | {p['img_per_s']:.1f} | "
+                f"{p['latency_ms']['p50']:.1f} | {p['latency_ms']['p99']:.1f} | "
+                f"mean batch {p['batch_size_mean'] or 0:.1f} |"
+            )
         service = b.get("service", {})
         if "steps" not in service:
             lines.append(f"{name}: service not measured ({service.get('skipped')})")
             continue
         for s in service["steps"]:
-            md.append(f"| (c) service {name}, c={s['concurrency']} | {s['img_per_s']:.1f} | {s['p50_ms']:.1f} | "
-                      f"{s['p99_ms']:.1f} | mean batch {s['server_batch_size_mean'] or 0:.1f}, {s['errors']} errors |")
+            md.append(
+                f"| (c) service {name}, c={s['concurrency']} | {s['img_per_s']:.1f} | {s['p50_ms']:.1f} | "
+                f"{s['p99_ms']:.1f} | mean batch {s['server_batch_size_mean'] or 0:.1f}, {s['errors']} errors |"
+            )
         best = _best(service["steps"])
         c1 = _at(service["steps"], 1)
-        lines.append(f"{name}: service best at c={best['concurrency']}: {best['img_per_s']:.1f} img/s, "
-                     f"p50 {best['p50_ms']:.1f} ms, p99 {best['p99_ms']:.1f} ms")
+        lines.append(
+            f"{name}: service best at c={best['concurrency']}: {best['img_per_s']:.1f} img/s, "
+            f"p50 {best['p50_ms']:.1f} ms, p99 {best['p99_ms']:.1f} ms"
+        )
         # Upper bounds, each as if it had the host to itself: which one the service sits under names the limit.
         cores = result["host"]["cpu_count"] or 1
-        lines.append(f"  bounds: decode <= {cores * 1000 / b['preprocess_ms']:.0f} img/s ({cores} cores x 1 image per "
-                     f"{b['preprocess_ms']:.1f} ms), engine <= {engine_peak['img_per_s']:.0f} img/s, "
-                     f"client <= {(result.get('client_ceiling') or {}).get('req_per_s', float('nan')):.0f} req/s")
+        lines.append(
+            f"  bounds: decode <= {cores * 1000 / b['preprocess_ms']:.0f} img/s ({cores} cores x 1 image per "
+            f"{b['preprocess_ms']:.1f} ms), engine <= {engine_peak['img_per_s']:.0f} img/s, "
+            f"client <= {(result.get('client_ceiling') or {}).get('req_per_s', float('nan')):.0f} req/s"
+        )
         ratio = best["img_per_s"] / engine_peak["img_per_s"]
-        lines.append(f"  (c)/(a) {ratio:.2f}  (engine at batch {engine_peak['batch']}: {engine_peak['img_per_s']:.1f} img/s)")
+        lines.append(
+            f"  (c)/(a) {ratio:.2f}  (engine at batch {engine_peak['batch']}: {engine_peak['img_per_s']:.1f} img/s)"
+        )
         after = b.get("engine_after")
         if after:
             before = next(e for e in b["engine"] if e["batch"] == after["batch"])
-            lines.append(f"  host drift: engine at batch {after['batch']} {before['img_per_s']:.1f} img/s before the HTTP "
-                         f"part, {after['img_per_s']:.1f} after (x{after['img_per_s'] / before['img_per_s']:.2f}; "
-                         "far from 1 = a busy host, ratios to (a) and (b) are rough)")
-            md.append(f"| (a) engine {name}, batch {after['batch']}, again after (c) | {after['img_per_s']:.1f} | "
-                      f"{after['ms_per_batch']:.1f} | - | host drift check |")
+            lines.append(
+                f"  host drift: engine at batch {after['batch']} {before['img_per_s']:.1f} img/s before the HTTP "
+                f"part, {after['img_per_s']:.1f} after (x{after['img_per_s'] / before['img_per_s']:.2f}; "
+                "far from 1 = a busy host, ratios to (a) and (b) are rough)"
+            )
+            md.append(
+                f"| (a) engine {name}, batch {after['batch']}, again after (c) | {after['img_per_s']:.1f} | "
+                f"{after['ms_per_batch']:.1f} | - | host drift check |"
+            )
         ratio = best["img_per_s"] / pipe_peak["img_per_s"]
         inter = {p["concurrency"]: p for p in b.get("pipeline_interleaved", [])}
         same_c = inter.get(best["concurrency"])
         if same_c:  # measured within a minute of (c), at the same concurrency: the ratio to trust
             for p in inter.values():
-                md.append(f"| (b) pipeline {name}, {p['concurrency']} callers, interleaved with (c) | "
-                          f"{p['img_per_s']:.1f} | {p['latency_ms']['p50']:.1f} | {p['latency_ms']['p99']:.1f} | "
-                          f"mean batch {p['batch_size_mean'] or 0:.1f} |")
+                md.append(
+                    f"| (b) pipeline {name}, {p['concurrency']} callers, interleaved with (c) | "
+                    f"{p['img_per_s']:.1f} | {p['latency_ms']['p50']:.1f} | {p['latency_ms']['p99']:.1f} | "
+                    f"mean batch {p['batch_size_mean'] or 0:.1f} |"
+                )
             lines.append(f"  (c)/(b) {ratio:.2f} against the standalone (b), measured minutes earlier")
             ratio = best["img_per_s"] / same_c["img_per_s"]
             pipe_peak = same_c
             if 1 in inter:
                 pipe_c1 = inter[1]
         ok = "MET" if ratio >= TARGETS["vs_pipeline"] else "MISSED"
-        lines.append(f"  (c)/(b) {ratio:.2f}  target >= {TARGETS['vs_pipeline']}: {ok}  "
-                     f"(pipeline {pipe_peak['img_per_s']:.1f} img/s at {pipe_peak['concurrency']} callers"
-                     f"{', interleaved with (c)' if same_c else ''})")
+        lines.append(
+            f"  (c)/(b) {ratio:.2f}  target >= {TARGETS['vs_pipeline']}: {ok}  "
+            f"(pipeline {pipe_peak['img_per_s']:.1f} img/s at {pipe_peak['concurrency']} callers"
+            f"{', interleaved with (c)' if same_c else ''})"
+        )
         if "steps" in naive:
             nbest = _best(naive["steps"])
             ratio = best["img_per_s"] / nbest["img_per_s"] if nbest["img_per_s"] else math.inf
             ok = "MET" if ratio >= TARGETS["vs_naive"] else "MISSED"
-            lines.append(f"  (c)/(d) {ratio:.2f}  target >= {TARGETS['vs_naive']}: {ok}  "
-                         f"(naive best {nbest['img_per_s']:.1f} img/s at c={nbest['concurrency']}, p99 {nbest['p99_ms']:.1f} ms)")
+            lines.append(
+                f"  (c)/(d) {ratio:.2f}  target >= {TARGETS['vs_naive']}: {ok}  "
+                f"(naive best {nbest['img_per_s']:.1f} img/s at c={nbest['concurrency']}, p99 {nbest['p99_ms']:.1f} ms)"
+            )
         if c1:
             ratio = c1["p50_ms"] / pipe_c1["latency_ms"]["p50"]
             ok = "MET" if ratio <= TARGETS["c1_p50_over_pipeline"] else "MISSED"
-            where = "in-process, interleaved" if "pipeline_interleaved" in b and pipe_c1 in b["pipeline_interleaved"] \
+            where = (
+                "in-process, interleaved"
+                if "pipeline_interleaved" in b and pipe_c1 in b["pipeline_interleaved"]
                 else "in-process"
-            lines.append(f"  c=1 p50 {c1['p50_ms']:.1f} ms vs {where} {pipe_c1['latency_ms']['p50']:.1f} ms: "
-                         f"x{ratio:.2f}, target <= {TARGETS['c1_p50_over_pipeline']}: {ok}")
+            )
+            lines.append(
+                f"  c=1 p50 {c1['p50_ms']:.1f} ms vs {where} {pipe_c1['latency_ms']['p50']:.1f} ms: "
+                f"x{ratio:.2f}, target <= {TARGETS['c1_p50_over_pipeline']}: {ok}"
+            )
     for label in ["naive", *result.get("peers", {})]:
         entry = naive if label == "naive" else result["peers"][label]
         if "steps" not in entry:
@@ -354,11 +419,14 @@ def summarize(result: dict) -> tuple[list[str], list[str]]:
             continue
         tag = "(d) naive" if label == "naive" else f"peer {label}"
         for s in entry["steps"]:
-            md.append(f"| {tag}, c={s['concurrency']} | {s['img_per_s']:.1f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | "
-                      f"{s['errors']} errors |")
+            md.append(
+                f"| {tag}, c={s['concurrency']} | {s['img_per_s']:.1f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | "
+                f"{s['errors']} errors |"
+            )
         pbest = _best(entry["steps"])
-        lines.append(f"{label}: best {pbest['img_per_s']:.1f} img/s at c={pbest['concurrency']}, "
-                     f"p99 {pbest['p99_ms']:.1f} ms")
+        lines.append(
+            f"{label}: best {pbest['img_per_s']:.1f} img/s at c={pbest['concurrency']}, p99 {pbest['p99_ms']:.1f} ms"
+        )
         if label != "naive":
             for name, b in result["backends"].items():
                 best = _best(b.get("service", {}).get("steps", []))
@@ -367,8 +435,10 @@ def summarize(result: dict) -> tuple[list[str], list[str]]:
                     lines.append(f"  (c) {name} / {label}: {best['img_per_s'] / pbest['img_per_s']:.2f} ({ahead})")
     ceiling = result.get("client_ceiling")
     if ceiling:
-        md.append(f"| client ceiling, GET /healthz c={ceiling['concurrency']} | {ceiling['req_per_s']:.0f} req/s | "
-                  f"{ceiling['p50_ms']:.1f} | - | the load generator's own limit |")
+        md.append(
+            f"| client ceiling, GET /healthz c={ceiling['concurrency']} | {ceiling['req_per_s']:.0f} req/s | "
+            f"{ceiling['p50_ms']:.1f} | - | the load generator's own limit |"
+        )
     return lines, md
 
 
@@ -390,9 +460,15 @@ def main(argv: list[str] | None = None) -> int:
     ensure_onnx(args.onnx)
     images = [im.data for im in build_corpus(args.images)]
     payloads = build_payloads(args.kind, args.images)
-    result: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": host_description(),
-                    "device": args.device, "device_name": device_name(args.device), "args": vars(args),
-                    "backends": {}, "peers": {}}
+    result: dict = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": host_description(),
+        "device": args.device,
+        "device_name": device_name(args.device),
+        "args": vars(args),
+        "backends": {},
+        "peers": {},
+    }
     targets = []
     for name in backends:
         b = measure_in_process(name, args, images)
@@ -406,8 +482,9 @@ def main(argv: list[str] | None = None) -> int:
         targets.append(Target("naive", "naive", first, out, []))
     for peer in [p for p in args.peers.split(",") if p]:
         targets.append(Target(peer, peer, first, out, []))
-    pipelines = [p for t in targets if t.name == "service"
-                 if (p := load_in_process(t.backend, args, images)) is not None]
+    pipelines = [
+        p for t in targets if t.name == "service" if (p := load_in_process(t.backend, args, images)) is not None
+    ]
     try:
         http, result["client_ceiling"] = http_sweeps(targets, args, payloads, pipelines)
     finally:
@@ -427,8 +504,10 @@ def main(argv: list[str] | None = None) -> int:
         biggest = max(e["batch"] for e in b["engine"])
         b["engine_after"] = engine_after(targets[0].backend, args, biggest)
     lines, md = summarize(result)
-    header = (f"Machine: {result['device_name']} ({result['host']['platform']}); images {args.images}, "
-              f"kind {args.kind}, {args.duration_s:g} s per step")
+    header = (
+        f"Machine: {result['device_name']} ({result['host']['platform']}); images {args.images}, "
+        f"kind {args.kind}, {args.duration_s:g} s per step"
+    )
     (out / "bench.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     (out / "bench.md").write_text(header + "\n\n" + "\n".join(md) + "\n\n" + "\n".join(lines) + "\n")
     print(header)
@@ -448,9 +527,14 @@ def unmeasured_backends(result: dict) -> dict[str, str]:
     the run as a whole when no backend loaded at all: a benchmark that measured nothing has failed."""
     loaded = {name: b for name, b in result["backends"].items() if "skipped" not in b}
     if not loaded:
-        return {"(all)": "no backend loaded: " + "; ".join(f"{n}: {b['skipped']}" for n, b in result["backends"].items())}
-    return {name: str(b.get("service", {}).get("skipped", "no steps"))
-            for name, b in loaded.items() if not b.get("service", {}).get("steps")}
+        return {
+            "(all)": "no backend loaded: " + "; ".join(f"{n}: {b['skipped']}" for n, b in result["backends"].items())
+        }
+    return {
+        name: str(b.get("service", {}).get("skipped", "no steps"))
+        for name, b in loaded.items()
+        if not b.get("service", {}).get("steps")
+    }
 
 
 if __name__ == "__main__":

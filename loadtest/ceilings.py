@@ -23,8 +23,9 @@ from service.preprocess import PreprocessConfig, preprocess
 from service.settings import Settings
 
 
-def engine_ceiling(backend: Backend, input_size: int, batch_sizes: list[int], time_s: float = 3.0,
-                   min_iters: int = 3) -> list[dict]:
+def engine_ceiling(
+    backend: Backend, input_size: int, batch_sizes: list[int], time_s: float = 3.0, min_iters: int = 3
+) -> list[dict]:
     """[{"batch", "img_per_s", "ms_per_batch"}]: each size warmed once, then run for ``time_s``."""
     out = []
     rng = np.random.default_rng(0)
@@ -51,14 +52,33 @@ def preprocess_time_ms(images: list[bytes], config: PreprocessConfig, rounds: in
     return (time.perf_counter() - start) / (rounds * len(images)) * 1000
 
 
-async def run_pipeline(backend: Backend, meta: ModelMetadata, settings: Settings, images: list[bytes],
-                    concurrency: int, duration_s: float, warmup_s: float) -> dict:
+async def run_pipeline(
+    backend: Backend,
+    meta: ModelMetadata,
+    settings: Settings,
+    images: list[bytes],
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+) -> dict:
     metrics = Metrics()
-    batcher = Batcher(backend, metrics, settings.max_batch_size, settings.max_delay_ms, settings.queue_capacity,
-                      stall_after_s=settings.request_timeout_s)
+    batcher = Batcher(
+        backend,
+        metrics,
+        settings.max_batch_size,
+        settings.max_delay_ms,
+        settings.queue_capacity,
+        stall_after_s=settings.request_timeout_s,
+    )
     batcher.start()
-    config = PreprocessConfig(resize_size=meta.resize_size, crop_size=meta.input_size, mean=meta.mean,
-                              std=meta.std, max_pixels=settings.max_image_pixels, jpeg_draft=settings.jpeg_draft)
+    config = PreprocessConfig(
+        resize_size=meta.resize_size,
+        crop_size=meta.input_size,
+        mean=meta.mean,
+        std=meta.std,
+        max_pixels=settings.max_image_pixels,
+        jpeg_draft=settings.jpeg_draft,
+    )
     pipeline = Pipeline(batcher, meta, config, settings.decoder_threads, metrics)
     latency = LatencyHistogram()
     t0 = time.perf_counter()
@@ -87,11 +107,23 @@ async def run_pipeline(backend: Backend, meta: ModelMetadata, settings: Settings
     batch = metrics.batch_size.collect()[0].samples
     count = next(s.value for s in batch if s.name.endswith("_count"))
     total = next(s.value for s in batch if s.name.endswith("_sum"))
-    return {"concurrency": concurrency, "images": done, "img_per_s": done / duration_s,
-            "latency_ms": latency.summary_ms(), "batch_size_mean": total / count if count else None}
+    return {
+        "concurrency": concurrency,
+        "images": done,
+        "img_per_s": done / duration_s,
+        "latency_ms": latency.summary_ms(),
+        "batch_size_mean": total / count if count else None,
+    }
 
 
-def pipeline_ceiling(backend: Backend, meta: ModelMetadata, settings: Settings, images: list[bytes],
-                     concurrency: int, duration_s: float = 5.0, warmup_s: float = 1.0) -> dict:
+def pipeline_ceiling(
+    backend: Backend,
+    meta: ModelMetadata,
+    settings: Settings,
+    images: list[bytes],
+    concurrency: int,
+    duration_s: float = 5.0,
+    warmup_s: float = 1.0,
+) -> dict:
     """{"concurrency", "images", "img_per_s", "latency_ms": {...}, "batch_size_mean"}; one image per call."""
     return asyncio.run(run_pipeline(backend, meta, settings, images, concurrency, duration_s, warmup_s))

@@ -63,7 +63,7 @@ def shipped_photos() -> list[CorpusImage]:
 
 
 def parse_spec(spec: str) -> list[str]:
-    """"photos,500x375" -> ["photos", "500x375"]; raises ValueError naming what is allowed."""
+    """ "photos,500x375" -> ["photos", "500x375"]; raises ValueError naming what is allowed."""
     parts = [p.strip() for p in spec.split(",") if p.strip()]
     if not parts:
         raise ValueError("empty image spec; use e.g. 'photos,500x375,4032x3024'")

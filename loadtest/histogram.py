@@ -28,10 +28,10 @@ class LatencyHistogram:
         self._h = HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
 
     def record(self, seconds: float) -> None:
-        us = int(round(max(seconds, 0.0) * 1e6))
+        us = round(max(seconds, 0.0) * 1e6)
         self._h.record_value(min(max(us, LOWEST_US), HIGHEST_US))
 
-    def add(self, other: "LatencyHistogram") -> None:
+    def add(self, other: LatencyHistogram) -> None:
         self._h.add(other._h)
 
     @property
@@ -65,7 +65,7 @@ class LatencyHistogram:
         return self._h.encode().decode("ascii")
 
     @classmethod
-    def decode(cls, text: str) -> "LatencyHistogram":
+    def decode(cls, text: str) -> LatencyHistogram:
         out = cls()
         out._h.decode_and_add(text.encode("ascii"))
         return out

@@ -50,8 +50,11 @@ def multipart_body(images: list[CorpusImage], boundary: str = BOUNDARY) -> bytes
     parts = []
     for i, image in enumerate(images):
         parts.append(
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{image.name}-{i}.jpg\"\r\n"
-            f"Content-Type: {image.content_type}\r\n\r\n".encode() + image.data + b"\r\n")
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{image.name}-{i}.jpg"\r\n'
+            f"Content-Type: {image.content_type}\r\n\r\n".encode()
+            + image.data
+            + b"\r\n"
+        )
     return b"".join(parts) + f"--{boundary}--\r\n".encode()
 
 
@@ -67,15 +70,24 @@ def _oip_request(inputs: list[dict], binary_output: bool) -> dict:
     return {"id": "loadtest", "inputs": inputs, "outputs": [output]}
 
 
-def build_payload(kind: str, images: list[CorpusImage], model: str = "alexnet", top_k: int = 5,
-                  preprocessed: list[np.ndarray] | None = None) -> Payload:
+def build_payload(
+    kind: str,
+    images: list[CorpusImage],
+    model: str = "alexnet",
+    top_k: int = 5,
+    preprocessed: list[np.ndarray] | None = None,
+) -> Payload:
     """One request carrying ``images`` (``preprocessed``: their (3, 224, 224) float32 arrays, for oip-fp32)."""
     n = len(images)
     if kind == "healthz":
         return Payload("/healthz", {}, b"", 0, "GET")
     if kind == "multipart":
-        return Payload(f"/classify?top_k={top_k}", {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
-                       multipart_body(images), n)
+        return Payload(
+            f"/classify?top_k={top_k}",
+            {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+            multipart_body(images),
+            n,
+        )
     if kind == "raw":
         if n != 1:
             raise ValueError("raw requests carry exactly one image; use --kind multipart for several")
@@ -83,26 +95,48 @@ def build_payload(kind: str, images: list[CorpusImage], model: str = "alexnet", 
     path = f"/v2/models/{model}/infer"
     if kind == "oip-json":
         # JSON strings are UTF-8 and images are not: base64 them and say so (MLServer's convention).
-        request = _oip_request([{"name": IMAGE_INPUT_NAME, "shape": [n], "datatype": "BYTES",
-                                 "parameters": {"content_type": "base64"},
-                                 "data": [base64.b64encode(im.data).decode("ascii") for im in images]}], False)
+        request = _oip_request(
+            [
+                {
+                    "name": IMAGE_INPUT_NAME,
+                    "shape": [n],
+                    "datatype": "BYTES",
+                    "parameters": {"content_type": "base64"},
+                    "data": [base64.b64encode(im.data).decode("ascii") for im in images],
+                }
+            ],
+            False,
+        )
         return Payload(path, {"Content-Type": "application/json"}, json.dumps(request).encode(), n)
     if kind == "oip-binary":
         tensor = bytes_tensor([im.data for im in images])
-        inputs = [{"name": IMAGE_INPUT_NAME, "shape": [n], "datatype": "BYTES",
-                   "parameters": {"binary_data_size": len(tensor)}}]
+        inputs = [
+            {
+                "name": IMAGE_INPUT_NAME,
+                "shape": [n],
+                "datatype": "BYTES",
+                "parameters": {"binary_data_size": len(tensor)},
+            }
+        ]
     elif kind == "oip-fp32":
         if preprocessed is None or len(preprocessed) != n:
             raise ValueError("oip-fp32 needs each image preprocessed to (3, 224, 224) float32")
         array = np.ascontiguousarray(np.stack(preprocessed), dtype="<f4")
         tensor = array.tobytes()
-        inputs = [{"name": INPUT_NAME, "shape": list(array.shape), "datatype": "FP32",
-                   "parameters": {"binary_data_size": len(tensor)}}]
+        inputs = [
+            {
+                "name": INPUT_NAME,
+                "shape": list(array.shape),
+                "datatype": "FP32",
+                "parameters": {"binary_data_size": len(tensor)},
+            }
+        ]
     else:
         raise ValueError(f"unknown request kind {kind!r}; choose one of {', '.join(KINDS)}")
     header = json.dumps(_oip_request(inputs, True)).encode()
-    return Payload(path, {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))},
-                   header + tensor, n)
+    return Payload(
+        path, {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))}, header + tensor, n
+    )
 
 
 def check_response(kind: str, body: bytes, headers, images: int) -> None:

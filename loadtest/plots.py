@@ -7,11 +7,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import ScalarFormatter  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import ScalarFormatter
 
-from loadtest.histogram import PERCENTILES, pct_key  # noqa: E402
-from loadtest.runner import StepResult  # noqa: E402
+from loadtest.histogram import PERCENTILES, pct_key
+from loadtest.runner import StepResult
 
 
 def latency_vs_throughput(results: list[StepResult], path: Path, title: str = "") -> None:
@@ -21,8 +21,14 @@ def latency_vs_throughput(results: list[StepResult], path: Path, title: str = ""
     for p in PERCENTILES:
         ax.plot(x, [r.latency.percentile_ms(p) for r in ordered], marker="o", label=pct_key(p))
     for r in ordered:
-        ax.annotate(r.config.label, (r.rps, r.latency.percentile_ms(50)), fontsize=7, alpha=0.7,
-                    textcoords="offset points", xytext=(3, -10))
+        ax.annotate(
+            r.config.label,
+            (r.rps, r.latency.percentile_ms(50)),
+            fontsize=7,
+            alpha=0.7,
+            textcoords="offset points",
+            xytext=(3, -10),
+        )
     ax.set_xlabel("throughput, requests/s")
     ax.set_ylabel("latency, ms")
     ax.set_yscale("log")

@@ -25,9 +25,11 @@ class ProgressBar:
         filled = int(frac * self.width)
         rps = result.ok / elapsed_s if elapsed_s > 0 else 0.0
         p50 = result.latency.percentile_ms(50) if result.latency.count else float("nan")
-        line = (f"[{'#' * filled}{'.' * (self.width - filled)}] step {self.step}/{self.total_steps} "
-                f"{result.config.label:<16} {elapsed_s:5.1f}s {result.counted:6d} req "
-                f"{result.counted - result.ok:4d} err {rps:7.1f} req/s p50 {p50:7.1f} ms")
+        line = (
+            f"[{'#' * filled}{'.' * (self.width - filled)}] step {self.step}/{self.total_steps} "
+            f"{result.config.label:<16} {elapsed_s:5.1f}s {result.counted:6d} req "
+            f"{result.counted - result.ok:4d} err {rps:7.1f} req/s p50 {p50:7.1f} ms"
+        )
         if self.tty:
             self.stream.write("\r" + line)
             self.stream.flush()

@@ -26,9 +26,12 @@ class Histogram:
     count: float = 0.0
     sum: float = 0.0
 
-    def minus(self, before: "Histogram") -> "Histogram":
-        return Histogram({le: c - before.buckets.get(le, 0.0) for le, c in self.buckets.items()},
-                         self.count - before.count, self.sum - before.sum)
+    def minus(self, before: Histogram) -> Histogram:
+        return Histogram(
+            {le: c - before.buckets.get(le, 0.0) for le, c in self.buckets.items()},
+            self.count - before.count,
+            self.sum - before.sum,
+        )
 
     @property
     def mean(self) -> float:
@@ -89,8 +92,11 @@ def step_summary(before: Snapshot, after: Snapshot) -> dict:
         out["batches"] = int(batch.count)
         out["batch_size_mean"] = batch.mean
         out["batch_size_p50"] = batch.quantile(0.5)
-        out["batch_size_max_bucket"] = next((le for le in sorted(batch.buckets) if batch.buckets[le] >= batch.count),
-                                            float("nan")) if batch.count else float("nan")
+        out["batch_size_max_bucket"] = (
+            next((le for le in sorted(batch.buckets) if batch.buckets[le] >= batch.count), float("nan"))
+            if batch.count
+            else float("nan")
+        )
     for name, key in ((QUEUE_WAIT, "queue_wait"), (INFERENCE, "inference"), (PREPROCESS, "preprocess")):
         if name in after.histograms:
             h = after.histograms[name].minus(before.histograms.get(name, Histogram()))

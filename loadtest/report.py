@@ -18,12 +18,21 @@ def row(result: StepResult) -> dict:
     c = result.config
     lat = result.latency.summary_ms()
     out = {
-        "step": c.label, "mode": c.mode, "concurrency": c.concurrency if c.mode == "closed" else None,
-        "rate": c.rate if c.mode == "open" else None, "arrival": c.arrival if c.mode == "open" else None,
-        "elapsed_s": round(result.elapsed_s, 3), "requests": result.counted, "ok": result.ok,
-        "errors": result.counted - result.ok, "error_rate": round(result.error_rate, 5),
-        "images_ok": result.images_ok, "req_per_s": round(result.rps, 2), "img_per_s": round(result.ips, 2),
-        **{f"{k}_ms": _r(lat[k]) for k in LATENCY_KEYS}, "mean_ms": _r(lat["mean"]),
+        "step": c.label,
+        "mode": c.mode,
+        "concurrency": c.concurrency if c.mode == "closed" else None,
+        "rate": c.rate if c.mode == "open" else None,
+        "arrival": c.arrival if c.mode == "open" else None,
+        "elapsed_s": round(result.elapsed_s, 3),
+        "requests": result.counted,
+        "ok": result.ok,
+        "errors": result.counted - result.ok,
+        "error_rate": round(result.error_rate, 5),
+        "images_ok": result.images_ok,
+        "req_per_s": round(result.rps, 2),
+        "img_per_s": round(result.ips, 2),
+        **{f"{k}_ms": _r(lat[k]) for k in LATENCY_KEYS},
+        "mean_ms": _r(lat["mean"]),
         "abandoned": result.abandoned,
         # Share of one core the load generator used: near 100% means the client, not the server, limits.
         "client_cpu_pct": round(100 * result.client_cpu_s / result.elapsed_s, 1) if result.elapsed_s else None,
@@ -35,8 +44,14 @@ def row(result: StepResult) -> dict:
         lag = result.schedule_lag.summary_ms()
         out.update({"scheduled": result.scheduled, "lag_p99_ms": _r(lag["p99"]), "lag_max_ms": _r(lag["max"])})
     server = result.server or {}
-    for key in ("batches", "batch_size_mean", "queue_wait_mean_ms", "queue_wait_p99_ms", "inference_mean_ms",
-                "preprocess_mean_ms"):
+    for key in (
+        "batches",
+        "batch_size_mean",
+        "queue_wait_mean_ms",
+        "queue_wait_p99_ms",
+        "inference_mean_ms",
+        "preprocess_mean_ms",
+    ):
         out[f"server_{key}"] = _r(server.get(key))
     return out
 
@@ -56,17 +71,27 @@ def step_json(result: StepResult) -> dict:
         "latency_hdr": result.latency.encode(),  # HdrHistogram base64, microseconds
         "error_latency_ms": result.error_latency.summary_ms() if result.error_latency.count else None,
         "schedule_lag_ms": result.schedule_lag.summary_ms() if result.schedule_lag is not None else None,
-        "errors_by_status": result.errors, "errors_by_kind": result.error_kinds,
+        "errors_by_status": result.errors,
+        "errors_by_kind": result.error_kinds,
         "server": result.server,
     }
 
 
 COLUMNS = [  # (header, row key, format)
-    ("step", "step", "{}"), ("req", "requests", "{}"), ("err", "errors", "{}"), ("req/s", "req_per_s", "{:.1f}"),
-    ("img/s", "img_per_s", "{:.1f}"), ("p50", "p50_ms", "{:.1f}"), ("p90", "p90_ms", "{:.1f}"),
-    ("p95", "p95_ms", "{:.1f}"), ("p99", "p99_ms", "{:.1f}"), ("p99.9", "p99.9_ms", "{:.1f}"),
-    ("max", "max_ms", "{:.1f}"), ("batch", "server_batch_size_mean", "{:.1f}"),
-    ("qwait", "server_queue_wait_mean_ms", "{:.1f}"), ("cli%", "client_cpu_pct", "{:.0f}"),
+    ("step", "step", "{}"),
+    ("req", "requests", "{}"),
+    ("err", "errors", "{}"),
+    ("req/s", "req_per_s", "{:.1f}"),
+    ("img/s", "img_per_s", "{:.1f}"),
+    ("p50", "p50_ms", "{:.1f}"),
+    ("p90", "p90_ms", "{:.1f}"),
+    ("p95", "p95_ms", "{:.1f}"),
+    ("p99", "p99_ms", "{:.1f}"),
+    ("p99.9", "p99.9_ms", "{:.1f}"),
+    ("max", "max_ms", "{:.1f}"),
+    ("batch", "server_batch_size_mean", "{:.1f}"),
+    ("qwait", "server_queue_wait_mean_ms", "{:.1f}"),
+    ("cli%", "client_cpu_pct", "{:.0f}"),
 ]
 
 
@@ -80,9 +105,14 @@ def table(rows: list[dict]) -> str:
             line.append("-" if value is None else fmt.format(value))
         cells.append(line)
     widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cl, widths))) for cl in cells]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cl, widths, strict=True)))
+        for cl in cells
+    ]
     notes = [f"  {r['step']}: stopped: {r['stopped']}" for r in rows if r.get("stopped")]
-    notes += [f"  {r['step']}: errors {r['errors_by_status']} {r['errors_by_kind']}".rstrip() for r in rows if r["errors"]]
+    notes += [
+        f"  {r['step']}: errors {r['errors_by_status']} {r['errors_by_kind']}".rstrip() for r in rows if r["errors"]
+    ]
     return "\n".join(lines + notes)
 
 

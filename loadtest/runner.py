@@ -21,8 +21,8 @@ import math
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import aiohttp
 
@@ -103,7 +103,7 @@ class StepResult:
 def arrival_offsets(rate: float, duration_s: float, arrival: str, seed: int = 0) -> list[float]:
     """Send times (s from the start) of an open-loop schedule over ``duration_s``."""
     if arrival == "constant":
-        return [i / rate for i in range(int(math.floor(duration_s * rate)))]
+        return [i / rate for i in range(math.floor(duration_s * rate))]
     rng = random.Random(seed)
     out, t = [], rng.expovariate(rate)
     while t < duration_s:
@@ -122,11 +122,12 @@ class LoadClient:
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> "LoadClient":
+    async def __aenter__(self) -> LoadClient:
         # limit=0: one keep-alive connection per concurrent request; the client never queues internally.
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, use_dns_cache=True)
-        self.session = aiohttp.ClientSession(connector=connector, timeout=self.timeout, auto_decompress=False,
-                                             skip_auto_headers=("User-Agent",))
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=self.timeout, auto_decompress=False, skip_auto_headers=("User-Agent",)
+        )
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -134,8 +135,9 @@ class LoadClient:
 
     async def send(self, payload: Payload) -> tuple[str, int, str | None]:
         try:
-            async with self.session.request(payload.method, self.url + payload.path, data=payload.body or None,
-                                            headers=payload.headers) as response:
+            async with self.session.request(
+                payload.method, self.url + payload.path, data=payload.body or None, headers=payload.headers
+            ) as response:
                 body = await response.read()
                 if response.status != 200:
                     kind = None
@@ -150,7 +152,7 @@ class LoadClient:
                 return "ok", payload.images, None
         except BadResponse:
             return "bad_response", 0, None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return "timeout", 0, None
         except aiohttp.ClientError:
             return "connection", 0, None
@@ -162,7 +164,7 @@ class LoadClient:
                 if response.status != 200:
                     return None
                 return prom.parse(await response.text())
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, ValueError):
             return None
 
 
@@ -196,8 +198,9 @@ class _Tally:
 ProgressFn = Callable[[StepResult, float, float], None]  # (partial result, elapsed_s, planned_s)
 
 
-async def run_step(client: LoadClient, payloads: list[Payload], config: StepConfig,
-                   progress: ProgressFn | None = None) -> StepResult:
+async def run_step(
+    client: LoadClient, payloads: list[Payload], config: StepConfig, progress: ProgressFn | None = None
+) -> StepResult:
     """Warm up, scrape /metrics, run the measured window, scrape again."""
     result = StepResult(config, LatencyHistogram())
     if config.mode == "open":
@@ -224,8 +227,15 @@ async def _ticker(result: StepResult, start: float, planned_s: float, progress: 
         progress(result, time.perf_counter() - start, planned_s)
 
 
-async def _closed(client: LoadClient, payloads: list[Payload], config: StepConfig, tally: _Tally,
-                  duration_s: float | None, requests: int | None, progress: ProgressFn | None) -> None:
+async def _closed(
+    client: LoadClient,
+    payloads: list[Payload],
+    config: StepConfig,
+    tally: _Tally,
+    duration_s: float | None,
+    requests: int | None,
+    progress: ProgressFn | None,
+) -> None:
     start = time.perf_counter()
     end = start + duration_s if duration_s and not requests else math.inf
     issued = 0
@@ -268,8 +278,15 @@ async def _closed(client: LoadClient, payloads: list[Payload], config: StepConfi
     result.elapsed_s = (min(end, time.perf_counter()) if math.isfinite(end) else time.perf_counter()) - start
 
 
-async def _open(client: LoadClient, payloads: list[Payload], config: StepConfig, tally: _Tally,
-                duration_s: float | None, requests: int | None, progress: ProgressFn | None) -> None:
+async def _open(
+    client: LoadClient,
+    payloads: list[Payload],
+    config: StepConfig,
+    tally: _Tally,
+    duration_s: float | None,
+    requests: int | None,
+    progress: ProgressFn | None,
+) -> None:
     offsets = arrival_offsets(config.rate, duration_s, config.arrival, config.seed)
     result = tally.r
     result.scheduled = len(offsets)
@@ -310,10 +327,15 @@ async def _open(client: LoadClient, payloads: list[Payload], config: StepConfig,
     result.elapsed_s = max(duration_s if not result.stopped else 0.0, last_done - start)
 
 
-async def sweep(client: LoadClient, payloads: list[Payload], configs: list[StepConfig],
-                max_error_rate: float = 1.0, max_p99_ms: float | None = None,
-                progress: ProgressFn | None = None, on_step: Callable[[StepResult], None] | None = None,
-                ) -> list[StepResult]:
+async def sweep(
+    client: LoadClient,
+    payloads: list[Payload],
+    configs: list[StepConfig],
+    max_error_rate: float = 1.0,
+    max_p99_ms: float | None = None,
+    progress: ProgressFn | None = None,
+    on_step: Callable[[StepResult], None] | None = None,
+) -> list[StepResult]:
     """Run the steps in order; stop after a step over the error-rate or p99 ceiling (that step is kept)."""
     results = []
     for config in configs:

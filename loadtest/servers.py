@@ -46,15 +46,42 @@ class Started:
             pass
 
 
-def command(name: str, port: int, onnx: Path, backend: str, device: str, extra: list[str] = ()) -> tuple[list[str], str]:
+def command(
+    name: str, port: int, onnx: Path, backend: str, device: str, extra: list[str] = ()
+) -> tuple[list[str], str]:
     """(argv, readiness path) of each server the bench knows."""
     py = sys.executable
     if name == "service":
-        return [py, "-m", "service", "--host", "127.0.0.1", "--port", str(port), "--onnx", str(onnx),
-                "--backend", backend, "--device", device, *extra], "/readyz"
+        return [
+            py,
+            "-m",
+            "service",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--onnx",
+            str(onnx),
+            "--backend",
+            backend,
+            "--device",
+            device,
+            *extra,
+        ], "/readyz"
     if name == "naive":
-        return [py, "-m", "loadtest.naive_server", "--port", str(port), "--onnx", str(onnx), "--backend", backend,
-                "--device", device], "/readyz"
+        return [
+            py,
+            "-m",
+            "loadtest.naive_server",
+            "--port",
+            str(port),
+            "--onnx",
+            str(onnx),
+            "--backend",
+            backend,
+            "--device",
+            device,
+        ], "/readyz"
     if name == "litserve":
         return [py, "-m", "loadtest.peers.litserve_server", "--port", str(port)], "/healthz"
     if name == "mosec":
@@ -62,23 +89,39 @@ def command(name: str, port: int, onnx: Path, backend: str, device: str, extra: 
     raise ValueError(f"unknown server {name!r}; choose service, naive, litserve or mosec")
 
 
-def start(name: str, log_dir: Path, onnx: Path, backend: str = "onnxruntime", device: str = "cpu",
-          extra: list[str] = (), timeout_s: float = 180) -> Started:
+def start(
+    name: str,
+    log_dir: Path,
+    onnx: Path,
+    backend: str = "onnxruntime",
+    device: str = "cpu",
+    extra: list[str] = (),
+    timeout_s: float = 180,
+) -> Started:
     """Start one server on a free port and wait until its readiness path answers 200 (raises otherwise)."""
     port = free_port()
     argv, ready = command(name, port, onnx, backend, device, list(extra))
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}-{port}.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOADTEST_ONNX": str(onnx), "LOADTEST_BACKEND": backend,
-           "LOADTEST_DEVICE": device}
-    process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "LOADTEST_ONNX": str(onnx),
+        "LOADTEST_BACKEND": backend,
+        "LOADTEST_DEVICE": device,
+    }
+    with open(log_path, "wb") as log_file:  # the child keeps its own descriptor; ours closes here
+        process = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
     server = Started(name, f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode}; log {log_path}:\n"
-                               + log_path.read_text(errors="replace")[-3000:])
+            raise RuntimeError(
+                f"{name} exited with {process.returncode}; log {log_path}:\n"
+                + log_path.read_text(errors="replace")[-3000:]
+            )
         try:
             with urllib.request.urlopen(server.url + ready, timeout=2) as r:
                 if r.status == 200:

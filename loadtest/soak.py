@@ -132,13 +132,20 @@ def soak(url: str, pid: int, duration_s: float, warmup_s: float, sample_s: float
             time.sleep(max(0.0, min(next_sample, start + duration_s) - now))
             next_sample += sample_s
             latencies = load.take_latencies()
-            interval = Interval(round(time.monotonic() - start, 1), round(rss_bytes(pid) / 2**20, 1),
-                                len(latencies), _percentile(latencies, 50), _percentile(latencies, 99))
+            interval = Interval(
+                round(time.monotonic() - start, 1),
+                round(rss_bytes(pid) / 2**20, 1),
+                len(latencies),
+                _percentile(latencies, 50),
+                _percentile(latencies, 99),
+            )
             report.intervals.append(interval)
             phase = "warm-up" if interval.t_s <= warmup_s else "steady"
-            print(f"[soak] {interval.t_s:7.1f} s  {phase:7}  rss {interval.rss_mib:8.1f} MiB  "
-                  f"{interval.requests / sample_s:7.1f} req/s  p50 {interval.p50_ms} ms  p99 {interval.p99_ms} ms",
-                  flush=True)
+            print(
+                f"[soak] {interval.t_s:7.1f} s  {phase:7}  rss {interval.rss_mib:8.1f} MiB  "
+                f"{interval.requests / sample_s:7.1f} req/s  p50 {interval.p50_ms} ms  p99 {interval.p99_ms} ms",
+                flush=True,
+            )
     finally:
         load.stop.set()
         for thread in load.threads:
@@ -157,11 +164,16 @@ def soak(url: str, pid: int, duration_s: float, warmup_s: float, sample_s: float
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.soak", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.soak",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--url", help="a running instance (loopback); without it a server is started")
     parser.add_argument("--pid", type=int, help="the running instance's process id (for its RSS)")
-    parser.add_argument("--onnx", type=Path, default=Path("artifacts/alexnet.onnx"), help="model for the started server")
+    parser.add_argument(
+        "--onnx", type=Path, default=Path("artifacts/alexnet.onnx"), help="model for the started server"
+    )
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for the started server")
     parser.add_argument("--minutes", type=float, default=10.0, help="total duration, warm-up included")
     parser.add_argument("--warmup-s", type=float, default=60.0, help="excluded from the growth figures")
@@ -182,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("--pid is needed with --url (to read the server's RSS)")
         url, pid = args.url, args.pid
     else:
-        server = servers.start("service", args.out.parent, args.onnx, extra=["--log-level", "warning", *args.server_arg])
+        server = servers.start(
+            "service", args.out.parent, args.onnx, extra=["--log-level", "warning", *args.server_arg]
+        )
         url, pid = server.url, server.process.pid
     try:
         report = soak(url, pid, args.minutes * 60, args.warmup_s, args.sample_s, args.concurrency)
@@ -193,10 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(asdict(report), indent=2))
     ok = report.rss_growth < args.max_rss_growth and report.lost == 0
     print(f"[soak] {report.sent} sent, {report.answered} answered, {report.lost} lost, statuses {report.statuses}")
-    print(f"[soak] RSS after warm-up {report.rss_after_warmup_mib} MiB -> end {report.rss_end_mib} MiB "
-          f"(growth {report.rss_growth:+.2%}, max {report.rss_max_mib} MiB)")
-    print(f"[soak] p50 {report.p50_first_ms} -> {report.p50_last_ms} ms, p99 {report.p99_first_ms} -> "
-          f"{report.p99_last_ms} ms (first vs last steady interval)")
+    print(
+        f"[soak] RSS after warm-up {report.rss_after_warmup_mib} MiB -> end {report.rss_end_mib} MiB "
+        f"(growth {report.rss_growth:+.2%}, max {report.rss_max_mib} MiB)"
+    )
+    print(
+        f"[soak] p50 {report.p50_first_ms} -> {report.p50_last_ms} ms, p99 {report.p99_first_ms} -> "
+        f"{report.p99_last_ms} ms (first vs last steady interval)"
+    )
     print(f"[soak] {'PASS' if ok else 'FAIL'} (growth < {args.max_rss_growth:.0%}, nothing lost); report {args.out}")
     return 0 if ok else 1
 

@@ -11,8 +11,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -68,20 +68,23 @@ class AlexNet(nn.Module):
         return self.classifier(x)
 
 
+def _paper_lrn() -> nn.LocalResponseNorm:
+    return nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K)
+
+
 class AlexNet2012(nn.Module):
     """The 2012 paper's AlexNet as one module; ``groups=2`` reproduces the two-GPU connectivity."""
 
     def __init__(self, num_classes: int = 1000, dropout: float = 0.5) -> None:
         super().__init__()
-        lrn = dict(size=LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K)
         self.features = nn.Sequential(
             nn.Conv2d(3, 96, kernel_size=11, stride=4),  # (B, 96, 55, 55)
             nn.ReLU(inplace=True),
-            nn.LocalResponseNorm(**lrn),
+            _paper_lrn(),
             nn.MaxPool2d(kernel_size=3, stride=2),  # (B, 96, 27, 27)
             nn.Conv2d(96, 256, kernel_size=5, padding=2, groups=2),  # (B, 256, 27, 27)
             nn.ReLU(inplace=True),
-            nn.LocalResponseNorm(**lrn),
+            _paper_lrn(),
             nn.MaxPool2d(kernel_size=3, stride=2),  # (B, 256, 13, 13)
             nn.Conv2d(256, 384, kernel_size=3, padding=1),  # (B, 384, 13, 13), crosses the GPUs
             nn.ReLU(inplace=True),
@@ -103,6 +106,7 @@ class AlexNet2012(nn.Module):
         ones = {convs[1], convs[3], convs[4], linears[0], linears[1]}
         for layer in convs + linears:
             nn.init.normal_(layer.weight, mean=0.0, std=0.01)
+            assert layer.bias is not None
             nn.init.constant_(layer.bias, 1.0 if layer in ones else 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,6 +189,7 @@ def kaiming_init_(model: nn.Module) -> nn.Module:
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     for layer in layers:
         nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+        assert layer.bias is not None
         nn.init.zeros_(layer.bias)
     nn.init.normal_(layers[-1].weight, mean=0.0, std=0.01)
     return model

@@ -12,8 +12,8 @@ wnids is the index order of the published AlexNet and of ``model/imagenet_classe
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from PIL import Image

@@ -36,7 +36,7 @@ def init_distributed(device: str) -> tuple[DistInfo, torch.device]:
     """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo(), torch.device(device)
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
     dev = torch.device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", info.local_rank)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -97,7 +97,9 @@ def train_one_epoch(
         optimizer_step(loss, optimizer, scaler)
         with torch.no_grad():
             c1, c5 = correct_topk(output, target)
-            sums += torch.stack([loss.detach().double() * len(target), c1.double(), c5.double(), sums.new_tensor(len(target))])
+            sums += torch.stack(
+                [loss.detach().double() * len(target), c1.double(), c5.double(), sums.new_tensor(len(target))]
+            )
         if progress is not None:
             progress.update(len(target), loss=loss.detach())  # read (a GPU sync) only when printed
     stats = _stats(sums, progress.images_per_s if progress is not None else 0.0)

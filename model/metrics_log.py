@@ -50,7 +50,15 @@ def plot_metrics(records: list[dict[str, Any]], out: str | Path) -> Path:
         ax_err.plot(x, [100 * r[key] for r in epochs], marker=".", label=f"val {label} (center crop)")
     for r in records:
         if r.get("kind") == "ten_crop":
-            ax_err.scatter([r["epoch"] + 1] * 2, [100 * r["val_top1_err"], 100 * r["val_top5_err"]], marker="*", s=80, color="k", zorder=3, label="10-crop")
+            ax_err.scatter(
+                [r["epoch"] + 1] * 2,
+                [100 * r["val_top1_err"], 100 * r["val_top5_err"]],
+                marker="*",
+                s=80,
+                color="k",
+                zorder=3,
+                label="10-crop",
+            )
     ax_err.set(xlabel="epoch", ylabel="error (%)", title="validation error")
     for ax in (ax_loss, ax_err):
         ax.grid(alpha=0.3)

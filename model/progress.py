@@ -13,7 +13,9 @@ class Progress:
     """``desc  step/total  img/s  extras``; redrawn in place on a terminal, one line every
     ``every_s`` seconds in a log file (so CI logs stay short), and always on ``close``."""
 
-    def __init__(self, total: int, desc: str, enabled: bool = True, every_s: float = 10.0, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, total: int, desc: str, enabled: bool = True, every_s: float = 10.0, stream: TextIO | None = None
+    ) -> None:
         self.total, self.desc, self.enabled, self.every_s = total, desc, enabled, every_s
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
@@ -33,7 +35,7 @@ class Progress:
             self.last_print = now
             self._write(extras, end="\r" if self.tty else "\n")
 
-    def close(self, **extras: float) -> None:
+    def close(self, **extras: float | torch.Tensor) -> None:
         if self.enabled:
             self._write(extras, end="\n")
 

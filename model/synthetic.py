@@ -50,7 +50,10 @@ def class_name(k: int) -> str:
 
 def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
     corners = {"square": 4, "triangle": 3}[shape]
-    return [(cx + r * math.cos(angle + 2 * math.pi * i / corners), cy + r * math.sin(angle + 2 * math.pi * i / corners)) for i in range(corners)]
+    return [
+        (cx + r * math.cos(angle + 2 * math.pi * i / corners), cy + r * math.sin(angle + 2 * math.pi * i / corners))
+        for i in range(corners)
+    ]
 
 
 def _mask(shape: str, size: int, rng: np.random.Generator) -> Image.Image:
@@ -69,7 +72,15 @@ def _mask(shape: str, size: int, rng: np.random.Generator) -> Image.Image:
         w = 0.3 * r
         for a in (angle, angle + math.pi / 2):
             dx, dy, nx, ny = r * math.cos(a), r * math.sin(a), w * -math.sin(a), w * math.cos(a)
-            draw.polygon([(cx - dx - nx, cy - dy - ny), (cx + dx - nx, cy + dy - ny), (cx + dx + nx, cy + dy + ny), (cx - dx + nx, cy - dy + ny)], fill=255)
+            draw.polygon(
+                [
+                    (cx - dx - nx, cy - dy - ny),
+                    (cx + dx - nx, cy + dy - ny),
+                    (cx + dx + nx, cy + dy + ny),
+                    (cx - dx + nx, cy - dy + ny),
+                ],
+                fill=255,
+            )
     else:
         draw.polygon(_shape_polygon(shape, cx, cy, r, angle), fill=255)
     return mask
@@ -104,7 +115,9 @@ def draw_image(k: int, size: int, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
-def generate(out: Path, classes: int, train_per_class: int, val_per_class: int, size: int, seed: int = 0, quality: int = 90) -> Path:
+def generate(
+    out: Path, classes: int, train_per_class: int, val_per_class: int, size: int, seed: int = 0, quality: int = 90
+) -> Path:
     """Write ``out/{train,val}/<class>/<n>.JPEG``; the same arguments always give the same files."""
     if not 1 <= classes <= MAX_CLASSES:
         raise ValueError(f"--classes must be in 1..{MAX_CLASSES}, got {classes}")

@@ -37,7 +37,14 @@ from model.distributed import DistInfo, barrier, cleanup, init_distributed
 from model.engine import PRECISIONS, EpochStats, evaluate, train_one_epoch
 from model.metrics_log import MetricsLog, plot_metrics, read_metrics
 from model.progress import Progress
-from model.transforms import LIGHTING_STD, BatchPreprocess, EvalTransform, FinishInWorker, TenCropTransform, TrainTransform
+from model.transforms import (
+    LIGHTING_STD,
+    BatchPreprocess,
+    EvalTransform,
+    FinishInWorker,
+    TenCropTransform,
+    TrainTransform,
+)
 from model.weights import CheckpointError, load_training_checkpoint, save_checkpoint
 
 
@@ -50,41 +57,92 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("--data-path", type=Path, required=True, help="directory with train/<class>/ and val/<class>/")
     p.add_argument("--arch", default="torchvision", choices=sorted(ARCHS), help="network layout")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu (torchrun: GPU LOCAL_RANK)")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cuda or cpu (torchrun: GPU LOCAL_RANK)",
+    )
     p.add_argument("-b", "--batch-size", type=int, default=128, help="images per step per process")
     p.add_argument("--epochs", type=int, default=90, help="total epochs")
-    p.add_argument("-j", "--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes per process")
+    p.add_argument(
+        "-j", "--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes per process"
+    )
     # Optimizer, paper section 5.
     p.add_argument("--lr", type=float, default=0.01, help="initial learning rate")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=5e-4, help="weight decay")
     p.add_argument("--dropout", type=float, default=0.5, help="dropout probability in the classifier")
-    p.add_argument("--init", default="arch", choices=["arch", "kaiming"], help="arch: the layout's own (torchvision's default; the paper's for alexnet2012); kaiming: He init, which learns from the first steps (short and small runs)")
-    p.add_argument("--lr-scheduler", default="plateau", choices=["plateau", "step"], help="plateau: /gamma when val top-1 error stops improving (paper); step: /gamma every --lr-step-size epochs")
+    p.add_argument(
+        "--init",
+        default="arch",
+        choices=["arch", "kaiming"],
+        help="arch: the layout's own (torchvision's default; the paper's for alexnet2012); kaiming: He init, which learns from the first steps (short and small runs)",
+    )
+    p.add_argument(
+        "--lr-scheduler",
+        default="plateau",
+        choices=["plateau", "step"],
+        help="plateau: /gamma when val top-1 error stops improving (paper); step: /gamma every --lr-step-size epochs",
+    )
     p.add_argument("--lr-gamma", type=float, default=0.1, help="factor the learning rate is multiplied by")
     p.add_argument("--lr-patience", type=int, default=3, help="plateau: epochs without improvement before a cut")
     p.add_argument("--lr-step-size", type=int, default=30, help="step: epochs between cuts")
     # Data and augmentation, paper section 4.1.
-    p.add_argument("--resize-size", type=int, default=None, help="shorter side before cropping, pixels (default: the arch's, 256)")
-    p.add_argument("--crop-size", type=int, default=None, help="network input, pixels (default: 224, or 227 for alexnet2012)")
+    p.add_argument(
+        "--resize-size", type=int, default=None, help="shorter side before cropping, pixels (default: the arch's, 256)"
+    )
+    p.add_argument(
+        "--crop-size", type=int, default=None, help="network input, pixels (default: 224, or 227 for alexnet2012)"
+    )
     p.add_argument("--hflip-prob", type=float, default=0.5, help="probability of a horizontal flip")
     p.add_argument("--lighting-std", type=float, default=LIGHTING_STD, help="fancy-PCA lighting alpha std; 0 disables")
-    p.add_argument("--augment-on", default="device", choices=["device", "workers"], help="where to-float, lighting and normalization run: batch-wise on the training device, or per image in the loader workers")
-    p.add_argument("--ten-crop", default="final", choices=["final", "every", "never"], help="when to also evaluate with the paper's 10-crop averaging")
+    p.add_argument(
+        "--augment-on",
+        default="device",
+        choices=["device", "workers"],
+        help="where to-float, lighting and normalization run: batch-wise on the training device, or per image in the loader workers",
+    )
+    p.add_argument(
+        "--ten-crop",
+        default="final",
+        choices=["final", "every", "never"],
+        help="when to also evaluate with the paper's 10-crop averaging",
+    )
     # Speed.
-    p.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS), help="autocast dtype (fp16 adds a gradient scaler)")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convolutions on tensor cores)")
+    p.add_argument(
+        "--precision", default="fp32", choices=sorted(PRECISIONS), help="autocast dtype (fp16 adds a gradient scaler)"
+    )
+    p.add_argument(
+        "--channels-last", action="store_true", help="NHWC memory format (faster convolutions on tensor cores)"
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None, help="page-locked loader buffers (default: on for CUDA)")
+    p.add_argument(
+        "--pin-memory",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="page-locked loader buffers (default: on for CUDA)",
+    )
     # Bookkeeping.
-    p.add_argument("--output-dir", type=Path, default=Path("results/train"), help="checkpoints, metrics.jsonl, metrics.png")
+    p.add_argument(
+        "--output-dir", type=Path, default=Path("results/train"), help="checkpoints, metrics.jsonl, metrics.png"
+    )
     p.add_argument("--resume", type=Path, default=None, help="checkpoint.pt to continue from")
-    p.add_argument("--keep-epoch-checkpoints", action="store_true", help="also keep checkpoint_<epoch>.pt for every epoch")
+    p.add_argument(
+        "--keep-epoch-checkpoints", action="store_true", help="also keep checkpoint_<epoch>.pt for every epoch"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of initialization, sampling and augmentation")
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms (slower on GPU)")
-    p.add_argument("--dataset-name", default=None, help="name recorded in the checkpoint's provenance (default: the data directory's name)")
-    p.add_argument("--test-only", action="store_true", help="only evaluate (center and 10-crop) the --resume checkpoint")
-    p.add_argument("--print-every-s", type=float, default=10.0, help="progress line interval when not on a terminal, seconds")
+    p.add_argument(
+        "--dataset-name",
+        default=None,
+        help="name recorded in the checkpoint's provenance (default: the data directory's name)",
+    )
+    p.add_argument(
+        "--test-only", action="store_true", help="only evaluate (center and 10-crop) the --resume checkpoint"
+    )
+    p.add_argument(
+        "--print-every-s", type=float, default=10.0, help="progress line interval when not on a terminal, seconds"
+    )
     return p
 
 
@@ -108,7 +166,9 @@ def check_args(args: argparse.Namespace) -> None:
     args.resize_size = args.resize_size or spec.resize_size
     args.crop_size = args.crop_size or spec.input_size
     if args.crop_size < spec.min_input_size:
-        raise SystemExit(f"error: --crop-size {args.crop_size} is below {spec.min_input_size}, the smallest input arch {args.arch!r} accepts")
+        raise SystemExit(
+            f"error: --crop-size {args.crop_size} is below {spec.min_input_size}, the smallest input arch {args.arch!r} accepts"
+        )
     if args.crop_size > args.resize_size:
         raise SystemExit(f"error: --crop-size {args.crop_size} exceeds --resize-size {args.resize_size}")
     if args.test_only and args.resume is None:
@@ -118,11 +178,15 @@ def check_args(args: argparse.Namespace) -> None:
 def build_loaders(args: argparse.Namespace, dist_info: DistInfo, device: torch.device):
     """Train and val (center crop, and 10-crop) loaders; each rank sees its own shard."""
     pin = device.type == "cuda" if args.pin_memory is None else args.pin_memory
-    train_tf = TrainTransform(args.resize_size, args.crop_size, args.hflip_prob)
-    val_tf = EvalTransform(args.resize_size, args.crop_size)
-    ten_tf = TenCropTransform(args.resize_size, args.crop_size)
+    train_tf: TrainTransform | FinishInWorker = TrainTransform(args.resize_size, args.crop_size, args.hflip_prob)
+    val_tf: EvalTransform | FinishInWorker = EvalTransform(args.resize_size, args.crop_size)
+    ten_tf: TenCropTransform | FinishInWorker = TenCropTransform(args.resize_size, args.crop_size)
     if args.augment_on == "workers":
-        train_tf, val_tf, ten_tf = FinishInWorker(train_tf, args.lighting_std), FinishInWorker(val_tf), FinishInWorker(ten_tf)
+        train_tf, val_tf, ten_tf = (
+            FinishInWorker(train_tf, args.lighting_std),
+            FinishInWorker(val_tf),
+            FinishInWorker(ten_tf),
+        )
     train_set = ImageFolder(args.data_path / "train", train_tf)
     val_set = ImageFolder(args.data_path / "val", val_tf)
     ten_set = ImageFolder(args.data_path / "val", ten_tf)
@@ -130,7 +194,9 @@ def build_loaders(args: argparse.Namespace, dist_info: DistInfo, device: torch.d
         raise SystemExit(f"error: val classes differ from train classes under {args.data_path}")
     sampler = train_sampler(train_set, dist_info.rank, dist_info.world_size, args.seed)
     if len(sampler) < args.batch_size:
-        raise SystemExit(f"error: {len(sampler)} training images per process, fewer than one --batch-size {args.batch_size}")
+        raise SystemExit(
+            f"error: {len(sampler)} training images per process, fewer than one --batch-size {args.batch_size}"
+        )
     val_sampler = ShardSampler(len(val_set), dist_info.rank, dist_info.world_size)
     train_loader = make_loader(train_set, args.batch_size, sampler, args.workers, pin, True, args.seed)
     val_loader = make_loader(val_set, args.batch_size, val_sampler, args.workers, pin, False, args.seed)
@@ -142,13 +208,23 @@ def build_loaders(args: argparse.Namespace, dist_info: DistInfo, device: torch.d
 def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer):
     if args.lr_scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step_size, gamma=args.lr_gamma)
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=args.lr_gamma, patience=args.lr_patience)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=args.lr_gamma, patience=args.lr_patience
+    )
 
 
-def _record(kind: str, epoch: int, step: int, lr: float, val: EpochStats, train: EpochStats | None = None, seconds: float = 0.0) -> dict[str, Any]:
+def _record(
+    kind: str, epoch: int, step: int, lr: float, val: EpochStats, train: EpochStats | None = None, seconds: float = 0.0
+) -> dict[str, Any]:
     record: dict[str, Any] = {"kind": kind, "epoch": epoch, "step": step, "lr": lr}
     if train is not None:
-        record.update(train_loss=train.loss, train_top1_err=train.top1_err, train_top5_err=train.top5_err, train_img_per_s=train.images / max(seconds, 1e-9), epoch_s=seconds)
+        record.update(
+            train_loss=train.loss,
+            train_top1_err=train.top1_err,
+            train_top5_err=train.top5_err,
+            train_img_per_s=train.images / max(seconds, 1e-9),
+            epoch_s=seconds,
+        )
     record.update(val_loss=val.loss, val_top1_err=val.top1_err, val_top5_err=val.top5_err, val_images=val.images)
     return record
 
@@ -175,7 +251,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     # load_state_dict puts the momentum buffers on each parameter's device as it finds it then.
     model.to(device)
     if args.channels_last:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scheduler = build_scheduler(args, optimizer)
     scaler = torch.amp.GradScaler(device.type) if args.precision == "fp16" else None
@@ -187,7 +263,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         except CheckpointError as exc:
             raise SystemExit(f"error: {exc}") from None
         if loaded.arch != args.arch or len(loaded.labels) != len(labels):
-            raise SystemExit(f"error: {args.resume} is arch {loaded.arch!r} with {len(loaded.labels)} classes; this run is {args.arch!r} with {len(labels)}")
+            raise SystemExit(
+                f"error: {args.resume} is arch {loaded.arch!r} with {len(loaded.labels)} classes; this run is {args.arch!r} with {len(labels)}"
+            )
         model.load_state_dict(loaded.model.state_dict())
         if not args.test_only:
             if "optimizer" not in state:
@@ -204,21 +282,32 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if dist_info.distributed:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
-        model = torch.compile(model)
+        model = torch.compile(model)  # type: ignore[assignment]
     preprocess = BatchPreprocess(args.lighting_std, args.channels_last)
     criterion = nn.CrossEntropyLoss()
     dataset_name = args.dataset_name or args.data_path.resolve().name
-    say(f"{args.arch}: {len(labels)} classes, {len(train_set)} train images, crop {args.crop_size} of {args.resize_size}, "
-        f"{dist_info.world_size} process(es) x batch {args.batch_size} on {device}, {args.precision}")
+    say(
+        f"{args.arch}: {len(labels)} classes, {len(train_set)} train images, crop {args.crop_size} of {args.resize_size}, "
+        f"{dist_info.world_size} process(es) x batch {args.batch_size} on {device}, {args.precision}"
+    )
 
     def run_eval(loader, epoch: int, tag: str) -> EpochStats:
-        return evaluate(model, loader, device, preprocess, args.precision, Progress(len(loader), f"{tag} {epoch}", main_proc, args.print_every_s))
+        return evaluate(
+            model,
+            loader,
+            device,
+            preprocess,
+            args.precision,
+            Progress(len(loader), f"{tag} {epoch}", main_proc, args.print_every_s),
+        )
 
     if args.test_only:
         center = run_eval(val_loader, start_epoch, "val")
         ten = run_eval(ten_loader, start_epoch, "val10")
-        say(f"center crop: top-1 error {center.top1_err:.2%}, top-5 error {center.top5_err:.2%}; "
-            f"10-crop: top-1 error {ten.top1_err:.2%}, top-5 error {ten.top5_err:.2%}")
+        say(
+            f"center crop: top-1 error {center.top1_err:.2%}, top-5 error {center.top5_err:.2%}; "
+            f"10-crop: top-1 error {ten.top1_err:.2%}, top-5 error {ten.top5_err:.2%}"
+        )
         cleanup()
         return _record("ten_crop", start_epoch, step, _lr(optimizer), ten)
 
@@ -230,8 +319,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         train_loader.generator.manual_seed(args.seed * 1_000_003 + epoch)
         lr = _lr(optimizer)
         start = time.perf_counter()
-        train = train_one_epoch(model, criterion, optimizer, train_loader, device, preprocess, args.precision, scaler,
-                                Progress(len(train_loader), f"epoch {epoch}", main_proc, args.print_every_s))
+        train = train_one_epoch(
+            model,
+            criterion,
+            optimizer,
+            train_loader,
+            device,
+            preprocess,
+            args.precision,
+            scaler,
+            Progress(len(train_loader), f"epoch {epoch}", main_proc, args.print_every_s),
+        )
         seconds = time.perf_counter() - start
         step += len(train_loader)
         val = run_eval(val_loader, epoch, "val")
@@ -240,29 +338,54 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         else:
             scheduler.step()
         record = _record("epoch", epoch, step, lr, val, train, seconds)
-        say(f"epoch {epoch}: train loss {train.loss:.4f}, val loss {val.loss:.4f}, top-1 error {val.top1_err:.2%}, "
-            f"top-5 error {val.top5_err:.2%}, {record['train_img_per_s']:.0f} img/s")
+        say(
+            f"epoch {epoch}: train loss {train.loss:.4f}, val loss {val.loss:.4f}, top-1 error {val.top1_err:.2%}, "
+            f"top-5 error {val.top5_err:.2%}, {record['train_img_per_s']:.0f} img/s"
+        )
         is_best = val.top1_err < best_top1_err
         best_top1_err = min(best_top1_err, val.top1_err)
         if main_proc:
-            provenance = {"source": "trained", "dataset": dataset_name, "epoch": epoch, "val_top1": 100 * (1 - val.top1_err),
-                          "val_top5": 100 * (1 - val.top5_err), "crop_size": args.crop_size, "resize_size": args.resize_size}
-            training_state = {"optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(), "epoch": epoch,
-                              "step": step, "best_top1_err": best_top1_err, "args": _plain(args)}
+            provenance = {
+                "source": "trained",
+                "dataset": dataset_name,
+                "epoch": epoch,
+                "val_top1": 100 * (1 - val.top1_err),
+                "val_top5": 100 * (1 - val.top5_err),
+                "crop_size": args.crop_size,
+                "resize_size": args.resize_size,
+            }
+            training_state = {
+                "optimizer": optimizer.state_dict(),
+                "lr_scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "best_top1_err": best_top1_err,
+                "args": _plain(args),
+            }
             if scaler is not None:
                 training_state["scaler"] = scaler.state_dict()
-            save_checkpoint(args.output_dir / "checkpoint.pt", model_without_ddp, args.arch, labels, provenance, **training_state)
+            save_checkpoint(
+                args.output_dir / "checkpoint.pt", model_without_ddp, args.arch, labels, provenance, **training_state
+            )
             if args.keep_epoch_checkpoints:
-                save_checkpoint(args.output_dir / f"checkpoint_{epoch}.pt", model_without_ddp, args.arch, labels, provenance, **training_state)
+                save_checkpoint(
+                    args.output_dir / f"checkpoint_{epoch}.pt",
+                    model_without_ddp,
+                    args.arch,
+                    labels,
+                    provenance,
+                    **training_state,
+                )
             if is_best:
                 save_checkpoint(args.output_dir / "best.pt", model_without_ddp, args.arch, labels, provenance)
+            assert log is not None
             log.write(record)
         if args.ten_crop == "every" or (args.ten_crop == "final" and epoch == args.epochs - 1):
             ten = run_eval(ten_loader, epoch, "val10")
             say(f"epoch {epoch} 10-crop: top-1 error {ten.top1_err:.2%}, top-5 error {ten.top5_err:.2%}")
-            if main_proc:
+            if log is not None:
                 log.write(_record("ten_crop", epoch, step, lr, ten))
-        if main_proc:
+        if log is not None:
             plot_metrics(read_metrics(log.path), args.output_dir / "metrics.png")
         barrier()  # no rank runs ahead while rank 0 writes
     cleanup()

@@ -32,7 +32,7 @@ def resize_shorter(img: Image.Image, size: int) -> Image.Image:
     if min(w, h) == size:
         return img
     scale = size / min(w, h)
-    return img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+    return img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
 
 
 def crop_box(img: Image.Image, left: int, top: int, size: int) -> Image.Image:
@@ -48,7 +48,12 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
 
 def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     """PIL RGB -> (3, H, W) uint8."""
-    return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.size[1], img.size[0], 3).permute(2, 0, 1).contiguous()
+    return (
+        torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+        .view(img.size[1], img.size[0], 3)
+        .permute(2, 0, 1)
+        .contiguous()
+    )
 
 
 def _rescaled_square(img: Image.Image, resize_size: int) -> Image.Image:
@@ -74,7 +79,7 @@ class TrainTransform:
         left, top = (int(v) for v in torch.randint(span, (2,)))
         img = crop_box(img, left, top, self.crop_size)
         if torch.rand(()) < self.hflip_prob:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return to_uint8_tensor(img)
 
 
@@ -102,7 +107,10 @@ class TenCropTransform:
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         img = _rescaled_square(img, self.resize_size)
-        crops = [to_uint8_tensor(crop_box(img, x, y, self.crop_size)) for x, y in ten_crop_boxes(self.resize_size, self.crop_size)]
+        crops = [
+            to_uint8_tensor(crop_box(img, x, y, self.crop_size))
+            for x, y in ten_crop_boxes(self.resize_size, self.crop_size)
+        ]
         five = torch.stack(crops)  # (5, 3, crop, crop)
         return torch.cat([five, five.flip(-1)])  # (10, 3, crop, crop)
 

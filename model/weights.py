@@ -21,10 +21,11 @@ import re
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,7 +84,7 @@ def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def save_checkpoint(
@@ -130,9 +131,7 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for damaged files
-        raise CheckpointError(
-            f"{path}: corrupted or not a PyTorch checkpoint ({type(exc).__name__}: {exc})"
-        ) from exc
+        raise CheckpointError(f"{path}: corrupted or not a PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
 def _load_state_dict(path: Path, model: nn.Module, state_dict: Mapping[str, Any], arch: str) -> None:
@@ -150,8 +149,7 @@ def _load_state_dict(path: Path, model: nn.Module, state_dict: Mapping[str, Any]
             raise CheckpointError(f"{path}: {name} is a {type(tensor).__name__}, not a tensor")
         if tensor.shape != expected[name].shape:
             raise CheckpointError(
-                f"{path}: {name} has shape {tuple(tensor.shape)}, arch {arch!r} expects "
-                f"{tuple(expected[name].shape)}"
+                f"{path}: {name} has shape {tuple(tensor.shape)}, arch {arch!r} expects {tuple(expected[name].shape)}"
             )
     model.load_state_dict(state_dict)
 
@@ -176,9 +174,9 @@ def load_training_checkpoint(path: str | Path) -> tuple[LoadedModel, dict[str, A
         )
     if payload.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint version {payload.get('version')!r} is not supported")
-    arch = payload.get("arch")
+    arch = str(payload.get("arch"))
     try:
-        arch_spec(str(arch))
+        arch_spec(arch)
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     labels = payload.get("labels")
@@ -239,7 +237,10 @@ def untrained_model(arch: str = "torchvision", seed: int = DEFAULT_SEED) -> Load
         torch.manual_seed(seed)
         model = build(arch)
     return LoadedModel(
-        model.eval(), arch, list(imagenet_labels()), state_dict_sha256(model.state_dict()),
+        model.eval(),
+        arch,
+        list(imagenet_labels()),
+        state_dict_sha256(model.state_dict()),
         {"source": UNTRAINED, "seed": seed},
     )
 
@@ -316,7 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}")
         return 2
     save_checkpoint(args.out, loaded.model, loaded.arch, loaded.labels, loaded.provenance)
-    print(f"wrote {args.out} ({loaded.arch}, weights {loaded.weights_description}, sha256 {loaded.weights_sha256[:12]})")
+    print(
+        f"wrote {args.out} ({loaded.arch}, weights {loaded.weights_description}, sha256 {loaded.weights_sha256[:12]})"
+    )
     return 0
 
 

@@ -51,15 +51,36 @@ def service_rows(bench: dict) -> list[dict]:
             rows.append({"backend": name, "skipped": b["skipped"]})
             continue
         for e in b.get("engine", []):
-            rows.append({"backend": name, "what": f"(a) engine, batch {e['batch']}", "img_per_s": e["img_per_s"],
-                         "ms": e["ms_per_batch"]})
+            rows.append(
+                {
+                    "backend": name,
+                    "what": f"(a) engine, batch {e['batch']}",
+                    "img_per_s": e["img_per_s"],
+                    "ms": e["ms_per_batch"],
+                }
+            )
         for p in b.get("pipeline", []):
-            rows.append({"backend": name, "what": f"(b) in-process pipeline, {p['concurrency']} callers",
-                         "img_per_s": p["img_per_s"], "ms": p["latency_ms"]["p50"], "p99_ms": p["latency_ms"]["p99"]})
+            rows.append(
+                {
+                    "backend": name,
+                    "what": f"(b) in-process pipeline, {p['concurrency']} callers",
+                    "img_per_s": p["img_per_s"],
+                    "ms": p["latency_ms"]["p50"],
+                    "p99_ms": p["latency_ms"]["p99"],
+                }
+            )
         for s in b.get("service", {}).get("steps", []):
-            rows.append({"backend": name, "what": f"(c) service over HTTP, c={s['concurrency']}",
-                         "img_per_s": s["img_per_s"], "ms": s["p50_ms"], "p99_ms": s["p99_ms"], "errors": s["errors"],
-                         "batch_mean": s.get("server_batch_size_mean")})
+            rows.append(
+                {
+                    "backend": name,
+                    "what": f"(c) service over HTTP, c={s['concurrency']}",
+                    "img_per_s": s["img_per_s"],
+                    "ms": s["p50_ms"],
+                    "p99_ms": s["p99_ms"],
+                    "errors": s["errors"],
+                    "batch_mean": s.get("server_batch_size_mean"),
+                }
+            )
     return rows
 
 
@@ -82,37 +103,69 @@ def _fmt(value, spec: str) -> str:
 
 
 def markdown(report: dict) -> str:
-    md = [f"# GPU check: {report['gpu']}", "",
-          f"Budget {report['budget_s']} s for the whole run. Every figure below was measured on this GPU.", "",
-          "| step | state | seconds | note |", "|---|---|---:|---|"]
+    md = [
+        f"# GPU check: {report['gpu']}",
+        "",
+        f"Budget {report['budget_s']} s for the whole run. Every figure below was measured on this GPU.",
+        "",
+        "| step | state | seconds | note |",
+        "|---|---|---:|---|",
+    ]
     md += [f"| {s['name']} | {s['state']} | {s['seconds']} | {s['note']} |" for s in report["steps"]]
     md += ["", f"pytest (tests/gpu, preprocessing, model): {report['pytest'] or 'no summary'}", ""]
     if report["service"]:
-        md += ["## Inference and the service (loadtest.bench --gpu)", "",
-               "| backend | measurement | img/s | p50 ms (ms/batch for (a)) | p99 ms | note |", "|---|---|---:|---:|---:|---|"]
+        md += [
+            "## Inference and the service (loadtest.bench --gpu)",
+            "",
+            "| backend | measurement | img/s | p50 ms (ms/batch for (a)) | p99 ms | note |",
+            "|---|---|---:|---:|---:|---|",
+        ]
         for r in report["service"]:
             if "skipped" in r:
                 md.append(f"| {r['backend']} | not run | - | - | - | {r['skipped'][:120]} |")
                 continue
-            note = f"{r.get('errors', 0)} errors, mean batch {_fmt(r.get('batch_mean'), '.1f')}" if "errors" in r else ""
-            md.append(f"| {r['backend']} | {r['what']} | {r['img_per_s']:.0f} | {r['ms']:.2f} | "
-                      f"{_fmt(r.get('p99_ms'), '.2f')} | {note} |")
+            note = (
+                f"{r.get('errors', 0)} errors, mean batch {_fmt(r.get('batch_mean'), '.1f')}" if "errors" in r else ""
+            )
+            md.append(
+                f"| {r['backend']} | {r['what']} | {r['img_per_s']:.0f} | {r['ms']:.2f} | "
+                f"{_fmt(r.get('p99_ms'), '.2f')} | {note} |"
+            )
         md.append("")
-    for key, title in (("bench_train", "Training throughput (model.bench_train)"),
-                       ("bench_train_compile", "Training throughput with torch.compile")):
+    for key, title in (
+        ("bench_train", "Training throughput (model.bench_train)"),
+        ("bench_train_compile", "Training throughput with torch.compile"),
+    ):
         b = report[key]
         if b:
-            md += [f"## {title}", "", b["title"], "", "| source | precision | memory format | batch | img/s | ms/step |",
-                   "|---|---|---|---:|---:|---:|"]
-            md += [f"| {r['source']} | {r['precision']} | {r['memory_format']} | {r['batch_size']} | "
-                   f"{r['images_per_s']:.0f} | {r['ms_per_step']:.1f} |" for r in b["rows"]]
+            md += [
+                f"## {title}",
+                "",
+                b["title"],
+                "",
+                "| source | precision | memory format | batch | img/s | ms/step |",
+                "|---|---|---|---:|---:|---:|",
+            ]
+            md += [
+                f"| {r['source']} | {r['precision']} | {r['memory_format']} | {r['batch_size']} | "
+                f"{r['images_per_s']:.0f} | {r['ms_per_step']:.1f} |"
+                for r in b["rows"]
+            ]
             md.append("")
     t = report["train"]
     if t:
-        md += ["## Short training run (synthetic 10 classes, 4 epochs + resume to 8, fp16, channels_last)", "",
-               "| epoch | train loss | val top-1 error | train img/s |", "|---:|---:|---:|---:|"]
-        md += [f"| {e} | {loss} | {err} | {ips} |"
-               for e, loss, err, ips in zip(t["epochs"], t["train_loss"], t["val_top1_err"], t["train_img_per_s"])]
+        md += [
+            "## Short training run (synthetic 10 classes, 4 epochs + resume to 8, fp16, channels_last)",
+            "",
+            "| epoch | train loss | val top-1 error | train img/s |",
+            "|---:|---:|---:|---:|",
+        ]
+        md += [
+            f"| {e} | {loss} | {err} | {ips} |"
+            for e, loss, err, ips in zip(
+                t["epochs"], t["train_loss"], t["val_top1_err"], t["train_img_per_s"], strict=True
+            )
+        ]
         md.append("")
     return "\n".join(md) + "\n"
 
@@ -132,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {s['name']:<22} {s['state']:<9} {s['seconds']:>4} s  {s['note']}")
     for r in report["service"]:
         if "skipped" not in r and r["what"].startswith("(c)"):
-            print(f"  {r['backend']} {r['what']}: {r['img_per_s']:.0f} img/s, p50 {r['ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms")
+            print(
+                f"  {r['backend']} {r['what']}: {r['img_per_s']:.0f} img/s, p50 {r['ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms"
+            )
     bad = [s["name"] for s in report["steps"] if s["state"] != "ok"]
     if bad:
         print(f"error: not ok: {', '.join(bad)}", file=sys.stderr)

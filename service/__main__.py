@@ -1,7 +1,7 @@
 """Run the service: ``python -m service [--flags]`` (every flag is also an ALEXNET_* variable).
 
-    python -m service --host 0.0.0.0 --port 8000 --onnx artifacts/alexnet.onnx
-    ALEXNET_BACKEND=torch ALEXNET_DEVICE=cuda python -m service
+python -m service --host 0.0.0.0 --port 8000 --onnx artifacts/alexnet.onnx
+ALEXNET_BACKEND=torch ALEXNET_DEVICE=cuda python -m service
 """
 
 from __future__ import annotations
@@ -40,7 +40,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         if typing.get_origin(field.annotation) is typing.Literal:
             choices = typing.get_args(field.annotation)
         parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, choices=choices,
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=argparse.SUPPRESS,
+            choices=choices,
             type=_flag_type(field.annotation),
             help=f"{field.description} (default: {field.default}; env ALEXNET_{name.upper()})",
         )
@@ -58,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # uvicorn's factory (and each worker process) rebuilds Settings from the environment.
     values = settings.model_dump(exclude_none=True)
     if settings.api_key is not None:

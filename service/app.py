@@ -36,8 +36,15 @@ def _load(state: ServiceState) -> None:
     t0 = time.perf_counter()
     selection = select_backend(s)
     meta = selection.metadata
-    log.info("backend %s (%s), model %s weights=%s, loaded in %.1f s: %s", selection.backend.name,
-             selection.backend.device, meta.arch, meta.weights, time.perf_counter() - t0, selection.reason)
+    log.info(
+        "backend %s (%s), model %s weights=%s, loaded in %.1f s: %s",
+        selection.backend.name,
+        selection.backend.device,
+        meta.arch,
+        meta.weights,
+        time.perf_counter() - t0,
+        selection.reason,
+    )
     if meta.untrained:
         log.warning("SERVING AN UNTRAINED MODEL: its labels are meaningless (weights: untrained)")
     if s.warmup:
@@ -55,12 +62,25 @@ async def _start(state: ServiceState) -> None:
         state.startup_error = f"{type(exc).__name__}: {exc}"
         log.error("startup failed: %s", state.startup_error)
         return
+    assert state.selection is not None  # _load sets it or raises
     meta = state.selection.metadata
-    state.batcher = Batcher(state.selection.backend, state.metrics, s.max_batch_size, s.max_delay_ms,
-                            s.queue_capacity, stall_after_s=s.request_timeout_s)
+    state.batcher = Batcher(
+        state.selection.backend,
+        state.metrics,
+        s.max_batch_size,
+        s.max_delay_ms,
+        s.queue_capacity,
+        stall_after_s=s.request_timeout_s,
+    )
     state.batcher.start()
-    config = PreprocessConfig(resize_size=meta.resize_size, crop_size=meta.input_size, mean=meta.mean,
-                              std=meta.std, max_pixels=s.max_image_pixels, jpeg_draft=s.jpeg_draft)
+    config = PreprocessConfig(
+        resize_size=meta.resize_size,
+        crop_size=meta.input_size,
+        mean=meta.mean,
+        std=meta.std,
+        max_pixels=s.max_image_pixels,
+        jpeg_draft=s.jpeg_draft,
+    )
     state.pipeline = Pipeline(state.batcher, meta, config, s.decoder_threads, state.metrics)
     state.warm = True
     log.info("ready")
@@ -87,8 +107,12 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
             state.selection.backend.close()
         log.info("stopped")
 
-    app = FastAPI(title="alexnet-serve", version="0.1.0", lifespan=lifespan,
-                  description="AlexNet image classification with dynamic batching.")
+    app = FastAPI(
+        title="alexnet-serve",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="AlexNet image classification with dynamic batching.",
+    )
     app.state.service = state
     app.include_router(ops.router)
     app.include_router(classify.router)
@@ -106,8 +130,9 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
         # Framework errors (unknown route, wrong method, malformed multipart) in our one error shape.
         kind = HTTP_KINDS.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal")
         state.metrics.errors.labels(kind).inc()
-        return JSONResponse({"error": str(exc.detail), "kind": kind}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"error": str(exc.detail), "kind": kind}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(ClientDisconnect)
     async def client_disconnect(request: Request, exc: ClientDisconnect) -> Response:
@@ -125,8 +150,12 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
     if settings.api_key is not None:
         app.add_middleware(_BearerAuth, key=settings.api_key.get_secret_value(), open_paths=_open_paths(settings))
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=[o.strip() for o in settings.cors_origins.split(",")],
-                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=[o.strip() for o in settings.cors_origins.split(",")],
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.add_middleware(_RequestMetrics, state=state)  # added last = outermost: it sees every answer
     return app
 
@@ -157,8 +186,17 @@ class _RequestMetrics:
             path = getattr(route, "path", None) or "unmatched"
             self.state.metrics.request_latency.labels(path, str(status["code"])).observe(elapsed)
             if log.isEnabledFor(logging.DEBUG):
-                log.debug(json.dumps({"method": scope["method"], "path": scope["path"], "route": path,
-                                      "status": status["code"], "ms": round(elapsed * 1000, 3)}))
+                log.debug(
+                    json.dumps(
+                        {
+                            "method": scope["method"],
+                            "path": scope["path"],
+                            "route": path,
+                            "status": status["code"],
+                            "ms": round(elapsed * 1000, 3),
+                        }
+                    )
+                )
 
 
 HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
@@ -166,7 +204,8 @@ HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/
 
 def _open_paths(settings: Settings) -> frozenset[str]:
     return (HEALTH_PATHS if settings.open_health else frozenset()) | (
-        frozenset({"/metrics"}) if settings.open_metrics else frozenset())
+        frozenset({"/metrics"}) if settings.open_metrics else frozenset()
+    )
 
 
 class _BearerAuth:
@@ -184,8 +223,11 @@ class _BearerAuth:
         scheme, _, token = header.partition(b" ")
         if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key):
             return await self.app(scope, receive, send)
-        response = JSONResponse({"error": "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                                 "kind": "unauthorized"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        response = JSONResponse(
+            {"error": "missing or wrong API key: send 'Authorization: Bearer <key>'", "kind": "unauthorized"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
         await response(scope, receive, send)
 
 
@@ -204,7 +246,9 @@ class _BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             response = JSONResponse(
                 {"error": f"request body is {int(declared)} bytes; the limit is {limit}", "kind": "body_too_large"},
-                status_code=413, headers={"Connection": "close"})
+                status_code=413,
+                headers={"Connection": "close"},
+            )
             return await response(scope, receive, send)
         seen = 0
 

@@ -56,8 +56,15 @@ class _Stats:
 
 
 class Batcher:
-    def __init__(self, backend: Backend, metrics: Metrics, max_batch_size: int, max_delay_ms: float,
-                 queue_capacity: int, stall_after_s: float) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        metrics: Metrics,
+        max_batch_size: int,
+        max_delay_ms: float,
+        queue_capacity: int,
+        stall_after_s: float,
+    ) -> None:
         if max_batch_size > backend.max_batch_size:
             raise ValueError(f"max_batch_size {max_batch_size} exceeds the backend's {backend.max_batch_size}")
         self.backend = backend
@@ -209,8 +216,9 @@ class Batcher:
             self._stats.consecutive_failures = 0
             for i, item in enumerate(batch):
                 if not item.future.done():
-                    item.future.set_result(InferenceResult(
-                        logits[i], (started - item.enqueued) * 1000, elapsed * 1000, n))
+                    item.future.set_result(
+                        InferenceResult(logits[i], (started - item.enqueued) * 1000, elapsed * 1000, n)
+                    )
         except Exception as exc:
             self._stats.consecutive_failures += 1
             self._metrics.backend_failures.inc()

@@ -103,8 +103,10 @@ def export_onnx(onnx: Path, checkpoint: Path | None, arch: str) -> None:
     from export.to_onnx import export_and_verify
 
     if checkpoint is None:
-        log.warning("NO CHECKPOINT in the model directory: exporting an UNTRAINED AlexNet; its labels are "
-                    "meaningless. Put alexnet.pt or torchvision's alexnet-owt-*.pth there, or pass --checkpoint.")
+        log.warning(
+            "NO CHECKPOINT in the model directory: exporting an UNTRAINED AlexNet; its labels are "
+            "meaningless. Put alexnet.pt or torchvision's alexnet-owt-*.pth there, or pass --checkpoint."
+        )
     export_and_verify(checkpoint, onnx, arch)
 
 
@@ -125,8 +127,9 @@ def engine_needs_build(engine: Path, onnx: Path, onnx_exported: bool) -> str | N
     return None
 
 
-def build_engine(onnx: Path, engine: Path, precision: str, max_batch: int = 64, script: Path | None = None,
-                 timeout_s: float = 1800) -> tuple[bool, str]:
+def build_engine(
+    onnx: Path, engine: Path, precision: str, max_batch: int = 64, script: Path | None = None, timeout_s: float = 1800
+) -> tuple[bool, str]:
     """Run ``to_trt.py``; (True, "") when built, (False, reason) when TensorRT cannot run here.
 
     Any other failure raises EntrypointError with the tool's output.
@@ -135,11 +138,24 @@ def build_engine(onnx: Path, engine: Path, precision: str, max_batch: int = 64, 
     if not script.is_file():
         return False, f"{script} is not part of this build"
     # The profile must cover the service's largest batch; the timing cache lives with the engine.
-    command = [sys.executable, str(script), "--onnx", str(onnx), "--out", str(engine), "--precision", precision,
-               "--max-batch", str(max_batch), "--opt-batch", str(min(32, max_batch)),
-               "--timing-cache", str(engine.with_name("trt_timing.cache"))]
+    command = [
+        sys.executable,
+        str(script),
+        "--onnx",
+        str(onnx),
+        "--out",
+        str(engine),
+        "--precision",
+        precision,
+        "--max-batch",
+        str(max_batch),
+        "--opt-batch",
+        str(min(32, max_batch)),
+        "--timing-cache",
+        str(engine.with_name("trt_timing.cache")),
+    ]
     log.info("running %s", " ".join(command))
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout_s)
     output = (result.stdout + result.stderr).strip()
     for line in output.splitlines()[-20:]:
         log.info("  to_trt: %s", line)
@@ -160,8 +176,14 @@ def prepare(argv: list[str]) -> None:
         model_dir.mkdir(parents=True, exist_ok=True)
         apply_model_dir_defaults(model_dir, os.environ)  # inherited by the service through exec
         settings = settings_from_args(argv)
-        log.info("onnx=%s engine=%s checkpoint=%s backend=%s workers=%d", settings.onnx, settings.engine,
-                 settings.checkpoint or "none (untrained)", settings.backend, settings.workers)
+        log.info(
+            "onnx=%s engine=%s checkpoint=%s backend=%s workers=%d",
+            settings.onnx,
+            settings.engine,
+            settings.checkpoint or "none (untrained)",
+            settings.backend,
+            settings.workers,
+        )
 
     exported = False
     with step("step 2/4: ONNX model"):
@@ -184,8 +206,9 @@ def prepare(argv: list[str]) -> None:
         log.info("building: %s", reason)
         precision = "fp32" if settings.precision == "fp32" else "fp16"
         try:
-            built, why_not = build_engine(settings.onnx, settings.engine, precision,
-                                          max_batch=max(64, settings.max_batch_size))
+            built, why_not = build_engine(
+                settings.onnx, settings.engine, precision, max_batch=max(64, settings.max_batch_size)
+            )
         except (EntrypointError, subprocess.TimeoutExpired) as exc:
             if settings.backend == "tensorrt":
                 raise
@@ -202,8 +225,7 @@ def prepare(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for chatty in ("onnxscript", "onnx_ir"):  # the exporter's pass-by-pass INFO lines
         logging.getLogger(chatty).setLevel(logging.WARNING)
     if any(a in ("-h", "--help") for a in argv):

@@ -7,11 +7,13 @@ the ``errors_total`` metric) and a message that says what to do. The JSON body i
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class ServiceError(Exception):
     status = 500
     kind = "internal"
-    headers: dict[str, str] = {}
+    headers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -77,13 +79,13 @@ class UnsupportedImageFormat(ServiceError):
 class QueueFull(ServiceError):
     status = 503
     kind = "queue_full"
-    headers = {"Retry-After": "1"}
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
 
 
 class NotReady(ServiceError):
     status = 503
     kind = "not_ready"
-    headers = {"Retry-After": "5"}
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "5"}
 
 
 class DeadlineExceeded(ServiceError):

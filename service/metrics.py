@@ -13,23 +13,34 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.request_latency = Histogram(
-            "alexnet_request_duration_seconds", "HTTP request latency", ["route", "status"],
-            buckets=LATENCY_BUCKETS_S, registry=r)
+            "alexnet_request_duration_seconds",
+            "HTTP request latency",
+            ["route", "status"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
         self.batch_size = Histogram(
-            "alexnet_batch_size", "Images per backend call (before padding)", buckets=BATCH_BUCKETS, registry=r)
+            "alexnet_batch_size", "Images per backend call (before padding)", buckets=BATCH_BUCKETS, registry=r
+        )
         self.queue_depth = Gauge("alexnet_queue_depth", "Images waiting for inference", registry=r)
         self.queue_wait = Histogram(
-            "alexnet_queue_wait_seconds", "Time from enqueue to the start of its batch",
-            buckets=LATENCY_BUCKETS_S, registry=r)
+            "alexnet_queue_wait_seconds",
+            "Time from enqueue to the start of its batch",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
         self.inference_time = Histogram(
-            "alexnet_inference_duration_seconds", "Backend time per batch", buckets=LATENCY_BUCKETS_S, registry=r)
+            "alexnet_inference_duration_seconds", "Backend time per batch", buckets=LATENCY_BUCKETS_S, registry=r
+        )
         self.preprocess_time = Histogram(
-            "alexnet_preprocess_duration_seconds", "Decode + resize + normalize time per image",
-            buckets=LATENCY_BUCKETS_S, registry=r)
+            "alexnet_preprocess_duration_seconds",
+            "Decode + resize + normalize time per image",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
         self.images = Counter("alexnet_images_total", "Images classified", registry=r)
         self.errors = Counter("alexnet_errors_total", "Requests answered with an error, by kind", ["kind"], registry=r)
-        self.backend_failures = Counter(
-            "alexnet_backend_failures_total", "Batches whose inference raised", registry=r)
+        self.backend_failures = Counter("alexnet_backend_failures_total", "Batches whose inference raised", registry=r)
         self.ready = Gauge("alexnet_ready", "1 when the model is loaded, warm and healthy", registry=r)
 
     def render(self) -> bytes:

@@ -19,8 +19,9 @@ import binascii
 import json
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,9 +33,18 @@ EXTENSIONS = ("classification", "binary_tensor_data")
 
 # Protocol datatype -> little-endian NumPy dtype (BYTES is handled apart: variable-length elements).
 DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype("?"), "UINT8": np.dtype("u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"), "INT8": np.dtype("i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"), "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
 }
 DATATYPES = (*DTYPES, "BYTES")
 # JSON values NumPy may turn into each dtype kind: a JSON string never becomes a number.
@@ -117,15 +127,18 @@ def parse_request(body: bytes, json_length: int | None = None) -> InferRequest:
     raw_inputs = obj.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise ProtocolError("'inputs' must be a non-empty array of tensors")
-    inputs, offset = [], 0
+    inputs: list[Tensor] = []
+    offset = 0
     for raw in raw_inputs:
         tensor, offset = _parse_input(raw, binary, offset)
         if any(t.name == tensor.name for t in inputs):
             raise ProtocolError(f"input '{tensor.name}' is given twice")
         inputs.append(tensor)
     if offset != len(binary):
-        raise ProtocolError(f"{len(binary) - offset} bytes of binary data follow the JSON header but no input "
-                            "claims them (check each input's binary_data_size)")
+        raise ProtocolError(
+            f"{len(binary) - offset} bytes of binary data follow the JSON header but no input "
+            "claims them (check each input's binary_data_size)"
+        )
     outputs = None
     if "outputs" in obj:
         if not isinstance(obj["outputs"], list):
@@ -146,8 +159,9 @@ def _parameters(obj: dict, where: str) -> dict:
 
 def _no_shared_memory(params: dict, where: str) -> None:
     if "shared_memory_region" in params:
-        raise ProtocolError(f"{where}: the shared memory extension is not supported; send the tensor in "
-                            "JSON or as binary data")
+        raise ProtocolError(
+            f"{where}: the shared memory extension is not supported; send the tensor in JSON or as binary data"
+        )
 
 
 def _parse_input(raw: Any, binary: bytes, offset: int) -> tuple[Tensor, int]:
@@ -157,8 +171,7 @@ def _parse_input(raw: Any, binary: bytes, offset: int) -> tuple[Tensor, int]:
     datatype, shape = raw.get("datatype"), raw.get("shape")
     if datatype not in DATATYPES:
         raise ProtocolError(f"input '{name}': datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
-    if (not isinstance(shape, list)
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise ProtocolError(f"input '{name}': 'shape' must be an array of non-negative integers, got {shape!r}")
     count = math.prod(shape)
     params = _parameters(raw, f"input '{name}'")
@@ -170,9 +183,11 @@ def _parse_input(raw: Any, binary: bytes, offset: int) -> tuple[Tensor, int]:
         if "data" in raw:
             raise ProtocolError(f"input '{name}' has both 'data' and binary_data_size; send one")
         if offset + size > len(binary):
-            raise ProtocolError(f"input '{name}': binary data is truncated: binary_data_size is {size} but only "
-                                f"{len(binary) - offset} bytes follow")
-        chunk = binary[offset:offset + size]
+            raise ProtocolError(
+                f"input '{name}': binary data is truncated: binary_data_size is {size} but only "
+                f"{len(binary) - offset} bytes follow"
+            )
+        chunk = binary[offset : offset + size]
         return Tensor(name, datatype, shape, _from_binary(name, datatype, shape, count, chunk)), offset + size
     if "data" not in raw:
         raise ProtocolError(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
@@ -181,24 +196,30 @@ def _parse_input(raw: Any, binary: bytes, offset: int) -> tuple[Tensor, int]:
 
 def _from_binary(name: str, datatype: str, shape: list[int], count: int, chunk: bytes) -> np.ndarray:
     if datatype == "BYTES":
-        elements, pos = [], 0
+        elements: list[bytes] = []
+        pos = 0
         while pos < len(chunk):
             if pos + 4 > len(chunk):
-                raise ProtocolError(f"input '{name}': BYTES data is truncated inside element {len(elements)}'s "
-                                    "4-byte length")
+                raise ProtocolError(
+                    f"input '{name}': BYTES data is truncated inside element {len(elements)}'s 4-byte length"
+                )
             (length,) = struct.unpack_from("<I", chunk, pos)
             if pos + 4 + length > len(chunk):
-                raise ProtocolError(f"input '{name}': BYTES element {len(elements)} claims {length} bytes but "
-                                    f"only {len(chunk) - pos - 4} remain")
-            elements.append(chunk[pos + 4:pos + 4 + length])
+                raise ProtocolError(
+                    f"input '{name}': BYTES element {len(elements)} claims {length} bytes but "
+                    f"only {len(chunk) - pos - 4} remain"
+                )
+            elements.append(chunk[pos + 4 : pos + 4 + length])
             pos += 4 + length
         if len(elements) != count:
             raise ProtocolError(f"input '{name}': {len(elements)} BYTES elements but shape {shape} holds {count}")
         return _object_array(elements, shape)
     dtype = DTYPES[datatype]
     if len(chunk) != count * dtype.itemsize:
-        raise ProtocolError(f"input '{name}': {len(chunk)} bytes of binary data but shape {shape} of {datatype} "
-                            f"needs {count * dtype.itemsize}")
+        raise ProtocolError(
+            f"input '{name}': {len(chunk)} bytes of binary data but shape {shape} of {datatype} "
+            f"needs {count * dtype.itemsize}"
+        )
     return np.frombuffer(chunk, dtype=dtype).reshape(shape)
 
 
@@ -223,8 +244,10 @@ def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any
     except ValueError:
         raise ProtocolError(f"input '{name}': 'data' is a ragged nested array") from None
     if array.size and array.dtype.kind not in _JSON_KINDS[dtype.kind]:
-        raise ProtocolError(f"input '{name}': 'data' must hold {datatype} values (JSON "
-                            f"{'booleans' if dtype.kind == 'b' else 'numbers'})")
+        raise ProtocolError(
+            f"input '{name}': 'data' must hold {datatype} values (JSON "
+            f"{'booleans' if dtype.kind == 'b' else 'numbers'})"
+        )
     if array.size != count:
         raise ProtocolError(f"input '{name}': {array.size} elements but shape {shape} holds {count}")
     if dtype.kind in "iu" and array.size and (array.min() < np.iinfo(dtype).min or array.max() > np.iinfo(dtype).max):
@@ -286,8 +309,10 @@ def model_input(request: InferRequest, input_size: int) -> Tensor:
     known = {TENSOR_INPUT: ("FP32", [3, input_size, input_size]), IMAGE_INPUT: ("BYTES", [])}
     for tensor in request.inputs:
         if tensor.name not in known:
-            raise ProtocolError(f"unknown input '{tensor.name}'; this model takes '{TENSOR_INPUT}' (FP32 "
-                                f"[N,3,{input_size},{input_size}]) or '{IMAGE_INPUT}' (BYTES [N])")
+            raise ProtocolError(
+                f"unknown input '{tensor.name}'; this model takes '{TENSOR_INPUT}' (FP32 "
+                f"[N,3,{input_size},{input_size}]) or '{IMAGE_INPUT}' (BYTES [N])"
+            )
     if len(request.inputs) != 1:
         raise ProtocolError(f"send exactly one of the inputs '{TENSOR_INPUT}' and '{IMAGE_INPUT}', not both")
     tensor = request.inputs[0]
@@ -295,8 +320,9 @@ def model_input(request: InferRequest, input_size: int) -> Tensor:
     if tensor.datatype != datatype:
         raise ProtocolError(f"input '{tensor.name}' must be {datatype}, got {tensor.datatype}")
     if len(tensor.shape) != 1 + len(inner) or tensor.shape[1:] != inner:
-        raise ProtocolError(f"input '{tensor.name}' must have shape [N{''.join(f',{d}' for d in inner)}], "
-                            f"got {tensor.shape}")
+        raise ProtocolError(
+            f"input '{tensor.name}' must have shape [N{''.join(f',{d}' for d in inner)}], got {tensor.shape}"
+        )
     if tensor.shape[0] == 0:
         raise ProtocolError(f"input '{tensor.name}' has a batch of 0; send at least one")
     return tensor
@@ -309,8 +335,9 @@ def requested_outputs(request: InferRequest, max_classes: int) -> list[Requested
         if out.name != OUTPUT:
             raise ProtocolError(f"unknown output '{out.name}'; this model's only output is '{OUTPUT}'")
         if out.classification > max_classes:
-            raise ProtocolError(f"output '{out.name}': classification must be at most {max_classes}, "
-                                f"got {out.classification}")
+            raise ProtocolError(
+                f"output '{out.name}': classification must be at most {max_classes}, got {out.classification}"
+            )
     return outputs
 
 
@@ -325,7 +352,7 @@ def classification(logits: np.ndarray, labels: Sequence[str], k: int) -> np.ndar
     rows = []
     for row in logits:
         # str() of a NumPy float32 is its shortest round-trip form; an f-string would widen it to float64.
-        rows.append([f"{str(row[p['index']])}:{p['index']}:{p['label']}".encode() for p in top_k(row, labels, k)])
+        rows.append([f"{row[p['index']]!s}:{p['index']}:{p['label']}".encode() for p in top_k(row, labels, k)])
     out = np.empty((len(rows), min(k, logits.shape[-1])), dtype=object)
     for i, row in enumerate(rows):
         out[i, :] = row
@@ -345,8 +372,9 @@ class OutputTensor:
         return next(name for name, dtype in DTYPES.items() if dtype == self.data.dtype.newbyteorder("<"))
 
 
-def encode_response(model_name: str, model_version: str | None, request_id: str | None,
-                    outputs: list[OutputTensor]) -> tuple[bytes, dict[str, str]]:
+def encode_response(
+    model_name: str, model_version: str | None, request_id: str | None, outputs: list[OutputTensor]
+) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers (``Content-Type``; the header length when binary data follows)."""
     response: dict[str, Any] = {"model_name": model_name}
     if model_version is not None:

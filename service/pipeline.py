@@ -27,8 +27,14 @@ class Prepared:
 
 
 class Pipeline:
-    def __init__(self, batcher: Batcher, metadata: ModelMetadata, preprocess_config: PreprocessConfig,
-                 decode_threads: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        batcher: Batcher,
+        metadata: ModelMetadata,
+        preprocess_config: PreprocessConfig,
+        decode_threads: int,
+        metrics: Metrics,
+    ) -> None:
         self.batcher = batcher
         self.metadata = metadata
         self.preprocess_config = preprocess_config
@@ -68,7 +74,7 @@ class Pipeline:
         """Queue the tensors, wait for their logits until ``deadline`` (time.monotonic())."""
         futures = self.batcher.submit(tensors, deadline)
         try:
-            done, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+            _done, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
         except asyncio.CancelledError:
             for future in futures:
                 future.cancel()  # the batcher skips cancelled images: no batch slot is spent on them

@@ -16,9 +16,17 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
-from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin  # noqa: F401
-from PIL import WebPImagePlugin  # noqa: F401
+from PIL import (  # noqa: F401
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    ImageOps,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    UnidentifiedImageError,
+    WebPImagePlugin,
+)
 
 from service.errors import CorruptImage, EmptyBody, ImageTooLarge, NotAnImage, UnsupportedImageFormat
 
@@ -35,8 +43,14 @@ PARSERS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _SUPPORTED = ", ".join(sorted(PARSERS))
 # Magic numbers of image formats people send but we do not decode, so they get 415, not "not an image".
 _OTHER_FORMATS = (
-    (b"\x00\x00\x01\x00", "ICO"), (b"8BPS", "PSD"), (b"%PDF", "PDF"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
-    (b"\xff\x4f\xff\x51", "JPEG 2000"), (b"qoif", "QOI"), (b"\xff\x0a", "JPEG XL"), (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"8BPS", "PSD"),
+    (b"%PDF", "PDF"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"qoif", "QOI"),
+    (b"\xff\x0a", "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
 )
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 # Our own limit (PreprocessConfig.max_pixels) is checked from the header before any pixel is decoded,
@@ -95,7 +109,7 @@ def decode(data: bytes, config: PreprocessConfig) -> Image.Image:
     try:
         # Only our formats' parsers ever see the bytes: PIL's other plugins (dozens of rarely used
         # formats) are attack surface we do not need.
-        image = Image.open(io.BytesIO(data), formats=PARSERS)
+        image: Image.Image = Image.open(io.BytesIO(data), formats=PARSERS)
     except UnidentifiedImageError:
         other = _sniff_other_image_format(data)
         if other:
@@ -107,9 +121,7 @@ def decode(data: bytes, config: PreprocessConfig) -> Image.Image:
     if width < 1 or height < 1:
         raise CorruptImage(f"image has no pixels ({width}x{height})")
     if width * height > config.max_pixels:
-        raise ImageTooLarge(
-            f"image is {width}x{height} = {width * height} pixels; the limit is {config.max_pixels}"
-        )
+        raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {config.max_pixels}")
     try:
         if config.jpeg_draft and image.format in ("JPEG", "MPO"):
             # Target keeps the shorter side >= DRAFT_MARGIN * resize_size; draft never goes below it.
@@ -128,8 +140,8 @@ def transform(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
     width, height = image.size
     new_w, new_h = resized_size(width, height, config.resize_size)
     crop = config.crop_size
-    top = int(round((new_h - crop) / 2.0))
-    left = int(round((new_w - crop) / 2.0))
+    top = round((new_h - crop) / 2.0)
+    left = round((new_w - crop) / 2.0)
     if max(new_w, new_h) <= MAX_RESIZED_SIDE:
         image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
         image = image.crop((left, top, left + crop, top + crop))

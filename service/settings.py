@@ -23,17 +23,25 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = pick a free one)")
     workers: int = Field(1, ge=1, description="uvicorn worker processes, each with its own model and batcher")
 
-    onnx: Path = Field(Path("artifacts/alexnet.onnx"), description="ONNX model (also the source of labels and preprocessing facts)")
+    onnx: Path = Field(
+        Path("artifacts/alexnet.onnx"), description="ONNX model (also the source of labels and preprocessing facts)"
+    )
     engine: Path = Field(Path("artifacts/alexnet.plan"), description="TensorRT engine (with its .json sidecar)")
-    checkpoint: Path | None = Field(None, description="weights for the torch backend; none = the ONNX file's arch, untrained")
+    checkpoint: Path | None = Field(
+        None, description="weights for the torch backend; none = the ONNX file's arch, untrained"
+    )
     arch: str = Field("torchvision", description="architecture for the torch backend without a checkpoint")
-    backend: BackendName = Field("auto", description="auto picks tensorrt > onnxruntime > torch by what this host can run")
+    backend: BackendName = Field(
+        "auto", description="auto picks tensorrt > onnxruntime > torch by what this host can run"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where inference runs")
     precision: Literal["auto", "fp32", "fp16"] = Field("auto", description="auto = fp16 on CUDA, fp32 on CPU")
     intra_op_threads: int = Field(0, ge=0, description="CPU inference threads (0 = one per core)")
 
     max_batch_size: int = Field(32, ge=1, le=4096, description="largest batch sent to the backend, images")
-    max_delay_ms: float = Field(2.0, ge=0, description="longest a request waits for a batch to fill while the backend is busy")
+    max_delay_ms: float = Field(
+        2.0, ge=0, description="longest a request waits for a batch to fill while the backend is busy"
+    )
     queue_capacity: int = Field(256, ge=1, description="images waiting for inference before new requests get 503")
     request_timeout_s: float = Field(10.0, gt=0, description="per-request deadline; past it the answer is 504")
     decode_threads: int = Field(0, ge=0, description="threads decoding and resizing images (0 = one per core)")
@@ -44,7 +52,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest decoded image, pixels (413 above)")
     max_images_per_request: int = Field(32, ge=1, description="images in one request (413 above)")
     max_top_k: int = Field(1000, ge=1, description="largest top_k a client may ask for")
-    max_connections: int = Field(0, ge=0, description="concurrent connections before uvicorn answers 503 (0 = no limit)")
+    max_connections: int = Field(
+        0, ge=0, description="concurrent connections before uvicorn answers 503 (0 = no limit)"
+    )
 
     api_key: SecretStr | None = Field(None, description="if set, requests need 'Authorization: Bearer <key>'")
     open_health: bool = Field(True, description="health and readiness endpoints need no API key")
@@ -56,7 +66,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
 
     @model_validator(mode="after")
-    def _check(self) -> "Settings":
+    def _check(self) -> Settings:
         if self.max_images_per_request > self.queue_capacity:
             raise ValueError(
                 f"max_images_per_request ({self.max_images_per_request}) must not exceed "

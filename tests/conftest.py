@@ -70,8 +70,14 @@ class LiveServer:
         return self.process.returncode
 
 
-def start_server(log_dir: Path, *args: str, env: dict[str, str | None] | None = None, wait_ready: bool = True,
-                 timeout_s: float = 120, module: str = "service") -> LiveServer:
+def start_server(
+    log_dir: Path,
+    *args: str,
+    env: dict[str, str | None] | None = None,
+    wait_ready: bool = True,
+    timeout_s: float = 120,
+    module: str = "service",
+) -> LiveServer:
     """Start ``python -m <module>`` on 127.0.0.1 and a free port; wait for /readyz unless told not to.
 
     ``env`` entries override the environment; a None value removes the variable.
@@ -80,10 +86,14 @@ def start_server(log_dir: Path, *args: str, env: dict[str, str | None] | None = 
     log_path = log_dir / f"server-{port}.log"
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env = {k: v for k, v in full_env.items() if v is not None}
-    process = subprocess.Popen(
-        [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port), *args],
-        cwd=REPO, env=full_env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
-    )
+    with open(log_path, "wb") as log_file:  # the child keeps its own descriptor; ours closes here
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port), *args],
+            cwd=REPO,
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -137,8 +147,9 @@ class InProcessServer:
         self.state = self.app.state.service
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning",
-                                                    timeout_graceful_shutdown=30))
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=30)
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 60

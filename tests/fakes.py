@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable
 
 import numpy as np
 
@@ -74,8 +74,9 @@ def install_gated_backend(monkeypatch) -> dict:
     return holder
 
 
-def occupy(pool: ThreadPoolExecutor, send: Callable[[], object], backend: GatedBackend, batcher,
-           queued: int) -> tuple[Future, list[Future]]:
+def occupy(
+    pool: ThreadPoolExecutor, send: Callable[[], object], backend: GatedBackend, batcher, queued: int
+) -> tuple[Future, list[Future]]:
     """One request running (held at the closed gate) and ``queued`` more waiting in the queue behind it."""
     running = pool.submit(send)
     backend.wait_started()

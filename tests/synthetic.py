@@ -58,8 +58,7 @@ def fitted_checkpoint(path: Path, fit_items: list[tuple[Path, int]], seed: int =
     from export.image_folder import preprocess
     from export.onnx_metadata import ModelMetadata
 
-    meta = ModelMetadata(arch="torchvision", labels=[], input_size=224, resize_size=256,
-                         weights="", weights_sha256="")
+    meta = ModelMetadata(arch="torchvision", labels=[], input_size=224, resize_size=256, weights="", weights_sha256="")
     torch.manual_seed(seed)
     model = build("torchvision", num_classes=NUM_CLASSES).eval()
     x = torch.from_numpy(np.stack([preprocess(p, meta) for p, _ in fit_items]))
@@ -73,12 +72,18 @@ def fitted_checkpoint(path: Path, fit_items: list[tuple[Path, int]], seed: int =
         # logits centred on 0 instead of sharing a large offset
         model.classifier[6].weight.copy_(scale * (means - means.mean(0)))
         model.classifier[6].bias.copy_(-0.5 * scale * (means.pow(2).sum(1) - means.pow(2).sum(1).mean()))
-    return save_checkpoint(path, model, "torchvision", [f"class_{k}" for k in range(NUM_CLASSES)],
-                           {"source": "synthetic-fitted-head", "seed": seed})
+    return save_checkpoint(
+        path,
+        model,
+        "torchvision",
+        [f"class_{k}" for k in range(NUM_CLASSES)],
+        {"source": "synthetic-fitted-head", "seed": seed},
+    )
 
 
-def make_synthetic(out: Path, calibration_per_class: int = 4, eval_per_class: int = 8,
-                   fit_per_class: int = 12) -> dict[str, Path]:
+def make_synthetic(
+    out: Path, calibration_per_class: int = 4, eval_per_class: int = 8, fit_per_class: int = 12
+) -> dict[str, Path]:
     """checkpoint.pt (head fitted on fit/), calibration/ and eval/ under ``out``: three disjoint sets."""
     fit = write_images(out / "fit", fit_per_class, seed=3)
     write_images(out / "calibration", calibration_per_class, seed=1)

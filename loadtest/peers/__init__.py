@@ -23,9 +23,12 @@ MAX_DELAY_MS = float(os.environ.get("LOADTEST_PEER_MAX_DELAY_MS", "2"))
 
 def load_backend() -> tuple[Backend, ModelMetadata, PreprocessConfig]:
     """The backend named by LOADTEST_ONNX / LOADTEST_BACKEND / LOADTEST_DEVICE, warmed up."""
-    settings = Settings(onnx=os.environ.get("LOADTEST_ONNX", "artifacts/alexnet.onnx"),
-                        backend=os.environ.get("LOADTEST_BACKEND", "onnxruntime"),
-                        device=os.environ.get("LOADTEST_DEVICE", "cpu"), max_batch_size=MAX_BATCH_SIZE)
+    settings = Settings(
+        onnx=os.environ.get("LOADTEST_ONNX", "artifacts/alexnet.onnx"),
+        backend=os.environ.get("LOADTEST_BACKEND", "onnxruntime"),
+        device=os.environ.get("LOADTEST_DEVICE", "cpu"),
+        max_batch_size=MAX_BATCH_SIZE,
+    )
     selection = select_backend(settings)
     meta = selection.metadata
     selection.backend.warmup(meta.input_size)

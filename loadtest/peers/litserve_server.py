@@ -1,6 +1,6 @@
 """LitServe serving the same backend with LitServe's own batching.
 
-    LOADTEST_ONNX=artifacts/alexnet.onnx python -m loadtest.peers.litserve_server --port 8002
+LOADTEST_ONNX=artifacts/alexnet.onnx python -m loadtest.peers.litserve_server --port 8002
 """
 
 from __future__ import annotations
@@ -42,9 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8002)
     args = p.parse_args(argv)
-    server = ls.LitServer(AlexNetAPI(max_batch_size=MAX_BATCH_SIZE, batch_timeout=MAX_DELAY_MS / 1000,
-                                     api_path="/classify"),
-                          accelerator="cpu", devices=1, workers_per_device=1, healthcheck_path="/healthz")
+    server = ls.LitServer(
+        AlexNetAPI(max_batch_size=MAX_BATCH_SIZE, batch_timeout=MAX_DELAY_MS / 1000, api_path="/classify"),
+        accelerator="cpu",
+        devices=1,
+        workers_per_device=1,
+        healthcheck_path="/healthz",
+    )
     server.run(host=args.host, port=args.port, num_api_servers=1, log_level="warning", generate_client_file=False)
     return 0
 

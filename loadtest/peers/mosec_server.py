@@ -54,8 +54,9 @@ class Inference(Worker):
 def main() -> None:
     server = Server()
     server.append_worker(Preprocess, num=os.cpu_count() or 1, route="/classify")
-    server.append_worker(Inference, num=1, max_batch_size=MAX_BATCH_SIZE, max_wait_time=max(1, int(MAX_DELAY_MS)),
-                         route="/classify")
+    server.append_worker(
+        Inference, num=1, max_batch_size=MAX_BATCH_SIZE, max_wait_time=max(1, int(MAX_DELAY_MS)), route="/classify"
+    )
     server.run()
 
 

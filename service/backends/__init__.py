@@ -45,7 +45,9 @@ def _resolve_device(settings: Settings) -> str:
 
 def _onnx_metadata(settings: Settings) -> ModelMetadata:
     if not settings.onnx.is_file():
-        raise BackendUnavailable(f"{settings.onnx}: no ONNX model; build it with `python export/to_onnx.py --out {settings.onnx}`")
+        raise BackendUnavailable(
+            f"{settings.onnx}: no ONNX model; build it with `python export/to_onnx.py --out {settings.onnx}`"
+        )
     return read_metadata(settings.onnx)
 
 
@@ -75,16 +77,25 @@ def _build_torch(settings: Settings, device: str) -> tuple[Backend, ModelMetadat
         arch = onnx_meta.arch
     loaded = load_model(settings.checkpoint, arch)
     if onnx_meta is not None and onnx_meta.weights_sha256 != loaded.weights_sha256:
-        log.warning("torch backend weights (%s) differ from %s (%s)", loaded.weights_description,
-                    settings.onnx, onnx_meta.weights)
+        log.warning(
+            "torch backend weights (%s) differ from %s (%s)",
+            loaded.weights_description,
+            settings.onnx,
+            onnx_meta.weights,
+        )
     spec = arch_spec(loaded.arch)
     precision = settings.precision if settings.precision != "auto" else ("fp16" if device == "cuda" else "fp32")
-    backend = TorchBackend(loaded.model, device, precision, settings.max_batch_size, spec.input_size,
-                           settings.cpu_threads)
+    backend = TorchBackend(
+        loaded.model, device, precision, settings.max_batch_size, spec.input_size, settings.cpu_threads
+    )
     metadata = ModelMetadata(
-        arch=loaded.arch, labels=list(loaded.labels), input_size=spec.input_size,
-        resize_size=spec.resize_size, weights=loaded.weights_description,
-        weights_sha256=loaded.weights_sha256, precision=backend.precision,
+        arch=loaded.arch,
+        labels=list(loaded.labels),
+        input_size=spec.input_size,
+        resize_size=spec.resize_size,
+        weights=loaded.weights_description,
+        weights_sha256=loaded.weights_sha256,
+        precision=backend.precision,
     )
     return backend, metadata
 

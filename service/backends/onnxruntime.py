@@ -32,7 +32,9 @@ class OnnxRuntimeBackend(Backend):
         except ImportError as exc:
             raise BackendUnavailable("onnxruntime is not installed (pip install -e '.[cpu]' or '.[gpu]')") from exc
         if not Path(onnx_path).is_file():
-            raise BackendUnavailable(f"{onnx_path}: no ONNX model; build it with `python export/to_onnx.py --out {onnx_path}`")
+            raise BackendUnavailable(
+                f"{onnx_path}: no ONNX model; build it with `python export/to_onnx.py --out {onnx_path}`"
+            )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -48,7 +50,9 @@ class OnnxRuntimeBackend(Backend):
             self.device = "cpu"
         self._session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
         if device == "cuda" and self._session.get_providers()[0] != "CUDAExecutionProvider":
-            raise BackendUnavailable(f"ONNX Runtime fell back to {self._session.get_providers()}; CUDA EP failed to load")
+            raise BackendUnavailable(
+                f"ONNX Runtime fell back to {self._session.get_providers()}; CUDA EP failed to load"
+            )
         input_type = self._session.get_inputs()[0].type
         self.precision = "fp16" if "float16" in input_type else self._weight_precision(onnx_path)
         self.max_batch_size = max_batch_size

@@ -22,7 +22,9 @@ class TensorRTBackend(Backend):
         try:
             import tensorrt as trt
         except ImportError as exc:
-            raise BackendUnavailable("tensorrt is not installed (use the Docker image, or pip install -e '.[gpu]')") from exc
+            raise BackendUnavailable(
+                "tensorrt is not installed (use the Docker image, or pip install -e '.[gpu]')"
+            ) from exc
         import torch
 
         if not torch.cuda.is_available():

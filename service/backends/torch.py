@@ -21,8 +21,9 @@ def cuda_graph_buckets(max_batch_size: int) -> tuple[int, ...]:
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, model: nn.Module, device: str, precision: str, max_batch_size: int,
-                 input_size: int, cpu_threads: int) -> None:
+    def __init__(
+        self, model: nn.Module, device: str, precision: str, max_batch_size: int, input_size: int, cpu_threads: int
+    ) -> None:
         self.max_batch_size = max_batch_size
         self.precision = precision
         self._input_size = input_size
@@ -30,8 +31,9 @@ class TorchBackend(Backend):
         if device == "cuda":
             self.device = "cuda:0"
             self._dtype = torch.float16 if precision == "fp16" else torch.float32
-            self._model = model.to(self.device, dtype=self._dtype, memory_format=torch.channels_last)
-            self.batch_sizes = cuda_graph_buckets(max_batch_size)
+            self._model = model.to(self.device, dtype=self._dtype, memory_format=torch.channels_last)  # type: ignore[call-overload]
+            self._buckets = cuda_graph_buckets(max_batch_size)
+            self.batch_sizes = self._buckets
             self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
             self._stream = torch.cuda.Stream()
         else:
@@ -42,8 +44,9 @@ class TorchBackend(Backend):
             self._model = model
 
     def _capture(self, n: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]:
-        static_in = torch.zeros((n, 3, self._input_size, self._input_size), device=self.device,
-                                dtype=self._dtype).contiguous(memory_format=torch.channels_last)
+        static_in = torch.zeros(
+            (n, 3, self._input_size, self._input_size), device=self.device, dtype=self._dtype
+        ).contiguous(memory_format=torch.channels_last)
         staging = torch.empty((n, 3, self._input_size, self._input_size), dtype=torch.float32).pin_memory()
         # static_in was zeroed on the current stream; the capture stream must not read it before that.
         self._stream.wait_stream(torch.cuda.current_stream())
@@ -59,13 +62,13 @@ class TorchBackend(Backend):
     def warmup(self, input_size: int) -> None:
         """Captures one graph per bucket before the service says ready; infer never captures."""
         if self.device != "cpu":
-            for n in self.batch_sizes:
+            for n in self._buckets:
                 if n not in self._graphs:
                     self._graphs[n] = self._capture(n)
         super().warmup(input_size)
 
     def _bucket(self, n: int) -> int:
-        bucket = next((b for b in self.batch_sizes if b >= n), None)
+        bucket = next((b for b in self._buckets if b >= n), None)
         if bucket is None:
             raise ValueError(f"batch of {n} is over max_batch_size {self.max_batch_size}")
         return bucket

@@ -49,8 +49,11 @@ CLASSIFY_BODY = {
         "required": True,
         "content": {
             "multipart/form-data": {
-                "schema": {"type": "object", "required": ["file"], "properties": {
-                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}},
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                },
             },
             "image/*": {"schema": {"type": "string", "format": "binary"}},
         },
@@ -76,17 +79,25 @@ async def classify(request: Request, state: State, top_k: int = 5) -> dict:
     meta = pipeline.metadata
     backend = pipeline.batcher.backend
     return {
-        "model": {"name": settings.model_name, "version": settings.model_version, "arch": meta.arch,
-                  "weights": meta.weights},
+        "model": {
+            "name": settings.model_name,
+            "version": settings.model_version,
+            "arch": meta.arch,
+            "weights": meta.weights,
+        },
         "backend": {"name": backend.name, "device": backend.device, "precision": backend.precision},
         "results": [
             {
                 "filename": filename,
                 "predictions": preds,
-                "timings_ms": {"preprocess": round(prep.preprocess_ms, 3), "queue": round(res.queue_ms, 3),
-                               "inference": round(res.inference_ms, 3), "batch_size": res.batch_size},
+                "timings_ms": {
+                    "preprocess": round(prep.preprocess_ms, 3),
+                    "queue": round(res.queue_ms, 3),
+                    "inference": round(res.inference_ms, 3),
+                    "batch_size": res.batch_size,
+                },
             }
-            for (filename, _), prep, res, preds in zip(images, prepared, results, predictions)
+            for (filename, _), prep, res, preds in zip(images, prepared, results, predictions, strict=True)
         ],
         "timings_ms": {"total": round((time.monotonic() - started) * 1000, 3)},
     }

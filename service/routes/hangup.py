@@ -18,8 +18,9 @@ async def _wait_for_disconnect(request: Request) -> None:
         pass
 
 
-async def infer_while_connected(request: Request, pipeline: Pipeline, tensors: list[np.ndarray],
-                                deadline: float) -> list[InferenceResult]:
+async def infer_while_connected(
+    request: Request, pipeline: Pipeline, tensors: list[np.ndarray], deadline: float
+) -> list[InferenceResult]:
     """``pipeline.infer``, cancelled if the client leaves first, so its images take no batch slot.
 
     Raises ClientDisconnect then (the app counts it and answers nobody).

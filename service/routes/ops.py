@@ -47,20 +47,34 @@ async def models(state: State) -> dict:
     entry: dict = {"name": s.model_name, "version": s.model_version, "ready": state.ready}
     if state.selection is not None:
         meta = state.selection.metadata
-        entry.update({
-            "arch": meta.arch,
-            "weights": meta.weights,
-            "untrained": meta.untrained,
-            "weights_sha256": meta.weights_sha256,
-            "num_classes": len(meta.labels),
-            "input": {"resize_size": meta.resize_size, "crop_size": meta.input_size,
-                      "mean": list(meta.mean), "std": list(meta.std)},
-            "backend": state.selection.backend.describe(),
-            "backend_reason": state.selection.reason,
-            "backends_skipped": state.selection.skipped,
-        })
-    entry["batching"] = {"max_batch_size": s.max_batch_size, "max_delay_ms": s.max_delay_ms,
-                         "queue_capacity": s.queue_capacity, "request_timeout_s": s.request_timeout_s}
-    entry["limits"] = {"max_body_bytes": s.max_body_bytes, "max_image_pixels": s.max_image_pixels,
-                       "max_images_per_request": s.max_images_per_request, "max_top_k": s.max_top_k}
+        entry.update(
+            {
+                "arch": meta.arch,
+                "weights": meta.weights,
+                "untrained": meta.untrained,
+                "weights_sha256": meta.weights_sha256,
+                "num_classes": len(meta.labels),
+                "input": {
+                    "resize_size": meta.resize_size,
+                    "crop_size": meta.input_size,
+                    "mean": list(meta.mean),
+                    "std": list(meta.std),
+                },
+                "backend": state.selection.backend.describe(),
+                "backend_reason": state.selection.reason,
+                "backends_skipped": state.selection.skipped,
+            }
+        )
+    entry["batching"] = {
+        "max_batch_size": s.max_batch_size,
+        "max_delay_ms": s.max_delay_ms,
+        "queue_capacity": s.queue_capacity,
+        "request_timeout_s": s.request_timeout_s,
+    }
+    entry["limits"] = {
+        "max_body_bytes": s.max_body_bytes,
+        "max_image_pixels": s.max_image_pixels,
+        "max_images_per_request": s.max_images_per_request,
+        "max_top_k": s.max_top_k,
+    }
     return {"models": [entry]}

@@ -16,8 +16,12 @@ from service.errors import NotFound
 router = APIRouter(tags=["page"])
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
-MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-               ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+MEDIA_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
 
 
 def _list_assets() -> dict[str, Path]:

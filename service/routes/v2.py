@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
@@ -109,15 +109,43 @@ async def model_ready(state: State, model_name: str, model_version: str | None =
 
 # The body is parsed by service.oip (JSON or JSON + binary sections); declared here for the OpenAPI
 # document, so clients and schemathesis see the protocol's inference request.
-_TENSOR = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
-    "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
-    "datatype": {"type": "string"}, "parameters": {"type": "object"}, "data": {"type": "array"}}}
-INFER_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
-    "type": "object", "required": ["inputs"], "properties": {
-        "id": {"type": "string"}, "parameters": {"type": "object"},
-        "inputs": {"type": "array", "items": _TENSOR},
-        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
-            "name": {"type": "string"}, "parameters": {"type": "object"}}}}}}}}}}
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+        "datatype": {"type": "string"},
+        "parameters": {"type": "object"},
+        "data": {"type": "array"},
+    },
+}
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "parameters": {"type": "object"},
+                        "inputs": {"type": "array", "items": _TENSOR},
+                        "outputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+                            },
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 @router.post("/models/{model_name}/infer", openapi_extra=INFER_BODY)

@@ -43,16 +43,28 @@ def onnx_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("trt")
     data = make_synthetic(root / "data")
     fp32 = export_and_verify(data["checkpoint"], root / "model.onnx", verify_batch_sizes=(1,))
-    fp16 = export_and_verify(data["checkpoint"], root / "model.fp16.onnx", verify_batch_sizes=(1,),
-                             precision="fp16")
+    fp16 = export_and_verify(data["checkpoint"], root / "model.fp16.onnx", verify_batch_sizes=(1,), precision="fp16")
     int8 = root / "model.int8.onnx"
     quantize.run(fp32, data["calibration"], int8, data["eval"], bench_rounds=0)
     return {"fp32": fp32, "fp16": fp16, "int8": int8, "cache": root / "timing.cache"}
 
 
 def _build(onnx_path, out, cache, *extra):
-    return to_trt.main(["--onnx", str(onnx_path), "--out", str(out), "--timing-cache", str(cache),
-                        "--opt-batch", "8", "--max-batch", "16", *extra])
+    return to_trt.main(
+        [
+            "--onnx",
+            str(onnx_path),
+            "--out",
+            str(out),
+            "--timing-cache",
+            str(cache),
+            "--opt-batch",
+            "8",
+            "--max-batch",
+            "16",
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.parametrize("kind", ["fp32", "fp16", "int8"])

@@ -11,8 +11,29 @@ pytestmark = pytest.mark.slow
 
 def test_bench_train_tiny_cpu(capsys):
     args = bench_train.get_args_parser().parse_args(
-        ["--device", "cpu", "--batch-size", "4", "--image-size", "63", "--resize-size", "72", "--warmup", "1", "--steps", "1",
-         "--precisions", "fp32", "bf16", "--memory-formats", "channels_last", "--synthetic-images", "16", "--workers", "0"]
+        [
+            "--device",
+            "cpu",
+            "--batch-size",
+            "4",
+            "--image-size",
+            "63",
+            "--resize-size",
+            "72",
+            "--warmup",
+            "1",
+            "--steps",
+            "1",
+            "--precisions",
+            "fp32",
+            "bf16",
+            "--memory-formats",
+            "channels_last",
+            "--synthetic-images",
+            "16",
+            "--workers",
+            "0",
+        ]
     )
     rows = bench_train.main(args)
     combos = {(r.source, r.precision, r.memory_format) for r in rows}

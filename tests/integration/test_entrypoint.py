@@ -16,8 +16,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def run_entrypoint(model_dir, log_dir, *args: str, timeout_s: float = 240) -> LiveServer:
     """``python -m service.entrypoint`` on 127.0.0.1; returns once /readyz answers 200."""
-    env = {"ALEXNET_MODEL_DIR": str(model_dir), "ALEXNET_ONNX": None, "ALEXNET_ENGINE": None,
-           "ALEXNET_CHECKPOINT": None}
+    env = {
+        "ALEXNET_MODEL_DIR": str(model_dir),
+        "ALEXNET_ONNX": None,
+        "ALEXNET_ENGINE": None,
+        "ALEXNET_CHECKPOINT": None,
+    }
     return start_server(log_dir, *args, env=env, timeout_s=timeout_s, module="service.entrypoint")
 
 
@@ -25,8 +29,9 @@ def test_entrypoint_exports_skips_tensorrt_serves_and_reuses_the_export(tmp_path
     model_dir = tmp_path / "models"
     server = run_entrypoint(model_dir, tmp_path, "--max-batch-size", "8")
     try:
-        response = httpx.post(server.url + "/classify", files={"file": ("a.jpg", make_image(), "image/jpeg")},
-                              timeout=60)
+        response = httpx.post(
+            server.url + "/classify", files={"file": ("a.jpg", make_image(), "image/jpeg")}, timeout=60
+        )
         assert response.status_code == 200, response.text
         body = response.json()
         assert len(body["results"][0]["predictions"]) == 5
@@ -56,9 +61,14 @@ def test_entrypoint_exports_skips_tensorrt_serves_and_reuses_the_export(tmp_path
 
 
 def test_entrypoint_refuses_bad_flags_before_any_work(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "service.entrypoint", "--max-batch-size", "0"],
-                            cwd=REPO, env={**os.environ, "ALEXNET_MODEL_DIR": str(tmp_path)},
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "service.entrypoint", "--max-batch-size", "0"],
+        cwd=REPO,
+        env={**os.environ, "ALEXNET_MODEL_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0
     assert "max_batch_size" in result.stderr
     assert not (tmp_path / "alexnet.onnx").exists()

@@ -89,8 +89,9 @@ def test_verify_fails_loudly_on_a_different_model(fp32_onnx, loaded, data):
 
 
 def test_fp16_export_keeps_a_float32_boundary(data, loaded, tmp_path):
-    out = export_and_verify(data["checkpoint"], tmp_path / "model.fp16.onnx", precision="fp16",
-                            verify_batch_sizes=(1, 7))
+    out = export_and_verify(
+        data["checkpoint"], tmp_path / "model.fp16.onnx", precision="fp16", verify_batch_sizes=(1, 7)
+    )
     model = onnx.load(str(out))
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
@@ -136,12 +137,15 @@ def test_int8_loads_keeps_metadata_and_agrees_with_fp32(int8, fp32_onnx, data, l
     assert meta.weights_sha256 == loaded.weights_sha256
     paths = list_images(data["eval"])
     truth = np.array([int(p.parent.name.split("_")[1]) for p in paths])
-    fp32_pred = np.concatenate([_session(fp32_onnx).run(None, {"input": b})[0].argmax(1)
-                                for b in iter_batches(paths, meta, 32)])
+    fp32_pred = np.concatenate(
+        [_session(fp32_onnx).run(None, {"input": b})[0].argmax(1) for b in iter_batches(paths, meta, 32)]
+    )
     assert np.mean(fp32_pred == truth) >= 0.4
     agreement = result["agreement"]
-    print(f"int8 vs fp32 on {agreement['images']} eval images: top-1 {agreement['top1']:.1%}, "
-          f"top-5 {agreement['top5']:.1%}, max |logit diff| {agreement['max_abs_diff']:.3g}")
+    print(
+        f"int8 vs fp32 on {agreement['images']} eval images: top-1 {agreement['top1']:.1%}, "
+        f"top-5 {agreement['top5']:.1%}, max |logit diff| {agreement['max_abs_diff']:.3g}"
+    )
     assert agreement["images"] == len(paths) == NUM_CLASSES * 8
     assert agreement["top1"] >= TOP1_FLOOR and agreement["top5"] >= agreement["top1"]
 
@@ -155,7 +159,22 @@ def test_quantize_refuses_eval_images_used_for_calibration(fp32_onnx, data, tmp_
 
 
 def test_bench_prints_both_throughputs_and_the_ratio(fp32_onnx, int8, capsys):
-    assert bench_main(["--fp32", str(fp32_onnx), "--int8", str(int8[0]), "--batch-size", "2",
-                       "--rounds", "1", "--iterations", "1"]) == 0
+    assert (
+        bench_main(
+            [
+                "--fp32",
+                str(fp32_onnx),
+                "--int8",
+                str(int8[0]),
+                "--batch-size",
+                "2",
+                "--rounds",
+                "1",
+                "--iterations",
+                "1",
+            ]
+        )
+        == 0
+    )
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert "fp32" in summary and "int8" in summary and "speed-up" in summary

@@ -19,7 +19,8 @@ IMAGE = make_image(120, 90, seed=3)
 
 
 def test_a_backend_fault_fails_its_batch_only_is_counted_and_later_requests_succeed(
-        onnx_model, inprocess_server, monkeypatch):
+    onnx_model, inprocess_server, monkeypatch
+):
     holder = install_gated_backend(monkeypatch)
     server = inprocess_server(settings(onnx_model))
     backend = holder["backend"]
@@ -104,12 +105,17 @@ def test_a_client_vanishing_mid_upload_costs_nothing(onnx_model, inprocess_serve
     holder = install_gated_backend(monkeypatch)
     server = inprocess_server(settings(onnx_model))
     port = int(server.url.rsplit(":", 1)[1])
-    part_header = (b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
-                   b"Content-Type: image/jpeg\r\n\r\n")
+    part_header = (
+        b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+    )
     for content_type, start in (("image/jpeg", b""), ("multipart/form-data; boundary=xyz", part_header)):
         with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
-                         "Content-Length: 100000\r\n\r\n".encode() + start + IMAGE[:500])
+            sock.sendall(
+                f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+                "Content-Length: 100000\r\n\r\n".encode()
+                + start
+                + IMAGE[:500]
+            )
             time.sleep(0.1)
     deadline = time.monotonic() + 10
     while metric(server.url, 'alexnet_errors_total{kind="client_disconnected"}') < 2:
@@ -123,11 +129,17 @@ def test_api_key_guards_everything_but_health_and_metrics(onnx_model, inprocess_
     monkeypatch.setenv("ALEXNET_API_KEY", "k3y")
     server = inprocess_server(settings(onnx_model))
     assert classify(server.url, IMAGE).status_code == 401
-    bad = httpx.post(server.url + "/classify", files={"file": ("a.jpg", IMAGE, "image/jpeg")},
-                     headers={"Authorization": "Bearer nope"})
+    bad = httpx.post(
+        server.url + "/classify",
+        files={"file": ("a.jpg", IMAGE, "image/jpeg")},
+        headers={"Authorization": "Bearer nope"},
+    )
     assert bad.status_code == 401 and bad.headers["www-authenticate"] == "Bearer"
-    good = httpx.post(server.url + "/classify", files={"file": ("a.jpg", IMAGE, "image/jpeg")},
-                      headers={"Authorization": "Bearer k3y"})
+    good = httpx.post(
+        server.url + "/classify",
+        files={"file": ("a.jpg", IMAGE, "image/jpeg")},
+        headers={"Authorization": "Bearer k3y"},
+    )
     assert good.status_code == 200
     assert httpx.get(server.url + "/v1/models").status_code == 401
     for path in ("/healthz", "/readyz", "/metrics"):

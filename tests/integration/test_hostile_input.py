@@ -37,32 +37,65 @@ def test_every_nasty_file_gets_its_expected_answer_and_never_a_500(onnx_server, 
     assert httpx.get(onnx_server.url + "/readyz").status_code == 200
 
 
-@pytest.mark.skipif(shutil.which("schemathesis") is None and importlib.util.find_spec("schemathesis") is None,
-                    reason="schemathesis is not installed (pip install -e '.[dev]')")
+@pytest.mark.skipif(
+    shutil.which("schemathesis") is None and importlib.util.find_spec("schemathesis") is None,
+    reason="schemathesis is not installed (pip install -e '.[dev]')",
+)
 def test_schemathesis_finds_no_server_error_on_any_route(onnx_server, tmp_path):
     st = Path(sys.executable).with_name("schemathesis")
     result = subprocess.run(
-        [str(st), "run", onnx_server.url + "/openapi.json", "--checks", "not_a_server_error",
-         "--max-examples", "25", "--seed", "1", "--request-timeout", "30", "--phases", "examples,coverage,fuzzing",
-         "--exclude-checks", "positive_data_acceptance", "--report-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        [
+            str(st),
+            "run",
+            onnx_server.url + "/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "25",
+            "--seed",
+            "1",
+            "--request-timeout",
+            "30",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "--report-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "No issues found" in result.stdout or "passed" in result.stdout.lower()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris is not installed (pip install atheris)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("atheris") is None, reason="atheris is not installed (pip install atheris)"
+)
 def test_a_short_fuzz_run_of_decoding_finds_nothing(tmp_path):
     corpus = tmp_path / "corpus"
     shutil.copytree(NASTY, corpus)
     result = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "fuzz" / "fuzz_preprocess.py"), str(corpus),
-         # A single allocation over 1 GiB is a finding (a decompression bomb); the process as a whole
-         # may grow, as atheris's coverage bookkeeping does (replaying the corpus in plain Python
-         # stays flat at ~40 MiB).
-         "-max_total_time=20", "-malloc_limit_mb=1024", "-rss_limit_mb=8192", "-timeout=10",
-         f"-artifact_prefix={tmp_path}/"],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
+        [
+            sys.executable,
+            str(REPO / "tests" / "fuzz" / "fuzz_preprocess.py"),
+            str(corpus),
+            # A single allocation over 1 GiB is a finding (a decompression bomb); the process as a whole
+            # may grow, as atheris's coverage bookkeeping does (replaying the corpus in plain Python
+            # stays flat at ~40 MiB).
+            "-max_total_time=20",
+            "-malloc_limit_mb=1024",
+            "-rss_limit_mb=8192",
+            "-timeout=10",
+            f"-artifact_prefix={tmp_path}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-6000:]
     assert "Done" in result.stderr

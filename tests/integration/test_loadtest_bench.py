@@ -16,10 +16,32 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def test_bench_measures_every_part_and_writes_the_table(onnx_model, tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run(
-        [sys.executable, "-m", "loadtest.bench", "--onnx", str(onnx_model), "--concurrency", "1,2",
-         "--duration-s", "1", "--warmup-s", "0.3", "--engine-batches", "1,2", "--engine-time-s", "0.2",
-         "--images", "photos", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "loadtest.bench",
+            "--onnx",
+            str(onnx_model),
+            "--concurrency",
+            "1,2",
+            "--duration-s",
+            "1",
+            "--warmup-s",
+            "0.3",
+            "--engine-batches",
+            "1,2",
+            "--engine-time-s",
+            "0.2",
+            "--images",
+            "photos",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((out / "bench.json").read_text())
     ort = doc["backends"]["onnxruntime"]
@@ -42,6 +64,11 @@ def test_gpu_preset_refuses_a_host_without_cuda(tmp_path):
 
     if cuda_available():
         pytest.skip("this host has a CUDA GPU; the refusal is for hosts without one")
-    proc = subprocess.run([sys.executable, "-m", "loadtest.bench", "--gpu", "--out", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadtest.bench", "--gpu", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr

@@ -75,8 +75,10 @@ def test_model_metadata(client):
     for version in ("", "1"):
         meta = client.get_model_metadata(MODEL, version)
         assert meta["name"] == MODEL and meta["versions"] == ["1"] and meta["platform"] == "onnxruntime_onnx"
-        assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 224, 224]},
-                                  {"name": "image", "datatype": "BYTES", "shape": [-1]}]
+        assert meta["inputs"] == [
+            {"name": "input", "datatype": "FP32", "shape": [-1, 3, 224, 224]},
+            {"name": "image", "datatype": "BYTES", "shape": [-1]},
+        ]
         assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 1000]}]
 
 
@@ -113,22 +115,26 @@ def test_batch_composition_does_not_change_logits(client, onnx_server):
     np.testing.assert_array_equal(together, alone)
     results = classify_all(onnx_server.url, IMAGES)
     assert [r["timings_ms"]["batch_size"] for r in results] == [4, 4, 4, 4]
-    for result, row in zip(results, alone):
+    for result, row in zip(results, alone, strict=True):
         probs = softmax(row)
         assert all(p["probability"] == float(probs[p["index"]]) for p in result["predictions"])
 
 
 def test_classification_matches_classify_top5(client, onnx_server):
     for binary in (True, False):
-        result = client.infer(MODEL, [image_input(IMAGES[:2])], request_id=f"req-{binary}",
-                              outputs=[triton.InferRequestedOutput("logits", binary_data=binary, class_count=5)])
+        result = client.infer(
+            MODEL,
+            [image_input(IMAGES[:2])],
+            request_id=f"req-{binary}",
+            outputs=[triton.InferRequestedOutput("logits", binary_data=binary, class_count=5)],
+        )
         response = result.get_response()
         assert response["id"] == f"req-{binary}" and response["model_name"] == MODEL
         assert [o["name"] for o in response["outputs"]] == ["logits"]
         classes = result.as_numpy("logits")
         assert classes.shape == (2, 5)
         logits = logits_of(client, image_input(IMAGES[:2]))
-        for row, strings, expected in zip(logits, classes, classify_all(onnx_server.url, IMAGES[:2])):
+        for row, strings, expected in zip(logits, classes, classify_all(onnx_server.url, IMAGES[:2]), strict=True):
             parsed = [(s if isinstance(s, str) else s.decode()).split(":", 2) for s in strings]
             top5 = expected["predictions"][:5]
             assert [(int(i), label) for _, i, label in parsed] == [(p["index"], p["label"]) for p in top5]
@@ -137,9 +143,18 @@ def test_classification_matches_classify_top5(client, onnx_server):
 
 def test_json_request_with_base64_images_and_no_outputs(onnx_server):
     """What curl sends: plain JSON, images base64-encoded; no ``outputs`` returns every output as JSON."""
-    body = {"id": "curl-1", "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                                        "parameters": {"content_type": "base64"},
-                                        "data": [base64.b64encode(IMAGES[0]).decode()]}]}
+    body = {
+        "id": "curl-1",
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "BYTES",
+                "shape": [1],
+                "parameters": {"content_type": "base64"},
+                "data": [base64.b64encode(IMAGES[0]).decode()],
+            }
+        ],
+    }
     r = httpx.post(f"{onnx_server.url}/v2/models/{MODEL}/versions/1/infer", json=body, timeout=30)
     assert r.status_code == 200, r.text
     out = r.json()
@@ -159,8 +174,9 @@ def test_client_errors_have_protocol_status(client):
         "wrong datatype": lambda: client.infer(MODEL, [tensor_input(x.astype(np.float64), datatype="FP64")]),
         "wrong shape": lambda: client.infer(MODEL, [tensor_input(x[:, :, :100, :100])]),
         "unknown input": lambda: client.infer(MODEL, [tensor_input(x, name="pixels")]),
-        "unknown output": lambda: client.infer(MODEL, [image_input(IMAGES[:1])],
-                                               outputs=[triton.InferRequestedOutput("probs")]),
+        "unknown output": lambda: client.infer(
+            MODEL, [image_input(IMAGES[:1])], outputs=[triton.InferRequestedOutput("probs")]
+        ),
         "element count": lambda: client.infer(MODEL, [wrong_count], outputs=logits),
         "binary size": lambda: client.infer(MODEL, [short_binary], outputs=logits),
         "not an image": lambda: client.infer(MODEL, [image_input([b"not an image"])]),
@@ -171,17 +187,50 @@ def test_client_errors_have_protocol_status(client):
         "deadline (timeout 1 us)": lambda: client.infer(MODEL, [image_input(IMAGES[:1])], timeout=1),
     }
     statuses = {name: status_of(call) for name, call in cases.items()}
-    assert statuses == {**{name: 400 for name in list(cases)[:7]}, "unknown model": 404, "unknown version": 404,
-                        "unknown model metadata": 404, "too many images": 413, "deadline (timeout 1 us)": 504}
+    assert statuses == {
+        **{name: 400 for name in list(cases)[:7]},
+        "unknown model": 404,
+        "unknown version": 404,
+        "unknown model metadata": 404,
+        "too many images": 413,
+        "deadline (timeout 1 us)": 504,
+    }
 
 
-@pytest.mark.parametrize("body, headers", [
-    (b'{"inputs": [', {}),
-    (json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["%%%"],
-                             "parameters": {"content_type": "base64"}}]}).encode(), {}),
-    (json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                             "parameters": {"binary_data_size": 100}}]}).encode() + b"\x05\0\0\0ab", "truncated"),
-], ids=["malformed JSON", "bad base64", "truncated binary"])
+@pytest.mark.parametrize(
+    "body, headers",
+    [
+        (b'{"inputs": [', {}),
+        (
+            json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "image",
+                            "datatype": "BYTES",
+                            "shape": [1],
+                            "data": ["%%%"],
+                            "parameters": {"content_type": "base64"},
+                        }
+                    ]
+                }
+            ).encode(),
+            {},
+        ),
+        (
+            json.dumps(
+                {
+                    "inputs": [
+                        {"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 100}}
+                    ]
+                }
+            ).encode()
+            + b"\x05\0\0\0ab",
+            "truncated",
+        ),
+    ],
+    ids=["malformed JSON", "bad base64", "truncated binary"],
+)
 def test_malformed_bodies_get_400_with_the_protocol_error_shape(onnx_server, body, headers):
     if headers == "truncated":
         headers = {"Inference-Header-Content-Length": str(body.index(b"\x05"))}

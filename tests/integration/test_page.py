@@ -26,14 +26,26 @@ MISSING = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)
 # Decided at collection, so a host without Chromium does not export a model or start a server first.
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(bool(MISSING), reason=f"Chromium is not installed ({', '.join(MISSING)} missing): "
-                       "run .ci/install-chromium.sh as root to install Debian's chromium and chromium-driver"),
+    pytest.mark.skipif(
+        bool(MISSING),
+        reason=f"Chromium is not installed ({', '.join(MISSING)} missing): "
+        "run .ci/install-chromium.sh as root to install Debian's chromium and chromium-driver",
+    ),
 ]
 # Without the background-networking flags Chromium keeps dialling Google services, which a closed
 # network refuses; --user-data-dir keeps each run's profile fresh and out of $HOME.
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1280,1100"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,1100",
+]
 WAIT_S = 60  # an answer takes well under a second; the margin is for 2 busy CPU cores
 
 
@@ -56,8 +68,7 @@ def browser(tmp_path_factory):
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     log = artifacts_dir() / "chromedriver.log"
     # An explicit driver path: Selenium Manager never runs, so nothing is downloaded.
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER), log_output=str(log)),
-                              options=options)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER), log_output=str(log)), options=options)
     driver.set_page_load_timeout(WAIT_S)
     yield driver
     driver.quit()
@@ -80,8 +91,9 @@ def wait_for(driver, condition, what: str, shot: str):
         path = screenshot(driver, shot)
         state = driver.execute_script("return document.body.dataset.state")
         status = driver.execute_script("return document.getElementById('status').textContent")
-        pytest.fail(f"timed out after {WAIT_S} s waiting for {what}; page state {state!r}, status {status!r}; "
-                    f"screenshot {path}")
+        pytest.fail(
+            f"timed out after {WAIT_S} s waiting for {what}; page state {state!r}, status {status!r}; screenshot {path}"
+        )
 
 
 def open_page(driver, url: str) -> None:
@@ -98,10 +110,13 @@ def field(driver, container: str, name: str) -> str | None:
 
 def finished(filename: str):
     """Condition: the page has answered for ``filename`` (results or an error)."""
+
     def check(driver):
         state, shown = driver.execute_script(
-            "return [document.body.dataset.state, document.getElementById('predictions').dataset.filename]")
+            "return [document.body.dataset.state, document.getElementById('predictions').dataset.filename]"
+        )
         return state == "error" or (state == "done" and shown == filename)
+
     return check
 
 
@@ -128,8 +143,9 @@ def test_upload_shows_the_same_top5_as_the_api(browser, onnx_server, tmp_path):
     wait_for(browser, finished("gradient.jpg"), "five result rows", "page-top5-timeout.png")
     screenshot(browser, "page-top5.png")
 
-    assert browser.execute_script("return document.body.dataset.state") == "done", \
-        browser.find_element(By.ID, "error").text
+    assert browser.execute_script("return document.body.dataset.state") == "done", browser.find_element(
+        By.ID, "error"
+    ).text
     api = api_answer(onnx_server.url, "gradient.jpg", image.read_bytes(), "image/jpeg").json()
     expected = [(p["label"], p["index"]) for p in api["results"][0]["predictions"]]
     assert len(expected) == 5
@@ -155,13 +171,17 @@ def test_dropped_image_is_classified(browser, onnx_server):
     data = make_image(300, 400, seed=7, fmt="PNG")
     open_page(browser, onnx_server.url)
     # What a drag from the desktop delivers: a drop event whose dataTransfer holds the file.
-    browser.execute_script("""
+    browser.execute_script(
+        """
         const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
         const transfer = new DataTransfer();
         transfer.items.add(new File([bytes], arguments[1], {type: "image/png"}));
         document.getElementById("drop-zone").dispatchEvent(
             new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
-    """, base64.b64encode(data).decode(), "dropped.png")
+    """,
+        base64.b64encode(data).decode(),
+        "dropped.png",
+    )
     wait_for(browser, finished("dropped.png"), "the dropped image's results", "page-drop-timeout.png")
 
     api = api_answer(onnx_server.url, "dropped.png", data, "image/png").json()

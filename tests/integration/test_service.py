@@ -56,8 +56,9 @@ def test_top5_matches_the_pytorch_reference(onnx_server):
 def test_raw_body_and_multipart_give_the_same_answer_and_top_k_is_honoured(onnx_server):
     data = make_image(300, 200, seed=12)
     multipart = classify(onnx_server.url, data, top_k=3).json()["results"][0]["predictions"]
-    raw = httpx.post(onnx_server.url + "/classify?top_k=3", content=data,
-                     headers={"content-type": "image/jpeg"}).json()["results"][0]["predictions"]
+    raw = httpx.post(
+        onnx_server.url + "/classify?top_k=3", content=data, headers={"content-type": "image/jpeg"}
+    ).json()["results"][0]["predictions"]
     assert len(multipart) == 3 and multipart == raw
 
 
@@ -107,11 +108,31 @@ def _encoded(fmt: str, size=(16, 16)) -> bytes:
         (dict(files=[("file", ("a.jpg", b"x", "image/jpeg"))] * 5), 413, "too_many_images"),
         (dict(files={"other": ("a.jpg", b"x", "image/jpeg")}), 400, "no_images"),
         (dict(files={"file": ("a.jpg", make_image(64, 64), "image/jpeg")}, params={"top_k": 0}), 422, "bad_parameter"),
-        (dict(files={"file": ("a.jpg", make_image(64, 64), "image/jpeg")}, params={"top_k": "many"}), 422, "bad_parameter"),
-        (dict(files={"file": ("a.jpg", make_image(64, 64), "image/jpeg")}, params={"top_k": 1001}), 422, "bad_parameter"),
+        (
+            dict(files={"file": ("a.jpg", make_image(64, 64), "image/jpeg")}, params={"top_k": "many"}),
+            422,
+            "bad_parameter",
+        ),
+        (
+            dict(files={"file": ("a.jpg", make_image(64, 64), "image/jpeg")}, params={"top_k": 1001}),
+            422,
+            "bad_parameter",
+        ),
     ],
-    ids=["empty", "not-image", "truncated", "ico", "pixel-bomb", "body-too-large", "json", "too-many",
-         "no-file-field", "top_k-0", "top_k-text", "top_k-1001"],
+    ids=[
+        "empty",
+        "not-image",
+        "truncated",
+        "ico",
+        "pixel-bomb",
+        "body-too-large",
+        "json",
+        "too-many",
+        "no-file-field",
+        "top_k-0",
+        "top_k-text",
+        "top_k-1001",
+    ],
 )
 def test_bad_input_gets_a_clear_4xx_json_error(limited_server, kwargs, status, kind):
     r = httpx.post(limited_server.url + "/classify", timeout=60, **kwargs)
@@ -149,9 +170,19 @@ def test_bad_images_do_not_disturb_good_ones_in_flight(limited_server):
 def limited_server(onnx_model, tmp_path_factory):
     from tests.conftest import start_server
 
-    server = start_server(tmp_path_factory.mktemp("limited"), "--onnx", str(onnx_model), "--backend", "onnxruntime",
-                          "--max-body-bytes", "2000000", "--max-image-pixels", "100000000",
-                          "--max-images-per-request", "4")
+    server = start_server(
+        tmp_path_factory.mktemp("limited"),
+        "--onnx",
+        str(onnx_model),
+        "--backend",
+        "onnxruntime",
+        "--max-body-bytes",
+        "2000000",
+        "--max-image-pixels",
+        "100000000",
+        "--max-images-per-request",
+        "4",
+    )
     yield server
     server.stop()
 
@@ -227,8 +258,11 @@ def test_a_client_that_hangs_up_takes_no_batch_slot(onnx_model, inprocess_server
         backend.wait_started()
         port = int(server.url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-                         + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+            sock.sendall(
+                b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                + f"Content-Length: {len(data)}\r\n\r\n".encode()
+                + data
+            )
             while server.state.batcher.depth < 1:
                 time.sleep(0.01)
         while metric(server.url, 'alexnet_errors_total{kind="client_disconnected"}') < 1:
@@ -251,6 +285,9 @@ def test_framework_errors_use_the_same_error_shape(limited_server):
     assert missing.status_code == 404 and missing.json()["kind"] == "not_found"
     wrong_method = httpx.get(limited_server.url + "/classify")
     assert wrong_method.status_code == 405 and wrong_method.json()["kind"] == "method_not_allowed"
-    broken_form = httpx.post(limited_server.url + "/classify", content=b"--b\r\n\xff\xff\r\n\r\n",
-                             headers={"content-type": "multipart/form-data; boundary=b"})
+    broken_form = httpx.post(
+        limited_server.url + "/classify",
+        content=b"--b\r\n\xff\xff\r\n\r\n",
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
     assert broken_form.status_code == 400 and broken_form.json()["kind"] == "bad_request"

@@ -30,8 +30,22 @@ def test_training_learns_the_synthetic_classes(synthetic4, tmp_path):
     out = tmp_path / "run"
     # The paper's optimizer; He init, a lower lr and no dropout so that 36 steps are enough on a CPU
     # (with PyTorch's default init AlexNet sits at chance for its first ~50 steps).
-    last = run_train("--data-path", str(synthetic4), "--output-dir", str(out), "--epochs", "6", "--batch-size", "32",
-                     "--init", "kaiming", "--lr", "0.005", "--dropout", "0")
+    last = run_train(
+        "--data-path",
+        str(synthetic4),
+        "--output-dir",
+        str(out),
+        "--epochs",
+        "6",
+        "--batch-size",
+        "32",
+        "--init",
+        "kaiming",
+        "--lr",
+        "0.005",
+        "--dropout",
+        "0",
+    )
     records = read_metrics(out / "metrics.jsonl")
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == list(range(6))
@@ -53,12 +67,31 @@ def test_training_learns_the_synthetic_classes(synthetic4, tmp_path):
 
 
 def test_resume_continues_from_the_same_step_and_lr(tiny4, tmp_path):
-    common = ["--data-path", str(tiny4), "--batch-size", "8", "--ten-crop", "never",
-              "--lr-scheduler", "step", "--lr-step-size", "1", "--lr-gamma", "0.5"]
+    common = [
+        "--data-path",
+        str(tiny4),
+        "--batch-size",
+        "8",
+        "--ten-crop",
+        "never",
+        "--lr-scheduler",
+        "step",
+        "--lr-step-size",
+        "1",
+        "--lr-gamma",
+        "0.5",
+    ]
     straight = run_train(*common, "--output-dir", str(tmp_path / "straight"), "--epochs", "2")
     run_train(*common, "--output-dir", str(tmp_path / "split"), "--epochs", "1")
-    resumed = run_train(*common, "--output-dir", str(tmp_path / "split"), "--epochs", "2",
-                        "--resume", str(tmp_path / "split" / "checkpoint.pt"))
+    resumed = run_train(
+        *common,
+        "--output-dir",
+        str(tmp_path / "split"),
+        "--epochs",
+        "2",
+        "--resume",
+        str(tmp_path / "split" / "checkpoint.pt"),
+    )
 
     assert resumed["epoch"] == straight["epoch"] == 1
     assert resumed["step"] == straight["step"] == 8  # 32 images / 8 per step, 2 epochs
@@ -68,7 +101,7 @@ def test_resume_continues_from_the_same_step_and_lr(tiny4, tmp_path):
     assert b_state["step"] == a_state["step"] == 8
     assert b_state["optimizer"]["param_groups"][0]["lr"] == a_state["optimizer"]["param_groups"][0]["lr"] == 0.0025
     # Same data order, crops, lighting and dropout after the resume: the weights agree.
-    for (name, wa), wb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+    for (name, wa), wb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
         assert torch.allclose(wa, wb, rtol=1e-4, atol=1e-6), name
     split_log = read_metrics(tmp_path / "split" / "metrics.jsonl")
     assert [(r["epoch"], r["step"], r["lr"]) for r in split_log] == [(0, 4, 0.01), (1, 8, 0.005)]
@@ -77,15 +110,40 @@ def test_resume_continues_from_the_same_step_and_lr(tiny4, tmp_path):
     assert evaluated["kind"] == "ten_crop" and evaluated["val_images"] == 8
 
     with pytest.raises(SystemExit, match="no optimizer state"):
-        run_train(*common, "--output-dir", str(tmp_path / "bad"), "--epochs", "3", "--resume", str(tmp_path / "split" / "best.pt"))
+        run_train(
+            *common,
+            "--output-dir",
+            str(tmp_path / "bad"),
+            "--epochs",
+            "3",
+            "--resume",
+            str(tmp_path / "split" / "best.pt"),
+        )
 
 
 def test_torchrun_two_cpu_processes(tiny4, tmp_path):
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "model.train", *SMALL, "--data-path", str(tiny4),
-           "--output-dir", str(out), "--epochs", "1", "--batch-size", "8", "--ten-crop", "every",
-           "--augment-on", "workers"]  # the per-image lighting/normalization path, too
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "model.train",
+        *SMALL,
+        "--data-path",
+        str(tiny4),
+        "--output-dir",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--ten-crop",
+        "every",
+        "--augment-on",
+        "workers",
+    ]  # the per-image lighting/normalization path, too
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -101,7 +159,11 @@ def test_torchrun_two_cpu_processes(tiny4, tmp_path):
 
 def test_crop_below_the_arch_minimum_is_refused(tiny4):
     with pytest.raises(SystemExit, match="smallest input"):
-        train.main(train.get_args_parser().parse_args(["--data-path", str(tiny4), "--arch", "alexnet2012", "--crop-size", "64", "--resize-size", "72"]))
+        train.main(
+            train.get_args_parser().parse_args(
+                ["--data-path", str(tiny4), "--arch", "alexnet2012", "--crop-size", "64", "--resize-size", "72"]
+            )
+        )
 
 
 @pytest.mark.parametrize("module", ["model.train", "model.synthetic", "model.bench_train"])

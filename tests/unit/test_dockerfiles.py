@@ -41,7 +41,7 @@ def test_hadolint_passes(dockerfile):
 def test_image_contract(dockerfile):
     text = dockerfile.read_text()
     port = Settings.model_fields["port"].default
-    final = text[text.rindex("\nFROM "):]  # the runtime stage
+    final = text[text.rindex("\nFROM ") :]  # the runtime stage
     assert re.search(rf"^EXPOSE {port}$", final, re.M)
     assert re.search(r"^VOLUME \[\"/models\"\]$", final, re.M)
     assert "ALEXNET_MODEL_DIR=/models" in final and "ALEXNET_HOST=0.0.0.0" in final

@@ -26,8 +26,11 @@ def test_model_dir_defaults_name_the_files_there_and_never_override_the_environm
     (tmp_path / "alexnet-owt-7be5be79.pth").write_bytes(b"")
     env: dict[str, str] = {}
     entrypoint.apply_model_dir_defaults(tmp_path, env)
-    assert env == {"ALEXNET_ONNX": str(tmp_path / "alexnet.onnx"), "ALEXNET_ENGINE": str(tmp_path / "alexnet.plan"),
-                   "ALEXNET_CHECKPOINT": str(tmp_path / "alexnet-owt-7be5be79.pth")}
+    assert env == {
+        "ALEXNET_ONNX": str(tmp_path / "alexnet.onnx"),
+        "ALEXNET_ENGINE": str(tmp_path / "alexnet.plan"),
+        "ALEXNET_CHECKPOINT": str(tmp_path / "alexnet-owt-7be5be79.pth"),
+    }
     (tmp_path / "alexnet.pt").write_bytes(b"")  # our own checkpoint wins over torchvision's file
     assert entrypoint.find_checkpoint(tmp_path) == tmp_path / "alexnet.pt"
     env = {"ALEXNET_ONNX": "/elsewhere.onnx", "ALEXNET_CHECKPOINT": "/mine.pt"}
@@ -64,57 +67,84 @@ def test_engine_is_rebuilt_when_missing_stale_or_unverifiable(tmp_path):
 
 
 def test_build_engine_reports_tensorrt_missing_as_a_skip_with_its_reason(tmp_path):
-    script = fake_to_trt(tmp_path, """
+    script = fake_to_trt(
+        tmp_path,
+        """
         print("[to_trt] checking TensorRT")
         print("to_trt: TensorRT is not installed here (pip install tensorrt)", file=sys.stderr)
         sys.exit(2)
-    """)
+    """,
+    )
     built, reason = entrypoint.build_engine(tmp_path / "m.onnx", tmp_path / "m.plan", "fp16", script=script)
     assert not built and reason == "to_trt: TensorRT is not installed here (pip install tensorrt)"
 
 
 def test_build_engine_passes_paths_and_precision(tmp_path):
-    script = fake_to_trt(tmp_path, """
+    script = fake_to_trt(
+        tmp_path,
+        """
         out = Path(args[args.index("--out") + 1])
         out.write_text(" ".join(args))
-    """)
+    """,
+    )
     onnx, engine = tmp_path / "m.onnx", tmp_path / "m.plan"
     assert entrypoint.build_engine(onnx, engine, "fp32", max_batch=128, script=script) == (True, "")
-    assert engine.read_text() == (f"--onnx {onnx} --out {engine} --precision fp32 --max-batch 128 "
-                                  f"--opt-batch 32 --timing-cache {tmp_path / 'trt_timing.cache'}")
+    assert engine.read_text() == (
+        f"--onnx {onnx} --out {engine} --precision fp32 --max-batch 128 "
+        f"--opt-batch 32 --timing-cache {tmp_path / 'trt_timing.cache'}"
+    )
 
 
 def test_build_engine_failure_is_an_error_with_the_tools_output(tmp_path):
-    script = fake_to_trt(tmp_path, """
+    script = fake_to_trt(
+        tmp_path,
+        """
         print("parser: unsupported operator Foo", file=sys.stderr)
         sys.exit(1)
-    """)
+    """,
+    )
     with pytest.raises(entrypoint.EntrypointError, match="unsupported operator Foo"):
         entrypoint.build_engine(tmp_path / "m.onnx", tmp_path / "m.plan", "fp16", script=script)
 
 
 def test_missing_to_trt_script_is_a_skip(tmp_path):
-    built, reason = entrypoint.build_engine(tmp_path / "m.onnx", tmp_path / "m.plan", "fp16",
-                                            script=tmp_path / "nope.py")
+    built, reason = entrypoint.build_engine(
+        tmp_path / "m.onnx", tmp_path / "m.plan", "fp16", script=tmp_path / "nope.py"
+    )
     assert not built and "not part of this build" in reason
 
 
 def test_help_is_the_service_help():
-    result = subprocess.run([sys.executable, "-m", "service.entrypoint", "--help"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parents[2], timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "service.entrypoint", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=120,
+    )
     assert result.returncode == 0
     assert "ALEXNET_MODEL_DIR" in result.stderr and "--max-batch-size" in result.stdout
 
 
-@pytest.mark.parametrize("backend, exit_code, outcome", [
-    ("auto", 2, "skipped"), ("auto", 1, "skipped"), ("tensorrt", 2, "error"), ("tensorrt", 1, "error"),
-])
+@pytest.mark.parametrize(
+    "backend, exit_code, outcome",
+    [
+        ("auto", 2, "skipped"),
+        ("auto", 1, "skipped"),
+        ("tensorrt", 2, "error"),
+        ("tensorrt", 1, "error"),
+    ],
+)
 def test_prepare_falls_back_under_auto_and_stops_when_tensorrt_was_asked_for(
-        onnx_model, tmp_path, monkeypatch, caplog, backend, exit_code, outcome):
-    script = fake_to_trt(tmp_path, f"""
+    onnx_model, tmp_path, monkeypatch, caplog, backend, exit_code, outcome
+):
+    script = fake_to_trt(
+        tmp_path,
+        f"""
         print("to_trt: no TensorRT here", file=sys.stderr)
         sys.exit({exit_code})
-    """)
+    """,
+    )
     monkeypatch.setattr(entrypoint, "to_trt_script", lambda: script)
     monkeypatch.setenv("ALEXNET_MODEL_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("ALEXNET_ONNX", str(onnx_model))  # present and current: no export
@@ -126,5 +156,8 @@ def test_prepare_falls_back_under_auto_and_stops_when_tensorrt_was_asked_for(
     else:
         entrypoint.prepare(["--backend", backend])
         assert "not exporting" in caplog.text
-        assert ("TensorRT skipped: to_trt: no TensorRT here" in caplog.text if exit_code == 2
-                else "TensorRT engine build FAILED" in caplog.text)
+        assert (
+            "TensorRT skipped: to_trt: no TensorRT here" in caplog.text
+            if exit_code == 2
+            else "TensorRT engine build FAILED" in caplog.text
+        )

@@ -50,7 +50,7 @@ def test_oip_binary_follows_the_binary_data_extension():
     elements, offset = [], 0
     while offset < len(tensor):  # each BYTES element: 4-byte little-endian length, then the bytes
         (size,) = struct.unpack_from("<I", tensor, offset)
-        elements.append(tensor[offset + 4: offset + 4 + size])
+        elements.append(tensor[offset + 4 : offset + 4 + size])
         offset += 4 + size
     assert elements == [im.data for im in IMAGES]
     assert header["outputs"][0]["parameters"]["binary_data"] is True

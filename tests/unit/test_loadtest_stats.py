@@ -146,7 +146,7 @@ def test_report_row_adds_up(tmp_path):
     text = report.table([row])
     assert "req/s" in text and "c=4" in text and "503:7" in text
     report.write_csv([row], tmp_path / "s.csv")
-    rows = list(csv.DictReader(open(tmp_path / "s.csv")))
+    rows = list(csv.DictReader((tmp_path / "s.csv").read_text().splitlines()))
     assert rows[0]["requests"] == "100"
     report.write_json({"url": "x"}, [_result()], tmp_path / "r.json")
     doc = json.loads((tmp_path / "r.json").read_text())

@@ -109,18 +109,23 @@ def test_container_args_are_service_flags():
         for env in container.get("env", []):
             name = env["name"]
             if name.startswith("ALEXNET_") and name != "ALEXNET_MODEL_DIR":
-                assert name[len("ALEXNET_"):].lower() in Settings.model_fields, f"{name} is not a setting"
+                assert name[len("ALEXNET_") :].lower() in Settings.model_fields, f"{name} is not a setting"
 
 
 def test_service_targets_the_deployments_port():
     deployments = {d["metadata"]["name"]: d for d in of_kind("Deployment")}
     for service in of_kind("Service"):
         selector = service["spec"]["selector"]
-        matching = [d for d in deployments.values()
-                    if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        matching = [
+            d for d in deployments.values() if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
         assert matching, f"Service {service['metadata']['name']} selects no Deployment"
-        container_ports = {(p.get("name"), p["containerPort"]) for d in matching
-                           for c in d["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
+        container_ports = {
+            (p.get("name"), p["containerPort"])
+            for d in matching
+            for c in d["spec"]["template"]["spec"]["containers"]
+            for p in c["ports"]
+        }
         for port in service["spec"]["ports"]:
             target = port["targetPort"]
             assert any(target in pair for pair in container_ports), f"targetPort {target} is no container port"
@@ -168,6 +173,9 @@ def test_compose_serves_the_port_and_prometheus_scrapes_metrics(get_routes):
 def test_kustomization_applies_every_kubernetes_resource():
     k8s = DEPLOY / "k8s"
     (kustomization,) = load(k8s / "kustomization.yaml")
-    resources = {path.name for path in k8s.glob("*.yaml")
-                 if any("kind" in doc and doc["kind"] != "Kustomization" for doc in load(path))}
+    resources = {
+        path.name
+        for path in k8s.glob("*.yaml")
+        if any("kind" in doc and doc["kind"] != "Kustomization" for doc in load(path))
+    }
     assert set(kustomization["resources"]) == resources

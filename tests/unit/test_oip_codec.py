@@ -41,24 +41,37 @@ def test_json_fp32_flat_and_nested_give_the_same_tensor():
 
 
 def test_request_fields_are_read():
-    req = oip.parse_request(json.dumps({
-        "id": "42", "parameters": {"binary_data_output": True},
-        "inputs": [fp32_input([1.0], [1])],
-        "outputs": [{"name": "logits", "parameters": {"binary_data": False, "classification": 3}}],
-    }).encode())
+    req = oip.parse_request(
+        json.dumps(
+            {
+                "id": "42",
+                "parameters": {"binary_data_output": True},
+                "inputs": [fp32_input([1.0], [1])],
+                "outputs": [{"name": "logits", "parameters": {"binary_data": False, "classification": 3}}],
+            }
+        ).encode()
+    )
     assert req.id == "42" and req.binary_output is True and req.timeout_s is None
-    timed = oip.parse_request(json.dumps({"parameters": {"timeout": 250_000}, "inputs": [fp32_input([1.0], [1])]}).encode())
+    timed = oip.parse_request(
+        json.dumps({"parameters": {"timeout": 250_000}, "inputs": [fp32_input([1.0], [1])]}).encode()
+    )
     assert timed.timeout_s == 0.25
     assert req.outputs == [oip.RequestedOutput("logits", binary=False, classification=3)]
 
 
 def test_binary_inputs_are_sliced_in_order():
     x = np.random.default_rng(0).standard_normal((1, 3, S, S)).astype(np.float32)
-    header = {"inputs": [
-        {"name": "input", "datatype": "FP32", "shape": [1, 3, S, S], "parameters": {"binary_data_size": x.nbytes}},
-        {"name": "image", "datatype": "BYTES", "shape": [2],
-         "parameters": {"binary_data_size": len(bytes_tensor(b"ab", b""))}},
-    ]}
+    header = {
+        "inputs": [
+            {"name": "input", "datatype": "FP32", "shape": [1, 3, S, S], "parameters": {"binary_data_size": x.nbytes}},
+            {
+                "name": "image",
+                "datatype": "BYTES",
+                "shape": [2],
+                "parameters": {"binary_data_size": len(bytes_tensor(b"ab", b""))},
+            },
+        ]
+    }
     body, length = body_with_binary(header, x.tobytes(), bytes_tensor(b"ab", b""))
     req = oip.parse_request(body, length)
     np.testing.assert_array_equal(req.inputs[0].data, x)
@@ -67,12 +80,25 @@ def test_binary_inputs_are_sliced_in_order():
 
 def test_json_bytes_are_utf8_or_base64_when_asked():
     raw = b"\xff\xd8\xff\xe0 not utf-8"
-    plain = oip.parse_request(json.dumps({"inputs": [
-        {"name": "image", "datatype": "BYTES", "shape": [1], "data": ["héllo"]}]}).encode())
+    plain = oip.parse_request(
+        json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["héllo"]}]}).encode()
+    )
     assert plain.inputs[0].data.tolist() == ["héllo".encode()]
-    b64 = oip.parse_request(json.dumps({"inputs": [
-        {"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(raw).decode()],
-         "parameters": {"content_type": "base64"}}]}).encode())
+    b64 = oip.parse_request(
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "data": [base64.b64encode(raw).decode()],
+                        "parameters": {"content_type": "base64"},
+                    }
+                ]
+            }
+        ).encode()
+    )
     assert b64.inputs[0].data.tolist() == [raw]
 
 
@@ -90,31 +116,69 @@ MALFORMED = {
     "not an object": (b"[1]", None, "JSON object"),
     "no inputs": (b'{"inputs": []}', None, "non-empty"),
     "id not a string": (json.dumps({"id": 1, "inputs": [fp32_input([1.0], [1])]}).encode(), None, "'id'"),
-    "unknown datatype": (json.dumps({"inputs": [{"name": "input", "datatype": "FLOAT", "shape": [1], "data": [1]}]}).encode(),
-                         None, "datatype 'FLOAT'"),
+    "unknown datatype": (
+        json.dumps({"inputs": [{"name": "input", "datatype": "FLOAT", "shape": [1], "data": [1]}]}).encode(),
+        None,
+        "datatype 'FLOAT'",
+    ),
     "negative dim": (json.dumps({"inputs": [fp32_input([1.0], [-1])]}).encode(), None, "non-negative"),
     "count mismatch": (json.dumps({"inputs": [fp32_input([1.0, 2.0, 3.0], [2])]}).encode(), None, "3 elements"),
     "strings as FP32": (json.dumps({"inputs": [fp32_input(["1.0"], [1])]}).encode(), None, "FP32 values"),
     "ragged": (json.dumps({"inputs": [fp32_input([[1.0], [2.0, 3.0]], [3])]}).encode(), None, "ragged"),
-    "no data": (json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1]}]}).encode(), None, "neither"),
+    "no data": (
+        json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1]}]}).encode(),
+        None,
+        "neither",
+    ),
     "twice": (json.dumps({"inputs": [fp32_input([1.0], [1]), fp32_input([1.0], [1])]}).encode(), None, "twice"),
-    "bad base64": (json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["***"],
-                                           "parameters": {"content_type": "base64"}}]}).encode(), None, "base64"),
-    "out of range": (json.dumps({"inputs": [{"name": "x", "datatype": "UINT8", "shape": [1], "data": [300]}]}).encode(),
-                     None, "out of range"),
-    "shared memory": (json.dumps({"inputs": [fp32_input([1.0], [1], parameters={"shared_memory_region": "r"})]}).encode(),
-                      None, "shared memory"),
-    "bad timeout": (json.dumps({"parameters": {"timeout": 1.5}, "inputs": [fp32_input([1.0], [1])]}).encode(),
-                    None, "timeout"),
-    "bad classification": (json.dumps({"inputs": [fp32_input([1.0], [1])],
-                                       "outputs": [{"name": "logits", "parameters": {"classification": "5"}}]}).encode(),
-                           None, "classification"),
+    "bad base64": (
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "data": ["***"],
+                        "parameters": {"content_type": "base64"},
+                    }
+                ]
+            }
+        ).encode(),
+        None,
+        "base64",
+    ),
+    "out of range": (
+        json.dumps({"inputs": [{"name": "x", "datatype": "UINT8", "shape": [1], "data": [300]}]}).encode(),
+        None,
+        "out of range",
+    ),
+    "shared memory": (
+        json.dumps({"inputs": [fp32_input([1.0], [1], parameters={"shared_memory_region": "r"})]}).encode(),
+        None,
+        "shared memory",
+    ),
+    "bad timeout": (
+        json.dumps({"parameters": {"timeout": 1.5}, "inputs": [fp32_input([1.0], [1])]}).encode(),
+        None,
+        "timeout",
+    ),
+    "bad classification": (
+        json.dumps(
+            {"inputs": [fp32_input([1.0], [1])], "outputs": [{"name": "logits", "parameters": {"classification": "5"}}]}
+        ).encode(),
+        None,
+        "classification",
+    ),
 }
 
 
 def _binary_case(size: int, payload: bytes, datatype: str = "FP32", shape=(2,)) -> tuple[bytes, int]:
-    header = {"inputs": [{"name": "input", "datatype": datatype, "shape": list(shape),
-                          "parameters": {"binary_data_size": size}}]}
+    header = {
+        "inputs": [
+            {"name": "input", "datatype": datatype, "shape": list(shape), "parameters": {"binary_data_size": size}}
+        ]
+    }
     return body_with_binary(header, payload)
 
 
@@ -128,8 +192,9 @@ BINARY_CASES = {
 }
 
 
-@pytest.mark.parametrize("body, length, message", [*MALFORMED.values(), *BINARY_CASES.values()],
-                         ids=[*MALFORMED, *BINARY_CASES])
+@pytest.mark.parametrize(
+    "body, length, message", [*MALFORMED.values(), *BINARY_CASES.values()], ids=[*MALFORMED, *BINARY_CASES]
+)
 def test_malformed_requests_are_protocol_errors(body, length, message):
     with pytest.raises(ProtocolError, match=message) as info:
         oip.parse_request(body, length)
@@ -149,17 +214,25 @@ def test_model_input_accepts_either_signature():
     assert image.name == "image" and image.data.shape == (2,)
 
 
-@pytest.mark.parametrize("inputs, message", [
-    ([{"name": "pixels", "datatype": "FP32", "shape": [1], "data": [0.0]}], "unknown input 'pixels'"),
-    ([fp32_input([0.0] * 3 * S * S, [1, 3, S, S]), {"name": "image", "datatype": "BYTES", "shape": [1], "data": ["a"]}],
-     "exactly one"),
-    ([{"name": "input", "datatype": "FP64", "shape": [1, 3, S, S], "data": [0.0] * 3 * S * S}], "must be FP32"),
-    ([{"name": "image", "datatype": "FP32", "shape": [1], "data": [0.0]}], "must be BYTES"),
-    ([fp32_input([0.0] * 3 * S * S, [3, S, S])], r"shape \[N,3,4,4\]"),
-    ([fp32_input([0.0] * 3 * S * (S + 1), [1, 3, S, S + 1])], r"shape \[N,3,4,4\]"),
-    ([{"name": "image", "datatype": "BYTES", "shape": [1, 1], "data": ["a"]}], r"shape \[N\]"),
-    ([fp32_input([], [0, 3, S, S])], "batch of 0"),
-])
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        ([{"name": "pixels", "datatype": "FP32", "shape": [1], "data": [0.0]}], "unknown input 'pixels'"),
+        (
+            [
+                fp32_input([0.0] * 3 * S * S, [1, 3, S, S]),
+                {"name": "image", "datatype": "BYTES", "shape": [1], "data": ["a"]},
+            ],
+            "exactly one",
+        ),
+        ([{"name": "input", "datatype": "FP64", "shape": [1, 3, S, S], "data": [0.0] * 3 * S * S}], "must be FP32"),
+        ([{"name": "image", "datatype": "FP32", "shape": [1], "data": [0.0]}], "must be BYTES"),
+        ([fp32_input([0.0] * 3 * S * S, [3, S, S])], r"shape \[N,3,4,4\]"),
+        ([fp32_input([0.0] * 3 * S * (S + 1), [1, 3, S, S + 1])], r"shape \[N,3,4,4\]"),
+        ([{"name": "image", "datatype": "BYTES", "shape": [1, 1], "data": ["a"]}], r"shape \[N\]"),
+        ([fp32_input([], [0, 3, S, S])], "batch of 0"),
+    ],
+)
 def test_model_input_refuses_what_the_model_cannot_take(inputs, message):
     with pytest.raises(ProtocolError, match=message):
         oip.model_input(_request(*inputs), S)
@@ -171,8 +244,9 @@ def test_requested_outputs():
     with pytest.raises(ProtocolError, match="unknown output 'probs'"):
         oip.requested_outputs(_request(fp32_input([1.0], [1]), outputs=[{"name": "probs"}]), 1000)
     with pytest.raises(ProtocolError, match="at most 10"):
-        oip.requested_outputs(_request(fp32_input([1.0], [1]), outputs=[
-            {"name": "logits", "parameters": {"classification": 11}}]), 10)
+        oip.requested_outputs(
+            _request(fp32_input([1.0], [1]), outputs=[{"name": "logits", "parameters": {"classification": 11}}]), 10
+        )
 
 
 # -- classification and responses -----------------------------------------------------------------
@@ -184,7 +258,7 @@ def test_classification_strings_follow_triton_and_top_k():
     assert out[0].tolist() == [b"3.25:1:class 1", b"3.25:3:class 3", b"2.0:5:class 5"]  # ties: lower index first
     value, index, label = out[1, 0].decode().split(":", 2)
     assert np.float32(value) == logits[1, 0] and index == "0" and label == "class 0"  # round-trips exactly
-    for row, strings in zip(logits, out):
+    for row, strings in zip(logits, out, strict=True):
         assert [int(s.split(b":")[1]) for s in strings] == [p["index"] for p in top_k(row, labels, 3)]
 
 
@@ -205,8 +279,12 @@ def test_binary_response_decodes_with_tritonclient():
 
     logits = np.random.default_rng(2).standard_normal((2, 5)).astype(np.float32)
     classes = oip.classification(logits, list("abcde"), 2)
-    body, headers = oip.encode_response("alexnet", "1", None, [
-        oip.OutputTensor("logits", logits, binary=True), oip.OutputTensor("classes", classes, binary=True)])
+    body, headers = oip.encode_response(
+        "alexnet",
+        "1",
+        None,
+        [oip.OutputTensor("logits", logits, binary=True), oip.OutputTensor("classes", classes, binary=True)],
+    )
     length = int(headers[oip.HEADER_LENGTH])
     assert headers["Content-Type"] == "application/octet-stream"
     assert json.loads(body[:length])["outputs"][0]["parameters"] == {"binary_data_size": logits.nbytes}

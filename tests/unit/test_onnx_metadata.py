@@ -6,8 +6,15 @@ from export.onnx_metadata import PREFIX, ModelMetadata
 
 
 def test_untrained_flag_and_round_trip():
-    meta = ModelMetadata(arch="alexnet2012", labels=["a", "b"], input_size=227, resize_size=256,
-                         weights="untrained", weights_sha256="0" * 64, precision="fp16")
+    meta = ModelMetadata(
+        arch="alexnet2012",
+        labels=["a", "b"],
+        input_size=227,
+        resize_size=256,
+        weights="untrained",
+        weights_sha256="0" * 64,
+        precision="fp16",
+    )
     props = meta.to_props()
     assert all(key.startswith(PREFIX) for key in props)
     back = ModelMetadata.from_props({**props, PREFIX + "quantization": "{}", "other": "kept"})

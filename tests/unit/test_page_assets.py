@@ -26,6 +26,7 @@ class Client:
             transport = httpx.ASGITransport(app=self.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
                 return await client.get(path)
+
         return asyncio.run(go())
 
 
@@ -59,8 +60,9 @@ def test_page_uses_the_public_api(client):
     assert "classify" in script and "v1/models" in script
 
 
-@pytest.mark.parametrize("path", ["/static/nope.js", "/static/..%2Fapp.py", "/static/%2e%2e%2fapp.py",
-                                  "/static/../routes/page.py"])
+@pytest.mark.parametrize(
+    "path", ["/static/nope.js", "/static/..%2Fapp.py", "/static/%2e%2e%2fapp.py", "/static/../routes/page.py"]
+)
 def test_unknown_or_outside_files_are_404(client, path):
     r = client.get(path)
     assert r.status_code == 404

@@ -27,8 +27,13 @@ def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
 
 @pytest.mark.parametrize(
     "size, expected",
-    [((500, 375), (341, 256)), ((375, 500), (256, 341)), ((256, 256), (256, 256)), ((4032, 3024), (341, 256)),
-     ((1000, 257), (996, 256))],
+    [
+        ((500, 375), (341, 256)),
+        ((375, 500), (256, 341)),
+        ((256, 256), (256, 256)),
+        ((4032, 3024), (341, 256)),
+        ((1000, 257), (996, 256)),
+    ],
 )
 def test_resized_size_truncates_the_long_side_like_torchvision(size, expected):
     assert resized_size(*size, 256) == expected

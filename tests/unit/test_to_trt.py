@@ -29,8 +29,19 @@ def test_main_without_tensorrt_exits_2_with_one_line(monkeypatch, capsys):
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here")
 def test_cli_without_tensorrt_exits_2(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "export/to_trt.py"), "--onnx", str(tmp_path / "m.onnx"),
-                           "--out", str(tmp_path / "m.plan")], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "export/to_trt.py"),
+            "--onnx",
+            str(tmp_path / "m.onnx"),
+            "--out",
+            str(tmp_path / "m.plan"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "tensorrt is not installed" in proc.stderr and proc.stdout == ""
     assert not (tmp_path / "m.plan").exists()
@@ -44,12 +55,14 @@ def test_no_cuda_is_a_missing_prerequisite():
     cpu_torch = SimpleNamespace(__version__="2.13.0+cpu", version=SimpleNamespace(cuda=None))
     with pytest.raises(MissingPrerequisite, match="CPU build"):
         load_tensorrt(_importer(cpu_torch))
-    no_gpu = SimpleNamespace(__version__="2.13.0", version=SimpleNamespace(cuda="12.8"),
-                             cuda=SimpleNamespace(is_available=lambda: False))
+    no_gpu = SimpleNamespace(
+        __version__="2.13.0", version=SimpleNamespace(cuda="12.8"), cuda=SimpleNamespace(is_available=lambda: False)
+    )
     with pytest.raises(MissingPrerequisite, match="no CUDA GPU"):
         load_tensorrt(_importer(no_gpu))
-    gpu = SimpleNamespace(__version__="2.13.0", version=SimpleNamespace(cuda="12.8"),
-                          cuda=SimpleNamespace(is_available=lambda: True))
+    gpu = SimpleNamespace(
+        __version__="2.13.0", version=SimpleNamespace(cuda="12.8"), cuda=SimpleNamespace(is_available=lambda: True)
+    )
     assert load_tensorrt(_importer(gpu)).__version__ == "10.13"
 
 
@@ -99,28 +112,60 @@ class FakeTensorRT:
                 return b"timing-cache"
 
         class Config:
-            def set_memory_pool_limit(self, pool, size): rec(("workspace", pool, size))
-            def set_flag(self, flag): rec(("set_flag", flag))
-            def clear_flag(self, flag): rec(("clear_flag", flag))
-            def add_optimization_profile(self, profile): rec(("profile", profile.shapes)); return 0
-            def create_timing_cache(self, data): rec(("create_timing_cache", bytes(data))); return Cache()
-            def set_timing_cache(self, cache, ignore_mismatch): return True
-            def get_timing_cache(self): return Cache()
+            def set_memory_pool_limit(self, pool, size):
+                rec(("workspace", pool, size))
+
+            def set_flag(self, flag):
+                rec(("set_flag", flag))
+
+            def clear_flag(self, flag):
+                rec(("clear_flag", flag))
+
+            def add_optimization_profile(self, profile):
+                rec(("profile", profile.shapes))
+                return 0
+
+            def create_timing_cache(self, data):
+                rec(("create_timing_cache", bytes(data)))
+                return Cache()
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                return True
+
+            def get_timing_cache(self):
+                return Cache()
 
         class Profile:
-            def set_shape(self, name, lo, opt, hi): self.shapes = (name, lo, opt, hi)
+            def set_shape(self, name, lo, opt, hi):
+                self.shapes = (name, lo, opt, hi)
 
         class Builder:
-            def __init__(self, logger): pass
-            def create_network(self, flags): rec(("create_network", flags)); return SimpleNamespace(num_layers=20)
-            def create_builder_config(self): return Config()
-            def create_optimization_profile(self): return Profile()
-            def build_serialized_network(self, network, config): rec(("build",)); return b"engine-bytes"
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                rec(("create_network", flags))
+                return SimpleNamespace(num_layers=20)
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                rec(("build",))
+                return b"engine-bytes"
 
         class OnnxParser:
             num_errors = 0
-            def __init__(self, network, logger): pass
-            def parse_from_file(self, path): rec(("parse", path)); return True
+
+            def __init__(self, network, logger):
+                pass
+
+            def parse_from_file(self, path):
+                rec(("parse", path))
+                return True
 
         self.Builder, self.OnnxParser = Builder, OnnxParser
 
@@ -149,8 +194,7 @@ def test_trt10_fp16_flag_path_with_a_stand_in(tmp_path):
 
 def test_fp32_clears_tf32(tmp_path):
     trt = FakeTensorRT(11)
-    to_trt.build_engine(trt, tmp_path / "m.onnx", plan_build(None, "fp32", False), (3, 224, 224),
-                        (1, 8, 16), 512, None)
+    to_trt.build_engine(trt, tmp_path / "m.onnx", plan_build(None, "fp32", False), (3, 224, 224), (1, 8, 16), 512, None)
     assert ("clear_flag", "TF32") in trt.calls
 
 
@@ -161,13 +205,25 @@ def _tiny_onnx(path, precision="fp32", untrained=False):
 
     from export.onnx_metadata import ModelMetadata, write_metadata
 
-    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "g",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, 224, 224])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, 224, 224])],
+    )
     model = helper.make_model(graph)
-    write_metadata(model, ModelMetadata(arch="torchvision", labels=["a", "b"], input_size=224, resize_size=256,
-                                        weights="untrained" if untrained else "test", weights_sha256="c" * 64,
-                                        precision=precision))
+    write_metadata(
+        model,
+        ModelMetadata(
+            arch="torchvision",
+            labels=["a", "b"],
+            input_size=224,
+            resize_size=256,
+            weights="untrained" if untrained else "test",
+            weights_sha256="c" * 64,
+            precision=precision,
+        ),
+    )
     onnx.save(model, str(path))
     return path
 
@@ -180,8 +236,11 @@ def test_main_writes_engine_and_sidecar_only_when_verified(tmp_path, monkeypatch
     trt = FakeTensorRT(11)
     monkeypatch.setattr(to_trt, "load_tensorrt", lambda: trt)
     monkeypatch.setattr(trt_sidecar, "current_device", lambda: trt_sidecar.DeviceInfo("Fake GPU", "9.0", "11.0.0"))
-    monkeypatch.setattr(to_trt, "compare_with_onnxruntime", lambda *a: {
-        "top1_agreement": agreement, "max_abs_diff": 1e-3, "relative_max_diff": 1e-4, "images": 97})
+    monkeypatch.setattr(
+        to_trt,
+        "compare_with_onnxruntime",
+        lambda *a: {"top1_agreement": agreement, "max_abs_diff": 1e-3, "relative_max_diff": 1e-4, "images": 97},
+    )
     onnx_path, out = _tiny_onnx(tmp_path / "m.int8.onnx", "int8"), tmp_path / "m.plan"
     assert to_trt.main(["--onnx", str(onnx_path), "--out", str(out), "--timing-cache", str(tmp_path / "c")]) == rc
     printed = capsys.readouterr()
@@ -195,5 +254,6 @@ def test_main_writes_engine_and_sidecar_only_when_verified(tmp_path, monkeypatch
     assert (sidecar.precision, sidecar.strongly_typed, sidecar.gpu_name) == ("int8", True, "Fake GPU")
     assert sidecar.onnx_sha256 == trt_sidecar.file_sha256(onnx_path)
     assert sidecar.model_metadata["labels"] == ["a", "b"] and sidecar.verification["images"] == 97
-    trt_sidecar.check_engine_compatible(out, onnx_sha256=sidecar.onnx_sha256,
-                                        device=trt_sidecar.DeviceInfo("Fake GPU", "9.0", "11.0.0"))
+    trt_sidecar.check_engine_compatible(
+        out, onnx_sha256=sidecar.onnx_sha256, device=trt_sidecar.DeviceInfo("Fake GPU", "9.0", "11.0.0")
+    )

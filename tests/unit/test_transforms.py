@@ -49,7 +49,7 @@ def test_train_transform_crops_vary_and_stay_inside():
     img, pixels = _image(10, 10)
     torch.manual_seed(0)
     crops = {TrainTransform(10, 6, hflip_prob=0.0)(img).numpy().tobytes() for _ in range(40)}
-    windows = {_chw(pixels[t : t + 6, l : l + 6]).numpy().tobytes() for t in range(5) for l in range(5)}
+    windows = {_chw(pixels[t : t + 6, left : left + 6]).numpy().tobytes() for t in range(5) for left in range(5)}
     assert len(crops) > 5 and crops <= windows
 
 
@@ -66,7 +66,7 @@ def test_ten_crop_is_corners_center_and_mirrors():
     assert crops.shape == (10, 3, 4, 4)
     five = [pixels[0:4, 0:4], pixels[0:4, 2:6], pixels[2:6, 0:4], pixels[2:6, 2:6], pixels[1:5, 1:5]]
     expected = [_chw(p) for p in five] + [_chw(p[:, ::-1]) for p in five]
-    for got, want in zip(crops, expected):
+    for got, want in zip(crops, expected, strict=True):
         assert torch.equal(got, want)
 
 

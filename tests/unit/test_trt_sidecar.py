@@ -28,12 +28,23 @@ def engine(tmp_path):
     path = tmp_path / "model.plan"
     path.write_bytes(b"not really an engine, but hashed like one")
     sidecar = EngineSidecar(
-        tensorrt_version=H100.tensorrt_version, gpu_name=H100.gpu_name,
-        compute_capability=H100.compute_capability, precision="fp16", strongly_typed=True,
-        input_name="input", output_name="logits", input_shape=[3, 224, 224],
-        min_batch=1, opt_batch=32, max_batch=64, workspace_mib=2048,
-        onnx_sha256="a" * 64, engine_sha256=file_sha256(path), build_time_s=12.5,
-        built_at="2026-01-01T00:00:00+00:00", verification={"top1_agreement": 1.0},
+        tensorrt_version=H100.tensorrt_version,
+        gpu_name=H100.gpu_name,
+        compute_capability=H100.compute_capability,
+        precision="fp16",
+        strongly_typed=True,
+        input_name="input",
+        output_name="logits",
+        input_shape=[3, 224, 224],
+        min_batch=1,
+        opt_batch=32,
+        max_batch=64,
+        workspace_mib=2048,
+        onnx_sha256="a" * 64,
+        engine_sha256=file_sha256(path),
+        build_time_s=12.5,
+        built_at="2026-01-01T00:00:00+00:00",
+        verification={"top1_agreement": 1.0},
         model_metadata={"labels": ["cat", "dog"], "input_size": 224},
     )
     write_sidecar(path, sidecar)
@@ -48,7 +59,10 @@ def test_round_trip(engine):
     path, sidecar = engine
     assert read_sidecar(path) == sidecar
     assert read_sidecar(path).profile_shapes() == {
-        "min": [1, 3, 224, 224], "opt": [32, 3, 224, 224], "max": [64, 3, 224, 224]}
+        "min": [1, 3, 224, 224],
+        "opt": [32, 3, 224, 224],
+        "max": [64, 3, 224, 224],
+    }
 
 
 def test_same_host_passes(engine):
@@ -56,11 +70,14 @@ def test_same_host_passes(engine):
     check_engine_compatible(path, onnx_sha256=sidecar.onnx_sha256, device=H100)
 
 
-@pytest.mark.parametrize("field, other", [
-    ("gpu_name", "NVIDIA A100-SXM4-80GB"),
-    ("compute_capability", "8.0"),
-    ("tensorrt_version", "11.0.0.5"),
-])
+@pytest.mark.parametrize(
+    "field, other",
+    [
+        ("gpu_name", "NVIDIA A100-SXM4-80GB"),
+        ("compute_capability", "8.0"),
+        ("tensorrt_version", "11.0.0.5"),
+    ],
+)
 def test_other_device_is_refused_and_named(engine, field, other):
     path, _ = engine
     device = DeviceInfo(**{**H100.__dict__, field: other})

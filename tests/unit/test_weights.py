@@ -34,7 +34,16 @@ def trained(tmp_path_factory):
     torch.manual_seed(1)
     model = build("torchvision", num_classes=CLASSES).eval()
     path = tmp_path_factory.mktemp("ckpt") / "alexnet.pt"
-    save_checkpoint(path, model, "torchvision", LABELS, {"source": "trained", "dataset": "unit"}, epoch=3, step=42, args={"lr": 0.01})
+    save_checkpoint(
+        path,
+        model,
+        "torchvision",
+        LABELS,
+        {"source": "trained", "dataset": "unit"},
+        epoch=3,
+        step=42,
+        args={"lr": 0.01},
+    )
     return model, path
 
 
@@ -141,7 +150,9 @@ def test_torchvision_state_dict_with_hash_in_name_loads(trained, tmp_path):
     assert torch.equal(_outputs(loaded.model), _outputs(model))
     assert load_model(named).weights_sha256 == loaded.weights_sha256  # load_model falls back to import
 
-    wrong = tmp_path / ("alexnet-owt-00000000.pth" if not file_sha256(named).startswith("00000000") else "alexnet-owt-11111111.pth")
+    wrong = tmp_path / (
+        "alexnet-owt-00000000.pth" if not file_sha256(named).startswith("00000000") else "alexnet-owt-11111111.pth"
+    )
     named.rename(wrong)
     with pytest.raises(CheckpointError, match="SHA-256 does not start with"):
         import_torchvision_weights(wrong)
@@ -160,8 +171,15 @@ def test_missing_file_is_refused(tmp_path):
 
 
 def test_non_tensor_in_state_dict_is_refused(tmp_path):
-    payload = {"format": "alexnet-serve-checkpoint", "version": 1, "arch": "torchvision", "num_classes": 1,
-               "labels": ["a"], "model": {"features.0.weight": 3}, "weights_sha256": "0" * 64}
+    payload = {
+        "format": "alexnet-serve-checkpoint",
+        "version": 1,
+        "arch": "torchvision",
+        "num_classes": 1,
+        "labels": ["a"],
+        "model": {"features.0.weight": 3},
+        "weights_sha256": "0" * 64,
+    }
     bad = tmp_path / "non_tensor.pt"
     torch.save(payload, bad)
     with pytest.raises(CheckpointError, match="features.0.weight is a int, not a tensor"):
