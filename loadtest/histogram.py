@@ -32,7 +32,23 @@ class LatencyHistogram:
         self._h.record_value(min(max(us, LOWEST_US), HIGHEST_US))
 
     def add(self, other: LatencyHistogram) -> None:
-        self._h.add(other._h)
+        """Add ``other``'s recorded counts to this one's, bucket by bucket: the result is exactly the
+        histogram of both sets of values (percentiles are never averaged)."""
+        if other.count:  # hdrh would take an empty histogram's min (0) as the merged min
+            self._h.add(other._h)
+
+    @classmethod
+    def merged(cls, parts: list[LatencyHistogram]) -> LatencyHistogram:
+        """One histogram holding every value recorded in ``parts`` (e.g. one per load process)."""
+        out = cls()
+        for part in parts:
+            out.add(part)
+        return out
+
+    def counts(self) -> dict[int, int]:
+        """{bucket value in us: count} of every non-empty bucket: two histograms with equal counts here
+        give equal percentiles, min, max and mean."""
+        return {item.value_iterated_to: item.count_at_value_iterated_to for item in self._h.get_recorded_iterator()}
 
     @property
     def count(self) -> int:

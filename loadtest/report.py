@@ -34,8 +34,11 @@ def row(result: StepResult) -> dict:
         **{f"{k}_ms": _r(lat[k]) for k in LATENCY_KEYS},
         "mean_ms": _r(lat["mean"]),
         "abandoned": result.abandoned,
-        # Share of one core the load generator used: near 100% means the client, not the server, limits.
+        # Share of one core the load generator used: near 100% means the client, not the server, limits
+        # (with several load processes, their sum: near 100 x procs).
         "client_cpu_pct": round(100 * result.client_cpu_s / result.elapsed_s, 1) if result.elapsed_s else None,
+        "procs": result.procs,
+        "split": result.split,
         "errors_by_status": " ".join(f"{k}:{v}" for k, v in sorted(result.errors.items())),
         "errors_by_kind": " ".join(f"{k}:{v}" for k, v in sorted(result.error_kinds.items())),
         "stopped": result.stopped or "",
@@ -71,6 +74,9 @@ def step_json(result: StepResult) -> dict:
         "latency_hdr": result.latency.encode(),  # HdrHistogram base64, microseconds
         "error_latency_ms": result.error_latency.summary_ms() if result.error_latency.count else None,
         "schedule_lag_ms": result.schedule_lag.summary_ms() if result.schedule_lag is not None else None,
+        # Several load processes: how late the latest opened the shared window, and each one's numbers.
+        "start_lag_ms": _r(result.start_lag_s * 1000) if result.start_lag_s is not None else None,
+        "processes": result.parts,
         "errors_by_status": result.errors,
         "errors_by_kind": result.error_kinds,
         "server": result.server,
@@ -109,7 +115,8 @@ def table(rows: list[dict]) -> str:
         "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cl, widths, strict=True)))
         for cl in cells
     ]
-    notes = [f"  {r['step']}: stopped: {r['stopped']}" for r in rows if r.get("stopped")]
+    notes = [f"  {r['step']}: {r['procs']} load processes, {r['split']}" for r in rows if r.get("procs", 1) > 1]
+    notes += [f"  {r['step']}: stopped: {r['stopped']}" for r in rows if r.get("stopped")]
     notes += [
         f"  {r['step']}: errors {r['errors_by_status']} {r['errors_by_kind']}".rstrip() for r in rows if r["errors"]
     ]

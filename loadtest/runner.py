@@ -11,6 +11,9 @@ Which requests a step counts:
   counted, and reported as ``abandoned``.
 - closed loop, by request count: exactly that many requests, issued after the warm-up, all awaited.
 - open loop: every request *scheduled* inside the window, all awaited, however late they finish.
+
+A step can also be run by several processes at once (``--procs``, loadtest/multiproc.py): each runs its
+``Share`` of the clients or of the schedule over the same window, and their results are merged.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -69,6 +72,27 @@ class StepConfig:
         return f"rate={self.rate:g}/s" + (" poisson" if self.arrival == "poisson" else "")
 
 
+@dataclass(frozen=True)
+class Share:
+    """The part of a step that one of ``procs`` load processes runs; ``Share.whole`` is all of it.
+
+    Closed loop: ``clients`` of the step's clients, numbered from ``first_client`` (so the payloads rotate
+    as they would in one process), and ``requests`` of a by-count step. Open loop: every ``procs``-th
+    arrival of the step's schedule from arrival ``index`` on, with ``max_in_flight`` of the step's slots.
+    """
+
+    index: int = 0
+    procs: int = 1
+    clients: int = 1
+    first_client: int = 0
+    requests: int | None = None
+    max_in_flight: int = 2048
+
+    @classmethod
+    def whole(cls, config: StepConfig) -> Share:
+        return cls(0, 1, config.concurrency, 0, config.requests or None, config.max_in_flight)
+
+
 @dataclass
 class StepResult:
     config: StepConfig
@@ -85,7 +109,11 @@ class StepResult:
     scheduled: int = 0  # open loop: requests the schedule held inside the window
     server: dict | None = None
     stopped: str | None = None  # why the step ended early, if it did
-    client_cpu_s: float = 0.0  # CPU time this client process spent in the window (all its threads)
+    client_cpu_s: float = 0.0  # CPU time the client process(es) spent in the window (all their threads)
+    procs: int = 1  # load processes that ran the step (loadtest/multiproc.py)
+    split: str = ""  # how the step was shared among them, e.g. "3+2 clients"
+    start_lag_s: float | None = None  # how late the latest process began its window (several processes)
+    parts: list[dict] | None = None  # per process: requests, ok, elapsed, CPU, start lag
 
     @property
     def rps(self) -> float:
@@ -202,23 +230,56 @@ async def run_step(
     client: LoadClient, payloads: list[Payload], config: StepConfig, progress: ProgressFn | None = None
 ) -> StepResult:
     """Warm up, scrape /metrics, run the measured window, scrape again."""
+    share = Share.whole(config)
+    await warm_up(client, payloads, config, share)
+    before = await client.scrape()
+    result = await measure(client, payloads, config, share, progress=progress)
+    after = await client.scrape()
+    if before is not None and after is not None:
+        result.server = prom.step_summary(before, after)
+    return result
+
+
+async def warm_up(
+    client: LoadClient, payloads: list[Payload], config: StepConfig, share: Share, start_at: float | None = None
+) -> None:
+    """``config.warmup_s`` of unmeasured load (this share of it), from ``start_at`` (perf_counter) or now."""
+    if config.warmup_s > 0:
+        warm = StepResult(config, LatencyHistogram(), schedule_lag=LatencyHistogram())
+        runner = _closed if config.mode == "closed" else _open
+        await runner(client, payloads, config, share, _Tally(warm), config.warmup_s, None, None, start_at, None)
+
+
+async def measure(
+    client: LoadClient,
+    payloads: list[Payload],
+    config: StepConfig,
+    share: Share,
+    start_at: float | None = None,
+    stop: asyncio.Event | None = None,
+    progress: ProgressFn | None = None,
+) -> StepResult:
+    """The measured window of one step (this share of it), opening at ``start_at`` (perf_counter) or now;
+    ``stop`` ends it early from outside (another process gave up on the step)."""
     result = StepResult(config, LatencyHistogram())
     if config.mode == "open":
         result.schedule_lag = LatencyHistogram()
     tally = _Tally(result)
     runner = _closed if config.mode == "closed" else _open
-    if config.warmup_s > 0:
-        warm = StepResult(config, LatencyHistogram(), schedule_lag=LatencyHistogram())
-        await runner(client, payloads, config, _Tally(warm), config.warmup_s, None, None)
-    before = await client.scrape()
     cpu0 = time.process_time()
-    await runner(client, payloads, config, tally, config.duration_s, config.requests, progress)
+    await runner(client, payloads, config, share, tally, config.duration_s, share.requests, progress, start_at, stop)
     result.client_cpu_s = time.process_time() - cpu0
     tally.finish()
-    after = await client.scrape()
-    if before is not None and after is not None:
-        result.server = prom.step_summary(before, after)
     return result
+
+
+async def _begin(start_at: float | None, result: StepResult) -> float:
+    """Wait for the window's opening time; how late this process got there is ``result.start_lag_s``."""
+    if start_at is None:
+        return time.perf_counter()
+    await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
+    result.start_lag_s = time.perf_counter() - start_at
+    return start_at
 
 
 async def _ticker(result: StepResult, start: float, planned_s: float, progress: ProgressFn | None) -> None:
@@ -231,21 +292,25 @@ async def _closed(
     client: LoadClient,
     payloads: list[Payload],
     config: StepConfig,
+    share: Share,
     tally: _Tally,
     duration_s: float | None,
     requests: int | None,
     progress: ProgressFn | None,
+    start_at: float | None,
+    stop: asyncio.Event | None,
 ) -> None:
-    start = time.perf_counter()
-    end = start + duration_s if duration_s and not requests else math.inf
-    issued = 0
-    stop = asyncio.Event()
     result = tally.r
+    start = await _begin(start_at, result)
+    end = start + duration_s if duration_s and requests is None else math.inf
+    issued = 0
+    if stop is None:
+        stop = asyncio.Event()
     offset = random.Random(config.seed).randrange(len(payloads))
 
     async def worker(worker_id: int) -> None:
         nonlocal issued
-        i = offset + worker_id
+        i = offset + share.first_client + worker_id  # as in one process: client k starts at payload k
         while not stop.is_set():
             if requests is not None:
                 if issued >= requests:
@@ -271,7 +336,7 @@ async def _closed(
 
     ticker = asyncio.create_task(_ticker(result, start, duration_s or 0.0, progress))
     timers = [asyncio.create_task(timer())] if math.isfinite(end) else []
-    await asyncio.gather(*(worker(w) for w in range(config.concurrency)))
+    await asyncio.gather(*(worker(w) for w in range(share.clients)))
     for task in (ticker, *timers):
         task.cancel()
     # By duration the window is exactly [start, end]; by count it closes with the last answer.
@@ -282,17 +347,22 @@ async def _open(
     client: LoadClient,
     payloads: list[Payload],
     config: StepConfig,
+    share: Share,
     tally: _Tally,
     duration_s: float | None,
     requests: int | None,
     progress: ProgressFn | None,
+    start_at: float | None,
+    stop: asyncio.Event | None,
 ) -> None:
-    offsets = arrival_offsets(config.rate, duration_s, config.arrival, config.seed)
+    # One schedule for the step; a process sends every procs-th arrival of it, so the processes together
+    # send exactly the arrivals (and payloads) that one process would.
+    offsets = arrival_offsets(config.rate, duration_s, config.arrival, config.seed)[share.index :: share.procs]
     result = tally.r
     result.scheduled = len(offsets)
-    slots = asyncio.Semaphore(config.max_in_flight)
+    slots = asyncio.Semaphore(share.max_in_flight)
     tasks: set[asyncio.Task] = set()
-    start = time.perf_counter()
+    start = await _begin(start_at, result)
     last_done = start
 
     async def one(payload: Payload, scheduled: float) -> None:
@@ -311,9 +381,12 @@ async def _open(
         delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+        if stop is not None and stop.is_set():
+            result.scheduled = i
+            break
         await slots.acquire()
         result.schedule_lag.record(time.perf_counter() - scheduled)
-        task = asyncio.create_task(one(payloads[i % len(payloads)], scheduled))
+        task = asyncio.create_task(one(payloads[(share.index + i * share.procs) % len(payloads)], scheduled))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         if tally.too_many_errors(config.max_error_rate):
@@ -324,7 +397,8 @@ async def _open(
         await asyncio.gather(*tasks)
     ticker.cancel()
     # The window is the schedule's length, or longer when the server took longer to answer it.
-    result.elapsed_s = max(duration_s if not result.stopped else 0.0, last_done - start)
+    cut = result.stopped or (stop is not None and stop.is_set())
+    result.elapsed_s = max(duration_s if not cut else 0.0, last_done - start)
 
 
 async def sweep(
@@ -337,9 +411,28 @@ async def sweep(
     on_step: Callable[[StepResult], None] | None = None,
 ) -> list[StepResult]:
     """Run the steps in order; stop after a step over the error-rate or p99 ceiling (that step is kept)."""
+
+    async def step(config: StepConfig, progress: ProgressFn | None) -> StepResult:
+        return await run_step(client, payloads, config, progress)
+
+    return await sweep_steps(step, configs, max_error_rate, max_p99_ms, progress, on_step)
+
+
+StepFn = Callable[[StepConfig, ProgressFn | None], Awaitable[StepResult]]
+
+
+async def sweep_steps(
+    step: StepFn,
+    configs: list[StepConfig],
+    max_error_rate: float = 1.0,
+    max_p99_ms: float | None = None,
+    progress: ProgressFn | None = None,
+    on_step: Callable[[StepResult], None] | None = None,
+) -> list[StepResult]:
+    """``sweep`` with any way of running a step (one process, or several: loadtest/multiproc.py)."""
     results = []
     for config in configs:
-        result = await run_step(client, payloads, config, progress)
+        result = await step(config, progress)
         if result.stopped is None and result.counted and result.error_rate > max_error_rate:
             result.stopped = f"error rate {result.error_rate:.1%} > {max_error_rate:.1%}"
         p99 = result.latency.percentile_ms(99)

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from loadtest import prom, report
+from loadtest import multiproc, prom, report
 from loadtest.histogram import LatencyHistogram
 from loadtest.runner import StepConfig, StepResult, arrival_offsets
 
@@ -153,3 +153,117 @@ def test_report_row_adds_up(tmp_path):
     assert doc["steps"][0]["errors_by_status"] == {"503": 7, "timeout": 3}
     assert LatencyHistogram.decode(doc["steps"][0]["latency_hdr"]).count == 90  # ok answers only
     assert doc["steps"][0]["error_latency_ms"]["max"] == pytest.approx(1.0, rel=1e-2)
+
+
+# -- --procs: several load processes, one merged result ---------------------------------------------------
+
+
+def _hist(values) -> LatencyHistogram:
+    h = LatencyHistogram()
+    for v in values:
+        h.record(float(v))
+    return h
+
+
+def test_merged_histograms_equal_one_histogram_fed_every_value():
+    rng = np.random.default_rng(7)
+    fast = rng.lognormal(np.log(0.004), 0.3, 30_000)  # one process saw a quick server...
+    slow = rng.lognormal(np.log(0.050), 0.8, 3_000)  # ...the other a slow, long-tailed one
+    over_the_pipe = [LatencyHistogram.decode(_hist(part).encode()) for part in (fast, slow)]
+    merged = LatencyHistogram.merged([LatencyHistogram(), *over_the_pipe])  # an idle process merges as nothing
+    whole = _hist(np.concatenate([fast, slow]))
+    assert merged.counts() == whole.counts()  # every bucket's count
+    assert merged.count == whole.count == 33_000
+    for p in np.arange(0.0, 100.001, 0.1):
+        assert merged.percentile_ms(float(p)) == whole.percentile_ms(float(p)), p
+    assert merged.summary_ms() == whole.summary_ms()  # min, max and mean too
+    assert merged.summary_ms()["min"] > 0  # hdrh's own add would report 0 after an empty part
+    # What this guards against: averaging the processes' percentiles gives another (wrong) p99.
+    assert (over_the_pipe[0].percentile_ms(99) + over_the_pipe[1].percentile_ms(99)) / 2 != pytest.approx(
+        whole.percentile_ms(99), rel=0.05
+    )
+
+
+def _part(ok_latencies, errors, kinds, **extra) -> StepResult:
+    r = StepResult(StepConfig("closed", concurrency=5, duration_s=2.0), _hist(ok_latencies))
+    for _ in range(sum(errors.values())):
+        r.error_latency.record(0.001)
+    r.ok = len(ok_latencies)
+    r.counted = r.ok + sum(errors.values())
+    r.images_ok = 3 * r.ok
+    r.errors, r.error_kinds = errors, kinds
+    for key, value in extra.items():
+        setattr(r, key, value)
+    return r
+
+
+def test_merged_step_sums_counts_by_status_and_kind():
+    config = StepConfig("closed", concurrency=5, duration_s=2.0)
+    a = _part([0.01] * 40, {"503": 7, "timeout": 1}, {"queue_full": 7}, elapsed_s=2.0, abandoned=2, client_cpu_s=0.5)
+    b = _part([0.02] * 25, {"503": 3, "400": 2}, {"queue_full": 3, "not_an_image": 2}, elapsed_s=2.0, abandoned=1)
+    b.client_cpu_s, b.start_lag_s, a.start_lag_s = 0.25, 0.004, 0.001
+    parts = [multiproc.unpack(config, multiproc.pack(p)) for p in (a, b)]  # as they cross the pipe
+    m = multiproc.merge(config, parts, "3+2 clients")
+    assert (m.counted, m.ok, m.images_ok, m.abandoned) == (78, 65, 195, 3)
+    assert m.errors == {"503": 10, "timeout": 1, "400": 2}
+    assert m.error_kinds == {"queue_full": 10, "not_an_image": 2}
+    assert m.latency.count == 65 and m.error_latency.count == 13
+    assert m.elapsed_s == 2.0 and m.client_cpu_s == pytest.approx(0.75)
+    assert m.rps == pytest.approx(32.5) and m.ips == pytest.approx(97.5)
+    assert m.procs == 2 and m.start_lag_s == pytest.approx(0.004)
+    assert [p["requests"] for p in m.parts] == [48, 30]
+    row = report.row(m)
+    assert row["requests"] == row["ok"] + row["errors"] == 78
+    assert row["procs"] == 2 and row["split"] == "3+2 clients"
+    assert "2 load processes, 3+2 clients" in report.table([row])
+
+
+def test_a_stopped_part_stops_the_merged_step_and_open_loop_lags_merge():
+    config = StepConfig("open", rate=10, duration_s=1.0)
+    a = _part([0.01] * 5, {}, {}, schedule_lag=_hist([0.001] * 5), scheduled=5, elapsed_s=1.0)
+    b = _part([], {"503": 20}, {}, schedule_lag=_hist([0.002] * 20), scheduled=20, elapsed_s=0.4)
+    b.stopped = "error rate 100.0% > 50.0%"
+    m = multiproc.merge(config, [a, b])
+    assert m.stopped == "error rate 100.0% > 50.0% (process 1)"
+    assert m.scheduled == 25 and m.schedule_lag.count == 25
+    assert m.elapsed_s == 1.0
+
+
+@pytest.mark.parametrize(
+    "total,n,expected", [(5, 2, [3, 2]), (1, 3, [1, 0, 0]), (32, 16, [2] * 16), (7, 3, [3, 2, 2]), (0, 2, [0, 0])]
+)
+def test_split_is_even_and_exact(total, n, expected):
+    assert multiproc.split(total, n) == expected
+
+
+def test_shares_of_a_closed_step():
+    config = StepConfig("closed", concurrency=5, duration_s=None, requests=100)
+    shares = multiproc.shares(config, 2)
+    assert [(s.clients, s.first_client, s.requests) for s in shares] == [(3, 0, 60), (2, 3, 40)]
+    assert multiproc.describe(config, shares) == "3+2 clients, 60+40 requests"
+    for c in range(1, 40):
+        for r in (1, 7, 100, 1001):
+            for n in (1, 2, 3, 16):
+                parts = multiproc.shares(StepConfig("closed", concurrency=c, duration_s=None, requests=r), n)
+                assert sum(s.clients for s in parts) == c and sum(s.requests for s in parts) == r
+                assert all(s.requests == 0 for s in parts if s.clients == 0)  # no requests without clients
+    many = multiproc.shares(StepConfig("closed", concurrency=40), 16)
+    assert multiproc.describe(StepConfig("closed", concurrency=40), many) == "3 (x8) + 2 (x8) clients"
+
+
+def test_shares_of_an_open_step():
+    config = StepConfig("open", rate=50, duration_s=2.0, max_in_flight=5)
+    shares = multiproc.shares(config, 2)
+    assert [(s.index, s.procs, s.max_in_flight) for s in shares] == [(0, 2, 3), (1, 2, 2)]
+    assert multiproc.describe(config, shares) == "25+25/s (the arrivals dealt in turn)"
+    assert all(s.max_in_flight >= 1 for s in multiproc.shares(StepConfig("open", rate=1, max_in_flight=2), 4))
+
+
+def test_procs_auto_is_the_affinity_mask():
+    import os
+
+    assert multiproc.resolve_procs("auto") == len(os.sched_getaffinity(0))
+    assert multiproc.resolve_procs("3") == 3
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(ValueError, match="procs"):
+            multiproc.resolve_procs(bad)
