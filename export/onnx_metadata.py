@@ -58,6 +58,16 @@ def write_metadata(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
         model.metadata_props.add(key=key, value=value)
 
 
+def fp16_sibling(onnx_path: str | Path) -> Path:
+    """Where the fp16 export of ``onnx_path`` lives: ``alexnet.onnx`` -> ``alexnet.fp16.onnx``.
+
+    The entrypoint writes it on CUDA hosts (TensorRT builds its fp16 engine from it; ONNX Runtime's
+    CUDA provider serves it under ``--precision auto|fp16``).
+    """
+    onnx_path = Path(onnx_path)
+    return onnx_path.with_name(f"{onnx_path.stem}.fp16{onnx_path.suffix}")
+
+
 def read_metadata(path: str | Path) -> ModelMetadata:
     """Metadata of an ONNX file, without loading its weights."""
     model = onnx.load(str(path), load_external_data=False)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +26,10 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
+from export.cli import run_main, step_printer
 from export.image_folder import ImageFolderError, iter_batches, list_images
 from export.onnx_metadata import PREFIX, ModelMetadata, read_metadata, write_metadata
+from model.atomic_write import atomic_output
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
@@ -37,9 +38,7 @@ class QuantizeError(RuntimeError):
     """Quantization failed or produced a model that disagrees with fp32 beyond the allowed floor."""
 
 
-def _step(message: str) -> float:
-    print(f"[quantize] {message}", flush=True)
-    return time.perf_counter()
+_step = step_printer("quantize")
 
 
 class _ImageReader(CalibrationDataReader):
@@ -137,12 +136,8 @@ def run(
             f"{len(shared)} evaluation images are also calibration images (e.g. "
             f"{sorted(shared)[0]}); use separate folders so agreement is measured fairly"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
     result: dict = {"calibration_images": len(calibration), "method": method}
-    try:
+    with atomic_output(out) as tmp:
         _step(
             f"calibrating on {len(calibration)} images from {calibration_dir} ({method}) and quantizing "
             "(int8 symmetric, per-channel weights, Q/DQ)"
@@ -187,10 +182,6 @@ def run(
             result["throughput"] = compare_throughput(
                 onnx_path, tmp, 32, rounds=bench_rounds, iterations=1, log=lambda m: None
             )
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a service running as another user must read it
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     summary = f"done: {out} ({out.stat().st_size / 2**20:.0f} MiB, int8 Q/DQ"
     if "agreement" in result:
         summary += f", top-1 agreement {result['agreement']['top1']:.1%}, top-5 {result['agreement']['top5']:.1%}"
@@ -232,8 +223,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        run(
+    return run_main(
+        "quantize",
+        lambda: run(
             args.onnx,
             args.calibration_dir,
             args.out,
@@ -242,11 +234,9 @@ def main(argv: list[str] | None = None) -> int:
             args.method,
             args.min_top1_agreement,
             args.bench_rounds,
-        )
-    except (QuantizeError, ImageFolderError, ValueError, FileNotFoundError) as exc:
-        print(f"[quantize] error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        ),
+        (QuantizeError, ImageFolderError, ValueError, FileNotFoundError),
+    )
 
 
 if __name__ == "__main__":

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import os
-import sys
 import tempfile
 import time
 import warnings
@@ -30,8 +28,10 @@ import numpy as np
 import onnx
 import torch
 
+from export.cli import run_main, step_printer
 from export.onnx_metadata import ModelMetadata, write_metadata
 from model.alexnet import arch_spec
+from model.atomic_write import atomic_output
 from model.weights import CheckpointError, LoadedModel, load_model
 
 INPUT_NAME = "input"
@@ -42,6 +42,9 @@ MAX_BATCH = 4096
 
 PRECISIONS = ("fp32", "fp16")
 DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # fp32: absolute; fp16: relative to max |logit|
+
+
+_step = step_printer("to_onnx")
 
 
 class ExportError(RuntimeError):
@@ -57,11 +60,6 @@ class _Float16Inside(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.half()).float()
-
-
-def _step(message: str) -> float:
-    print(f"[to_onnx] {message}", flush=True)
-    return time.perf_counter()
 
 
 def export_model(
@@ -133,11 +131,10 @@ def verify(
         diff = float(np.max(np.abs(actual - expected)))
         scale = float(np.max(np.abs(expected))) if relative else 1.0
         agree = float(np.mean(actual.argmax(1) == expected.argmax(1)))
-        print(
-            f"[to_onnx]   batch {n:>4}: max |onnxruntime - torch| = {diff:.3g}"
+        _step(
+            f"  batch {n:>4}: max |onnxruntime - torch| = {diff:.3g}"
             + (f" (largest |logit| {scale:.3g})" if relative else "")
-            + f", top-1 agreement {agree:.0%}",
-            flush=True,
+            + f", top-1 agreement {agree:.0%}"
         )
         diff /= max(scale, 1e-12)
         worst = max(worst, diff)
@@ -162,19 +159,12 @@ def export_and_verify(
     tolerance = DEFAULT_TOLERANCE[precision] if tolerance is None else tolerance
     t1 = _step(f"exporting {loaded.arch} (weights: {loaded.weights_description}) to ONNX opset {opset}, {precision}")
     model = export_model(loaded, out, opset, precision)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_output(out) as tmp:
         onnx.save_model(model, str(tmp))
         t2 = _step(f"exported in {time.perf_counter() - t1:.1f} s; running onnx.checker")
         onnx.checker.check_model(str(tmp), full_check=True)
         _step(f"verifying against PyTorch at batch sizes {list(verify_batch_sizes)}")
         worst = verify(tmp, loaded, list(verify_batch_sizes), tolerance, relative=precision == "fp16")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     _step(
         f"done: {out} ({precision}, {out.stat().st_size / 2**20:.0f} MiB, "
         f"{'relative ' if precision == 'fp16' else ''}max |diff| {worst:.2g}, "
@@ -219,8 +209,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        export_and_verify(
+    return run_main(
+        "to_onnx",
+        lambda: export_and_verify(
             args.checkpoint,
             args.out,
             args.arch,
@@ -228,11 +219,9 @@ def main(argv: list[str] | None = None) -> int:
             tuple(args.verify_batch_sizes),
             args.tolerance,
             args.precision,
-        )
-    except (CheckpointError, ExportError, ValueError) as exc:
-        print(f"[to_onnx] error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        ),
+        (CheckpointError, ExportError, ValueError),
+    )
 
 
 if __name__ == "__main__":

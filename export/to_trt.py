@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from export.cli import run_main, step_printer
+from model.atomic_write import write_bytes_atomic
 
 EXIT_MISSING = 2
 GET_TENSORRT = (
@@ -50,17 +51,19 @@ class BuildError(RuntimeError):
     """The engine could not be built or failed verification."""
 
 
-def _step(message: str) -> float:
-    print(f"[to_trt] {message}", flush=True)
-    return time.perf_counter()
+_step = step_printer("to_trt")
 
 
 def load_tensorrt(import_module: Callable[[str], Any] = importlib.import_module) -> Any:
     """The ``tensorrt`` module, once it and a CUDA GPU usable from torch are known to be present."""
     try:
         trt = import_module("tensorrt")
-    except ImportError:
+    except ModuleNotFoundError:
         raise MissingPrerequisite(f"tensorrt is not installed: {GET_TENSORRT}") from None
+    except (ImportError, OSError) as exc:  # the Python bindings without the libraries they load
+        raise MissingPrerequisite(
+            f"tensorrt is installed but cannot load its libraries ({exc}): {GET_TENSORRT}"
+        ) from None
     try:
         torch = import_module("torch")
     except ImportError:
@@ -157,25 +160,49 @@ def build_engine(
     lo, opt, hi = ((n, *input_shape) for n in batches)
     profile.set_shape(input_name, lo, opt, hi)
     config.add_optimization_profile(profile)
-    cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
-    if not config.set_timing_cache(config.create_timing_cache(cache_bytes), False):
-        _step(f"  timing cache {timing_cache} is from another GPU or TensorRT; starting a new one")
-        cache_bytes = b""
-        config.set_timing_cache(config.create_timing_cache(b""), False)
+    cache_loaded = attach_timing_cache(config, timing_cache)
 
     t = _step(
         f"building ({plan.precision}, {'strongly' if plan.strongly_typed else 'weakly'} typed, batch "
         f"{batches[0]}/{batches[1]}/{batches[2]}, workspace {workspace_mib} MiB, timing cache "
-        f"{'loaded from ' + str(timing_cache) if cache_bytes else 'new'}); this takes minutes"
+        f"{'loaded from ' + str(timing_cache) if cache_loaded else 'new'}); this takes minutes"
     )
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BuildError("TensorRT could not build the engine; see its log above (a larger --workspace-mib?)")
     _step(f"  built in {time.perf_counter() - t:.1f} s")
     if timing_cache:
-        timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
+        try:
+            write_bytes_atomic(timing_cache, memoryview(config.get_timing_cache().serialize()))
+        except OSError as exc:  # the engine is built; a cache that cannot be saved only slows the next build
+            _step(f"  could not save the timing cache {timing_cache}: {exc}")
     return bytes(memoryview(serialized))
+
+
+def attach_timing_cache(config: Any, path: Path | None) -> bool:
+    """Give ``config`` the timing cache saved at ``path``, or a new one; True when the saved one was used.
+
+    A cache written by another TensorRT version, for another GPU, or damaged is refused by TensorRT:
+    ``create_timing_cache`` raises (or returns None) or ``set_timing_cache`` returns False. Then the
+    file is deleted and the build starts from a new cache (saved afresh after it), so upgrading
+    TensorRT never leaves the service without an engine until someone deletes the file.
+    """
+    data = path.read_bytes() if path and path.is_file() else b""
+    if path and data:
+        try:
+            cache = config.create_timing_cache(data)
+            if cache is not None and config.set_timing_cache(cache, False):
+                return True
+            problem = "TensorRT refused it"
+        except Exception as exc:  # the bindings raise TypeError/RuntimeError/ValueError by version
+            problem = f"{type(exc).__name__}: {exc}"
+        _step(
+            f"  timing cache {path} is unusable here (another GPU or TensorRT version, or damaged: {problem}); "
+            "deleted, building with a new one"
+        )
+        path.unlink(missing_ok=True)
+    config.set_timing_cache(config.create_timing_cache(b""), False)
+    return False
 
 
 def compare_with_onnxruntime(
@@ -209,19 +236,6 @@ def compare_with_onnxruntime(
     }
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def run(args: argparse.Namespace, trt: Any) -> Path:
     from export.onnx_metadata import read_metadata
     from export.trt_sidecar import EngineSidecar, current_device, file_sha256, write_sidecar
@@ -252,7 +266,7 @@ def run(args: argparse.Namespace, trt: Any) -> Path:
         _step("  untrained weights: top-1 agreement is reported, not enforced")
     if problems:
         raise BuildError("engine failed verification, not written: " + "; ".join(problems))
-    _write_atomic(args.out, engine)
+    write_bytes_atomic(args.out, engine)
     sidecar = write_sidecar(
         args.out,
         EngineSidecar(
@@ -272,7 +286,7 @@ def run(args: argparse.Namespace, trt: Any) -> Path:
             engine_sha256=file_sha256(args.out),
             build_time_s=round(build_s, 1),
             built_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            onnx_path=str(args.onnx),
+            onnx_path=str(args.onnx.resolve()),  # the service checks the engine against this file
             verification=result,
             model_metadata=asdict(meta),
         ),
@@ -350,12 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     except MissingPrerequisite as exc:
         print(f"[to_trt] cannot build a TensorRT engine here: {exc}", file=sys.stderr)
         return EXIT_MISSING
-    try:
-        run(args, trt)
-    except (BuildError, SidecarError, ValueError, OSError) as exc:
-        print(f"[to_trt] error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_main("to_trt", lambda: run(args, trt), (BuildError, SidecarError, ValueError, OSError))
 
 
 if __name__ == "__main__":

@@ -12,15 +12,15 @@ module on hosts that have neither.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from model.atomic_write import write_text_atomic
 from model.hashing import file_sha256
 
+GET_TENSORRT = "pip install 'tensorrt>=10' on a CUDA host, or use NVIDIA's image nvcr.io/nvidia/tensorrt"
 SIDECAR_FORMAT = "alexnet-serve-trt-sidecar"
 SIDECAR_VERSION = 1
 
@@ -97,18 +97,7 @@ def sidecar_path(engine_path: str | Path) -> Path:
 
 def write_sidecar(engine_path: str | Path, sidecar: EngineSidecar) -> Path:
     """Write ``<engine_path>.json`` atomically; returns its path."""
-    path = sidecar_path(engine_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(sidecar), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_text_atomic(sidecar_path(engine_path), json.dumps(asdict(sidecar), indent=2, sort_keys=True) + "\n")
 
 
 def read_sidecar(engine_path: str | Path) -> EngineSidecar:
@@ -130,6 +119,20 @@ def read_sidecar(engine_path: str | Path) -> EngineSidecar:
         return EngineSidecar(**{k: v for k, v in data.items() if k in known})
     except TypeError as exc:  # a required field is missing
         raise SidecarError(f"{path}: incomplete sidecar ({exc}); {rebuild}") from exc
+
+
+def source_onnx(engine_path: str | Path, sidecar: EngineSidecar) -> Path:
+    """The ONNX file the engine was built from: the path its sidecar records or, when the model folder
+    has moved since (mounted elsewhere), the file of that name beside the engine."""
+    engine_path = Path(engine_path)
+    rebuild = f"rebuild the engine with python export/to_trt.py --onnx MODEL.onnx --out {engine_path}"
+    if not sidecar.onnx_path:
+        raise SidecarError(f"{sidecar_path(engine_path)} does not say which ONNX the engine came from; {rebuild}")
+    recorded = Path(sidecar.onnx_path)
+    for candidate in (recorded, engine_path.parent / recorded.name):
+        if candidate.is_file():
+            return candidate
+    raise SidecarError(f"{engine_path}: the ONNX it was built from ({recorded}) is gone; {rebuild}")
 
 
 def _gpu_from_torch(index: int) -> tuple[str, str] | None:
@@ -162,11 +165,10 @@ def current_device(gpu_index: int = 0) -> DeviceInfo:
     """GPU name, compute capability and TensorRT version of this host; SidecarError if one is missing."""
     try:
         import tensorrt
-    except ImportError:
-        raise SidecarError(
-            "tensorrt is not installed: pip install 'tensorrt>=10' on a CUDA host, "
-            "or use NVIDIA's image nvcr.io/nvidia/tensorrt"
-        ) from None
+    except ModuleNotFoundError:
+        raise SidecarError(f"tensorrt is not installed: {GET_TENSORRT}") from None
+    except (ImportError, OSError) as exc:  # the bindings without the libraries they load
+        raise SidecarError(f"tensorrt is installed but cannot load its libraries ({exc}): {GET_TENSORRT}") from None
     gpu = _gpu_from_torch(gpu_index) or _gpu_from_nvidia_smi(gpu_index)
     if gpu is None:
         raise SidecarError(f"no CUDA GPU {gpu_index} visible; a TensorRT engine needs an NVIDIA GPU and driver")

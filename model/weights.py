@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -31,6 +29,7 @@ import torch
 from torch import nn
 
 from model.alexnet import arch_spec, build
+from model.atomic_write import atomic_output
 from model.hashing import file_sha256
 from model.labels import imagenet_labels
 
@@ -113,15 +112,8 @@ def save_checkpoint(
         **training_state,
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -268,29 +260,27 @@ def download_torchvision_weights(dest_dir: str | Path, url: str = TORCHVISION_WE
     dest = Path(dest_dir) / Path(url).name
     if dest.is_file():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(dest.suffix + ".part")
+    expected = _HASH_IN_NAME.search(dest.name)
     try:
-        with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                done += len(chunk)
-                if total:
-                    print(f"\rdownloading {dest.name}: {done / 2**20:.0f}/{total / 2**20:.0f} MiB", end="", flush=True)
-        print()
+        with atomic_output(dest) as tmp:
+            with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as out:
+                total = int(response.headers.get("Content-Length") or 0)
+                done = 0
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    done += len(chunk)
+                    if total:
+                        print(
+                            f"\rdownloading {dest.name}: {done / 2**20:.0f}/{total / 2**20:.0f} MiB", end="", flush=True
+                        )
+            print()
+            if expected and not file_sha256(tmp).startswith(expected.group(1)):
+                raise CheckpointError(f"downloaded {url} but its SHA-256 does not start with {expected.group(1)}")
     except (urllib.error.URLError, OSError) as exc:
-        tmp.unlink(missing_ok=True)
         raise CheckpointError(
             f"cannot download {url} ({exc}). On an offline host, copy the file to {dest} by hand "
             "and pass it with --checkpoint."
         ) from exc
-    expected = _HASH_IN_NAME.search(dest.name)
-    if expected and not file_sha256(tmp).startswith(expected.group(1)):
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"downloaded {url} but its SHA-256 does not start with {expected.group(1)}")
-    os.replace(tmp, dest)
     return dest
 
 

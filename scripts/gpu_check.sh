@@ -59,6 +59,15 @@ cat "$WORK/gpu.txt"
 ONNX=$WORK/alexnet.onnx
 # In order of what matters most, so a spent budget cuts the least important steps.
 step export-onnx 120 $PY export/to_onnx.py --out "$ONNX"
+# What the entrypoint makes on a CUDA host: ONNX Runtime's CUDA provider serves it (--precision auto),
+# and TensorRT (10 or 11) builds its fp16 engine from it where TensorRT imports.
+step export-onnx-fp16 90 $PY export/to_onnx.py --precision fp16 --out "$WORK/alexnet.fp16.onnx" \
+    --verify-batch-sizes 1 7
+if $PY -c "import tensorrt" 2>/dev/null; then
+    export ALEXNET_ENGINE=$WORK/alexnet.plan
+    step build-engine 240 $PY export/to_trt.py --onnx "$WORK/alexnet.fp16.onnx" --out "$ALEXNET_ENGINE" \
+        --timing-cache "$WORK/trt_timing.cache"
+fi
 step pytest-gpu 150 $PY -m pytest -q -rs -p no:cacheprovider tests/gpu tests/unit/test_preprocess.py \
     tests/unit/test_model.py
 step bench-service 210 $PY -m loadtest.bench --gpu --onnx "$ONNX" --duration-s 4 --warmup-s 1 \

@@ -7,12 +7,15 @@ Steps, each logged with its time:
 
 1. Find the weights in ``$ALEXNET_MODEL_DIR`` (default ``artifacts``; ``/models`` in the image):
    ``alexnet.pt`` (our checkpoint) or torchvision's ``alexnet-owt-*.pth``; none = untrained, loudly.
-2. Export ONNX (``export/to_onnx.py``) if it is missing or holds other weights than the checkpoint.
-3. Build the TensorRT engine with ``export/to_trt.py`` if it is missing, older than the ONNX file, or
-   built for another GPU or TensorRT version (its ``.json`` sidecar, ``export/trt_sidecar.py``).
-   No TensorRT or no CUDA GPU here (to_trt exits 2): skipped with the reason, and ``auto`` serves
-   with ONNX Runtime instead.
-4. ``exec`` ``python -m service`` with the same arguments, so signals reach uvicorn directly.
+2. Export ONNX (``export/to_onnx.py``) if it is missing or holds other weights than the checkpoint;
+   on a CUDA host under ``--precision auto`` or ``fp16`` also its fp16 export ``alexnet.fp16.onnx``
+   (float16 weights and compute, float32 input and logits), which TensorRT and ONNX Runtime serve there.
+3. Build the TensorRT engine with ``export/to_trt.py`` if it is missing, older than its ONNX file, or
+   built for another GPU, TensorRT version or ONNX file (its ``.json`` sidecar,
+   ``export/trt_sidecar.py``): fp16 from the fp16 ONNX (a strongly typed network, the one way both
+   TensorRT 10 and 11 take), fp32 from the fp32 ONNX under ``--precision fp32``. No TensorRT or no
+   CUDA GPU here (to_trt exits 2): skipped with the reason, and ``auto`` serves with ONNX Runtime.
+4. ``exec`` ``python -m service`` with the same arguments, so signals reach the supervisor directly.
 
 Every argument passes through to ``python -m service`` unchanged; the artifact paths come from the
 same flags and ``ALEXNET_*`` variables the service reads (``--onnx``, ``--engine``, ``--checkpoint``),
@@ -28,6 +31,10 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from export.onnx_metadata import ModelMetadata
 
 log = logging.getLogger("entrypoint")
 
@@ -80,17 +87,25 @@ def apply_model_dir_defaults(model_dir: Path, environ) -> None:
             environ["ALEXNET_CHECKPOINT"] = str(found)
 
 
-def onnx_needs_export(onnx: Path, checkpoint: Path | None, arch: str) -> str | None:
-    """Why ``onnx`` must be (re)exported, or None when it already holds these weights."""
+def _read_export(onnx: Path) -> tuple[ModelMetadata | None, str]:
+    """(its metadata, "") for a usable export, else (None, why it must be made again)."""
     if not onnx.is_file():
-        return f"{onnx} is missing"
+        return None, f"{onnx} is missing"
     from export.onnx_metadata import read_metadata
-    from model.weights import load_model
 
     try:
-        meta = read_metadata(onnx)
+        return read_metadata(onnx), ""
     except Exception as exc:  # unreadable or foreign file: rebuilding is the fix
-        return f"{onnx} has no usable metadata ({exc})"
+        return None, f"{onnx} has no usable metadata ({exc})"
+
+
+def onnx_needs_export(onnx: Path, checkpoint: Path | None, arch: str) -> str | None:
+    """Why ``onnx`` must be (re)exported, or None when it already holds these weights."""
+    from model.weights import load_model
+
+    meta, problem = _read_export(onnx)
+    if meta is None:
+        return problem
     if checkpoint is None:
         return None  # whatever it holds was exported on purpose; the service reports its weights
     loaded = load_model(checkpoint, arch)
@@ -99,7 +114,7 @@ def onnx_needs_export(onnx: Path, checkpoint: Path | None, arch: str) -> str | N
     return None
 
 
-def export_onnx(onnx: Path, checkpoint: Path | None, arch: str) -> None:
+def export_onnx(onnx: Path, checkpoint: Path | None, arch: str, precision: str = "fp32") -> None:
     from export.to_onnx import export_and_verify
 
     if checkpoint is None:
@@ -107,7 +122,63 @@ def export_onnx(onnx: Path, checkpoint: Path | None, arch: str) -> None:
             "NO CHECKPOINT in the model directory: exporting an UNTRAINED AlexNet; its labels are "
             "meaningless. Put alexnet.pt or torchvision's alexnet-owt-*.pth there, or pass --checkpoint."
         )
-    export_and_verify(checkpoint, onnx, arch)
+    export_and_verify(checkpoint, onnx, arch, precision=precision)
+
+
+def fp16_needs_export(fp16: Path, onnx: Path) -> str | None:
+    """Why the fp16 export ``fp16`` must be (re)made, or None when it holds ``onnx``'s weights in fp16."""
+    from export.onnx_metadata import read_metadata
+
+    meta, problem = _read_export(fp16)
+    if meta is None:
+        return problem
+    if meta.precision != "fp16":
+        return f"{fp16} is {meta.precision}, not fp16"
+    if meta.weights_sha256 != read_metadata(onnx).weights_sha256:
+        return f"{fp16} holds weights {meta.weights!r}, not those of {onnx}"
+    return None
+
+
+def wants_fp16(settings) -> bool:
+    """fp16 artifacts serve this host: a CUDA device, precision auto or fp16, a backend that reads ONNX."""
+    if settings.precision == "fp32" or settings.device == "cpu" or settings.backend == "torch":
+        return False
+    from service.backends import cuda_available
+
+    return cuda_available()
+
+
+def prepare_fp16(settings, onnx_exported: bool) -> tuple[Path, str, bool]:
+    """Make the fp16 export beside ``settings.onnx`` where it is missing or stale; returns what the
+    engine is built from: (ONNX file, precision, whether that file was just written).
+
+    Without a checkpoint, an ONNX holding other than the untrained weights (exported by hand) cannot
+    be re-exported in fp16: then the engine comes from it with ``--precision fp16``, which TensorRT 10
+    does with its FP16 flag and TensorRT 11 refuses, saying to export the fp16 ONNX.
+    """
+    from export.onnx_metadata import fp16_sibling, read_metadata
+
+    meta = read_metadata(settings.onnx)
+    if meta.precision != "fp32" or not wants_fp16(settings):
+        return settings.onnx, meta.precision, onnx_exported  # int8 or fp16 given, or an fp32 host
+    fp16 = fp16_sibling(settings.onnx)
+    reason = fp16_needs_export(fp16, settings.onnx)
+    if reason is None:
+        log.info("%s is present and current; not exporting", fp16)
+        return fp16, "fp16", False
+    if settings.checkpoint is None and not meta.untrained:
+        log.warning(
+            "cannot export %s (%s): %s holds weights %r and no checkpoint was given to export them again; "
+            "pass --checkpoint, or export it by hand with python export/to_onnx.py --precision fp16",
+            fp16,
+            reason,
+            settings.onnx,
+            meta.weights,
+        )
+        return settings.onnx, "fp16", onnx_exported
+    log.info("exporting the fp16 ONNX: %s", reason)
+    export_onnx(fp16, settings.checkpoint, settings.arch, "fp16")
+    return fp16, "fp16", True
 
 
 def engine_needs_build(engine: Path, onnx: Path, onnx_exported: bool) -> str | None:
@@ -194,20 +265,20 @@ def prepare(argv: list[str]) -> None:
             log.info("exporting: %s", reason)
             export_onnx(settings.onnx, settings.checkpoint, settings.arch)
             exported = True
+        source, precision, exported = prepare_fp16(settings, exported)
 
     with step("step 3/4: TensorRT engine"):
         if settings.backend in ("onnxruntime", "torch"):
             log.info("skipped: backend=%s was asked for", settings.backend)
             return
-        reason = engine_needs_build(settings.engine, settings.onnx, exported)
+        reason = engine_needs_build(settings.engine, source, exported)
         if reason is None:
-            log.info("%s fits this GPU and TensorRT; not rebuilding", settings.engine)
+            log.info("%s fits this GPU and TensorRT and comes from %s; not rebuilding", settings.engine, source)
             return
-        log.info("building: %s", reason)
-        precision = "fp32" if settings.precision == "fp32" else "fp16"
+        log.info("building from %s (%s): %s", source, precision, reason)
         try:
             built, why_not = build_engine(
-                settings.onnx, settings.engine, precision, max_batch=max(64, settings.max_batch_size)
+                source, settings.engine, precision, max_batch=max(64, settings.max_batch_size)
             )
         except (EntrypointError, subprocess.TimeoutExpired) as exc:
             if settings.backend == "tensorrt":
@@ -245,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execvp(command[0], command)  # replaces this process: uvicorn gets SIGTERM from docker/kubelet
+    os.execvp(command[0], command)  # replaces this process: the supervisor gets SIGTERM from docker/kubelet
     return 0  # not reached
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from export.onnx_metadata import ModelMetadata, read_metadata
+from export.onnx_metadata import ModelMetadata, fp16_sibling, read_metadata
 from model.alexnet import arch_spec
 from model.weights import load_model
 from service.backends.base import Backend
@@ -57,14 +58,41 @@ def _build_tensorrt(settings: Settings, device: str) -> tuple[Backend, ModelMeta
     from service.backends.tensorrt import TensorRTBackend
 
     metadata = _onnx_metadata(settings)
-    return TensorRTBackend(settings.engine, settings.max_batch_size, settings.onnx), metadata
+    backend = TensorRTBackend(settings.engine, settings.max_batch_size, metadata.weights_sha256, settings.precision)
+    return backend, metadata
+
+
+def onnxruntime_model(settings: Settings, device: str, metadata: ModelMetadata) -> Path:
+    """The ONNX file ONNX Runtime serves: on CUDA under precision ``auto`` or ``fp16``, the fp16 export
+    beside ``settings.onnx`` (``alexnet.fp16.onnx``, which the entrypoint makes on CUDA hosts) when it
+    holds the same weights; else ``settings.onnx`` itself. An explicit fp16 without that file is refused;
+    an ONNX given in another precision than fp32 (int8, or the fp16 file itself) is served as it is."""
+    if device != "cuda" or settings.precision == "fp32" or metadata.precision != "fp32":
+        return settings.onnx
+    fp16 = fp16_sibling(settings.onnx)
+    problem = f"{fp16} is missing"
+    if fp16.is_file():
+        try:
+            fp16_meta = read_metadata(fp16)
+        except Exception as exc:  # unreadable or foreign: served as fp32, with the reason
+            problem = f"{fp16} has no usable metadata ({exc})"
+        else:
+            if fp16_meta.weights_sha256 == metadata.weights_sha256:
+                return fp16
+            problem = f"{fp16} holds weights {fp16_meta.weights!r}, not those of {settings.onnx}"
+    export = f"export it with python export/to_onnx.py --precision fp16 --out {fp16}"
+    if settings.precision == "fp16":
+        raise BackendUnavailable(f"precision fp16 on ONNX Runtime needs the fp16 ONNX: {problem}; {export}")
+    log.warning("ONNX Runtime on CUDA serves %s in fp32: %s (%s)", settings.onnx, problem, export)
+    return settings.onnx
 
 
 def _build_onnxruntime(settings: Settings, device: str) -> tuple[Backend, ModelMetadata]:
     from service.backends.onnxruntime import OnnxRuntimeBackend
 
     metadata = _onnx_metadata(settings)
-    backend = OnnxRuntimeBackend(settings.onnx, device, settings.max_batch_size, settings.cpu_threads)
+    model = onnxruntime_model(settings, device, metadata)
+    backend = OnnxRuntimeBackend(model, device, settings.max_batch_size, settings.cpu_threads)
     return backend, metadata
 
 

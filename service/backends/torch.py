@@ -18,6 +18,14 @@ def cuda_graph_buckets(max_batch_size: int) -> tuple[int, ...]:
     return powers_of_two_up_to(max_batch_size)
 
 
+def bucket_for(n: int, buckets: tuple[int, ...]) -> int:
+    """The smallest bucket that holds a batch of ``n``; ValueError when ``n`` is over the largest."""
+    bucket = next((b for b in buckets if b >= n), None)
+    if bucket is None:
+        raise ValueError(f"batch of {n} is over max_batch_size {buckets[-1]}")
+    return bucket
+
+
 class TorchBackend(Backend):
     name = "torch"
 
@@ -68,10 +76,7 @@ class TorchBackend(Backend):
         super().warmup(input_size)
 
     def _bucket(self, n: int) -> int:
-        bucket = next((b for b in self._buckets if b >= n), None)
-        if bucket is None:
-            raise ValueError(f"batch of {n} is over max_batch_size {self.max_batch_size}")
-        return bucket
+        return bucket_for(n, self._buckets)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         if self.device == "cpu":

@@ -6,8 +6,6 @@ fitted-head model (tests/synthetic.py) so top-1 agreement is enforced, not just 
     python -m pytest tests/gpu -v      # on a GPU host, e.g. inside nvcr.io/nvidia/tensorrt
 """
 
-import importlib.util
-
 import numpy as np
 import pytest
 
@@ -15,8 +13,12 @@ pytestmark = pytest.mark.gpu
 
 
 def _skip_reason() -> str | None:
-    if importlib.util.find_spec("tensorrt") is None:
+    try:
+        import tensorrt  # noqa: F401
+    except ModuleNotFoundError:
         return "tensorrt is not installed (pip install 'tensorrt>=10' on a CUDA host, or nvcr.io/nvidia/tensorrt)"
+    except (ImportError, OSError) as exc:  # the bindings' wheel without the libraries it loads
+        return f"tensorrt is installed but cannot load its libraries: {type(exc).__name__}: {exc}"
     import torch
 
     if not torch.cuda.is_available():
@@ -24,8 +26,9 @@ def _skip_reason() -> str | None:
     return None
 
 
-if _skip_reason():
-    pytest.skip(_skip_reason(), allow_module_level=True)
+SKIP_REASON = _skip_reason()
+if SKIP_REASON:
+    pytest.skip(SKIP_REASON, allow_module_level=True)
 
 import tensorrt as trt  # noqa: E402
 
@@ -98,3 +101,24 @@ def test_runner_respects_the_profile(onnx_files, tmp_path):
         assert logits.shape == (n, 8) and logits.dtype == np.float32
     with pytest.raises(EngineRunError, match="profile"):
         runner.infer(np.zeros((17, 3, 224, 224), np.float32))
+
+
+def test_the_service_backend_serves_the_fp16_engine_built_from_the_fp16_onnx(onnx_files, tmp_path):
+    """What the entrypoint builds on TensorRT 10 and 11 alike, loaded as the service loads it."""
+    from export.onnx_metadata import read_metadata
+    from service.backends.tensorrt import TensorRTBackend
+
+    out = tmp_path / "alexnet.plan"
+    assert _build(onnx_files["fp16"], out, onnx_files["cache"]) == 0
+    backend = TensorRTBackend(out, 16, read_metadata(onnx_files["fp32"]).weights_sha256)
+    assert (backend.precision, backend.batch_sizes) == ("fp16", (1, 2, 4, 8, 16))
+    backend.warmup(224)
+    logits = backend.infer(np.zeros((4, 3, 224, 224), np.float32))
+    assert logits.shape == (4, 8) and np.isfinite(logits).all()
+
+
+def test_a_damaged_timing_cache_does_not_stop_the_build(onnx_files, tmp_path):
+    cache = tmp_path / "trt_timing.cache"
+    cache.write_bytes(b"written by another TensorRT" * 64)
+    assert _build(onnx_files["fp32"], tmp_path / "model.plan", cache) == 0
+    assert cache.read_bytes() != b"written by another TensorRT" * 64  # a fresh cache replaced it

@@ -15,6 +15,8 @@ import pytest
 
 from export import to_trt
 from export.to_trt import BuildError, BuildPlan, MissingPrerequisite, load_tensorrt, plan_build
+from tests.fake_tensorrt import FakeTensorRT
+from tests.tiny_onnx import tiny_onnx
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,6 +51,14 @@ def test_cli_without_tensorrt_exits_2(tmp_path):
 
 def _importer(torch):
     return lambda name: SimpleNamespace(__version__="10.13") if name == "tensorrt" else torch
+
+
+def test_bindings_without_their_libraries_are_a_missing_prerequisite():
+    def bindings_only(name):
+        raise ImportError("libnvinfer.so.11: cannot open shared object file: No such file or directory")
+
+    with pytest.raises(MissingPrerequisite, match="cannot load its libraries.*libnvinfer"):
+        load_tensorrt(bindings_only)
 
 
 def test_no_cuda_is_a_missing_prerequisite():
@@ -94,82 +104,6 @@ def test_verification_rules():
     assert "non-finite" in to_trt.verification_problems("fp16", True, 1.0, float("nan"))[0]
 
 
-class FakeTensorRT:
-    """Records the calls build_engine makes; ``version`` 10 has BuilderFlag.FP16, 11 does not."""
-
-    def __init__(self, version: int) -> None:
-        self.calls: list[tuple] = []
-        self.__version__ = f"{version}.0.0"
-        flags = {"TF32": "TF32"} | ({"FP16": "FP16", "INT8": "INT8"} if version == 10 else {})
-        self.BuilderFlag = SimpleNamespace(**flags)
-        self.NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=0)
-        self.MemoryPoolType = SimpleNamespace(WORKSPACE="WORKSPACE")
-        self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, level: None})
-        rec = self.calls.append
-
-        class Cache:
-            def serialize(self):
-                return b"timing-cache"
-
-        class Config:
-            def set_memory_pool_limit(self, pool, size):
-                rec(("workspace", pool, size))
-
-            def set_flag(self, flag):
-                rec(("set_flag", flag))
-
-            def clear_flag(self, flag):
-                rec(("clear_flag", flag))
-
-            def add_optimization_profile(self, profile):
-                rec(("profile", profile.shapes))
-                return 0
-
-            def create_timing_cache(self, data):
-                rec(("create_timing_cache", bytes(data)))
-                return Cache()
-
-            def set_timing_cache(self, cache, ignore_mismatch):
-                return True
-
-            def get_timing_cache(self):
-                return Cache()
-
-        class Profile:
-            def set_shape(self, name, lo, opt, hi):
-                self.shapes = (name, lo, opt, hi)
-
-        class Builder:
-            def __init__(self, logger):
-                pass
-
-            def create_network(self, flags):
-                rec(("create_network", flags))
-                return SimpleNamespace(num_layers=20)
-
-            def create_builder_config(self):
-                return Config()
-
-            def create_optimization_profile(self):
-                return Profile()
-
-            def build_serialized_network(self, network, config):
-                rec(("build",))
-                return b"engine-bytes"
-
-        class OnnxParser:
-            num_errors = 0
-
-            def __init__(self, network, logger):
-                pass
-
-            def parse_from_file(self, path):
-                rec(("parse", path))
-                return True
-
-        self.Builder, self.OnnxParser = Builder, OnnxParser
-
-
 @pytest.mark.parametrize("version", [10, 11])
 def test_build_call_sequence_with_a_stand_in(tmp_path, version):
     trt = FakeTensorRT(version)
@@ -185,6 +119,26 @@ def test_build_call_sequence_with_a_stand_in(tmp_path, version):
     assert ("create_timing_cache", b"timing-cache") in trt.calls  # the second build reuses the cache
 
 
+@pytest.mark.parametrize(
+    "cache_error",
+    [RuntimeError("Serialized timing cache is from another TensorRT version"), "none", "refused"],
+    ids=["raises", "returns-none", "set-refused"],
+)
+def test_a_timing_cache_from_another_tensorrt_is_deleted_and_the_build_goes_on(tmp_path, capsys, cache_error):
+    """After a TensorRT upgrade the saved cache no longer loads; the engine must still be built."""
+    trt = FakeTensorRT(11, cache_error=cache_error)
+    cache = tmp_path / "trt_timing.cache"
+    cache.write_bytes(b"cache written by TensorRT 10")
+    plan = plan_build(None, "fp16", False)
+    engine = to_trt.build_engine(trt, tmp_path / "m.fp16.onnx", plan, (3, 224, 224), (1, 8, 16), 512, cache)
+    assert engine == b"engine-bytes"
+    assert ("set_timing_cache", b"", True) in trt.calls  # built with a new, empty cache
+    assert cache.read_bytes() == b"timing-cache" and cache.stat().st_mode & 0o777 == 0o644  # saved afresh
+    out = capsys.readouterr().out
+    assert "timing cache" in out and "unusable here" in out and "deleted" in out
+    assert "timing cache new" in out
+
+
 def test_trt10_fp16_flag_path_with_a_stand_in(tmp_path):
     trt = FakeTensorRT(10)
     plan = plan_build("fp16", "fp32", True)
@@ -196,36 +150,6 @@ def test_fp32_clears_tf32(tmp_path):
     trt = FakeTensorRT(11)
     to_trt.build_engine(trt, tmp_path / "m.onnx", plan_build(None, "fp32", False), (3, 224, 224), (1, 8, 16), 512, None)
     assert ("clear_flag", "TF32") in trt.calls
-
-
-def _tiny_onnx(path, precision="fp32", untrained=False):
-    """An ONNX file with our metadata; to_trt.run only reads its metadata and hashes it here."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    from export.onnx_metadata import ModelMetadata, write_metadata
-
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["input"], ["logits"])],
-        "g",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, 224, 224])],
-    )
-    model = helper.make_model(graph)
-    write_metadata(
-        model,
-        ModelMetadata(
-            arch="torchvision",
-            labels=["a", "b"],
-            input_size=224,
-            resize_size=256,
-            weights="untrained" if untrained else "test",
-            weights_sha256="c" * 64,
-            precision=precision,
-        ),
-    )
-    onnx.save(model, str(path))
-    return path
 
 
 @pytest.mark.parametrize("agreement, rc", [(1.0, 0), (0.5, 1)])
@@ -241,7 +165,7 @@ def test_main_writes_engine_and_sidecar_only_when_verified(tmp_path, monkeypatch
         "compare_with_onnxruntime",
         lambda *a: {"top1_agreement": agreement, "max_abs_diff": 1e-3, "relative_max_diff": 1e-4, "images": 97},
     )
-    onnx_path, out = _tiny_onnx(tmp_path / "m.int8.onnx", "int8"), tmp_path / "m.plan"
+    onnx_path, out = tiny_onnx(tmp_path / "m.int8.onnx", "int8"), tmp_path / "m.plan"
     assert to_trt.main(["--onnx", str(onnx_path), "--out", str(out), "--timing-cache", str(tmp_path / "c")]) == rc
     printed = capsys.readouterr()
     if rc:
@@ -253,7 +177,9 @@ def test_main_writes_engine_and_sidecar_only_when_verified(tmp_path, monkeypatch
     sidecar = trt_sidecar.read_sidecar(out)
     assert (sidecar.precision, sidecar.strongly_typed, sidecar.gpu_name) == ("int8", True, "Fake GPU")
     assert sidecar.onnx_sha256 == trt_sidecar.file_sha256(onnx_path)
-    assert sidecar.model_metadata["labels"] == ["a", "b"] and sidecar.verification["images"] == 97
+    assert sidecar.onnx_path == str(onnx_path.resolve())  # the service checks the engine against this file
+    assert sidecar.model_metadata["weights_sha256"] == "c" * 64 and sidecar.verification["images"] == 97
+    assert out.stat().st_mode & 0o777 == 0o644 and trt_sidecar.sidecar_path(out).stat().st_mode & 0o777 == 0o644
     trt_sidecar.check_engine_compatible(
         out, onnx_sha256=sidecar.onnx_sha256, device=trt_sidecar.DeviceInfo("Fake GPU", "9.0", "11.0.0")
     )

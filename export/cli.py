@@ -1,0 +1,29 @@
+"""What the export scripts share on the command line: one progress line per step, tagged with the
+script's name (``[to_onnx] ...``), and one way to turn an expected failure into exit status 1."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+
+def step_printer(tag: str) -> Callable[[str], float]:
+    """A ``step(message)`` that prints ``[tag] message`` at once and returns ``time.perf_counter()``."""
+
+    def step(message: str) -> float:
+        print(f"[{tag}] {message}", flush=True)
+        return time.perf_counter()
+
+    return step
+
+
+def run_main(tag: str, action: Callable[[], object], errors: tuple[type[BaseException], ...]) -> int:
+    """0 when ``action()`` returns; 1 and one line ``[tag] error: ...`` on stderr when it raises one of
+    ``errors`` (the failures a user can fix); anything else is a bug and keeps its traceback."""
+    try:
+        action()
+    except errors as exc:
+        print(f"[{tag}] error: {exc}", file=sys.stderr)
+        return 1
+    return 0

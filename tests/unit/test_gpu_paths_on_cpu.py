@@ -1,0 +1,91 @@
+"""What of the GPU code paths a CPU host can check: the torch backend's batch buckets, the benchmark
+and gpu_check.sh refusing to call a run that measured nothing a success, and the TensorRT GPU tests
+skipping where the bindings are installed without their libraries."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from loadtest.bench import unmeasured_backends
+from service.backends.torch import bucket_for, cuda_graph_buckets
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_batch_runs_in_the_next_bucket_and_none_runs_over_the_largest():
+    buckets = cuda_graph_buckets(48)  # (1, 2, 4, 8, 16, 32, 48): one CUDA graph each, captured at warm-up
+    assert [bucket_for(n, buckets) for n in (1, 2, 3, 5, 16, 17, 33, 48)] == [1, 2, 4, 8, 16, 32, 48, 48]
+    with pytest.raises(ValueError, match="batch of 49 is over max_batch_size 48"):
+        bucket_for(49, buckets)
+
+
+def test_a_benchmark_is_a_failure_when_a_loaded_backend_went_unmeasured():
+    measured = {"service": {"url": "http://x", "steps": [{"concurrency": 1, "requests": 9}]}}
+    result = {
+        "backends": {
+            "torch": {"engine": {}, **measured},
+            "onnxruntime": {"engine": {}, "service": {"skipped": "failed to start: No module named 'opentelemetry'"}},
+            "tensorrt": {"skipped": "tensorrt is not installed"},  # not loadable here: not a failure
+        }
+    }
+    assert unmeasured_backends(result) == {"onnxruntime": "failed to start: No module named 'opentelemetry'"}
+    result["backends"]["onnxruntime"] = {"engine": {}, **measured}
+    assert unmeasured_backends(result) == {}
+    nothing = {"backends": {"tensorrt": {"skipped": "no GPU"}, "torch": {"skipped": "no CUDA"}}}
+    assert "no backend loaded" in unmeasured_backends(nothing)["(all)"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a CUDA GPU: gpu_check.sh would run")
+def test_gpu_check_exits_non_zero_at_once_with_the_reason_without_cuda(tmp_path):
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "OUT": str(tmp_path / "out"),
+        "GPU_CHECK_WORK": str(tmp_path / "work"),
+    }
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts/gpu_check.sh")], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no CUDA GPU is visible to PyTorch" in proc.stderr and "measures nothing here" in proc.stderr
+    assert time.monotonic() - t0 < 60  # one torch import, not a budget of steps
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+
+
+def test_tensorrt_gpu_tests_skip_when_the_bindings_cannot_load_their_libraries(tmp_path):
+    """pip's tensorrt bindings without TensorRT's libraries: ``import tensorrt`` raises ImportError. The
+    GPU tests must skip and say so, on a host where CUDA works (faked here by a pytest plugin)."""
+    site = tmp_path / "site"
+    (site / "tensorrt").mkdir(parents=True)
+    (site / "tensorrt" / "__init__.py").write_text(
+        'raise ImportError("libnvinfer.so.11: cannot open shared object file: No such file or directory")\n'
+    )
+    (site / "fake_cuda.py").write_text(
+        textwrap.dedent("""
+        import torch
+
+        torch.cuda.is_available = lambda: True
+        """)
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+    module = str(REPO / "tests/gpu/test_tensorrt.py")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "fake_cuda", "-p", "no:cacheprovider", "-q", "-rs", module],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=240,
+    )
+    assert proc.returncode == 5, proc.stdout + proc.stderr  # a module skipped whole: "no tests ran", not 2 (error)
+    assert proc.stdout.strip().splitlines()[-1].startswith("1 skipped in")  # not "1 error"
+    assert "cannot load its libraries: ImportError: libnvinfer.so.11" in proc.stdout

@@ -1,0 +1,113 @@
+"""service/backends/onnxruntime.py: the precision it reports, which ONNX it serves on CUDA, the shapes
+it pads to there, and what it says when its CUDA provider does not load (shown with the CPU build)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from export.onnx_metadata import fp16_sibling, read_metadata
+from service.backends import onnxruntime_model
+from service.backends.onnxruntime import OnnxRuntimeBackend, onnx_precision
+from service.errors import BackendUnavailable
+from service.settings import Settings
+from tests.tiny_onnx import tiny_onnx
+
+
+def test_an_fp16_export_is_reported_as_fp16_and_runs(tmp_path):
+    fp16 = tiny_onnx(tmp_path / "m.fp16.onnx", "fp16")  # float32 input and logits, float16 inside
+    assert onnx_precision(fp16) == "fp16" and onnx_precision(tiny_onnx(tmp_path / "m.onnx")) == "fp32"
+    backend = OnnxRuntimeBackend(fp16, "cpu", 8, 1)
+    assert backend.precision == "fp16" and backend.describe()["precision"] == "fp16"
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(backend.infer(x), 2 * x)
+
+
+def test_on_the_cpu_any_batch_size_runs_unpadded(tmp_path):
+    # There a first run at a new size costs no more than the next (module docstring); padding would.
+    assert OnnxRuntimeBackend(tiny_onnx(tmp_path / "m.onnx"), "cpu", 32, 1).batch_sizes is None
+
+
+class FakeCudaSession:
+    """An InferenceSession whose CUDA provider loaded."""
+
+    def __init__(self, path, sess_options=None, providers=None):
+        self.providers = providers
+
+    def get_providers(self):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def get_inputs(self):
+        return [SimpleNamespace(name="input", type="tensor(float)")]
+
+
+def test_on_cuda_batches_are_padded_to_the_warmed_powers_of_two_and_dlls_preloaded_first(tmp_path, monkeypatch):
+    order: list[str] = []
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "preload_dlls", lambda: order.append("preload_dlls"), raising=False)
+
+    def session(*args, **kwargs):
+        order.append("InferenceSession")
+        return FakeCudaSession(*args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    backend = OnnxRuntimeBackend(tiny_onnx(tmp_path / "m.onnx"), "cuda", 48, 1)
+    assert backend.device == "cuda:0"
+    assert backend.batch_sizes == (1, 2, 4, 8, 16, 32, 48)  # what Backend.warmup runs and the batcher pads to
+    assert order == ["preload_dlls", "InferenceSession"]
+
+
+def test_a_silent_fallback_to_the_cpu_is_refused_with_onnx_runtimes_reason(tmp_path, monkeypatch):
+    # The CPU build has no CUDA provider: asked for it anyway, ORT warns and falls back to the CPU, as
+    # onnxruntime-gpu does when libcudnn or the CUDA runtime does not load.
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(BackendUnavailable) as refused:
+        OnnxRuntimeBackend(tiny_onnx(tmp_path / "m.onnx"), "cuda", 8, 1)
+    message = str(refused.value)
+    assert "fell back to ['CPUExecutionProvider']" in message
+    assert "CUDAExecutionProvider" in message.split("did not load:")[1]  # ORT's own words, not just ours
+
+
+def test_an_exception_from_the_cuda_session_is_refused_with_its_text(tmp_path, monkeypatch):
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("CUDA failure 35: CUDA driver version is insufficient for CUDA runtime version")
+
+    monkeypatch.setattr(ort, "InferenceSession", failing)
+    with pytest.raises(BackendUnavailable, match="could not start its CUDA provider: RuntimeError: CUDA failure 35"):
+        OnnxRuntimeBackend(tiny_onnx(tmp_path / "m.onnx"), "cuda", 8, 1)
+
+
+@pytest.fixture
+def models(tmp_path):
+    fp32 = tiny_onnx(tmp_path / "alexnet.onnx")
+    return fp32, read_metadata(fp32)
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp16"])
+def test_on_cuda_auto_and_fp16_serve_the_fp16_export(models, precision):
+    fp32, meta = models
+    fp16 = tiny_onnx(fp16_sibling(fp32), "fp16")
+    assert onnxruntime_model(Settings(onnx=fp32, precision=precision), "cuda", meta) == fp16
+    assert onnxruntime_model(Settings(onnx=fp32, precision=precision), "cpu", meta) == fp32
+    assert onnxruntime_model(Settings(onnx=fp32, precision="fp32"), "cuda", meta) == fp32
+
+
+def test_without_the_fp16_export_auto_serves_fp32_and_an_explicit_fp16_is_refused(models, caplog):
+    fp32, meta = models
+    assert onnxruntime_model(Settings(onnx=fp32), "cuda", meta) == fp32
+    assert "serves" in caplog.text and "in fp32" in caplog.text and "--precision fp16" in caplog.text
+    with pytest.raises(BackendUnavailable, match="needs the fp16 ONNX.*is missing"):
+        onnxruntime_model(Settings(onnx=fp32, precision="fp16"), "cuda", meta)
+    tiny_onnx(fp16_sibling(fp32), "fp16", weights_sha256="d" * 64)  # stale: other weights
+    with pytest.raises(BackendUnavailable, match="holds weights"):
+        onnxruntime_model(Settings(onnx=fp32, precision="fp16"), "cuda", meta)
+
+
+def test_an_onnx_given_in_another_precision_is_served_as_it_is(tmp_path):
+    int8 = tiny_onnx(tmp_path / "alexnet.int8.onnx", "int8")
+    assert onnxruntime_model(Settings(onnx=int8), "cuda", read_metadata(int8)) == int8
