@@ -6,6 +6,12 @@ BIN := $(VENV)/bin
 # Installed before the project so pip never picks a multi-GB build by itself: on a CPU host this
 # machine's local CPU wheel, on a GPU host PyPI's CUDA build of the same release.
 TORCH_SPEC ?= torch==2.13.0
+# torchvision for the exact-parity test against its ImageNet preset (tests/unit/test_preprocess.py)
+# and, on a GPU host, nvJPEG decoding. Installed with --no-deps: it pins torch==2.13.0 and pip would
+# otherwise swap the CPU torch wheel for PyPI's CUDA build. 0.28.0 is the release paired with torch
+# 2.13 on PyPI. Beside the CPU torch its compiled ops do not load, but its pure-Python transforms and
+# presets do (tests/torchvision_modules.py); beside PyPI's CUDA torch, all of it loads.
+TORCHVISION_SPEC ?= torchvision==0.28.0
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 EXTRAS ?= $(if $(HAS_GPU),gpu,cpu),dev
 HOST ?= 0.0.0.0
@@ -20,9 +26,10 @@ PY_DIRS := service export model loadtest tests scripts
 .PHONY: install serve test lint clean-artifacts
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q --no-deps $(TORCHVISION_SPEC)
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 

@@ -1,8 +1,10 @@
 """Image folders as model input batches, for INT8 calibration and for evaluating agreement.
 
-Preprocessing is the one the ONNX file's metadata describes (resize the shorter side to
-``resize_size``, center-crop ``input_size``, scale to [0, 1], normalize with ``mean``/``std``), so a
-calibrated model sees the same distribution the service feeds it.
+Preprocessing is the service's own (``model/preprocessing.py``: EXIF orientation, every mode to RGB,
+the shorter side resized to ``resize_size`` as torchvision computes it, center crop ``input_size`` at
+torchvision's offsets, normalized with ``mean``/``std``), with the sizes and mean/std the ONNX file's
+metadata carries, so a calibrated model sees the same pixels the service feeds it. One difference
+remains: the service may decode large JPEGs at a reduced DCT size (``--jpeg-draft``), within ~1/255.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from export.onnx_metadata import ModelMetadata
+from model.preprocessing import normalize, normalize_batch, resize_crop_uint8, to_rgb, upright
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
 
@@ -36,25 +39,24 @@ def list_images(folder: str | Path, limit: int | None = None) -> list[Path]:
     return paths[:limit] if limit else paths
 
 
-def preprocess(path: Path, meta: ModelMetadata) -> np.ndarray:
-    """One image as a normalized float32 array (3, input_size, input_size)."""
+def crop_uint8(path: Path, meta: ModelMetadata) -> np.ndarray:
+    """One image file as the service's (input_size, input_size, 3) uint8 crop, before normalisation."""
     try:
         with Image.open(path) as opened:
-            image = opened.convert("RGB")
-            w, h = image.size
-            scale = meta.resize_size / min(w, h)
-            image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
-            w, h = image.size
-            left, top = (w - meta.input_size) // 2, (h - meta.input_size) // 2
-            image = image.crop((left, top, left + meta.input_size, top + meta.input_size))
-            array = np.asarray(image, dtype=np.float32) / np.float32(255.0)  # (H, W, 3)
-    except OSError as exc:
+            opened.load()
+            image = to_rgb(upright(opened))
+    except (OSError, SyntaxError) as exc:  # what PIL raises on unreadable, truncated or damaged files
         raise ImageFolderError(f"{path}: cannot read image ({exc}); remove it from the folder") from exc
-    array = np.subtract(array, np.asarray(meta.mean, np.float32)) / np.asarray(meta.std, np.float32)
-    return np.ascontiguousarray(array.transpose(2, 0, 1))  # (3, H, W)
+    return resize_crop_uint8(image, meta.resize_size, meta.input_size)
+
+
+def preprocess(path: Path, meta: ModelMetadata) -> np.ndarray:
+    """One image as a normalized float32 array (3, input_size, input_size), as the service makes it."""
+    return normalize(crop_uint8(path, meta), meta.mean, meta.std)
 
 
 def iter_batches(paths: list[Path], meta: ModelMetadata, batch_size: int) -> Iterator[np.ndarray]:
     """Batches (N, 3, input_size, input_size) float32 of at most ``batch_size`` images."""
     for start in range(0, len(paths), batch_size):
-        yield np.stack([preprocess(p, meta) for p in paths[start : start + batch_size]])
+        crops = np.stack([crop_uint8(p, meta) for p in paths[start : start + batch_size]])  # (N, S, S, 3)
+        yield normalize_batch(crops, mean=meta.mean, std=meta.std)

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import onnx
 
+from model.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+
 PREFIX = "alexnet_serve."
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# The graph's tensor names, fixed by export/to_onnx.py and relied on by every backend and check.
+INPUT_NAME = "input"  # (N, 3, input_size, input_size) float, normalized as model/preprocessing.py does
+OUTPUT_NAME = "logits"  # (N, num_classes)
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ processes and ships uint8 tensors (4x fewer bytes than float32 to pin and copy),
 part (to float, PCA lighting noise, normalization) runs batch-wise on whatever device trains.
 
 Sources: crops, flips and lighting follow Krizhevsky et al. 2012, section 4.1; the ImageNet PCA
-eigenvalues/eigenvectors (for RGB in [0, 1]) and mean/std are the ones used by fb.resnet.torch and
-torchvision's references.
+eigenvalues/eigenvectors (for RGB in [0, 1]) are the ones used by fb.resnet.torch and torchvision's
+references. Mean/std, the resize rule and the center crop are the service's (``model/preprocessing.py``),
+so evaluation here sees exactly what the service feeds the model.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from model.preprocessing import IMAGENET_MEAN, IMAGENET_STD, crop_offsets, resize_crop, resized_size
+
 # Principal components of ImageNet RGB pixels in [0, 1]: eigenvalues and eigenvectors (as columns).
 IMAGENET_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 IMAGENET_PCA_EIGVEC = (
@@ -27,12 +28,11 @@ LIGHTING_STD = 0.1  # paper: alpha ~ N(0, 0.1)
 
 
 def resize_shorter(img: Image.Image, size: int) -> Image.Image:
-    """Scale so the shorter side is ``size`` pixels, keeping the aspect ratio."""
+    """Scale so the shorter side is ``size`` pixels, keeping the aspect ratio (the service's size rule)."""
     w, h = img.size
     if min(w, h) == size:
         return img
-    scale = size / min(w, h)
-    return img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
+    return img.resize(resized_size(w, h, size), Image.Resampling.BILINEAR)
 
 
 def crop_box(img: Image.Image, left: int, top: int, size: int) -> Image.Image:
@@ -43,7 +43,7 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     w, h = img.size
     if w < size or h < size:
         raise ValueError(f"image {w}x{h} is smaller than the {size}x{size} crop")
-    return crop_box(img, (w - size) // 2, (h - size) // 2, size)
+    return crop_box(img, *crop_offsets(w, h, size), size)
 
 
 def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
@@ -90,7 +90,7 @@ class EvalTransform:
         self.resize_size, self.crop_size = resize_size, crop_size
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        return to_uint8_tensor(center_crop(resize_shorter(img.convert("RGB"), self.resize_size), self.crop_size))
+        return to_uint8_tensor(resize_crop(img.convert("RGB"), self.resize_size, self.crop_size))
 
 
 def ten_crop_boxes(full: int, crop: int) -> list[tuple[int, int]]:

@@ -1,13 +1,13 @@
-"""Image bytes -> normalized (3, crop, crop) float32 array, exactly as torchvision's ImageNet eval preset.
+"""Image bytes -> the model's input: a (crop, crop, 3) uint8 crop or a normalized (3, crop, crop) float32.
 
-torchvision's ``ImageClassification(crop_size=224)`` on a PIL image does: resize the shorter side to 256
-with PIL bilinear (PIL always antialiases), the longer side to ``int(256 * long / short)``; center crop
-at ``int(round((size - crop) / 2))``; scale to [0, 1]; subtract mean and divide by std. This module does
-the same with PIL and NumPy, so the model sees what it was trained on.
+The preset itself (torchvision's ImageNet eval preset: sizes, resize rule, crop offsets, mean/std,
+normalisation) is defined once in ``model/preprocessing.py``; this module is the service's defensive
+decoder in front of it. Decoding is defensive: the format is checked against an allow-list and the
+pixel count against a limit *before* pixels are decoded, truncated files are refused, EXIF orientation
+is applied, and every mode (grayscale, 16-bit, CMYK, palette, alpha) ends as RGB.
 
-Decoding is defensive: the format is checked against an allow-list and the pixel count against a limit
-*before* pixels are decoded, truncated files are refused, EXIF orientation is applied, and every mode
-(grayscale, 16-bit, CMYK, palette, alpha) ends as RGB.
+``preprocess_uint8`` stops before normalisation (what crosses a process boundary: 150 KB, not 602 KB
+of float32); ``preprocess`` is ``normalize(preprocess_uint8(...))``, bit for bit.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from PIL import (  # noqa: F401
     BmpImagePlugin,
     GifImagePlugin,
     Image,
-    ImageOps,
     JpegImagePlugin,
     PngImagePlugin,
     TiffImagePlugin,
@@ -28,15 +27,21 @@ from PIL import (  # noqa: F401
     WebPImagePlugin,
 )
 
+from model.preprocessing import (
+    CROP_SIZE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RESIZE_SIZE,
+    normalize,
+    resize_crop_uint8,
+    to_rgb,
+    upright,
+)
 from service.errors import CorruptImage, EmptyBody, ImageTooLarge, NotAnImage, UnsupportedImageFormat
 
 # JPEG draft decoding keeps at least this multiple of the resize target, so the final bilinear
 # resize still does real antialiased downscaling and the result stays within ~1/255 of a full decode.
 DRAFT_MARGIN = 2
-# Past this many pixels on the long side after the resize (aspect ratio > 16 for a 256 resize), only
-# the crop's source region is resized: a 1x40000 image would otherwise become a 256x10240000 buffer.
-# That path can differ from resize-then-crop by 1/255 on ~0.1% of pixels (box rounding).
-MAX_RESIZED_SIDE = 4096
 # The parsers tried on incoming bytes (JPEG's also reads MPO, the multi-picture JPEG of phone cameras),
 # registered by the imports above rather than lazily from several decode threads at once.
 PARSERS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
@@ -52,7 +57,6 @@ _OTHER_FORMATS = (
     (b"\xff\x0a", "JPEG XL"),
     (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
 )
-_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 # Our own limit (PreprocessConfig.max_pixels) is checked from the header before any pixel is decoded,
 # with a message that names the size; PIL's global bomb check would only duplicate it, less clearly.
 Image.MAX_IMAGE_PIXELS = None
@@ -60,35 +64,12 @@ Image.MAX_IMAGE_PIXELS = None
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    resize_size: int = 256
-    crop_size: int = 224
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    resize_size: int = RESIZE_SIZE
+    crop_size: int = CROP_SIZE
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     max_pixels: int = 40_000_000
     jpeg_draft: bool = True
-
-
-def resized_size(width: int, height: int, resize_size: int) -> tuple[int, int]:
-    """(width, height) after resizing the shorter side to ``resize_size``, as torchvision computes it."""
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = resize_size, int(resize_size * long / short)
-    return (new_short, new_long) if width <= height else (new_long, new_short)
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in _SIXTEEN_BIT_MODES:
-        # PIL's own I;16 -> RGB conversion clips at 255 (a white image); scale the range down instead.
-        wide = np.asarray(image, dtype=np.uint32 if image.mode != "I" else np.int64)
-        peak = 65535 if image.mode != "I" else max(int(wide.max()), 1)
-        image = Image.fromarray((np.clip(wide, 0, peak) * 255 // peak).astype(np.uint8), mode="L")
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        # Transparent pixels are shown over white, as a browser shows them; their stored colour is noise.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB") if image.mode != "RGB" else image
 
 
 def _sniff_other_image_format(data: bytes) -> str | None:
@@ -129,32 +110,26 @@ def decode(data: bytes, config: PreprocessConfig) -> Image.Image:
             if scale < 1:
                 image.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
         image.load()  # decode now, inside the try, so truncation surfaces here
-        image = ImageOps.exif_transpose(image) or image
-        return _to_rgb(image)
+        return to_rgb(upright(image))
     except (OSError, SyntaxError, ValueError) as exc:
         raise CorruptImage(f"truncated or corrupt image data ({exc})") from None
 
 
+def transform_uint8(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
+    """RGB PIL image -> (crop, crop, 3) uint8, C-contiguous: resized and center-cropped, not normalized."""
+    return resize_crop_uint8(image, config.resize_size, config.crop_size)
+
+
 def transform(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
-    """RGB PIL image -> (3, crop, crop) float32, normalized with ImageNet mean and std."""
-    width, height = image.size
-    new_w, new_h = resized_size(width, height, config.resize_size)
-    crop = config.crop_size
-    top = round((new_h - crop) / 2.0)
-    left = round((new_w - crop) / 2.0)
-    if max(new_w, new_h) <= MAX_RESIZED_SIDE:
-        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-        image = image.crop((left, top, left + crop, top + crop))
-    else:
-        sx, sy = width / new_w, height / new_h
-        box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
-        image = image.resize((crop, crop), Image.Resampling.BILINEAR, box=box)
-    pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)  # (crop, crop, 3) in [0, 1]
-    mean = np.asarray(config.mean, dtype=np.float32)
-    std = np.asarray(config.std, dtype=np.float32)
-    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))  # (3, crop, crop)
+    """RGB PIL image -> (3, crop, crop) float32, normalized with the config's mean and std."""
+    return normalize(transform_uint8(image, config), config.mean, config.std)
+
+
+def preprocess_uint8(data: bytes, config: PreprocessConfig) -> np.ndarray:
+    """Image bytes -> (crop, crop, 3) uint8 RGB crop, C-contiguous; raises a ServiceError subclass on bad input."""
+    return transform_uint8(decode(data, config), config)
 
 
 def preprocess(data: bytes, config: PreprocessConfig) -> np.ndarray:
     """Image bytes -> (3, crop, crop) float32; raises a ServiceError subclass on bad input."""
-    return transform(decode(data, config), config)
+    return normalize(preprocess_uint8(data, config), config.mean, config.std)

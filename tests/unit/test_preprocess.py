@@ -1,8 +1,9 @@
-"""Preprocessing: torchvision's ImageNet eval preset, defensive decoding, every mode to RGB."""
+"""Preprocessing: torchvision's ImageNet eval preset, defensive decoding, every mode to RGB, the uint8 hand-off."""
 
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -10,9 +11,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from model.preprocessing import normalize, normalize_batch, resized_size
 from service.errors import CorruptImage, EmptyBody, ImageTooLarge, NotAnImage, UnsupportedImageFormat
-from service.preprocess import PreprocessConfig, decode, preprocess, resized_size, transform
+from service.preprocess import PreprocessConfig, decode, preprocess, preprocess_uint8, transform
 from tests.conftest import make_image
+from tests.torchvision_modules import import_torchvision
+
+IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 CONFIG = PreprocessConfig(jpeg_draft=False)
 MEAN = np.array(CONFIG.mean, dtype=np.float32)[:, None, None]
@@ -70,14 +75,27 @@ def test_matches_an_independent_torch_resize_within_interpolation_noise():
     assert np.abs(ours - reference).max() < 0.1
 
 
-def test_matches_torchvision_exactly_where_it_is_installed():
-    transforms = pytest.importorskip("torchvision.transforms", reason="torchvision is not importable here")
-    from torchvision.models import AlexNet_Weights
-
-    image = Image.open(io.BytesIO(make_image(640, 480, seed=4))).convert("RGB")
-    reference = AlexNet_Weights.IMAGENET1K_V1.transforms()(image).numpy()
-    assert transforms is not None
-    np.testing.assert_allclose(transform(image, CONFIG), reference, atol=1e-6)
+@pytest.mark.parametrize("size", [(640, 480), (480, 640), (500, 375), (257, 256), (256, 1000), (224, 224), (97, 1500)])
+def test_matches_torchvision_exactly_where_it_is_installed(size):
+    """torchvision's own AlexNet preset on the same PIL image. Runs in CI: `make install` puts the
+    torchvision wheel's pure-Python files beside our CPU torch (tests/torchvision_modules.py)."""
+    try:
+        models = import_torchvision("models")
+    except ImportError as exc:
+        reason = f"torchvision's presets are not importable here ({exc})"
+        if IN_CI:
+            pytest.fail(f"{reason} [CI=true: this test must run in CI]", pytrace=False)
+        pytest.skip(reason)
+    preset = models.AlexNet_Weights.IMAGENET1K_V1.transforms()
+    assert (preset.resize_size, preset.crop_size) == ([CONFIG.resize_size], [CONFIG.crop_size])
+    assert (tuple(preset.mean), tuple(preset.std)) == (CONFIG.mean, CONFIG.std)
+    image = Image.open(io.BytesIO(make_image(*size, seed=4))).convert("RGB")
+    reference = preset(image).numpy()
+    np.testing.assert_allclose(transform(image, CONFIG), reference, rtol=0, atol=1e-6)
+    # The uint8 crop before normalisation is torchvision's exactly: same pixels, not only close floats.
+    tv_functional = import_torchvision("transforms.functional")
+    tv_crop = tv_functional.center_crop(tv_functional.resize(image, [256]), [224])
+    np.testing.assert_array_equal(preprocess_uint8(make_image(*size, seed=4), CONFIG), np.asarray(tv_crop))
 
 
 def test_jpeg_draft_decoding_stays_close_to_a_full_decode():
@@ -163,11 +181,11 @@ def test_extreme_aspect_ratios_are_cropped_before_resizing(size):
 
 
 def test_the_cropped_resize_path_stays_within_one_level_of_the_full_resize(monkeypatch):
-    import service.preprocess as preprocess_module
+    import model.preprocessing as preprocessing
 
     image = Image.open(io.BytesIO(make_image(500, 375, seed=9))).convert("RGB")
     full = transform(image, CONFIG)
-    monkeypatch.setattr(preprocess_module, "MAX_RESIZED_SIDE", 0)
+    monkeypatch.setattr(preprocessing, "MAX_RESIZED_SIDE", 0)
     cropped = transform(image, CONFIG)
     assert np.abs(full - cropped).max() <= 1.01 / 255 / min(CONFIG.std)
 
@@ -178,3 +196,48 @@ def test_formats_we_do_not_serve_are_never_parsed():
         decode(encode(Image.new("RGB", (8, 8)), "PPM"), CONFIG)
     with pytest.raises(UnsupportedImageFormat, match="SVG"):
         decode(b'<svg xmlns="http://www.w3.org/2000/svg"/>', CONFIG)
+
+
+def _legacy_float_path(image: Image.Image) -> np.ndarray:
+    """The float arithmetic preprocess() did before the uint8 hand-off existed, on an already cropped image."""
+    pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+    mean, std = np.asarray(CONFIG.mean, np.float32), np.asarray(CONFIG.std, np.float32)
+    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize(
+    "width, height, fmt, mode",
+    [
+        (500, 375, "JPEG", "RGB"),
+        (375, 500, "PNG", "RGB"),
+        (31, 977, "PNG", "L"),
+        (2000, 1500, "JPEG", "RGB"),
+        (1, 1, "PNG", "RGB"),
+    ],
+)
+def test_the_uint8_crop_normalized_is_the_float_path_bit_for_bit(width, height, fmt, mode):
+    data = make_image(width, height, seed=width, fmt=fmt, mode=mode)
+    for config in (CONFIG, PreprocessConfig()):  # full decode, and JPEG draft decode as served
+        crop = preprocess_uint8(data, config)
+        assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
+        assert crop.flags["C_CONTIGUOUS"] and crop.flags["WRITEABLE"]
+        floats = preprocess(data, config)
+        assert floats.shape == (3, 224, 224) and floats.dtype == np.float32 and floats.flags["C_CONTIGUOUS"]
+        np.testing.assert_array_equal(floats, _legacy_float_path(Image.fromarray(crop)))
+        np.testing.assert_array_equal(floats, normalize(crop))
+
+
+def test_normalize_batch_is_the_per_image_path_and_fills_a_preallocated_batch():
+    crops = np.random.default_rng(0).integers(0, 256, size=(5, 224, 224, 3), dtype=np.uint8)
+    expected = np.stack([_legacy_float_path(Image.fromarray(c)) for c in crops])
+    np.testing.assert_array_equal(normalize_batch(crops), expected)
+    buffer = np.full((8, 3, 224, 224), np.nan, np.float32)  # e.g. a padded batch: fill the first rows
+    assert normalize_batch(crops, out=buffer[:5]).base is buffer
+    np.testing.assert_array_equal(buffer[:5], expected)
+    assert np.isnan(buffer[5:]).all()
+    other = normalize_batch(crops[:1], mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    np.testing.assert_allclose(other[0], (crops[0].transpose(2, 0, 1) / 255 - 0.5) / 0.25, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="uint8"):
+        normalize_batch(crops.astype(np.float32))
+    with pytest.raises(ValueError, match="out must be"):
+        normalize_batch(crops, out=np.empty((5, 3, 224, 224), np.float64))
