@@ -3,11 +3,16 @@
     python -m loadtest.bench                               # CPU: (a) (b) (c) (d), ~3 minutes
     python -m loadtest.bench --peers litserve,mosec        # + the peer frameworks (pip install -e '.[bench]')
     python -m loadtest.bench --gpu --out results/gpu-h100  # CUDA host: (a) (b) (c) per GPU backend
+    python -m loadtest.bench --layout "1 http:--http-workers=1" --layout "before:checkout=/tmp/before"
+                                                           # + the service in other layouts, interleaved
 
 (a) engine ceiling: the backend alone on preprocessed batches, img/s per batch size
 (b) pipeline ceiling: decode + preprocess + batch + infer in this process, no HTTP
 (c) the service through HTTP (``python -m service`` started here on 127.0.0.1), a concurrency sweep
 (d) the naive baseline (``loadtest/naive_server.py``): FastAPI, one backend call per request
+(e) layouts: the service again with other flags (``--http-workers``, ``--decode``) or from another
+    checkout (``checkout=PATH``: a git worktree of an earlier commit, to compare with what it was),
+    each in the same interleaved rotation, and its ratios to the first layout given
 
 Prints the ratios (c)/(a), (c)/(b), (c)/(d) against the targets, and a Markdown table for the README;
 writes bench.json, bench.md and each sweep's report/CSV/plots under --out.
@@ -28,8 +33,9 @@ from loadtest import report, servers
 from loadtest.__main__ import build_payloads, host_description, write_outputs
 from loadtest.ceilings import engine_ceiling, pipeline_ceiling, preprocess_time_ms, run_pipeline
 from loadtest.corpus import build_corpus
+from loadtest.multiproc import healthz_ceiling, run_sweep
 from loadtest.progress import ProgressBar
-from loadtest.runner import LoadClient, StepConfig, run_step, sweep
+from loadtest.runner import StepConfig
 
 GPU_BACKENDS = ("torch", "onnxruntime", "tensorrt")
 DEFAULT_CONCURRENCY = [1, 4, 16, 32]
@@ -81,8 +87,35 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=[],
         help="extra flag for python -m service (repeat), e.g. --service-flag=--max-delay-ms=4",
     )
+    p.add_argument(
+        "--layout",
+        action="append",
+        default=[],
+        metavar="LABEL:FLAGS",
+        help="(e) the service once more as LABEL with FLAGS (space-separated service flags), or from another "
+        "checkout with 'checkout=PATH' among them; repeat; ratios are to the first",
+    )
+    p.add_argument(
+        "--procs", default="1", help="load-generator processes (python -m loadtest --procs): an integer or auto"
+    )
     p.add_argument("--out", type=Path, default=None, help="output folder (default results/bench-TIMESTAMP)")
     return p
+
+
+def parse_layout(text: str) -> tuple[str, list[str], Path | None]:
+    """'LABEL:FLAGS' -> (label, service flags, checkout or None)."""
+    label, sep, rest = text.partition(":")
+    if not sep or not label.strip():
+        raise ValueError(f"--layout {text!r}: expected LABEL:FLAGS, e.g. '2 http:--http-workers=2'")
+    flags, checkout = [], None
+    for word in rest.split():
+        if word.startswith("checkout="):
+            checkout = Path(word.removeprefix("checkout=")).resolve()
+            if not (checkout / "service" / "__main__.py").is_file():
+                raise ValueError(f"--layout {label}: {checkout} is not a checkout of this repository")
+        else:
+            flags.append(word)
+    return label.strip(), flags, checkout
 
 
 def say(text: str) -> None:
@@ -175,6 +208,7 @@ class Target:
     backend: str
     out_dir: Path
     extra: list[str]
+    cwd: Path | None = None  # another checkout to run it from
 
 
 @dataclass
@@ -214,7 +248,9 @@ def http_sweeps(
     for t in targets:
         say(f"starting {t.key} ({t.backend}, {args.device})")
         try:
-            started[t.key] = servers.start(t.name, t.out_dir / "logs", args.onnx, t.backend, args.device, t.extra)
+            started[t.key] = servers.start(
+                t.name, t.out_dir / "logs", args.onnx, t.backend, args.device, t.extra, cwd=t.cwd
+            )
         except Exception as exc:  # a peer that will not start is reported, not fatal
             say(f"{t.key} failed to start: {exc}")
             out[t.key] = {"skipped": f"failed to start: {str(exc)[:500]}"}
@@ -230,14 +266,8 @@ def http_sweeps(
         first = next((t for t in live if t.name == "service"), None)
         if first is not None:
             c = max(args.concurrency)
-            async with LoadClient(started[first.key].url, "healthz") as client:
-                r = await run_step(
-                    client,
-                    build_payloads("healthz"),
-                    StepConfig("closed", concurrency=c, duration_s=min(3.0, args.duration_s), warmup_s=0.5),
-                )
-            ceiling = {"concurrency": c, "req_per_s": r.rps, "p50_ms": r.latency.percentile_ms(50)}
-            say(f"client ceiling: GET /healthz at c={c}: {r.rps:.0f} req/s")
+            ceiling = await healthz_ceiling(started[first.key].url, c, min(3.0, args.duration_s), 0.5, procs=args.procs)
+            say(f"client ceiling: GET /healthz at c={c}: {ceiling['req_per_s']:.0f} req/s ({ceiling['split']})")
         stopped: set[str] = set()
         for i, c in enumerate(args.concurrency):
             order = live[i % len(live) :] + live[: i % len(live)] if live else []
@@ -266,8 +296,9 @@ def http_sweeps(
                 )
                 bar = ProgressBar(1)
                 bar.next_step()
-                async with LoadClient(started[t.key].url, args.kind) as client:
-                    (r,) = await sweep(client, payloads, [config], 0.5, None, bar)
+                (r,) = await run_sweep(
+                    started[t.key].url, args.kind, payloads, [config], args.procs, max_error_rate=0.5, progress=bar
+                )
                 bar.done()
                 results[t.key].append(r)
                 row = report.row(r)
@@ -306,6 +337,35 @@ def _best(steps: list[dict], lo: int = 16, hi: int = 32) -> dict | None:
 
 def _at(steps: list[dict], c: int) -> dict | None:
     return next((s for s in steps if s["concurrency"] == c and s["requests"]), None)
+
+
+def layout_lines(layouts: dict[str, dict], md: list[str]) -> list[str]:
+    """(e): each layout's steps as table rows, and its img/s and p50 per concurrency against the first."""
+    measured = {label: entry for label, entry in layouts.items() if "steps" in entry}
+    lines = [
+        f"{label}: not measured ({entry.get('skipped')})" for label, entry in layouts.items() if label not in measured
+    ]
+    if not measured:
+        return lines
+    base_label, base = next(iter(measured.items()))
+    for label, entry in measured.items():
+        for s in entry["steps"]:
+            md.append(
+                f"| (e) layout {label}, c={s['concurrency']} | {s['img_per_s']:.1f} | {s['p50_ms']:.1f} | "
+                f"{s['p99_ms']:.1f} | mean batch {s['server_batch_size_mean'] or 0:.1f}, {s['errors']} errors |"
+            )
+        if label == base_label:
+            continue
+        parts = []
+        for s in entry["steps"]:
+            b = _at(base["steps"], s["concurrency"])
+            if b and b["img_per_s"] and b["p50_ms"]:
+                parts.append(
+                    f"c={s['concurrency']}: img/s x{s['img_per_s'] / b['img_per_s']:.2f}, "
+                    f"p50 x{s['p50_ms'] / b['p50_ms']:.2f}"
+                )
+        lines.append(f"layout {label} vs {base_label}: " + "; ".join(parts))
+    return lines
 
 
 def summarize(result: dict) -> tuple[list[str], list[str]]:
@@ -433,6 +493,7 @@ def summarize(result: dict) -> tuple[list[str], list[str]]:
                 if best and pbest["img_per_s"]:
                     ahead = "ahead" if best["img_per_s"] > pbest["img_per_s"] else "BEHIND"
                     lines.append(f"  (c) {name} / {label}: {best['img_per_s'] / pbest['img_per_s']:.2f} ({ahead})")
+    lines += layout_lines(result.get("layouts", {}), md)
     ceiling = result.get("client_ceiling")
     if ceiling:
         md.append(
@@ -478,6 +539,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         targets.append(Target(f"service:{name}", "service", name, out / name, list(args.service_flag)))
     first = next((t.backend for t in targets), backends[0])
+    for text in args.layout:
+        label, flags, checkout = parse_layout(text)
+        targets.append(
+            Target(f"layout:{label}", "service", first, out / f"layout-{label.replace(' ', '-')}", flags, checkout)
+        )
     if not args.no_naive:
         targets.append(Target("naive", "naive", first, out, []))
     for peer in [p for p in args.peers.split(",") if p]:
@@ -499,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         result["naive"] = http.get("naive", {"skipped": "not run"})
     for peer in [p for p in args.peers.split(",") if p]:
         result["peers"][peer] = http.get(peer, {"skipped": "not run"})
+    result["layouts"] = {key.removeprefix("layout:"): value for key, value in http.items() if key.startswith("layout:")}
     if targets and targets[0].name == "service":  # the engine again: how much the host drifted meanwhile
         b = result["backends"][targets[0].backend]
         biggest = max(e["batch"] for e in b["engine"])

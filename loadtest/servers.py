@@ -97,8 +97,13 @@ def start(
     device: str = "cpu",
     extra: list[str] = (),
     timeout_s: float = 180,
+    cwd: Path | None = None,
 ) -> Started:
-    """Start one server on a free port and wait until its readiness path answers 200 (raises otherwise)."""
+    """Start one server on a free port and wait until its readiness path answers 200 (raises otherwise).
+
+    ``cwd``: another checkout of this repository to run the server from (``python -m`` finds the
+    packages of the working directory first), e.g. a git worktree of an earlier commit.
+    """
     port = free_port()
     argv, ready = command(name, port, onnx, backend, device, list(extra))
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +117,7 @@ def start(
     }
     with open(log_path, "wb") as log_file:  # the child keeps its own descriptor; ours closes here
         process = subprocess.Popen(
-            argv, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            argv, cwd=cwd or REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
     server = Started(name, f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + timeout_s

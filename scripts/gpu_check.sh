@@ -68,10 +68,12 @@ if $PY -c "import tensorrt" 2>/dev/null; then
     step build-engine 240 $PY export/to_trt.py --onnx "$WORK/alexnet.fp16.onnx" --out "$ALEXNET_ENGINE" \
         --timing-cache "$WORK/trt_timing.cache"
 fi
-step pytest-gpu 150 $PY -m pytest -q -rs -p no:cacheprovider tests/gpu tests/unit/test_preprocess.py \
-    tests/unit/test_model.py
-step bench-service 210 $PY -m loadtest.bench --gpu --onnx "$ONNX" --duration-s 4 --warmup-s 1 \
-    --engine-batches 1,8,32 --engine-time-s 2 --out "$WORK/bench"
+step pytest-gpu 180 $PY -m pytest -q -rs -p no:cacheprovider tests/gpu tests/unit/test_preprocess.py \
+    tests/unit/test_preprocessing_parity.py tests/unit/test_batch_runner.py tests/unit/test_model.py
+# The default layout (all front ends, JPEGs decoded on the GPU) against CPU decoding and one front end.
+step bench-service 300 $PY -m loadtest.bench --gpu --onnx "$ONNX" --duration-s 4 --warmup-s 1 \
+    --engine-batches 1,8,32 --engine-time-s 2 --procs auto --out "$WORK/bench" \
+    --layout "cpu decode:--decode=cpu" --layout "1 front end, cpu decode:--decode=cpu --http-workers=1"
 step train 150 bash scripts/gpu_train_check.sh "$WORK/train"
 step bench-train 120 $PY -m model.bench_train --device cuda --warmup 3 --steps 10 --workers 12 \
     --json "$WORK/bench_train.json"

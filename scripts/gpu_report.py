@@ -69,19 +69,28 @@ def service_rows(bench: dict) -> list[dict]:
                     "p99_ms": p["latency_ms"]["p99"],
                 }
             )
-        for s in b.get("service", {}).get("steps", []):
-            rows.append(
-                {
-                    "backend": name,
-                    "what": f"(c) service over HTTP, c={s['concurrency']}",
-                    "img_per_s": s["img_per_s"],
-                    "ms": s["p50_ms"],
-                    "p99_ms": s["p99_ms"],
-                    "errors": s["errors"],
-                    "batch_mean": s.get("server_batch_size_mean"),
-                }
-            )
+        rows += _http_rows(name, "(c) service over HTTP", b.get("service", {}).get("steps", []))
+    first = next(iter(bench.get("backends", {})), "")
+    for label, entry in bench.get("layouts", {}).items():
+        if "steps" not in entry:
+            rows.append({"backend": first, "skipped": f"layout {label}: {entry.get('skipped')}"})
+        rows += _http_rows(first, f"(e) layout {label}", entry.get("steps", []))
     return rows
+
+
+def _http_rows(backend: str, what: str, steps: list[dict]) -> list[dict]:
+    return [
+        {
+            "backend": backend,
+            "what": f"{what}, c={s['concurrency']}",
+            "img_per_s": s["img_per_s"],
+            "ms": s["p50_ms"],
+            "p99_ms": s["p99_ms"],
+            "errors": s["errors"],
+            "batch_mean": s.get("server_batch_size_mean"),
+        }
+        for s in steps
+    ]
 
 
 def build_report(work: Path, budget_s: int) -> dict:
@@ -184,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in report["steps"]:
         print(f"  {s['name']:<22} {s['state']:<9} {s['seconds']:>4} s  {s['note']}")
     for r in report["service"]:
-        if "skipped" not in r and r["what"].startswith("(c)"):
+        if "skipped" not in r and r["what"].startswith(("(c)", "(e)")):
             print(
                 f"  {r['backend']} {r['what']}: {r['img_per_s']:.0f} img/s, p50 {r['ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms"
             )

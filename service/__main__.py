@@ -1,5 +1,7 @@
 """Run the service: ``python -m service [--flags]`` (every flag is also an ALEXNET_* variable).
 
+One engine process and ``--http-workers`` HTTP front ends (service.supervisor explains the layout).
+
 python -m service --host 0.0.0.0 --port 8000 --onnx artifacts/alexnet.onnx
 ALEXNET_BACKEND=torch ALEXNET_DEVICE=cuda python -m service
 """
@@ -12,19 +14,13 @@ import os
 import sys
 import typing
 
-import uvicorn
 from pydantic import ValidationError
 
 from service.settings import Settings
+from service.supervisor import Supervisor
 
 # Secrets come from the environment only: a flag would show in `ps` and shell history.
 ENV_ONLY = {"api_key"}
-
-
-def _flag_type(annotation):
-    if annotation is bool:
-        return lambda text: text.lower() in ("1", "true", "yes", "on")
-    return str  # pydantic converts and validates
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -44,7 +40,7 @@ def get_args_parser() -> argparse.ArgumentParser:
             dest=name,
             default=argparse.SUPPRESS,
             choices=choices,
-            type=_flag_type(field.annotation),
+            type=str,  # pydantic parses and validates the text, as it does the environment's
             help=f"{field.description} (default: {field.default}; env ALEXNET_{name.upper()})",
         )
     return parser
@@ -61,24 +57,19 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # uvicorn's factory (and each worker process) rebuilds Settings from the environment.
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[supervisor]: %(message)s"
+    )
+    # The engine and the front ends are new processes: they read their Settings from this environment.
     values = settings.model_dump(exclude_none=True)
     if settings.api_key is not None:
         values["api_key"] = settings.api_key.get_secret_value()
     os.environ.update({"ALEXNET_" + k.upper(): str(v) for k, v in values.items()})
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
-        access_log=settings.log_level == "debug",
-        limit_concurrency=settings.max_connections or None,
-    )
-    return 0
+    try:
+        return Supervisor(settings).run()
+    except OSError as exc:  # the port is taken, the host does not exist
+        print(f"cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

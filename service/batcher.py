@@ -4,13 +4,20 @@ Policy (the only one in the service):
 - A batch starts with the oldest waiting image and takes every image already waiting, up to
   ``max_batch_size``.
 - When the backend is idle the batch goes at once: batching never adds latency to a quiet server.
-- While another batch is running (backends with ``max_concurrency`` > 1), a formed batch may wait
-  for more images, but never more than ``max_delay_ms`` after its oldest image arrived.
-- With ``max_concurrency`` 1, images that arrive during a batch wait for it in the queue and all go
-  in the next batch, so preprocessing (on the decode threads) overlaps inference.
+- While another batch keeps the backend busy, a batch that is being formed may wait for more images,
+  but never more than ``max_delay_ms`` after its oldest image arrived, and not at all once the
+  backend is free again. That happens where batches overlap: runners that prepare the next batch
+  while the current one runs (``prepare_ahead``: JPEG decoding on the GPU) or backends that run
+  several at once (``max_concurrency`` > 1).
+- Otherwise images that arrive during a batch wait for it in the queue and all go in the next batch,
+  so preprocessing (on the decode threads) overlaps inference.
 - Images whose request has gone (client disconnected, deadline passed) are dropped before they
   take a batch slot. The queue is bounded in images: a request that does not fit is refused whole.
 - Batches are padded up to the next size the backend supports, and the padding is sliced off.
+
+Each batch goes through two stages of a *runner*: ``prepare`` (assemble the backend's input: stack,
+normalise, decode) on one thread and ``run`` (inference and what follows it) on the inference
+threads. A plain Backend is wrapped in ``BackendRunner``: float32 tensors in, logits rows out.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -34,15 +42,74 @@ FAILURES_BEFORE_UNHEALTHY = 3
 
 @dataclass
 class InferenceResult:
-    logits: np.ndarray  # (num_classes,) float32
+    output: Any  # the runner's answer for this image: for BackendRunner, its (num_classes,) logits
     queue_ms: float
     inference_ms: float
     batch_size: int
 
+    @property
+    def logits(self) -> np.ndarray:
+        return self.output
+
+
+class ItemFailed(Exception):
+    """Raised in place of one image's output by a runner: that image fails, the batch goes on."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class BatchRunner(Protocol):
+    """Two stages per batch; ``prepare`` of the next batch may overlap ``run`` of this one."""
+
+    name: str
+    max_batch_size: int
+    max_concurrency: int
+    prepare_ahead: bool  # True where prepare is costly enough to run during the previous batch
+
+    def prepare(self, payloads: list[Any]) -> Any: ...
+
+    def run(self, prepared: Any) -> list[Any]: ...  # one output (or ItemFailed) per payload
+
+
+class BackendRunner:
+    """A Backend as a runner: payloads are (3, H, W) float32 tensors, outputs their logits rows."""
+
+    prepare_ahead = False
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.name = backend.name
+        self.max_batch_size = backend.max_batch_size
+        self.max_concurrency = backend.max_concurrency
+
+    def prepare(self, payloads: list[np.ndarray]) -> tuple[np.ndarray, int]:
+        stacked = np.stack(payloads)  # (n, 3, H, W)
+        n = len(payloads)
+        padded = padded_size(self.backend.batch_sizes, n)
+        if padded > n:
+            stacked = np.concatenate([stacked, np.zeros((padded - n, *stacked.shape[1:]), stacked.dtype)])
+        return stacked, n
+
+    def run(self, prepared: tuple[np.ndarray, int]) -> list[np.ndarray]:
+        batch, n = prepared
+        logits = self.backend.infer(batch)
+        if logits.shape[0] != batch.shape[0]:
+            raise RuntimeError(f"backend returned {logits.shape[0]} rows for a batch of {batch.shape[0]}")
+        return list(logits[:n])
+
+
+def padded_size(batch_sizes: tuple[int, ...] | None, n: int) -> int:
+    """The smallest supported batch size that holds ``n`` (``n`` itself when any size is supported)."""
+    if not batch_sizes:
+        return n
+    return min(size for size in batch_sizes if size >= n)
+
 
 @dataclass
 class _Item:
-    tensor: np.ndarray  # (3, H, W) float32
+    payload: Any  # what the runner prepares: a (3, H, W) float32 tensor for BackendRunner
     future: asyncio.Future
     enqueued: float  # time.monotonic()
     deadline: float  # time.monotonic()
@@ -58,16 +125,18 @@ class _Stats:
 class Batcher:
     def __init__(
         self,
-        backend: Backend,
+        runner: BatchRunner | Backend,
         metrics: Metrics,
         max_batch_size: int,
         max_delay_ms: float,
         queue_capacity: int,
         stall_after_s: float,
     ) -> None:
-        if max_batch_size > backend.max_batch_size:
-            raise ValueError(f"max_batch_size {max_batch_size} exceeds the backend's {backend.max_batch_size}")
-        self.backend = backend
+        if isinstance(runner, Backend):
+            runner = BackendRunner(runner)
+        if max_batch_size > runner.max_batch_size:
+            raise ValueError(f"max_batch_size {max_batch_size} exceeds the backend's {runner.max_batch_size}")
+        self.runner = runner
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_ms / 1000
         self.queue_capacity = queue_capacity
@@ -75,8 +144,11 @@ class Batcher:
         self._metrics = metrics
         self._queue: deque[_Item] = deque()
         self._arrived = asyncio.Event()
-        self._slots = asyncio.Semaphore(backend.max_concurrency)
-        self._executor = ThreadPoolExecutor(backend.max_concurrency, thread_name_prefix="infer")
+        # Batches in flight: one more than run at once where the next is prepared during the current.
+        self._slots = asyncio.Semaphore(runner.max_concurrency + (1 if runner.prepare_ahead else 0))
+        self._running = asyncio.Semaphore(runner.max_concurrency)
+        self._preparer = ThreadPoolExecutor(1, thread_name_prefix="prepare")
+        self._executor = ThreadPoolExecutor(runner.max_concurrency, thread_name_prefix="infer")
         self._stats = _Stats()
         self._tasks: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
@@ -96,11 +168,15 @@ class Batcher:
         if self._loop_task:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
+        for task in list(self._tasks):  # batches still running past the drain timeout (a hung backend)
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for item in self._queue:
             if not item.future.done():
                 item.future.set_exception(NotReady("the server is shutting down; retry elsewhere"))
         self._queue.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._preparer.shutdown(wait=False, cancel_futures=True)
 
     # -- health ----------------------------------------------------------------------------------
     @property
@@ -115,19 +191,19 @@ class Batcher:
         return self._accepting and not stalled and self._stats.consecutive_failures < FAILURES_BEFORE_UNHEALTHY
 
     # -- submission ------------------------------------------------------------------------------
-    def submit(self, tensors: list[np.ndarray], deadline: float) -> list[asyncio.Future]:
+    def submit(self, payloads: list[Any], deadline: float) -> list[asyncio.Future]:
         """Enqueue the images of one request, all or none; each future yields an InferenceResult."""
         if not self._accepting:
             raise NotReady("the server is not accepting work (starting or shutting down)")
-        if len(self._queue) + len(tensors) > self.queue_capacity:
+        if len(self._queue) + len(payloads) > self.queue_capacity:
             raise QueueFull(
                 f"queue full ({len(self._queue)}/{self.queue_capacity} images waiting); retry after a moment"
             )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         futures = []
-        for tensor in tensors:
-            item = _Item(tensor, loop.create_future(), now, deadline)
+        for payload in payloads:
+            item = _Item(payload, loop.create_future(), now, deadline)
             self._queue.append(item)
             futures.append(item.future)
         self._metrics.queue_depth.set(len(self._queue))
@@ -172,8 +248,9 @@ class Batcher:
             await self._slots.acquire()
             batch: list[_Item] = []
             self._fill(batch)
-            # Wait for stragglers only while another batch keeps the backend busy.
-            while batch and len(batch) < self.max_batch_size and self._stats.running_since:
+            # Wait for stragglers only while another batch keeps the backend busy (a finishing batch
+            # sets _arrived, so the wait ends as soon as the backend is free).
+            while batch and len(batch) < self.max_batch_size and self._backend_busy:
                 remaining = batch[0].enqueued + self.max_delay_s - time.monotonic()
                 if remaining <= 0 or not await self._wait_for_arrival(remaining):
                     break
@@ -186,11 +263,9 @@ class Batcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _padded_size(self, n: int) -> int:
-        sizes = self.backend.batch_sizes
-        if not sizes:
-            return n
-        return min(size for size in sizes if size >= n)
+    @property
+    def _backend_busy(self) -> bool:
+        return self._running.locked() or (not self.runner.prepare_ahead and bool(self._stats.running_since))
 
     async def _dispatch(self, batch: list[_Item]) -> None:
         batch_id = self._stats.batches
@@ -198,34 +273,35 @@ class Batcher:
         started = time.monotonic()
         self._stats.running_since[batch_id] = started
         n = len(batch)
+        loop = asyncio.get_running_loop()
         try:
-            stacked = np.stack([item.tensor for item in batch])  # (n, 3, H, W)
-            padded = self._padded_size(n)
-            if padded > n:
-                stacked = np.concatenate([stacked, np.zeros((padded - n, *stacked.shape[1:]), stacked.dtype)])
             for item in batch:
                 self._metrics.queue_wait.observe(started - item.enqueued)
             self._metrics.batch_size.observe(n)
-            loop = asyncio.get_running_loop()
-            logits = await loop.run_in_executor(self._executor, self.backend.infer, stacked)
-            if logits.shape[0] != padded:
-                raise RuntimeError(f"backend returned {logits.shape[0]} rows for a batch of {padded}")
+            prepared = await loop.run_in_executor(self._preparer, self.runner.prepare, [i.payload for i in batch])
+            async with self._running:
+                outputs = await loop.run_in_executor(self._executor, self.runner.run, prepared)
+            if len(outputs) != n:
+                raise RuntimeError(f"runner returned {len(outputs)} outputs for a batch of {n}")
             elapsed = time.monotonic() - started
             self._metrics.inference_time.observe(elapsed)
             self._metrics.images.inc(n)
             self._stats.consecutive_failures = 0
-            for i, item in enumerate(batch):
-                if not item.future.done():
-                    item.future.set_result(
-                        InferenceResult(logits[i], (started - item.enqueued) * 1000, elapsed * 1000, n)
-                    )
+            for item, output in zip(batch, outputs, strict=True):
+                if item.future.done():
+                    continue
+                if isinstance(output, ItemFailed):
+                    item.future.set_exception(output.error)
+                else:
+                    item.future.set_result(InferenceResult(output, (started - item.enqueued) * 1000, elapsed * 1000, n))
         except Exception as exc:
             self._stats.consecutive_failures += 1
             self._metrics.backend_failures.inc()
-            log.exception("backend %s failed on a batch of %d", self.backend.name, n)
+            log.exception("backend %s failed on a batch of %d", self.runner.name, n)
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(BackendFailure(f"inference failed ({type(exc).__name__}); retry"))
         finally:
             del self._stats.running_since[batch_id]
             self._slots.release()
+            self._arrived.set()  # a waiting batch re-checks whether the backend is free

@@ -248,12 +248,12 @@ def prepare(argv: list[str]) -> None:
         apply_model_dir_defaults(model_dir, os.environ)  # inherited by the service through exec
         settings = settings_from_args(argv)
         log.info(
-            "onnx=%s engine=%s checkpoint=%s backend=%s workers=%d",
+            "onnx=%s engine=%s checkpoint=%s backend=%s http_workers=%d",
             settings.onnx,
             settings.engine,
             settings.checkpoint or "none (untrained)",
             settings.backend,
-            settings.workers,
+            settings.frontends,
         )
 
     exported = False

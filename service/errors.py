@@ -100,3 +100,15 @@ class BackendFailure(ServiceError):
 
 class BackendUnavailable(RuntimeError):
     """A backend cannot run on this host (missing package, no GPU, engine for another GPU)."""
+
+
+def _by_kind(cls: type[ServiceError]) -> dict[str, type[ServiceError]]:
+    found = {cls.kind: cls}
+    for sub in cls.__subclasses__():
+        found.update(_by_kind(sub))
+    return found
+
+
+def error_from_kind(kind: str, message: str) -> ServiceError:
+    """The ServiceError of a ``kind`` sent by another process (the engine answers by kind, not by class)."""
+    return _by_kind(ServiceError).get(kind, ServiceError)(message)

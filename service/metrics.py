@@ -1,4 +1,10 @@
-"""Prometheus metrics of one service instance (its own registry, so tests can run several apps)."""
+"""Prometheus metrics of the whole service, held by the engine process (its own registry, so tests can
+run several engines in one process).
+
+Front ends do not keep a registry: they send what they observe (request latency, errors, decode
+time) to the engine in ``Observe`` messages, which ``apply`` records here. So ``/metrics`` on any
+front end is one view over every process, and a front end that dies takes nothing with it.
+"""
 
 from __future__ import annotations
 
@@ -42,6 +48,25 @@ class Metrics:
         self.errors = Counter("alexnet_errors_total", "Requests answered with an error, by kind", ["kind"], registry=r)
         self.backend_failures = Counter("alexnet_backend_failures_total", "Batches whose inference raised", registry=r)
         self.ready = Gauge("alexnet_ready", "1 when the model is loaded, warm and healthy", registry=r)
+        self.decoded = Counter(
+            "alexnet_images_decoded_total",
+            "Images by where they were decoded: cpu (a front end), gpu (nvJPEG in the engine), "
+            "engine-cpu (the engine's CPU, for JPEGs the GPU did not take), tensor (sent as float32)",
+            ["path"],
+            registry=r,
+        )
+        self.frontends = Gauge("alexnet_frontends_connected", "HTTP front-end processes connected", registry=r)
+
+    def apply(self, events: list[tuple]) -> None:
+        """Record the events a front end observed (see service.frontend_metrics)."""
+        for event in events:
+            if event[0] == "request":
+                _, route, status, seconds = event
+                self.request_latency.labels(route, status).observe(seconds)
+            elif event[0] == "error":
+                self.errors.labels(event[1]).inc()
+            elif event[0] == "preprocess":
+                self.preprocess_time.observe(event[1])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

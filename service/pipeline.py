@@ -1,6 +1,14 @@
-"""The transport-independent request path: decode -> batch -> infer -> top-k.
+"""The front end's request path: images -> arena slots -> the engine -> top-k.
 
 Routes (``/classify`` and the Open Inference Protocol) call this; nothing here knows about HTTP.
+
+Where an image is decoded (the engine tells which, in its ModelInfo):
+- ``cpu``: here, on this process's decode threads: defensive decode, resize, center crop, straight
+  into a uint8 (crop, crop, 3) slot of the arena (a quarter of the float32 bytes; the engine
+  normalises on the backend's device).
+- ``gpu``: JPEGs only have their header checked here (format, size limits, EXIF orientation) and
+  their bytes copied into the arena; the engine decodes them with nvJPEG. Everything else (PNG,
+  WebP, GIF, BMP, TIFF, CMYK or very large JPEGs) takes the CPU path above, image by image.
 """
 
 from __future__ import annotations
@@ -12,78 +20,163 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from export.onnx_metadata import ModelMetadata
-from service.batcher import Batcher, InferenceResult
-from service.errors import DeadlineExceeded, ServiceError
-from service.metrics import Metrics
-from service.postprocess import top_k
-from service.preprocess import PreprocessConfig, preprocess
+from service import wire
+from service.arena import Arena, ArenaFull, Span
+from service.engine_client import EngineClient
+from service.errors import DeadlineExceeded, NotReady, QueueFull, ServiceError
+from service.preprocess import PreprocessConfig, inspect_jpeg, preprocess_uint8
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+# JPEGs above this many pixels take the CPU path even with a GPU decoder: reduced-DCT decoding
+# (PIL's draft mode, 1/2 to 1/8 scale) of a 12+ megapixel photo costs less than moving and decoding
+# it in full on the GPU, and it keeps one huge image from stalling a whole GPU batch.
+GPU_DECODE_MAX_PIXELS = 12_000_000
 
 
-@dataclass
-class Prepared:
-    tensor: np.ndarray  # (3, crop, crop) float32
+@dataclass(slots=True)
+class Staged:
+    """One image written into the arena, ready to submit."""
+
+    ref: wire.ImageRef
+    span: Span
     preprocess_ms: float
 
 
 class Pipeline:
-    def __init__(
-        self,
-        batcher: Batcher,
-        metadata: ModelMetadata,
-        preprocess_config: PreprocessConfig,
-        decode_threads: int,
-        metrics: Metrics,
-    ) -> None:
-        self.batcher = batcher
-        self.metadata = metadata
-        self.preprocess_config = preprocess_config
+    def __init__(self, client: EngineClient, arena: Arena, decode_threads: int, max_pixels: int, jpeg_draft: bool):
+        self.client = client
+        self.arena = arena
+        self.max_pixels = max_pixels
+        self.jpeg_draft = jpeg_draft
         self._decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
-        self._metrics = metrics
+        self._config: PreprocessConfig | None = None
+        self._config_for: wire.ModelInfo | None = None
 
     def close(self) -> None:
         self._decoder.shutdown(wait=False, cancel_futures=True)
 
-    def _prepare_one(self, data: bytes) -> Prepared:
+    @property
+    def model(self) -> wire.ModelInfo:
+        model = self.client.model
+        if model is None:
+            raise NotReady(self.client.not_ready_reason() or "the engine has not described its model yet")
+        return model
+
+    def config(self) -> PreprocessConfig:
+        model = self.model
+        if self._config is None or self._config_for is not model:
+            self._config = PreprocessConfig.for_model(model, self.max_pixels, self.jpeg_draft)
+            self._config_for = model
+        return self._config
+
+    # -- staging ---------------------------------------------------------------------------------
+    def _allocate(self, nbytes: int) -> Span:
+        try:
+            return self.arena.allocate(nbytes)
+        except ArenaFull as exc:
+            raise QueueFull(f"too many images in flight in this server process ({exc}); retry after a moment") from None
+
+    def _stage_crop(self, data: bytes, span: Span, config: PreprocessConfig) -> float:
         start = time.perf_counter()
-        tensor = preprocess(data, self.preprocess_config)
-        elapsed = time.perf_counter() - start
-        self._metrics.preprocess_time.observe(elapsed)
-        return Prepared(tensor, elapsed * 1000)
+        crop = preprocess_uint8(data, config)
+        self.arena.array(span, crop.shape, np.uint8)[...] = crop
+        return time.perf_counter() - start
 
-    async def prepare(self, images: list[bytes]) -> list[Prepared]:
-        """Decode and preprocess every image on the decode threads, off the event loop.
+    def _stage_one(self, data: bytes, span: Span, config: PreprocessConfig, gpu: bool) -> tuple[wire.ImageRef, float]:
+        """On a decode thread: the image's ref once its bytes or its crop are in ``span``."""
+        if gpu and data.startswith(JPEG_MAGIC):
+            start = time.perf_counter()
+            orientation = inspect_jpeg(data, config, GPU_DECODE_MAX_PIXELS)
+            if orientation is not None:  # the GPU takes it: only the bytes cross
+                self.arena.write(Span(span.first, span.slots, span.offset, len(data)), data)
+                return wire.ImageRef("jpeg", span.offset, len(data), orientation), time.perf_counter() - start
+        seconds = self._stage_crop(data, span, config)
+        return wire.ImageRef("crop", span.offset, config.crop_size * config.crop_size * 3), seconds
 
-        The first bad image's ServiceError is raised, naming which image it was when there are several.
+    async def prepare(self, images: list[bytes]) -> list[Staged]:
+        """Decode (or check) every image on the decode threads, off the event loop, into the arena.
+
+        The first bad image's ServiceError is raised, naming which image it was when there are
+        several; then no slot stays taken.
         """
+        config = self.config()
+        gpu = self.model.decode == "gpu"
+        crop_bytes = config.crop_size * config.crop_size * 3
+        spans: list[Span] = []
+        try:
+            for data in images:
+                take_gpu = gpu and data.startswith(JPEG_MAGIC)
+                spans.append(self._allocate(max(crop_bytes, len(data)) if take_gpu else crop_bytes))
+        except ServiceError:
+            for span in spans:
+                self.arena.free(span)
+            raise
         loop = asyncio.get_running_loop()
         results = await asyncio.gather(
-            *(loop.run_in_executor(self._decoder, self._prepare_one, data) for data in images),
+            *(
+                loop.run_in_executor(self._decoder, self._stage_one, data, span, config, gpu)
+                for data, span in zip(images, spans, strict=True)
+            ),
             return_exceptions=True,
         )
         for index, result in enumerate(results):
-            if isinstance(result, ServiceError):
-                if len(images) > 1:
+            if isinstance(result, BaseException):
+                for span in spans:
+                    self.arena.free(span)
+                if isinstance(result, ServiceError) and len(images) > 1:
                     result.message = f"image {index}: {result.message}"
                 raise result
-            if isinstance(result, BaseException):
-                raise result
-        return results  # type: ignore[return-value]
+        staged = []
+        for (ref, seconds), span in zip(results, spans, strict=True):  # type: ignore[misc]
+            self.client.observe(("preprocess", seconds))
+            staged.append(Staged(ref, span, seconds * 1000))
+        return staged
 
-    async def infer(self, tensors: list[np.ndarray], deadline: float) -> list[InferenceResult]:
-        """Queue the tensors, wait for their logits until ``deadline`` (time.monotonic())."""
-        futures = self.batcher.submit(tensors, deadline)
+    def stage_tensors(self, tensors: np.ndarray) -> list[Staged]:
+        """(N, 3, S, S) float32 tensors of an OIP FP32 request, copied into the arena as they are."""
+        spans: list[Span] = []
         try:
-            _done, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-        except asyncio.CancelledError:
-            for future in futures:
-                future.cancel()  # the batcher skips cancelled images: no batch slot is spent on them
+            for row in tensors:
+                span = self._allocate(row.nbytes)
+                spans.append(span)
+                self.arena.array(span, row.shape, np.float32)[...] = row
+        except ServiceError:
+            for span in spans:
+                self.arena.free(span)
             raise
-        if pending:
-            for future in futures:
-                future.cancel()
-            raise DeadlineExceeded("the request's deadline passed before inference finished; retry later")
-        return [future.result() for future in futures]
+        return [Staged(wire.ImageRef("fp32", s.offset, s.nbytes), s, 0.0) for s in spans]
 
-    def classify(self, results: list[InferenceResult], k: int) -> list[list[dict]]:
-        return [top_k(result.logits, self.metadata.labels, k) for result in results]
+    def release(self, staged: list[Staged]) -> None:
+        """Free slots of images that will not be submitted after all."""
+        for item in staged:
+            self.arena.free(item.span)
+
+    # -- inference -------------------------------------------------------------------------------
+    async def infer(
+        self, staged: list[Staged], deadline: float, top_k: int, want_logits: bool = False
+    ) -> list[wire.ImageResult]:
+        """Send the images to the engine and wait for its answer until ``deadline`` (time.monotonic()).
+
+        From here on the slots are the engine client's: freed when the engine has answered.
+        """
+        rid, future = self.client.submit(
+            [s.ref for s in staged], [s.span for s in staged], deadline, top_k, want_logits
+        )
+        try:
+            result = await asyncio.wait_for(future, timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            self.client.cancel(rid)
+            raise DeadlineExceeded("the request's deadline passed before inference finished; retry later") from None
+        except asyncio.CancelledError:  # the client hung up: its images take no batch slot
+            self.client.cancel(rid)
+            raise
+        return self.client.unpack(result)
+
+    def predictions(self, result: wire.ImageResult) -> list[dict]:
+        """``[{"label", "index", "probability"}]``, most probable first."""
+        labels = self.model.labels
+        assert result.indices is not None and result.probabilities is not None
+        return [
+            {"label": labels[int(i)], "index": int(i), "probability": float(p)}
+            for i, p in zip(result.indices, result.probabilities, strict=True)
+        ]

@@ -32,6 +32,7 @@ from model.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     RESIZE_SIZE,
+    exif_orientation,
     normalize,
     resize_crop_uint8,
     to_rgb,
@@ -71,6 +72,12 @@ class PreprocessConfig:
     max_pixels: int = 40_000_000
     jpeg_draft: bool = True
 
+    @classmethod
+    def for_model(cls, model, max_pixels: int, jpeg_draft: bool) -> PreprocessConfig:
+        """The preset of a model (anything with resize_size, input_size, mean, std: ONNX metadata or the
+        engine's ModelInfo) under the service's limits."""
+        return cls(model.resize_size, model.input_size, tuple(model.mean), tuple(model.std), max_pixels, jpeg_draft)
+
 
 def _sniff_other_image_format(data: bytes) -> str | None:
     for magic, name in _OTHER_FORMATS:
@@ -83,8 +90,8 @@ def _sniff_other_image_format(data: bytes) -> str | None:
     return None
 
 
-def decode(data: bytes, config: PreprocessConfig) -> Image.Image:
-    """Bytes -> an upright RGB PIL image, or a typed 4xx error naming the problem."""
+def open_checked(data: bytes, config: PreprocessConfig) -> Image.Image:
+    """Bytes -> a PIL image whose header passed every check (format, size), no pixel decoded yet."""
     if not data:
         raise EmptyBody("the image is empty (0 bytes)")
     try:
@@ -103,6 +110,13 @@ def decode(data: bytes, config: PreprocessConfig) -> Image.Image:
         raise CorruptImage(f"image has no pixels ({width}x{height})")
     if width * height > config.max_pixels:
         raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {config.max_pixels}")
+    return image
+
+
+def decode(data: bytes, config: PreprocessConfig) -> Image.Image:
+    """Bytes -> an upright RGB PIL image, or a typed 4xx error naming the problem."""
+    image = open_checked(data, config)
+    width, height = image.size
     try:
         if config.jpeg_draft and image.format in ("JPEG", "MPO"):
             # Target keeps the shorter side >= DRAFT_MARGIN * resize_size; draft never goes below it.
@@ -133,3 +147,14 @@ def preprocess_uint8(data: bytes, config: PreprocessConfig) -> np.ndarray:
 def preprocess(data: bytes, config: PreprocessConfig) -> np.ndarray:
     """Image bytes -> (3, crop, crop) float32; raises a ServiceError subclass on bad input."""
     return normalize(preprocess_uint8(data, config), config.mean, config.std)
+
+
+def inspect_jpeg(data: bytes, config: PreprocessConfig, max_gpu_pixels: int) -> int | None:
+    """For the GPU path: the EXIF orientation (1-8) of a JPEG the GPU decoder can take, None for one it
+    should not (CMYK or other modes nvJPEG's RGB output does not cover, over ``max_gpu_pixels``), or
+    the same typed error ``decode`` would raise for a bad header. No pixel is decoded here."""
+    image = open_checked(data, config)
+    width, height = image.size
+    if image.format != "JPEG" or image.mode not in ("RGB", "L") or width * height > max_gpu_pixels:
+        return None
+    return exif_orientation(image)

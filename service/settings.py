@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BackendName = Literal["auto", "tensorrt", "onnxruntime", "torch"]
@@ -21,7 +21,11 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="interface to listen on (0.0.0.0 for all)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = pick a free one)")
-    workers: int = Field(1, ge=1, description="uvicorn worker processes, each with its own model and batcher")
+    http_workers: int | Literal["auto"] = Field(
+        "auto",
+        description="HTTP front-end processes sharing the port, all feeding the one engine process "
+        "(auto = one per CPU this process may use, less one for the engine; at least 1)",
+    )
 
     onnx: Path = Field(
         Path("artifacts/alexnet.onnx"), description="ONNX model (also the source of labels and preprocessing facts)"
@@ -44,7 +48,14 @@ class Settings(BaseSettings):
     )
     queue_capacity: int = Field(256, ge=1, description="images waiting for inference before new requests get 503")
     request_timeout_s: float = Field(10.0, gt=0, description="per-request deadline; past it the answer is 504")
-    decode_threads: int = Field(0, ge=0, description="threads decoding and resizing images (0 = one per core)")
+    decode_threads: int = Field(
+        0, ge=0, description="threads decoding images in each front end (0 = the CPUs divided among the front ends)"
+    )
+    decode: Literal["auto", "cpu", "gpu"] = Field(
+        "auto",
+        description="where JPEGs are decoded: gpu = nvJPEG in the engine (torch backend on CUDA), cpu = in the "
+        "front ends; auto = gpu where it can run",
+    )
     jpeg_draft: bool = Field(True, description="decode large JPEGs at reduced DCT size (>= 2x the resize target)")
     warmup: bool = Field(True, description="run every batch shape once before reporting ready")
 
@@ -74,10 +85,33 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("http_workers")
+    @classmethod
+    def _positive_workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("http_workers must be at least 1 (or auto)")
+        return value
+
     @property
     def cpu_threads(self) -> int:
-        return self.intra_op_threads or (os.cpu_count() or 1)
+        return self.intra_op_threads or usable_cpus()
+
+    @property
+    def frontends(self) -> int:
+        """HTTP front-end processes: the setting, or for auto one per usable CPU less the engine's."""
+        if isinstance(self.http_workers, int):
+            return self.http_workers
+        return max(1, usable_cpus() - 1)
 
     @property
     def decoder_threads(self) -> int:
-        return self.decode_threads or (os.cpu_count() or 1)
+        """Decode threads in each front end."""
+        return self.decode_threads or max(1, usable_cpus() // self.frontends)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: a container's --cpuset, taskset), not the host's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -1,4 +1,4 @@
-"""What the running service holds: settings, the chosen backend, the batcher, the pipeline, metrics."""
+"""What a front end holds: settings, its engine connection and its request pipeline."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.backends import Selection
-from service.batcher import Batcher
-from service.metrics import Metrics
+from service.engine_client import EngineClient
 from service.pipeline import Pipeline
 from service.settings import Settings
 
@@ -17,16 +15,19 @@ from service.settings import Settings
 @dataclass
 class ServiceState:
     settings: Settings
-    metrics: Metrics
-    selection: Selection | None = None
-    batcher: Batcher | None = None
-    pipeline: Pipeline | None = None
-    warm: bool = False
-    startup_error: str | None = None
+    client: EngineClient
+    pipeline: Pipeline
 
     @property
     def ready(self) -> bool:
-        return self.warm and self.batcher is not None and self.batcher.healthy
+        return self.client.ready
+
+    def not_ready_reason(self) -> str:
+        """Why this front end cannot serve now (the one wording of /readyz, 503s and the v2 routes)."""
+        return self.client.not_ready_reason() or "ready"
+
+    def observe(self, event: tuple) -> None:
+        self.client.observe(event)
 
 
 def get_state(request: Request) -> ServiceState:

@@ -1,36 +1,78 @@
-"""Test doubles that wrap a real backend so tests can pause, fail or count its calls."""
+"""Test doubles: backends that tests can pause, fail or count the calls of.
+
+``ControlledBackend`` holds the controls; ``EchoBackend`` (the batcher's unit tests) answers each
+row with its own identity, ``GatedBackend`` (the service's tests) delegates to a real backend.
+"""
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
 from service.backends.base import Backend
+from tests.conftest import wait_until
+
+HOLD_S = 60  # the longest a closed gate holds a batch; past it the batch fails, naming the test's mistake
 
 
-class GatedBackend(Backend):
-    """Delegates to ``inner``; ``gate`` pauses inference, ``fail_next`` injects faults, ``calls`` counts rows."""
+def _pass(gate: threading.Event, what: str) -> None:
+    if not gate.wait(HOLD_S):
+        raise RuntimeError(f"the test never opened the {what} gate ({HOLD_S} s)")
 
-    def __init__(self, inner: Backend) -> None:
-        self.inner = inner
-        self.name, self.device, self.precision = inner.name, inner.device, inner.precision
-        self.max_batch_size, self.batch_sizes = inner.max_batch_size, inner.batch_sizes
-        self.max_concurrency = inner.max_concurrency
+
+class ControlledBackend(Backend):
+    """``gate`` pauses inference, ``fail_next`` injects faults, ``calls`` records the rows of each call."""
+
+    def __init__(
+        self, max_batch_size: int = 8, batch_sizes: tuple[int, ...] | None = None, max_concurrency: int = 1
+    ) -> None:
+        self.max_batch_size, self.batch_sizes, self.max_concurrency = max_batch_size, batch_sizes, max_concurrency
         self.gate = threading.Event()
         self.gate.set()
+        self.started = threading.Semaphore(0)
+        self.calls: list[int] = []  # rows received per call (after padding)
+        self.fail_next = 0
+
+    def held(self, batch: np.ndarray) -> None:
+        """Count the call, say it started, wait at the gate, then raise if a fault is due."""
+        self.calls.append(batch.shape[0])
+        self.started.release()
+        _pass(self.gate, "inference")
+        if self.fail_next:
+            self.fail_next -= 1
+            raise RuntimeError("injected backend fault")
+
+    def wait_started(self, timeout_s: float = 30) -> None:
+        """Block until one more call has reached the backend."""
+        assert self.started.acquire(timeout=timeout_s), "the backend was never called"
+
+
+class EchoBackend(ControlledBackend):
+    """Answers each row with its own first two pixels, so a test sees which input each answer came from."""
+
+    name, device, precision = "fake", "cpu", "fp32"
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.held(batch)
+        return batch[:, 0, 0, :2].copy()  # (N, 2): row identity survives the round trip
+
+
+class GatedBackend(ControlledBackend):
+    """Delegates to ``inner``; warm-up passes ``warmup_gate`` and is neither held nor counted."""
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner.max_batch_size, inner.batch_sizes, inner.max_concurrency)
+        self.inner = inner
+        self.name, self.device, self.precision = inner.name, inner.device, inner.precision
         self.warmup_gate = threading.Event()
         self.warmup_gate.set()
-        self.started = threading.Semaphore(0)
-        self.calls: list[int] = []
-        self.fail_next = 0
         self._warming = False
 
     def warmup(self, input_size: int) -> None:
-        self.warmup_gate.wait(60)
+        _pass(self.warmup_gate, "warm-up")
         self._warming = True
         try:
             self.inner.warmup(input_size)
@@ -38,23 +80,14 @@ class GatedBackend(Backend):
             self._warming = False
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        if self._warming:
-            return self.inner.infer(batch)
-        self.calls.append(batch.shape[0])
-        self.started.release()
-        self.gate.wait(60)
-        if self.fail_next:
-            self.fail_next -= 1
-            raise RuntimeError("injected backend fault")
+        if not self._warming:
+            self.held(batch)
         return self.inner.infer(batch)
-
-    def wait_started(self, timeout_s: float = 30) -> None:
-        assert self.started.acquire(timeout=timeout_s), "the backend was never called"
 
 
 def install_gated_backend(monkeypatch) -> dict:
     """Make the next app's backend a GatedBackend; the returned dict gets it under "backend"."""
-    import service.app
+    import service.engine
     from service.backends import select_backend
 
     holder: dict = {}
@@ -70,7 +103,7 @@ def install_gated_backend(monkeypatch) -> dict:
         holder["backend"] = gated
         return selection
 
-    monkeypatch.setattr(service.app, "select_backend", gated_select)
+    monkeypatch.setattr(service.engine, "select_backend", gated_select)
     return holder
 
 
@@ -81,6 +114,5 @@ def occupy(
     running = pool.submit(send)
     backend.wait_started()
     waiting = [pool.submit(send) for _ in range(queued)]
-    while batcher.depth < queued:
-        time.sleep(0.01)
+    wait_until(lambda: batcher.depth >= queued, 30, f"{queued} requests in the queue")
     return running, waiting

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
@@ -97,6 +98,44 @@ class TorchBackend(Backend):
             graph.replay()
             logits = static_out[:n].float().cpu()  # synchronizes the stream
         return logits.numpy()
+
+    # -- the tensor path: the engine hands over a normalised batch already on this device ----------
+    @property
+    def input_dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def channels_last(self) -> bool:
+        return self.device != "cpu"
+
+    def stream_context(self):
+        """Where work on this backend's outputs must be queued (its CUDA stream; nothing on the CPU)."""
+        return torch.cuda.stream(self._stream) if self.device != "cpu" else contextlib.nullcontext()
+
+    def infer_tensor(self, batch: torch.Tensor, ready: torch.cuda.Event | None = None) -> torch.Tensor:
+        """(B, 3, S, S) in ``input_dtype`` on this device, B a bucket -> (B, classes) logits on the device.
+
+        On CUDA the result is the graph's output buffer, valid until the next call: read it inside
+        ``stream_context()``. ``ready`` is an event the input's producer recorded on its own stream.
+        """
+        if self.device == "cpu":
+            with torch.inference_mode():
+                return self._model(batch)
+        bucket = self._bucket(batch.shape[0])
+        if bucket != batch.shape[0]:
+            raise ValueError(f"batch of {batch.shape[0]} is not a bucket {self._buckets}")
+        if bucket not in self._graphs:  # only when warmup() was skipped (--warmup false)
+            self._graphs[bucket] = self._capture(bucket)
+        graph, _staging, static_in, static_out = self._graphs[bucket]
+        with torch.cuda.stream(self._stream):
+            if ready is not None:
+                self._stream.wait_event(ready)
+            else:
+                self._stream.wait_stream(torch.cuda.current_stream())
+            batch.record_stream(self._stream)  # its memory is not reused before this stream has read it
+            static_in.copy_(batch)
+            graph.replay()
+        return static_out
 
     def close(self) -> None:
         if self.device != "cpu":

@@ -68,36 +68,37 @@ async def classify(request: Request, state: State, top_k: int = 5) -> dict:
     settings = state.settings
     if not 1 <= top_k <= settings.max_top_k:
         raise BadParameter(f"top_k must be between 1 and {settings.max_top_k}, got {top_k}")
-    if not state.ready or state.pipeline is None:
-        raise NotReady("the model is not ready yet; see /readyz")
+    if not state.ready:
+        raise NotReady(f"the model is not ready: {state.not_ready_reason()}; see /readyz")
     deadline = started + settings.request_timeout_s
     images = await read_images(request, state)
     pipeline = state.pipeline
-    prepared = await pipeline.prepare([data for _, data in images])
-    results = await infer_while_connected(request, pipeline, [p.tensor for p in prepared], deadline)
-    predictions = pipeline.classify(results, top_k)
-    meta = pipeline.metadata
-    backend = pipeline.batcher.backend
+    staged = await pipeline.prepare([data for _, data in images])
+    results = await infer_while_connected(request, pipeline, staged, deadline, top_k)
+    model = pipeline.model
+    backend = model.backend
     return {
         "model": {
             "name": settings.model_name,
             "version": settings.model_version,
-            "arch": meta.arch,
-            "weights": meta.weights,
+            "arch": model.arch,
+            "weights": model.weights,
         },
-        "backend": {"name": backend.name, "device": backend.device, "precision": backend.precision},
+        "backend": {"name": backend["name"], "device": backend["device"], "precision": backend["precision"]},
         "results": [
             {
                 "filename": filename,
-                "predictions": preds,
+                "predictions": pipeline.predictions(result),
+                "batch_size": result.batch_size,
+                "decode": result.decode,
                 "timings_ms": {
-                    "preprocess": round(prep.preprocess_ms, 3),
-                    "queue": round(res.queue_ms, 3),
-                    "inference": round(res.inference_ms, 3),
-                    "batch_size": res.batch_size,
+                    "preprocess": round(stage.preprocess_ms, 3),
+                    "queue": round(result.queue_ms, 3),
+                    "inference": round(result.inference_ms, 3),
+                    "batch_size": result.batch_size,  # deprecated: not a timing; use results[].batch_size
                 },
             }
-            for (filename, _), prep, res, preds in zip(images, prepared, results, predictions, strict=True)
+            for (filename, _), stage, result in zip(images, staged, results, strict=True)
         ],
         "timings_ms": {"total": round((time.monotonic() - started) * 1000, 3)},
     }

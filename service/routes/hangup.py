@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
-from service.batcher import InferenceResult
-from service.pipeline import Pipeline
+from service.pipeline import Pipeline, Staged
+from service.wire import ImageResult
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -19,13 +18,13 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 
 async def infer_while_connected(
-    request: Request, pipeline: Pipeline, tensors: list[np.ndarray], deadline: float
-) -> list[InferenceResult]:
+    request: Request, pipeline: Pipeline, staged: list[Staged], deadline: float, top_k: int, want_logits: bool = False
+) -> list[ImageResult]:
     """``pipeline.infer``, cancelled if the client leaves first, so its images take no batch slot.
 
     Raises ClientDisconnect then (the app counts it and answers nobody).
     """
-    inference = asyncio.ensure_future(pipeline.infer(tensors, deadline))
+    inference = asyncio.ensure_future(pipeline.infer(staged, deadline, top_k, want_logits))
     hangup = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         await asyncio.wait({inference, hangup}, return_when=asyncio.FIRST_COMPLETED)

@@ -19,25 +19,19 @@ async def healthz() -> dict:
 
 @router.get("/readyz")
 async def readyz(state: State) -> JSONResponse:
-    """Ready: the model is loaded and warm and the backend is healthy (503 otherwise)."""
+    """Ready: the engine is connected, its model loaded and warm and its backend healthy (503 otherwise)."""
+    await state.client.refresh_status()
     if state.ready:
         return JSONResponse({"status": "ready"})
-    if state.startup_error:
-        reason = state.startup_error
-    elif not state.warm:
-        reason = "loading or warming up"
-    else:
-        reason = "backend unhealthy (failing or stalled)"
-    return JSONResponse({"status": "not ready", "reason": reason}, status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse(
+        {"status": "not ready", "reason": state.not_ready_reason()}, status_code=503, headers={"Retry-After": "5"}
+    )
 
 
 @router.get("/metrics")
 async def metrics(state: State) -> Response:
-    """Prometheus metrics."""
-    if state.batcher is not None:
-        state.metrics.queue_depth.set(state.batcher.depth)
-    state.metrics.ready.set(1 if state.ready else 0)
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus metrics of the whole service (every front end and the engine)."""
+    return Response(await state.client.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/models")
@@ -45,24 +39,25 @@ async def models(state: State) -> dict:
     """The served model: arch, weights provenance, backend, precision and batch settings."""
     s = state.settings
     entry: dict = {"name": s.model_name, "version": s.model_version, "ready": state.ready}
-    if state.selection is not None:
-        meta = state.selection.metadata
+    model = state.client.model
+    if model is not None:
         entry.update(
             {
-                "arch": meta.arch,
-                "weights": meta.weights,
-                "untrained": meta.untrained,
-                "weights_sha256": meta.weights_sha256,
-                "num_classes": len(meta.labels),
+                "arch": model.arch,
+                "weights": model.weights,
+                "untrained": model.untrained,
+                "weights_sha256": model.weights_sha256,
+                "num_classes": len(model.labels),
                 "input": {
-                    "resize_size": meta.resize_size,
-                    "crop_size": meta.input_size,
-                    "mean": list(meta.mean),
-                    "std": list(meta.std),
+                    "resize_size": model.resize_size,
+                    "crop_size": model.input_size,
+                    "mean": list(model.mean),
+                    "std": list(model.std),
                 },
-                "backend": state.selection.backend.describe(),
-                "backend_reason": state.selection.reason,
-                "backends_skipped": state.selection.skipped,
+                "backend": model.backend,
+                "backend_reason": model.backend_reason,
+                "backends_skipped": model.backends_skipped,
+                "decode": {"where": model.decode, "reason": model.decode_reason},
             }
         )
     entry["batching"] = {
@@ -71,6 +66,7 @@ async def models(state: State) -> dict:
         "queue_capacity": s.queue_capacity,
         "request_timeout_s": s.request_timeout_s,
     }
+    entry["processes"] = {"http_workers": s.frontends, "decode_threads_per_worker": s.decoder_threads}
     entry["limits"] = {
         "max_body_bytes": s.max_body_bytes,
         "max_image_pixels": s.max_image_pixels,

@@ -38,7 +38,7 @@ class _ProtocolErrors(APIRoute):
             try:
                 return await handler(request)
             except ServiceError as exc:
-                request.app.state.service.metrics.errors.labels(exc.kind).inc()
+                request.app.state.service.observe(("error", exc.kind))
                 log.debug("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.kind)
                 return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
@@ -56,14 +56,6 @@ def _check_model(state: ServiceState, name: str, version: str | None) -> None:
         raise oip.ModelNotFound(f"model '{name}' has no version '{version}'; it has '{s.model_version}'")
 
 
-def _not_ready_reason(state: ServiceState) -> str:
-    if state.startup_error:
-        return f"the model failed to load: {state.startup_error}"
-    if not state.warm:
-        return "the model is loading or warming up; retry shortly"
-    return "the backend is unhealthy (failing or stalled); see /readyz"
-
-
 @router.get("")
 async def server_metadata(request: Request) -> dict:
     """Server metadata: name, version and the protocol extensions supported."""
@@ -79,8 +71,9 @@ async def live() -> dict:
 @router.get("/health/ready")
 async def ready(state: State) -> dict:
     """Ready: 200 when the model can serve, 503 otherwise."""
+    await state.client.refresh_status()
     if not state.ready:
-        raise NotReady(_not_ready_reason(state))
+        raise NotReady(f"the model is not ready: {state.not_ready_reason()}; see /readyz")
     return {"ready": True}
 
 
@@ -89,12 +82,12 @@ async def ready(state: State) -> dict:
 async def model_metadata(state: State, model_name: str, model_version: str | None = None) -> dict:
     """Model metadata: inputs and outputs with datatypes and shapes (-1 for the batch)."""
     _check_model(state, model_name, model_version)
-    if state.selection is None:
-        raise NotReady(_not_ready_reason(state))
-    meta = state.selection.metadata
+    model = state.client.model
+    if model is None:
+        raise NotReady(f"the model is not ready: {state.not_ready_reason()}; see /readyz")
     s = state.settings
-    platform = PLATFORMS.get(state.selection.backend.name, state.selection.backend.name)
-    return oip.model_metadata(s.model_name, s.model_version, platform, meta.input_size, len(meta.labels))
+    platform = PLATFORMS.get(model.backend["name"], model.backend["name"])
+    return oip.model_metadata(s.model_name, s.model_version, platform, model.input_size, len(model.labels))
 
 
 @router.get("/models/{model_name}/ready")
@@ -102,8 +95,9 @@ async def model_metadata(state: State, model_name: str, model_version: str | Non
 async def model_ready(state: State, model_name: str, model_version: str | None = None) -> dict:
     """Model ready: 200 when it can serve, 503 otherwise."""
     _check_model(state, model_name, model_version)
+    await state.client.refresh_status()
     if not state.ready:
-        raise NotReady(_not_ready_reason(state))
+        raise NotReady(f"the model is not ready: {state.not_ready_reason()}; see /readyz")
     return {"name": model_name, "ready": True}
 
 
@@ -155,11 +149,11 @@ async def infer(request: Request, state: State, model_name: str, model_version: 
     started = time.monotonic()
     settings = state.settings
     _check_model(state, model_name, model_version)
-    if not state.ready or state.pipeline is None:
-        raise NotReady(_not_ready_reason(state))
+    if not state.ready:
+        raise NotReady(f"the model is not ready: {state.not_ready_reason()}; see /readyz")
     deadline = started + settings.request_timeout_s
     pipeline = state.pipeline
-    meta = pipeline.metadata
+    meta = pipeline.model
 
     body = await request.body()
     json_length = oip.header_length(request.headers.get(oip.HEADER_LENGTH), len(body))
@@ -174,13 +168,12 @@ async def infer(request: Request, state: State, model_name: str, model_version: 
         raise TooManyImages(f"a batch of {count} in one request; the limit is {settings.max_images_per_request}")
 
     if tensor.datatype == "BYTES":
-        prepared = await pipeline.prepare([bytes(e) for e in tensor.data])
-        tensors = [p.tensor for p in prepared]
+        staged = await pipeline.prepare([bytes(e) for e in tensor.data])
     else:
-        tensors = list(np.ascontiguousarray(tensor.data, dtype=np.float32))
+        staged = pipeline.stage_tensors(np.ascontiguousarray(tensor.data, dtype=np.float32))
 
-    results = await infer_while_connected(request, pipeline, tensors, deadline)
-    logits = np.stack([r.logits for r in results])  # (N, num_classes) float32
+    results = await infer_while_connected(request, pipeline, staged, deadline, top_k=0, want_logits=True)
+    logits = np.stack([r.logits for r in results])  # type: ignore[misc]  # (N, num_classes) float32
 
     encoded = []
     for out in outputs:

@@ -13,7 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from service.postprocess import softmax
 from service.preprocess import PreprocessConfig, preprocess
-from tests.conftest import make_image
+from tests.conftest import make_image, wait_until
 
 pytestmark = pytest.mark.integration
 MODEL = "alexnet"
@@ -242,6 +242,9 @@ def test_malformed_bodies_get_400_with_the_protocol_error_shape(onnx_server, bod
 def test_not_ready_is_503(server_factory, tmp_path):
     """A server whose model failed to load stays up; v2 says not ready and refuses inference with 503."""
     server = server_factory("--onnx", str(tmp_path / "missing.onnx"), "--backend", "onnxruntime", wait_ready=False)
+    wait_until(  # the engine process starts (seconds: it imports torch), then fails to load the model
+        lambda: "failed to load" in httpx.get(f"{server.url}/readyz").json()["reason"], 60, "the load to fail"
+    )
     with triton.InferenceServerClient(server.url.removeprefix("http://")) as client:
         assert client.is_server_live()
         assert not client.is_server_ready() and not client.is_model_ready(MODEL)

@@ -1,0 +1,255 @@
+"""The engine's batch runner: images in front-end arenas -> the backend's input -> top-k rows.
+
+``prepare`` (the batcher's prepare thread) reads each image from the arena it was written to and
+builds the backend's input; ``run`` (the inference thread) runs the backend, then softmax and top-k,
+and returns one ``ImageOutput`` per image (or ``ItemFailed`` for an image that could not be decoded).
+
+Two paths, chosen by the backend:
+- host: backends that take a float32 NumPy batch (ONNX Runtime, TensorRT). uint8 crops are
+  normalised on the CPU here, in one pass, into the batch.
+- tensor: backends with ``infer_tensor`` (PyTorch). uint8 crops go to the device as uint8 (a quarter
+  of float32's bytes), are normalised there straight into the backend's dtype, JPEGs are decoded on
+  the GPU (``JpegDecoder``), and softmax + top-k run on the device, so only k rows come back. On CUDA,
+  ``prepare`` runs on its own stream, so decoding batch k+1 overlaps inference of batch k.
+
+Ties in top-k go to the lower class index on both paths (a stable sort), as ``postprocess.top_k``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from export.onnx_metadata import ModelMetadata
+from service.arena import ArenaView
+from service.backends.base import Backend
+from service.batcher import ItemFailed, padded_size
+from service.errors import ServiceError
+from service.postprocess import softmax
+from service.preprocess import PreprocessConfig, preprocess_uint8
+from service.wire import ImageRef
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class EngineImage:
+    """One image of a request, as the engine queues it."""
+
+    arena: ArenaView
+    ref: ImageRef
+    top_k: int
+    want_logits: bool
+
+
+@dataclass(slots=True)
+class ImageOutput:
+    indices: np.ndarray | None
+    probabilities: np.ndarray | None
+    logits: np.ndarray | None
+    decode: str  # "cpu" (a front end), "gpu" (nvJPEG here), "engine-cpu" (fallback here)
+
+
+@dataclass
+class Prepared:
+    images: list[EngineImage]
+    batch: object  # np.ndarray (host path) or torch.Tensor (tensor path), padded to a bucket
+    decode: list[str]
+    failed: dict[int, ServiceError] = field(default_factory=dict)
+    ready: object = None  # torch.cuda.Event recorded after the input was written (CUDA only)
+
+
+def top_k_rows(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, probabilities) of the k most probable classes per row, ties to the lower index; the
+    probabilities keep their dtype (float64 from ``postprocess.softmax``, as /classify always gave)."""
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(probabilities, order, axis=1)
+
+
+class EngineRunner:
+    """Runs batches of arena images on one backend (see the module docstring)."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        metadata: ModelMetadata,
+        preprocess_config: PreprocessConfig,
+        jpeg_decoder=None,  # service.gpu_decode.JpegDecoder, for backends with infer_tensor
+    ) -> None:
+        self.backend = backend
+        self.metadata = metadata
+        self.preprocess_config = preprocess_config
+        self.name = backend.name
+        self.max_batch_size = backend.max_batch_size
+        self.max_concurrency = backend.max_concurrency
+        self.tensor_path = hasattr(backend, "infer_tensor")
+        if jpeg_decoder is not None and not self.tensor_path:
+            raise ValueError(f"JPEG decoding on the GPU needs a backend with infer_tensor, not {backend.name}")
+        self.jpeg_decoder = jpeg_decoder
+        self.prepare_ahead = jpeg_decoder is not None
+        self.decoded: Counter[str] = Counter()  # images by decode path, read by the engine's metrics
+        size = metadata.input_size
+        self._crop_shape = (size, size, 3)
+        self._tensor_shape = (3, size, size)
+        self._prepare_stream = None
+        if self.tensor_path and str(backend.device).startswith("cuda"):
+            import torch
+
+            self._prepare_stream = torch.cuda.Stream(device=backend.device)
+
+    # -- shared ------------------------------------------------------------------------------------
+    def _padded(self, n: int) -> int:
+        return padded_size(self.backend.batch_sizes, n)
+
+    def _engine_cpu_crop(self, image: EngineImage) -> np.ndarray:
+        """A JPEG the GPU could not take (or no GPU decoder): the service's CPU decoder, here."""
+        data = bytes(image.arena.bytes(image.ref.offset, image.ref.nbytes))
+        return preprocess_uint8(data, self.preprocess_config)
+
+    def _crop(self, image: EngineImage) -> np.ndarray:
+        return image.arena.array(image.ref.offset, self._crop_shape, np.uint8)
+
+    def _fp32(self, image: EngineImage) -> np.ndarray:
+        return image.arena.array(image.ref.offset, self._tensor_shape, np.float32)
+
+    def prepare(self, images: list[EngineImage]) -> Prepared:
+        prepared = self._prepare_tensor(images) if self.tensor_path else self._prepare_host(images)
+        self.decoded.update(d for i, d in enumerate(prepared.decode) if i not in prepared.failed)
+        return prepared
+
+    def run(self, prepared: Prepared) -> list[ImageOutput | ItemFailed]:
+        n = len(prepared.images)
+        k = max((image.top_k for image in prepared.images), default=0)
+        want_logits = any(image.want_logits for image in prepared.images)
+        if self.tensor_path:
+            indices, probabilities, logits = self._run_tensor(prepared, n, k, want_logits)
+        else:
+            indices, probabilities, logits = self._run_host(prepared, n, k, want_logits)
+        outputs: list[ImageOutput | ItemFailed] = []
+        for i, image in enumerate(prepared.images):
+            if i in prepared.failed:
+                outputs.append(ItemFailed(prepared.failed[i]))
+                continue
+            outputs.append(
+                ImageOutput(
+                    indices[i, : image.top_k] if image.top_k else None,
+                    probabilities[i, : image.top_k] if image.top_k else None,
+                    logits[i] if image.want_logits and logits is not None else None,
+                    prepared.decode[i],
+                )
+            )
+        return outputs
+
+    def _sort(self, images: list[EngineImage], crops: np.ndarray) -> tuple[Prepared, dict[int, np.ndarray], list[int]]:
+        """Crops (from the arena, or decoded here on the CPU) into ``crops``; float32 rows and JPEGs for
+        the GPU decoder set aside: (what is known so far, {row: float32 tensor}, [rows to decode])."""
+        prepared = Prepared(images, None, [])
+        fp32_rows: dict[int, np.ndarray] = {}
+        jpegs: list[int] = []
+        for i, image in enumerate(images):
+            kind = image.ref.kind
+            if kind == "crop":
+                crops[i] = self._crop(image)
+                prepared.decode.append("cpu")
+            elif kind == "fp32":
+                fp32_rows[i] = self._fp32(image)
+                prepared.decode.append("tensor")
+            elif self.jpeg_decoder is not None:
+                jpegs.append(i)
+                prepared.decode.append("gpu")
+            else:  # a JPEG and no GPU decoder: decode it on this CPU
+                prepared.decode.append("engine-cpu")
+                try:
+                    crops[i] = self._engine_cpu_crop(image)
+                except ServiceError as exc:
+                    prepared.failed[i] = exc
+        return prepared, fp32_rows, jpegs
+
+    # -- host path (float32 NumPy batches) ----------------------------------------------------------
+    def _prepare_host(self, images: list[EngineImage]) -> Prepared:
+        from model.preprocessing import normalize_batch
+
+        crops = np.zeros((self._padded(len(images)), *self._crop_shape), np.uint8)
+        prepared, fp32_rows, _ = self._sort(images, crops)
+        batch = normalize_batch(crops)  # (padded, 3, S, S) float32
+        for i, row in fp32_rows.items():
+            batch[i] = row
+        prepared.batch = batch
+        return prepared
+
+    def _run_host(self, prepared: Prepared, n: int, k: int, want_logits: bool):
+        batch = prepared.batch
+        logits = self.backend.infer(batch)  # type: ignore[arg-type]
+        if logits.shape[0] != batch.shape[0]:  # type: ignore[attr-defined]
+            raise RuntimeError(f"backend returned {logits.shape[0]} rows for a batch of {batch.shape[0]}")  # type: ignore[attr-defined]
+        logits = logits[:n]
+        indices, probabilities = top_k_rows(softmax(logits), k) if k else (None, None)
+        return indices, probabilities, (logits.astype(np.float32) if want_logits else None)
+
+    # -- tensor path (PyTorch on the backend's device) ----------------------------------------------
+    def _prepare_tensor(self, images: list[EngineImage]) -> Prepared:
+        import torch
+
+        from model.preprocessing import normalize_tensor
+
+        backend = self.backend
+        device = torch.device(backend.device)
+        cuda = device.type == "cuda"
+        crops_host = torch.zeros((self._padded(len(images)), *self._crop_shape), dtype=torch.uint8, pin_memory=cuda)
+        prepared, fp32_rows, jpegs = self._sort(images, crops_host.numpy())
+        decode, failed = prepared.decode, prepared.failed
+        stream = self._prepare_stream
+        context = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+        with context, torch.inference_mode():
+            chw = crops_host.to(device, non_blocking=True).permute(0, 3, 1, 2)  # (padded, 3, S, S) uint8 view
+            if jpegs:
+                chw = chw.contiguous()
+                crops = self.jpeg_decoder.decode(
+                    [
+                        (images[i].arena.bytes(images[i].ref.offset, images[i].ref.nbytes), images[i].ref.orientation)
+                        for i in jpegs
+                    ]
+                )
+                for i, crop in zip(jpegs, crops, strict=True):
+                    if isinstance(crop, Exception):
+                        decode[i] = "engine-cpu"
+                        try:
+                            fallback = self._engine_cpu_crop(images[i])
+                        except ServiceError as exc:
+                            failed[i] = exc
+                            continue
+                        crop = torch.from_numpy(fallback).to(device).permute(2, 0, 1)
+                    chw[i] = crop
+            batch = normalize_tensor(chw, dtype=backend.input_dtype)  # type: ignore[attr-defined]
+            if backend.channels_last:  # type: ignore[attr-defined]
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            for i, row in fp32_rows.items():
+                batch[i] = torch.from_numpy(row).to(device, dtype=batch.dtype)
+            if stream is not None:
+                prepared.ready = torch.cuda.Event()
+                prepared.ready.record(stream)
+        prepared.batch = batch
+        return prepared
+
+    def _run_tensor(self, prepared: Prepared, n: int, k: int, want_logits: bool):
+        import torch
+
+        backend = self.backend
+        with torch.inference_mode():
+            logits = backend.infer_tensor(prepared.batch, prepared.ready)  # type: ignore[attr-defined]
+            with backend.stream_context():  # type: ignore[attr-defined]
+                rows = logits[:n].float()
+                indices = probabilities = None
+                if k:
+                    probs = torch.softmax(rows, dim=1)
+                    values, order = torch.sort(probs, dim=1, descending=True, stable=True)
+                    indices = order[:, :k].cpu().numpy()
+                    probabilities = values[:, :k].cpu().numpy()
+                host_logits = rows.cpu().numpy() if want_logits else None
+                if rows.is_cuda:  # nothing may read the graph's buffers after this returns
+                    torch.cuda.current_stream().synchronize()
+        return indices, probabilities, host_logits

@@ -1,0 +1,406 @@
+"""The engine process: owns the backend, the one batcher, warm-up, readiness and the metrics.
+
+    python -m service.engine --socket NAME      # started by service.supervisor, never by hand
+
+It listens on an abstract Unix socket (no file on disk; only processes of the same user may
+connect: SO_PEERCRED) for the HTTP front ends. Each front end sends its arena's descriptor once,
+then ``Submit`` messages naming images in that arena; the engine queues them in the batcher, runs
+batches (``EngineRunner``: normalisation on the backend's device, JPEG decoding on the GPU where
+there is one, softmax + top-k) and answers each Submit with exactly one ``Result``. It pushes its
+``Status`` (ready or why not, the model's facts) on connect, on every change and every half second.
+
+SIGTERM: stop taking work (status "shutting down"), finish what is queued and running, answer it,
+exit 0. The supervisor stops the front ends first, so by then the queue is normally empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+
+from service import wire
+from service.arena import ArenaView
+from service.backends import Selection, select_backend
+from service.batch_runner import EngineImage, EngineRunner, ImageOutput
+from service.batcher import Batcher, InferenceResult
+from service.errors import NotReady, ServiceError
+from service.metrics import Metrics
+from service.preprocess import PreprocessConfig
+from service.process import follow_parent
+from service.settings import Settings
+
+log = logging.getLogger("service.engine")
+
+
+def listening_socket(address: str) -> socket.socket:
+    """The engine's socket at an abstract address (``address`` without the leading NUL)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind("\0" + address)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+@dataclass(eq=False)
+class Connection:
+    frontend: int
+    pid: int
+    arena: ArenaView
+    writer: asyncio.StreamWriter
+    pending: dict[int, list[asyncio.Future]] = field(default_factory=dict)
+    tasks: set[asyncio.Task] = field(default_factory=set)
+    leaving: bool = False  # it said Goodbye
+
+    def send(self, message: object) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(wire.encode(message))
+
+
+def choose_decode(settings: Settings, selection: Selection) -> tuple[object | None, str]:
+    """(a JpegDecoder or None, why): where JPEGs are decoded, for --decode auto|cpu|gpu."""
+    backend = selection.backend
+    if settings.decode == "cpu":
+        return None, "decode=cpu was asked for"
+    on_cuda = str(backend.device).startswith("cuda")
+    why_not = None
+    if not on_cuda:
+        why_not = f"the {backend.name} backend runs on {backend.device}, not a CUDA GPU"
+    elif not hasattr(backend, "infer_tensor"):
+        why_not = f"the {backend.name} backend takes host batches; GPU decoding feeds the torch backend only"
+    decoder = None
+    if why_not is None:
+        from service.gpu_decode import JpegDecoder
+
+        meta = selection.metadata
+        try:
+            decoder = JpegDecoder(backend.device, meta.resize_size, meta.input_size)
+            decoder.decode([(memoryview(_tiny_jpeg()), 1)])  # loads nvJPEG now, not on a request
+        except (ImportError, OSError, RuntimeError) as exc:
+            why_not = f"torchvision's GPU JPEG decoder is not usable here: {type(exc).__name__}: {exc}"
+            decoder = None
+    if decoder is not None:
+        return decoder, "nvJPEG on the GPU (torchvision.io.decode_jpeg), CPU for what it does not take"
+    if settings.decode == "gpu":
+        raise NotReady(f"decode=gpu was asked for, but {why_not}")
+    return None, f"auto: on the CPU in the front ends, because {why_not}"
+
+
+def _tiny_jpeg() -> bytearray:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (32, 24), (120, 80, 40)).save(out, "JPEG")
+    return bytearray(out.getvalue())
+
+
+class EngineServer:
+    def __init__(self, settings: Settings, address: str) -> None:
+        self.settings = settings
+        self.address = address
+        self.metrics = Metrics()
+        self.selection: Selection | None = None
+        self.batcher: Batcher | None = None
+        self.runner: EngineRunner | None = None
+        self.model: wire.ModelInfo | None = None
+        self.loaded = False
+        self.stopping = False
+        self.startup_error: str | None = None
+        self._connections: set[Connection] = set()
+        self._connection_tasks: set[asyncio.Task] = set()
+        self._last_status: wire.Status | None = None
+        self._decoded_seen: dict[str, int] = {}
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.loaded and not self.stopping and self.batcher is not None and self.batcher.healthy
+
+    def status(self) -> wire.Status:
+        if self.ready:
+            reason = ""
+        elif self.stopping:
+            reason = "shutting down"
+        elif self.startup_error:
+            reason = f"the model failed to load: {self.startup_error}"
+        elif not self.loaded:
+            reason = "loading or warming up"
+        else:
+            reason = "backend unhealthy (failing or stalled)"
+        return wire.Status(
+            self.ready, reason, self.model, self.startup_error, {"warmed_up": self.loaded and self.settings.warmup}
+        )
+
+    def _broadcast_status(self, force: bool = False) -> None:
+        status = self.status()
+        if force or status != self._last_status:
+            for conn in list(self._connections):
+                conn.send(status)
+            self._last_status = status
+
+    # -- loading ---------------------------------------------------------------------------------
+    def _load(self) -> None:
+        """Select and build the backend, warm it up, choose the decode path (blocking; in a thread)."""
+        s = self.settings
+        t0 = time.perf_counter()
+        selection = select_backend(s)
+        backend, meta = selection.backend, selection.metadata
+        log.info(
+            "backend %s (%s, %s), model %s weights=%s, loaded in %.1f s: %s",
+            backend.name,
+            backend.device,
+            backend.precision,
+            meta.arch,
+            meta.weights,
+            time.perf_counter() - t0,
+            selection.reason,
+        )
+        if meta.untrained:
+            log.warning("SERVING AN UNTRAINED MODEL: its labels are meaningless (weights: untrained)")
+        self.selection = selection
+        config = PreprocessConfig.for_model(meta, s.max_image_pixels, s.jpeg_draft)
+        decoder, decode_reason = choose_decode(s, selection)
+        log.info("JPEG decoding: %s", decode_reason)
+        self.runner = EngineRunner(backend, meta, config, decoder)
+        if s.warmup:
+            t1 = time.perf_counter()
+            backend.warmup(meta.input_size)
+            log.info("warm-up done in %.2f s", time.perf_counter() - t1)
+        self.model = wire.ModelInfo(
+            arch=meta.arch,
+            weights=meta.weights,
+            untrained=meta.untrained,
+            weights_sha256=meta.weights_sha256,
+            labels=list(meta.labels),
+            input_size=meta.input_size,
+            resize_size=meta.resize_size,
+            mean=tuple(meta.mean),  # type: ignore[arg-type]
+            std=tuple(meta.std),  # type: ignore[arg-type]
+            backend=backend.describe(),
+            backend_reason=selection.reason,
+            backends_skipped=dict(selection.skipped),
+            decode="gpu" if decoder is not None else "cpu",
+            decode_reason=decode_reason,
+        )
+
+    async def _start(self) -> None:
+        s = self.settings
+        try:
+            await asyncio.to_thread(self._load)
+        except Exception as exc:  # reported through /readyz; the process stays up so operators see why
+            self.startup_error = f"{type(exc).__name__}: {exc}"
+            log.error("startup failed: %s", self.startup_error)
+            self._broadcast_status()
+            return
+        assert self.runner is not None
+        self.batcher = Batcher(
+            self.runner,
+            self.metrics,
+            s.max_batch_size,
+            s.max_delay_ms,
+            s.queue_capacity,
+            stall_after_s=s.request_timeout_s,
+        )
+        self.batcher.start()
+        self.loaded = True
+        log.info("ready")
+        self._broadcast_status()
+
+    # -- serving ---------------------------------------------------------------------------------
+    async def serve(self, stop: asyncio.Event, listener: socket.socket | None = None) -> None:
+        """Listen, load, serve until ``stop`` is set, then drain and close."""
+        listener = listener or listening_socket(self.address)
+        loader = asyncio.create_task(self._start(), name="engine-load")
+        acceptor = asyncio.create_task(self._accept(listener), name="engine-accept")
+        heartbeat = asyncio.create_task(self._heartbeat(), name="engine-heartbeat")
+        try:
+            await stop.wait()
+        finally:
+            log.info("stopping: finishing queued and running batches")
+            self.stopping = True
+            self._broadcast_status()
+            acceptor.cancel()
+            listener.close()
+            if self.batcher is not None:
+                await self.batcher.stop(drain_timeout_s=self.settings.request_timeout_s + 5)
+            tasks = [t for conn in self._connections for t in conn.tasks]
+            if tasks:
+                await asyncio.wait(tasks, timeout=5)
+            for conn in list(self._connections):
+                with contextlib.suppress(Exception):
+                    await conn.writer.drain()
+                conn.writer.close()
+            loader.cancel()
+            heartbeat.cancel()
+            await asyncio.gather(loader, acceptor, heartbeat, return_exceptions=True)
+            if self.selection is not None:
+                self.selection.backend.close()
+            log.info("stopped")
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(wire.STATUS_INTERVAL_S)
+            self._broadcast_status(force=True)
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            sock, _ = await loop.sock_accept(listener)
+            task = loop.create_task(self._serve_connection(sock))
+            self._connection_tasks.add(task)
+            task.add_done_callback(self._connection_tasks.discard)
+
+    async def _serve_connection(self, sock: socket.socket) -> None:
+        try:
+            if wire.peer_uid(sock) != os.getuid():
+                log.warning("refused a connection from another user")
+                sock.close()
+                return
+            sock.setblocking(True)
+            sock.settimeout(5)
+            frontend, pid, fd = await asyncio.to_thread(wire.receive_hello, sock)
+            sock.settimeout(None)
+            sock.setblocking(False)
+            reader, writer = await asyncio.open_unix_connection(sock=sock)
+        except (OSError, ValueError) as exc:
+            log.warning("a front end failed its hello: %s", exc)
+            sock.close()
+            return
+        conn = Connection(frontend, pid, ArenaView(fd), writer)
+        self._connections.add(conn)
+        self.metrics.frontends.set(len(self._connections))
+        log.info("front end %d (pid %d) connected", frontend, pid)
+        conn.send(self.status())
+        try:
+            while True:
+                message = await wire.read_message(reader)
+                self._handle(conn, message)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except Exception:
+            log.exception("front end %d sent something unreadable; dropping its connection", frontend)
+        finally:
+            self._connections.discard(conn)
+            self.metrics.frontends.set(len(self._connections))
+            for futures in conn.pending.values():  # nobody is left to answer: free their batch slots
+                for future in futures:
+                    future.cancel()
+            writer.close()
+            if conn.leaving or self.stopping:
+                log.info("front end %d (pid %d) disconnected", frontend, pid)
+            else:
+                log.warning("front end %d (pid %d) disconnected without a goodbye (it died?)", frontend, pid)
+            if conn.tasks:
+                await asyncio.wait(conn.tasks, timeout=self.settings.request_timeout_s + 5)
+            conn.arena.close()
+
+    def _handle(self, conn: Connection, message: object) -> None:
+        if isinstance(message, wire.Submit):
+            self._submit(conn, message)
+        elif isinstance(message, wire.Cancel):
+            for future in conn.pending.get(message.request_id, ()):
+                future.cancel()
+        elif isinstance(message, wire.Observe):
+            self.metrics.apply(message.events)
+        elif isinstance(message, wire.MetricsRequest):
+            conn.send(wire.MetricsText(message.token, self.render_metrics()))
+        elif isinstance(message, wire.StatusRequest):
+            conn.send(self.status())
+        elif isinstance(message, wire.Goodbye):
+            conn.leaving = True
+        else:
+            raise TypeError(f"unexpected message {type(message).__name__}")
+
+    def _submit(self, conn: Connection, message: wire.Submit) -> None:
+        rid = message.request_id
+        try:
+            if not self.ready or self.batcher is None:
+                raise NotReady(f"the model is not ready: {self.status().reason}")
+            images = [EngineImage(conn.arena, ref, message.top_k, message.want_logits) for ref in message.images]
+            futures = self.batcher.submit(images, message.deadline)
+        except ServiceError as exc:
+            conn.send(wire.Result(rid, error_kind=exc.kind, error_message=exc.message))
+            return
+        conn.pending[rid] = futures
+        task = asyncio.get_running_loop().create_task(self._answer(conn, rid, futures))
+        conn.tasks.add(task)
+        task.add_done_callback(conn.tasks.discard)
+
+    async def _answer(self, conn: Connection, rid: int, futures: list[asyncio.Future]) -> None:
+        """The one Result of a request, once every image is done (answered, dropped or cancelled)."""
+        await asyncio.wait(futures)
+        conn.pending.pop(rid, None)
+        error: ServiceError | None = None
+        results: list[wire.ImageResult] = []
+        for future in futures:
+            if future.cancelled():
+                error = error or ServiceError("cancelled")
+                continue
+            exc = future.exception()
+            if exc is not None:
+                error = error or (exc if isinstance(exc, ServiceError) else ServiceError(f"{type(exc).__name__}"))
+                continue
+            result: InferenceResult = future.result()
+            out: ImageOutput = result.output
+            results.append(
+                wire.ImageResult(
+                    out.indices,
+                    out.probabilities,
+                    out.logits,
+                    result.queue_ms,
+                    result.inference_ms,
+                    result.batch_size,
+                    out.decode,
+                )
+            )
+        if error is not None:
+            conn.send(wire.Result(rid, error_kind=error.kind, error_message=error.message))
+        else:
+            conn.send(wire.Result(rid, images=results))
+
+    def render_metrics(self) -> bytes:
+        m = self.metrics
+        if self.batcher is not None:
+            m.queue_depth.set(self.batcher.depth)
+        m.ready.set(1 if self.ready else 0)
+        if self.runner is not None:
+            for path, count in self.runner.decoded.items():
+                seen = self._decoded_seen.get(path, 0)
+                if count > seen:
+                    m.decoded.labels(path).inc(count - seen)
+                    self._decoded_seen[path] = count
+        return m.render()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service.engine", description=__doc__.splitlines()[0])
+    parser.add_argument("--socket", required=True, help="abstract Unix socket name to listen on")
+    parser.add_argument("--parent", type=int, default=None, help="supervisor pid: exit when it is gone")
+    args = parser.parse_args(argv)
+    if not follow_parent(args.parent):
+        return 1  # the supervisor died before we could ask to follow it
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[engine]: %(message)s"
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await EngineServer(settings, args.socket).serve(stop)
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,177 @@
+"""The messages between the HTTP front ends and the engine, and how they travel.
+
+Each front end holds one Unix stream connection to the engine. A frame is a 4-byte little-endian
+length and a pickled message (small: offsets, ids, top-k rows; pixels stay in the shared arena).
+Both ends are our own code in processes started by the same supervisor, on a socket only the same
+user may connect to (the engine checks SO_PEERCRED), so pickle carries no foreign input here.
+
+Front end -> engine: Hello (once, with the arena's descriptor), Submit, Cancel, Observe, MetricsRequest,
+StatusRequest, Goodbye.
+Engine -> front end: Status (on connect, on every change, and as a heartbeat), Result (exactly one
+per Submit: only then may the front end reuse its slots), MetricsText.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+HEADER = struct.Struct("<I")
+MAX_FRAME = 256 * 2**20  # a 1000-class top-k for 4096 images is ~32 MB; anything larger is a bug
+HELLO = struct.Struct("<8sIIQ")  # magic, protocol version, front-end index, pid
+MAGIC = b"ALEXNETS"
+PROTOCOL = 1
+STATUS_INTERVAL_S = 0.5  # heartbeat: a front end that hears nothing for several of these reconnects
+
+
+@dataclass(slots=True)
+class ImageRef:
+    """One image in the sender's arena."""
+
+    kind: str  # "crop": uint8 (crop, crop, 3); "jpeg": encoded bytes; "fp32": float32 (3, crop, crop)
+    offset: int
+    nbytes: int
+    orientation: int = 1  # EXIF orientation of a "jpeg" (1 = upright), applied after decoding
+
+
+@dataclass(slots=True)
+class Submit:
+    request_id: int
+    deadline: float  # time.monotonic(): the same clock in every process of the host
+    images: list[ImageRef]
+    top_k: int  # rows of (index, probability) wanted per image; 0 for none
+    want_logits: bool = False
+
+
+@dataclass(slots=True)
+class Cancel:
+    request_id: int
+
+
+@dataclass(slots=True)
+class Observe:
+    """Front-end metric events since the last Observe: the engine holds the one registry."""
+
+    events: list[tuple]
+
+
+@dataclass(slots=True)
+class MetricsRequest:
+    token: int
+
+
+@dataclass(slots=True)
+class Goodbye:
+    """A front end is stopping on purpose (so its disconnect is no cause for alarm)."""
+
+
+@dataclass(slots=True)
+class StatusRequest:
+    """Answered with a Status now (readiness probes want the engine's state, not the last heartbeat)."""
+
+
+@dataclass(slots=True)
+class ImageResult:
+    indices: np.ndarray | None  # (k,) int64, most probable first, ties to the lower index
+    probabilities: np.ndarray | None  # (k,) float64 from host backends (softmax in float64), float32 from the GPU
+    logits: np.ndarray | None  # (num_classes,) float32, only when asked for
+    queue_ms: float
+    inference_ms: float
+    batch_size: int
+    decode: str  # where the pixels came from: "cpu" (front end), "gpu" (nvJPEG), "engine-cpu" (fallback)
+
+
+@dataclass(slots=True)
+class Result:
+    request_id: int
+    images: list[ImageResult] | None = None
+    error_kind: str | None = None
+    error_message: str | None = None
+
+
+@dataclass
+class ModelInfo:
+    """What front ends need to answer without asking: labels, preprocessing facts, the backend."""
+
+    arch: str
+    weights: str
+    untrained: bool
+    weights_sha256: str
+    labels: list[str]
+    input_size: int
+    resize_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    backend: dict[str, Any]
+    backend_reason: str
+    backends_skipped: dict[str, str]
+    decode: str  # "cpu" or "gpu": where JPEGs are decoded
+    decode_reason: str
+
+
+@dataclass
+class Status:
+    ready: bool
+    reason: str  # why not, when not ready ("" when ready)
+    model: ModelInfo | None = None
+    startup_error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class MetricsText:
+    token: int
+    text: bytes
+
+
+def encode(message: object) -> bytes:
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(len(payload)) + payload
+
+
+async def read_message(reader: asyncio.StreamReader) -> object:
+    """The next message; raises asyncio.IncompleteReadError at EOF."""
+    (length,) = HEADER.unpack(await reader.readexactly(HEADER.size))
+    if length > MAX_FRAME:
+        raise ValueError(f"frame of {length} bytes is over the limit of {MAX_FRAME}")
+    return pickle.loads(await reader.readexactly(length))
+
+
+def hello_bytes(frontend: int, pid: int) -> bytes:
+    return HELLO.pack(MAGIC, PROTOCOL, frontend, pid)
+
+
+def send_hello(sock: socket.socket, frontend: int, pid: int, arena_fd: int) -> None:
+    """First bytes on a new connection, carrying the arena's descriptor (blocking socket)."""
+    socket.send_fds(sock, [hello_bytes(frontend, pid)], [arena_fd])
+
+
+def receive_hello(sock: socket.socket) -> tuple[int, int, int]:
+    """(front-end index, pid, arena descriptor) from a new connection (blocking socket, with a timeout)."""
+    data, fds, _flags, _addr = socket.recv_fds(sock, HELLO.size, 4)
+    while len(data) < HELLO.size:  # the descriptor arrives with the first bytes; the rest may lag
+        more = sock.recv(HELLO.size - len(data))
+        if not more:
+            break
+        data += more
+    if len(data) != HELLO.size or len(fds) != 1:
+        for fd in fds:
+            socket.close(fd)
+        raise ValueError(f"bad hello: {len(data)} bytes, {len(fds)} descriptors")
+    magic, version, frontend, pid = HELLO.unpack(data)
+    if magic != MAGIC or version != PROTOCOL:
+        socket.close(fds[0])
+        raise ValueError(f"bad hello: magic {magic!r}, protocol {version} (want {PROTOCOL})")
+    return frontend, pid, fds[0]
+
+
+def peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid

@@ -1,0 +1,77 @@
+"""Arena slots go back to the front end whatever becomes of a request: answered late (its deadline
+passed), abandoned (the client hung up) or orphaned (the engine went away). A leak here would end in
+503 queue_full for everyone, so each case checks that the front end's arena is empty again."""
+
+from __future__ import annotations
+
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.conftest import make_image, wait_until
+from tests.fakes import install_gated_backend
+from tests.integration.test_service import classify, settings
+
+pytestmark = pytest.mark.integration
+IMAGE = make_image(200, 150, seed=9)
+
+
+def slots_in_use(server) -> int:
+    return server.frontend.pipeline.arena.used_slots
+
+
+def test_slots_of_a_request_past_its_deadline_return_once_the_engine_is_done_with_them(
+    onnx_model, inprocess_server, monkeypatch
+):
+    holder = install_gated_backend(monkeypatch)
+    server = inprocess_server(settings(onnx_model, request_timeout_s=0.5))
+    backend = holder["backend"]
+    backend.gate.clear()
+    assert classify(server.url, IMAGE).status_code == 504
+    assert slots_in_use(server) == 1  # the engine is still reading it: the slot must not be reused yet
+    backend.gate.set()
+    wait_until(lambda: slots_in_use(server) == 0, 30, "the slot to come back")
+
+
+def test_slots_of_a_client_that_hung_up_return(onnx_model, inprocess_server, monkeypatch):
+    holder = install_gated_backend(monkeypatch)
+    server = inprocess_server(settings(onnx_model))
+    backend = holder["backend"]
+    backend.gate.clear()
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(classify, server.url, IMAGE)
+        backend.wait_started()
+        port = int(server.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(
+                b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                + f"Content-Length: {len(IMAGE)}\r\n\r\n".encode()
+                + IMAGE
+            )
+            wait_until(lambda: server.state.batcher.depth >= 1, 30, "the second request in the queue")
+            assert slots_in_use(server) == 2
+        wait_until(lambda: slots_in_use(server) == 1, 30, "the departed client's slot to come back")
+        backend.gate.set()
+        assert first.result().status_code == 200
+    wait_until(lambda: slots_in_use(server) == 0, 30, "every slot to come back")
+
+
+def test_requests_waiting_on_an_engine_that_goes_away_fail_at_once_and_free_their_slots(
+    onnx_model, inprocess_server, monkeypatch
+):
+    holder = install_gated_backend(monkeypatch)
+    server = inprocess_server(settings(onnx_model))
+    backend = holder["backend"]
+    backend.gate.clear()
+    with ThreadPoolExecutor(2) as pool:
+        waiting = [pool.submit(classify, server.url, IMAGE) for _ in range(2)]
+        wait_until(lambda: slots_in_use(server) == 2, 30, "both requests to be in the engine")
+        for conn in list(server.engine._connections):  # the engine's end of the socket vanishes, as in a crash
+            conn.writer.transport.abort()
+        responses = [f.result(timeout=10) for f in waiting]
+    assert [r.status_code for r in responses] == [503, 503]
+    assert {r.json()["kind"] for r in responses} == {"not_ready"}
+    assert slots_in_use(server) == 0
+    backend.gate.set()
+    wait_until(lambda: classify(server.url, IMAGE).status_code == 200, 30, "the front end to reconnect")

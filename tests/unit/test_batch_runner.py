@@ -1,0 +1,187 @@
+"""The engine's batch runner on the CPU: arena images in, top-k rows out, on both of its paths (host
+batches for ONNX Runtime, tensors for PyTorch) and with JPEGs decoded by the tensor path's decoder
+(a PIL stand-in for nvJPEG: the same bytes, the same orientation and resize code after it)."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from service.arena import SLOT_BYTES, Arena, ArenaView
+from service.backends import select_backend
+from service.batch_runner import EngineImage, EngineRunner, top_k_rows
+from service.batcher import ItemFailed
+from service.errors import CorruptImage
+from service.gpu_decode import JpegDecoder
+from service.postprocess import softmax
+from service.preprocess import PreprocessConfig, preprocess_uint8
+from service.settings import Settings
+from service.wire import ImageRef
+
+CONFIG = PreprocessConfig()
+
+
+def jpeg(png: bytes, quality: int = 95) -> bytes:
+    out = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("RGB").save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def pil_decode(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """nvJPEG's contract on the CPU: bytes -> (3, H, W) uint8 RGB, RuntimeError when any fails."""
+    out = []
+    for t in tensors:
+        try:
+            image = Image.open(io.BytesIO(t.numpy().tobytes()))
+            image.load()
+        except OSError as exc:
+            raise RuntimeError(f"decode failed: {exc}") from exc
+        out.append(torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1))
+    return out
+
+
+class Staging:
+    """A front end's arena and the engine's view of it."""
+
+    def __init__(self) -> None:
+        self.arena = Arena(64, SLOT_BYTES)
+        self.view = ArenaView(os.dup(self.arena.fd))
+
+    def crop(self, data: bytes) -> ImageRef:
+        crop = preprocess_uint8(data, CONFIG)
+        span = self.arena.allocate(crop.nbytes)
+        self.arena.array(span, crop.shape, np.uint8)[...] = crop
+        return ImageRef("crop", span.offset, span.nbytes)
+
+    def jpeg(self, data: bytes, orientation: int = 1) -> ImageRef:
+        span = self.arena.allocate(len(data))
+        self.arena.write(span, data)
+        return ImageRef("jpeg", span.offset, len(data), orientation)
+
+    def fp32(self, tensor: np.ndarray) -> ImageRef:
+        span = self.arena.allocate(tensor.nbytes)
+        self.arena.array(span, tensor.shape, np.float32)[...] = tensor
+        return ImageRef("fp32", span.offset, span.nbytes)
+
+    def images(self, refs: list[ImageRef], top_k: int = 5, want_logits: bool = False) -> list[EngineImage]:
+        return [EngineImage(self.view, ref, top_k, want_logits) for ref in refs]
+
+
+@pytest.fixture(scope="module")
+def selections(fitted):
+    ort = select_backend(Settings(onnx=fitted.onnx, backend="onnxruntime", device="cpu", max_batch_size=32))
+    pt = select_backend(
+        Settings(onnx=fitted.onnx, checkpoint=fitted.checkpoint, backend="torch", device="cpu", max_batch_size=32)
+    )
+    return {"onnxruntime": ort, "torch": pt}
+
+
+def run(runner: EngineRunner, images: list[EngineImage]):
+    return runner.run(runner.prepare(images))
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_crops_in_the_arena_give_the_reference_top_k_on_both_paths(fitted, selections, backend):
+    selection = selections[backend]
+    runner = EngineRunner(selection.backend, selection.metadata, CONFIG)
+    assert runner.tensor_path == (backend == "torch")
+    items = fitted.eval_images(per_class=2)
+    pngs = [data for data, _ in items]
+    reference = np.stack([softmax(row) for row in fitted.reference_logits(pngs)])
+    staging = Staging()
+    outputs = run(runner, staging.images([staging.crop(d) for d in pngs], top_k=3, want_logits=True))
+    assert len(outputs) == len(pngs)
+    for out, probs in zip(outputs, reference, strict=True):
+        assert out.decode == "cpu"
+        assert out.indices.tolist() == list(np.argsort(-probs, kind="stable")[:3])
+        np.testing.assert_allclose(out.probabilities, probs[out.indices], atol=1e-4)
+        np.testing.assert_allclose(softmax(out.logits), probs, atol=1e-4)
+    assert sum(runner.decoded.values()) == len(pngs)
+
+
+def test_a_float32_tensor_and_a_crop_share_a_batch(fitted, selections):
+    selection = selections["torch"]
+    runner = EngineRunner(selection.backend, selection.metadata, CONFIG)
+    png = fitted.eval_images(per_class=1)[3][0]
+    from model.preprocessing import normalize
+
+    tensor = normalize(preprocess_uint8(png, CONFIG))
+    staging = Staging()
+    crop_out, tensor_out = run(runner, staging.images([staging.crop(png), staging.fp32(tensor)], want_logits=True))
+    assert tensor_out.decode == "tensor"
+    np.testing.assert_allclose(crop_out.logits, tensor_out.logits, rtol=1e-5, atol=1e-4)
+
+
+def test_jpegs_decoded_by_the_tensor_path_agree_with_the_cpu_path(fitted, selections):
+    selection = selections["torch"]
+    meta = selection.metadata
+    decoder = JpegDecoder("cpu", meta.resize_size, meta.input_size, decode_batch=pil_decode)
+    runner = EngineRunner(selection.backend, meta, CONFIG, decoder)
+    assert runner.prepare_ahead
+    jpegs = [jpeg(d) for d, _ in fitted.eval_images(per_class=2)]
+    staging = Staging()
+    on_gpu_path = run(runner, staging.images([staging.jpeg(d) for d in jpegs]))
+    on_cpu_path = run(runner, staging.images([staging.crop(d) for d in jpegs]))
+    assert {o.decode for o in on_gpu_path} == {"gpu"}
+    same = [g.indices.tolist() == c.indices.tolist() for g, c in zip(on_gpu_path, on_cpu_path, strict=True)]
+    assert sum(same) >= 0.9 * len(same)  # two resize implementations: a near-tie may swap places
+    assert all(g.indices[0] == c.indices[0] for g, c in zip(on_gpu_path, on_cpu_path, strict=True))
+
+
+def test_a_jpeg_the_decoder_refuses_falls_back_to_the_cpu_and_a_corrupt_one_fails_alone(fitted, selections):
+    selection = selections["torch"]
+    meta = selection.metadata
+
+    def refuses_cmyk_like(tensors):
+        if len(tensors) > 1:
+            raise RuntimeError("one image of the batch failed")
+        if tensors[0].numel() % 2:  # stands for "a JPEG nvJPEG does not take"
+            raise RuntimeError("unsupported")
+        return pil_decode(tensors)
+
+    runner = EngineRunner(selection.backend, meta, CONFIG, JpegDecoder("cpu", 256, 224, refuses_cmyk_like))
+    good = [jpeg(d) for d, _ in fitted.eval_images(per_class=1)[:4]]
+    good = [d if len(d) % 2 == 0 else d + b"\x00" for d in good]  # trailing bytes after EOI are ignored
+    odd = good[0] + b"\x00"
+    corrupt = good[1][: len(good[1]) // 2]
+    corrupt = corrupt if len(corrupt) % 2 else corrupt + b"\xff"
+    staging = Staging()
+    outputs = run(runner, staging.images([staging.jpeg(d) for d in (*good, odd, corrupt)]))
+    assert [o.decode for o in outputs[:4]] == ["gpu"] * 4
+    assert outputs[4].decode == "engine-cpu" and outputs[4].indices[0] == outputs[0].indices[0]
+    assert isinstance(outputs[5], ItemFailed) and isinstance(outputs[5].error, CorruptImage)
+
+
+def test_exif_orientation_sent_by_the_front_end_is_applied_after_decoding(fitted, selections):
+    selection = selections["torch"]
+    meta = selection.metadata
+    runner = EngineRunner(selection.backend, meta, CONFIG, JpegDecoder("cpu", 256, 224, pil_decode))
+    png = fitted.eval_images(per_class=1)[2][0]
+    upright = Image.open(io.BytesIO(png)).convert("RGB").crop((0, 0, 256, 200))  # not square: turns matter
+    out = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned; to be rotated 90 degrees clockwise on display
+    upright.transpose(Image.Transpose.ROTATE_90).save(out, "JPEG", quality=95, exif=exif)
+    rotated_bytes = out.getvalue()
+    staging = Staging()
+    via_gpu, via_cpu = run(
+        runner, staging.images([staging.jpeg(rotated_bytes, 6), staging.crop(rotated_bytes)], want_logits=True)
+    )
+    assert via_gpu.decode == "gpu"
+    assert np.corrcoef(via_gpu.logits, via_cpu.logits)[0, 1] > 0.99
+    wrong, _ = run(
+        runner, staging.images([staging.jpeg(rotated_bytes, 1), staging.crop(rotated_bytes)], want_logits=True)
+    )
+    assert np.abs(wrong.logits - via_cpu.logits).max() > np.abs(via_gpu.logits - via_cpu.logits).max()
+
+
+def test_top_k_rows_put_ties_at_the_lower_index():
+    probs = np.array([[0.1, 0.3, 0.3, 0.3], [0.25, 0.25, 0.25, 0.25]])
+    indices, values = top_k_rows(probs, 3)
+    assert indices.tolist() == [[1, 2, 3], [0, 1, 2]]
+    assert values.dtype == np.float64 and values[0].tolist() == [0.3, 0.3, 0.3]
