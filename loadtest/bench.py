@@ -339,8 +339,9 @@ def _at(steps: list[dict], c: int) -> dict | None:
     return next((s for s in steps if s["concurrency"] == c and s["requests"]), None)
 
 
-def layout_lines(layouts: dict[str, dict], md: list[str]) -> list[str]:
-    """(e): each layout's steps as table rows, and its img/s and p50 per concurrency against the first."""
+def layout_lines(layouts: dict[str, dict], md: list[str], service: dict | None = None) -> list[str]:
+    """(e): each layout's steps as table rows, and its img/s and p50 per concurrency against the first
+    layout; the default service (c) is compared with that first layout too."""
     measured = {label: entry for label, entry in layouts.items() if "steps" in entry}
     lines = [
         f"{label}: not measured ({entry.get('skipped')})" for label, entry in layouts.items() if label not in measured
@@ -348,8 +349,11 @@ def layout_lines(layouts: dict[str, dict], md: list[str]) -> list[str]:
     if not measured:
         return lines
     base_label, base = next(iter(measured.items()))
-    for label, entry in measured.items():
-        for s in entry["steps"]:
+    compared = dict(measured)
+    if service and "steps" in service:
+        compared["the service (c)"] = service
+    for label, entry in compared.items():
+        for s in entry["steps"] if label in measured else ():
             md.append(
                 f"| (e) layout {label}, c={s['concurrency']} | {s['img_per_s']:.1f} | {s['p50_ms']:.1f} | "
                 f"{s['p99_ms']:.1f} | mean batch {s['server_batch_size_mean'] or 0:.1f}, {s['errors']} errors |"
@@ -364,7 +368,7 @@ def layout_lines(layouts: dict[str, dict], md: list[str]) -> list[str]:
                     f"c={s['concurrency']}: img/s x{s['img_per_s'] / b['img_per_s']:.2f}, "
                     f"p50 x{s['p50_ms'] / b['p50_ms']:.2f}"
                 )
-        lines.append(f"layout {label} vs {base_label}: " + "; ".join(parts))
+        lines.append(f"{'layout ' if label in measured else ''}{label} vs {base_label}: " + "; ".join(parts))
     return lines
 
 
@@ -493,7 +497,8 @@ def summarize(result: dict) -> tuple[list[str], list[str]]:
                 if best and pbest["img_per_s"]:
                     ahead = "ahead" if best["img_per_s"] > pbest["img_per_s"] else "BEHIND"
                     lines.append(f"  (c) {name} / {label}: {best['img_per_s'] / pbest['img_per_s']:.2f} ({ahead})")
-    lines += layout_lines(result.get("layouts", {}), md)
+    first = next((b for b in result["backends"].values() if "skipped" not in b), {})
+    lines += layout_lines(result.get("layouts", {}), md, first.get("service"))
     ceiling = result.get("client_ceiling")
     if ceiling:
         md.append(
@@ -548,8 +553,11 @@ def main(argv: list[str] | None = None) -> int:
         targets.append(Target("naive", "naive", first, out, []))
     for peer in [p for p in args.peers.split(",") if p]:
         targets.append(Target(peer, peer, first, out, []))
-    pipelines = [
-        p for t in targets if t.name == "service" if (p := load_in_process(t.backend, args, images)) is not None
+    pipelines = [  # (b) once per backend, not again for each layout of the same backend
+        p
+        for t in targets
+        if t.key.startswith("service:")
+        if (p := load_in_process(t.backend, args, images)) is not None
     ]
     try:
         http, result["client_ceiling"] = http_sweeps(targets, args, payloads, pipelines)
