@@ -51,11 +51,26 @@ def settings_from_args(argv: list[str] | None) -> Settings:
     return Settings(**vars(get_args_parser().parse_args(argv)))
 
 
+def explain(exc: ValidationError) -> str:
+    """One line per invalid setting, naming its flag and variable and the text given (never a secret's)."""
+    lines = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:  # a rule across settings
+            lines.append(f"  {message}")
+            continue
+        name = str(error["loc"][0])
+        flag = "" if name in ENV_ONLY else f"--{name.replace('_', '-')} / "
+        given = "" if name in ENV_ONLY else f", got {error['input']!r}"
+        lines.append(f"  {flag}ALEXNET_{name.upper()}: {message}{given}")
+    return "invalid settings (python -m service --help lists them):\n" + "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_args(argv)
     except ValidationError as exc:
-        print(f"invalid settings:\n{exc}", file=sys.stderr)
+        print(explain(exc), file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[supervisor]: %(message)s"

@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect
 
 from service.arena import SLOT_BYTES, Arena, arena_slot_count
 from service.engine_client import EngineClient
-from service.errors import ServiceError
+from service.errors import BadParameter, BadRequest, MethodNotAllowed, NotFound, ServiceError, error_response
 from service.middleware import BearerAuth, BodyLimit, RequestMetrics
 from service.pipeline import Pipeline
 from service.routes import classify, ops, page, v2
@@ -26,7 +26,7 @@ from service.settings import Settings
 from service.state import ServiceState
 
 log = logging.getLogger("service")
-HTTP_KINDS = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+HTTP_KINDS = {cls.status: cls.kind for cls in (BadRequest, NotFound, MethodNotAllowed)}
 HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 
 
@@ -75,20 +75,21 @@ def create_app(settings: Settings | None = None, engine_address: str | None = No
     app.include_router(page.router)
     app.include_router(v2.router)
 
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    def answer(request: Request, exc: ServiceError, headers: dict[str, str] | None = None) -> JSONResponse:
         state.observe(("error", exc.kind))
         log.debug("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.kind)
-        return JSONResponse({"error": exc.message, "kind": exc.kind}, status_code=exc.status, headers=exc.headers)
+        return error_response(exc, headers=headers)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return answer(request, exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Framework errors (unknown route, wrong method, malformed multipart) in our one error shape.
         kind = HTTP_KINDS.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal")
-        state.observe(("error", kind))
-        return JSONResponse(
-            {"error": str(exc.detail), "kind": kind}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
-        )
+        error = ServiceError(str(exc.detail), status=exc.status_code, kind=kind)
+        return answer(request, error, getattr(exc, "headers", None))
 
     @app.exception_handler(ClientDisconnect)
     async def client_disconnect(request: Request, exc: ClientDisconnect) -> Response:
@@ -98,9 +99,8 @@ def create_app(settings: Settings | None = None, engine_address: str | None = No
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        state.observe(("error", "bad_parameter"))
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return JSONResponse({"error": problems, "kind": "bad_parameter"}, status_code=422)
+        return answer(request, BadParameter(problems))
 
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes, observe=state.observe)
     if settings.api_key is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -91,7 +92,8 @@ class EngineRunner:
             raise ValueError(f"JPEG decoding on the GPU needs a backend with infer_tensor, not {backend.name}")
         self.jpeg_decoder = jpeg_decoder
         self.prepare_ahead = jpeg_decoder is not None
-        self.decoded: Counter[str] = Counter()  # images by decode path, read by the engine's metrics
+        self._decoded: Counter[str] = Counter()  # images by decode path (prepare thread writes)
+        self._decoded_lock = threading.Lock()
         size = metadata.input_size
         self._crop_shape = (size, size, 3)
         self._tensor_shape = (3, size, size)
@@ -118,8 +120,14 @@ class EngineRunner:
 
     def prepare(self, images: list[EngineImage]) -> Prepared:
         prepared = self._prepare_tensor(images) if self.tensor_path else self._prepare_host(images)
-        self.decoded.update(d for i, d in enumerate(prepared.decode) if i not in prepared.failed)
+        with self._decoded_lock:
+            self._decoded.update(d for i, d in enumerate(prepared.decode) if i not in prepared.failed)
         return prepared
+
+    def decoded(self) -> dict[str, int]:
+        """Images prepared so far, by where they were decoded (for the engine's metrics)."""
+        with self._decoded_lock:
+            return dict(self._decoded)
 
     def run(self, prepared: Prepared) -> list[ImageOutput | ItemFailed]:
         n = len(prepared.images)

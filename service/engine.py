@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -139,10 +140,16 @@ class EngineServer:
         )
 
     def _broadcast_status(self, force: bool = False) -> None:
+        """The status to every front end when it changed; with ``force`` (the heartbeat) anyway, but
+        then without the model's facts (1000 labels) when those did not change."""
         status = self.status()
-        if force or status != self._last_status:
+        changed = status != self._last_status
+        if changed or force:
+            message = status
+            if not changed and self._last_status is not None and status.model is self._last_status.model:
+                message = dataclasses.replace(status, model=None)
             for conn in list(self._connections):
-                conn.send(status)
+                conn.send(message)
             self._last_status = status
 
     # -- loading ---------------------------------------------------------------------------------
@@ -371,7 +378,7 @@ class EngineServer:
             m.queue_depth.set(self.batcher.depth)
         m.ready.set(1 if self.ready else 0)
         if self.runner is not None:
-            for path, count in self.runner.decoded.items():
+            for path, count in self.runner.decoded().items():
                 seen = self._decoded_seen.get(path, 0)
                 if count > seen:
                     m.decoded.labels(path).inc(count - seen)

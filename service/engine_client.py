@@ -40,6 +40,7 @@ class EngineClient:
         self.frontend = frontend
         self.arena = arena
         self.status: wire.Status | None = None
+        self.model: wire.ModelInfo | None = None  # from the last Status that carried it
         self.connected = False
         self.last_heard = 0.0
         self.dropped_events = 0
@@ -51,7 +52,6 @@ class EngineClient:
         self._events: list[tuple] = []
         self._tasks: list[asyncio.Task] = []
         self._closing = False
-        self._connected_once = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -76,18 +76,7 @@ class EngineClient:
             self._writer.close()
         self._fail_all("the server is shutting down")
 
-    async def wait_connected(self, timeout_s: float) -> bool:
-        try:
-            await asyncio.wait_for(self._connected_once.wait(), timeout_s)
-            return True
-        except TimeoutError:
-            return False
-
     # -- state -----------------------------------------------------------------------------------
-    @property
-    def model(self) -> wire.ModelInfo | None:
-        return self.status.model if self.status is not None else None
-
     @property
     def ready(self) -> bool:
         return self.not_ready_reason() is None
@@ -198,10 +187,10 @@ class EngineClient:
                 await asyncio.sleep(RECONNECT_S)
                 continue
             announced_wait = False
+            self.model = None  # a new engine describes itself on connect
             self._writer = writer
             self.connected = True
             self.last_heard = time.monotonic()
-            self._connected_once.set()
             log.info("connected to the engine")
             try:
                 while True:
@@ -229,6 +218,8 @@ class EngineClient:
                 future.set_result(message)
         elif isinstance(message, wire.Status):
             self.status = message
+            if message.model is not None:
+                self.model = message.model
             waiters, self._status_waiters = self._status_waiters, []
             for waiter in waiters:
                 if not waiter.done():

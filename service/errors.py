@@ -1,13 +1,16 @@
 """Typed errors and their HTTP status, in one place.
 
 Every error a client can cause or meet is a ``ServiceError`` with a stable ``kind`` (also the label of
-the ``errors_total`` metric) and a message that says what to do. The JSON body is
-``{"error": message, "kind": kind}``.
+the ``errors_total`` metric) and a message that says what to do. ``error_response`` is the one place
+that turns one into an HTTP answer: ``{"error": message, "kind": kind}``, or on the Open Inference
+Protocol's routes the protocol's ``{"error": message}``, with the error's status and headers.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+from starlette.responses import JSONResponse
 
 
 class ServiceError(Exception):
@@ -15,9 +18,14 @@ class ServiceError(Exception):
     kind = "internal"
     headers: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, status: int | None = None, kind: str | None = None) -> None:
+        """``status`` and ``kind`` override the class's, for errors named by the framework (a 405, say)."""
         super().__init__(message)
         self.message = message
+        if status is not None:
+            self.status = status
+        if kind is not None:
+            self.kind = kind
 
 
 class BadRequest(ServiceError):
@@ -41,9 +49,20 @@ class CorruptImage(BadRequest):
     kind = "corrupt_image"
 
 
+class Unauthorized(ServiceError):
+    status = 401
+    kind = "unauthorized"
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
+
+
 class NotFound(ServiceError):
     status = 404
     kind = "not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    status = 405
+    kind = "method_not_allowed"
 
 
 class BadParameter(ServiceError):
@@ -102,13 +121,21 @@ class BackendUnavailable(RuntimeError):
     """A backend cannot run on this host (missing package, no GPU, engine for another GPU)."""
 
 
-def _by_kind(cls: type[ServiceError]) -> dict[str, type[ServiceError]]:
+def kinds(cls: type[ServiceError] = ServiceError) -> dict[str, type[ServiceError]]:
+    """Every kind and its class, ``cls`` and below (service.oip adds the protocol's once imported)."""
     found = {cls.kind: cls}
     for sub in cls.__subclasses__():
-        found.update(_by_kind(sub))
+        found.update(kinds(sub))
     return found
 
 
 def error_from_kind(kind: str, message: str) -> ServiceError:
     """The ServiceError of a ``kind`` sent by another process (the engine answers by kind, not by class)."""
-    return _by_kind(ServiceError).get(kind, ServiceError)(message)
+    return kinds().get(kind, ServiceError)(message)
+
+
+def error_response(exc: ServiceError, *, protocol: bool = False, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The HTTP answer to ``exc``: our ``{"error", "kind"}`` body, or with ``protocol`` the Open Inference
+    Protocol's ``{"error"}``; the error's status, its headers and any ``headers`` given here."""
+    body = {"error": exc.message} if protocol else {"error": exc.message, "kind": exc.kind}
+    return JSONResponse(body, status_code=exc.status, headers={**exc.headers, **(headers or {})})

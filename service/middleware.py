@@ -1,6 +1,6 @@
 """The front end's ASGI middlewares: request metrics, the API key, the body limit.
 
-Each answers in the service's one error shape (``{"error", "kind"}``) and reports what it answered
+Each answers in the service's one error shape (``service.errors.error_response``) and reports what it answered
 through ``observe`` (an event for the engine's metrics), so a 401 or a 413 shows in ``/metrics``
 like any other error.
 """
@@ -13,20 +13,24 @@ import logging
 import time
 from collections.abc import Callable
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import BodyTooLarge
+from service.errors import BodyTooLarge, ServiceError, Unauthorized, error_response
 
 log = logging.getLogger("service")
 Observe = Callable[[tuple], None]
 
 
 async def _answer_error(
-    scope: Scope, receive: Receive, send: Send, observe: Observe, status: int, kind: str, message: str, headers: dict
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    observe: Observe,
+    exc: ServiceError,
+    headers: dict[str, str] | None = None,
 ) -> None:
-    observe(("error", kind))
-    await JSONResponse({"error": message, "kind": kind}, status_code=status, headers=headers)(scope, receive, send)
+    observe(("error", exc.kind))
+    await error_response(exc, headers=headers)(scope, receive, send)
 
 
 class RequestMetrics:
@@ -88,16 +92,8 @@ class BearerAuth:
         if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key):
             await self.app(scope, receive, send)
             return
-        await _answer_error(
-            scope,
-            receive,
-            send,
-            self.observe,
-            401,
-            "unauthorized",
-            "missing or wrong API key: send 'Authorization: Bearer <key>'",
-            {"WWW-Authenticate": "Bearer"},
-        )
+        error = Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
+        await _answer_error(scope, receive, send, self.observe, error)
 
 
 class BodyLimit:
@@ -115,16 +111,8 @@ class BodyLimit:
         limit = self.max_body_bytes
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _answer_error(
-                scope,
-                receive,
-                send,
-                self.observe,
-                413,
-                BodyTooLarge.kind,
-                f"request body is {int(declared)} bytes; the limit is {limit}",
-                {"Connection": "close"},
-            )
+            error = BodyTooLarge(f"request body is {int(declared)} bytes; the limit is {limit}")
+            await _answer_error(scope, receive, send, self.observe, error, {"Connection": "close"})
             return
         seen = 0
 

@@ -404,7 +404,3 @@ def _to_binary(data: np.ndarray) -> bytes:
     if data.dtype == object:
         return b"".join(struct.pack("<I", len(e)) + bytes(e) for e in data.ravel())
     return np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<")).tobytes()
-
-
-def error_body(message: str) -> bytes:
-    return json.dumps({"error": message}).encode()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service import wire
-from service.arena import Arena, ArenaFull, Span
+from service.arena import SLOT_BYTES, Arena, ArenaFull, Span
 from service.engine_client import EngineClient
 from service.errors import DeadlineExceeded, NotReady, QueueFull, ServiceError
 from service.preprocess import PreprocessConfig, inspect_jpeg, preprocess_uint8
@@ -31,6 +31,13 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 # (PIL's draft mode, 1/2 to 1/8 scale) of a 12+ megapixel photo costs less than moving and decoding
 # it in full on the GPU, and it keeps one huge image from stalling a whole GPU batch.
 GPU_DECODE_MAX_PIXELS = 12_000_000
+# And above this many bytes (8 slots): the bytes would take that many arena slots while they wait.
+GPU_DECODE_MAX_BYTES = 8 * SLOT_BYTES
+
+
+def _gpu_candidate(data: bytes) -> bool:
+    """Worth a look for the GPU path: a JPEG by its magic number, and not too many bytes."""
+    return data.startswith(JPEG_MAGIC) and len(data) <= GPU_DECODE_MAX_BYTES
 
 
 @dataclass(slots=True)
@@ -84,7 +91,7 @@ class Pipeline:
 
     def _stage_one(self, data: bytes, span: Span, config: PreprocessConfig, gpu: bool) -> tuple[wire.ImageRef, float]:
         """On a decode thread: the image's ref once its bytes or its crop are in ``span``."""
-        if gpu and data.startswith(JPEG_MAGIC):
+        if gpu and _gpu_candidate(data):
             start = time.perf_counter()
             orientation = inspect_jpeg(data, config, GPU_DECODE_MAX_PIXELS)
             if orientation is not None:  # the GPU takes it: only the bytes cross
@@ -105,20 +112,21 @@ class Pipeline:
         spans: list[Span] = []
         try:
             for data in images:
-                take_gpu = gpu and data.startswith(JPEG_MAGIC)
+                take_gpu = gpu and _gpu_candidate(data)
                 spans.append(self._allocate(max(crop_bytes, len(data)) if take_gpu else crop_bytes))
         except ServiceError:
             for span in spans:
                 self.arena.free(span)
             raise
-        loop = asyncio.get_running_loop()
-        results = await asyncio.gather(
-            *(
-                loop.run_in_executor(self._decoder, self._stage_one, data, span, config, gpu)
-                for data, span in zip(images, spans, strict=True)
-            ),
-            return_exceptions=True,
-        )
+        jobs = [
+            self._decoder.submit(self._stage_one, data, span, config, gpu)
+            for data, span in zip(images, spans, strict=True)
+        ]
+        try:
+            results = await asyncio.gather(*(asyncio.wrap_future(job) for job in jobs), return_exceptions=True)
+        except asyncio.CancelledError:  # a thread may still be writing into a span: free them after
+            self._free_when_done(jobs, spans)
+            raise
         for index, result in enumerate(results):
             if isinstance(result, BaseException):
                 for span in spans:
@@ -131,6 +139,21 @@ class Pipeline:
             self.client.observe(("preprocess", seconds))
             staged.append(Staged(ref, span, seconds * 1000))
         return staged
+
+    def _free_when_done(self, jobs: list, spans: list[Span]) -> None:
+        """Free ``spans`` on the event loop once every decode job has finished writing into them."""
+        loop = asyncio.get_running_loop()
+        freed = False
+
+        def check() -> None:  # on the loop's thread only
+            nonlocal freed
+            if not freed and all(job.done() for job in jobs):
+                freed = True
+                for span in spans:
+                    self.arena.free(span)
+
+        for job in jobs:
+            job.add_done_callback(lambda _job: loop.call_soon_threadsafe(check))
 
     def stage_tensors(self, tensors: np.ndarray) -> list[Staged]:
         """(N, 3, S, S) float32 tensors of an OIP FP32 request, copied into the arena as they are."""
@@ -151,24 +174,27 @@ class Pipeline:
         for item in staged:
             self.arena.free(item.span)
 
-    # -- inference -------------------------------------------------------------------------------
-    async def infer(
+    # -- inference ----------------------------------------------------------------------------------
+    def submit(
         self, staged: list[Staged], deadline: float, top_k: int, want_logits: bool = False
-    ) -> list[wire.ImageResult]:
-        """Send the images to the engine and wait for its answer until ``deadline`` (time.monotonic()).
+    ) -> tuple[int, asyncio.Future]:
+        """Send the images to the engine, now (no await: nothing can come between the staging and
+        this hand-over). From here on their slots are the engine client's: freed when the engine has
+        answered. Returns what ``wait`` and ``cancel`` take."""
+        return self.client.submit([s.ref for s in staged], [s.span for s in staged], deadline, top_k, want_logits)
 
-        From here on the slots are the engine client's: freed when the engine has answered.
-        """
-        rid, future = self.client.submit(
-            [s.ref for s in staged], [s.span for s in staged], deadline, top_k, want_logits
-        )
+    def cancel(self, request_id: int) -> None:
+        self.client.cancel(request_id)
+
+    async def wait(self, request_id: int, future: asyncio.Future, deadline: float) -> list[wire.ImageResult]:
+        """The engine's answer, or DeadlineExceeded at ``deadline`` (time.monotonic())."""
         try:
             result = await asyncio.wait_for(future, timeout=max(0.0, deadline - time.monotonic()))
         except TimeoutError:
-            self.client.cancel(rid)
+            self.cancel(request_id)
             raise DeadlineExceeded("the request's deadline passed before inference finished; retry later") from None
-        except asyncio.CancelledError:  # the client hung up: its images take no batch slot
-            self.client.cancel(rid)
+        except asyncio.CancelledError:
+            self.cancel(request_id)
             raise
         return self.client.unpack(result)
 

@@ -44,7 +44,11 @@ class Settings(BaseSettings):
 
     max_batch_size: int = Field(32, ge=1, le=4096, description="largest batch sent to the backend, images")
     max_delay_ms: float = Field(
-        2.0, ge=0, description="longest a request waits for a batch to fill while the backend is busy"
+        2.0,
+        ge=0,
+        description="longest a batch being formed waits for more images while another batch runs; only where "
+        "batches overlap (GPU JPEG decoding prepares the next batch during the current one, or a backend runs "
+        "several at once): on the CPU path it has no effect, and an idle backend never waits",
     )
     queue_capacity: int = Field(256, ge=1, description="images waiting for inference before new requests get 503")
     request_timeout_s: float = Field(10.0, gt=0, description="per-request deadline; past it the answer is 504")
@@ -57,7 +61,11 @@ class Settings(BaseSettings):
         "front ends; auto = gpu where it can run",
     )
     jpeg_draft: bool = Field(True, description="decode large JPEGs at reduced DCT size (>= 2x the resize target)")
-    warmup: bool = Field(True, description="run every batch shape once before reporting ready")
+    warmup: bool = Field(
+        True,
+        description="run every batch shape once before reporting ready; false = ready once loaded, the first "
+        "batch of each shape pays the set-up (/v1/models: warmed_up false)",
+    )
 
     max_body_bytes: int = Field(20 * 2**20, ge=1, description="largest request body, bytes (413 above)")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest decoded image, pixels (413 above)")

@@ -119,7 +119,7 @@ class ModelInfo:
 class Status:
     ready: bool
     reason: str  # why not, when not ready ("" when ready)
-    model: ModelInfo | None = None
+    model: ModelInfo | None = None  # None in heartbeats when it has not changed since the last Status
     startup_error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

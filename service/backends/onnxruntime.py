@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from export.onnx_metadata import INPUT_NAME, OUTPUT_NAME
+from export.ort import import_onnxruntime
 from service.backends.base import Backend, powers_of_two_up_to
 from service.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv")
 
 
@@ -92,9 +92,9 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, onnx_path: Path, device: str, max_batch_size: int, cpu_threads: int) -> None:
         try:
-            import onnxruntime as ort
+            ort = import_onnxruntime()
         except ImportError as exc:
-            raise BackendUnavailable("onnxruntime is not installed (pip install -e '.[cpu]' or '.[gpu]')") from exc
+            raise BackendUnavailable(str(exc)) from exc
         if not Path(onnx_path).is_file():
             raise BackendUnavailable(
                 f"{onnx_path}: no ONNX model; build it with `python export/to_onnx.py --out {onnx_path}`"

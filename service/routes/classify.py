@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 
 from service.errors import BadParameter, NoImages, NotReady, TooManyImages, UnsupportedMediaType
+from service.responses import ERRORS, ClassifyResponse
 from service.routes.hangup import infer_while_connected
 from service.state import ServiceState, State
 
@@ -61,7 +62,7 @@ CLASSIFY_BODY = {
 }
 
 
-@router.post("/classify", openapi_extra=CLASSIFY_BODY)
+@router.post("/classify", openapi_extra=CLASSIFY_BODY, response_model=ClassifyResponse, responses=ERRORS)
 async def classify(request: Request, state: State, top_k: int = 5) -> dict:
     """Top-k ImageNet labels with probabilities for each image sent."""
     started = time.monotonic()

@@ -20,16 +20,19 @@ async def _wait_for_disconnect(request: Request) -> None:
 async def infer_while_connected(
     request: Request, pipeline: Pipeline, staged: list[Staged], deadline: float, top_k: int, want_logits: bool = False
 ) -> list[ImageResult]:
-    """``pipeline.infer``, cancelled if the client leaves first, so its images take no batch slot.
+    """Submit to the engine and wait, cancelled if the client leaves first, so its images take no batch slot.
 
     Raises ClientDisconnect then (the app counts it and answers nobody).
     """
-    inference = asyncio.ensure_future(pipeline.infer(staged, deadline, top_k, want_logits))
+    request_id, future = pipeline.submit(staged, deadline, top_k, want_logits)
+    inference = asyncio.ensure_future(pipeline.wait(request_id, future, deadline))
     hangup = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         await asyncio.wait({inference, hangup}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         hangup.cancel()
+        if not inference.done():
+            pipeline.cancel(request_id)  # even if the waiting task never got to run
     if not inference.done():
         inference.cancel()
         await asyncio.gather(inference, return_exceptions=True)

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from service.responses import ERRORS, ModelList
 from service.state import State
 
 router = APIRouter(tags=["operations"])
@@ -28,17 +29,20 @@ async def readyz(state: State) -> JSONResponse:
     )
 
 
-@router.get("/metrics")
+@router.get("/metrics", responses=ERRORS)
 async def metrics(state: State) -> Response:
     """Prometheus metrics of the whole service (every front end and the engine)."""
     return Response(await state.client.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", response_model=ModelList, response_model_exclude_unset=True, responses=ERRORS)
 async def models(state: State) -> dict:
-    """The served model: arch, weights provenance, backend, precision and batch settings."""
+    """The served model: arch, weights provenance, backend, precision, batch settings, whether it warmed up."""
     s = state.settings
     entry: dict = {"name": s.model_name, "version": s.model_version, "ready": state.ready}
+    status = state.client.status
+    if status is not None:
+        entry["warmed_up"] = bool(status.extra.get("warmed_up", False))
     model = state.client.model
     if model is not None:
         entry.update(

@@ -11,14 +11,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from service import oip
-from service.errors import NotReady, ServiceError, TooManyImages
+from service import oip, responses
+from service.errors import NotReady, ServiceError, TooManyImages, error_response
+from service.responses import PROTOCOL_ERRORS
 from service.routes.hangup import infer_while_connected
 from service.state import ServiceState, State
 
@@ -40,12 +41,14 @@ class _ProtocolErrors(APIRoute):
             except ServiceError as exc:
                 request.app.state.service.observe(("error", exc.kind))
                 log.debug("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.kind)
-                return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+                return error_response(exc, protocol=True)
 
         return handle
 
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=_ProtocolErrors)
+router = APIRouter(
+    prefix="/v2", tags=["open inference protocol"], route_class=_ProtocolErrors, responses=PROTOCOL_ERRORS
+)
 
 
 def _check_model(state: ServiceState, name: str, version: str | None) -> None:
@@ -56,19 +59,19 @@ def _check_model(state: ServiceState, name: str, version: str | None) -> None:
         raise oip.ModelNotFound(f"model '{name}' has no version '{version}'; it has '{s.model_version}'")
 
 
-@router.get("")
+@router.get("", response_model=responses.ServerMetadata)
 async def server_metadata(request: Request) -> dict:
     """Server metadata: name, version and the protocol extensions supported."""
     return {"name": request.app.title, "version": request.app.version, "extensions": list(oip.EXTENSIONS)}
 
 
-@router.get("/health/live")
+@router.get("/health/live", response_model=responses.Live)
 async def live() -> dict:
     """Live: the process answers HTTP."""
     return {"live": True}
 
 
-@router.get("/health/ready")
+@router.get("/health/ready", response_model=responses.Ready)
 async def ready(state: State) -> dict:
     """Ready: 200 when the model can serve, 503 otherwise."""
     await state.client.refresh_status()
@@ -77,8 +80,8 @@ async def ready(state: State) -> dict:
     return {"ready": True}
 
 
-@router.get("/models/{model_name}")
-@router.get("/models/{model_name}/versions/{model_version}")
+@router.get("/models/{model_name}", response_model=responses.ModelMetadataResponse)
+@router.get("/models/{model_name}/versions/{model_version}", response_model=responses.ModelMetadataResponse)
 async def model_metadata(state: State, model_name: str, model_version: str | None = None) -> dict:
     """Model metadata: inputs and outputs with datatypes and shapes (-1 for the batch)."""
     _check_model(state, model_name, model_version)
@@ -90,8 +93,8 @@ async def model_metadata(state: State, model_name: str, model_version: str | Non
     return oip.model_metadata(s.model_name, s.model_version, platform, model.input_size, len(model.labels))
 
 
-@router.get("/models/{model_name}/ready")
-@router.get("/models/{model_name}/versions/{model_version}/ready")
+@router.get("/models/{model_name}/ready", response_model=responses.ModelReady)
+@router.get("/models/{model_name}/versions/{model_version}/ready", response_model=responses.ModelReady)
 async def model_ready(state: State, model_name: str, model_version: str | None = None) -> dict:
     """Model ready: 200 when it can serve, 503 otherwise."""
     _check_model(state, model_name, model_version)
@@ -140,10 +143,18 @@ INFER_BODY = {
         },
     }
 }
+# The answer is written by service.oip (JSON, or JSON + binary sections); declared for the document.
+INFER_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": responses.InferResponse,
+        "description": "the outputs; with binary outputs the JSON header is followed by their bytes",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
-@router.post("/models/{model_name}/infer", openapi_extra=INFER_BODY)
-@router.post("/models/{model_name}/versions/{model_version}/infer", openapi_extra=INFER_BODY)
+@router.post("/models/{model_name}/infer", openapi_extra=INFER_BODY, responses=INFER_ANSWER)
+@router.post("/models/{model_name}/versions/{model_version}/infer", openapi_extra=INFER_BODY, responses=INFER_ANSWER)
 async def infer(request: Request, state: State, model_name: str, model_version: str | None = None) -> Response:
     """Inference: ``input`` (FP32 [N,3,S,S]) or ``image`` (BYTES [N]) in, ``logits`` [N,C] out."""
     started = time.monotonic()
