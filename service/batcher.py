@@ -265,7 +265,7 @@ class Batcher:
 
     @property
     def _backend_busy(self) -> bool:
-        return True
+        return self._running.locked() or (not self.runner.prepare_ahead and bool(self._stats.running_since))
 
     async def _dispatch(self, batch: list[_Item]) -> None:
         batch_id = self._stats.batches
