@@ -185,3 +185,16 @@ def test_top_k_rows_put_ties_at_the_lower_index():
     indices, values = top_k_rows(probs, 3)
     assert indices.tolist() == [[1, 2, 3], [0, 1, 2]]
     assert values.dtype == np.float64 and values[0].tolist() == [0.3, 0.3, 0.3]
+
+
+def test_the_uint8_hand_off_gives_the_float_path_batch_exactly(fitted, selections):
+    """What the engine builds from uint8 crops is what the single-process service built from floats."""
+    from service.preprocess import preprocess
+
+    selection = selections["onnxruntime"]
+    runner = EngineRunner(selection.backend, selection.metadata, CONFIG)
+    images = [d for d, _ in fitted.eval_images(per_class=1)] + [jpeg(d, 80) for d, _ in fitted.eval_images(1)]
+    staging = Staging()
+    prepared = runner.prepare(staging.images([staging.crop(d) for d in images]))
+    expected = np.stack([preprocess(d, CONFIG) for d in images])
+    np.testing.assert_array_equal(prepared.batch[: len(images)], expected)
