@@ -497,6 +497,13 @@ def summarize(result: dict) -> tuple[list[str], list[str]]:
                 if best and pbest["img_per_s"]:
                     ahead = "ahead" if best["img_per_s"] > pbest["img_per_s"] else "BEHIND"
                     lines.append(f"  (c) {name} / {label}: {best['img_per_s'] / pbest['img_per_s']:.2f} ({ahead})")
+                    per_c = []  # the target is to lead at every concurrency, not only at the best
+                    for s in b["service"]["steps"]:
+                        peer = _at(entry["steps"], s["concurrency"])
+                        if peer and peer["img_per_s"]:
+                            ratio = s["img_per_s"] / peer["img_per_s"]
+                            per_c.append(f"c={s['concurrency']} x{ratio:.2f}{'' if ratio > 1 else ' BEHIND'}")
+                    lines.append(f"    at each concurrency: {', '.join(per_c)}")
     first = next((b for b in result["backends"].values() if "skipped" not in b), {})
     lines += layout_lines(result.get("layouts", {}), md, first.get("service"))
     ceiling = result.get("client_ceiling")
