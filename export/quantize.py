@@ -28,7 +28,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from export.cli import run_main, step_printer
 from export.image_folder import ImageFolderError, iter_batches, list_images
-from export.onnx_metadata import PREFIX, ModelMetadata, read_metadata, write_metadata
+from export.onnx_metadata import INPUT_NAME, PREFIX, ModelMetadata, read_metadata, write_metadata
 from model.atomic_write import atomic_output
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -60,7 +60,7 @@ def quantize_model(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    reader = _ImageReader(calibration, meta, "input", batch_size)
+    reader = _ImageReader(calibration, meta, INPUT_NAME, batch_size)
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         # ONNX Runtime's recommended pre-pass: shape inference and graph clean-up before quantizing.
@@ -103,8 +103,8 @@ def agreement(fp32: Path, int8: Path, paths: list[Path], meta: ModelMetadata, ba
     top1 = top5 = 0
     worst = 0.0
     for batch in iter_batches(paths, meta, batch_size):
-        a = ref.run(None, {"input": batch})[0]
-        b = quant.run(None, {"input": batch})[0]
+        a = ref.run(None, {INPUT_NAME: batch})[0]
+        b = quant.run(None, {INPUT_NAME: batch})[0]
         labels = a.argmax(1)
         top1 += int(np.sum(b.argmax(1) == labels))
         k = min(5, b.shape[1])

@@ -29,13 +29,12 @@ import onnx
 import torch
 
 from export.cli import run_main, step_printer
-from export.onnx_metadata import ModelMetadata, write_metadata
+from export.onnx_metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata, write_metadata
+from export.ort import import_onnxruntime
 from model.alexnet import arch_spec
 from model.atomic_write import atomic_output
 from model.weights import CheckpointError, LoadedModel, load_model
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 18
 MAX_BATCH = 4096
 
@@ -115,8 +114,7 @@ def verify(
 
     With ``relative`` the difference is divided by the largest |logit| of PyTorch's output (fp16).
     """
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     size = arch_spec(loaded.arch).input_size
     generator = torch.Generator().manual_seed(0)
@@ -154,6 +152,7 @@ def export_and_verify(
     precision: str = "fp32",
 ) -> Path:
     """Load weights, export, check, verify, then move the file into place (never a half-checked file)."""
+    import_onnxruntime()  # verification needs it: say so now, not after the export
     t0 = _step(f"loading {'checkpoint ' + str(checkpoint) if checkpoint else 'untrained ' + arch + ' model'}")
     loaded = load_model(checkpoint, arch)
     tolerance = DEFAULT_TOLERANCE[precision] if tolerance is None else tolerance

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from export.cli import run_main, step_printer
+from export.onnx_metadata import INPUT_NAME, OUTPUT_NAME, read_metadata
 from model.atomic_write import write_bytes_atomic
 
 EXIT_MISSING = 2
@@ -134,7 +135,7 @@ def build_engine(
     batches: tuple[int, int, int],
     workspace_mib: int,
     timing_cache: Path | None,
-    input_name: str = "input",
+    input_name: str = INPUT_NAME,
 ) -> bytes:
     """Parse ``onnx_path`` and build a serialized engine with one optimization profile for the batch."""
     logger = trt.Logger(trt.Logger.WARNING)
@@ -237,7 +238,6 @@ def compare_with_onnxruntime(
 
 
 def run(args: argparse.Namespace, trt: Any) -> Path:
-    from export.onnx_metadata import read_metadata
     from export.trt_sidecar import EngineSidecar, current_device, file_sha256, write_sidecar
 
     device = current_device()
@@ -275,8 +275,8 @@ def run(args: argparse.Namespace, trt: Any) -> Path:
             compute_capability=device.compute_capability,
             precision=plan.precision,
             strongly_typed=plan.strongly_typed,
-            input_name="input",
-            output_name="logits",
+            input_name=INPUT_NAME,
+            output_name=OUTPUT_NAME,
             input_shape=list(input_shape),
             min_batch=batches[0],
             opt_batch=batches[1],

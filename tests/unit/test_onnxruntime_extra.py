@@ -1,0 +1,44 @@
+"""``pip install .`` without an extra has no ONNX Runtime: every place that needs it says which extra
+to install (export stops before its minute of work; the service skips the backend with that reason)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from export.ort import import_onnxruntime
+from service.backends import select_backend
+from service.errors import BackendUnavailable
+from service.settings import Settings
+
+
+@pytest.fixture
+def no_onnxruntime(monkeypatch):
+    """As after a plain ``pip install .``: ``import onnxruntime`` fails."""
+    for name in [m for m in sys.modules if m == "onnxruntime" or m.startswith("onnxruntime.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+
+
+def test_the_import_error_names_the_extras(no_onnxruntime):
+    with pytest.raises(ModuleNotFoundError, match=r"onnxruntime is not installed: .*\.\[cpu\].*\.\[gpu\]"):
+        import_onnxruntime()
+
+
+def test_export_says_so_before_exporting(no_onnxruntime, tmp_path, capsys):
+    from export.to_onnx import export_and_verify
+
+    with pytest.raises(ModuleNotFoundError, match=r"\[cpu\]"):
+        export_and_verify(None, tmp_path / "alexnet.onnx")
+    assert "exporting" not in capsys.readouterr().out  # it stopped before the export itself
+    assert not (tmp_path / "alexnet.onnx").exists()
+
+
+def test_the_service_names_the_extra_and_serves_with_torch(onnx_model, no_onnxruntime):
+    with pytest.raises(BackendUnavailable, match=r"\[cpu\]"):
+        select_backend(Settings(onnx=onnx_model, backend="onnxruntime"))
+    selection = select_backend(Settings(onnx=onnx_model, max_batch_size=2, warmup=False))
+    assert selection.backend.name == "torch"
+    assert "pip install '.[cpu]'" in selection.skipped["onnxruntime"]
+    selection.backend.close()
