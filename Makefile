@@ -37,7 +37,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 serve: install
 	ALEXNET_MODEL_DIR=$(ARTIFACTS) $(BIN)/python -m service.entrypoint --host $(HOST) --port $(PORT)
 
-# Chromium for the browser test: installed where this runs as root (CI), else the test skips and says why.
+# Chromium for the browser test: installed where this runs as root (CI), else the test skips and says
+# why (under CI=true it fails instead: tests/conftest.py require_or_skip).
 test: install lint
 	@bash .ci/install-chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

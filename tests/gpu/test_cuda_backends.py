@@ -1,4 +1,9 @@
-"""GPU code paths: PyTorch CUDA graphs, ONNX Runtime's CUDA provider, TensorRT. Skipped without them."""
+"""GPU code paths: PyTorch CUDA graphs and ONNX Runtime's CUDA provider against the CPU. Skipped without them.
+
+On the fitted-head model (tests/synthetic.py) and held-out images: logits tens of units apart that
+follow the image, so zeros, garbage or another image's row fail by far more than the tolerance (an
+untrained AlexNet's logits are ~1e-2: a 5e-2 tolerance passed an all-zero output).
+"""
 
 from __future__ import annotations
 
@@ -12,26 +17,48 @@ pytestmark = [
 ]
 
 from service.backends import select_backend  # noqa: E402
+from service.preprocess import PreprocessConfig, preprocess  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
-
-def reference(onnx_model, batch):
-    return select_backend(Settings(onnx=onnx_model, backend="onnxruntime", device="cpu")).backend.infer(batch)
+TOLERANCE = 1e-2  # of the largest |logit|: fp16 (torch) and TF32 (ONNX Runtime's CUDA default) measure ~1e-3
 
 
-def test_torch_cuda_graphs_match_the_cpu_reference(onnx_model):
-    backend = select_backend(Settings(onnx=onnx_model, backend="torch", device="cuda", max_batch_size=8)).backend
-    assert backend.batch_sizes == (1, 2, 4, 8)
-    batch = np.random.default_rng(0).standard_normal((4, 3, 224, 224)).astype(np.float32)
-    got = backend.infer(batch)
-    np.testing.assert_allclose(got, reference(onnx_model, batch), atol=5e-2)  # fp16
+@pytest.fixture(scope="module")
+def held_out(fitted) -> tuple[np.ndarray, np.ndarray, float]:
+    """One held-out image of each class as the service feeds them, (8, 3, 224, 224); ONNX Runtime's CPU
+    logits for them, (8, 8); and the tolerance in logit units.
+
+    Precondition: every two images' logits differ by more than twice the tolerance, so a backend that
+    mixes up rows fails, and so does one that answers zeros (off by the largest |logit|, 100x it).
+    """
+    batch = np.stack([preprocess(data, PreprocessConfig()) for data, _ in fitted.eval_images(per_class=1)])
+    cpu = select_backend(Settings(onnx=fitted.onnx, backend="onnxruntime", device="cpu")).backend
+    reference = cpu.infer(batch)
+    atol = TOLERANCE * float(np.abs(reference).max())
+    apart = [np.abs(a - b).max() for i, a in enumerate(reference) for b in reference[i + 1 :]]
+    assert min(apart) > 2 * atol
+    return batch, reference, atol
+
+
+def test_torch_cuda_graphs_match_the_cpu_reference(fitted, held_out):
+    batch, reference, atol = held_out
+    settings = Settings(
+        onnx=fitted.onnx, checkpoint=fitted.checkpoint, backend="torch", device="cuda", max_batch_size=8
+    )
+    backend = select_backend(settings).backend
+    assert backend.batch_sizes == (1, 2, 4, 8) and backend.precision == "fp16"
+    got = backend.infer(batch)  # the graph for 8
+    np.testing.assert_allclose(got, reference, rtol=0, atol=atol)
     np.testing.assert_array_equal(got, backend.infer(batch))  # graph replay is deterministic
+    # 3 rows run in the graph for 4: the zeroed padding row must not leak into (or shift) the answers.
+    np.testing.assert_allclose(backend.infer(batch[5:]), reference[5:], rtol=0, atol=atol)
 
 
-def test_onnxruntime_cuda_provider_matches_the_cpu_reference(onnx_model):
+def test_onnxruntime_cuda_provider_matches_the_cpu_reference(fitted, held_out):
+    batch, reference, atol = held_out
     ort = pytest.importorskip("onnxruntime")
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
-    backend = select_backend(Settings(onnx=onnx_model, backend="onnxruntime", device="cuda")).backend
-    batch = np.random.default_rng(1).standard_normal((3, 3, 224, 224)).astype(np.float32)
-    np.testing.assert_allclose(backend.infer(batch), reference(onnx_model, batch), atol=1e-3)
+    backend = select_backend(Settings(onnx=fitted.onnx, backend="onnxruntime", device="cuda")).backend
+    np.testing.assert_allclose(backend.infer(batch), reference, rtol=0, atol=atol)
+    np.testing.assert_allclose(backend.infer(batch[2:5]), reference[2:5], rtol=0, atol=atol)

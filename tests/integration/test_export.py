@@ -1,7 +1,8 @@
 """ONNX export (fp32, fp16) and INT8 quantization of the full AlexNet, end to end on CPU.
 
-One synthetic data set and one fp32 export per module (the export writes ~220 MB and takes ~10 s on
-2 cores); see tests/synthetic.py for why the model has a fitted head instead of random weights.
+One synthetic data set and one fp32 export per session (tests/conftest.py's ``fitted``: the export
+writes ~220 MB and takes ~10 s on 2 cores); see tests/synthetic.py for why the model has a fitted head
+instead of random weights.
 """
 
 import numpy as np
@@ -17,7 +18,7 @@ from export.image_folder import ImageFolderError, iter_batches, list_images
 from export.onnx_metadata import IMAGENET_MEAN, IMAGENET_STD, read_metadata
 from export.to_onnx import ExportError, export_and_verify, verify
 from model.weights import load_model
-from tests.synthetic import NUM_CLASSES, make_synthetic
+from tests.synthetic import NUM_CLASSES
 
 pytestmark = pytest.mark.slow
 
@@ -25,24 +26,19 @@ TOP1_FLOOR = 0.85  # measured 100% (64/64); a broken quantization collapses towa
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_synthetic(tmp_path_factory.mktemp("synthetic"))
+def loaded(fitted):
+    return load_model(fitted.checkpoint)
 
 
 @pytest.fixture(scope="module")
-def loaded(data):
-    return load_model(data["checkpoint"])
+def fp32_onnx(fitted):
+    return fitted.onnx
 
 
 @pytest.fixture(scope="module")
-def fp32_onnx(data, tmp_path_factory):
-    return export_and_verify(data["checkpoint"], tmp_path_factory.mktemp("onnx") / "model.onnx")
-
-
-@pytest.fixture(scope="module")
-def int8(data, fp32_onnx, tmp_path_factory):
+def int8(fitted, fp32_onnx, tmp_path_factory):
     out = tmp_path_factory.mktemp("int8") / "model.int8.onnx"
-    result = quantize.run(fp32_onnx, data["calibration"], out, data["eval"], bench_rounds=0)
+    result = quantize.run(fp32_onnx, fitted.calibration, out, fitted.eval, bench_rounds=0)
     return out, result
 
 
@@ -80,17 +76,17 @@ def test_checker_opset_and_metadata_round_trip(fp32_onnx, loaded):
     assert meta.mean == IMAGENET_MEAN and meta.std == IMAGENET_STD
 
 
-def test_verify_fails_loudly_on_a_different_model(fp32_onnx, loaded, data):
-    other = load_model(data["checkpoint"])
+def test_verify_fails_loudly_on_a_different_model(fp32_onnx, loaded, fitted):
+    other = load_model(fitted.checkpoint)
     with torch.no_grad():
         other.model.classifier[6].bias += 0.01
     with pytest.raises(ExportError, match="disagrees"):
         verify(fp32_onnx, other, [1], tolerance=1e-4)
 
 
-def test_fp16_export_keeps_a_float32_boundary(data, loaded, tmp_path):
+def test_fp16_export_keeps_a_float32_boundary(fitted, loaded, tmp_path):
     out = export_and_verify(
-        data["checkpoint"], tmp_path / "model.fp16.onnx", precision="fp16", verify_batch_sizes=(1, 7)
+        fitted.checkpoint, tmp_path / "model.fp16.onnx", precision="fp16", verify_batch_sizes=(1, 7)
     )
     model = onnx.load(str(out))
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
@@ -124,7 +120,7 @@ def test_int8_is_explicit_qdq_tensorrt_can_take(int8):
         assert {a.name: a.i for a in node.attribute}.get("axis", 1) == 0
 
 
-def test_int8_loads_keeps_metadata_and_agrees_with_fp32(int8, fp32_onnx, data, loaded):
+def test_int8_loads_keeps_metadata_and_agrees_with_fp32(int8, fp32_onnx, fitted, loaded):
     """Top-1 agreement on the evaluation images (never used for calibration or for fitting the head).
 
     Precondition: fp32 classifies those images well above chance (1/8), so its top-1 depends on the
@@ -135,7 +131,7 @@ def test_int8_loads_keeps_metadata_and_agrees_with_fp32(int8, fp32_onnx, data, l
     meta = read_metadata(path)
     assert meta.precision == "int8" and meta.labels == loaded.labels
     assert meta.weights_sha256 == loaded.weights_sha256
-    paths = list_images(data["eval"])
+    paths = list_images(fitted.eval)
     truth = np.array([int(p.parent.name.split("_")[1]) for p in paths])
     fp32_pred = np.concatenate(
         [_session(fp32_onnx).run(None, {"input": b})[0].argmax(1) for b in iter_batches(paths, meta, 32)]
@@ -150,9 +146,9 @@ def test_int8_loads_keeps_metadata_and_agrees_with_fp32(int8, fp32_onnx, data, l
     assert agreement["top1"] >= TOP1_FLOOR and agreement["top5"] >= agreement["top1"]
 
 
-def test_quantize_refuses_eval_images_used_for_calibration(fp32_onnx, data, tmp_path):
+def test_quantize_refuses_eval_images_used_for_calibration(fp32_onnx, fitted, tmp_path):
     with pytest.raises(quantize.QuantizeError, match="also calibration images"):
-        quantize.run(fp32_onnx, data["calibration"], tmp_path / "q.onnx", data["calibration"], bench_rounds=0)
+        quantize.run(fp32_onnx, fitted.calibration, tmp_path / "q.onnx", fitted.calibration, bench_rounds=0)
     with pytest.raises(ImageFolderError, match="no images"):
         quantize.run(fp32_onnx, tmp_path, tmp_path / "q.onnx", bench_rounds=0)
     assert not (tmp_path / "q.onnx").exists()

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from tests.conftest import make_image
+from tests.conftest import make_image, wait_until
 from tests.fakes import install_gated_backend, occupy
 from tests.integration.test_service import classify, metric, settings
 
@@ -47,10 +46,7 @@ def test_a_hung_backend_trips_the_deadline_and_readiness_then_recovers(onnx_mode
     ready = httpx.get(server.url + "/readyz")
     assert ready.status_code == 503 and "stalled" in ready.json()["reason"]
     backend.gate.set()
-    deadline = time.monotonic() + 10
-    while httpx.get(server.url + "/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "readiness never came back"
-        time.sleep(0.05)
+    wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200, 10, "readiness to come back")
     assert classify(server.url, IMAGE).status_code == 200
 
 
@@ -88,13 +84,14 @@ def test_shutdown_under_load_answers_every_request_that_reached_the_app(onnx_mod
     threads = [threading.Thread(target=client) for _ in range(6)]
     for t in threads:
         t.start()
-    while outcomes.count("http 200") < 12:
-        time.sleep(0.05)
-    server.stop()
-    stop.set()
-    for t in threads:
-        t.join(30)
-    assert not server.thread.is_alive()
+    try:
+        wait_until(lambda: outcomes.count("http 200") >= 12, 120, "12 answers before the shutdown")
+        server.stop()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not server.thread.is_alive() and not any(t.is_alive() for t in threads)
     answered = _classify_counts(server.state)
     assert set(answered) == {"200"}, f"requests that reached the app without a 200: {answered}"
     assert outcomes.count("http 200") == answered["200"]
@@ -108,7 +105,10 @@ def test_a_client_vanishing_mid_upload_costs_nothing(onnx_model, inprocess_serve
     part_header = (
         b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
     )
-    for content_type, start in (("image/jpeg", b""), ("multipart/form-data; boundary=xyz", part_header)):
+    disconnected = 'alexnet_errors_total{kind="client_disconnected"}'
+    for n, (content_type, start) in enumerate(
+        (("image/jpeg", b""), ("multipart/form-data; boundary=xyz", part_header)), start=1
+    ):
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(
                 f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
@@ -116,11 +116,13 @@ def test_a_client_vanishing_mid_upload_costs_nothing(onnx_model, inprocess_serve
                 + start
                 + IMAGE[:500]
             )
-            time.sleep(0.1)
-    deadline = time.monotonic() + 10
-    while metric(server.url, 'alexnet_errors_total{kind="client_disconnected"}') < 2:
-        assert time.monotonic() < deadline, "the disconnects were not noticed"
-        time.sleep(0.05)
+            # Mid-upload: the app is running for this request (uvicorn's task set) and waits for the rest.
+            wait_until(lambda: server.server.server_state.tasks, 10, "the app to start on the request")
+        wait_until(
+            lambda n=n: metric(server.url, disconnected) >= n and not server.server.server_state.tasks,
+            10,
+            f"disconnect {n} to be noticed and its request to end",
+        )
     assert holder["backend"].calls == []
     assert classify(server.url, IMAGE).status_code == 200
 
@@ -165,13 +167,12 @@ def test_cors_is_off_by_default_and_on_for_listed_origins(onnx_model, inprocess_
 def test_connection_limit_answers_503_beyond_it(onnx_model, server_factory):
     server = server_factory("--onnx", str(onnx_model), "--backend", "onnxruntime", "--max-connections", "2")
     port = int(server.url.rsplit(":", 1)[1])
+    healthz = server.url + "/healthz"
     idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
     try:
-        time.sleep(0.2)
-        r = httpx.get(server.url + "/healthz")
-        assert r.status_code == 503
+        # The server counts a connection once its event loop has accepted it: poll, do not guess a delay.
+        wait_until(lambda: httpx.get(healthz).status_code == 503, 10, "a third connection to get 503")
     finally:
         for sock in idle:
             sock.close()
-    time.sleep(0.2)
-    assert httpx.get(server.url + "/healthz").status_code == 200
+    wait_until(lambda: httpx.get(healthz).status_code == 200, 10, "the limit to free up once both are closed")

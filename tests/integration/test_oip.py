@@ -95,6 +95,9 @@ def test_logits_are_identical_whichever_route_carried_the_image(client, onnx_ser
     via_json = logits_of(client, tensor_input(preprocessed(IMAGES[0]), binary=False), binary_out=False)
     via_binary = logits_of(client, tensor_input(preprocessed(IMAGES[0])))
     assert via_bytes.shape == (1, 1000) and via_bytes.dtype == np.float32
+    # Another image's logits differ (exactly, not by much: the model is untrained), so equality below
+    # says the routes carried this image, not merely that the model answers everything alike.
+    assert not np.array_equal(logits_of(client, image_input(IMAGES[1:2])), via_bytes)
     np.testing.assert_array_equal(via_json, via_bytes)
     np.testing.assert_array_equal(via_binary, via_bytes)
     predictions = classify_all(onnx_server.url, IMAGES[:1])[0]["predictions"]
@@ -111,6 +114,7 @@ def test_batch_composition_does_not_change_logits(client, onnx_server):
     time; serve with ``--max-batch-size 1`` for bitwise reproducibility on such a backend.
     """
     alone = np.concatenate([logits_of(client, image_input([image])) for image in IMAGES])
+    assert len({row.tobytes() for row in alone}) == len(IMAGES)  # a row in the wrong place would show
     together = logits_of(client, image_input(IMAGES))
     np.testing.assert_array_equal(together, alone)
     results = classify_all(onnx_server.url, IMAGES)

@@ -1,7 +1,8 @@
 """The page at / in a real browser: Debian's headless Chromium, driven by Selenium, against a real server.
 
 Needs /usr/bin/chromium and /usr/bin/chromedriver (``.ci/install-chromium.sh`` installs them, as root);
-skipped with that reason where they are missing, failed where they are present and the page is broken.
+skipped with that reason where they are missing (failed under ``CI=true``: CI must run it), failed where
+they are present and the page is broken.
 Screenshots go to ``$TEST_ARTIFACTS`` (default ``test-artifacts/`` in the repo root).
 
     sudo .ci/install-chromium.sh
@@ -17,21 +18,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO, make_image
+from tests.conftest import REPO, make_image, require_or_skip
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
 MISSING = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
 
-# Decided at collection, so a host without Chromium does not export a model or start a server first.
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        bool(MISSING),
-        reason=f"Chromium is not installed ({', '.join(MISSING)} missing): "
-        "run .ci/install-chromium.sh as root to install Debian's chromium and chromium-driver",
-    ),
-]
+pytestmark = pytest.mark.integration
 # Without the background-networking flags Chromium keeps dialling Google services, which a closed
 # network refuses; --user-data-dir keeps each run's profile fresh and out of $HOME.
 FLAGS = [
@@ -55,8 +48,19 @@ def artifacts_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def chromium() -> None:
+    """Checked before the other fixtures (session scope, and ``browser`` comes first in every test), so a
+    host without Chromium does not export a model or start a server first."""
+    require_or_skip(
+        not MISSING,
+        f"Chromium is not installed ({', '.join(MISSING)} missing): "
+        "run .ci/install-chromium.sh as root to install Debian's chromium and chromium-driver",
+    )
+
+
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+def browser(chromium, tmp_path_factory):
     from selenium import webdriver  # a dev dependency: missing it is a broken setup, not a skip
     from selenium.webdriver.chrome.service import Service
 

@@ -6,7 +6,6 @@ import io
 import re
 import socket
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -14,18 +13,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.weights import untrained_model
 from service.postprocess import softmax
-from service.preprocess import PreprocessConfig, preprocess
 from service.settings import Settings
-from tests.conftest import make_image
+from tests.conftest import make_image, start_server, wait_until
 from tests.fakes import install_gated_backend, occupy
+from tests.synthetic import NUM_CLASSES
 
 pytestmark = pytest.mark.integration
 
 
-def classify(url: str, data: bytes, name: str = "a.jpg", **params) -> httpx.Response:
-    return httpx.post(url + "/classify", files={"file": (name, data, "image/jpeg")}, params=params, timeout=60)
+def classify(url: str, data: bytes, name: str = "a.jpg", content_type: str = "image/jpeg", **params) -> httpx.Response:
+    return httpx.post(url + "/classify", files={"file": (name, data, content_type)}, params=params, timeout=60)
+
+
+def classify_many(url: str, images: list[bytes], **params) -> list[dict]:
+    """One request with every image as a ``file`` field (PNGs named 0.png, 1.png, ...); its results."""
+    files = [("file", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+    r = httpx.post(url + "/classify", files=files, params=params, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()["results"]
 
 
 def metric(url: str, name: str) -> float:
@@ -34,58 +40,91 @@ def metric(url: str, name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-# -- correctness ---------------------------------------------------------------------------------
-def test_top5_matches_the_pytorch_reference(onnx_server):
-    data = make_image(500, 375, seed=11)
-    body = classify(onnx_server.url, data).json()
-    predictions = body["results"][0]["predictions"]
-    import torch
+# -- correctness: the fitted-head model (tests/synthetic.py), whose answers follow the image ------
+@pytest.fixture(scope="module")
+def fitted_server(fitted, tmp_path_factory):
+    server = start_server(tmp_path_factory.mktemp("fitted"), "--onnx", str(fitted.onnx), "--backend", "onnxruntime")
+    yield server
+    server.stop()
 
-    with torch.inference_mode():
-        logits = untrained_model().model(torch.from_numpy(preprocess(data, PreprocessConfig()))[None]).numpy()[0]
-    reference = softmax(logits)
-    assert len(predictions) == 5
-    fifth = np.sort(reference)[-5]
-    for p in predictions:
-        assert abs(p["probability"] - reference[p["index"]]) < 1e-6
-        assert reference[p["index"]] >= fifth - 1e-6
+
+@pytest.fixture(scope="module")
+def held_out(fitted) -> tuple[list[bytes], np.ndarray]:
+    """Three held-out images of each class (24) and PyTorch's probabilities for each, (24, 8).
+
+    Precondition of every test that uses them: the answers differ from image to image (the fitted
+    model gets most of them right, chance is 1/8), so an answer that belongs to another image, or
+    that ignores the image, does not match.
+    """
+    items = fitted.eval_images(per_class=3)
+    images, labels = [data for data, _ in items], np.array([label for _, label in items])
+    probs = np.stack([softmax(row) for row in fitted.reference_logits(images)])
+    assert np.mean(probs.argmax(1) == labels) >= 0.5
+    return images, probs
+
+
+def as_probabilities(result: dict) -> np.ndarray:
+    """One image's answer asked with ``top_k`` >= 8 as a vector over the classes, checking its form."""
+    predictions = result["predictions"]
+    assert len(predictions) == NUM_CLASSES
     assert [p["probability"] for p in predictions] == sorted((p["probability"] for p in predictions), reverse=True)
-    assert body["model"]["weights"] == "untrained" and body["backend"]["name"] == "onnxruntime"
+    vector = np.full(NUM_CLASSES, np.nan)
+    for p in predictions:
+        assert p["label"] == f"class_{p['index']}"
+        vector[p["index"]] = p["probability"]
+    return vector
 
 
-def test_raw_body_and_multipart_give_the_same_answer_and_top_k_is_honoured(onnx_server):
-    data = make_image(300, 200, seed=12)
-    multipart = classify(onnx_server.url, data, top_k=3).json()["results"][0]["predictions"]
+def assert_reference(results: list[dict], expected: np.ndarray) -> None:
+    """Each answer is PyTorch's for its own image, to 1e-4: a uniform 1/8 (zero logits), another image's
+    answer or another model's is off by more than 0.1."""
+    got = np.stack([as_probabilities(r) for r in results])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+def test_each_answer_is_the_pytorch_reference_for_that_image(fitted_server, held_out):
+    images, expected = held_out
+    bodies = [classify(fitted_server.url, data, "a.png", "image/png", top_k=8).json() for data in images]
+    assert_reference([body["results"][0] for body in bodies], expected)
+    assert bodies[0]["model"]["weights"] != "untrained" and bodies[0]["backend"]["name"] == "onnxruntime"
+
+
+def test_raw_body_and_multipart_give_the_same_answer_and_top_k_is_honoured(fitted_server, held_out):
+    images, expected = held_out
+    multipart = classify(fitted_server.url, images[5], "a.png", "image/png", top_k=3).json()["results"][0]
     raw = httpx.post(
-        onnx_server.url + "/classify?top_k=3", content=data, headers={"content-type": "image/jpeg"}
-    ).json()["results"][0]["predictions"]
-    assert len(multipart) == 3 and multipart == raw
+        fitted_server.url + "/classify?top_k=3", content=images[5], headers={"content-type": "image/png"}
+    ).json()["results"][0]
+    assert [p["index"] for p in multipart["predictions"]] == list(np.argsort(-expected[5])[:3])
+    assert multipart["predictions"] == raw["predictions"]
 
 
-def test_several_images_in_one_request_each_get_their_own_answer(onnx_server):
-    images = [make_image(200 + 10 * i, 150, seed=20 + i) for i in range(3)]
-    files = [("file", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
-    together = httpx.post(onnx_server.url + "/classify", files=files, timeout=60).json()["results"]
-    alone = [classify(onnx_server.url, data).json()["results"][0] for data in images]
-    assert [r["filename"] for r in together] == ["0.jpg", "1.jpg", "2.jpg"]
-    assert [r["predictions"] for r in together] == [r["predictions"] for r in alone]
+def test_several_images_in_one_request_each_get_their_own_answer(fitted_server, held_out):
+    images, expected = held_out
+    together = classify_many(fitted_server.url, images[:16], top_k=NUM_CLASSES)
+    assert [r["filename"] for r in together] == [f"{i}.png" for i in range(16)]
+    assert [r["timings_ms"]["batch_size"] for r in together] == [16] * 16  # one request, one batch
+    assert_reference(together, expected[:16])
 
 
-def test_concurrent_requests_are_batched_and_answers_equal_single_answers(tmp_path, onnx_model, server_factory):
-    server = server_factory("--onnx", str(onnx_model), "--backend", "onnxruntime", "--max-batch-size", "16")
-    images = [make_image(320, 240, seed=100 + i) for i in range(24)]
-    alone = [classify(server.url, data).json()["results"][0]["predictions"] for data in images]
+def test_concurrent_requests_are_batched_and_answers_equal_single_answers(fitted, held_out, server_factory):
+    images, expected = held_out
+    server = server_factory("--onnx", str(fitted.onnx), "--backend", "onnxruntime", "--max-batch-size", "16")
+    alone = [classify(server.url, data, "a.png", "image/png", top_k=8).json()["results"][0] for data in images]
     before_count = metric(server.url, "alexnet_batch_size_count")
     before_sum = metric(server.url, "alexnet_batch_size_sum")
-    with ThreadPoolExecutor(24) as pool:
-        together = list(pool.map(lambda d: classify(server.url, d).json()["results"][0], images))
+    with ThreadPoolExecutor(len(images)) as pool:
+        together = list(
+            pool.map(lambda d: classify(server.url, d, "a.png", "image/png", top_k=8).json()["results"][0], images)
+        )
     batches = metric(server.url, "alexnet_batch_size_count") - before_count
     batched_images = metric(server.url, "alexnet_batch_size_sum") - before_sum
-    assert batched_images == 24
-    assert batches < 24, "no two concurrent requests shared a batch"
+    assert batched_images == len(images)
+    assert batches < len(images), "no two concurrent requests shared a batch"
     assert max(r["timings_ms"]["batch_size"] for r in together) > 1
     # ONNX Runtime on the CPU gives bitwise-identical rows whatever the batch composition.
-    assert [r["predictions"] for r in together] == alone
+    assert [r["predictions"] for r in together] == [r["predictions"] for r in alone]
+    assert_reference(together, expected)
 
 
 # -- bad input: a clear 4xx JSON error ---------------------------------------------------------
@@ -150,30 +189,26 @@ def test_a_body_streamed_without_length_is_cut_at_the_limit(limited_server):
     assert r.status_code == 413 and r.json()["kind"] == "body_too_large"
 
 
-def test_bad_images_do_not_disturb_good_ones_in_flight(limited_server):
-    good = make_image(200, 150, seed=5)
-    expected = classify(limited_server.url, good).json()["results"][0]["predictions"]
+def test_bad_images_do_not_disturb_good_ones_in_flight(limited_server, held_out):
+    images, expected = held_out
 
     def send(i):
-        return classify(limited_server.url, good if i % 2 else b"garbage" * 10)
+        if i % 2:
+            return classify(limited_server.url, images[i], "a.png", "image/png", top_k=8)
+        return classify(limited_server.url, b"garbage" * 10)
 
     with ThreadPoolExecutor(12) as pool:
         responses = list(pool.map(send, range(12)))
-    for i, r in enumerate(responses):
-        if i % 2:
-            assert r.status_code == 200 and r.json()["results"][0]["predictions"] == expected
-        else:
-            assert r.status_code == 400
+    assert [r.status_code for r in responses] == [400, 200] * 6
+    assert_reference([r.json()["results"][0] for r in responses[1::2]], expected[1:12:2])
 
 
 @pytest.fixture(scope="module")
-def limited_server(onnx_model, tmp_path_factory):
-    from tests.conftest import start_server
-
+def limited_server(fitted, tmp_path_factory):
     server = start_server(
         tmp_path_factory.mktemp("limited"),
         "--onnx",
-        str(onnx_model),
+        str(fitted.onnx),
         "--backend",
         "onnxruntime",
         "--max-body-bytes",
@@ -230,13 +265,21 @@ def test_graceful_shutdown_completes_requests_in_flight(onnx_model, inprocess_se
         backend.wait_started()
         stopper = threading.Thread(target=server.stop)
         stopper.start()
-        time.sleep(0.3)  # shutdown has begun: new connections are refused, the open one waits
-        with pytest.raises(httpx.ConnectError):
-            httpx.get(server.url + "/healthz", timeout=2)
+        # Shutdown closes the listening socket at once (new connections are refused) while the open one waits.
+        wait_until(lambda: refused(server.url + "/healthz"), 10, "new connections to be refused")
+        assert not in_flight.done()
         backend.gate.set()
         assert in_flight.result().status_code == 200
         stopper.join(30)
     assert not server.thread.is_alive()
+
+
+def refused(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=2)
+    except httpx.ConnectError:
+        return True
+    return False
 
 
 def test_sigterm_stops_the_process_cleanly(onnx_model, server_factory):
@@ -263,10 +306,12 @@ def test_a_client_that_hangs_up_takes_no_batch_slot(onnx_model, inprocess_server
                 + f"Content-Length: {len(data)}\r\n\r\n".encode()
                 + data
             )
-            while server.state.batcher.depth < 1:
-                time.sleep(0.01)
-        while metric(server.url, 'alexnet_errors_total{kind="client_disconnected"}') < 1:
-            time.sleep(0.02)
+            wait_until(lambda: server.state.batcher.depth >= 1, 30, "the second request in the queue")
+        wait_until(
+            lambda: metric(server.url, 'alexnet_errors_total{kind="client_disconnected"}') >= 1,
+            30,
+            "the hang-up to be noticed",
+        )
         backend.gate.set()
         assert first.result().status_code == 200
     assert backend.calls == [1], "the departed client's image was still inferred"

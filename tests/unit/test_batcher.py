@@ -1,45 +1,20 @@
-"""The dynamic batcher's policy, proven with a controllable fake backend."""
+"""The dynamic batcher's policy, proven with a controllable fake backend (tests/fakes.py's EchoBackend)."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pytest
 
-from service.backends.base import Backend
 from service.batcher import FAILURES_BEFORE_UNHEALTHY, Batcher
 from service.errors import BackendFailure, DeadlineExceeded, NotReady, QueueFull
 from service.metrics import Metrics
+from tests.fakes import EchoBackend
 
 SHAPE = (3, 4, 4)
-
-
-class FakeBackend(Backend):
-    """Returns each row's identity as its logits; can be paused, made to fail, limited to fixed sizes."""
-
-    name, device, precision = "fake", "cpu", "fp32"
-
-    def __init__(self, max_batch_size=8, batch_sizes=None, max_concurrency=1):
-        self.max_batch_size = max_batch_size
-        self.batch_sizes = batch_sizes
-        self.max_concurrency = max_concurrency
-        self.calls: list[int] = []  # rows received per call (after padding)
-        self.gate = threading.Event()
-        self.gate.set()
-        self.started = threading.Semaphore(0)
-        self.fail_next = 0
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        self.calls.append(batch.shape[0])
-        self.started.release()
-        self.gate.wait(10)
-        if self.fail_next:
-            self.fail_next -= 1
-            raise RuntimeError("injected fault")
-        return batch[:, 0, 0, :2].copy()  # (N, 2): row identity survives the round trip
 
 
 def tensor(value: float) -> np.ndarray:
@@ -58,9 +33,28 @@ def far() -> float:
     return time.monotonic() + 30
 
 
-async def wait_started(backend: FakeBackend, n: int = 1) -> None:
-    for _ in range(n):
-        assert await asyncio.to_thread(backend.started.acquire, True, 10), "backend was never called"
+async def wait_started(backend: EchoBackend) -> None:
+    await asyncio.to_thread(backend.wait_started, 10)
+
+
+async def until(condition: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
+    """Yield to the event loop until ``condition`` holds; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+async def held(
+    backend: EchoBackend | None = None, values: Iterable[float] = (0,), **options
+) -> tuple[EchoBackend, Batcher, list[asyncio.Future]]:
+    """A started batcher whose backend holds a first request (one image per value) at its closed gate."""
+    backend = backend or EchoBackend()
+    backend.gate.clear()
+    batcher = make(backend, **options)
+    running = batcher.submit([tensor(v) for v in values], far())
+    await wait_started(backend)
+    return backend, batcher, running
 
 
 def run(coro):
@@ -69,7 +63,7 @@ def run(coro):
 
 def test_an_idle_backend_gets_a_single_request_at_once_even_with_a_long_max_delay():
     async def main():
-        backend = FakeBackend()
+        backend = EchoBackend()
         batcher = make(backend, max_delay_ms=60_000)
         (future,) = batcher.submit([tensor(7)], far())
         result = await asyncio.wait_for(future, timeout=5)  # would take 60 s if it waited to fill
@@ -81,11 +75,7 @@ def test_an_idle_backend_gets_a_single_request_at_once_even_with_a_long_max_dela
 
 def test_requests_arriving_during_a_batch_go_together_in_the_next_one():
     async def main():
-        backend = FakeBackend()
-        backend.gate.clear()
-        batcher = make(backend)
-        first = batcher.submit([tensor(0)], far())
-        await wait_started(backend)
+        backend, batcher, first = await held()
         later = [batcher.submit([tensor(v)], far())[0] for v in (1, 2, 3)]
         backend.gate.set()
         results = await asyncio.gather(*first, *later)
@@ -99,11 +89,7 @@ def test_requests_arriving_during_a_batch_go_together_in_the_next_one():
 
 def test_batches_never_exceed_max_batch_size():
     async def main():
-        backend = FakeBackend(max_batch_size=8)
-        backend.gate.clear()
-        batcher = make(backend, max_batch_size=2)
-        futures = batcher.submit([tensor(v) for v in range(5)], far())
-        await wait_started(backend)
+        backend, batcher, futures = await held(values=range(5), max_batch_size=2)
         backend.gate.set()
         results = await asyncio.gather(*futures)
         assert backend.calls == [2, 2, 1]
@@ -115,16 +101,12 @@ def test_batches_never_exceed_max_batch_size():
 
 def test_batches_are_padded_to_a_supported_size_and_the_padding_dropped():
     async def main():
-        backend = FakeBackend(max_batch_size=8, batch_sizes=(1, 4, 8))
-        backend.gate.clear()
-        batcher = make(backend)
-        head = batcher.submit([tensor(9)], far())
-        await wait_started(backend)
+        backend, batcher, head = await held(EchoBackend(batch_sizes=(1, 4, 8)))
         futures = batcher.submit([tensor(v) for v in (1, 2, 3)], far())
         backend.gate.set()
         results = await asyncio.gather(*head, *futures)
         assert backend.calls == [1, 4]
-        assert [r.logits[0] for r in results] == [9, 1, 2, 3] and results[1].batch_size == 3
+        assert [r.logits[0] for r in results] == [0, 1, 2, 3] and results[1].batch_size == 3
         await batcher.stop()
 
     run(main())
@@ -132,11 +114,7 @@ def test_batches_are_padded_to_a_supported_size_and_the_padding_dropped():
 
 def test_a_full_queue_refuses_the_whole_request():
     async def main():
-        backend = FakeBackend()
-        backend.gate.clear()
-        batcher = make(backend, queue_capacity=3)
-        running = batcher.submit([tensor(0)], far())
-        await wait_started(backend)
+        backend, batcher, running = await held(queue_capacity=3)
         queued = batcher.submit([tensor(1), tensor(2)], far())
         with pytest.raises(QueueFull):
             batcher.submit([tensor(3), tensor(4)], far())  # only one slot left: refused whole
@@ -151,16 +129,11 @@ def test_a_full_queue_refuses_the_whole_request():
 
 def test_expired_and_cancelled_requests_take_no_batch_slot():
     async def main():
-        backend = FakeBackend()
-        backend.gate.clear()
-        batcher = make(backend)
-        running = batcher.submit([tensor(0)], far())
-        await wait_started(backend)
-        (expired,) = batcher.submit([tensor(1)], time.monotonic() + 0.01)
+        backend, batcher, running = await held()
+        (expired,) = batcher.submit([tensor(1)], time.monotonic() - 1)  # expires while it waits in the queue
         (cancelled,) = batcher.submit([tensor(2)], far())
         (kept,) = batcher.submit([tensor(3)], far())
         cancelled.cancel()
-        await asyncio.sleep(0.05)
         backend.gate.set()
         await asyncio.gather(*running)
         assert (await kept).logits[0] == 3
@@ -174,7 +147,7 @@ def test_expired_and_cancelled_requests_take_no_batch_slot():
 
 def test_a_failing_batch_fails_only_its_own_requests_and_health_follows():
     async def main():
-        backend = FakeBackend()
+        backend = EchoBackend()
         batcher = make(backend)
         backend.fail_next = 1
         with pytest.raises(BackendFailure):
@@ -195,13 +168,8 @@ def test_a_failing_batch_fails_only_its_own_requests_and_health_follows():
 
 def test_a_hung_backend_makes_the_batcher_unhealthy_until_it_returns():
     async def main():
-        backend = FakeBackend()
-        backend.gate.clear()
-        batcher = make(backend, stall_after_s=0.05)
-        futures = batcher.submit([tensor(1)], far())
-        await wait_started(backend)
-        await asyncio.sleep(0.1)
-        assert not batcher.healthy
+        backend, batcher, futures = await held(stall_after_s=0.05)
+        await until(lambda: not batcher.healthy, "the batch to count as stalled (0.05 s)")
         backend.gate.set()
         await asyncio.gather(*futures)
         assert batcher.healthy
@@ -212,13 +180,10 @@ def test_a_hung_backend_makes_the_batcher_unhealthy_until_it_returns():
 
 def test_with_two_slots_a_second_batch_waits_up_to_max_delay_for_more():
     async def main():
-        backend = FakeBackend(max_concurrency=2)
-        backend.gate.clear()
-        batcher = make(backend, max_delay_ms=2_000)
-        first = batcher.submit([tensor(0)], far())
-        await wait_started(backend)
+        backend, batcher, first = await held(EchoBackend(max_concurrency=2), max_delay_ms=2_000)
         second = batcher.submit([tensor(1)], far())
-        await asyncio.sleep(0.05)  # well inside max_delay: the second batch is still open
+        # The second batch has taken its image and waits for more (max_delay is 2 s): the third joins it.
+        await until(lambda: batcher.depth == 0, "the second batch to take its image")
         third = batcher.submit([tensor(2)], far())
         await wait_started(backend)
         backend.gate.set()
@@ -232,13 +197,9 @@ def test_with_two_slots_a_second_batch_waits_up_to_max_delay_for_more():
 
 def test_stop_finishes_queued_work_then_refuses_new_work():
     async def main():
-        backend = FakeBackend()
-        backend.gate.clear()
-        batcher = make(backend)
-        futures = batcher.submit([tensor(v) for v in range(3)], far())
-        await wait_started(backend)
+        backend, batcher, futures = await held(values=range(3))
         stopping = asyncio.create_task(batcher.stop())
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # one turn of the loop: stop() refuses new work before its first await
         with pytest.raises(NotReady):
             batcher.submit([tensor(9)], far())
         backend.gate.set()
@@ -250,4 +211,4 @@ def test_stop_finishes_queued_work_then_refuses_new_work():
 
 def test_max_batch_size_above_the_backend_limit_is_refused():
     with pytest.raises(ValueError, match="exceeds"):
-        Batcher(FakeBackend(max_batch_size=4), Metrics(), 8, 0.0, 16, 30)
+        Batcher(EchoBackend(max_batch_size=4), Metrics(), 8, 0.0, 16, 30)

