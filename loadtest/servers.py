@@ -51,37 +51,11 @@ def command(
 ) -> tuple[list[str], str]:
     """(argv, readiness path) of each server the bench knows."""
     py = sys.executable
+    model = ["--port", str(port), "--onnx", str(onnx), "--backend", backend, "--device", device]
     if name == "service":
-        return [
-            py,
-            "-m",
-            "service",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--onnx",
-            str(onnx),
-            "--backend",
-            backend,
-            "--device",
-            device,
-            *extra,
-        ], "/readyz"
+        return [py, "-m", "service", "--host", "127.0.0.1", *model, *extra], "/readyz"
     if name == "naive":
-        return [
-            py,
-            "-m",
-            "loadtest.naive_server",
-            "--port",
-            str(port),
-            "--onnx",
-            str(onnx),
-            "--backend",
-            backend,
-            "--device",
-            device,
-        ], "/readyz"
+        return [py, "-m", "loadtest.naive_server", *model], "/readyz"
     if name == "litserve":
         return [py, "-m", "loadtest.peers.litserve_server", "--port", str(port)], "/healthz"
     if name == "mosec":

@@ -28,11 +28,16 @@ from service.state import ServiceState
 log = logging.getLogger("service")
 HTTP_KINDS = {cls.status: cls.kind for cls in (BadRequest, NotFound, MethodNotAllowed)}
 HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
+# The page's own files hold no data and must load for the page to ask for the key its API calls need.
+PAGE_PATHS = frozenset({"/"})
+PAGE_PREFIXES = ("/static/",)
 
 
 def _open_paths(settings: Settings) -> frozenset[str]:
-    return (HEALTH_PATHS if settings.open_health else frozenset()) | (
-        frozenset({"/metrics"}) if settings.open_metrics else frozenset()
+    return (
+        PAGE_PATHS
+        | (HEALTH_PATHS if settings.open_health else frozenset())
+        | (frozenset({"/metrics"}) if settings.open_metrics else frozenset())
     )
 
 
@@ -108,6 +113,7 @@ def create_app(settings: Settings | None = None, engine_address: str | None = No
             BearerAuth,
             key=settings.api_key.get_secret_value(),
             open_paths=_open_paths(settings),
+            open_prefixes=PAGE_PREFIXES,
             observe=state.observe,
         )
     if settings.cors_origins:

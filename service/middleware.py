@@ -75,16 +75,31 @@ class RequestMetrics:
 
 
 class BearerAuth:
-    """``Authorization: Bearer <key>`` on every path but the open ones (401 otherwise)."""
+    """``Authorization: Bearer <key>`` on every path but the open ones (401 otherwise).
 
-    def __init__(self, app: ASGIApp, key: str, open_paths: frozenset[str], observe: Observe) -> None:
+    ``open_paths`` are exact paths, ``open_prefixes`` folders (``/static/``, the page's own files).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        key: str,
+        open_paths: frozenset[str],
+        observe: Observe,
+        open_prefixes: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.key = key.encode()
         self.open_paths = open_paths
+        self.open_prefixes = open_prefixes
         self.observe = observe
 
+    def _open(self, scope: Scope) -> bool:
+        path = scope["path"]
+        return path in self.open_paths or path.startswith(self.open_prefixes) or scope["method"] == "OPTIONS"
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths or scope["method"] == "OPTIONS":
+        if scope["type"] != "http" or self._open(scope):
             await self.app(scope, receive, send)
             return
         header = dict(scope.get("headers", [])).get(b"authorization", b"")

@@ -6,9 +6,49 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const TOP_K = 5;
+  // Where the API key lives once given: this tab's sessionStorage (gone with the tab; never a URL,
+  // never localStorage), or this variable where storage is refused.
+  const KEY_STORAGE = "alexnet-serve.api-key";
   let sequence = 0;       // each upload's number: answers to a superseded upload are dropped
   let previewUrl = null;
   let modelEntry = {};    // the last GET /v1/models answer for this model
+  let memoryKey = "";
+  let waitingForKey = null;  // the file to classify again once a key is given
+
+  // ---- the API key (ALEXNET_API_KEY) ----------------------------------------------------------------
+
+  function apiKey() {
+    try {
+      return sessionStorage.getItem(KEY_STORAGE) || "";
+    } catch (err) {
+      return memoryKey;
+    }
+  }
+
+  function setApiKey(key) {
+    memoryKey = key;
+    try {
+      if (key) sessionStorage.setItem(KEY_STORAGE, key);
+      else sessionStorage.removeItem(KEY_STORAGE);
+    } catch (err) {
+      // storage refused (a privacy setting): the variable holds it for this page
+    }
+  }
+
+  // Every call to the service: the key, when there is one, goes in the Authorization header only.
+  function api(path, options = {}) {
+    const headers = new Headers(options.headers || {});
+    const key = apiKey();
+    if (key) headers.set("Authorization", `Bearer ${key}`);
+    return fetch(path, {...options, headers});
+  }
+
+  // A 401: the key is missing or wrong. A wrong one is forgotten, and the page asks for one.
+  function askForKey() {
+    if (apiKey()) setApiKey("");
+    $("key-form").hidden = false;
+    $("key-input").focus();
+  }
 
   function setState(state, message) {
     document.body.dataset.state = state;  // idle | busy | done | error (tests wait on it)
@@ -69,7 +109,12 @@
   async function loadModel() {
     let entry = null;
     try {
-      const response = await fetch("v1/models");
+      const response = await api("v1/models");
+      if (response.status === 401) {
+        fillFacts($("model"), [["Status", "the service needs an API key to describe its model (HTTP 401)", "ready"]]);
+        askForKey();
+        return;  // loaded again once a key is given
+      }
       if (response.ok) entry = (await response.json()).models[0];
     } catch (err) {
       // shown below and tried again; the page still lets the user try /classify
@@ -178,14 +223,21 @@
     const started = performance.now();
     let response;
     try {
-      response = await fetch(`classify?top_k=${TOP_K}`, {method: "POST", body: form});
+      response = await api(`classify?top_k=${TOP_K}`, {method: "POST", body: form});
     } catch (err) {
       if (mine === sequence) showError(`The service did not answer (${err.message}). Is it still running?`);
       return;
     }
     if (!response.ok) {
       const message = await errorMessage(response);
-      if (mine === sequence) showError(`Could not classify ${file.name}: ${message}`);
+      if (mine !== sequence) return;
+      if (response.status === 401) {
+        showError(`Could not classify ${file.name}: ${message}. Enter the service's API key; the image is sent again with it.`);
+        waitingForKey = file;
+        askForKey();
+        return;
+      }
+      showError(`Could not classify ${file.name}: ${message}`);
       return;
     }
     let body;
@@ -219,6 +271,18 @@
       zone.classList.remove("dragging");
       const files = event.dataTransfer && event.dataTransfer.files;
       if (files && files.length) classify(files[0]);
+    });
+    $("key-form").addEventListener("submit", (event) => {
+      event.preventDefault();  // never a form submission: the key must not reach a URL
+      const key = $("key-input").value.trim();
+      if (!key) return;
+      setApiKey(key);
+      $("key-input").value = "";
+      $("key-form").hidden = true;
+      loadModel();
+      const file = waitingForKey;
+      waitingForKey = null;
+      if (file) classify(file);
     });
     // A file dropped beside the zone would make the browser navigate away from the page.
     window.addEventListener("dragover", (event) => event.preventDefault());
