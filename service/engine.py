@@ -240,6 +240,8 @@ class EngineServer:
             tasks = [t for conn in self._connections for t in conn.tasks]
             if tasks:
                 await asyncio.wait(tasks, timeout=5)
+            if self._connection_tasks:  # front ends that stopped first: read their last events to the end
+                await asyncio.wait(self._connection_tasks, timeout=2)
             for conn in list(self._connections):
                 with contextlib.suppress(Exception):
                     await conn.writer.drain()

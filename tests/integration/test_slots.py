@@ -21,17 +21,25 @@ def slots_in_use(server) -> int:
     return server.frontend.pipeline.arena.used_slots
 
 
-def test_slots_of_a_request_past_its_deadline_return_once_the_engine_is_done_with_them(
+def test_slots_of_requests_past_their_deadline_return_whether_running_or_queued(
     onnx_model, inprocess_server, monkeypatch
 ):
     holder = install_gated_backend(monkeypatch)
-    server = inprocess_server(settings(onnx_model, request_timeout_s=0.5))
+    server = inprocess_server(settings(onnx_model, request_timeout_s=1.0))
     backend = holder["backend"]
     backend.gate.clear()
-    assert classify(server.url, IMAGE).status_code == 504
-    assert slots_in_use(server) == 1  # the engine is still reading it: the slot must not be reused yet
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(classify, server.url, IMAGE)
+        backend.wait_started()  # its batch was prepared (pixels copied out of the arena) and runs
+        queued = pool.submit(classify, server.url, IMAGE)
+        wait_until(lambda: server.state.batcher.depth == 1, 30, "the second request in the queue")
+        assert slots_in_use(server) == 2
+        assert [running.result().status_code, queued.result().status_code] == [504, 504]
+    # Both are back while the batch still hangs: the engine had copied the running one's pixels, and
+    # the queued one was dropped from the queue unread.
+    wait_until(lambda: slots_in_use(server) == 0, 30, "the slots to come back")
     backend.gate.set()
-    wait_until(lambda: slots_in_use(server) == 0, 30, "the slot to come back")
+    assert backend.calls == [1]
 
 
 def test_slots_of_a_client_that_hung_up_return(onnx_model, inprocess_server, monkeypatch):
