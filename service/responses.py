@@ -26,6 +26,16 @@ class ProtocolErrorBody(BaseModel):
     error: str
 
 
+# -- operations -----------------------------------------------------------------------------------
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    reason: str | None = Field(None, description="why not, when not ready")
+
+
 # -- /classify ------------------------------------------------------------------------------------
 class ModelRef(BaseModel):
     name: str

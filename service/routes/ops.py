@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.responses import ERRORS, ModelList
+from service.responses import ERRORS, Health, ModelList, Readiness
 from service.state import State
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health)
 async def healthz() -> dict:
     """Live: the process answers HTTP."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={200: {"model": Readiness}, 503: {"model": Readiness, "description": "not ready"}})
 async def readyz(state: State) -> JSONResponse:
     """Ready: the engine is connected, its model loaded and warm and its backend healthy (503 otherwise)."""
     await state.client.refresh_status()
@@ -29,7 +29,7 @@ async def readyz(state: State) -> JSONResponse:
     )
 
 
-@router.get("/metrics", responses=ERRORS)
+@router.get("/metrics", response_class=PlainTextResponse, responses=ERRORS)
 async def metrics(state: State) -> Response:
     """Prometheus metrics of the whole service (every front end and the engine)."""
     return Response(await state.client.metrics_text(), media_type=CONTENT_TYPE_LATEST)

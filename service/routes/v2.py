@@ -80,10 +80,21 @@ async def ready(state: State) -> dict:
     return {"ready": True}
 
 
+# Each model route twice: without a version (the served one) and with one (which must be it). Two
+# handlers each, so that neither documents a parameter it does not take.
 @router.get("/models/{model_name}", response_model=responses.ModelMetadataResponse)
-@router.get("/models/{model_name}/versions/{model_version}", response_model=responses.ModelMetadataResponse)
-async def model_metadata(state: State, model_name: str, model_version: str | None = None) -> dict:
+async def model_metadata(state: State, model_name: str) -> dict:
     """Model metadata: inputs and outputs with datatypes and shapes (-1 for the batch)."""
+    return _model_metadata(state, model_name, None)
+
+
+@router.get("/models/{model_name}/versions/{model_version}", response_model=responses.ModelMetadataResponse)
+async def model_version_metadata(state: State, model_name: str, model_version: str) -> dict:
+    """Model metadata of one version: inputs and outputs with datatypes and shapes (-1 for the batch)."""
+    return _model_metadata(state, model_name, model_version)
+
+
+def _model_metadata(state: ServiceState, model_name: str, model_version: str | None) -> dict:
     _check_model(state, model_name, model_version)
     model = state.client.model
     if model is None:
@@ -94,9 +105,18 @@ async def model_metadata(state: State, model_name: str, model_version: str | Non
 
 
 @router.get("/models/{model_name}/ready", response_model=responses.ModelReady)
-@router.get("/models/{model_name}/versions/{model_version}/ready", response_model=responses.ModelReady)
-async def model_ready(state: State, model_name: str, model_version: str | None = None) -> dict:
+async def model_ready(state: State, model_name: str) -> dict:
     """Model ready: 200 when it can serve, 503 otherwise."""
+    return await _model_ready(state, model_name, None)
+
+
+@router.get("/models/{model_name}/versions/{model_version}/ready", response_model=responses.ModelReady)
+async def model_version_ready(state: State, model_name: str, model_version: str) -> dict:
+    """Model version ready: 200 when it can serve, 503 otherwise."""
+    return await _model_ready(state, model_name, model_version)
+
+
+async def _model_ready(state: ServiceState, model_name: str, model_version: str | None) -> dict:
     _check_model(state, model_name, model_version)
     await state.client.refresh_status()
     if not state.ready:
@@ -111,8 +131,8 @@ _TENSOR = {
     "required": ["name", "shape", "datatype"],
     "properties": {
         "name": {"type": "string"},
-        "shape": {"type": "array", "items": {"type": "integer"}},
-        "datatype": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"enum": list(oip.DATATYPES)},
         "parameters": {"type": "object"},
         "data": {"type": "array"},
     },
@@ -128,7 +148,7 @@ INFER_BODY = {
                     "properties": {
                         "id": {"type": "string"},
                         "parameters": {"type": "object"},
-                        "inputs": {"type": "array", "items": _TENSOR},
+                        "inputs": {"type": "array", "minItems": 1, "items": _TENSOR},
                         "outputs": {
                             "type": "array",
                             "items": {
@@ -154,9 +174,18 @@ INFER_ANSWER: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/models/{model_name}/infer", openapi_extra=INFER_BODY, responses=INFER_ANSWER)
-@router.post("/models/{model_name}/versions/{model_version}/infer", openapi_extra=INFER_BODY, responses=INFER_ANSWER)
-async def infer(request: Request, state: State, model_name: str, model_version: str | None = None) -> Response:
+async def infer(request: Request, state: State, model_name: str) -> Response:
     """Inference: ``input`` (FP32 [N,3,S,S]) or ``image`` (BYTES [N]) in, ``logits`` [N,C] out."""
+    return await _infer(request, state, model_name, None)
+
+
+@router.post("/models/{model_name}/versions/{model_version}/infer", openapi_extra=INFER_BODY, responses=INFER_ANSWER)
+async def infer_version(request: Request, state: State, model_name: str, model_version: str) -> Response:
+    """Inference on one version: ``input`` (FP32 [N,3,S,S]) or ``image`` (BYTES [N]) in, ``logits`` [N,C] out."""
+    return await _infer(request, state, model_name, model_version)
+
+
+async def _infer(request: Request, state: ServiceState, model_name: str, model_version: str | None) -> Response:
     started = time.monotonic()
     settings = state.settings
     _check_model(state, model_name, model_version)
