@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import socket
@@ -32,6 +33,19 @@ def classify_many(url: str, images: list[bytes], **params) -> list[dict]:
     r = httpx.post(url + "/classify", files=files, params=params, timeout=60)
     assert r.status_code == 200, r.text
     return r.json()["results"]
+
+
+@contextlib.contextmanager
+def classify_then_hang_up(url: str, data: bytes):
+    """A /classify request sent on a raw connection that is closed, unanswered, when the block ends."""
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(
+            b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            + f"Content-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        yield
 
 
 def metric(url: str, name: str) -> float:
@@ -299,13 +313,7 @@ def test_a_client_that_hangs_up_takes_no_batch_slot(onnx_model, inprocess_server
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(classify, server.url, data)
         backend.wait_started()
-        port = int(server.url.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(
-                b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-                + f"Content-Length: {len(data)}\r\n\r\n".encode()
-                + data
-            )
+        with classify_then_hang_up(server.url, data):
             wait_until(lambda: server.state.batcher.depth >= 1, 30, "the second request in the queue")
         wait_until(
             lambda: metric(server.url, 'alexnet_errors_total{kind="client_disconnected"}') >= 1,

@@ -4,14 +4,13 @@ passed), abandoned (the client hung up) or orphaned (the engine went away). A le
 
 from __future__ import annotations
 
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tests.conftest import make_image, wait_until
 from tests.fakes import install_gated_backend
-from tests.integration.test_service import classify, settings
+from tests.integration.test_service import classify, classify_then_hang_up, settings
 
 pytestmark = pytest.mark.integration
 IMAGE = make_image(200, 150, seed=9)
@@ -50,13 +49,7 @@ def test_slots_of_a_client_that_hung_up_return(onnx_model, inprocess_server, mon
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(classify, server.url, IMAGE)
         backend.wait_started()
-        port = int(server.url.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(
-                b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-                + f"Content-Length: {len(IMAGE)}\r\n\r\n".encode()
-                + IMAGE
-            )
+        with classify_then_hang_up(server.url, IMAGE):
             wait_until(lambda: server.state.batcher.depth >= 1, 30, "the second request in the queue")
             assert slots_in_use(server) == 2
         wait_until(lambda: slots_in_use(server) == 1, 30, "the departed client's slot to come back")
