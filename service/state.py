@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.engine_client import EngineClient
+from service.errors import NotReady
 from service.pipeline import Pipeline
 from service.settings import Settings
 
@@ -25,6 +26,10 @@ class ServiceState:
     def not_ready_reason(self) -> str:
         """Why this front end cannot serve now (the one wording of /readyz, 503s and the v2 routes)."""
         return self.client.not_ready_reason() or "ready"
+
+    def not_ready(self) -> NotReady:
+        """The 503 every route answers while the model cannot serve, with the reason."""
+        return NotReady(f"the model is not ready: {self.not_ready_reason()}; see /readyz")
 
     def observe(self, event: tuple) -> None:
         self.client.observe(event)

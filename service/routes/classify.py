@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 
-from service.errors import BadParameter, NoImages, NotReady, TooManyImages, UnsupportedMediaType
+from service.errors import BadParameter, NoImages, TooManyImages, UnsupportedMediaType
 from service.responses import ERRORS, ClassifyResponse
 from service.routes.hangup import infer_while_connected
 from service.state import ServiceState, State
@@ -70,7 +70,7 @@ async def classify(request: Request, state: State, top_k: int = 5) -> dict:
     if not 1 <= top_k <= settings.max_top_k:
         raise BadParameter(f"top_k must be between 1 and {settings.max_top_k}, got {top_k}")
     if not state.ready:
-        raise NotReady(f"the model is not ready: {state.not_ready_reason()}; see /readyz")
+        raise state.not_ready()
     deadline = started + settings.request_timeout_s
     images = await read_images(request, state)
     pipeline = state.pipeline

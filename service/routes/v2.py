@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 
 from service import oip, responses
-from service.errors import NotReady, ServiceError, TooManyImages, error_response
+from service.errors import ServiceError, TooManyImages, error_response
 from service.responses import PROTOCOL_ERRORS
 from service.routes.hangup import infer_while_connected
 from service.state import ServiceState, State
@@ -76,7 +76,7 @@ async def ready(state: State) -> dict:
     """Ready: 200 when the model can serve, 503 otherwise."""
     await state.client.refresh_status()
     if not state.ready:
-        raise NotReady(f"the model is not ready: {state.not_ready_reason()}; see /readyz")
+        raise state.not_ready()
     return {"ready": True}
 
 
@@ -98,7 +98,7 @@ def _model_metadata(state: ServiceState, model_name: str, model_version: str | N
     _check_model(state, model_name, model_version)
     model = state.client.model
     if model is None:
-        raise NotReady(f"the model is not ready: {state.not_ready_reason()}; see /readyz")
+        raise state.not_ready()
     s = state.settings
     platform = PLATFORMS.get(model.backend["name"], model.backend["name"])
     return oip.model_metadata(s.model_name, s.model_version, platform, model.input_size, len(model.labels))
@@ -120,7 +120,7 @@ async def _model_ready(state: ServiceState, model_name: str, model_version: str 
     _check_model(state, model_name, model_version)
     await state.client.refresh_status()
     if not state.ready:
-        raise NotReady(f"the model is not ready: {state.not_ready_reason()}; see /readyz")
+        raise state.not_ready()
     return {"name": model_name, "ready": True}
 
 
@@ -190,7 +190,7 @@ async def _infer(request: Request, state: ServiceState, model_name: str, model_v
     settings = state.settings
     _check_model(state, model_name, model_version)
     if not state.ready:
-        raise NotReady(f"the model is not ready: {state.not_ready_reason()}; see /readyz")
+        raise state.not_ready()
     deadline = started + settings.request_timeout_s
     pipeline = state.pipeline
     meta = pipeline.model

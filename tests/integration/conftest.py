@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from model.synthetic import generate
+from tests.conftest import start_server
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +20,21 @@ def synthetic4(tmp_path_factory):
 def tiny4(tmp_path_factory):
     """4 classes, 8 train and 2 val images each: for runs that test mechanics, not learning."""
     return generate(tmp_path_factory.mktemp("tiny4"), classes=4, train_per_class=8, val_per_class=2, size=72, seed=1)
+
+
+API_KEY = "k3y-for-tests"
+KEYED_MAX_BODY_BYTES = 65536
+
+
+@pytest.fixture(scope="module")
+def keyed_server(onnx_model, tmp_path_factory):
+    """``python -m service`` with ALEXNET_API_KEY=API_KEY, two front ends, --max-body-bytes
+    KEYED_MAX_BODY_BYTES and --warmup false: auth, body limits, metrics across processes, the page."""
+    server = start_server(
+        tmp_path_factory.mktemp("keyed"),
+        *("--onnx", str(onnx_model), "--backend", "onnxruntime", "--http-workers", "2"),
+        *("--max-body-bytes", str(KEYED_MAX_BODY_BYTES), "--warmup", "false"),
+        env={"ALEXNET_API_KEY": API_KEY},
+    )
+    yield server
+    server.stop()

@@ -9,29 +9,17 @@ import re
 import httpx
 import pytest
 
-from tests.conftest import start_server, wait_until
+from tests.conftest import wait_until
+from tests.integration.conftest import API_KEY
+from tests.integration.conftest import KEYED_MAX_BODY_BYTES as LIMIT
 
 pytestmark = pytest.mark.integration
-KEY = "k3y-for-tests"
-AUTH = {"Authorization": f"Bearer {KEY}"}
-LIMIT = 4096  # --max-body-bytes
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def errors_by_kind(url: str) -> dict[str, float]:
     text = httpx.get(url + "/metrics", timeout=30).text
     return {kind: float(n) for kind, n in re.findall(r'^alexnet_errors_total\{kind="([^"]+)"\} (\S+)$', text, re.M)}
-
-
-@pytest.fixture(scope="module")
-def keyed_server(onnx_model, tmp_path_factory):
-    server = start_server(
-        tmp_path_factory.mktemp("keyed"),
-        *("--onnx", str(onnx_model), "--backend", "onnxruntime", "--http-workers", "2"),
-        *("--max-body-bytes", str(LIMIT), "--warmup", "false"),
-        env={"ALEXNET_API_KEY": KEY},
-    )
-    yield server
-    server.stop()
 
 
 def test_the_401_and_both_413s_are_counted_by_kind(keyed_server):
@@ -48,12 +36,12 @@ def test_the_401_and_both_413s_are_counted_by_kind(keyed_server):
         url + "/classify", content=b"\0" * (LIMIT + 1), headers={**AUTH, "Content-Type": "image/jpeg"}
     )
     assert declared.status_code == 413 and declared.json()["kind"] == "body_too_large"
-    assert "limit is 4096" in declared.json()["error"]
+    assert f"limit is {LIMIT}" in declared.json()["error"]
 
     # No Content-Length (chunked): the limit trips while the body streams in.
     def chunks():
         for _ in range(4):
-            yield b"\0" * 2048
+            yield b"\0" * (LIMIT // 2)
 
     streamed = httpx.post(url + "/classify", content=chunks(), headers={**AUTH, "Content-Type": "image/jpeg"})
     assert streamed.status_code == 413 and streamed.json()["kind"] == "body_too_large"

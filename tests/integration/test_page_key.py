@@ -7,27 +7,16 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import make_image, start_server
+from tests.conftest import make_image
 from tests.integration import test_page as page
+from tests.integration.conftest import API_KEY as KEY
 
 pytestmark = pytest.mark.integration
 # test_page.py's fixtures: ``chromium`` skips (fails under CI=true) where it is not installed, before
 # the model export and the server start; ``browser`` is a module's headless Chromium.
 chromium = page.chromium
 browser = page.browser
-KEY = "page-k3y"
 STORAGE = "alexnet-serve.api-key"
-
-
-@pytest.fixture(scope="module")
-def keyed_server(onnx_model, tmp_path_factory):
-    server = start_server(
-        tmp_path_factory.mktemp("keyed-page"),
-        *("--onnx", str(onnx_model), "--backend", "onnxruntime"),
-        env={"ALEXNET_API_KEY": KEY},
-    )
-    yield server
-    server.stop()
 
 
 def stored_key(driver) -> str | None:
