@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import math
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -339,9 +340,22 @@ def _at(steps: list[dict], c: int) -> dict | None:
     return next((s for s in steps if s["concurrency"] == c and s["requests"]), None)
 
 
+def _medians(steps: list[dict]) -> dict[int, tuple[float, float]]:
+    """{concurrency: (median img/s, median p50 ms)} over the steps run at it (--concurrency 1,16,1,16
+    repeats each level in rounds: on a noisy host the medians compare better than any one step)."""
+    by_c: dict[int, list[dict]] = {}
+    for s in steps:
+        if s["requests"]:
+            by_c.setdefault(s["concurrency"], []).append(s)
+    return {
+        c: (statistics.median(s["img_per_s"] for s in group), statistics.median(s["p50_ms"] for s in group))
+        for c, group in by_c.items()
+    }
+
+
 def layout_lines(layouts: dict[str, dict], md: list[str], service: dict | None = None) -> list[str]:
-    """(e): each layout's steps as table rows, and its img/s and p50 per concurrency against the first
-    layout; the default service (c) is compared with that first layout too."""
+    """(e): each layout's steps as table rows, and its img/s and p50 per concurrency (medians over the
+    rounds) against the first layout; the default service (c) is compared with that first layout too."""
     measured = {label: entry for label, entry in layouts.items() if "steps" in entry}
     lines = [
         f"{label}: not measured ({entry.get('skipped')})" for label, entry in layouts.items() if label not in measured
@@ -361,13 +375,10 @@ def layout_lines(layouts: dict[str, dict], md: list[str], service: dict | None =
         if label == base_label:
             continue
         parts = []
-        for s in entry["steps"]:
-            b = _at(base["steps"], s["concurrency"])
-            if b and b["img_per_s"] and b["p50_ms"]:
-                parts.append(
-                    f"c={s['concurrency']}: img/s x{s['img_per_s'] / b['img_per_s']:.2f}, "
-                    f"p50 x{s['p50_ms'] / b['p50_ms']:.2f}"
-                )
+        for c, (img_s, p50) in _medians(entry["steps"]).items():
+            b = _medians(base["steps"]).get(c)
+            if b and b[0] and b[1]:
+                parts.append(f"c={c}: img/s x{img_s / b[0]:.2f}, p50 x{p50 / b[1]:.2f}")
         lines.append(f"{'layout ' if label in measured else ''}{label} vs {base_label}: " + "; ".join(parts))
     return lines
 

@@ -45,6 +45,7 @@ class EngineImage:
     ref: ImageRef
     top_k: int
     want_logits: bool
+    row: np.ndarray | None = None  # host path: its normalised (3, S, S) float32, made on arrival (preload)
 
 
 @dataclass(slots=True)
@@ -124,6 +125,22 @@ class EngineRunner:
             self._decoded.update(d for i, d in enumerate(prepared.decode) if i not in prepared.failed)
         return prepared
 
+    @property
+    def preloads(self) -> bool:
+        """Host path: crops that arrive while the backend is busy are normalised then (``preload``),
+        not when their batch forms; on an idle backend that would only add a thread hop."""
+        return not self.tensor_path
+
+    def preload(self, images: list[EngineImage]) -> None:
+        """Normalise each crop into its own float32 row now, on the engine's preload thread, while the
+        running batch runs (as the single-process service did on its decode threads): then forming a
+        batch only copies rows, and the engine is done with the arena slot."""
+        from model.preprocessing import normalize
+
+        for image in images:
+            if image.ref.kind == "crop":
+                image.row = normalize(self._crop(image), self.metadata.mean, self.metadata.std)
+
     def decoded(self) -> dict[str, int]:
         """Images prepared so far, by where they were decoded (for the engine's metrics)."""
         with self._decoded_lock:
@@ -153,14 +170,18 @@ class EngineRunner:
         return outputs
 
     def _sort(self, images: list[EngineImage], crops: np.ndarray) -> tuple[Prepared, dict[int, np.ndarray], list[int]]:
-        """Crops (from the arena, or decoded here on the CPU) into ``crops``; float32 rows and JPEGs for
-        the GPU decoder set aside: (what is known so far, {row: float32 tensor}, [rows to decode])."""
+        """Crops (from the arena, or decoded here on the CPU) into ``crops``; float32 rows (sent as such,
+        or preloaded) and JPEGs for the GPU decoder set aside: (what is known so far, {index: float32
+        (3, S, S)}, [indices to decode])."""
         prepared = Prepared(images, None, [])
         fp32_rows: dict[int, np.ndarray] = {}
         jpegs: list[int] = []
         for i, image in enumerate(images):
             kind = image.ref.kind
-            if kind == "crop":
+            if image.row is not None:  # preloaded
+                fp32_rows[i] = image.row
+                prepared.decode.append("cpu")
+            elif kind == "crop":
                 crops[i] = self._crop(image)
                 prepared.decode.append("cpu")
             elif kind == "fp32":
@@ -181,11 +202,18 @@ class EngineRunner:
     def _prepare_host(self, images: list[EngineImage]) -> Prepared:
         from model.preprocessing import normalize_batch
 
-        crops = np.zeros((self._padded(len(images)), *self._crop_shape), np.uint8)
-        prepared, fp32_rows, _ = self._sort(images, crops)
-        batch = normalize_batch(crops)  # (padded, 3, S, S) float32
-        for i, row in fp32_rows.items():
+        n = len(images)
+        crops = np.zeros((self._padded(n), *self._crop_shape), np.uint8)
+        prepared, rows, _ = self._sort(images, crops)
+        if not rows:  # nothing preloaded: one pass over the whole batch
+            prepared.batch = normalize_batch(crops, mean=self.metadata.mean, std=self.metadata.std)
+            return prepared
+        batch = np.zeros((crops.shape[0], *self._tensor_shape), np.float32)
+        for i, row in rows.items():
             batch[i] = row
+        rest = [i for i in range(n) if i not in rows]
+        if rest:
+            batch[rest] = normalize_batch(crops[rest], mean=self.metadata.mean, std=self.metadata.std)
         prepared.batch = batch
         return prepared
 

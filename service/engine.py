@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from service import wire
@@ -58,6 +59,7 @@ class Connection:
     writer: asyncio.StreamWriter
     pending: dict[int, list[asyncio.Future]] = field(default_factory=dict)
     tasks: set[asyncio.Task] = field(default_factory=set)
+    cancelled: set[int] = field(default_factory=set)  # Cancels for requests still being preloaded
     leaving: bool = False  # it said Goodbye
 
     def send(self, message: object) -> None:
@@ -116,6 +118,7 @@ class EngineServer:
         self.startup_error: str | None = None
         self._connections: set[Connection] = set()
         self._connection_tasks: set[asyncio.Task] = set()
+        self._preloader = ThreadPoolExecutor(1, thread_name_prefix="preload")
         self._last_status: wire.Status | None = None
         self._decoded_seen: dict[str, int] = {}
 
@@ -195,6 +198,7 @@ class EngineServer:
             backends_skipped=dict(selection.skipped),
             decode="gpu" if decoder is not None else "cpu",
             decode_reason=decode_reason,
+            batches_overlap=self.runner.prepare_ahead or backend.max_concurrency > 1,
         )
 
     async def _start(self) -> None:
@@ -249,6 +253,7 @@ class EngineServer:
             loader.cancel()
             heartbeat.cancel()
             await asyncio.gather(loader, acceptor, heartbeat, return_exceptions=True)
+            self._preloader.shutdown(wait=False, cancel_futures=True)
             if self.selection is not None:
                 self.selection.backend.close()
             log.info("stopped")
@@ -314,8 +319,11 @@ class EngineServer:
         if isinstance(message, wire.Submit):
             self._submit(conn, message)
         elif isinstance(message, wire.Cancel):
-            for future in conn.pending.get(message.request_id, ()):
-                future.cancel()
+            if message.request_id in conn.pending:
+                for future in conn.pending[message.request_id]:
+                    future.cancel()
+            else:
+                conn.cancelled.add(message.request_id)
         elif isinstance(message, wire.Observe):
             self.metrics.apply(message.events)
         elif isinstance(message, wire.MetricsRequest):
@@ -329,18 +337,48 @@ class EngineServer:
 
     def _submit(self, conn: Connection, message: wire.Submit) -> None:
         rid = message.request_id
+        images = [EngineImage(conn.arena, ref, message.top_k, message.want_logits) for ref in message.images]
+        if not self.ready or self.batcher is None or self.runner is None:
+            conn.send(
+                wire.Result(
+                    rid, error_kind="not_ready", error_message=f"the model is not ready: {self.status().reason}"
+                )
+            )
+            return
+        task: asyncio.Task | None
+        if self.runner.preloads and self.batcher.busy:  # normalise now, while the running batch runs
+            task = asyncio.get_running_loop().create_task(self._preload_then_queue(conn, rid, images, message.deadline))
+        else:
+            task = self._queue(conn, rid, images, message.deadline)
+        if task is not None:
+            conn.tasks.add(task)
+            task.add_done_callback(conn.tasks.discard)
+
+    def _queue(self, conn: Connection, rid: int, images: list[EngineImage], deadline: float) -> asyncio.Task | None:
+        """Into the batcher, and a task that answers once every image is done; or the refusal, sent."""
+        assert self.batcher is not None
         try:
-            if not self.ready or self.batcher is None:
-                raise NotReady(f"the model is not ready: {self.status().reason}")
-            images = [EngineImage(conn.arena, ref, message.top_k, message.want_logits) for ref in message.images]
-            futures = self.batcher.submit(images, message.deadline)
+            futures = self.batcher.submit(images, deadline)
+        except ServiceError as exc:
+            conn.send(wire.Result(rid, error_kind=exc.kind, error_message=exc.message))
+            return None
+        conn.pending[rid] = futures
+        return asyncio.get_running_loop().create_task(self._answer(conn, rid, futures))
+
+    async def _preload_then_queue(self, conn: Connection, rid: int, images: list[EngineImage], deadline: float) -> None:
+        assert self.runner is not None
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._preloader, self.runner.preload, images)
         except ServiceError as exc:
             conn.send(wire.Result(rid, error_kind=exc.kind, error_message=exc.message))
             return
-        conn.pending[rid] = futures
-        task = asyncio.get_running_loop().create_task(self._answer(conn, rid, futures))
-        conn.tasks.add(task)
-        task.add_done_callback(conn.tasks.discard)
+        if rid in conn.cancelled:  # the client gave up meanwhile
+            conn.cancelled.discard(rid)
+            conn.send(wire.Result(rid, error_kind="internal", error_message="cancelled"))
+            return
+        answer = self._queue(conn, rid, images, deadline)
+        if answer is not None:
+            await answer
 
     async def _answer(self, conn: Connection, rid: int, futures: list[asyncio.Future]) -> None:
         """The one Result of a request, once every image is done (answered, dropped or cancelled)."""
@@ -407,6 +445,12 @@ def main(argv: list[str] | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         await EngineServer(settings, args.socket).serve(stop)
 
+    try:  # uvloop where installed (uvicorn[standard] brings it, as for the front ends): less per message
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
     asyncio.run(run())
     return 0
 

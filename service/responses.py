@@ -107,6 +107,7 @@ class DecodeInfo(BaseModel):
 class Batching(BaseModel):
     max_batch_size: int
     max_delay_ms: float
+    batches_overlap: bool | None = None  # None until the engine has described itself
     queue_capacity: int
     request_timeout_s: float
 

@@ -113,6 +113,7 @@ class ModelInfo:
     backends_skipped: dict[str, str]
     decode: str  # "cpu" or "gpu": where JPEGs are decoded
     decode_reason: str
+    batches_overlap: bool = False  # a batch may form while another runs: only then does max_delay_ms apply
 
 
 @dataclass

@@ -67,6 +67,7 @@ async def models(state: State) -> dict:
     entry["batching"] = {
         "max_batch_size": s.max_batch_size,
         "max_delay_ms": s.max_delay_ms,
+        "batches_overlap": model.batches_overlap if model is not None else None,
         "queue_capacity": s.queue_capacity,
         "request_timeout_s": s.request_timeout_s,
     }

@@ -99,7 +99,10 @@
     }
     if (model.batching) {
       const b = model.batching;
-      facts.push(["Batching", `up to ${b.max_batch_size} images, waits at most ${b.max_delay_ms} ms`, "batching"]);
+      const wait = b.batches_overlap
+        ? `a batch forming while another runs waits at most ${b.max_delay_ms} ms`
+        : "images that arrive during a batch go in the next one";
+      facts.push(["Batching", `up to ${b.max_batch_size} images; ${wait}`, "batching"]);
     }
     if (model.ready !== undefined) facts.push(["Status", model.ready ? "ready" : "not ready", "ready"]);
     fillFacts($("model"), facts);

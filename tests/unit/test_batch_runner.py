@@ -198,3 +198,19 @@ def test_the_uint8_hand_off_gives_the_float_path_batch_exactly(fitted, selection
     prepared = runner.prepare(staging.images([staging.crop(d) for d in images]))
     expected = np.stack([preprocess(d, CONFIG) for d in images])
     np.testing.assert_array_equal(prepared.batch[: len(images)], expected)
+
+
+def test_crops_preloaded_on_arrival_give_the_same_batch(fitted, selections):
+    """The host path normalises crops that arrive during a running batch at once (preload): the batch
+    formed later is the same as normalising them then, and a mix of both is too."""
+    selection = selections["onnxruntime"]
+    runner = EngineRunner(selection.backend, selection.metadata, CONFIG)
+    assert runner.preloads
+    images = [d for d, _ in fitted.eval_images(per_class=1)]
+    staging = Staging()
+    refs = [staging.crop(d) for d in images]
+    plain = runner.prepare(staging.images(refs)).batch
+    preloaded = staging.images(refs)
+    runner.preload(preloaded[::2])  # every other one arrived while a batch ran
+    assert all(image.row is not None for image in preloaded[::2]) and preloaded[1].row is None
+    np.testing.assert_array_equal(runner.prepare(preloaded).batch, plain)
