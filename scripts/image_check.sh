@@ -292,8 +292,9 @@ log "4/5 ready after $((SECONDS - started)) s; /models now holds: $(cd "$models"
 [ -s "$models/alexnet.onnx" ] || fail "/models/alexnet.onnx was not exported"
 owner=$(stat -c %u "$models/alexnet.onnx")
 [ "$owner" = "$APP_UID" ] || fail "/models/alexnet.onnx belongs to uid $owner, not $APP_UID"
-# exec all the way down: the process we started is uvicorn itself, so SIGTERM reaches it directly.
-grep -q "Started server process \[$SERVICE_PID\]" "$LOGS/service.log" \
+# exec all the way down: the process we started is the service's supervisor itself, so SIGTERM
+# reaches it directly (and it stops the front ends and the engine).
+grep -q "supervisor (pid $SERVICE_PID) listening" "$LOGS/service.log" \
     || fail "the server is not the process the entrypoint started as (pid $SERVICE_PID): no exec?"
 
 code=$(curl -s -o "$WORK/classify.json" -w '%{http_code}' --max-time 30 -F "file=@$PHOTO" "$url/classify") \
@@ -324,7 +325,7 @@ wait "$SERVICE_PID"
 service_rc=$?
 set -e
 SERVICE_PID=""
-# uvicorn re-raises the SIGTERM it handled once it has shut down, so 143 is a clean exit too.
+# The supervisor exits 0 after a SIGTERM; 143 (killed by the signal) is accepted as clean too.
 case $service_rc in 0|143) ;; *) fail "the service exited $service_rc after SIGTERM; log: $LOGS/service.log" ;; esac
 grep -q 'Finished server process' "$LOGS/service.log" || fail "no graceful shutdown in $LOGS/service.log"
 log "5/5 stopped on SIGTERM (exit $service_rc after a graceful shutdown); cleaning up"

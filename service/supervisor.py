@@ -110,7 +110,8 @@ class Supervisor:
         host, port = listener.getsockname()[:2]
         n = s.frontends
         log.info(
-            "listening on http://%s:%d with %d HTTP front end(s) x %d decode thread(s) and one engine",
+            "supervisor (pid %d) listening on http://%s:%d with %d HTTP front end(s) x %d decode thread(s) and one engine",
+            os.getpid(),
             host,
             port,
             n,
