@@ -509,11 +509,11 @@ def summarize(result: dict) -> tuple[list[str], list[str]]:
                     ahead = "ahead" if best["img_per_s"] > pbest["img_per_s"] else "BEHIND"
                     lines.append(f"  (c) {name} / {label}: {best['img_per_s'] / pbest['img_per_s']:.2f} ({ahead})")
                     per_c = []  # the target is to lead at every concurrency, not only at the best
-                    for s in b["service"]["steps"]:
-                        peer = _at(entry["steps"], s["concurrency"])
-                        if peer and peer["img_per_s"]:
-                            ratio = s["img_per_s"] / peer["img_per_s"]
-                            per_c.append(f"c={s['concurrency']} x{ratio:.2f}{'' if ratio > 1 else ' BEHIND'}")
+                    peer_medians = _medians(entry["steps"])
+                    for c, (img_s, _p50) in _medians(b["service"]["steps"]).items():
+                        if peer_medians.get(c, (0, 0))[0]:
+                            ratio = img_s / peer_medians[c][0]
+                            per_c.append(f"c={c} x{ratio:.2f}{'' if ratio > 1 else ' BEHIND'}")
                     lines.append(f"    at each concurrency: {', '.join(per_c)}")
     first = next((b for b in result["backends"].values() if "skipped" not in b), {})
     lines += layout_lines(result.get("layouts", {}), md, first.get("service"))
