@@ -260,7 +260,7 @@ class EngineRunner:
                             continue
                         crop = torch.from_numpy(fallback).to(device).permute(2, 0, 1)
                     chw[i] = crop
-            batch = normalize_tensor(chw, dtype=backend.input_dtype)  # type: ignore[attr-defined]
+            batch = normalize_tensor(chw, self.metadata.mean, self.metadata.std, dtype=backend.input_dtype)  # type: ignore[attr-defined]
             if backend.channels_last:  # type: ignore[attr-defined]
                 batch = batch.contiguous(memory_format=torch.channels_last)
             for i, row in fp32_rows.items():

@@ -59,7 +59,8 @@ class Connection:
     writer: asyncio.StreamWriter
     pending: dict[int, list[asyncio.Future]] = field(default_factory=dict)
     tasks: set[asyncio.Task] = field(default_factory=set)
-    cancelled: set[int] = field(default_factory=set)  # Cancels for requests still being preloaded
+    preloading: set[int] = field(default_factory=set)  # requests being normalised before they queue
+    cancelled: set[int] = field(default_factory=set)  # Cancels that came while they were
     leaving: bool = False  # it said Goodbye
 
     def send(self, message: object) -> None:
@@ -322,7 +323,7 @@ class EngineServer:
             if message.request_id in conn.pending:
                 for future in conn.pending[message.request_id]:
                     future.cancel()
-            else:
+            elif message.request_id in conn.preloading:
                 conn.cancelled.add(message.request_id)
         elif isinstance(message, wire.Observe):
             self.metrics.apply(message.events)
@@ -347,6 +348,7 @@ class EngineServer:
             return
         task: asyncio.Task | None
         if self.runner.preloads and self.batcher.busy:  # normalise now, while the running batch runs
+            conn.preloading.add(rid)
             task = asyncio.get_running_loop().create_task(self._preload_then_queue(conn, rid, images, message.deadline))
         else:
             task = self._queue(conn, rid, images, message.deadline)
@@ -371,6 +373,10 @@ class EngineServer:
             await asyncio.get_running_loop().run_in_executor(self._preloader, self.runner.preload, images)
         except ServiceError as exc:
             conn.send(wire.Result(rid, error_kind=exc.kind, error_message=exc.message))
+            return
+        finally:
+            conn.preloading.discard(rid)
+        if conn not in self._connections:  # its front end is gone: nobody to answer
             return
         if rid in conn.cancelled:  # the client gave up meanwhile
             conn.cancelled.discard(rid)
