@@ -27,8 +27,8 @@ import numpy as np
 
 from export.onnx_metadata import ModelMetadata
 from service.arena import ArenaView
-from service.backends.base import Backend
-from service.batcher import ItemFailed, padded_size
+from service.backends.base import Backend, bucket_for
+from service.batcher import ItemFailed
 from service.errors import ServiceError
 from service.postprocess import softmax
 from service.preprocess import PreprocessConfig, preprocess_uint8
@@ -106,7 +106,7 @@ class EngineRunner:
 
     # -- shared ------------------------------------------------------------------------------------
     def _padded(self, n: int) -> int:
-        return padded_size(self.backend.batch_sizes, n)
+        return bucket_for(n, self.backend.batch_sizes)
 
     def _engine_cpu_crop(self, image: EngineImage) -> np.ndarray:
         """A JPEG the GPU could not take (or no GPU decoder): the service's CPU decoder, here."""

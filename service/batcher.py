@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from service.backends.base import Backend
+from service.backends.base import Backend, bucket_for
 from service.errors import BackendFailure, DeadlineExceeded, NotReady, QueueFull
 from service.metrics import Metrics
 
@@ -87,7 +87,7 @@ class BackendRunner:
     def prepare(self, payloads: list[np.ndarray]) -> tuple[np.ndarray, int]:
         stacked = np.stack(payloads)  # (n, 3, H, W)
         n = len(payloads)
-        padded = padded_size(self.backend.batch_sizes, n)
+        padded = bucket_for(n, self.backend.batch_sizes)
         if padded > n:
             stacked = np.concatenate([stacked, np.zeros((padded - n, *stacked.shape[1:]), stacked.dtype)])
         return stacked, n
@@ -98,13 +98,6 @@ class BackendRunner:
         if logits.shape[0] != batch.shape[0]:
             raise RuntimeError(f"backend returned {logits.shape[0]} rows for a batch of {batch.shape[0]}")
         return list(logits[:n])
-
-
-def padded_size(batch_sizes: tuple[int, ...] | None, n: int) -> int:
-    """The smallest supported batch size that holds ``n`` (``n`` itself when any size is supported)."""
-    if not batch_sizes:
-        return n
-    return min(size for size in batch_sizes if size >= n)
 
 
 @dataclass

@@ -12,6 +12,17 @@ def powers_of_two_up_to(limit: int) -> tuple[int, ...]:
     return tuple(sorted({2**i for i in range(limit.bit_length()) if 2**i <= limit} | {limit}))
 
 
+def bucket_for(n: int, buckets: tuple[int, ...] | None) -> int:
+    """The smallest batch size in ``buckets`` that holds ``n`` (``n`` itself when ``buckets`` is None:
+    any size runs); ValueError when ``n`` is over the largest."""
+    if not buckets:
+        return n
+    bucket = next((b for b in buckets if b >= n), None)
+    if bucket is None:
+        raise ValueError(f"batch of {n} is over max_batch_size {buckets[-1]}")
+    return bucket
+
+
 class Backend(ABC):
     """Runs preprocessed batches; knows nothing of HTTP, queues or labels.
 

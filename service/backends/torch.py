@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.backends.base import Backend, powers_of_two_up_to
+from service.backends.base import Backend, bucket_for, powers_of_two_up_to
 
 log = logging.getLogger(__name__)
 
@@ -17,14 +17,6 @@ log = logging.getLogger(__name__)
 def cuda_graph_buckets(max_batch_size: int) -> tuple[int, ...]:
     """The batch sizes that each get one captured graph; the batcher pads up to the next one."""
     return powers_of_two_up_to(max_batch_size)
-
-
-def bucket_for(n: int, buckets: tuple[int, ...]) -> int:
-    """The smallest bucket that holds a batch of ``n``; ValueError when ``n`` is over the largest."""
-    bucket = next((b for b in buckets if b >= n), None)
-    if bucket is None:
-        raise ValueError(f"batch of {n} is over max_batch_size {buckets[-1]}")
-    return bucket
 
 
 class TorchBackend(Backend):

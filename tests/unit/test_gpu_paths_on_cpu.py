@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from loadtest.bench import unmeasured_backends
-from service.backends.torch import bucket_for, cuda_graph_buckets
+from service.backends.base import bucket_for
+from service.backends.torch import cuda_graph_buckets
 
 REPO = Path(__file__).resolve().parents[2]
 
