@@ -37,6 +37,7 @@ from loadtest.corpus import build_corpus
 from loadtest.multiproc import healthz_ceiling, run_sweep
 from loadtest.progress import ProgressBar
 from loadtest.runner import StepConfig
+from service.process import reuse_freed_memory
 
 GPU_BACKENDS = ("torch", "onnxruntime", "tensorrt")
 DEFAULT_CONCURRENCY = [1, 4, 16, 32]
@@ -528,6 +529,7 @@ def summarize(result: dict) -> tuple[list[str], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    reuse_freed_memory()  # the service's processes do: (b) gets the same allocator, not a handicap
     backends = [b for b in args.backends.split(",") if b]
     if args.gpu:
         args.device, backends, args.no_naive, args.peers = "cuda", list(GPU_BACKENDS), True, ""

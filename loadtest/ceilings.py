@@ -4,7 +4,8 @@
 (b) pipeline: the best in-process overlap of decoding and batched inference: decode threads
               (the service's own ``preprocess``) feeding the service's ``Batcher``, one inference
               thread, driven by N concurrent in-process callers. No HTTP, no processes, no IPC:
-              what one process could do if serving cost nothing.
+              what one process could do if serving cost nothing. The bench runs it with the
+              service's malloc settings (``service.process.reuse_freed_memory``).
 """
 
 from __future__ import annotations

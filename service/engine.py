@@ -36,7 +36,7 @@ from service.batcher import Batcher, InferenceResult
 from service.errors import NotReady, ServiceError
 from service.metrics import Metrics
 from service.preprocess import PreprocessConfig
-from service.process import follow_parent
+from service.process import follow_parent, reuse_freed_memory
 from service.settings import Settings
 
 log = logging.getLogger("service.engine")
@@ -439,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not follow_parent(args.parent):
         return 1  # the supervisor died before we could ask to follow it
+    reuse_freed_memory()
     settings = Settings()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[engine]: %(message)s"

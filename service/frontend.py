@@ -17,7 +17,7 @@ import socket
 import uvicorn
 
 from service.app import create_app
-from service.process import follow_parent
+from service.process import follow_parent, reuse_freed_memory
 from service.settings import Settings
 
 
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not follow_parent(args.parent):
         return 1
+    reuse_freed_memory()
     settings = Settings()
     logging.basicConfig(
         level=settings.log_level.upper(),

@@ -6,6 +6,15 @@ import contextlib
 import os
 import signal
 
+# glibc mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+# Blocks up to this size come from the heap and go back to it when freed: a decoded 12-megapixel
+# photo (36 MB) still gets its own mapping, returned to the kernel at once.
+KEEP_BLOCKS_UP_TO = 32 * 1024 * 1024
+# Free memory a heap keeps for reuse before giving it back to the kernel.
+KEEP_FREE_UP_TO = 64 * 1024 * 1024
+
 
 def follow_parent(parent: int | None) -> bool:
     """Ask Linux to SIGTERM this process when its parent dies, so that no orphan keeps the port or
@@ -16,3 +25,23 @@ def follow_parent(parent: int | None) -> bool:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     return parent is None or os.getppid() == parent
+
+
+def reuse_freed_memory() -> bool:
+    """Let malloc reuse the memory of freed images instead of asking the kernel for fresh pages.
+
+    By default glibc gives blocks over 128 KiB their own mapping and returns heap memory over 256 KiB
+    at once, so every decoded photo and its resized copy arrive as fresh pages: ~290 page faults per
+    451x300 JPEG on a decode thread, 0.6 ms of a 2.8 ms decode on the 2-core development host. With
+    these limits a decode thread reuses its memory (0 faults). False where the C library is not glibc
+    or where the user set MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ (theirs win).
+    """
+    if any(name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+        return False
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, KEEP_BLOCKS_UP_TO)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_FREE_UP_TO))
