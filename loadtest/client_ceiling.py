@@ -29,6 +29,7 @@ from pathlib import Path
 
 from loadtest.multiproc import healthz_ceiling, resolve_procs
 from loadtest.servers import REPO, free_port
+from service.cpus import usable_cpus
 
 
 def cpu_model() -> str:
@@ -91,7 +92,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     counts = [resolve_procs(v.strip()) for v in args.procs.split(",") if v.strip()]
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = usable_cpus()
     machine = f"{cpu_model()}, {cpus} CPUs usable ({os.cpu_count()} online)"
     server, url = (None, args.url) if args.url else start_server()
     print(

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import multiprocessing
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -50,6 +49,7 @@ from loadtest.runner import (
     sweep_steps,
     warm_up,
 )
+from service.cpus import usable_cpus
 
 # How far ahead the parent names a start time: enough for every process to read it and be waiting.
 START_AHEAD_S = 0.2
@@ -62,9 +62,9 @@ class LoadProcessError(RuntimeError):
 
 
 def resolve_procs(value: int | str) -> int:
-    """``"auto"``: the CPUs this process may run on (its affinity mask, not ``os.cpu_count``); else an int >= 1."""
+    """``"auto"``: the CPUs this process may use (``service.cpus.usable_cpus``); else an int >= 1."""
     if value == "auto":
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return usable_cpus()
     try:
         n = int(value)
     except ValueError:

@@ -52,17 +52,27 @@ def settings_from_args(argv: list[str] | None) -> Settings:
 
 
 def explain(exc: ValidationError) -> str:
-    """One line per invalid setting, naming its flag and variable and the text given (never a secret's)."""
-    lines = []
+    """One line per invalid setting, naming its flag and variable and the text given (never a secret's).
+
+    A setting of several types (``--http-workers``: a number or auto) fails once per type: one line,
+    the reasons joined by "; or"."""
+    rules: list[str] = []  # rules across settings
+    reasons: dict[str, list[str]] = {}
+    given: dict[str, object] = {}
     for error in exc.errors():
         message = error["msg"].removeprefix("Value error, ")
-        if not error["loc"]:  # a rule across settings
-            lines.append(f"  {message}")
+        if not error["loc"]:
+            rules.append(message)
             continue
         name = str(error["loc"][0])
+        reasons.setdefault(name, []).append(message)
+        given[name] = error["input"]
+    lines = []
+    for name, messages in reasons.items():
         flag = "" if name in ENV_ONLY else f"--{name.replace('_', '-')} / "
-        given = "" if name in ENV_ONLY else f", got {error['input']!r}"
-        lines.append(f"  {flag}ALEXNET_{name.upper()}: {message}{given}")
+        text = "" if name in ENV_ONLY else f", got {given[name]!r}"
+        lines.append(f"  {flag}ALEXNET_{name.upper()}: {'; or '.join(messages)}{text}")
+    lines += [f"  {rule}" for rule in rules]
     return "invalid settings (python -m service --help lists them):\n" + "\n".join(lines)
 
 

@@ -98,7 +98,7 @@ class Pipeline:
                 self.arena.write(Span(span.first, span.slots, span.offset, len(data)), data)
                 return wire.ImageRef("jpeg", span.offset, len(data), orientation), time.perf_counter() - start
         seconds = self._stage_crop(data, span, config)
-        return wire.ImageRef("crop", span.offset, config.crop_size * config.crop_size * 3), seconds
+        return wire.ImageRef("crop", span.offset, config.crop_bytes), seconds
 
     async def prepare(self, images: list[bytes]) -> list[Staged]:
         """Decode (or check) every image on the decode threads, off the event loop, into the arena.
@@ -108,12 +108,11 @@ class Pipeline:
         """
         config = self.config()
         gpu = self.model.decode == "gpu"
-        crop_bytes = config.crop_size * config.crop_size * 3
         spans: list[Span] = []
         try:
             for data in images:
                 take_gpu = gpu and _gpu_candidate(data)
-                spans.append(self._allocate(max(crop_bytes, len(data)) if take_gpu else crop_bytes))
+                spans.append(self._allocate(max(config.crop_bytes, len(data)) if take_gpu else config.crop_bytes))
         except ServiceError:
             for span in spans:
                 self.arena.free(span)

@@ -72,6 +72,11 @@ class PreprocessConfig:
     max_pixels: int = 40_000_000
     jpeg_draft: bool = True
 
+    @property
+    def crop_bytes(self) -> int:
+        """Bytes of one uint8 (crop, crop, 3) crop."""
+        return self.crop_size * self.crop_size * 3
+
     @classmethod
     def for_model(cls, model, max_pixels: int, jpeg_draft: bool) -> PreprocessConfig:
         """The preset of a model (anything with resize_size, input_size, mean, std: ONNX metadata or the

@@ -9,11 +9,12 @@ import signal
 # glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-# Blocks up to this size come from the heap and go back to it when freed: a decoded 12-megapixel
-# photo (36 MB) still gets its own mapping, returned to the kernel at once.
-KEEP_BLOCKS_UP_TO = 32 * 1024 * 1024
-# Free memory a heap keeps for reuse before giving it back to the kernel.
-KEEP_FREE_UP_TO = 64 * 1024 * 1024
+# Blocks up to this size come from the heap and go back to it when freed: a decoded photo up to
+# ~2.7 megapixels. Larger ones still get their own mapping, returned to the kernel at once (their
+# page faults are a few percent of their decode time).
+KEEP_BLOCKS_UP_TO = 8 * 1024 * 1024
+# Free memory each heap (one per thread that allocates) keeps for reuse before giving it back.
+KEEP_FREE_UP_TO = 16 * 1024 * 1024
 
 
 def follow_parent(parent: int | None) -> bool:
@@ -30,8 +31,8 @@ def follow_parent(parent: int | None) -> bool:
 def reuse_freed_memory() -> bool:
     """Let malloc reuse the memory of freed images instead of asking the kernel for fresh pages.
 
-    By default glibc gives blocks over 128 KiB their own mapping and returns heap memory over 256 KiB
-    at once, so every decoded photo and its resized copy arrive as fresh pages: ~290 page faults per
+    By default glibc maps large blocks (from 128 KiB) on their own and soon hands free heap memory
+    back to the kernel, so every decoded photo and its resized copy arrive as fresh pages: ~290 faults per
     451x300 JPEG on a decode thread, 0.6 ms of a 2.8 ms decode on the 2-core development host. With
     these limits a decode thread reuses its memory (0 faults). False where the C library is not glibc
     or where the user set MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ (theirs win).

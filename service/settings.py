@@ -6,12 +6,13 @@ a flag wins over the environment, which wins over the default.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.cpus import usable_cpus
 
 BackendName = Literal["auto", "tensorrt", "onnxruntime", "torch"]
 
@@ -24,7 +25,8 @@ class Settings(BaseSettings):
     http_workers: int | Literal["auto"] = Field(
         "auto",
         description="HTTP front-end processes sharing the port, all feeding the one engine process "
-        "(auto = one per CPU this process may use, less one for the engine; at least 1)",
+        "(auto = one per CPU this process may use, by its affinity mask and any cgroup CPU limit, less one for "
+        "the engine; at least 1)",
     )
 
     onnx: Path = Field(
@@ -93,6 +95,12 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("checkpoint", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        """ALEXNET_CHECKPOINT= (set but empty, as templates leave it) means none, not the directory '.'."""
+        return None if value == "" else value
+
     @field_validator("http_workers")
     @classmethod
     def _positive_workers(cls, value: int | str) -> int | str:
@@ -115,11 +123,3 @@ class Settings(BaseSettings):
     def decoder_threads(self) -> int:
         """Decode threads in each front end."""
         return self.decode_threads or max(1, usable_cpus() // self.frontends)
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask: a container's --cpuset, taskset), not the host's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1

@@ -53,3 +53,16 @@ def test_the_api_key_is_never_echoed():
     result = run_service("--queue-capacity", "4", "--max-images-per-request", "8", env={"ALEXNET_API_KEY": "s3cret"})
     assert result.returncode == 2
     assert "must not exceed queue_capacity" in result.stderr and "s3cret" not in result.stderr
+
+
+def test_a_setting_of_two_types_fails_in_one_line():
+    result = run_service("--http-workers", "four")
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if "ALEXNET_HTTP_WORKERS" in line]
+    assert len(lines) == 1, result.stderr
+    assert "valid integer" in lines[0] and " or Input should be 'auto'" in lines[0] and "got 'four'" in lines[0]
+
+
+def test_an_empty_checkpoint_means_none():
+    assert settings_from_args(["--checkpoint", ""]).checkpoint is None
+    assert settings_from_args(["--checkpoint", "w.pt"]).checkpoint is not None
