@@ -145,12 +145,14 @@ class Batcher:
         self._stats = _Stats()
         self._tasks: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting = False
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         self._accepting = True
-        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+        self._loop = asyncio.get_running_loop()  # once: on Python 3.11 each get_running_loop() is a getpid()
+        self._loop_task = self._loop.create_task(self._run(), name="batcher")
 
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Refuse new work, finish what is queued and running (up to the timeout), then stop."""
@@ -197,7 +199,8 @@ class Batcher:
             raise QueueFull(
                 f"queue full ({len(self._queue)}/{self.queue_capacity} images waiting); retry after a moment"
             )
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None  # accepting: started
         now = time.monotonic()
         futures = []
         for payload in payloads:

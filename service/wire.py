@@ -78,8 +78,8 @@ class StatusRequest:
 
 @dataclass(slots=True)
 class ImageResult:
-    indices: np.ndarray | None  # (k,) int64, most probable first, ties to the lower index
-    probabilities: np.ndarray | None  # (k,) float64 from host backends (softmax in float64), float32 from the GPU
+    indices: list[int] | None  # k class indices, most probable first, ties to the lower index
+    probabilities: list[float] | None  # their probabilities (softmax in float64 on host backends, float32 on the GPU)
     logits: np.ndarray | None  # (num_classes,) float32, only when asked for
     queue_ms: float
     inference_ms: float
