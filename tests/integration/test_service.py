@@ -261,12 +261,20 @@ def test_ready_only_after_warm_up_while_live_at_once(onnx_model, inprocess_serve
     holder["warmup_gate"].clear()
     server = inprocess_server(settings(onnx_model), wait_ready=False)
     assert httpx.get(server.url + "/healthz").status_code == 200
+    # Not ready throughout: first while the front end connects to the engine, then while it warms up.
+    wait_until(lambda: "warming" in readyz_reason(server.url), 30, "/readyz to say the engine is warming up")
     r = httpx.get(server.url + "/readyz")
     assert r.status_code == 503 and "warming" in r.json()["reason"]
     assert classify(server.url, make_image(64, 64)).json()["kind"] == "not_ready"
     holder["warmup_gate"].set()
     server.wait_ready()
     assert httpx.get(server.url + "/readyz").status_code == 200
+
+
+def readyz_reason(url: str) -> str:
+    r = httpx.get(url + "/readyz")
+    assert r.status_code == 503, r.text  # never ready while the warm-up gate is closed
+    return r.json()["reason"]
 
 
 def test_graceful_shutdown_completes_requests_in_flight(onnx_model, inprocess_server, monkeypatch):
