@@ -67,7 +67,10 @@ def test_requests_waiting_on_an_engine_that_goes_away_fail_at_once_and_free_thei
     backend.gate.clear()
     with ThreadPoolExecutor(2) as pool:
         waiting = [pool.submit(classify, server.url, IMAGE) for _ in range(2)]
-        wait_until(lambda: slots_in_use(server) == 2, 30, "both requests to be in the engine")
+        # Submitted, not only staged: a slot is taken before its image is decoded, and a request still
+        # decoding when the connection drops would go to the engine after the front end reconnects.
+        client = server.frontend.pipeline.client
+        wait_until(lambda: len(client._pending) == 2, 30, "both requests to be in the engine")
         for conn in list(server.engine._connections):  # the engine's end of the socket vanishes, as in a crash
             conn.writer.transport.abort()
         responses = [f.result(timeout=10) for f in waiting]
