@@ -364,6 +364,7 @@ def layout_lines(layouts: dict[str, dict], md: list[str], service: dict | None =
     if not measured:
         return lines
     base_label, base = next(iter(measured.items()))
+    base_medians = _medians(base["steps"])
     compared = dict(measured)
     if service and "steps" in service:
         compared["the service (c)"] = service
@@ -377,7 +378,7 @@ def layout_lines(layouts: dict[str, dict], md: list[str], service: dict | None =
             continue
         parts = []
         for c, (img_s, p50) in _medians(entry["steps"]).items():
-            b = _medians(base["steps"]).get(c)
+            b = base_medians.get(c)
             if b and b[0] and b[1]:
                 parts.append(f"c={c}: img/s x{img_s / b[0]:.2f}, p50 x{p50 / b[1]:.2f}")
         lines.append(f"{'layout ' if label in measured else ''}{label} vs {base_label}: " + "; ".join(parts))

@@ -49,8 +49,8 @@ class InstantBackend(Backend):
         return np.zeros((batch.shape[0], self.num_classes), np.float32)
 
 
-def run_engine(address: str, onnx: str) -> None:
-    """The engine process: EngineServer as ``service.engine.main`` runs it, the backend made instant."""
+def engine_process(address: str, onnx: str) -> None:
+    """The engine process: ``service.engine.run_engine``, the backend made instant."""
     os.environ.update({"ALEXNET_ONNX": onnx, "ALEXNET_BACKEND": "onnxruntime", "ALEXNET_DEVICE": "cpu"})
     os.environ.setdefault("ALEXNET_LOG_LEVEL", "warning")
     import service.engine
@@ -66,21 +66,7 @@ def run_engine(address: str, onnx: str) -> None:
         return selection
 
     service.engine.select_backend = instant  # type: ignore[assignment]
-
-    async def serve() -> None:
-        import signal
-
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await service.engine.EngineServer(Settings(), address).serve(stop)
-
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(serve())
+    service.engine.run_engine(Settings(), address)
 
 
 def run_frontend(address: str, index: int, in_flight: int, seconds: float, start_at: float, out) -> None:
@@ -88,6 +74,7 @@ def run_frontend(address: str, index: int, in_flight: int, seconds: float, start
     from service import wire
     from service.arena import SLOT_BYTES, Arena
     from service.engine_client import EngineClient
+    from service.process import use_uvloop
 
     async def main() -> None:
         arena = Arena(in_flight + 8, SLOT_BYTES)
@@ -120,12 +107,7 @@ def run_frontend(address: str, index: int, in_flight: int, seconds: float, start
         out.send(done)
         await client.stop()
 
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    use_uvloop()
     asyncio.run(main())
 
 
@@ -153,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_onnx(Path(args.onnx))
     ctx = multiprocessing.get_context("spawn")
     address = f"alexnet-engine-wire-{os.getpid()}-{secrets.token_hex(4)}"
-    engine = ctx.Process(target=run_engine, args=(address, str(args.onnx)), daemon=True)
+    engine = ctx.Process(target=engine_process, args=(address, str(args.onnx)), daemon=True)
     engine.start()
     start_at = time.monotonic() + 15.0  # loading the model and spawning the front ends
     pipes, frontends = [], []

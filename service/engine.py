@@ -36,7 +36,7 @@ from service.batcher import Batcher, InferenceResult
 from service.errors import NotReady, ServiceError
 from service.metrics import Metrics
 from service.preprocess import PreprocessConfig
-from service.process import follow_parent, reuse_freed_memory
+from service.process import follow_parent, reuse_freed_memory, use_uvloop
 from service.settings import Settings
 
 log = logging.getLogger("service.engine")
@@ -496,21 +496,22 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[engine]: %(message)s"
     )
 
-    async def run() -> None:
+    run_engine(settings, args.socket)
+    return 0
+
+
+def run_engine(settings: Settings, address: str) -> None:
+    """Serve on ``address`` until SIGTERM or SIGINT, on uvloop where installed."""
+
+    async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await EngineServer(settings, args.socket).serve(stop)
+        await EngineServer(settings, address).serve(stop)
 
-    try:  # uvloop where installed (uvicorn[standard] brings it, as for the front ends): less per message
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(run())
-    return 0
+    use_uvloop()
+    asyncio.run(serve())
 
 
 if __name__ == "__main__":
