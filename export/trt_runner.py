@@ -1,4 +1,4 @@
-"""Run a serialized TensorRT engine on a numpy batch (TensorRT 10 and 11 name-based I/O API).
+"""Run a serialized TensorRT engine on a numpy batch or a CUDA tensor (TensorRT 10 and 11 name-based I/O API).
 
 Device buffers are torch CUDA tensors, so nothing beyond ``tensorrt`` and the CUDA build of torch is
 needed (TensorRT's own samples use cuda-python for the same job). Imported only where TensorRT runs.
@@ -44,20 +44,44 @@ class TrtEngineRunner:
             self._out_dtype = dtypes[self.engine.get_tensor_dtype(self.output_name)]
         except KeyError as exc:
             raise EngineRunError(f"unsupported engine I/O data type {exc}") from None
-        self._stream = torch.cuda.Stream(device=self._device)
+        self.stream = torch.cuda.Stream(device=self._device)  # TensorRT's work is queued here
+
+    @property
+    def input_dtype(self):
+        """The engine's input dtype, as a torch.dtype (float32 for the engines export/to_trt.py builds)."""
+        return self._in_dtype
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Logits (N, classes) float32 for ``batch`` (N, C, H, W) float32; N within the engine's profile."""
         torch = self._torch
-        with torch.cuda.device(self._device), torch.cuda.stream(self._stream):
-            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self._device, self._in_dtype, non_blocking=False)
-            if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
-                raise EngineRunError(f"input shape {tuple(x.shape)} is outside the engine's optimization profile")
-            out_shape = tuple(self.context.get_tensor_shape(self.output_name))
-            y = torch.empty(out_shape, dtype=self._out_dtype, device=self._device)
-            self.context.set_tensor_address(self.input_name, x.data_ptr())
-            self.context.set_tensor_address(self.output_name, y.data_ptr())
-            if not self.context.execute_async_v3(self._stream.cuda_stream):
-                raise EngineRunError("execute_async_v3 failed; see TensorRT's log above")
-            self._stream.synchronize()
-            return y.float().cpu().numpy()
+        with torch.cuda.stream(self.stream):
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self._device, self._in_dtype)
+            logits = self.infer_tensor(x).float().cpu()  # .cpu() waits for the stream
+        return logits.numpy()
+
+    def infer_tensor(self, x, ready=None):
+        """Logits (N, classes), in the engine's output dtype, for ``x`` (N, C, H, W): a contiguous tensor in
+        ``input_dtype`` on this runner's GPU, N within the profile. TensorRT reads ``x`` and writes the
+        result on ``stream``, after ``ready`` (an event the input's producer recorded; without one, after
+        the current stream's work): read the result on ``stream`` too."""
+        torch = self._torch
+        if x.dtype != self._in_dtype or not x.is_contiguous():
+            raise ValueError(f"the engine takes a contiguous {self._in_dtype} batch, not {x.dtype} in this layout")
+        stream = self.stream
+        if ready is not None:
+            stream.wait_event(ready)
+        else:
+            stream.wait_stream(torch.cuda.current_stream(x.device))
+        if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
+            raise EngineRunError(f"input shape {tuple(x.shape)} is outside the engine's optimization profile")
+        with torch.cuda.stream(stream):  # the output's memory belongs to the stream that writes it
+            y = torch.empty(
+                tuple(self.context.get_tensor_shape(self.output_name)), dtype=self._out_dtype, device=x.device
+            )
+        self.context.set_tensor_address(self.input_name, x.data_ptr())
+        self.context.set_tensor_address(self.output_name, y.data_ptr())
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise EngineRunError("execute_async_v3 failed; see TensorRT's log above")
+        if x.is_cuda:
+            x.record_stream(stream)  # x's memory is not reused before TensorRT has read it
+        return y

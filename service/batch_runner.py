@@ -5,12 +5,13 @@ builds the backend's input; ``run`` (the inference thread) runs the backend, the
 and returns one ``ImageOutput`` per image (or ``ItemFailed`` for an image that could not be decoded).
 
 Two paths, chosen by the backend:
-- host: backends that take a float32 NumPy batch (ONNX Runtime, TensorRT). uint8 crops are
+- host: backends that take a float32 NumPy batch (ONNX Runtime on the CPU). uint8 crops are
   normalised on the CPU here, in one pass, into the batch.
-- tensor: backends with ``infer_tensor`` (PyTorch). uint8 crops go to the device as uint8 (a quarter
-  of float32's bytes), are normalised there straight into the backend's dtype, JPEGs are decoded on
-  the GPU (``JpegDecoder``), and softmax + top-k run on the device, so only k rows come back. On CUDA,
-  ``prepare`` runs on its own stream, so decoding batch k+1 overlaps inference of batch k.
+- tensor: backends that take tensors (``Backend.takes_tensors``: PyTorch, TensorRT, ONNX Runtime on
+  CUDA). uint8 crops go to the device as uint8 (a quarter of float32's bytes), are normalised there
+  straight into the backend's dtype, JPEGs are decoded on the GPU (``JpegDecoder``), and softmax +
+  top-k run on the device, so only k rows come back. On CUDA, ``prepare`` runs on its own stream, so
+  decoding batch k+1 overlaps inference of batch k.
 
 Ties in top-k go to the lower class index on both paths (a stable sort), as ``postprocess.top_k``.
 """
@@ -80,7 +81,7 @@ class EngineRunner:
         backend: Backend,
         metadata: ModelMetadata,
         preprocess_config: PreprocessConfig,
-        jpeg_decoder=None,  # service.gpu_decode.JpegDecoder, for backends with infer_tensor
+        jpeg_decoder=None,  # service.gpu_decode.JpegDecoder, for backends that take tensors
     ) -> None:
         self.backend = backend
         self.metadata = metadata
@@ -88,9 +89,9 @@ class EngineRunner:
         self.name = backend.name
         self.max_batch_size = backend.max_batch_size
         self.max_concurrency = backend.max_concurrency
-        self.tensor_path = hasattr(backend, "infer_tensor")
+        self.tensor_path = backend.takes_tensors
         if jpeg_decoder is not None and not self.tensor_path:
-            raise ValueError(f"JPEG decoding on the GPU needs a backend with infer_tensor, not {backend.name}")
+            raise ValueError(f"JPEG decoding on the GPU needs a backend that takes tensors, not {backend.name}")
         self.jpeg_decoder = jpeg_decoder
         self.prepare_ahead = jpeg_decoder is not None
         self._decoded: Counter[str] = Counter()  # images by decode path (prepare thread writes)
@@ -218,10 +219,10 @@ class EngineRunner:
         return prepared
 
     def _run_host(self, prepared: Prepared, n: int, k: int, want_logits: bool):
-        batch = prepared.batch
-        logits = self.backend.infer(batch)  # type: ignore[arg-type]
-        if logits.shape[0] != batch.shape[0]:  # type: ignore[attr-defined]
-            raise RuntimeError(f"backend returned {logits.shape[0]} rows for a batch of {batch.shape[0]}")  # type: ignore[attr-defined]
+        batch: np.ndarray = prepared.batch  # type: ignore[assignment]  # the host path's
+        logits = self.backend.infer(batch)
+        if logits.shape[0] != batch.shape[0]:
+            raise RuntimeError(f"backend returned {logits.shape[0]} rows for a batch of {batch.shape[0]}")
         logits = logits[:n]
         indices, probabilities = top_k_rows(softmax(logits), k) if k else (None, None)
         return indices, probabilities, (logits.astype(np.float32) if want_logits else None)
@@ -260,8 +261,8 @@ class EngineRunner:
                             continue
                         crop = torch.from_numpy(fallback).to(device).permute(2, 0, 1)
                     chw[i] = crop
-            batch = normalize_tensor(chw, self.metadata.mean, self.metadata.std, dtype=backend.input_dtype)  # type: ignore[attr-defined]
-            if backend.channels_last:  # type: ignore[attr-defined]
+            batch = normalize_tensor(chw, self.metadata.mean, self.metadata.std, dtype=backend.input_dtype)
+            if backend.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             for i, row in fp32_rows.items():
                 batch[i] = torch.from_numpy(row).to(device, dtype=batch.dtype)
@@ -276,8 +277,8 @@ class EngineRunner:
 
         backend = self.backend
         with torch.inference_mode():
-            logits = backend.infer_tensor(prepared.batch, prepared.ready)  # type: ignore[attr-defined]
-            with backend.stream_context():  # type: ignore[attr-defined]
+            logits = backend.infer_tensor(prepared.batch, prepared.ready)
+            with backend.stream_context():
                 rows = logits[:n].float()
                 indices = probabilities = None
                 if k:

@@ -97,8 +97,8 @@ def choose_decode(settings: Settings, selection: Selection) -> tuple[object | No
     why_not = None
     if not on_cuda:
         why_not = f"the {backend.name} backend runs on {backend.device}, not a CUDA GPU"
-    elif not hasattr(backend, "infer_tensor"):
-        why_not = f"the {backend.name} backend takes host batches; GPU decoding feeds the torch backend only"
+    elif not backend.takes_tensors:
+        why_not = f"the {backend.name} backend takes host batches only"
     decoder = None
     if why_not is None:
         from service.gpu_decode import JpegDecoder

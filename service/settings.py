@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     )
     decode: Literal["auto", "cpu", "gpu"] = Field(
         "auto",
-        description="where JPEGs are decoded: gpu = nvJPEG in the engine (torch backend on CUDA), cpu = in the "
+        description="where JPEGs are decoded: gpu = nvJPEG in the engine (a backend on CUDA), cpu = in the "
         "front ends; auto = gpu where it can run",
     )
     jpeg_draft: bool = Field(True, description="decode large JPEGs at reduced DCT size (>= 2x the resize target)")

@@ -7,13 +7,22 @@ create_builder_config, set_memory_pool_limit, MemoryPoolType.WORKSPACE, BuilderF
 and TF32, create_optimization_profile, set_shape, add_optimization_profile, create_timing_cache,
 set_timing_cache, get_timing_cache, build_serialized_network, Runtime, deserialize_cuda_engine,
 create_execution_context, num_io_tensors, get_tensor_name, get_tensor_mode, TensorIOMode,
-get_tensor_dtype, get_tensor_profile_shape. It proves that our code calls them in a sensible order
-with sensible arguments; whether TensorRT accepts the network is checked in tests/gpu/.
+get_tensor_dtype, get_tensor_profile_shape, set_input_shape, get_tensor_shape, set_tensor_address,
+execute_async_v3. It proves that our code calls them in a sensible order with sensible arguments;
+whether TensorRT accepts the network is checked in tests/gpu/.
+
+Its execution context runs a stand-in network (logits = each channel's mean, (N, C, H, W) float32
+-> (N, C)) on the memory ``set_tensor_address`` points at, as TensorRT reads and writes device
+memory: given CPU tensors' pointers, it shows the right buffers, shapes and layout were handed over.
 """
 
 from __future__ import annotations
 
+import ctypes
+import math
 from types import SimpleNamespace
+
+import numpy as np
 
 
 class FakeTensorRT:
@@ -127,7 +136,35 @@ class FakeTensorRT:
                 return [(n, 3, 224, 224) for n in profile]
 
             def create_execution_context(self):
-                return SimpleNamespace()
+                return Context()
+
+        class Context:
+            def __init__(self) -> None:
+                self.shape: tuple[int, ...] = ()
+                self.addresses: dict[str, int] = {}
+
+            def set_input_shape(self, name, shape):
+                ok = profile[0] <= shape[0] <= profile[2]
+                if ok:
+                    self.shape = tuple(shape)
+                return ok
+
+            def get_tensor_shape(self, name):
+                return self.shape if name == "input" else self.shape[:2]
+
+            def set_tensor_address(self, name, address):
+                self.addresses[name] = address
+
+            def execute_async_v3(self, stream_handle):
+                rec(("execute", stream_handle, self.shape))
+                x, y = (self._array(name) for name in ("input", "logits"))
+                y[...] = x.mean(axis=(2, 3))
+                return True
+
+            def _array(self, name):
+                shape = self.get_tensor_shape(name)
+                memory = (ctypes.c_float * math.prod(shape)).from_address(self.addresses[name])
+                return np.ctypeslib.as_array(memory).reshape(shape)
 
         class Runtime:
             def __init__(self, logger):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +31,10 @@ class Backend(ABC):
     ``infer`` is called from one worker thread per ``max_concurrency`` slot, never concurrently on
     the same slot. ``batch_sizes`` lists the shapes it can run (the batcher pads up to the next one);
     ``None`` means any size from 1 to ``max_batch_size``.
+
+    A backend with ``takes_tensors`` also runs ``infer_tensor`` on PyTorch tensors already on its
+    ``device``: the engine then sends uint8 crops there, normalises them there into ``input_dtype``
+    (and ``channels_last`` layout), may decode JPEGs there, and reads back only top-k rows.
     """
 
     name: str  # e.g. "onnxruntime"
@@ -41,6 +47,20 @@ class Backend(ABC):
     @abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) float32 -> (N, num_classes) float32 logits."""
+
+    takes_tensors: bool = False
+    input_dtype: Any = None  # a torch.dtype, where takes_tensors
+    channels_last: bool = False
+
+    def infer_tensor(self, batch: Any, ready: Any = None) -> Any:
+        """(B, 3, S, S) torch tensor in ``input_dtype`` on ``device``, B one of ``batch_sizes`` -> (B, classes)
+        logits on ``device``, valid until the next call: read them inside ``stream_context()``. ``ready``:
+        a ``torch.cuda.Event`` the input's producer recorded on its own stream (None: it is ready now)."""
+        raise NotImplementedError(f"the {self.name} backend takes host batches only (takes_tensors is False)")
+
+    def stream_context(self) -> contextlib.AbstractContextManager:
+        """Where work on ``infer_tensor``'s outputs must be queued (the backend's CUDA stream)."""
+        return contextlib.nullcontext()
 
     def warmup(self, input_size: int) -> None:
         """Run every batch shape the service will use once, so the first requests pay no compile cost."""

@@ -1,5 +1,10 @@
 """ONNX Runtime: the CUDA execution provider with I/O binding on a GPU, the CPU provider elsewhere.
 
+On CUDA (with PyTorch present, as it is wherever the CUDA provider finds its libraries) the backend
+takes tensors: the engine's batch is bound to ONNX Runtime by its device pointer, and ONNX Runtime
+runs on the backend's own CUDA stream (``user_compute_stream``), so normalising, inference and
+top-k stay on the GPU in order, with no host round trip between them.
+
 On CUDA, batches are padded to the powers of two that warm-up ran (``batch_sizes``): cuDNN searches
 its algorithms for each new input shape, which must happen before ``/readyz`` says ready, not on a
 client's request. On the CPU any size runs unpadded: there a new batch size costs no more on its
@@ -9,6 +14,7 @@ first run (measured on the 2-core host: batch 17 took 113 ms the first time and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -105,12 +111,14 @@ class OnnxRuntimeBackend(Backend):
         options.inter_op_num_threads = 1
         self.max_batch_size = max_batch_size
         self.precision = onnx_precision(onnx_path)
+        self._stream = None
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendUnavailable("ONNX Runtime has no CUDAExecutionProvider (install onnxruntime-gpu)")
             self.device = "cuda:0"
             self.batch_sizes = powers_of_two_up_to(max_batch_size)
-            self._session = self._cuda_session(ort, onnx_path, options)
+            self._session, self._stream = self._cuda_session(ort, onnx_path, options)
+            self.takes_tensors = self._stream is not None
         else:
             options.intra_op_num_threads = cpu_threads
             self.device = "cpu"
@@ -120,12 +128,20 @@ class OnnxRuntimeBackend(Backend):
 
     @staticmethod
     def _cuda_session(ort, onnx_path: Path, options):
-        """A session on the CUDA provider, or BackendUnavailable quoting ONNX Runtime's reason."""
+        """(a session on the CUDA provider, the torch CUDA stream it runs on or None without PyTorch), or
+        BackendUnavailable quoting ONNX Runtime's reason."""
+        cuda_options: dict[str, object] = {"device_id": 0}
+        stream = None
         try:
-            import torch  # noqa: F401  # loads CUDA and cuDNN as torch's wheels ship them: ORT finds them
+            import torch  # loads CUDA and cuDNN as torch's wheels ship them: ORT finds them
         except ImportError:
             pass
-        providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+        else:
+            if torch.cuda.is_available():
+                # Not the default stream: ONNX Runtime takes a handle of 0 as "none given".
+                stream = torch.cuda.Stream(device=0)
+                cuda_options["user_compute_stream"] = str(stream.cuda_stream)
+        providers = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
         with _output_collected() as said:
             try:
                 if hasattr(ort, "preload_dlls"):  # 1.21+: CUDA and cuDNN from the nvidia-* wheels
@@ -143,7 +159,7 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailable(
                 f"ONNX Runtime fell back to {session.get_providers()}; its CUDA provider did not load: {_why(said)}"
             )
-        return session
+        return session, stream
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         if self.device == "cpu":
@@ -155,3 +171,51 @@ class OnnxRuntimeBackend(Backend):
         binding.bind_output(OUTPUT_NAME, "cuda")
         self._session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
+
+    # -- the tensor path (on CUDA; the CPU provider runs it too, on CPU tensors) -----------------------
+    @property
+    def input_dtype(self):
+        return _tensor_dtypes(self._session.get_inputs()[0].type)[0]
+
+    def stream_context(self):
+        if self._stream is None:
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.cuda.stream(self._stream)
+
+    def infer_tensor(self, batch, ready=None):
+        """See ``Backend.infer_tensor``: ``batch`` is bound by its pointer and the logits are written into a
+        tensor on the same device; on CUDA both on the backend's stream, after ``ready``."""
+        import torch
+
+        inputs, output = self._session.get_inputs()[0], self._session.get_outputs()[0]
+        in_torch, in_numpy = _tensor_dtypes(inputs.type)
+        out_torch, out_numpy = _tensor_dtypes(output.type)
+        if batch.dtype != in_torch or not batch.is_contiguous():
+            raise ValueError(f"ONNX Runtime takes a contiguous {in_torch} batch, not {batch.dtype} in this layout")
+        device = batch.device
+        with self.stream_context():
+            if self._stream is not None:
+                if ready is not None:
+                    self._stream.wait_event(ready)
+                else:
+                    self._stream.wait_stream(torch.cuda.current_stream(device))
+                batch.record_stream(self._stream)  # its memory is not reused before ONNX Runtime has read it
+            logits = torch.empty((batch.shape[0], output.shape[1]), dtype=out_torch, device=device)
+        binding = self._session.io_binding()
+        index = device.index or 0
+        binding.bind_input(INPUT_NAME, device.type, index, in_numpy, tuple(batch.shape), batch.data_ptr())
+        binding.bind_output(OUTPUT_NAME, device.type, index, out_numpy, tuple(logits.shape), logits.data_ptr())
+        self._session.run_with_iobinding(binding)
+        return logits
+
+
+def _tensor_dtypes(onnx_type: str):
+    """(torch dtype, numpy dtype) of an ONNX Runtime tensor type such as ``tensor(float)``."""
+    import torch
+
+    known = {"tensor(float)": (torch.float32, np.float32), "tensor(float16)": (torch.float16, np.float16)}
+    if onnx_type not in known:
+        raise BackendUnavailable(f"the ONNX model's input and output must be float or float16, not {onnx_type}")
+    return known[onnx_type]

@@ -31,6 +31,7 @@ def engine_batch_sizes(max_batch_size: int, profile_min: int, profile_max: int) 
 class TensorRTBackend(Backend):
     name = "tensorrt"
     device = "cuda:0"
+    takes_tensors = True  # the engine reads and writes device memory: batches stay on the GPU
 
     def __init__(self, engine_path: Path, max_batch_size: int, weights_sha256: str, precision: str = "auto") -> None:
         """``weights_sha256``: of the ONNX model the service takes its labels from; ``precision``: what
@@ -78,3 +79,15 @@ class TensorRTBackend(Backend):
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self._runner.infer(batch)
+
+    @property
+    def input_dtype(self):
+        return self._runner.input_dtype
+
+    def stream_context(self):
+        import torch
+
+        return torch.cuda.stream(self._runner.stream)
+
+    def infer_tensor(self, batch, ready=None):
+        return self._runner.infer_tensor(batch, ready)

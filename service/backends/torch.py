@@ -21,6 +21,7 @@ def cuda_graph_buckets(max_batch_size: int) -> tuple[int, ...]:
 
 class TorchBackend(Backend):
     name = "torch"
+    takes_tensors = True
 
     def __init__(
         self, model: nn.Module, device: str, precision: str, max_batch_size: int, input_size: int, cpu_threads: int
@@ -97,19 +98,14 @@ class TorchBackend(Backend):
         return self._dtype
 
     @property
-    def channels_last(self) -> bool:
+    def channels_last(self) -> bool:  # type: ignore[override]
         return self.device != "cpu"
 
     def stream_context(self):
-        """Where work on this backend's outputs must be queued (its CUDA stream; nothing on the CPU)."""
         return torch.cuda.stream(self._stream) if self.device != "cpu" else contextlib.nullcontext()
 
     def infer_tensor(self, batch: torch.Tensor, ready: torch.cuda.Event | None = None) -> torch.Tensor:
-        """(B, 3, S, S) in ``input_dtype`` on this device, B a bucket -> (B, classes) logits on the device.
-
-        On CUDA the result is the graph's output buffer, valid until the next call: read it inside
-        ``stream_context()``. ``ready`` is an event the input's producer recorded on its own stream.
-        """
+        """See ``Backend.infer_tensor``; on CUDA the result is the graph's output buffer."""
         if self.device == "cpu":
             with torch.inference_mode():
                 return self._model(batch)

@@ -62,3 +62,22 @@ def test_onnxruntime_cuda_provider_matches_the_cpu_reference(fitted, held_out):
     backend = select_backend(Settings(onnx=fitted.onnx, backend="onnxruntime", device="cuda")).backend
     np.testing.assert_allclose(backend.infer(batch), reference, rtol=0, atol=atol)
     np.testing.assert_allclose(backend.infer(batch[2:5]), reference[2:5], rtol=0, atol=atol)
+
+
+def test_onnxruntime_cuda_takes_a_device_tensor_and_runs_it_on_its_stream(fitted, held_out):
+    """The engine's tensor path: the batch bound by its device pointer, ONNX Runtime on the backend's stream."""
+    batch, reference, atol = held_out
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+    backend = select_backend(Settings(onnx=fitted.onnx, backend="onnxruntime", device="cuda", max_batch_size=8)).backend
+    assert backend.takes_tensors
+    producer = torch.cuda.Stream()
+    with torch.cuda.stream(producer):  # as the engine's prepare stream writes the batch
+        x = torch.from_numpy(batch).cuda(non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record(producer)
+    logits = backend.infer_tensor(x, ready)
+    with backend.stream_context():
+        got = logits.float().cpu().numpy()
+    np.testing.assert_allclose(got, reference, rtol=0, atol=atol)

@@ -31,6 +31,7 @@ if SKIP_REASON:
     pytest.skip(SKIP_REASON, allow_module_level=True)
 
 import tensorrt as trt  # noqa: E402
+import torch  # noqa: E402
 
 from export import quantize, to_trt  # noqa: E402
 from export.to_onnx import export_and_verify  # noqa: E402
@@ -113,8 +114,14 @@ def test_the_service_backend_serves_the_fp16_engine_built_from_the_fp16_onnx(onn
     backend = TensorRTBackend(out, 16, read_metadata(onnx_files["fp32"]).weights_sha256)
     assert (backend.precision, backend.batch_sizes) == ("fp16", (1, 2, 4, 8, 16))
     backend.warmup(224)
-    logits = backend.infer(np.zeros((4, 3, 224, 224), np.float32))
+    batch = np.random.default_rng(0).standard_normal((4, 3, 224, 224), dtype=np.float32)
+    logits = backend.infer(batch)
     assert logits.shape == (4, 8) and np.isfinite(logits).all()
+    assert backend.takes_tensors and backend.input_dtype == torch.float32
+    x = torch.from_numpy(batch).cuda()  # the engine's tensor path: the batch stays on the GPU
+    on_device = backend.infer_tensor(x)
+    with backend.stream_context():
+        np.testing.assert_array_equal(on_device.float().cpu().numpy(), logits)
 
 
 def test_a_damaged_timing_cache_does_not_stop_the_build(onnx_files, tmp_path):

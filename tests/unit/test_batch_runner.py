@@ -1,6 +1,7 @@
 """The engine's batch runner on the CPU: arena images in, top-k rows out, on both of its paths (host
-batches for ONNX Runtime, tensors for PyTorch) and with JPEGs decoded by the tensor path's decoder
-(a PIL stand-in for nvJPEG: the same bytes, the same orientation and resize code after it)."""
+batches for ONNX Runtime on the CPU, tensors for PyTorch and for ONNX Runtime as on CUDA) and with
+JPEGs decoded by the tensor path's decoder (a PIL stand-in for nvJPEG: the same bytes, the same
+orientation and resize code after it)."""
 
 from __future__ import annotations
 
@@ -78,18 +79,21 @@ def selections(fitted):
     pt = select_backend(
         Settings(onnx=fitted.onnx, checkpoint=fitted.checkpoint, backend="torch", device="cpu", max_batch_size=32)
     )
-    return {"onnxruntime": ort, "torch": pt}
+    # As on CUDA, where ONNX Runtime takes tensors bound by pointer; its CPU provider runs them just the same.
+    ort_tensors = select_backend(Settings(onnx=fitted.onnx, backend="onnxruntime", device="cpu", max_batch_size=32))
+    ort_tensors.backend.takes_tensors = True
+    return {"onnxruntime": ort, "torch": pt, "onnxruntime-tensors": ort_tensors}
 
 
 def run(runner: EngineRunner, images: list[EngineImage]):
     return runner.run(runner.prepare(images))
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch", "onnxruntime-tensors"])
 def test_crops_in_the_arena_give_the_reference_top_k_on_both_paths(fitted, selections, backend):
     selection = selections[backend]
     runner = EngineRunner(selection.backend, selection.metadata, CONFIG)
-    assert runner.tensor_path == (backend == "torch")
+    assert runner.tensor_path == (backend != "onnxruntime")
     items = fitted.eval_images(per_class=2)
     pngs = [data for data, _ in items]
     reference = np.stack([softmax(row) for row in fitted.reference_logits(pngs)])
@@ -117,8 +121,9 @@ def test_a_float32_tensor_and_a_crop_share_a_batch(fitted, selections):
     np.testing.assert_allclose(crop_out.logits, tensor_out.logits, rtol=1e-5, atol=1e-4)
 
 
-def test_jpegs_decoded_by_the_tensor_path_agree_with_the_cpu_path(fitted, selections):
-    selection = selections["torch"]
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime-tensors"])
+def test_jpegs_decoded_by_the_tensor_path_agree_with_the_cpu_path(fitted, selections, backend):
+    selection = selections[backend]
     meta = selection.metadata
     decoder = JpegDecoder("cpu", meta.resize_size, meta.input_size, decode_batch=pil_decode)
     runner = EngineRunner(selection.backend, meta, CONFIG, decoder)

@@ -1,9 +1,11 @@
-"""What of the GPU code paths a CPU host can check: the torch backend's batch buckets, the benchmark
-and gpu_check.sh refusing to call a run that measured nothing a success, and the TensorRT GPU tests
-skipping where the bindings are installed without their libraries."""
+"""What of the GPU code paths a CPU host can check: the torch backend's batch buckets, which backends
+get JPEGs decoded on the GPU, the benchmark and gpu_check.sh refusing to call a run that measured
+nothing a success, and the TensorRT GPU tests skipping where the bindings are installed without
+their libraries."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -11,12 +13,20 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from export.onnx_metadata import ModelMetadata
 from loadtest.bench import unmeasured_backends
-from service.backends.base import bucket_for
+from service import gpu_decode
+from service.backends import Selection
+from service.backends.base import Backend, bucket_for
 from service.backends.torch import cuda_graph_buckets
+from service.engine import choose_decode
+from service.errors import NotReady
+from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,6 +36,37 @@ def test_a_batch_runs_in_the_next_bucket_and_none_runs_over_the_largest():
     assert [bucket_for(n, buckets) for n in (1, 2, 3, 5, 16, 17, 33, 48)] == [1, 2, 4, 8, 16, 32, 48, 48]
     with pytest.raises(ValueError, match="batch of 49 is over max_batch_size 48"):
         bucket_for(49, buckets)
+
+
+class CudaBackend(Backend):
+    name, device, precision, max_batch_size = "onnxruntime", "cuda:0", "fp16", 8
+
+    def infer(self, batch):
+        raise AssertionError("not run here")
+
+
+def pil_decode(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """nvJPEG's contract on the CPU: JPEG bytes -> (3, H, W) uint8 RGB."""
+    images = (Image.open(io.BytesIO(t.numpy().tobytes())).convert("RGB") for t in tensors)
+    return [torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1) for image in images]
+
+
+def test_jpegs_are_decoded_on_the_gpu_for_any_cuda_backend_that_takes_tensors_and_else_it_says_why(monkeypatch):
+    monkeypatch.setattr(gpu_decode, "torchvision_decoder", lambda device: pil_decode)  # nvJPEG, as the engine sees it
+    meta = ModelMetadata("torchvision", ["a", "b"], 224, 256, "test", "c" * 64)
+    backend = CudaBackend()
+    selection = Selection(backend, meta, "test")
+    decoder, why = choose_decode(Settings(decode="auto"), selection)
+    assert (
+        decoder is None
+        and why == "auto: on the CPU in the front ends, because the onnxruntime backend takes host batches only"
+    )
+    with pytest.raises(NotReady, match="decode=gpu was asked for, but the onnxruntime backend takes host batches only"):
+        choose_decode(Settings(decode="gpu"), selection)
+    backend.takes_tensors = True  # as ONNX Runtime's CUDA provider and TensorRT do
+    decoder, why = choose_decode(Settings(decode="auto"), selection)
+    assert isinstance(decoder, gpu_decode.JpegDecoder) and why.startswith("nvJPEG on the GPU")
+    assert choose_decode(Settings(decode="cpu"), selection) == (None, "decode=cpu was asked for")
 
 
 def test_a_benchmark_is_a_failure_when_a_loaded_backend_went_unmeasured():

@@ -1,5 +1,6 @@
 """service/backends/onnxruntime.py: the precision it reports, which ONNX it serves on CUDA, the shapes
-it pads to there, and what it says when its CUDA provider does not load (shown with the CPU build)."""
+it pads to there, the tensors it takes there (bound by pointer; shown with the CPU build on CPU
+tensors), and what it says when its CUDA provider does not load."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 
 from export.onnx_metadata import fp16_sibling, read_metadata
 from service.backends import onnxruntime_model
@@ -58,6 +60,42 @@ def test_on_cuda_batches_are_padded_to_the_warmed_powers_of_two_and_dlls_preload
     assert backend.device == "cuda:0"
     assert backend.batch_sizes == (1, 2, 4, 8, 16, 32, 48)  # what Backend.warmup runs and the batcher pads to
     assert order == ["preload_dlls", "InferenceSession"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_tensor_batch_is_bound_by_its_pointer_and_answered_in_a_tensor(tmp_path, precision):
+    backend = OnnxRuntimeBackend(tiny_onnx(tmp_path / "m.onnx", precision), "cpu", 8, 1)
+    assert not backend.takes_tensors  # on the CPU the engine gives it host batches (service/batch_runner.py)
+    assert backend.input_dtype == torch.float32  # the fp16 export keeps a float32 input
+    x = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    with backend.stream_context():
+        logits = backend.infer_tensor(x)
+    assert logits.dtype == torch.float32 and logits.device == x.device
+    torch.testing.assert_close(logits, 2 * x)  # ONNX Runtime wrote into the tensor it was given
+    np.testing.assert_array_equal(logits.numpy(), backend.infer(x.numpy()))
+    with pytest.raises(ValueError, match=r"contiguous torch.float32 batch, not torch.float32"):
+        backend.infer_tensor(torch.zeros(4, 3).t())  # a view in another layout: its pointer would lie
+    with pytest.raises(ValueError, match="not torch.float16"):
+        backend.infer_tensor(x.half())
+
+
+def test_on_cuda_it_runs_on_its_own_stream_and_takes_tensors(tmp_path, monkeypatch):
+    made: list[dict] = []
+
+    class Session(FakeCudaSession):
+        def __init__(self, path, sess_options=None, providers=None):
+            made.append(dict(providers[0][1]))
+
+    class Stream:
+        cuda_stream = 0x7F00  # a handle; ONNX Runtime reads 0 as none
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: Stream())
+    backend = OnnxRuntimeBackend(tiny_onnx(tmp_path / "m.onnx"), "cuda", 8, 1)
+    assert made == [{"device_id": 0, "user_compute_stream": str(0x7F00)}]
+    assert backend.takes_tensors and backend.input_dtype == torch.float32
 
 
 def test_a_silent_fallback_to_the_cpu_is_refused_with_onnx_runtimes_reason(tmp_path, monkeypatch):

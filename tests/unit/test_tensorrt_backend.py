@@ -7,6 +7,7 @@ What runs on a real GPU is in tests/gpu/.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import textwrap
 
@@ -15,6 +16,7 @@ import torch
 
 from export import to_trt, trt_sidecar
 from export.onnx_metadata import fp16_sibling
+from export.trt_runner import EngineRunError
 from service.backends import select_backend
 from service.backends.tensorrt import TensorRTBackend, engine_batch_sizes
 from service.errors import BackendUnavailable
@@ -25,13 +27,26 @@ from tests.tiny_onnx import WEIGHTS_SHA256, tiny_onnx
 DEVICE = trt_sidecar.DeviceInfo("Fake GPU", "9.0", "11.0.0")
 
 
+class FakeStream:
+    """A CUDA stream as far as TrtEngineRunner uses one: a handle, and the events it was told to wait for."""
+
+    cuda_stream = 0x5EED
+
+    def __init__(self) -> None:
+        self.waited: list[object] = []
+
+    def wait_event(self, event):
+        self.waited.append(event)
+
+
 @pytest.fixture
 def gpu_host(monkeypatch):
     """TensorRT 11 (the stand-in) and a CUDA GPU, as far as our code can tell."""
     trt = FakeTensorRT(11)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: object())  # TrtEngineRunner's stream
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: FakeStream())  # TrtEngineRunner's stream
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
     monkeypatch.setattr(trt_sidecar, "current_device", lambda gpu_index=0: DEVICE)
     monkeypatch.setattr(to_trt, "load_tensorrt", lambda: trt)
     monkeypatch.setattr(
@@ -66,6 +81,27 @@ def test_auto_picks_tensorrt_with_the_fp16_engine_built_from_the_fp16_onnx(gpu_h
     assert selection.reason.startswith("auto on cuda") and not selection.skipped
     assert backend.batch_sizes == (1, 2, 4, 8, 16, 32)  # warmed up and padded to; the profile is 1..64
     assert backend.describe()["batch_sizes"] == [1, 2, 4, 8, 16, 32]
+
+
+def test_a_tensor_batch_is_read_and_answered_in_place_on_the_runners_stream_after_its_producer(
+    gpu_host, models, tmp_path
+):
+    _, fp16 = models
+    backend = TensorRTBackend(build(tmp_path, fp16), 32, WEIGHTS_SHA256)
+    assert backend.takes_tensors and backend.input_dtype == torch.float32 and not backend.channels_last
+    x = torch.rand(4, 3, 224, 224)  # CPU memory standing in for the GPU's: the stand-in reads its pointer
+    ready = object()  # the event the engine's prepare stream recorded after writing x
+    with backend.stream_context():
+        logits = backend.infer_tensor(x, ready)
+    torch.testing.assert_close(logits, x.mean(dim=(2, 3)))  # the network's answer, in the tensor returned
+    assert backend._runner.stream.waited == [ready]
+    assert gpu_host.calls[-1] == ("execute", FakeStream.cuda_stream, (4, 3, 224, 224))
+    with pytest.raises(ValueError, match="contiguous torch.float32 batch"):
+        backend.infer_tensor(x.contiguous(memory_format=torch.channels_last), ready)  # its pointer would lie
+    with pytest.raises(ValueError, match="not torch.float16"):
+        backend.infer_tensor(x.half(), ready)
+    with pytest.raises(EngineRunError, match="outside the engine's optimization profile"):
+        backend.infer_tensor(torch.zeros(65, 3, 1, 1), ready)  # the profile is 1..64
 
 
 def test_precision_comes_from_the_sidecar_and_an_explicit_one_must_match(gpu_host, models, tmp_path):
