@@ -74,6 +74,8 @@ step pytest-gpu 180 $PY -m pytest -q -rs -p no:cacheprovider tests/gpu tests/uni
 step bench-service 300 $PY -m loadtest.bench --gpu --onnx "$ONNX" --duration-s 4 --warmup-s 1 \
     --engine-batches 1,8,32 --engine-time-s 2 --procs auto --out "$WORK/bench" \
     --layout "cpu decode:--decode=cpu" --layout "1 front end, cpu decode:--decode=cpu --http-workers=1"
+# What the engine's one event loop can take with inference free: is the 8,000 img/s target in reach here?
+step engine-wire 60 $PY -m loadtest.engine_wire --onnx "$ONNX" --frontends 8 --seconds 5
 step train 150 bash scripts/gpu_train_check.sh "$WORK/train"
 step bench-train 120 $PY -m model.bench_train --device cuda --warmup 3 --steps 10 --workers 12 \
     --json "$WORK/bench_train.json"

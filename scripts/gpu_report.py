@@ -36,6 +36,16 @@ def pytest_summary(work: Path) -> str | None:
     return lines[-1] if lines else None
 
 
+def engine_wire_summary(work: Path) -> list[str]:
+    """loadtest.engine_wire's report: the engine's own ceiling in requests/s, with inference free."""
+    log = work / "engine-wire.log"
+    if not log.is_file():
+        return []
+    lines = log.read_text().splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("host: ")), len(lines))
+    return lines[start:]
+
+
 def train_summary(work: Path) -> dict | None:
     log = work / "train.log"
     if not log.is_file():
@@ -100,6 +110,7 @@ def build_report(work: Path, budget_s: int) -> dict:
         "budget_s": budget_s,
         "steps": read_steps(work),
         "pytest": pytest_summary(work),
+        "engine_wire": engine_wire_summary(work),
         "train": train_summary(work),
         "bench_train": load_json(work / "bench_train.json"),
         "bench_train_compile": load_json(work / "bench_train_compile.json"),
@@ -141,6 +152,8 @@ def markdown(report: dict) -> str:
                 f"{_fmt(r.get('p99_ms'), '.2f')} | {note} |"
             )
         md.append("")
+    if report["engine_wire"]:
+        md += ["## The engine's own ceiling (loadtest.engine_wire)", "", "```", *report["engine_wire"], "```", ""]
     for key, title in (
         ("bench_train", "Training throughput (model.bench_train)"),
         ("bench_train_compile", "Training throughput with torch.compile"),

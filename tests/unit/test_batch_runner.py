@@ -219,3 +219,36 @@ def test_crops_preloaded_on_arrival_give_the_same_batch(fitted, selections):
     runner.preload(preloaded[::2])  # every other one arrived while a batch ran
     assert all(image.row is not None for image in preloaded[::2]) and preloaded[1].row is None
     np.testing.assert_array_equal(runner.prepare(preloaded).batch, plain)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this host")
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_on_cuda_crops_and_jpegs_decoded_by_nvjpeg_give_the_cpu_top_1(fitted, selections, backend):
+    """The tensor path on a GPU: uint8 crops and nvJPEG-decoded JPEGs normalised on the device, fp16
+    inference (CUDA graphs, or ONNX Runtime bound by device pointer on its own stream), top-k there."""
+    if backend == "onnxruntime":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            pytest.skip("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+    settings = Settings(
+        onnx=fitted.onnx, checkpoint=fitted.checkpoint, backend=backend, device="cuda", max_batch_size=32
+    )
+    selection = select_backend(settings)
+    assert selection.backend.takes_tensors
+    meta = selection.metadata
+    runner = EngineRunner(selection.backend, meta, CONFIG, JpegDecoder(selection.backend.device, 256, 224))
+    jpegs = [jpeg(d) for d, _ in fitted.eval_images(per_class=2)]
+    staging = Staging()
+    crops = staging.images([staging.crop(d) for d in jpegs], want_logits=True)
+    outputs = run(runner, crops + staging.images([staging.jpeg(d) for d in jpegs], want_logits=True))
+    cpu = selections["onnxruntime"]  # fp32 on the CPU, the host path: the reference
+    reference = run(EngineRunner(cpu.backend, cpu.metadata, CONFIG), crops)
+    n = len(jpegs)
+    assert [o.decode for o in outputs] == ["cpu"] * n + ["gpu"] * n
+    for out, want in zip(outputs[:n], reference, strict=True):  # the same uint8 crops: fp16 rounding only
+        np.testing.assert_allclose(softmax(out.logits), softmax(want.logits), atol=0.02)
+    decoded = outputs[n:]  # nvJPEG's IDCT and the tensor resize: near-ties may swap, nothing more
+    assert sum(o.indices[0] == w.indices[0] for o, w in zip(decoded, reference, strict=True)) >= 0.9 * n
+    assert all(np.corrcoef(o.logits, w.logits)[0, 1] > 0.99 for o, w in zip(decoded, reference, strict=True))
