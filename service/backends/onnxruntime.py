@@ -119,6 +119,9 @@ class OnnxRuntimeBackend(Backend):
             self.batch_sizes = powers_of_two_up_to(max_batch_size)
             self._session, self._stream = self._cuda_session(ort, onnx_path, options)
             self.takes_tensors = self._stream is not None
+            if self.takes_tensors:  # refused now, not on the first batch
+                for tensor in (*self._session.get_inputs(), *self._session.get_outputs()):
+                    _tensor_dtypes(tensor.type)
         else:
             options.intra_op_num_threads = cpu_threads
             self.device = "cpu"

@@ -45,6 +45,9 @@ class FakeCudaSession:
     def get_inputs(self):
         return [SimpleNamespace(name="input", type="tensor(float)")]
 
+    def get_outputs(self):
+        return [SimpleNamespace(name="logits", type="tensor(float)", shape=["N", 1000])]
+
 
 def test_on_cuda_batches_are_padded_to_the_warmed_powers_of_two_and_dlls_preloaded_first(tmp_path, monkeypatch):
     order: list[str] = []
@@ -96,6 +99,14 @@ def test_on_cuda_it_runs_on_its_own_stream_and_takes_tensors(tmp_path, monkeypat
     backend = OnnxRuntimeBackend(tiny_onnx(tmp_path / "m.onnx"), "cuda", 8, 1)
     assert made == [{"device_id": 0, "user_compute_stream": str(0x7F00)}]
     assert backend.takes_tensors and backend.input_dtype == torch.float32
+
+    class Uint8Input(Session):
+        def get_inputs(self):
+            return [SimpleNamespace(name="input", type="tensor(uint8)")]
+
+    monkeypatch.setattr(ort, "InferenceSession", Uint8Input)
+    with pytest.raises(BackendUnavailable, match=r"must be float or float16, not tensor\(uint8\)"):
+        OnnxRuntimeBackend(tiny_onnx(tmp_path / "m.onnx"), "cuda", 8, 1)
 
 
 def test_a_silent_fallback_to_the_cpu_is_refused_with_onnx_runtimes_reason(tmp_path, monkeypatch):
