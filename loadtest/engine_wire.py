@@ -49,9 +49,17 @@ class InstantBackend(Backend):
         return np.zeros((batch.shape[0], self.num_classes), np.float32)
 
 
-def engine_process(address: str, onnx: str) -> None:
-    """The engine process: ``service.engine.run_engine``, the backend made instant."""
-    os.environ.update({"ALEXNET_ONNX": onnx, "ALEXNET_BACKEND": "onnxruntime", "ALEXNET_DEVICE": "cpu"})
+def engine_process(address: str, onnx: str, in_flight: int) -> None:
+    """The engine process: ``service.engine.run_engine``, the backend made instant, its queue deep
+    enough for every request the front ends keep in flight (``in_flight``, all of them together)."""
+    os.environ.update(
+        {
+            "ALEXNET_ONNX": onnx,
+            "ALEXNET_BACKEND": "onnxruntime",
+            "ALEXNET_DEVICE": "cpu",
+            "ALEXNET_QUEUE_CAPACITY": str(max(256, in_flight)),
+        }
+    )
     os.environ.setdefault("ALEXNET_LOG_LEVEL", "warning")
     import service.engine
     from service.process import reuse_freed_memory
@@ -108,7 +116,10 @@ def run_frontend(address: str, index: int, in_flight: int, seconds: float, start
         await client.stop()
 
     use_uvloop()
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except Exception as exc:  # said once, by the parent, instead of a traceback per front end
+        out.send(f"front end {index}: {type(exc).__name__}: {exc}")
 
 
 def thread_cpu_s(pid: int) -> dict[int, float]:
@@ -135,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     ensure_onnx(Path(args.onnx))
     ctx = multiprocessing.get_context("spawn")
     address = f"alexnet-engine-wire-{os.getpid()}-{secrets.token_hex(4)}"
-    engine = ctx.Process(target=engine_process, args=(address, str(args.onnx)), daemon=True)
+    engine = ctx.Process(
+        target=engine_process, args=(address, str(args.onnx), args.frontends * args.in_flight), daemon=True
+    )
     engine.start()
     start_at = time.monotonic() + 15.0  # loading the model and spawning the front ends
     pipes, frontends = [], []
