@@ -1,11 +1,34 @@
-"""Small synthetic ImageFolder sets, built once per session in a temporary directory."""
+"""Integration fixtures: small synthetic ImageFolder sets (built once per session), the service's
+settings for in-process servers, a server whose backend holds its batches, and a keyed server."""
 
 from __future__ import annotations
 
 import pytest
 
 from model.synthetic import generate
+from service.settings import Settings
 from tests.conftest import start_server
+from tests.fakes import install_gated_backend
+
+
+def settings(onnx_model, **overrides) -> Settings:
+    """The in-process servers' settings: ONNX Runtime on ``onnx_model``, and ``overrides``."""
+    return Settings(onnx=onnx_model, backend="onnxruntime", **overrides)
+
+
+@pytest.fixture
+def gated_server(onnx_model, inprocess_server, monkeypatch):
+    """``server, backend = gated_server(**overrides)``: an in-process server (``settings``) whose backend
+    (a tests.fakes.GatedBackend) holds every batch until ``backend.gate.set()``; the gate starts closed."""
+
+    def start(**overrides):
+        holder = install_gated_backend(monkeypatch)
+        server = inprocess_server(settings(onnx_model, **overrides))
+        backend = holder["backend"]
+        backend.gate.clear()
+        return server, backend
+
+    return start
 
 
 @pytest.fixture(scope="session")

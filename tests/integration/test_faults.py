@@ -11,19 +11,15 @@ import pytest
 
 from tests.conftest import make_image, wait_until
 from tests.fakes import install_gated_backend, occupy
-from tests.integration.test_service import classify, metric, settings
+from tests.integration.conftest import settings
+from tests.integration.test_service import classify, metric
 
 pytestmark = pytest.mark.integration
 IMAGE = make_image(120, 90, seed=3)
 
 
-def test_a_backend_fault_fails_its_batch_only_is_counted_and_later_requests_succeed(
-    onnx_model, inprocess_server, monkeypatch
-):
-    holder = install_gated_backend(monkeypatch)
-    server = inprocess_server(settings(onnx_model))
-    backend = holder["backend"]
-    backend.gate.clear()
+def test_a_backend_fault_fails_its_batch_only_is_counted_and_later_requests_succeed(gated_server):
+    server, backend = gated_server()
     with ThreadPoolExecutor(4) as pool:
         first, batch = occupy(pool, lambda: classify(server.url, IMAGE), backend, server.state.batcher, queued=3)
         backend.fail_next = 2  # the running batch and the next one (the three queued requests)
@@ -37,11 +33,8 @@ def test_a_backend_fault_fails_its_batch_only_is_counted_and_later_requests_succ
     assert metric(server.url, "alexnet_backend_failures_total") == 2  # batches
 
 
-def test_a_hung_backend_trips_the_deadline_and_readiness_then_recovers(onnx_model, inprocess_server, monkeypatch):
-    holder = install_gated_backend(monkeypatch)
-    server = inprocess_server(settings(onnx_model, request_timeout_s=0.5))
-    backend = holder["backend"]
-    backend.gate.clear()
+def test_a_hung_backend_trips_the_deadline_and_readiness_then_recovers(gated_server):
+    server, backend = gated_server(request_timeout_s=0.5)
     assert classify(server.url, IMAGE).status_code == 504
     ready = httpx.get(server.url + "/readyz")
     assert ready.status_code == 503 and "stalled" in ready.json()["reason"]

@@ -10,7 +10,8 @@ import pytest
 
 from tests.conftest import make_image, wait_until
 from tests.fakes import install_gated_backend
-from tests.integration.test_service import classify, settings
+from tests.integration.conftest import settings
+from tests.integration.test_service import classify
 
 pytestmark = pytest.mark.integration
 IMAGE = make_image(200, 150, seed=4)

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from service.postprocess import softmax
-from service.settings import Settings
 from tests.conftest import make_image, start_server, wait_until
 from tests.fakes import install_gated_backend, occupy
+from tests.integration.conftest import settings
 from tests.synthetic import NUM_CLASSES
 
 pytestmark = pytest.mark.integration
@@ -237,15 +237,8 @@ def limited_server(fitted, tmp_path_factory):
 
 
 # -- overload, deadlines, readiness, shutdown, disconnects ------------------------------------
-def settings(onnx_model, **overrides) -> Settings:
-    return Settings(onnx=onnx_model, backend="onnxruntime", **overrides)
-
-
-def test_a_full_queue_answers_503_with_retry_after(onnx_model, inprocess_server, monkeypatch):
-    holder = install_gated_backend(monkeypatch)
-    server = inprocess_server(settings(onnx_model, queue_capacity=2, max_images_per_request=1))
-    backend = holder["backend"]
-    backend.gate.clear()
+def test_a_full_queue_answers_503_with_retry_after(gated_server):
+    server, backend = gated_server(queue_capacity=2, max_images_per_request=1)
     data = make_image(100, 100)
     with ThreadPoolExecutor(3) as pool:
         first, queued = occupy(pool, lambda: classify(server.url, data), backend, server.state.batcher, queued=2)
@@ -277,11 +270,8 @@ def readyz_reason(url: str) -> str:
     return r.json()["reason"]
 
 
-def test_graceful_shutdown_completes_requests_in_flight(onnx_model, inprocess_server, monkeypatch):
-    holder = install_gated_backend(monkeypatch)
-    server = inprocess_server(settings(onnx_model))
-    backend = holder["backend"]
-    backend.gate.clear()
+def test_graceful_shutdown_completes_requests_in_flight(gated_server):
+    server, backend = gated_server()
     with ThreadPoolExecutor(1) as pool:
         in_flight = pool.submit(classify, server.url, make_image(100, 100))
         backend.wait_started()
@@ -317,11 +307,8 @@ def test_sigterm_stops_the_process_cleanly(onnx_model, server_factory):
     assert "Waiting for application shutdown" in log and "stopped" in log and "Traceback" not in log
 
 
-def test_a_client_that_hangs_up_takes_no_batch_slot(onnx_model, inprocess_server, monkeypatch):
-    holder = install_gated_backend(monkeypatch)
-    server = inprocess_server(settings(onnx_model))
-    backend = holder["backend"]
-    backend.gate.clear()
+def test_a_client_that_hangs_up_takes_no_batch_slot(gated_server):
+    server, backend = gated_server()
     data = make_image(100, 100)
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(classify, server.url, data)

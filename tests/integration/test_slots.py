@@ -9,8 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.conftest import make_image, wait_until
-from tests.fakes import install_gated_backend
-from tests.integration.test_service import classify, classify_then_hang_up, settings
+from tests.integration.test_service import classify, classify_then_hang_up
 
 pytestmark = pytest.mark.integration
 IMAGE = make_image(200, 150, seed=9)
@@ -20,13 +19,8 @@ def slots_in_use(server) -> int:
     return server.frontend.pipeline.arena.used_slots
 
 
-def test_slots_of_requests_past_their_deadline_return_whether_running_or_queued(
-    onnx_model, inprocess_server, monkeypatch
-):
-    holder = install_gated_backend(monkeypatch)
-    server = inprocess_server(settings(onnx_model, request_timeout_s=1.0))
-    backend = holder["backend"]
-    backend.gate.clear()
+def test_slots_of_requests_past_their_deadline_return_whether_running_or_queued(gated_server):
+    server, backend = gated_server(request_timeout_s=1.0)
     with ThreadPoolExecutor(2) as pool:
         running = pool.submit(classify, server.url, IMAGE)
         backend.wait_started()  # its batch was prepared (pixels copied out of the arena) and runs
@@ -41,11 +35,8 @@ def test_slots_of_requests_past_their_deadline_return_whether_running_or_queued(
     assert backend.calls == [1]
 
 
-def test_slots_of_a_client_that_hung_up_return(onnx_model, inprocess_server, monkeypatch):
-    holder = install_gated_backend(monkeypatch)
-    server = inprocess_server(settings(onnx_model))
-    backend = holder["backend"]
-    backend.gate.clear()
+def test_slots_of_a_client_that_hung_up_return(gated_server):
+    server, backend = gated_server()
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(classify, server.url, IMAGE)
         backend.wait_started()
@@ -58,13 +49,8 @@ def test_slots_of_a_client_that_hung_up_return(onnx_model, inprocess_server, mon
     wait_until(lambda: slots_in_use(server) == 0, 30, "every slot to come back")
 
 
-def test_requests_waiting_on_an_engine_that_goes_away_fail_at_once_and_free_their_slots(
-    onnx_model, inprocess_server, monkeypatch
-):
-    holder = install_gated_backend(monkeypatch)
-    server = inprocess_server(settings(onnx_model))
-    backend = holder["backend"]
-    backend.gate.clear()
+def test_requests_waiting_on_an_engine_that_goes_away_fail_at_once_and_free_their_slots(gated_server):
+    server, backend = gated_server()
     with ThreadPoolExecutor(2) as pool:
         waiting = [pool.submit(classify, server.url, IMAGE) for _ in range(2)]
         # Submitted, not only staged: a slot is taken before its image is decoded, and a request still
