@@ -15,6 +15,7 @@ first run (measured on the 2-core host: batch 17 took 113 ms the first time and 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -119,9 +120,8 @@ class OnnxRuntimeBackend(Backend):
             self.batch_sizes = powers_of_two_up_to(max_batch_size)
             self._session, self._stream = self._cuda_session(ort, onnx_path, options)
             self.takes_tensors = self._stream is not None
-            if self.takes_tensors:  # refused now, not on the first batch
-                for tensor in (*self._session.get_inputs(), *self._session.get_outputs()):
-                    _tensor_dtypes(tensor.type)
+            if self.takes_tensors:
+                self._tensor_io  # noqa: B018  # an input or output it cannot bind is refused now, not on a batch
         else:
             options.intra_op_num_threads = cpu_threads
             self.device = "cpu"
@@ -176,9 +176,15 @@ class OnnxRuntimeBackend(Backend):
         return binding.copy_outputs_to_cpu()[0]
 
     # -- the tensor path (on CUDA; the CPU provider runs it too, on CPU tensors) -----------------------
+    @functools.cached_property
+    def _tensor_io(self) -> tuple:
+        """(input torch dtype, its numpy dtype, output torch dtype, its numpy dtype, classes), read once."""
+        inputs, output = self._session.get_inputs()[0], self._session.get_outputs()[0]
+        return (*_tensor_dtypes(inputs.type), *_tensor_dtypes(output.type), output.shape[1])
+
     @property
     def input_dtype(self):
-        return _tensor_dtypes(self._session.get_inputs()[0].type)[0]
+        return self._tensor_io[0]
 
     def stream_context(self):
         if self._stream is None:
@@ -192,9 +198,7 @@ class OnnxRuntimeBackend(Backend):
         tensor on the same device; on CUDA both on the backend's stream, after ``ready``."""
         import torch
 
-        inputs, output = self._session.get_inputs()[0], self._session.get_outputs()[0]
-        in_torch, in_numpy = _tensor_dtypes(inputs.type)
-        out_torch, out_numpy = _tensor_dtypes(output.type)
+        in_torch, in_numpy, out_torch, out_numpy, classes = self._tensor_io
         if batch.dtype != in_torch or not batch.is_contiguous():
             raise ValueError(f"ONNX Runtime takes a contiguous {in_torch} batch, not {batch.dtype} in this layout")
         device = batch.device
@@ -205,7 +209,7 @@ class OnnxRuntimeBackend(Backend):
                 else:
                     self._stream.wait_stream(torch.cuda.current_stream(device))
                 batch.record_stream(self._stream)  # its memory is not reused before ONNX Runtime has read it
-            logits = torch.empty((batch.shape[0], output.shape[1]), dtype=out_torch, device=device)
+            logits = torch.empty((batch.shape[0], classes), dtype=out_torch, device=device)
         binding = self._session.io_binding()
         index = device.index or 0
         binding.bind_input(INPUT_NAME, device.type, index, in_numpy, tuple(batch.shape), batch.data_ptr())
