@@ -1,7 +1,8 @@
-"""Test doubles: backends that tests can pause, fail or count the calls of.
+"""Test doubles: backends that tests can pause, fail or count the calls of, and a CPU stand-in for nvJPEG.
 
 ``ControlledBackend`` holds the controls; ``EchoBackend`` (the batcher's unit tests) answers each
 row with its own identity, ``GatedBackend`` (the service's tests) delegates to a real backend.
+``pil_decode`` decodes as ``torchvision.io.decode_jpeg(list, device="cuda")`` does, with PIL.
 """
 
 from __future__ import annotations
@@ -116,3 +117,22 @@ def occupy(
     waiting = [pool.submit(send) for _ in range(queued)]
     wait_until(lambda: batcher.depth >= queued, 30, f"{queued} requests in the queue")
     return running, waiting
+
+
+def pil_decode(tensors: list) -> list:
+    """nvJPEG's contract on the CPU: bytes (uint8 tensors) -> (3, H, W) uint8 RGB tensors, RuntimeError
+    when any fails."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    out = []
+    for t in tensors:
+        try:
+            image = Image.open(io.BytesIO(t.numpy().tobytes()))
+            image.load()
+        except OSError as exc:
+            raise RuntimeError(f"decode failed: {exc}") from exc
+        out.append(torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1))
+    return out

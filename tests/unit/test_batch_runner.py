@@ -23,6 +23,7 @@ from service.postprocess import softmax
 from service.preprocess import PreprocessConfig, preprocess_uint8
 from service.settings import Settings
 from service.wire import ImageRef
+from tests.fakes import pil_decode
 
 CONFIG = PreprocessConfig()
 
@@ -31,19 +32,6 @@ def jpeg(png: bytes, quality: int = 95) -> bytes:
     out = io.BytesIO()
     Image.open(io.BytesIO(png)).convert("RGB").save(out, "JPEG", quality=quality)
     return out.getvalue()
-
-
-def pil_decode(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """nvJPEG's contract on the CPU: bytes -> (3, H, W) uint8 RGB, RuntimeError when any fails."""
-    out = []
-    for t in tensors:
-        try:
-            image = Image.open(io.BytesIO(t.numpy().tobytes()))
-            image.load()
-        except OSError as exc:
-            raise RuntimeError(f"decode failed: {exc}") from exc
-        out.append(torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1))
-    return out
 
 
 class Staging:

@@ -5,7 +5,6 @@ their libraries."""
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -13,10 +12,8 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from export.onnx_metadata import ModelMetadata
 from loadtest.bench import unmeasured_backends
@@ -27,6 +24,7 @@ from service.backends.torch import cuda_graph_buckets
 from service.engine import choose_decode
 from service.errors import NotReady
 from service.settings import Settings
+from tests.fakes import pil_decode
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,12 +41,6 @@ class CudaBackend(Backend):
 
     def infer(self, batch):
         raise AssertionError("not run here")
-
-
-def pil_decode(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """nvJPEG's contract on the CPU: JPEG bytes -> (3, H, W) uint8 RGB."""
-    images = (Image.open(io.BytesIO(t.numpy().tobytes())).convert("RGB") for t in tensors)
-    return [torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1) for image in images]
 
 
 def test_jpegs_are_decoded_on_the_gpu_for_any_cuda_backend_that_takes_tensors_and_else_it_says_why(monkeypatch):
