@@ -26,6 +26,15 @@ import numpy as np
 SLOT_BYTES = 227 * 227 * 3
 
 
+def _view(mapping: mmap.mmap, offset: int, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+    """A NumPy view of ``mapping`` that holds it mapped: ``np.frombuffer`` keeps the buffer exported as
+    long as the array (or any view of it) lives, so ``mapping.close()`` raises BufferError instead of
+    unmapping memory a thread is still reading. ``np.ndarray(buffer=...)`` does not: the mapping
+    closed under it, and the reader crashed (SIGSEGV)."""
+    count = math.prod(shape)
+    return np.frombuffer(mapping, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
 class ArenaFull(Exception):
     """No run of free slots is long enough; the request is refused (503) rather than queued."""
 
@@ -92,7 +101,7 @@ class Arena:
 
     def array(self, span: Span, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
         """A writable NumPy view of the span, to decode straight into it."""
-        return np.ndarray(shape, dtype=dtype, buffer=self._map, offset=span.offset)
+        return _view(self._map, span.offset, shape, dtype)
 
     def close(self) -> None:
         try:
@@ -114,7 +123,7 @@ class ArenaView:
         count = int(np.prod(shape)) * np.dtype(dtype).itemsize
         if offset < 0 or offset + count > self.size:
             raise ValueError(f"span {offset}+{count} is outside the arena of {self.size} bytes")
-        return np.ndarray(shape, dtype=dtype, buffer=self._map, offset=offset)
+        return _view(self._map, offset, shape, dtype)
 
     def bytes(self, offset: int, nbytes: int) -> memoryview:
         if offset < 0 or offset + nbytes > self.size:

@@ -334,10 +334,8 @@ class EngineServer:
                 log.info("front end %d (pid %d) disconnected", frontend, pid)
             else:
                 log.warning("front end %d (pid %d) disconnected without a goodbye (it died?)", frontend, pid)
-            give_up = time.monotonic() + self.settings.request_timeout_s + 5
-            while conn.preloading and time.monotonic() < give_up:  # the preload thread may read its arena
-                await asyncio.sleep(0.01)
-            conn.arena.close()
+            # Its arena is not closed here: a batch formed before the front end went, or the preload
+            # thread, may still be reading it. The mapping goes with its last reference (arena.py).
 
     def _handle(self, conn: Connection, message: object) -> None:
         if isinstance(message, wire.Submit):

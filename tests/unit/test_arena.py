@@ -65,6 +65,26 @@ def test_the_engine_reads_what_the_front_end_wrote_through_the_passed_descriptor
     arena.close()
 
 
+def test_a_view_keeps_its_memory_mapped_through_close_on_both_sides():
+    """A batch may still be reading a view when its front end's arena is closed: close must not unmap
+    under it (it did, with views made by np.ndarray(buffer=...): a segfault on the next read)."""
+    arena = Arena(4, 48)
+    crop = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    span = arena.allocate(crop.nbytes)
+    written = arena.array(span, crop.shape, np.uint8)
+    written[...] = crop
+    view = ArenaView(os.dup(arena.fd))
+    read = view.array(span.offset, crop.shape, np.uint8)[1:]  # a view of the view holds it too
+    view.close()
+    arena.close()
+    np.testing.assert_array_equal(read, crop[1:])  # still mapped
+    written[0, 0, 0] = 200  # the front end's view, still writable
+    del written, read
+    view.close()  # nothing reads it now: this one unmaps
+    with pytest.raises(ValueError, match="closed"):
+        view.array(span.offset, crop.shape, np.uint8)
+
+
 def test_slot_count_covers_a_share_of_the_queue_and_the_largest_float32_request():
     assert arena_slot_count(256, 1, 32, 32) == 256 + 32
     assert arena_slot_count(256, 16, 32, 32) == 4 * 32 + 8  # a full FP32 request still fits
