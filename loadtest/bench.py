@@ -140,15 +140,10 @@ def device_name(device: str) -> str:
 
         return torch.cuda.get_device_name(0)
     import os
-    import platform
 
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} CPU cores"
+    from model.host import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} CPU cores"
 
 
 def measure_in_process(backend_name: str, args, images: list[bytes]) -> dict:

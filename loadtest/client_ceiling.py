@@ -29,15 +29,8 @@ from pathlib import Path
 
 from loadtest.multiproc import healthz_ceiling, resolve_procs
 from loadtest.servers import REPO, free_port
+from model.host import cpu_model
 from service.cpus import usable_cpus
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
-    except OSError:
-        return "unknown CPU"
 
 
 def load_average() -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.bench import ensure_onnx
-from loadtest.client_ceiling import cpu_model
+from model.host import cpu_model
 from service.backends.base import Backend
 from service.cpus import usable_cpus
 

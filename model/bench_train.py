@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from model.alexnet import ARCHS, arch_spec, build
 from model.data import ImageFolder
 from model.engine import PRECISIONS, autocast, optimizer_step
+from model.host import cpu_model
 from model.synthetic import generate
 from model.transforms import LIGHTING_STD, BatchPreprocess, TrainTransform
 
@@ -40,15 +40,7 @@ MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu}, {torch.get_num_threads()} threads"
+    return f"CPU {cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def synchronize(device: torch.device) -> None:

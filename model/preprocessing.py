@@ -225,11 +225,11 @@ def _resize_crop_region(image: torch.Tensor, new_w: int, new_h: int, left: int, 
     # (separable filter) instead of a resized image that can be millions of pixels long.
     import torch
 
-    _, h, w = image.shape
+    h, w = image.shape[-2:]
     wy, y0 = _aa_weights(h, new_h, top, crop, image.device)  # (crop, span_y)
     wx, x0 = _aa_weights(w, new_w, left, crop, image.device)  # (crop, span_x)
-    region = image[:, y0 : y0 + wy.shape[1], x0 : x0 + wx.shape[1]].to(torch.float64)  # (3, span_y, span_x)
-    return wy @ region @ wx.T  # (3, crop, crop); float64, so no TF32 setting can reach it
+    region = image[..., y0 : y0 + wy.shape[1], x0 : x0 + wx.shape[1]].to(torch.float64)  # (..., 3, span_y, span_x)
+    return wy @ region @ wx.T  # (..., 3, crop, crop); float64, so no TF32 setting can reach it
 
 
 def resize_crop_tensor(image: torch.Tensor, resize_size: int = RESIZE_SIZE, crop_size: int = CROP_SIZE) -> torch.Tensor:
@@ -238,26 +238,32 @@ def resize_crop_tensor(image: torch.Tensor, resize_size: int = RESIZE_SIZE, crop
     Shorter side to ``resize_size`` with antialiased bilinear on float, torchvision's size rule and crop
     offsets, then round and clamp to uint8. When the resized long side would exceed
     ``MAX_RESIZED_SIDE``, only the crop's source region is resampled.
+
+    A batch of images of one size, (N, 3, H, W), gives (N, 3, crop, crop): each crop the same as that
+    image's alone, in one call per step instead of one per image (on CUDA: kernel launches per batch).
     """
     import torch
     import torch.nn.functional as F
 
-    if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
-        raise ValueError(f"expected a (3, H, W) uint8 image, got {tuple(image.shape)} {image.dtype}")
+    if image.dtype != torch.uint8 or image.dim() not in (3, 4) or image.shape[-3] != 3:
+        raise ValueError(f"expected a (3, H, W) or (N, 3, H, W) uint8 image, got {tuple(image.shape)} {image.dtype}")
     if not 1 <= crop_size <= resize_size:
         raise ValueError(f"crop_size {crop_size} must be between 1 and resize_size {resize_size}")
-    _, height, width = image.shape
+    height, width = image.shape[-2:]
     new_w, new_h = resized_size(width, height, resize_size)
     left, top = crop_offsets(new_w, new_h, crop_size)
     if max(new_w, new_h) > MAX_RESIZED_SIDE:
         crop = _resize_crop_region(image, new_w, new_h, left, top, crop_size)
     elif (new_w, new_h) == (width, height):
-        return image[:, top : top + crop_size, left : left + crop_size].contiguous()
+        return image[..., top : top + crop_size, left : left + crop_size].contiguous()
     else:
+        batch = image if image.dim() == 4 else image[None]
         resized = F.interpolate(
-            image[None].float(), size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
-        )[0]  # (3, new_h, new_w)
-        crop = resized[:, top : top + crop_size, left : left + crop_size]
+            batch.float(), size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
+        )
+        if image.dim() == 3:
+            resized = resized[0]  # (3, new_h, new_w)
+        crop = resized[..., top : top + crop_size, left : left + crop_size]
     return crop.round_().clamp_(0, 255).to(torch.uint8).contiguous()
 
 

@@ -36,9 +36,9 @@ def pytest_summary(work: Path) -> str | None:
     return lines[-1] if lines else None
 
 
-def engine_wire_summary(work: Path) -> list[str]:
-    """loadtest.engine_wire's report: the engine's own ceiling in requests/s, with inference free."""
-    log = work / "engine-wire.log"
+def tool_report(work: Path, step: str) -> list[str]:
+    """A loadtest tool's report in its step's log: the lines from its ``host: `` line on."""
+    log = work / f"{step}.log"
     if not log.is_file():
         return []
     lines = log.read_text().splitlines()
@@ -110,7 +110,8 @@ def build_report(work: Path, budget_s: int) -> dict:
         "budget_s": budget_s,
         "steps": read_steps(work),
         "pytest": pytest_summary(work),
-        "engine_wire": engine_wire_summary(work),
+        "engine_wire": tool_report(work, "engine-wire"),
+        "gpu_decode": tool_report(work, "gpu-decode"),
         "train": train_summary(work),
         "bench_train": load_json(work / "bench_train.json"),
         "bench_train_compile": load_json(work / "bench_train_compile.json"),
@@ -152,8 +153,12 @@ def markdown(report: dict) -> str:
                 f"{_fmt(r.get('p99_ms'), '.2f')} | {note} |"
             )
         md.append("")
-    if report["engine_wire"]:
-        md += ["## The engine's own ceiling (loadtest.engine_wire)", "", "```", *report["engine_wire"], "```", ""]
+    for key, title in (
+        ("engine_wire", "The engine's own ceiling (loadtest.engine_wire)"),
+        ("gpu_decode", "The engine's GPU JPEG path without HTTP (loadtest.gpu_decode)"),
+    ):
+        if report[key]:
+            md += [f"## {title}", "", "```", *report[key], "```", ""]
     for key, title in (
         ("bench_train", "Training throughput (model.bench_train)"),
         ("bench_train_compile", "Training throughput with torch.compile"),

@@ -20,6 +20,24 @@ from model.preprocessing import apply_exif_orientation_tensor, resize_crop_tenso
 log = logging.getLogger(__name__)
 
 DecodeBatch = Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]
+# Decoded bytes (uint8 values summed over a group's images) resized in one call: bounds the group's
+# float32 copy (four times as many bytes: 192 MiB) whatever the batch size.
+GROUP_MAX_BYTES = 48 << 20
+
+
+def same_size_groups(
+    images: list[tuple[int, torch.Tensor]], max_bytes: int = GROUP_MAX_BYTES
+) -> list[list[tuple[int, torch.Tensor]]]:
+    """(index, image) pairs grouped by shape and dtype, first seen first, each group cut to at most
+    ``max_bytes`` of uint8 values (and at least one image)."""
+    by_shape: dict[tuple, list[list[tuple[int, torch.Tensor]]]] = {}
+    for item in images:
+        image = item[1]
+        chunks = by_shape.setdefault((tuple(image.shape), image.dtype), [[]])
+        if chunks[-1] and (len(chunks[-1]) + 1) * image.numel() > max_bytes:
+            chunks.append([])
+        chunks[-1].append(item)
+    return [chunk for chunks in by_shape.values() for chunk in chunks]
 
 
 def torchvision_decoder(device: str) -> DecodeBatch:
@@ -35,30 +53,54 @@ def torchvision_decoder(device: str) -> DecodeBatch:
 class JpegDecoder:
     """Encoded JPEGs (host bytes) -> upright (3, crop, crop) uint8 crops on ``device``."""
 
-    def __init__(self, device: str, resize_size: int, crop_size: int, decode_batch: DecodeBatch | None = None) -> None:
+    def __init__(
+        self,
+        device: str,
+        resize_size: int,
+        crop_size: int,
+        decode_batch: DecodeBatch | None = None,
+        group_bytes: int | None = None,
+    ) -> None:
         self.device = device
         self.resize_size = resize_size
         self.crop_size = crop_size
         self._decode_batch = decode_batch or torchvision_decoder(device)
+        # Decoded bytes resized in one call (see same_size_groups); 0 = one image at a time. By default
+        # groups on CUDA, where every call is a few kernel launches from this thread under the GIL,
+        # and one by one on the CPU, where a group's float32 copy falls out of the caches (48 images
+        # of 500x375, one thread, 2-core AMD EPYC: 190 ms in one group, 74 ms one by one).
+        self.group_bytes = group_bytes if group_bytes is not None else (GROUP_MAX_BYTES if "cuda" in device else 0)
 
     def decode(self, jpegs: Sequence[tuple[memoryview, int]]) -> list[torch.Tensor | Exception]:
-        """One crop or one exception per (bytes, EXIF orientation), in order."""
+        """One crop or one exception per (bytes, EXIF orientation), in order.
+
+        On CUDA, upright images of one size are resized and cropped together (``same_size_groups``):
+        a batch of photos of one size costs a few kernel launches, not a few per image.
+        """
         data = [torch.frombuffer(buffer, dtype=torch.uint8) for buffer, _ in jpegs]
         try:
             images: list[torch.Tensor | Exception] = list(self._decode_batch(data))
         except RuntimeError as exc:  # the batch call returns nothing when one image fails: find which
             log.debug("batch JPEG decode failed (%s); decoding one by one", exc)
             images = [self._decode_one(tensor) for tensor in data]
-        out: list[torch.Tensor | Exception] = []
-        for image, (_buffer, orientation) in zip(images, jpegs, strict=True):
+        out: list[torch.Tensor | Exception] = list(images)
+        upright: list[tuple[int, torch.Tensor]] = []
+        for i, (image, (_buffer, orientation)) in enumerate(zip(images, jpegs, strict=True)):
             if isinstance(image, Exception):
-                out.append(image)
                 continue
             try:
-                upright = apply_exif_orientation_tensor(image, orientation)
-                out.append(resize_crop_tensor(upright, self.resize_size, self.crop_size))
+                upright.append((i, apply_exif_orientation_tensor(image, orientation)))
             except (RuntimeError, ValueError) as exc:
-                out.append(exc)
+                out[i] = exc
+        for group in same_size_groups(upright, self.group_bytes):
+            crops: Sequence[torch.Tensor | Exception]
+            try:
+                stacked = torch.stack([image for _, image in group])
+                crops = resize_crop_tensor(stacked, self.resize_size, self.crop_size).unbind()
+            except (RuntimeError, ValueError) as exc:
+                crops = (exc,) * len(group)
+            for (i, _), crop in zip(group, crops, strict=True):
+                out[i] = crop
         return out
 
     def _decode_one(self, tensor: torch.Tensor) -> torch.Tensor | Exception:

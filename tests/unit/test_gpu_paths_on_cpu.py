@@ -1,7 +1,7 @@
 """What of the GPU code paths a CPU host can check: the torch backend's batch buckets, which backends
 get JPEGs decoded on the GPU, the benchmark and gpu_check.sh refusing to call a run that measured
-nothing a success, and the TensorRT GPU tests skipping where the bindings are installed without
-their libraries."""
+nothing a success, gpu_check's report, and the TensorRT GPU tests skipping where the bindings are
+installed without their libraries."""
 
 from __future__ import annotations
 
@@ -123,3 +123,26 @@ def test_tensorrt_gpu_tests_skip_when_the_bindings_cannot_load_their_libraries(t
     assert proc.returncode == 5, proc.stdout + proc.stderr  # a module skipped whole: "no tests ran", not 2 (error)
     assert proc.stdout.strip().splitlines()[-1].startswith("1 skipped in")  # not "1 error"
     assert "cannot load its libraries: ImportError: libnvinfer.so.11" in proc.stdout
+
+
+def test_the_gpu_report_carries_the_engine_and_decode_tools_reports_and_fails_a_failed_step(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    (work / "gpu.txt").write_text("NVIDIA H100 80GB HBM3, 81559 MiB, 580.00\n")
+    (work / "steps.tsv").write_text("engine-wire\tok\t9\trc 0\ngpu-decode\tfailed\t3\trc 1\n")
+    (work / "engine-wire.log").write_text("starting\nhost: AMD EPYC, 16 CPUs usable\n8 front ends: 9,000 req/s\n")
+    (work / "gpu-decode.log").write_text("warming\nhost: AMD EPYC, NVIDIA H100\n   32  nvJPEG alone  9000  40.0\n")
+    run = subprocess.run(
+        [sys.executable, "scripts/gpu_report.py", "--work", str(work), "--out", str(out), "--budget-s", "480"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1 and "not ok: gpu-decode" in run.stderr
+    md = (out / "gpu_check.md").read_text()
+    assert md.startswith("# GPU check: NVIDIA H100 80GB HBM3")
+    wire = md.index("## The engine's own ceiling")
+    decode = md.index("## The engine's GPU JPEG path without HTTP")
+    assert "8 front ends: 9,000 req/s" in md[wire:decode] and "starting" not in md
+    assert "32  nvJPEG alone  9000  40.0" in md[decode:] and "warming" not in md

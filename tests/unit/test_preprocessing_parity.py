@@ -234,6 +234,18 @@ def test_the_crop_region_path_matches_the_full_resize(monkeypatch, device, size)
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("size", [(500, 375), (256, 300), (224, 224), (7, 5), (257, 4000)])
+def test_a_batch_of_one_size_gives_each_image_exactly_its_own_crop(device, size):
+    """Resize + crop of (N, 3, H, W) at once (the GPU path's same-size groups) is bit for bit each image
+    alone: full resize, no resize (256 short side), upscaling, and the crop-region path."""
+    rng = np.random.default_rng(size[0])
+    images = torch.from_numpy(rng.integers(0, 256, (5, 3, size[1], size[0]), np.uint8)).to(device)
+    together = resize_crop_tensor(images)
+    assert together.shape == (5, 3, 224, 224) and together.dtype == torch.uint8 and together.is_contiguous()
+    assert torch.equal(together, torch.stack([resize_crop_tensor(image) for image in images]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(3, 1, 40000), (3, 40000, 1), (3, 2, 300000)])
 def test_extreme_aspect_ratios_resample_only_the_crop_region(device, shape):
     """A 1x40000 image would resize to 256x10240000 (10 G floats); only the crop's region is made."""
@@ -249,6 +261,8 @@ def test_resize_crop_tensor_refuses_what_it_cannot_take():
         resize_crop_tensor(torch.zeros(3, 10, 10))
     with pytest.raises(ValueError, match=r"\(3, H, W\)"):
         resize_crop_tensor(torch.zeros(10, 10, 3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        resize_crop_tensor(torch.zeros(2, 10, 10, 3, dtype=torch.uint8))
     with pytest.raises(ValueError, match="crop_size"):
         resize_crop_tensor(torch.zeros(3, 10, 10, dtype=torch.uint8), 224, 256)
 

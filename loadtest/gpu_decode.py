@@ -1,0 +1,97 @@
+"""What the engine's GPU JPEG path can take, without HTTP: nvJPEG alone, then nvJPEG + EXIF + resize + crop
+(``service.gpu_decode.JpegDecoder``) with images of one size resized in groups, and one by one.
+
+    python -m loadtest.gpu_decode                              # CUDA, batches of 32 and 256, 3 s each
+    python -m loadtest.gpu_decode --batch 64 --images 500x375 --seconds 5
+
+Each row runs its batch over and over, waiting for the GPU after each, and prints images per second
+and the host CPU this thread spent per image (``time.thread_time``): in the engine that thread is the
+batcher's prepare thread, which shares the process's GIL with the engine's event loop, so its CPU
+per image bounds the service whatever the GPU does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+from collections.abc import Callable
+
+import torch
+
+from loadtest.corpus import build_corpus
+from model.host import cpu_model
+from model.preprocessing import CROP_SIZE, RESIZE_SIZE
+from service.gpu_decode import GROUP_MAX_BYTES, DecodeBatch, JpegDecoder, torchvision_decoder
+
+
+def measure(run: Callable[[], object], sync: Callable[[], None], seconds: float) -> tuple[int, float, float]:
+    """(calls, wall seconds, this thread's CPU seconds) of ``run`` + ``sync`` repeated for ``seconds``,
+    after one call to warm up."""
+    run()
+    sync()
+    calls, wall0, cpu0 = 0, time.perf_counter(), time.thread_time()
+    while True:
+        run()
+        sync()
+        calls += 1
+        wall = time.perf_counter() - wall0
+        if wall >= seconds:
+            return calls, wall, time.thread_time() - cpu0
+
+
+def rows(device: str, decode_batch: DecodeBatch, jpegs: list[bytes], batches: list[int], seconds: float) -> list[dict]:
+    """One row per (batch size, path): images/s and host CPU us per image."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    out = []
+    grouped = JpegDecoder(device, RESIZE_SIZE, CROP_SIZE, decode_batch, GROUP_MAX_BYTES)
+    alone = JpegDecoder(device, RESIZE_SIZE, CROP_SIZE, decode_batch, 0)
+    for size in batches:
+        chosen = [bytearray(jpegs[i % len(jpegs)]) for i in range(size)]
+        items = [(memoryview(data), 1) for data in chosen]
+        tensors = [torch.frombuffer(data, dtype=torch.uint8) for data in chosen]
+        paths = {
+            "nvJPEG alone": functools.partial(decode_batch, tensors),
+            "+ resize, crop: same-size groups": functools.partial(grouped.decode, items),
+            "+ resize, crop: one by one": functools.partial(alone.decode, items),
+        }
+        for name, run in paths.items():
+            calls, wall, cpu = measure(run, sync, seconds)
+            images = calls * size
+            out.append(
+                {"batch": size, "path": name, "img_per_s": images / wall, "host_cpu_us_per_img": cpu / images * 1e6}
+            )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.gpu_decode",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--device", default="cuda", help="where to decode (default: cuda)")
+    parser.add_argument("--batch", default="32,256", help="batch sizes, comma-separated (default: 32,256)")
+    parser.add_argument(
+        "--images", default="photos,500x375", help="corpus spec, as python -m loadtest's (default: photos,500x375)"
+    )
+    parser.add_argument("--seconds", type=float, default=3.0, help="per row (default: 3)")
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("no CUDA GPU is visible to PyTorch here; --device cpu measures torchvision's CPU decoder")
+    try:
+        decode_batch = torchvision_decoder(args.device)
+    except (ImportError, RuntimeError) as exc:
+        parser.error(f"torchvision's decode_jpeg is not available here: {exc}")
+    batches = [int(b) for b in args.batch.split(",") if b.strip()]
+    corpus = build_corpus(args.images)
+    gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "no GPU"
+    print(f"host: {cpu_model()}, {gpu}; images: {', '.join(f'{c.width}x{c.height}' for c in corpus)}")
+    print(f"{'batch':>5}  {'path':<34} {'img/s':>9} {'host CPU us/img':>16}")
+    for row in rows(args.device, decode_batch, [c.data for c in corpus], batches, args.seconds):
+        print(f"{row['batch']:>5}  {row['path']:<34} {row['img_per_s']:>9.0f} {row['host_cpu_us_per_img']:>16.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
