@@ -14,10 +14,12 @@ per Submit: only then may the front end reuse its slots), MetricsText.
 from __future__ import annotations
 
 import asyncio
+import copyreg
+import operator
 import pickle
 import socket
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,27 @@ PROTOCOL = 1
 STATUS_INTERVAL_S = 0.5  # heartbeat: a front end that hears nothing for several of these reconnects
 
 
+def per_request(code: int):
+    """For the messages every request sends (Submit, Result and what they hold): pickled as a one-byte
+    code (pickle's extension registry, ``copyreg.add_extension``; 240-255 are for private use) and
+    their field values in order, not as their module and class names and a slotted dataclass's state.
+    Each is pickled in one process and loaded in the other once per request, the engine's event loop
+    doing half of it: a Submit and a Result then take 3.7 us there instead of 10.2 (2-core AMD EPYC)."""
+
+    def register(cls):
+        values = operator.attrgetter(*(f.name for f in fields(cls)))
+
+        def __reduce__(self):
+            return cls, values(self)
+
+        cls.__reduce__ = __reduce__
+        copyreg.add_extension(cls.__module__, cls.__qualname__, code)
+        return cls
+
+    return register
+
+
+@per_request(240)
 @dataclass(slots=True)
 class ImageRef:
     """One image in the sender's arena."""
@@ -40,6 +63,7 @@ class ImageRef:
     orientation: int = 1  # EXIF orientation of a "jpeg" (1 = upright), applied after decoding
 
 
+@per_request(241)
 @dataclass(slots=True)
 class Submit:
     request_id: int
@@ -76,6 +100,7 @@ class StatusRequest:
     """Answered with a Status now (readiness probes want the engine's state, not the last heartbeat)."""
 
 
+@per_request(242)
 @dataclass(slots=True)
 class ImageResult:
     indices: list[int] | None  # k class indices, most probable first, ties to the lower index
@@ -87,6 +112,7 @@ class ImageResult:
     decode: str  # where the pixels came from: "cpu" (front end), "gpu" (nvJPEG), "engine-cpu" (fallback)
 
 
+@per_request(243)
 @dataclass(slots=True)
 class Result:
     request_id: int

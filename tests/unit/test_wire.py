@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import socket
 
 import numpy as np
@@ -31,6 +32,21 @@ def test_messages_round_trip_through_frames():
             await wire.read_message(reader)
 
     asyncio.run(main())
+
+
+def test_per_request_messages_travel_as_extension_codes_with_every_field():
+    logits = np.arange(4, dtype=np.float32)
+    messages = [
+        wire.Submit(9, 3.25, [wire.ImageRef("jpeg", 64, 1000, 6), wire.ImageRef("crop", 0, 150528)], 0, True),
+        wire.Result(9, [wire.ImageResult(None, None, logits, 0.5, 1.5, 2, "gpu")]),
+        wire.Result(10, None, "queue_full", "too many"),
+    ]
+    for message in messages:
+        data = wire.encode(message)[wire.HEADER.size :]
+        assert b"service.wire" not in data and type(message).__name__.encode() not in data
+        back = pickle.loads(data)
+        assert type(back) is type(message) and repr(back) == repr(message)
+    assert pickle.loads(wire.encode(messages[1])[wire.HEADER.size :]).images[0].logits.tolist() == [0, 1, 2, 3]
 
 
 def test_an_oversized_frame_is_refused_before_it_is_read():
