@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from export.onnx_metadata import ModelMetadata
-from service.arena import ArenaView
+from service.arena import SLOT_BYTES, Arena, ArenaView
 from service.backends.base import Backend, bucket_for
 from service.batcher import ItemFailed
 from service.errors import ServiceError
@@ -117,6 +118,9 @@ class EngineRunner:
     def _crop(self, image: EngineImage) -> np.ndarray:
         return image.arena.array(image.ref.offset, self._crop_shape, np.uint8)
 
+    def _jpeg(self, image: EngineImage) -> tuple[memoryview, int]:
+        return image.arena.bytes(image.ref.offset, image.ref.nbytes), image.ref.orientation
+
     def _fp32(self, image: EngineImage) -> np.ndarray:
         return image.arena.array(image.ref.offset, self._tensor_shape, np.float32)
 
@@ -141,6 +145,30 @@ class EngineRunner:
         for image in images:
             if image.ref.kind == "crop":
                 image.row = normalize(self._crop(image), self.metadata.mean, self.metadata.std)
+
+    def warm_up(self) -> None:
+        """The tensor path once, outside the metrics: a blank crop, and the decoder's test JPEG where
+        JPEGs are decoded on the GPU. Its kernels load and its pinned memory is allocated before the
+        engine says ready, not on the first requests. (The host path has nothing beyond the backend's
+        own warm-up.)"""
+        if not self.tensor_path:
+            return
+        arena = Arena(2, SLOT_BYTES, name="alexnet-engine-warm-up")
+        view = ArenaView(os.dup(arena.fd))
+        try:
+            crop = arena.allocate(int(np.prod(self._crop_shape)))
+            images = [EngineImage(view, ImageRef("crop", crop.offset, crop.nbytes), top_k=1, want_logits=False)]
+            if self.jpeg_decoder is not None:
+                from service.gpu_decode import tiny_jpeg
+
+                data = tiny_jpeg()
+                span = arena.allocate(len(data))
+                arena.write(span, data)
+                images.append(EngineImage(view, ImageRef("jpeg", span.offset, len(data)), top_k=1, want_logits=False))
+            self.run(self._prepare_tensor(images))
+        finally:
+            view.close()
+            arena.close()
 
     def decoded(self) -> dict[str, int]:
         """Images prepared so far, by where they were decoded (for the engine's metrics)."""
@@ -242,15 +270,12 @@ class EngineRunner:
         stream = self._prepare_stream
         context = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
         with context, torch.inference_mode():
+            # JPEGs first, while this stream has nothing of this batch queued: the decoder drains it
+            # (see gpu_decode.torchvision_decoder), which then waits for nothing but older batches.
+            crops = self.jpeg_decoder.decode([self._jpeg(images[i]) for i in jpegs]) if jpegs else []
             chw = crops_host.to(device, non_blocking=True).permute(0, 3, 1, 2)  # (padded, 3, S, S) uint8 view
             if jpegs:
                 chw = chw.contiguous()
-                crops = self.jpeg_decoder.decode(
-                    [
-                        (images[i].arena.bytes(images[i].ref.offset, images[i].ref.nbytes), images[i].ref.orientation)
-                        for i in jpegs
-                    ]
-                )
                 for i, crop in zip(jpegs, crops, strict=True):
                     if isinstance(crop, Exception):
                         decode[i] = "engine-cpu"

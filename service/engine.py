@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import io
 import logging
 import os
 import signal
@@ -101,13 +100,17 @@ def choose_decode(settings: Settings, selection: Selection) -> tuple[object | No
         why_not = f"the {backend.name} backend takes host batches only"
     decoder = None
     if why_not is None:
-        from service.gpu_decode import JpegDecoder
+        from service.gpu_decode import JpegDecoder, tiny_jpeg
 
         meta = selection.metadata
         try:
             decoder = JpegDecoder(backend.device, meta.resize_size, meta.input_size)
-            decoder.decode([(memoryview(_tiny_jpeg()), 1)])  # loads nvJPEG now, not on a request
-        except (ImportError, OSError, RuntimeError) as exc:
+            (probe,) = decoder.decode([(memoryview(tiny_jpeg()), 1)])  # loads nvJPEG now, not on a request
+            if isinstance(probe, Exception):  # the decoder answers per image: a failure comes back, not up
+                raise probe
+            if tuple(probe.shape) != (3, meta.input_size, meta.input_size):
+                raise RuntimeError(f"a test JPEG came back as {tuple(probe.shape)}")
+        except Exception as exc:  # whatever fails here (a missing extension: AttributeError), decode on the CPU
             why_not = f"torchvision's GPU JPEG decoder is not usable here: {type(exc).__name__}: {exc}"
             decoder = None
     if decoder is not None:
@@ -115,14 +118,6 @@ def choose_decode(settings: Settings, selection: Selection) -> tuple[object | No
     if settings.decode == "gpu":
         raise NotReady(f"decode=gpu was asked for, but {why_not}")
     return None, f"auto: on the CPU in the front ends, because {why_not}"
-
-
-def _tiny_jpeg() -> bytearray:
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.new("RGB", (32, 24), (120, 80, 40)).save(out, "JPEG")
-    return bytearray(out.getvalue())
 
 
 class EngineServer:
@@ -205,6 +200,7 @@ class EngineServer:
         if s.warmup:
             t1 = time.perf_counter()
             backend.warmup(meta.input_size)
+            self.runner.warm_up()
             log.info("warm-up done in %.2f s", time.perf_counter() - t1)
         self.model = wire.ModelInfo(
             arch=meta.arch,

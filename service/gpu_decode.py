@@ -10,6 +10,7 @@ it is applied here on the decoded tensor.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable, Sequence
 
@@ -41,13 +42,33 @@ def same_size_groups(
 
 
 def torchvision_decoder(device: str) -> DecodeBatch:
-    """nvJPEG via torchvision, or an ImportError/RuntimeError saying why it is not available here."""
+    """nvJPEG via torchvision, or an ImportError/RuntimeError saying why it is not available here.
+
+    torchvision allocates the decoded images on the caller's current stream but has nvJPEG write them
+    from a stream of its own that does not wait for the caller's (torchvision's decode_jpegs_cuda.cpp;
+    pytorch/vision PR #9606). Memory the caller's stream freed with kernels still queued that use it
+    could be handed to nvJPEG and overwritten under them, so the caller's stream is drained first. It
+    costs little: torchvision waits for its own stream on every call anyway.
+    """
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    on_cuda = torch.device(device).type == "cuda"
+
     def decode(data: list[torch.Tensor]) -> Sequence[torch.Tensor]:
+        if on_cuda:
+            torch.cuda.current_stream(device).synchronize()
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
     return decode
+
+
+def tiny_jpeg() -> bytearray:
+    """A 32x24 JPEG: loads the decoder at start-up and warms the engine's GPU path before it is ready."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (32, 24), (120, 80, 40)).save(out, "JPEG")
+    return bytearray(out.getvalue())
 
 
 class JpegDecoder:

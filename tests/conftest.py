@@ -51,6 +51,22 @@ def import_or_skip(module: str, reason: str) -> Any:
         require_or_skip(False, f"{reason} ({exc})")
 
 
+def select_onnxruntime_cuda(settings) -> Any:
+    """``select_backend(settings)`` for ONNX Runtime on CUDA, or a skip saying why it cannot run on this
+    GPU host: no onnxruntime-gpu, or one that lists its CUDA provider but cannot load it (its CUDA or
+    cuDNN libraries beside torch's). A GPU test, so never a failure in CI, which has no GPU."""
+    from service.backends import select_backend
+    from service.errors import BackendUnavailable
+
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+    try:
+        return select_backend(settings)
+    except BackendUnavailable as exc:
+        pytest.skip(f"ONNX Runtime's CUDA provider does not load here: {exc}")
+
+
 def wait_until(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.02) -> Any:
     """Poll ``condition`` until it returns something truthy, and return that; fail after ``timeout_s``.
 

@@ -36,8 +36,11 @@ class TorchBackend(Backend):
             self._model = model.to(self.device, dtype=self._dtype, memory_format=torch.channels_last)  # type: ignore[call-overload]
             self._buckets = cuda_graph_buckets(max_batch_size)
             self.batch_sizes = self._buckets
-            self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
             self._stream = torch.cuda.Stream()
+            # Every graph now, whatever --warmup says: a capture forbids unsafe CUDA calls from every
+            # thread of the process (capture_error_mode "global"), and once the engine runs, its
+            # prepare thread makes them (allocations, nvJPEG's synchronisation) at any moment.
+            self._graphs = {n: self._capture(n) for n in self._buckets}
         else:
             self.device = "cpu"
             self.precision = "fp32"
@@ -61,14 +64,6 @@ class TorchBackend(Backend):
                 static_out = self._model(static_in)
         return graph, staging, static_in, static_out
 
-    def warmup(self, input_size: int) -> None:
-        """Captures one graph per bucket before the service says ready; infer never captures."""
-        if self.device != "cpu":
-            for n in self._buckets:
-                if n not in self._graphs:
-                    self._graphs[n] = self._capture(n)
-        super().warmup(input_size)
-
     def _bucket(self, n: int) -> int:
         return bucket_for(n, self._buckets)
 
@@ -78,8 +73,6 @@ class TorchBackend(Backend):
                 return self._model(torch.from_numpy(batch)).numpy()
         n = batch.shape[0]
         bucket = self._bucket(n)  # the batcher pads to a bucket; a direct caller may not
-        if bucket not in self._graphs:  # only when warmup() was skipped (--warmup false)
-            self._graphs[bucket] = self._capture(bucket)
         graph, staging, static_in, static_out = self._graphs[bucket]
         # One graph and one staging buffer per bucket, used by one thread at a time (max_concurrency 1):
         # the previous replay has finished (its .cpu() synchronized) before the buffer is rewritten.
@@ -112,8 +105,6 @@ class TorchBackend(Backend):
         bucket = self._bucket(batch.shape[0])
         if bucket != batch.shape[0]:
             raise ValueError(f"batch of {batch.shape[0]} is not a bucket {self._buckets}")
-        if bucket not in self._graphs:  # only when warmup() was skipped (--warmup false)
-            self._graphs[bucket] = self._capture(bucket)
         graph, _staging, static_in, static_out = self._graphs[bucket]
         with torch.cuda.stream(self._stream):
             if ready is not None:

@@ -7,6 +7,8 @@ untrained AlexNet's logits are ~1e-2: a 5e-2 tolerance passed an all-zero output
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,7 @@ pytestmark = [
 from service.backends import select_backend  # noqa: E402
 from service.preprocess import PreprocessConfig, preprocess  # noqa: E402
 from service.settings import Settings  # noqa: E402
+from tests.conftest import select_onnxruntime_cuda  # noqa: E402
 
 TOLERANCE = 1e-2  # of the largest |logit|: fp16 (torch) and TF32 (ONNX Runtime's CUDA default) measure ~1e-3
 
@@ -54,12 +57,40 @@ def test_torch_cuda_graphs_match_the_cpu_reference(fitted, held_out):
     np.testing.assert_allclose(backend.infer(batch[5:]), reference[5:], rtol=0, atol=atol)
 
 
+def test_torch_inference_runs_beside_another_threads_cuda_work_without_a_warm_up(fitted, held_out):
+    """The graphs are captured while the backend is built (--warmup false included): nothing another
+    thread does later (allocations, synchronising its stream, as the engine's prepare thread does) can
+    meet a capture in progress, which forbids such calls from every thread."""
+    batch, reference, atol = held_out
+    settings = Settings(
+        onnx=fitted.onnx, checkpoint=fitted.checkpoint, backend="torch", device="cuda", max_batch_size=8
+    )
+    backend = select_backend(settings).backend  # warmup() is never called
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            torch.empty(1 << 20, device="cuda").fill_(1)
+            torch.cuda.current_stream().synchronize()
+
+    neighbour = threading.Thread(target=busy)
+    neighbour.start()
+    try:
+        x = torch.from_numpy(batch).cuda().half().contiguous(memory_format=torch.channels_last)
+        for _ in range(20):
+            with torch.inference_mode():
+                logits = backend.infer_tensor(x)
+                with backend.stream_context():
+                    got = logits.float().cpu().numpy()
+            np.testing.assert_allclose(got, reference, rtol=0, atol=atol)
+    finally:
+        stop.set()
+        neighbour.join()
+
+
 def test_onnxruntime_cuda_provider_matches_the_cpu_reference(fitted, held_out):
     batch, reference, atol = held_out
-    ort = pytest.importorskip("onnxruntime")
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
-    backend = select_backend(Settings(onnx=fitted.onnx, backend="onnxruntime", device="cuda")).backend
+    backend = select_onnxruntime_cuda(Settings(onnx=fitted.onnx, backend="onnxruntime", device="cuda")).backend
     np.testing.assert_allclose(backend.infer(batch), reference, rtol=0, atol=atol)
     np.testing.assert_allclose(backend.infer(batch[2:5]), reference[2:5], rtol=0, atol=atol)
 
@@ -67,10 +98,8 @@ def test_onnxruntime_cuda_provider_matches_the_cpu_reference(fitted, held_out):
 def test_onnxruntime_cuda_takes_a_device_tensor_and_runs_it_on_its_stream(fitted, held_out):
     """The engine's tensor path: the batch bound by its device pointer, ONNX Runtime on the backend's stream."""
     batch, reference, atol = held_out
-    ort = pytest.importorskip("onnxruntime")
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
-    backend = select_backend(Settings(onnx=fitted.onnx, backend="onnxruntime", device="cuda", max_batch_size=8)).backend
+    settings = Settings(onnx=fitted.onnx, backend="onnxruntime", device="cuda", max_batch_size=8)
+    backend = select_onnxruntime_cuda(settings).backend
     assert backend.takes_tensors
     producer = torch.cuda.Stream()
     with torch.cuda.stream(producer):  # as the engine's prepare stream writes the batch

@@ -23,6 +23,7 @@ from service.postprocess import softmax
 from service.preprocess import PreprocessConfig, preprocess_uint8
 from service.settings import Settings
 from service.wire import ImageRef
+from tests.conftest import select_onnxruntime_cuda
 from tests.fakes import pil_decode
 
 CONFIG = PreprocessConfig()
@@ -173,6 +174,28 @@ def test_exif_orientation_sent_by_the_front_end_is_applied_after_decoding(fitted
     assert np.abs(wrong.logits - via_cpu.logits).max() > np.abs(via_gpu.logits - via_cpu.logits).max()
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime-tensors", "onnxruntime"])
+def test_the_warm_up_runs_the_tensor_path_once_with_a_crop_and_a_jpeg_and_counts_nothing(
+    fitted, selections, backend, monkeypatch
+):
+    selection = selections[backend]
+    meta = selection.metadata
+    runner = EngineRunner(
+        selection.backend, meta, CONFIG, JpegDecoder("cpu", 256, 224, pil_decode) if backend != "onnxruntime" else None
+    )
+    seen, ran = [], []
+    prepare, run_batch = runner._prepare_tensor, runner.run
+    monkeypatch.setattr(runner, "_prepare_tensor", lambda images: seen.append(images) or prepare(images))
+    monkeypatch.setattr(runner, "run", lambda prepared: ran.append(run_batch(prepared)) or ran[-1])
+    runner.warm_up()
+    if backend == "onnxruntime":  # the host path: nothing to warm beyond the backend's own warm-up
+        assert seen == [] and ran == []
+        return
+    assert [[image.ref.kind for image in images] for images in seen] == [["crop", "jpeg"]]
+    assert [[out.decode for out in outputs] for outputs in ran] == [["cpu", "gpu"]]
+    assert runner.decoded() == {}  # not images anyone sent
+
+
 def test_top_k_rows_put_ties_at_the_lower_index():
     probs = np.array([[0.1, 0.3, 0.3, 0.3], [0.25, 0.25, 0.25, 0.25]])
     indices, values = top_k_rows(probs, 3)
@@ -215,15 +238,10 @@ def test_crops_preloaded_on_arrival_give_the_same_batch(fitted, selections):
 def test_on_cuda_crops_and_jpegs_decoded_by_nvjpeg_give_the_cpu_top_1(fitted, selections, backend):
     """The tensor path on a GPU: uint8 crops and nvJPEG-decoded JPEGs normalised on the device, fp16
     inference (CUDA graphs, or ONNX Runtime bound by device pointer on its own stream), top-k there."""
-    if backend == "onnxruntime":
-        import onnxruntime
-
-        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            pytest.skip("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
     settings = Settings(
         onnx=fitted.onnx, checkpoint=fitted.checkpoint, backend=backend, device="cuda", max_batch_size=32
     )
-    selection = select_backend(settings)
+    selection = select_onnxruntime_cuda(settings) if backend == "onnxruntime" else select_backend(settings)
     assert selection.backend.takes_tensors
     meta = selection.metadata
     runner = EngineRunner(selection.backend, meta, CONFIG, JpegDecoder(selection.backend.device, 256, 224))

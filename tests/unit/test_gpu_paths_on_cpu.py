@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,54 @@ def test_jpegs_are_decoded_on_the_gpu_for_any_cuda_backend_that_takes_tensors_an
     decoder, why = choose_decode(Settings(decode="auto"), selection)
     assert isinstance(decoder, gpu_decode.JpegDecoder) and why.startswith("nvJPEG on the GPU")
     assert choose_decode(Settings(decode="cpu"), selection) == (None, "decode=cpu was asked for")
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        RuntimeError("decode_jpegs_cuda: torchvision not compiled with nvJPEG support"),
+        AttributeError("'_OpNamespace' 'image' object has no attribute 'decode_jpegs_cuda'"),
+    ],
+)
+def test_a_gpu_decoder_that_fails_its_start_up_probe_leaves_decoding_to_the_cpu(monkeypatch, failure):
+    """The decoder answers image by image, so a broken nvJPEG comes back as a result, not as an exception:
+    the start-up probe must look at what it got (and take any exception a missing extension raises)."""
+
+    def broken(tensors):
+        raise failure
+
+    monkeypatch.setattr(gpu_decode, "torchvision_decoder", lambda device: broken)
+    meta = ModelMetadata("torchvision", ["a", "b"], 224, 256, "test", "c" * 64)
+    backend = CudaBackend()
+    backend.takes_tensors = True
+    selection = Selection(backend, meta, "test")
+    decoder, why = choose_decode(Settings(decode="auto"), selection)
+    assert decoder is None and why.startswith("auto: on the CPU in the front ends, because torchvision's GPU JPEG")
+    assert type(failure).__name__ in why and str(failure) in why
+    with pytest.raises(NotReady, match="decode=gpu was asked for, but torchvision's GPU JPEG decoder is not usable"):
+        choose_decode(Settings(decode="gpu"), selection)
+
+
+def test_the_gpu_decoder_drains_the_callers_stream_before_nvjpeg_writes(monkeypatch):
+    """torchvision allocates nvJPEG's output on the caller's stream and writes it from its own stream:
+    memory the caller's stream still uses must not be handed over, so that stream is drained first."""
+    calls = []
+
+    class Stream:
+        def synchronize(self):
+            calls.append("synchronize")
+
+    fake_io = types.ModuleType("torchvision.io")
+    fake_io.ImageReadMode = types.SimpleNamespace(RGB="RGB")
+    fake_io.decode_jpeg = lambda data, mode, device: calls.append(("decode_jpeg", len(data), mode, device)) or []
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setitem(sys.modules, "torchvision.io", fake_io)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: calls.append(("stream", device)) or Stream())
+    gpu_decode.torchvision_decoder("cuda:0")([torch.zeros(4, dtype=torch.uint8)] * 2)
+    assert calls == [("stream", "cuda:0"), "synchronize", ("decode_jpeg", 2, "RGB", "cuda:0")]
+    calls.clear()
+    gpu_decode.torchvision_decoder("cpu")([torch.zeros(4, dtype=torch.uint8)])
+    assert calls == [("decode_jpeg", 1, "RGB", "cpu")]
 
 
 def test_a_benchmark_is_a_failure_when_a_loaded_backend_went_unmeasured():
