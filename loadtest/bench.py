@@ -14,6 +14,9 @@
     checkout (``checkout=PATH``: a git worktree of an earlier commit, to compare with what it was),
     each in the same interleaved rotation, and its ratios to the first layout given
 
+After the sweep every HTTP server runs once more in an open loop (Poisson arrivals) at ``--open-at``
+(0.8) of the most requests/s it served in the sweep: its tail latency under load short of saturation.
+
 Prints the ratios (c)/(a), (c)/(b), (c)/(d) against the targets, and a Markdown table for the README;
 writes bench.json, bench.md and each sweep's report/CSV/plots under --out.
 """
@@ -36,7 +39,7 @@ from loadtest.ceilings import engine_ceiling, pipeline_ceiling, preprocess_time_
 from loadtest.corpus import build_corpus
 from loadtest.multiproc import healthz_ceiling, run_sweep
 from loadtest.progress import ProgressBar
-from loadtest.runner import StepConfig
+from loadtest.runner import StepConfig, StepResult
 from service.process import reuse_freed_memory
 
 GPU_BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -82,6 +85,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-batches", type=_ints, default=[1, 8, 32], help="(a) batch sizes")
     p.add_argument("--engine-time-s", type=float, default=3.0, help="(a) seconds per batch size")
     p.add_argument("--no-naive", action="store_true", help="skip (d)")
+    p.add_argument(
+        "--open-at",
+        type=float,
+        default=0.8,
+        help="after the sweep, each HTTP server in an open loop (Poisson) at this fraction of its peak req/s; 0: skip",
+    )
     p.add_argument("--peers", default="", help="peer frameworks to run as well: litserve,mosec")
     p.add_argument(
         "--service-flag",
@@ -256,6 +265,7 @@ def http_sweeps(
     ]
     by_key = {f"pipeline:{p.name}": p for p in pipelines}
     results: dict[str, list] = {t.key: [] for t in live}
+    open_loop: dict[str, StepResult] = {}
     ceiling = None
 
     async def go():
@@ -305,6 +315,28 @@ def http_sweeps(
                 )
                 if r.stopped:
                     stopped.add(t.key)
+        if args.open_at > 0:
+            for t in live:
+                peak = max((r.rps for r in results[t.key] if r.counted), default=0.0) if t.name != "pipeline" else 0
+                if t.key in stopped or not peak:
+                    continue
+                config = StepConfig(
+                    "open",
+                    rate=round(args.open_at * peak, 1),
+                    arrival="poisson",
+                    duration_s=args.duration_s,
+                    warmup_s=args.warmup_s,
+                    max_error_rate=0.5,
+                )
+                (r,) = await run_sweep(
+                    started[t.key].url, args.kind, payloads, [config], args.procs, max_error_rate=0.5
+                )
+                open_loop[t.key] = r
+                row = report.row(r)
+                say(
+                    f"    {t.key} open loop at {args.open_at:g} x {peak:.1f} req/s: {row['img_per_s']} img/s, "
+                    f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, {row['errors']} errors"
+                )
 
     try:
         asyncio.run(go())
@@ -315,13 +347,16 @@ def http_sweeps(
         if t.name == "pipeline":
             out[t.key] = {"steps": results[t.key]}
             continue
+        tail = [open_loop[t.key]] if t.key in open_loop else []
         write_outputs(
             t.out_dir / t.name,
             {"server": t.key, "backend": t.backend, "device": args.device},
-            results[t.key],
+            results[t.key] + tail,
             title=f"{t.key} ({t.backend}, {args.device})",
         )
         out[t.key] = {"url": started[t.key].url, "steps": [report.row(r) for r in results[t.key]]}
+        if tail:
+            out[t.key]["open_loop"] = report.row(tail[0])
     return out, ceiling
 
 
@@ -349,6 +384,18 @@ def _medians(steps: list[dict]) -> dict[int, tuple[float, float]]:
     }
 
 
+def open_loop_lines(what: str, entry: dict, md: list[str]) -> list[str]:
+    """One server's open-loop step (``--open-at``), when it ran: a table row into ``md``, and a line."""
+    o = entry.get("open_loop")
+    if not o:
+        return []
+    where = f"open loop at {o['rate']:g} req/s (Poisson)"
+    md.append(
+        f"| {what}, {where} | {o['img_per_s']:.1f} | {o['p50_ms']:.1f} | {o['p99_ms']:.1f} | {o['errors']} errors |"
+    )
+    return [f"  {what}, {where}: p50 {o['p50_ms']:.1f} ms, p99 {o['p99_ms']:.1f} ms, {o['errors']} errors"]
+
+
 def layout_lines(layouts: dict[str, dict], md: list[str], service: dict | None = None) -> list[str]:
     """(e): each layout's steps as table rows, and its img/s and p50 per concurrency (medians over the
     rounds) against the first layout; the default service (c) is compared with that first layout too."""
@@ -369,6 +416,8 @@ def layout_lines(layouts: dict[str, dict], md: list[str], service: dict | None =
                 f"| (e) layout {label}, c={s['concurrency']} | {s['img_per_s']:.1f} | {s['p50_ms']:.1f} | "
                 f"{s['p99_ms']:.1f} | mean batch {s['server_batch_size_mean'] or 0:.1f}, {s['errors']} errors |"
             )
+        if label in measured:
+            lines += open_loop_lines(f"(e) layout {label}", entry, md)
         if label == base_label:
             continue
         parts = []
@@ -419,6 +468,7 @@ def summarize(result: dict) -> tuple[list[str], list[str]]:
             f"{name}: service best at c={best['concurrency']}: {best['img_per_s']:.1f} img/s, "
             f"p50 {best['p50_ms']:.1f} ms, p99 {best['p99_ms']:.1f} ms"
         )
+        lines += open_loop_lines(f"(c) service {name}", service, md)
         # Upper bounds, each as if it had the host to itself: which one the service sits under names the limit.
         cores = result["host"]["cpu_count"] or 1
         lines.append(
@@ -499,6 +549,7 @@ def summarize(result: dict) -> tuple[list[str], list[str]]:
         lines.append(
             f"{label}: best {pbest['img_per_s']:.1f} img/s at c={pbest['concurrency']}, p99 {pbest['p99_ms']:.1f} ms"
         )
+        lines += open_loop_lines(tag, entry, md)
         if label != "naive":
             for name, b in result["backends"].items():
                 best = _best(b.get("service", {}).get("steps", []))

@@ -80,12 +80,32 @@ def service_rows(bench: dict) -> list[dict]:
                 }
             )
         rows += _http_rows(name, "(c) service over HTTP", b.get("service", {}).get("steps", []))
+        rows += _open_loop_row(name, "(c) service over HTTP", b.get("service", {}))
     first = next(iter(bench.get("backends", {})), "")
     for label, entry in bench.get("layouts", {}).items():
         if "steps" not in entry:
             rows.append({"backend": first, "skipped": f"layout {label}: {entry.get('skipped')}"})
         rows += _http_rows(first, f"(e) layout {label}", entry.get("steps", []))
+        rows += _open_loop_row(first, f"(e) layout {label}", entry)
     return rows
+
+
+def _open_loop_row(backend: str, what: str, entry: dict) -> list[dict]:
+    """loadtest.bench's open-loop step (Poisson arrivals at --open-at of the peak), when it ran."""
+    o = entry.get("open_loop")
+    if not o:
+        return []
+    return [
+        {
+            "backend": backend,
+            "what": f"{what}, open loop at {o['rate']:g} req/s",
+            "img_per_s": o["img_per_s"],
+            "ms": o["p50_ms"],
+            "p99_ms": o["p99_ms"],
+            "errors": o["errors"],
+            "batch_mean": o.get("server_batch_size_mean"),
+        }
+    ]
 
 
 def _http_rows(backend: str, what: str, steps: list[dict]) -> list[dict]:

@@ -5,6 +5,7 @@ installed without their libraries."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -181,6 +182,10 @@ def test_the_gpu_report_carries_the_engine_and_decode_tools_reports_and_fails_a_
     (work / "steps.tsv").write_text("engine-wire\tok\t9\trc 0\ngpu-decode\tfailed\t3\trc 1\n")
     (work / "engine-wire.log").write_text("starting\nhost: AMD EPYC, 16 CPUs usable\n8 front ends: 9,000 req/s\n")
     (work / "gpu-decode.log").write_text("warming\nhost: AMD EPYC, NVIDIA H100\n   32  nvJPEG alone  9000  40.0\n")
+    (work / "bench").mkdir()
+    open_loop = {"rate": 4000.0, "img_per_s": 3998.5, "p50_ms": 3.1, "p99_ms": 17.25, "errors": 0}
+    bench = {"backends": {"torch": {"engine": [], "pipeline": [], "service": {"steps": [], "open_loop": open_loop}}}}
+    (work / "bench" / "bench.json").write_text(json.dumps(bench))
     run = subprocess.run(
         [sys.executable, "scripts/gpu_report.py", "--work", str(work), "--out", str(out), "--budget-s", "480"],
         cwd=REPO,
@@ -195,3 +200,5 @@ def test_the_gpu_report_carries_the_engine_and_decode_tools_reports_and_fails_a_
     decode = md.index("## The engine's GPU JPEG path without HTTP")
     assert "8 front ends: 9,000 req/s" in md[wire:decode] and "starting" not in md
     assert "32  nvJPEG alone  9000  40.0" in md[decode:] and "warming" not in md
+    assert "| torch | (c) service over HTTP, open loop at 4000 req/s | 3998 | 3.10 | 17.25 | 0 errors" in md
+    assert "torch (c) service over HTTP, open loop at 4000 req/s: 3998 img/s, p50 3.10 ms, p99 17.25 ms" in run.stdout
