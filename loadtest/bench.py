@@ -266,6 +266,7 @@ def http_sweeps(
     by_key = {f"pipeline:{p.name}": p for p in pipelines}
     results: dict[str, list] = {t.key: [] for t in live}
     open_loop: dict[str, StepResult] = {}
+    open_peak: dict[str, float] = {}  # the closed-loop peak req/s each open loop's rate came from
     ceiling = None
 
     async def go():
@@ -318,11 +319,17 @@ def http_sweeps(
         if args.open_at > 0:
             for t in live:
                 peak = max((r.rps for r in results[t.key] if r.counted), default=0.0) if t.name != "pipeline" else 0
-                if t.key in stopped or not peak:
+                rate = round(args.open_at * peak, 1)
+                if t.key in stopped or rate < 0.1:
+                    if t.name != "pipeline":
+                        say(
+                            f"    {t.key}: no open loop (peak {peak:.2f} req/s{', stopped' if t.key in stopped else ''})"
+                        )
                     continue
+                open_peak[t.key] = peak
                 config = StepConfig(
                     "open",
-                    rate=round(args.open_at * peak, 1),
+                    rate=rate,
                     arrival="poisson",
                     duration_s=args.duration_s,
                     warmup_s=args.warmup_s,
@@ -356,7 +363,7 @@ def http_sweeps(
         )
         out[t.key] = {"url": started[t.key].url, "steps": [report.row(r) for r in results[t.key]]}
         if tail:
-            out[t.key]["open_loop"] = report.row(tail[0])
+            out[t.key]["open_loop"] = {**report.row(tail[0]), "peak_req_per_s": round(open_peak[t.key], 3)}
     return out, ceiling
 
 

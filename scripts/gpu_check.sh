@@ -71,7 +71,7 @@ fi
 step pytest-gpu 180 $PY -m pytest -q -rs -p no:cacheprovider tests/gpu tests/unit/test_preprocess.py \
     tests/unit/test_preprocessing_parity.py tests/unit/test_batch_runner.py tests/unit/test_model.py
 # The default layout (all front ends, JPEGs decoded on the GPU) against CPU decoding and one front end.
-step bench-service 300 $PY -m loadtest.bench --gpu --onnx "$ONNX" --duration-s 4 --warmup-s 1 \
+step bench-service 330 $PY -m loadtest.bench --gpu --onnx "$ONNX" --duration-s 4 --warmup-s 1 \
     --engine-batches 1,8,32 --engine-time-s 2 --procs auto --out "$WORK/bench" \
     --layout "cpu decode:--decode=cpu" --layout "1 front end, cpu decode:--decode=cpu --http-workers=1"
 # What the engine's one event loop can take with inference free: is the 8,000 img/s target in reach here?

@@ -165,7 +165,8 @@ class EngineRunner:
                 span = arena.allocate(len(data))
                 arena.write(span, data)
                 images.append(EngineImage(view, ImageRef("jpeg", span.offset, len(data)), top_k=1, want_logits=False))
-            self.run(self._prepare_tensor(images))
+            for image in images:  # one a batch: a backend may take batches of one only (--max-batch-size 1)
+                self.run(self._prepare_tensor([image]))
         finally:
             view.close()
             arena.close()

@@ -28,7 +28,7 @@ HEADER = struct.Struct("<I")
 MAX_FRAME = 256 * 2**20  # a 1000-class top-k for 4096 images is ~32 MB; anything larger is a bug
 HELLO = struct.Struct("<8sIIQ")  # magic, protocol version, front-end index, pid
 MAGIC = b"ALEXNETS"
-PROTOCOL = 1
+PROTOCOL = 2  # 2: per-request messages as extension codes (per_request)
 STATUS_INTERVAL_S = 0.5  # heartbeat: a front end that hears nothing for several of these reconnects
 
 

@@ -63,7 +63,9 @@ def select_onnxruntime_cuda(settings) -> Any:
         pytest.skip("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
     try:
         return select_backend(settings)
-    except BackendUnavailable as exc:
+    except BackendUnavailable as exc:  # only the provider's own failure to start; our refusals still fail
+        if not str(exc).startswith(("ONNX Runtime could not start its CUDA provider", "ONNX Runtime fell back to")):
+            raise
         pytest.skip(f"ONNX Runtime's CUDA provider does not load here: {exc}")
 
 
