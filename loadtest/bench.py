@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import math
+import signal
 import statistics
 import sys
 import time
@@ -243,11 +244,12 @@ def load_in_process(name: str, args, images: list[bytes]) -> InProcess | None:
 
 def http_sweeps(
     targets: list[Target], args, payloads, pipelines: list[InProcess] = ()
-) -> tuple[dict[str, dict], dict | None]:
+) -> tuple[dict[str, dict], dict | None, bool]:
     """Start every server, then run the concurrency sweep *interleaved*: at each concurrency, one step
     on each server in turn (the order rotating from step to step). On a shared or throttled host, load
     from elsewhere then falls on all servers alike instead of on whichever ran during a busy minute.
-    Idle servers cost memory, not CPU. Returns ({key: {"url", "steps"} or {"skipped"}}, client ceiling).
+    Idle servers cost memory, not CPU. Returns ({key: {"url", "steps"} or {"skipped"}}, client ceiling,
+    interrupted): on Ctrl-C (or SIGTERM, which ``main`` turns into one) the steps that finished are kept.
     """
     out: dict[str, dict] = {}
     started: dict[str, servers.Started] = {}
@@ -345,8 +347,12 @@ def http_sweeps(
                     f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, {row['errors']} errors"
                 )
 
+    interrupted = False
     try:
         asyncio.run(go())
+    except KeyboardInterrupt:
+        interrupted = True
+        say("interrupted: keeping the steps that finished")
     finally:
         for server in started.values():
             server.stop()
@@ -364,7 +370,7 @@ def http_sweeps(
         out[t.key] = {"url": started[t.key].url, "steps": [report.row(r) for r in results[t.key]]}
         if tail:
             out[t.key]["open_loop"] = {**report.row(tail[0]), "peak_req_per_s": round(open_peak[t.key], 3)}
-    return out, ceiling
+    return out, ceiling, interrupted
 
 
 def _best(steps: list[dict], lo: int = 16, hi: int = 32) -> dict | None:
@@ -461,8 +467,8 @@ def summarize(result: dict) -> tuple[list[str], list[str]]:
                 f"mean batch {p['batch_size_mean'] or 0:.1f} |"
             )
         service = b.get("service", {})
-        if "steps" not in service:
-            lines.append(f"{name}: service not measured ({service.get('skipped')})")
+        if not _best(service.get("steps", [])):
+            lines.append(f"{name}: service not measured ({service.get('skipped', 'no step finished')})")
             continue
         for s in service["steps"]:
             md.append(
@@ -520,8 +526,7 @@ def summarize(result: dict) -> tuple[list[str], list[str]]:
             f"(pipeline {pipe_peak['img_per_s']:.1f} img/s at {pipe_peak['concurrency']} callers"
             f"{', interleaved with (c)' if same_c else ''})"
         )
-        if "steps" in naive:
-            nbest = _best(naive["steps"])
+        if nbest := _best(naive.get("steps", [])):
             ratio = best["img_per_s"] / nbest["img_per_s"] if nbest["img_per_s"] else math.inf
             ok = "MET" if ratio >= TARGETS["vs_naive"] else "MISSED"
             lines.append(
@@ -542,9 +547,9 @@ def summarize(result: dict) -> tuple[list[str], list[str]]:
             )
     for label in ["naive", *result.get("peers", {})]:
         entry = naive if label == "naive" else result["peers"][label]
-        if "steps" not in entry:
+        if not _best(entry.get("steps", [])):
             if label != "naive" or entry:
-                md.append(f"| {label} | - | - | - | {entry.get('skipped', 'not run')[:100]} |")
+                md.append(f"| {label} | - | - | - | {entry.get('skipped', 'no step finished')[:100]} |")
             continue
         tag = "(d) naive" if label == "naive" else f"peer {label}"
         for s in entry["steps"]:
@@ -583,6 +588,8 @@ def summarize(result: dict) -> tuple[list[str], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    # A timeout's SIGTERM (gpu_check.sh) as a Ctrl-C: the HTTP steps that finished are still written.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     reuse_freed_memory()  # the service's processes do: (b) gets the same allocator, not a handicap
     backends = [b for b in args.backends.split(",") if b]
     if args.gpu:
@@ -634,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         if (p := load_in_process(t.backend, args, images)) is not None
     ]
     try:
-        http, result["client_ceiling"] = http_sweeps(targets, args, payloads, pipelines)
+        http, result["client_ceiling"], interrupted = http_sweeps(targets, args, payloads, pipelines)
     finally:
         for p in pipelines:
             p.selection.backend.close()
@@ -648,7 +655,9 @@ def main(argv: list[str] | None = None) -> int:
     for peer in [p for p in args.peers.split(",") if p]:
         result["peers"][peer] = http.get(peer, {"skipped": "not run"})
     result["layouts"] = {key.removeprefix("layout:"): value for key, value in http.items() if key.startswith("layout:")}
-    if targets and targets[0].name == "service":  # the engine again: how much the host drifted meanwhile
+    if interrupted:
+        result["interrupted"] = "stopped by a signal during the HTTP part: only the steps that finished are here"
+    elif targets and targets[0].name == "service":  # the engine again: how much the host drifted meanwhile
         b = result["backends"][targets[0].backend]
         biggest = max(e["batch"] for e in b["engine"])
         b["engine_after"] = engine_after(targets[0].backend, args, biggest)
@@ -664,6 +673,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("\n".join(md))
     print(f"\nwrote {out / 'bench.json'}, {out / 'bench.md'} and per-server reports under {out}")
+    if interrupted:
+        print(f"error: {result['interrupted']}", file=sys.stderr)
+        return 130
     unmeasured = unmeasured_backends(result)
     if unmeasured:
         print(f"error: not measured through HTTP: {unmeasured}", file=sys.stderr)

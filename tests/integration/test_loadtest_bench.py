@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -78,3 +79,30 @@ def test_gpu_preset_refuses_a_host_without_cuda(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr
+
+
+def test_a_bench_stopped_by_sigterm_writes_the_steps_that_finished(onnx_model, tmp_path):
+    """gpu_check.sh's timeout sends SIGTERM: what finished before it must not be lost."""
+    out = tmp_path / "bench"
+    command = [
+        *(sys.executable, "-m", "loadtest.bench", "--onnx", str(onnx_model), "--concurrency", "1,1,1,1,1,1,1,1"),
+        *("--duration-s", "1", "--warmup-s", "0.2", "--engine-batches", "1", "--engine-time-s", "0.2"),
+        *("--images", "photos", "--no-naive", "--open-at", "0", "--out", str(out)),
+    ]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        said = []
+        for line in proc.stderr:  # the bench's progress lines
+            said.append(line)
+            if "service:onnxruntime c=1:" in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, "".join(said)[-2000:] + stderr[-2000:]
+    assert "stopped by a signal during the HTTP part" in stderr
+    doc = json.loads((out / "bench.json").read_text())
+    steps = doc["backends"]["onnxruntime"]["service"]["steps"]
+    assert doc["interrupted"] and 1 <= len(steps) < 8 and all(s["ok"] > 0 for s in steps)
+    assert "| (c) service onnxruntime, c=1 |" in (out / "bench.md").read_text()
