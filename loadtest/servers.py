@@ -1,7 +1,9 @@
 """Servers the bench starts and stops on 127.0.0.1: the service, the naive baseline, the peers.
 
 Each runs in its own session (process group), so stopping it also stops the worker processes that
-some frameworks spawn (Mosec, LitServe); nothing else is touched.
+some frameworks spawn (Mosec, LitServe); nothing else is touched. Each also gets SIGTERM from Linux
+when the process that started it dies, however it dies (a bench killed by a timeout's SIGKILL), so
+none is left holding its port, its CPUs or the GPU.
 """
 
 from __future__ import annotations
@@ -18,6 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# Runs first in the server's process: PR_SET_PDEATHSIG (kept across execve), then the server itself.
+# argv: [starter's pid, the server's command...]; a starter already gone means exit at once.
+FOLLOW_STARTER = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("the process that started this server is gone")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
 def free_port() -> int:
@@ -91,7 +105,12 @@ def start(
     }
     with open(log_path, "wb") as log_file:  # the child keeps its own descriptor; ours closes here
         process = subprocess.Popen(
-            argv, cwd=cwd or REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            [sys.executable, "-c", FOLLOW_STARTER, str(os.getpid()), *argv],
+            cwd=cwd or REPO,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     server = Started(name, f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + timeout_s
