@@ -319,14 +319,11 @@ def http_sweeps(
                 if r.stopped:
                     stopped.add(t.key)
         if args.open_at > 0:
-            for t in live:
-                peak = max((r.rps for r in results[t.key] if r.counted), default=0.0) if t.name != "pipeline" else 0
+            for t in (t for t in live if t.name != "pipeline"):
+                peak = max((r.rps for r in results[t.key] if r.counted), default=0.0)
                 rate = round(args.open_at * peak, 1)
                 if t.key in stopped or rate < 0.1:
-                    if t.name != "pipeline":
-                        say(
-                            f"    {t.key}: no open loop (peak {peak:.2f} req/s{', stopped' if t.key in stopped else ''})"
-                        )
+                    say(f"    {t.key}: no open loop (peak {peak:.2f} req/s{', stopped' if t.key in stopped else ''})")
                     continue
                 open_peak[t.key] = peak
                 config = StepConfig(

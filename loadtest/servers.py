@@ -20,17 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# Runs first in the server's process: PR_SET_PDEATHSIG (kept across execve), then the server itself.
-# argv: [starter's pid, the server's command...]; a starter already gone means exit at once.
+# Runs first in the server's process: the service's own follow_parent (PR_SET_PDEATHSIG, kept across
+# execve), imported from this checkout whichever checkout the server runs from, then the server itself.
+# argv: [this checkout, starter's pid, the server's command...]; a starter already gone: exit at once.
 FOLLOW_STARTER = """
-import ctypes, os, signal, sys
-try:
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
-except (OSError, AttributeError):
-    pass
-if os.getppid() != int(sys.argv[1]):
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from service.process import follow_parent
+if not follow_parent(int(sys.argv[2])):
     sys.exit("the process that started this server is gone")
-os.execv(sys.argv[2], sys.argv[2:])
+os.execv(sys.argv[3], sys.argv[3:])
 """
 
 
@@ -105,7 +104,7 @@ def start(
     }
     with open(log_path, "wb") as log_file:  # the child keeps its own descriptor; ours closes here
         process = subprocess.Popen(
-            [sys.executable, "-c", FOLLOW_STARTER, str(os.getpid()), *argv],
+            [sys.executable, "-c", FOLLOW_STARTER, str(REPO), str(os.getpid()), *argv],
             cwd=cwd or REPO,
             env=env,
             stdout=log_file,

@@ -93,34 +93,24 @@ def service_rows(bench: dict) -> list[dict]:
 def _open_loop_row(backend: str, what: str, entry: dict) -> list[dict]:
     """loadtest.bench's open-loop step (Poisson arrivals at --open-at of the peak), when it ran."""
     o = entry.get("open_loop")
-    if not o:
-        return []
-    return [
-        {
-            "backend": backend,
-            "what": f"{what}, open loop at {o['rate']:g} req/s",
-            "img_per_s": o["img_per_s"],
-            "ms": o["p50_ms"],
-            "p99_ms": o["p99_ms"],
-            "errors": o["errors"],
-            "batch_mean": o.get("server_batch_size_mean"),
-        }
-    ]
+    return [_http_row(backend, f"{what}, open loop at {o['rate']:g} req/s", o)] if o else []
 
 
 def _http_rows(backend: str, what: str, steps: list[dict]) -> list[dict]:
-    return [
-        {
-            "backend": backend,
-            "what": f"{what}, c={s['concurrency']}",
-            "img_per_s": s["img_per_s"],
-            "ms": s["p50_ms"],
-            "p99_ms": s["p99_ms"],
-            "errors": s["errors"],
-            "batch_mean": s.get("server_batch_size_mean"),
-        }
-        for s in steps
-    ]
+    return [_http_row(backend, f"{what}, c={s['concurrency']}", s) for s in steps]
+
+
+def _http_row(backend: str, what: str, step: dict) -> dict:
+    """One step over HTTP (a row of loadtest's report) as a row of this report."""
+    return {
+        "backend": backend,
+        "what": what,
+        "img_per_s": step["img_per_s"],
+        "ms": step["p50_ms"],
+        "p99_ms": step["p99_ms"],
+        "errors": step["errors"],
+        "batch_mean": step.get("server_batch_size_mean"),
+    }
 
 
 def build_report(work: Path, budget_s: int) -> dict:
