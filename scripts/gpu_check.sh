@@ -57,6 +57,10 @@ step() {  # step NAME LIMIT_S COMMAND...: output to $WORK/NAME.log; status to st
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$WORK/gpu.txt" 2>&1
 cat "$WORK/gpu.txt"
 ONNX=$WORK/alexnet.onnx
+# Seconds, and it says at once (its log names the missing module) if the carried wheels do not import
+# beside this host's packages: every service step after it would fail the same way, minutes later.
+step imports 60 $PY -c "import fastapi, uvicorn, pydantic, pydantic_settings, multipart, hdrh, aiohttp, \
+service.app, service.frontend, service.engine, loadtest.bench; print('the service and load generator import')"
 # In order of what matters most, so a spent budget cuts the least important steps.
 step export-onnx 120 $PY export/to_onnx.py --out "$ONNX"
 # What the entrypoint makes on a CUDA host: ONNX Runtime's CUDA provider serves it (--precision auto),

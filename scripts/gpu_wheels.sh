@@ -4,7 +4,7 @@
 # onnxruntime, matplotlib, aiohttp, prometheus-client, pytest and pytest-timeout (as the lent
 # H100/H200 image does) but no network. Run it here, then carry .whl to the GPU host:
 #
-#   bash scripts/gpu_wheels.sh            # here, with network: about 10 MiB of wheels
+#   bash scripts/gpu_wheels.sh            # here, with network: about 4 MiB of wheels, at the versions of .venv
 #   bash scripts/gpu_check.sh             # there: installs .whl/*.whl into a private --target first
 #
 # A host with network needs none of this: `make install` there, then `bash scripts/gpu_check.sh`.
@@ -14,15 +14,31 @@ DEST=${DEST:-.whl}
 PY=${PYTHON:-python3}
 # The service's and the load generator's pure-Python stack, with what each one imports at run time.
 # opentelemetry-api: current FastAPI imports it; without it the service does not start there.
+# typing-extensions and annotated-doc are on that host, but maybe older than pydantic and FastAPI ask for
+# (pydantic 2.14 wants typing-extensions >= 4.16); the carried ones come first on PYTHONPATH there.
 WHEELS=(
     fastapi starlette uvicorn httptools python-multipart pydantic pydantic-core pydantic-settings
     python-dotenv annotated-types typing-inspection hdrhistogram pbr opentelemetry-api importlib-metadata
+    typing-extensions annotated-doc
 )
+# The versions this checkout's venv (make install) has, the ones its tests passed with, where it has
+# them: a newer release on PyPI could need a dependency that is not carried (the GPU host has no network).
+VENV_PY=${VENV_PY:-.venv/bin/python}
+if [ -x "$VENV_PY" ]; then
+    frozen=$("$VENV_PY" -m pip freeze 2>/dev/null | tr '[:upper:]_' '[:lower:]-')
+    for i in "${!WHEELS[@]}"; do
+        pin=$(grep -m1 "^${WHEELS[$i]}==" <<< "$frozen" || true)
+        [ -n "$pin" ] && WHEELS[$i]=$pin
+    done
+else
+    echo "note: no $VENV_PY (make install): downloading PyPI's newest releases, not the tested ones" >&2
+fi
 rm -rf "$DEST"
 mkdir -p "$DEST"
 $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --platform any -d "$DEST" "${WHEELS[@]}"
+echo "${WHEELS[*]}"
 size_mib=$(du -sm "$DEST" | cut -f1)
 ls "$DEST"
 echo "$DEST: $(ls "$DEST" | wc -l) wheels, ${size_mib} MiB"
