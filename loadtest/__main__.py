@@ -35,7 +35,7 @@ from loadtest.corpus import build_corpus
 from loadtest.multiproc import resolve_procs, run_sweep
 from loadtest.payloads import KINDS, Payload, build_payload
 from loadtest.progress import ProgressBar
-from loadtest.runner import ARRIVALS, MODES, StepConfig, StepResult
+from loadtest.step import ARRIVALS, MODES, StepConfig, StepResult
 
 
 def _numbers(text: str, cast=float) -> list:

@@ -24,29 +24,23 @@ writes bench.json, bench.md and each sweep's report/CSV/plots under --out.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import math
 import signal
-import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest import report, servers
-from loadtest.__main__ import build_payloads, host_description, write_outputs
-from loadtest.ceilings import engine_ceiling, pipeline_ceiling, preprocess_time_ms, run_pipeline
+from loadtest.__main__ import build_payloads, host_description
+from loadtest.bench_http import Target, http_sweeps, load_in_process
+from loadtest.bench_summary import summarize, unmeasured_backends
+from loadtest.ceilings import engine_ceiling, pipeline_ceiling, preprocess_time_ms
 from loadtest.corpus import build_corpus
-from loadtest.multiproc import healthz_ceiling, run_sweep
-from loadtest.progress import ProgressBar
-from loadtest.runner import StepConfig, StepResult
+from loadtest.progress import say
 from service.process import reuse_freed_memory
 
 GPU_BACKENDS = ("torch", "onnxruntime", "tensorrt")
 DEFAULT_CONCURRENCY = [1, 4, 16, 32]
 GPU_CONCURRENCY = (1, 16, 32, 64, 128)
-TARGETS = {"vs_pipeline": 0.85, "vs_naive": 1.6, "c1_p50_over_pipeline": 1.10}
 
 
 def _ints(text: str) -> list[int]:
@@ -102,6 +96,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--layout",
         action="append",
+        type=parse_layout,
         default=[],
         metavar="LABEL:FLAGS",
         help="(e) the service once more as LABEL with FLAGS (space-separated service flags), or from another "
@@ -115,23 +110,19 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def parse_layout(text: str) -> tuple[str, list[str], Path | None]:
-    """'LABEL:FLAGS' -> (label, service flags, checkout or None)."""
+    """'LABEL:FLAGS' -> (label, service flags, checkout or None); a usage error names what is wrong."""
     label, sep, rest = text.partition(":")
     if not sep or not label.strip():
-        raise ValueError(f"--layout {text!r}: expected LABEL:FLAGS, e.g. '2 http:--http-workers=2'")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LABEL:FLAGS, e.g. '2 http:--http-workers=2'")
     flags, checkout = [], None
     for word in rest.split():
         if word.startswith("checkout="):
             checkout = Path(word.removeprefix("checkout=")).resolve()
             if not (checkout / "service" / "__main__.py").is_file():
-                raise ValueError(f"--layout {label}: {checkout} is not a checkout of this repository")
+                raise argparse.ArgumentTypeError(f"{label}: {checkout} is not a checkout of this repository")
         else:
             flags.append(word)
     return label.strip(), flags, checkout
-
-
-def say(text: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 def ensure_onnx(path: Path) -> None:
@@ -206,383 +197,6 @@ def engine_after(backend_name: str, args, batch: int) -> dict | None:
     return e
 
 
-@dataclass
-class Target:
-    """One server of the HTTP part: where its results go in bench.json and how to start it."""
-
-    key: str  # "service:onnxruntime", "naive", "litserve", ...
-    name: str  # servers.command name
-    backend: str
-    out_dir: Path
-    extra: list[str]
-    cwd: Path | None = None  # another checkout to run it from
-
-
-@dataclass
-class InProcess:
-    """A backend kept loaded in this process so that (b) can run interleaved with (c)."""
-
-    name: str
-    selection: object  # service.backends.Selection
-    settings: object  # service.settings.Settings
-    images: list[bytes]
-
-
-def load_in_process(name: str, args, images: list[bytes]) -> InProcess | None:
-    from service.backends import select_backend
-    from service.errors import BackendUnavailable
-    from service.settings import Settings
-
-    settings = Settings(onnx=args.onnx, backend=name, device=args.device)
-    try:
-        selection = select_backend(settings)
-    except BackendUnavailable:
-        return None
-    selection.backend.warmup(selection.metadata.input_size)
-    return InProcess(name, selection, settings, images)
-
-
-def http_sweeps(
-    targets: list[Target], args, payloads, pipelines: list[InProcess] = ()
-) -> tuple[dict[str, dict], dict | None, bool]:
-    """Start every server, then run the concurrency sweep *interleaved*: at each concurrency, one step
-    on each server in turn (the order rotating from step to step). On a shared or throttled host, load
-    from elsewhere then falls on all servers alike instead of on whichever ran during a busy minute.
-    Idle servers cost memory, not CPU. Returns ({key: {"url", "steps"} or {"skipped"}}, client ceiling,
-    interrupted): on Ctrl-C (or SIGTERM, which ``main`` turns into one) the steps that finished are kept.
-    """
-    out: dict[str, dict] = {}
-    started: dict[str, servers.Started] = {}
-    for t in targets:
-        say(f"starting {t.key} ({t.backend}, {args.device})")
-        try:
-            started[t.key] = servers.start(
-                t.name, t.out_dir / "logs", args.onnx, t.backend, args.device, t.extra, cwd=t.cwd
-            )
-        except Exception as exc:  # a peer that will not start is reported, not fatal
-            say(f"{t.key} failed to start: {exc}")
-            out[t.key] = {"skipped": f"failed to start: {str(exc)[:500]}"}
-    live = [t for t in targets if t.key in started] + [
-        Target(f"pipeline:{p.name}", "pipeline", p.name, Path(), []) for p in pipelines
-    ]
-    by_key = {f"pipeline:{p.name}": p for p in pipelines}
-    results: dict[str, list] = {t.key: [] for t in live}
-    open_loop: dict[str, StepResult] = {}
-    open_peak: dict[str, float] = {}  # the closed-loop peak req/s each open loop's rate came from
-    ceiling = None
-
-    async def go():
-        nonlocal ceiling
-        first = next((t for t in live if t.name == "service"), None)
-        if first is not None:
-            c = max(args.concurrency)
-            ceiling = await healthz_ceiling(started[first.key].url, c, min(3.0, args.duration_s), 0.5, procs=args.procs)
-            say(f"client ceiling: GET /healthz at c={c}: {ceiling['req_per_s']:.0f} req/s ({ceiling['split']})")
-        stopped: set[str] = set()
-        for i, c in enumerate(args.concurrency):
-            order = live[i % len(live) :] + live[: i % len(live)] if live else []
-            for t in order:
-                if t.key in stopped:
-                    continue
-                if t.name == "pipeline":  # (b) at the same concurrency, in this process, no HTTP
-                    p = by_key[t.key]
-                    r = await run_pipeline(
-                        p.selection.backend,
-                        p.selection.metadata,
-                        p.settings,
-                        p.images,
-                        c,
-                        args.duration_s,
-                        args.warmup_s,
-                    )
-                    results[t.key].append(r)
-                    say(
-                        f"    {t.key} c={c}: {r['img_per_s']:.1f} img/s, p50 {r['latency_ms']['p50']:.1f} ms, "
-                        f"p99 {r['latency_ms']['p99']:.1f} ms (in-process, no HTTP)"
-                    )
-                    continue
-                config = StepConfig(
-                    "closed", concurrency=c, duration_s=args.duration_s, warmup_s=args.warmup_s, max_error_rate=0.5
-                )
-                bar = ProgressBar(1)
-                bar.next_step()
-                (r,) = await run_sweep(
-                    started[t.key].url, args.kind, payloads, [config], args.procs, max_error_rate=0.5, progress=bar
-                )
-                bar.done()
-                results[t.key].append(r)
-                row = report.row(r)
-                say(
-                    f"    {t.key} c={c}: {row['img_per_s']} img/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
-                    f"{row['errors']} errors, client CPU {row['client_cpu_pct']}%"
-                )
-                if r.stopped:
-                    stopped.add(t.key)
-        if args.open_at > 0:
-            for t in (t for t in live if t.name != "pipeline"):
-                peak = max((r.rps for r in results[t.key] if r.counted), default=0.0)
-                rate = round(args.open_at * peak, 1)
-                if t.key in stopped or rate < 0.1:
-                    say(f"    {t.key}: no open loop (peak {peak:.2f} req/s{', stopped' if t.key in stopped else ''})")
-                    continue
-                open_peak[t.key] = peak
-                config = StepConfig(
-                    "open",
-                    rate=rate,
-                    arrival="poisson",
-                    duration_s=args.duration_s,
-                    warmup_s=args.warmup_s,
-                    max_error_rate=0.5,
-                )
-                (r,) = await run_sweep(
-                    started[t.key].url, args.kind, payloads, [config], args.procs, max_error_rate=0.5
-                )
-                open_loop[t.key] = r
-                row = report.row(r)
-                say(
-                    f"    {t.key} open loop at {args.open_at:g} x {peak:.1f} req/s: {row['img_per_s']} img/s, "
-                    f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, {row['errors']} errors"
-                )
-
-    interrupted = False
-    try:
-        asyncio.run(go())
-    except KeyboardInterrupt:
-        interrupted = True
-        say("interrupted: keeping the steps that finished")
-    finally:
-        for server in started.values():
-            server.stop()
-    for t in live:
-        if t.name == "pipeline":
-            out[t.key] = {"steps": results[t.key]}
-            continue
-        tail = [open_loop[t.key]] if t.key in open_loop else []
-        write_outputs(
-            t.out_dir / t.name,
-            {"server": t.key, "backend": t.backend, "device": args.device},
-            results[t.key] + tail,
-            title=f"{t.key} ({t.backend}, {args.device})",
-        )
-        out[t.key] = {"url": started[t.key].url, "steps": [report.row(r) for r in results[t.key]]}
-        if tail:
-            out[t.key]["open_loop"] = {**report.row(tail[0]), "peak_req_per_s": round(open_peak[t.key], 3)}
-    return out, ceiling, interrupted
-
-
-def _best(steps: list[dict], lo: int = 16, hi: int = 32) -> dict | None:
-    """The step with the most img/s among concurrency lo..hi (any step when none is in range)."""
-    ok = [s for s in steps if s["requests"]]
-    in_range = [s for s in ok if lo <= (s["concurrency"] or 0) <= hi] or ok
-    return max(in_range, key=lambda s: s["img_per_s"], default=None)
-
-
-def _at(steps: list[dict], c: int) -> dict | None:
-    return next((s for s in steps if s["concurrency"] == c and s["requests"]), None)
-
-
-def _medians(steps: list[dict]) -> dict[int, tuple[float, float]]:
-    """{concurrency: (median img/s, median p50 ms)} over the steps run at it (--concurrency 1,16,1,16
-    repeats each level in rounds: on a noisy host the medians compare better than any one step)."""
-    by_c: dict[int, list[dict]] = {}
-    for s in steps:
-        if s["requests"]:
-            by_c.setdefault(s["concurrency"], []).append(s)
-    return {
-        c: (statistics.median(s["img_per_s"] for s in group), statistics.median(s["p50_ms"] for s in group))
-        for c, group in by_c.items()
-    }
-
-
-def open_loop_lines(what: str, entry: dict, md: list[str]) -> list[str]:
-    """One server's open-loop step (``--open-at``), when it ran: a table row into ``md``, and a line."""
-    o = entry.get("open_loop")
-    if not o:
-        return []
-    where = f"open loop at {o['rate']:g} req/s (Poisson)"
-    md.append(
-        f"| {what}, {where} | {o['img_per_s']:.1f} | {o['p50_ms']:.1f} | {o['p99_ms']:.1f} | {o['errors']} errors |"
-    )
-    return [f"  {what}, {where}: p50 {o['p50_ms']:.1f} ms, p99 {o['p99_ms']:.1f} ms, {o['errors']} errors"]
-
-
-def layout_lines(layouts: dict[str, dict], md: list[str], service: dict | None = None) -> list[str]:
-    """(e): each layout's steps as table rows, and its img/s and p50 per concurrency (medians over the
-    rounds) against the first layout; the default service (c) is compared with that first layout too."""
-    measured = {label: entry for label, entry in layouts.items() if "steps" in entry}
-    lines = [
-        f"{label}: not measured ({entry.get('skipped')})" for label, entry in layouts.items() if label not in measured
-    ]
-    if not measured:
-        return lines
-    base_label, base = next(iter(measured.items()))
-    base_medians = _medians(base["steps"])
-    compared = dict(measured)
-    if service and "steps" in service:
-        compared["the service (c)"] = service
-    for label, entry in compared.items():
-        for s in entry["steps"] if label in measured else ():
-            md.append(
-                f"| (e) layout {label}, c={s['concurrency']} | {s['img_per_s']:.1f} | {s['p50_ms']:.1f} | "
-                f"{s['p99_ms']:.1f} | mean batch {s['server_batch_size_mean'] or 0:.1f}, {s['errors']} errors |"
-            )
-        if label in measured:
-            lines += open_loop_lines(f"(e) layout {label}", entry, md)
-        if label == base_label:
-            continue
-        parts = []
-        for c, (img_s, p50) in _medians(entry["steps"]).items():
-            b = base_medians.get(c)
-            if b and b[0] and b[1]:
-                parts.append(f"c={c}: img/s x{img_s / b[0]:.2f}, p50 x{p50 / b[1]:.2f}")
-        lines.append(f"{'layout ' if label in measured else ''}{label} vs {base_label}: " + "; ".join(parts))
-    return lines
-
-
-def summarize(result: dict) -> tuple[list[str], list[str]]:
-    """(ratio lines for the terminal, Markdown table lines) of one bench result."""
-    lines, md = [], ["| measurement | img/s | p50 ms | p99 ms | note |", "|---|---:|---:|---:|---|"]
-    naive = result.get("naive", {})
-    for name, b in result["backends"].items():
-        if "skipped" in b:
-            lines.append(f"{name}: skipped ({b['skipped']})")
-            md.append(f"| {name} | - | - | - | skipped: {b['skipped'][:80]} |")
-            continue
-        engine_peak = max(b["engine"], key=lambda e: e["img_per_s"])
-        pipe_c1 = b["pipeline"][0]
-        pipe_peak = max(b["pipeline"], key=lambda p: p["img_per_s"])
-        for e in b["engine"]:
-            md.append(
-                f"| (a) engine {name}, batch {e['batch']} | {e['img_per_s']:.1f} | "
-                f"{e['ms_per_batch']:.1f} | - | ms per batch |"
-            )
-        md.append(f"| preprocess one image (1 thread) | - | {b['preprocess_ms']:.1f} | - | decode+resize+normalize |")
-        for p in b["pipeline"]:
-            md.append(
-                f"| (b) pipeline {name}, {p['concurrency']} in-process callers | {p['img_per_s']:.1f} | "
-                f"{p['latency_ms']['p50']:.1f} | {p['latency_ms']['p99']:.1f} | "
-                f"mean batch {p['batch_size_mean'] or 0:.1f} |"
-            )
-        service = b.get("service", {})
-        if not _best(service.get("steps", [])):
-            lines.append(f"{name}: service not measured ({service.get('skipped', 'no step finished')})")
-            continue
-        for s in service["steps"]:
-            md.append(
-                f"| (c) service {name}, c={s['concurrency']} | {s['img_per_s']:.1f} | {s['p50_ms']:.1f} | "
-                f"{s['p99_ms']:.1f} | mean batch {s['server_batch_size_mean'] or 0:.1f}, {s['errors']} errors |"
-            )
-        best = _best(service["steps"])
-        c1 = _at(service["steps"], 1)
-        lines.append(
-            f"{name}: service best at c={best['concurrency']}: {best['img_per_s']:.1f} img/s, "
-            f"p50 {best['p50_ms']:.1f} ms, p99 {best['p99_ms']:.1f} ms"
-        )
-        lines += open_loop_lines(f"(c) service {name}", service, md)
-        # Upper bounds, each as if it had the host to itself: which one the service sits under names the limit.
-        cores = result["host"]["cpu_count"] or 1
-        lines.append(
-            f"  bounds: decode <= {cores * 1000 / b['preprocess_ms']:.0f} img/s ({cores} cores x 1 image per "
-            f"{b['preprocess_ms']:.1f} ms), engine <= {engine_peak['img_per_s']:.0f} img/s, "
-            f"client <= {(result.get('client_ceiling') or {}).get('req_per_s', float('nan')):.0f} req/s"
-        )
-        ratio = best["img_per_s"] / engine_peak["img_per_s"]
-        lines.append(
-            f"  (c)/(a) {ratio:.2f}  (engine at batch {engine_peak['batch']}: {engine_peak['img_per_s']:.1f} img/s)"
-        )
-        after = b.get("engine_after")
-        if after:
-            before = next(e for e in b["engine"] if e["batch"] == after["batch"])
-            lines.append(
-                f"  host drift: engine at batch {after['batch']} {before['img_per_s']:.1f} img/s before the HTTP "
-                f"part, {after['img_per_s']:.1f} after (x{after['img_per_s'] / before['img_per_s']:.2f}; "
-                "far from 1 = a busy host, ratios to (a) and (b) are rough)"
-            )
-            md.append(
-                f"| (a) engine {name}, batch {after['batch']}, again after (c) | {after['img_per_s']:.1f} | "
-                f"{after['ms_per_batch']:.1f} | - | host drift check |"
-            )
-        ratio = best["img_per_s"] / pipe_peak["img_per_s"]
-        inter = {p["concurrency"]: p for p in b.get("pipeline_interleaved", [])}
-        same_c = inter.get(best["concurrency"])
-        if same_c:  # measured within a minute of (c), at the same concurrency: the ratio to trust
-            for p in inter.values():
-                md.append(
-                    f"| (b) pipeline {name}, {p['concurrency']} callers, interleaved with (c) | "
-                    f"{p['img_per_s']:.1f} | {p['latency_ms']['p50']:.1f} | {p['latency_ms']['p99']:.1f} | "
-                    f"mean batch {p['batch_size_mean'] or 0:.1f} |"
-                )
-            lines.append(f"  (c)/(b) {ratio:.2f} against the standalone (b), measured minutes earlier")
-            ratio = best["img_per_s"] / same_c["img_per_s"]
-            pipe_peak = same_c
-            if 1 in inter:
-                pipe_c1 = inter[1]
-        ok = "MET" if ratio >= TARGETS["vs_pipeline"] else "MISSED"
-        lines.append(
-            f"  (c)/(b) {ratio:.2f}  target >= {TARGETS['vs_pipeline']}: {ok}  "
-            f"(pipeline {pipe_peak['img_per_s']:.1f} img/s at {pipe_peak['concurrency']} callers"
-            f"{', interleaved with (c)' if same_c else ''})"
-        )
-        if nbest := _best(naive.get("steps", [])):
-            ratio = best["img_per_s"] / nbest["img_per_s"] if nbest["img_per_s"] else math.inf
-            ok = "MET" if ratio >= TARGETS["vs_naive"] else "MISSED"
-            lines.append(
-                f"  (c)/(d) {ratio:.2f}  target >= {TARGETS['vs_naive']}: {ok}  "
-                f"(naive best {nbest['img_per_s']:.1f} img/s at c={nbest['concurrency']}, p99 {nbest['p99_ms']:.1f} ms)"
-            )
-        if c1:
-            ratio = c1["p50_ms"] / pipe_c1["latency_ms"]["p50"]
-            ok = "MET" if ratio <= TARGETS["c1_p50_over_pipeline"] else "MISSED"
-            where = (
-                "in-process, interleaved"
-                if "pipeline_interleaved" in b and pipe_c1 in b["pipeline_interleaved"]
-                else "in-process"
-            )
-            lines.append(
-                f"  c=1 p50 {c1['p50_ms']:.1f} ms vs {where} {pipe_c1['latency_ms']['p50']:.1f} ms: "
-                f"x{ratio:.2f}, target <= {TARGETS['c1_p50_over_pipeline']}: {ok}"
-            )
-    for label in ["naive", *result.get("peers", {})]:
-        entry = naive if label == "naive" else result["peers"][label]
-        if not _best(entry.get("steps", [])):
-            if label != "naive" or entry:
-                md.append(f"| {label} | - | - | - | {entry.get('skipped', 'no step finished')[:100]} |")
-            continue
-        tag = "(d) naive" if label == "naive" else f"peer {label}"
-        for s in entry["steps"]:
-            md.append(
-                f"| {tag}, c={s['concurrency']} | {s['img_per_s']:.1f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | "
-                f"{s['errors']} errors |"
-            )
-        pbest = _best(entry["steps"])
-        lines.append(
-            f"{label}: best {pbest['img_per_s']:.1f} img/s at c={pbest['concurrency']}, p99 {pbest['p99_ms']:.1f} ms"
-        )
-        lines += open_loop_lines(tag, entry, md)
-        if label != "naive":
-            for name, b in result["backends"].items():
-                best = _best(b.get("service", {}).get("steps", []))
-                if best and pbest["img_per_s"]:
-                    ahead = "ahead" if best["img_per_s"] > pbest["img_per_s"] else "BEHIND"
-                    lines.append(f"  (c) {name} / {label}: {best['img_per_s'] / pbest['img_per_s']:.2f} ({ahead})")
-                    per_c = []  # the target is to lead at every concurrency, not only at the best
-                    peer_medians = _medians(entry["steps"])
-                    for c, (img_s, _p50) in _medians(b["service"]["steps"]).items():
-                        if peer_medians.get(c, (0, 0))[0]:
-                            ratio = img_s / peer_medians[c][0]
-                            per_c.append(f"c={c} x{ratio:.2f}{'' if ratio > 1 else ' BEHIND'}")
-                    lines.append(f"    at each concurrency: {', '.join(per_c)}")
-    first = next((b for b in result["backends"].values() if "skipped" not in b), {})
-    lines += layout_lines(result.get("layouts", {}), md, first.get("service"))
-    ceiling = result.get("client_ceiling")
-    if ceiling:
-        md.append(
-            f"| client ceiling, GET /healthz c={ceiling['concurrency']} | {ceiling['req_per_s']:.0f} req/s | "
-            f"{ceiling['p50_ms']:.1f} | - | the load generator's own limit |"
-        )
-    return lines, md
-
-
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     # A timeout's SIGTERM (gpu_check.sh) as a Ctrl-C: the HTTP steps that finished are still written.
@@ -622,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         targets.append(Target(f"service:{name}", "service", name, out / name, list(args.service_flag)))
     first = next((t.backend for t in targets), backends[0])
-    for text in args.layout:
-        label, flags, checkout = parse_layout(text)
+    for label, flags, checkout in args.layout:
         targets.append(
             Target(f"layout:{label}", "service", first, out / f"layout-{label.replace(' ', '-')}", flags, checkout)
         )
@@ -678,21 +291,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: not measured through HTTP: {unmeasured}", file=sys.stderr)
         return 1
     return 0
-
-
-def unmeasured_backends(result: dict) -> dict[str, str]:
-    """{backend: why} for every backend that loaded here but whose service gave no figures, and for
-    the run as a whole when no backend loaded at all: a benchmark that measured nothing has failed."""
-    loaded = {name: b for name, b in result["backends"].items() if "skipped" not in b}
-    if not loaded:
-        return {
-            "(all)": "no backend loaded: " + "; ".join(f"{n}: {b['skipped']}" for n, b in result["backends"].items())
-        }
-    return {
-        name: str(b.get("service", {}).get("skipped", "no steps"))
-        for name, b in loaded.items()
-        if not b.get("service", {}).get("steps")
-    }
 
 
 if __name__ == "__main__":

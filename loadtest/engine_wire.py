@@ -62,18 +62,19 @@ def engine_process(address: str, onnx: str, in_flight: int) -> None:
     )
     os.environ.setdefault("ALEXNET_LOG_LEVEL", "warning")
     import service.engine
+    import service.engine_load
     from service.process import reuse_freed_memory
     from service.settings import Settings
 
     reuse_freed_memory()
-    select = service.engine.select_backend
+    select = service.engine_load.select_backend
 
     def instant(settings):
         selection = select(settings)
         selection.backend = InstantBackend(selection.backend)
         return selection
 
-    service.engine.select_backend = instant  # type: ignore[assignment]
+    service.engine_load.select_backend = instant  # type: ignore[assignment]
     service.engine.run_engine(Settings(), address)
 
 

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import ScalarFormatter
 
 from loadtest.histogram import PERCENTILES, pct_key
-from loadtest.runner import StepResult
+from loadtest.step import StepResult
 
 
 def latency_vs_throughput(results: list[StepResult], path: Path, title: str = "") -> None:

@@ -1,11 +1,12 @@
-"""A one-line progress bar on stderr (redrawn in place on a terminal, a line every few seconds otherwise)."""
+"""Progress on stderr: a one-line bar (redrawn in place on a terminal, a line every few seconds otherwise),
+and ``say``, a timestamped line of the benchmark's narration."""
 
 from __future__ import annotations
 
 import sys
 import time
 
-from loadtest.runner import StepResult
+from loadtest.step import StepResult
 
 
 class ProgressBar:
@@ -42,3 +43,7 @@ class ProgressBar:
         if self.tty:
             self.stream.write("\r" + " " * 110 + "\r")
             self.stream.flush()
+
+
+def say(text: str, tag: str = "bench") -> None:
+    print(f"[{tag} {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from loadtest.histogram import PERCENTILES, pct_key
-from loadtest.runner import StepResult
+from loadtest.step import StepResult
 
 LATENCY_KEYS = [pct_key(p) for p in PERCENTILES] + ["max"]
 

@@ -23,58 +23,22 @@ import logging
 import os
 import signal
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from service import wire
 from service.arena import ArenaView
-from service.backends import Selection, select_backend
+from service.backends import Selection
 from service.batch_runner import EngineImage, EngineRunner, ImageOutput
 from service.batcher import Batcher, InferenceResult
-from service.errors import NotReady, ServiceError
+from service.engine_link import Connection, listening_socket
+from service.engine_load import load_model
+from service.errors import ServiceError
 from service.metrics import Metrics
-from service.preprocess import PreprocessConfig
 from service.process import follow_parent, reuse_freed_memory, use_uvloop
 from service.settings import Settings
 
 log = logging.getLogger("service.engine")
-
-
-def listening_socket(address: str) -> socket.socket:
-    """The engine's socket at an abstract address (``address`` without the leading NUL)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind("\0" + address)
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
-
-
-@dataclass(eq=False)
-class Connection:
-    frontend: int
-    pid: int
-    arena: ArenaView
-    writer: asyncio.StreamWriter
-    pending: dict[int, list[asyncio.Future]] = field(default_factory=dict)
-    preloading: set[int] = field(default_factory=set)  # requests being normalised before they queue
-    cancelled: set[int] = field(default_factory=set)  # Cancels that came while they were
-    leaving: bool = False  # it said Goodbye
-    _outbox: list[bytes] = field(default_factory=list)
-
-    def send(self, message: object) -> None:
-        """Queue a message; everything queued in one turn of the event loop goes in one write (a
-        finished batch answers many requests of the same front end at once)."""
-        if self.writer.is_closing():
-            return
-        if not self._outbox:
-            asyncio.get_running_loop().call_soon(self.flush)
-        self._outbox.append(wire.encode(message))
-
-    def flush(self) -> None:
-        if self._outbox and not self.writer.is_closing():
-            self.writer.write(b"".join(self._outbox))
-        self._outbox.clear()
 
 
 @dataclass(slots=True)
@@ -85,39 +49,6 @@ class _Preload:
     rid: int
     images: list[EngineImage]
     deadline: float
-
-
-def choose_decode(settings: Settings, selection: Selection) -> tuple[object | None, str]:
-    """(a JpegDecoder or None, why): where JPEGs are decoded, for --decode auto|cpu|gpu."""
-    backend = selection.backend
-    if settings.decode == "cpu":
-        return None, "decode=cpu was asked for"
-    on_cuda = str(backend.device).startswith("cuda")
-    why_not = None
-    if not on_cuda:
-        why_not = f"the {backend.name} backend runs on {backend.device}, not a CUDA GPU"
-    elif not backend.takes_tensors:
-        why_not = f"the {backend.name} backend takes host batches only"
-    decoder = None
-    if why_not is None:
-        from service.gpu_decode import JpegDecoder, tiny_jpeg
-
-        meta = selection.metadata
-        try:
-            decoder = JpegDecoder(backend.device, meta.resize_size, meta.input_size)
-            (probe,) = decoder.decode([(memoryview(tiny_jpeg()), 1)])  # loads nvJPEG now, not on a request
-            if isinstance(probe, Exception):  # the decoder answers per image: a failure comes back, not up
-                raise probe
-            if tuple(probe.shape) != (3, meta.input_size, meta.input_size):
-                raise RuntimeError(f"a test JPEG came back as {tuple(probe.shape)}")
-        except Exception as exc:  # whatever fails here (a missing extension: AttributeError), decode on the CPU
-            why_not = f"torchvision's GPU JPEG decoder is not usable here: {type(exc).__name__}: {exc}"
-            decoder = None
-    if decoder is not None:
-        return decoder, "nvJPEG on the GPU (torchvision.io.decode_jpeg), CPU for what it does not take"
-    if settings.decode == "gpu":
-        raise NotReady(f"decode=gpu was asked for, but {why_not}")
-    return None, f"auto: on the CPU in the front ends, because {why_not}"
 
 
 class EngineServer:
@@ -175,50 +106,9 @@ class EngineServer:
 
     # -- loading ---------------------------------------------------------------------------------
     def _load(self) -> None:
-        """Select and build the backend, warm it up, choose the decode path (blocking; in a thread)."""
-        s = self.settings
-        t0 = time.perf_counter()
-        selection = select_backend(s)
-        backend, meta = selection.backend, selection.metadata
-        log.info(
-            "backend %s (%s, %s), model %s weights=%s, loaded in %.1f s: %s",
-            backend.name,
-            backend.device,
-            backend.precision,
-            meta.arch,
-            meta.weights,
-            time.perf_counter() - t0,
-            selection.reason,
-        )
-        if meta.untrained:
-            log.warning("SERVING AN UNTRAINED MODEL: its labels are meaningless (weights: untrained)")
-        self.selection = selection
-        config = PreprocessConfig.for_model(meta, s.max_image_pixels, s.jpeg_draft)
-        decoder, decode_reason = choose_decode(s, selection)
-        log.info("JPEG decoding: %s", decode_reason)
-        self.runner = EngineRunner(backend, meta, config, decoder)
-        if s.warmup:
-            t1 = time.perf_counter()
-            backend.warmup(meta.input_size)
-            self.runner.warm_up()
-            log.info("warm-up done in %.2f s", time.perf_counter() - t1)
-        self.model = wire.ModelInfo(
-            arch=meta.arch,
-            weights=meta.weights,
-            untrained=meta.untrained,
-            weights_sha256=meta.weights_sha256,
-            labels=list(meta.labels),
-            input_size=meta.input_size,
-            resize_size=meta.resize_size,
-            mean=tuple(meta.mean),  # type: ignore[arg-type]
-            std=tuple(meta.std),  # type: ignore[arg-type]
-            backend=backend.describe(),
-            backend_reason=selection.reason,
-            backends_skipped=dict(selection.skipped),
-            decode="gpu" if decoder is not None else "cpu",
-            decode_reason=decode_reason,
-            batches_overlap=self.runner.prepare_ahead or backend.max_concurrency > 1,
-        )
+        """The backend, decode path and warm-up (blocking; in a thread): see engine_load."""
+        loaded = load_model(self.settings)
+        self.selection, self.runner, self.model = loaded.selection, loaded.runner, loaded.model
 
     async def _start(self) -> None:
         s = self.settings

@@ -88,7 +88,7 @@ class GatedBackend(ControlledBackend):
 
 def install_gated_backend(monkeypatch) -> dict:
     """Make the next app's backend a GatedBackend; the returned dict gets it under "backend"."""
-    import service.engine
+    import service.engine_load
     from service.backends import select_backend
 
     holder: dict = {}
@@ -104,7 +104,7 @@ def install_gated_backend(monkeypatch) -> dict:
         holder["backend"] = gated
         return selection
 
-    monkeypatch.setattr(service.engine, "select_backend", gated_select)
+    monkeypatch.setattr(service.engine_load, "select_backend", gated_select)
     return holder
 
 

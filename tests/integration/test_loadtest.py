@@ -14,7 +14,8 @@ from aiohttp import web
 
 from loadtest.__main__ import build_payloads
 from loadtest.payloads import Payload
-from loadtest.runner import LoadClient, StepConfig, run_step, sweep
+from loadtest.runner import LoadClient, run_step, sweep
+from loadtest.step import StepConfig
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration

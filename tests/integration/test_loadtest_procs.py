@@ -17,7 +17,7 @@ from loadtest.client_ceiling import start_server
 from loadtest.histogram import LatencyHistogram
 from loadtest.multiproc import healthz_ceiling, run_sweep
 from loadtest.payloads import Payload
-from loadtest.runner import StepConfig
+from loadtest.step import StepConfig
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

@@ -18,12 +18,12 @@ import pytest
 import torch
 
 from export.onnx_metadata import ModelMetadata
-from loadtest.bench import unmeasured_backends
+from loadtest.bench_summary import unmeasured_backends
 from service import gpu_decode
 from service.backends import Selection
 from service.backends.base import Backend, bucket_for
 from service.backends.torch import cuda_graph_buckets
-from service.engine import choose_decode
+from service.engine_load import choose_decode
 from service.errors import NotReady
 from service.settings import Settings
 from tests.fakes import pil_decode

@@ -9,9 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from loadtest import multiproc, prom, report
+from loadtest import multiproc, prom, report, step_parts
 from loadtest.histogram import LatencyHistogram
-from loadtest.runner import StepConfig, StepResult, arrival_offsets
+from loadtest.runner import arrival_offsets
+from loadtest.step import StepConfig, StepResult
 from service.cpus import usable_cpus
 
 
@@ -203,8 +204,8 @@ def test_merged_step_sums_counts_by_status_and_kind():
     a = _part([0.01] * 40, {"503": 7, "timeout": 1}, {"queue_full": 7}, elapsed_s=2.0, abandoned=2, client_cpu_s=0.5)
     b = _part([0.02] * 25, {"503": 3, "400": 2}, {"queue_full": 3, "not_an_image": 2}, elapsed_s=2.0, abandoned=1)
     b.client_cpu_s, b.start_lag_s, a.start_lag_s = 0.25, 0.004, 0.001
-    parts = [multiproc.unpack(config, multiproc.pack(p)) for p in (a, b)]  # as they cross the pipe
-    m = multiproc.merge(config, parts, "3+2 clients")
+    parts = [step_parts.unpack(config, step_parts.pack(p)) for p in (a, b)]  # as they cross the pipe
+    m = step_parts.merge(config, parts, "3+2 clients")
     assert (m.counted, m.ok, m.images_ok, m.abandoned) == (78, 65, 195, 3)
     assert m.errors == {"503": 10, "timeout": 1, "400": 2}
     assert m.error_kinds == {"queue_full": 10, "not_an_image": 2}
@@ -224,7 +225,7 @@ def test_a_stopped_part_stops_the_merged_step_and_open_loop_lags_merge():
     a = _part([0.01] * 5, {}, {}, schedule_lag=_hist([0.001] * 5), scheduled=5, elapsed_s=1.0)
     b = _part([], {"503": 20}, {}, schedule_lag=_hist([0.002] * 20), scheduled=20, elapsed_s=0.4)
     b.stopped = "error rate 100.0% > 50.0%"
-    m = multiproc.merge(config, [a, b])
+    m = step_parts.merge(config, [a, b])
     assert m.stopped == "error rate 100.0% > 50.0% (process 1)"
     assert m.scheduled == 25 and m.schedule_lag.count == 25
     assert m.elapsed_s == 1.0
@@ -234,30 +235,30 @@ def test_a_stopped_part_stops_the_merged_step_and_open_loop_lags_merge():
     "total,n,expected", [(5, 2, [3, 2]), (1, 3, [1, 0, 0]), (32, 16, [2] * 16), (7, 3, [3, 2, 2]), (0, 2, [0, 0])]
 )
 def test_split_is_even_and_exact(total, n, expected):
-    assert multiproc.split(total, n) == expected
+    assert step_parts.split(total, n) == expected
 
 
 def test_shares_of_a_closed_step():
     config = StepConfig("closed", concurrency=5, duration_s=None, requests=100)
-    shares = multiproc.shares(config, 2)
+    shares = step_parts.shares(config, 2)
     assert [(s.clients, s.first_client, s.requests) for s in shares] == [(3, 0, 60), (2, 3, 40)]
-    assert multiproc.describe(config, shares) == "3+2 clients, 60+40 requests"
+    assert step_parts.describe(config, shares) == "3+2 clients, 60+40 requests"
     for c in range(1, 40):
         for r in (1, 7, 100, 1001):
             for n in (1, 2, 3, 16):
-                parts = multiproc.shares(StepConfig("closed", concurrency=c, duration_s=None, requests=r), n)
+                parts = step_parts.shares(StepConfig("closed", concurrency=c, duration_s=None, requests=r), n)
                 assert sum(s.clients for s in parts) == c and sum(s.requests for s in parts) == r
                 assert all(s.requests == 0 for s in parts if s.clients == 0)  # no requests without clients
-    many = multiproc.shares(StepConfig("closed", concurrency=40), 16)
-    assert multiproc.describe(StepConfig("closed", concurrency=40), many) == "3 (x8) + 2 (x8) clients"
+    many = step_parts.shares(StepConfig("closed", concurrency=40), 16)
+    assert step_parts.describe(StepConfig("closed", concurrency=40), many) == "3 (x8) + 2 (x8) clients"
 
 
 def test_shares_of_an_open_step():
     config = StepConfig("open", rate=50, duration_s=2.0, max_in_flight=5)
-    shares = multiproc.shares(config, 2)
+    shares = step_parts.shares(config, 2)
     assert [(s.index, s.procs, s.max_in_flight) for s in shares] == [(0, 2, 3), (1, 2, 2)]
-    assert multiproc.describe(config, shares) == "25+25/s (the arrivals dealt in turn)"
-    assert all(s.max_in_flight >= 1 for s in multiproc.shares(StepConfig("open", rate=1, max_in_flight=2), 4))
+    assert step_parts.describe(config, shares) == "25+25/s (the arrivals dealt in turn)"
+    assert all(s.max_in_flight >= 1 for s in step_parts.shares(StepConfig("open", rate=1, max_in_flight=2), 4))
 
 
 def test_procs_auto_is_the_affinity_mask():

@@ -1,0 +1,254 @@
+"""What one ``loadtest.bench`` result says: the ratios against the targets, and the Markdown table.
+
+``summarize(result)`` turns bench.json's dict into the terminal's lines and bench.md's table rows;
+``unmeasured_backends(result)`` names what loaded but gave no figures (the bench then fails).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+TARGETS = {"vs_pipeline": 0.85, "vs_naive": 1.6, "c1_p50_over_pipeline": 1.10}
+
+
+def _best(steps: list[dict], lo: int = 16, hi: int = 32) -> dict | None:
+    """The step with the most img/s among concurrency lo..hi (any step when none is in range)."""
+    ok = [s for s in steps if s["requests"]]
+    in_range = [s for s in ok if lo <= (s["concurrency"] or 0) <= hi] or ok
+    return max(in_range, key=lambda s: s["img_per_s"], default=None)
+
+
+def _at(steps: list[dict], c: int) -> dict | None:
+    return next((s for s in steps if s["concurrency"] == c and s["requests"]), None)
+
+
+def _medians(steps: list[dict]) -> dict[int, tuple[float, float]]:
+    """{concurrency: (median img/s, median p50 ms)} over the steps run at it (--concurrency 1,16,1,16
+    repeats each level in rounds: on a noisy host the medians compare better than any one step)."""
+    by_c: dict[int, list[dict]] = {}
+    for s in steps:
+        if s["requests"]:
+            by_c.setdefault(s["concurrency"], []).append(s)
+    return {
+        c: (statistics.median(s["img_per_s"] for s in group), statistics.median(s["p50_ms"] for s in group))
+        for c, group in by_c.items()
+    }
+
+
+def open_loop_lines(what: str, entry: dict, md: list[str]) -> list[str]:
+    """One server's open-loop step (``--open-at``), when it ran: a table row into ``md``, and a line."""
+    o = entry.get("open_loop")
+    if not o:
+        return []
+    where = f"open loop at {o['rate']:g} req/s (Poisson)"
+    md.append(
+        f"| {what}, {where} | {o['img_per_s']:.1f} | {o['p50_ms']:.1f} | {o['p99_ms']:.1f} | {o['errors']} errors |"
+    )
+    return [f"  {what}, {where}: p50 {o['p50_ms']:.1f} ms, p99 {o['p99_ms']:.1f} ms, {o['errors']} errors"]
+
+
+def layout_lines(layouts: dict[str, dict], md: list[str], service: dict | None = None) -> list[str]:
+    """(e): each layout's steps as table rows, and its img/s and p50 per concurrency (medians over the
+    rounds) against the first layout; the default service (c) is compared with that first layout too."""
+    measured = {label: entry for label, entry in layouts.items() if "steps" in entry}
+    lines = [
+        f"{label}: not measured ({entry.get('skipped')})" for label, entry in layouts.items() if label not in measured
+    ]
+    if not measured:
+        return lines
+    base_label, base = next(iter(measured.items()))
+    base_medians = _medians(base["steps"])
+    compared = dict(measured)
+    if service and "steps" in service:
+        compared["the service (c)"] = service
+    for label, entry in compared.items():
+        for s in entry["steps"] if label in measured else ():
+            md.append(
+                f"| (e) layout {label}, c={s['concurrency']} | {s['img_per_s']:.1f} | {s['p50_ms']:.1f} | "
+                f"{s['p99_ms']:.1f} | mean batch {s['server_batch_size_mean'] or 0:.1f}, {s['errors']} errors |"
+            )
+        if label in measured:
+            lines += open_loop_lines(f"(e) layout {label}", entry, md)
+        if label == base_label:
+            continue
+        parts = []
+        for c, (img_s, p50) in _medians(entry["steps"]).items():
+            b = base_medians.get(c)
+            if b and b[0] and b[1]:
+                parts.append(f"c={c}: img/s x{img_s / b[0]:.2f}, p50 x{p50 / b[1]:.2f}")
+        lines.append(f"{'layout ' if label in measured else ''}{label} vs {base_label}: " + "; ".join(parts))
+    return lines
+
+
+def backend_lines(name: str, b: dict, result: dict, md: list[str]) -> list[str]:
+    """One backend's (a), (b) and (c): table rows into ``md``; its bounds and ratios to the targets."""
+    lines: list[str] = []
+    naive = result.get("naive", {})
+    if "skipped" in b:
+        lines.append(f"{name}: skipped ({b['skipped']})")
+        md.append(f"| {name} | - | - | - | skipped: {b['skipped'][:80]} |")
+        return lines
+    engine_peak = max(b["engine"], key=lambda e: e["img_per_s"])
+    pipe_c1 = b["pipeline"][0]
+    pipe_peak = max(b["pipeline"], key=lambda p: p["img_per_s"])
+    for e in b["engine"]:
+        md.append(
+            f"| (a) engine {name}, batch {e['batch']} | {e['img_per_s']:.1f} | "
+            f"{e['ms_per_batch']:.1f} | - | ms per batch |"
+        )
+    md.append(f"| preprocess one image (1 thread) | - | {b['preprocess_ms']:.1f} | - | decode+resize+normalize |")
+    for p in b["pipeline"]:
+        md.append(
+            f"| (b) pipeline {name}, {p['concurrency']} in-process callers | {p['img_per_s']:.1f} | "
+            f"{p['latency_ms']['p50']:.1f} | {p['latency_ms']['p99']:.1f} | "
+            f"mean batch {p['batch_size_mean'] or 0:.1f} |"
+        )
+    service = b.get("service", {})
+    if not _best(service.get("steps", [])):
+        lines.append(f"{name}: service not measured ({service.get('skipped', 'no step finished')})")
+        return lines
+    for s in service["steps"]:
+        md.append(
+            f"| (c) service {name}, c={s['concurrency']} | {s['img_per_s']:.1f} | {s['p50_ms']:.1f} | "
+            f"{s['p99_ms']:.1f} | mean batch {s['server_batch_size_mean'] or 0:.1f}, {s['errors']} errors |"
+        )
+    best = _best(service["steps"])
+    c1 = _at(service["steps"], 1)
+    lines.append(
+        f"{name}: service best at c={best['concurrency']}: {best['img_per_s']:.1f} img/s, "
+        f"p50 {best['p50_ms']:.1f} ms, p99 {best['p99_ms']:.1f} ms"
+    )
+    lines += open_loop_lines(f"(c) service {name}", service, md)
+    # Upper bounds, each as if it had the host to itself: which one the service sits under names the limit.
+    cores = result["host"]["cpu_count"] or 1
+    lines.append(
+        f"  bounds: decode <= {cores * 1000 / b['preprocess_ms']:.0f} img/s ({cores} cores x 1 image per "
+        f"{b['preprocess_ms']:.1f} ms), engine <= {engine_peak['img_per_s']:.0f} img/s, "
+        f"client <= {(result.get('client_ceiling') or {}).get('req_per_s', float('nan')):.0f} req/s"
+    )
+    ratio = best["img_per_s"] / engine_peak["img_per_s"]
+    lines.append(
+        f"  (c)/(a) {ratio:.2f}  (engine at batch {engine_peak['batch']}: {engine_peak['img_per_s']:.1f} img/s)"
+    )
+    after = b.get("engine_after")
+    if after:
+        before = next(e for e in b["engine"] if e["batch"] == after["batch"])
+        lines.append(
+            f"  host drift: engine at batch {after['batch']} {before['img_per_s']:.1f} img/s before the HTTP "
+            f"part, {after['img_per_s']:.1f} after (x{after['img_per_s'] / before['img_per_s']:.2f}; "
+            "far from 1 = a busy host, ratios to (a) and (b) are rough)"
+        )
+        md.append(
+            f"| (a) engine {name}, batch {after['batch']}, again after (c) | {after['img_per_s']:.1f} | "
+            f"{after['ms_per_batch']:.1f} | - | host drift check |"
+        )
+    ratio = best["img_per_s"] / pipe_peak["img_per_s"]
+    inter = {p["concurrency"]: p for p in b.get("pipeline_interleaved", [])}
+    same_c = inter.get(best["concurrency"])
+    if same_c:  # measured within a minute of (c), at the same concurrency: the ratio to trust
+        for p in inter.values():
+            md.append(
+                f"| (b) pipeline {name}, {p['concurrency']} callers, interleaved with (c) | "
+                f"{p['img_per_s']:.1f} | {p['latency_ms']['p50']:.1f} | {p['latency_ms']['p99']:.1f} | "
+                f"mean batch {p['batch_size_mean'] or 0:.1f} |"
+            )
+        lines.append(f"  (c)/(b) {ratio:.2f} against the standalone (b), measured minutes earlier")
+        ratio = best["img_per_s"] / same_c["img_per_s"]
+        pipe_peak = same_c
+        if 1 in inter:
+            pipe_c1 = inter[1]
+    ok = "MET" if ratio >= TARGETS["vs_pipeline"] else "MISSED"
+    lines.append(
+        f"  (c)/(b) {ratio:.2f}  target >= {TARGETS['vs_pipeline']}: {ok}  "
+        f"(pipeline {pipe_peak['img_per_s']:.1f} img/s at {pipe_peak['concurrency']} callers"
+        f"{', interleaved with (c)' if same_c else ''})"
+    )
+    if nbest := _best(naive.get("steps", [])):
+        ratio = best["img_per_s"] / nbest["img_per_s"] if nbest["img_per_s"] else math.inf
+        ok = "MET" if ratio >= TARGETS["vs_naive"] else "MISSED"
+        lines.append(
+            f"  (c)/(d) {ratio:.2f}  target >= {TARGETS['vs_naive']}: {ok}  "
+            f"(naive best {nbest['img_per_s']:.1f} img/s at c={nbest['concurrency']}, p99 {nbest['p99_ms']:.1f} ms)"
+        )
+    if c1:
+        ratio = c1["p50_ms"] / pipe_c1["latency_ms"]["p50"]
+        ok = "MET" if ratio <= TARGETS["c1_p50_over_pipeline"] else "MISSED"
+        where = (
+            "in-process, interleaved"
+            if "pipeline_interleaved" in b and pipe_c1 in b["pipeline_interleaved"]
+            else "in-process"
+        )
+        lines.append(
+            f"  c=1 p50 {c1['p50_ms']:.1f} ms vs {where} {pipe_c1['latency_ms']['p50']:.1f} ms: "
+            f"x{ratio:.2f}, target <= {TARGETS['c1_p50_over_pipeline']}: {ok}"
+        )
+    return lines
+
+
+def other_server_lines(label: str, result: dict, md: list[str]) -> list[str]:
+    """The naive baseline (d) or a peer: table rows into ``md``; a peer's ratios to the service."""
+    lines: list[str] = []
+    entry = result.get("naive", {}) if label == "naive" else result["peers"][label]
+    if not _best(entry.get("steps", [])):
+        if label != "naive" or entry:
+            md.append(f"| {label} | - | - | - | {entry.get('skipped', 'no step finished')[:100]} |")
+        return lines
+    tag = "(d) naive" if label == "naive" else f"peer {label}"
+    for s in entry["steps"]:
+        md.append(
+            f"| {tag}, c={s['concurrency']} | {s['img_per_s']:.1f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | "
+            f"{s['errors']} errors |"
+        )
+    pbest = _best(entry["steps"])
+    lines.append(
+        f"{label}: best {pbest['img_per_s']:.1f} img/s at c={pbest['concurrency']}, p99 {pbest['p99_ms']:.1f} ms"
+    )
+    lines += open_loop_lines(tag, entry, md)
+    if label != "naive":
+        for name, b in result["backends"].items():
+            best = _best(b.get("service", {}).get("steps", []))
+            if best and pbest["img_per_s"]:
+                ahead = "ahead" if best["img_per_s"] > pbest["img_per_s"] else "BEHIND"
+                lines.append(f"  (c) {name} / {label}: {best['img_per_s'] / pbest['img_per_s']:.2f} ({ahead})")
+                per_c = []  # the target is to lead at every concurrency, not only at the best
+                peer_medians = _medians(entry["steps"])
+                for c, (img_s, _p50) in _medians(b["service"]["steps"]).items():
+                    if peer_medians.get(c, (0, 0))[0]:
+                        ratio = img_s / peer_medians[c][0]
+                        per_c.append(f"c={c} x{ratio:.2f}{'' if ratio > 1 else ' BEHIND'}")
+                lines.append(f"    at each concurrency: {', '.join(per_c)}")
+    return lines
+
+
+def summarize(result: dict) -> tuple[list[str], list[str]]:
+    """(ratio lines for the terminal, Markdown table lines) of one bench result."""
+    lines, md = [], ["| measurement | img/s | p50 ms | p99 ms | note |", "|---|---:|---:|---:|---|"]
+    for name, b in result["backends"].items():
+        lines += backend_lines(name, b, result, md)
+    for label in ["naive", *result.get("peers", {})]:
+        lines += other_server_lines(label, result, md)
+    first = next((b for b in result["backends"].values() if "skipped" not in b), {})
+    lines += layout_lines(result.get("layouts", {}), md, first.get("service"))
+    ceiling = result.get("client_ceiling")
+    if ceiling:
+        md.append(
+            f"| client ceiling, GET /healthz c={ceiling['concurrency']} | {ceiling['req_per_s']:.0f} req/s | "
+            f"{ceiling['p50_ms']:.1f} | - | the load generator's own limit |"
+        )
+    return lines, md
+
+
+def unmeasured_backends(result: dict) -> dict[str, str]:
+    """{backend: why} for every backend that loaded here but whose service gave no figures, and for
+    the run as a whole when no backend loaded at all: a benchmark that measured nothing has failed."""
+    loaded = {name: b for name, b in result["backends"].items() if "skipped" not in b}
+    if not loaded:
+        return {
+            "(all)": "no backend loaded: " + "; ".join(f"{n}: {b['skipped']}" for n, b in result["backends"].items())
+        }
+    return {
+        name: str(b.get("service", {}).get("skipped", "no steps"))
+        for name, b in loaded.items()
+        if not b.get("service", {}).get("steps")
+    }

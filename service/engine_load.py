@@ -1,0 +1,109 @@
+"""What the engine loads before it says ready: the backend, where JPEGs are decoded, the warm-up,
+and the model's facts that the front ends serve (``wire.ModelInfo``). Blocking: run it in a thread."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from service import wire
+from service.backends import Selection, select_backend
+from service.batch_runner import EngineRunner
+from service.errors import NotReady
+from service.preprocess import PreprocessConfig
+from service.settings import Settings
+
+log = logging.getLogger("service.engine")
+
+
+@dataclass
+class LoadedModel:
+    selection: Selection
+    runner: EngineRunner
+    model: wire.ModelInfo
+
+
+def choose_decode(settings: Settings, selection: Selection) -> tuple[object | None, str]:
+    """(a JpegDecoder or None, why): where JPEGs are decoded, for --decode auto|cpu|gpu."""
+    backend = selection.backend
+    if settings.decode == "cpu":
+        return None, "decode=cpu was asked for"
+    on_cuda = str(backend.device).startswith("cuda")
+    why_not = None
+    if not on_cuda:
+        why_not = f"the {backend.name} backend runs on {backend.device}, not a CUDA GPU"
+    elif not backend.takes_tensors:
+        why_not = f"the {backend.name} backend takes host batches only"
+    decoder = None
+    if why_not is None:
+        from service.gpu_decode import JpegDecoder, tiny_jpeg
+
+        meta = selection.metadata
+        try:
+            decoder = JpegDecoder(backend.device, meta.resize_size, meta.input_size)
+            (probe,) = decoder.decode([(memoryview(tiny_jpeg()), 1)])  # loads nvJPEG now, not on a request
+            if isinstance(probe, Exception):  # the decoder answers per image: a failure comes back, not up
+                raise probe
+            if tuple(probe.shape) != (3, meta.input_size, meta.input_size):
+                raise RuntimeError(f"a test JPEG came back as {tuple(probe.shape)}")
+        except Exception as exc:  # whatever fails here (a missing extension: AttributeError), decode on the CPU
+            why_not = f"torchvision's GPU JPEG decoder is not usable here: {type(exc).__name__}: {exc}"
+            decoder = None
+    if decoder is not None:
+        return decoder, "nvJPEG on the GPU (torchvision.io.decode_jpeg), CPU for what it does not take"
+    if settings.decode == "gpu":
+        raise NotReady(f"decode=gpu was asked for, but {why_not}")
+    return None, f"auto: on the CPU in the front ends, because {why_not}"
+
+
+def load_model(settings: Settings) -> LoadedModel:
+    """Select and build the backend, choose the decode path, warm up (with ``settings.warmup``). On a
+    failure after the backend was built, the backend is closed before the error goes up."""
+    s = settings
+    t0 = time.perf_counter()
+    selection = select_backend(s)
+    backend, meta = selection.backend, selection.metadata
+    log.info(
+        "backend %s (%s, %s), model %s weights=%s, loaded in %.1f s: %s",
+        backend.name,
+        backend.device,
+        backend.precision,
+        meta.arch,
+        meta.weights,
+        time.perf_counter() - t0,
+        selection.reason,
+    )
+    if meta.untrained:
+        log.warning("SERVING AN UNTRAINED MODEL: its labels are meaningless (weights: untrained)")
+    try:
+        config = PreprocessConfig.for_model(meta, s.max_image_pixels, s.jpeg_draft)
+        decoder, decode_reason = choose_decode(s, selection)
+        log.info("JPEG decoding: %s", decode_reason)
+        runner = EngineRunner(backend, meta, config, decoder)
+        if s.warmup:
+            t1 = time.perf_counter()
+            backend.warmup(meta.input_size)
+            runner.warm_up()
+            log.info("warm-up done in %.2f s", time.perf_counter() - t1)
+    except BaseException:
+        backend.close()
+        raise
+    model = wire.ModelInfo(
+        arch=meta.arch,
+        weights=meta.weights,
+        untrained=meta.untrained,
+        weights_sha256=meta.weights_sha256,
+        labels=list(meta.labels),
+        input_size=meta.input_size,
+        resize_size=meta.resize_size,
+        mean=tuple(meta.mean),  # type: ignore[arg-type]
+        std=tuple(meta.std),  # type: ignore[arg-type]
+        backend=backend.describe(),
+        backend_reason=selection.reason,
+        backends_skipped=dict(selection.skipped),
+        decode="gpu" if decoder is not None else "cpu",
+        decode_reason=decode_reason,
+        batches_overlap=runner.prepare_ahead or backend.max_concurrency > 1,
+    )
+    return LoadedModel(selection, runner, model)

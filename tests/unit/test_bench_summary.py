@@ -1,0 +1,99 @@
+"""loadtest.bench_summary: the ratios a bench run prints, from bench.json's dict (no servers run)."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadtest.bench import get_args_parser
+from loadtest.bench_summary import layout_lines, summarize
+
+
+def step(c: int, img_s: float, p50: float = 10.0) -> dict:
+    return {
+        "concurrency": c,
+        "requests": 100,
+        "img_per_s": img_s,
+        "p50_ms": p50,
+        "p99_ms": 2 * p50,
+        "errors": 0,
+        "server_batch_size_mean": 1.0,
+    }
+
+
+def backend(service_steps: list[dict]) -> dict:
+    return {
+        "engine": [{"batch": 32, "img_per_s": 150.0, "ms_per_batch": 213.0}],
+        "preprocess_ms": 2.5,
+        "pipeline": [
+            {"concurrency": c, "img_per_s": 90.0, "latency_ms": {"p50": 10.0, "p99": 20.0}, "batch_size_mean": 1.0}
+            for c in (1, 32)
+        ],
+        "service": {"steps": service_steps},
+    }
+
+
+def result(service_steps: list[dict], peers: dict[str, list[dict]], layouts: dict | None = None) -> dict:
+    return {
+        "host": {"cpu_count": 2},
+        "backends": {"onnxruntime": backend(service_steps)},
+        "peers": {name: {"steps": steps} for name, steps in peers.items()},
+        "layouts": layouts or {},
+    }
+
+
+def test_a_peer_is_compared_at_each_concurrency_on_the_medians_of_the_rounds():
+    # c=4 ran three rounds: the median (64) against the peer's 70 is behind, though the best round
+    # (70.5) would have been ahead; c=16's single round is ahead.
+    service = [step(4, 60.0), step(4, 70.5), step(4, 64.0), step(16, 90.0)]
+    lines, md = summarize(result(service, {"litserve": [step(4, 70.0), step(16, 80.0)]}))
+    (per_c,) = [line for line in lines if "at each concurrency" in line]
+    assert "c=4 x0.91 BEHIND" in per_c
+    assert "c=16 x1.12" in per_c and "c=16 x1.12 BEHIND" not in per_c
+    assert "| peer litserve, c=4 | 70.0 | 10.0 | 20.0 | 0 errors |" in md
+
+
+def test_layouts_are_compared_with_the_first_layout_and_the_service_with_it_too():
+    layouts = {
+        "before": {"steps": [step(1, 40.0, 20.0), step(1, 50.0, 18.0), step(1, 45.0, 19.0)]},
+        "2 http": {"steps": [step(1, 54.0, 19.0)]},
+    }
+    md: list[str] = []
+    lines = layout_lines(layouts, md, {"steps": [step(1, 36.0, 20.9)]})
+    assert "layout 2 http vs before: c=1: img/s x1.20, p50 x1.00" in lines
+    assert "the service (c) vs before: c=1: img/s x0.80, p50 x1.10" in lines
+    assert sum(row.startswith("| (e) layout before, c=1 |") for row in md) == 3
+    assert not any("the service (c)" in row for row in md)  # (c) has its own rows
+
+
+def test_a_layout_that_did_not_run_says_why():
+    lines = layout_lines({"before": {"skipped": "failed to start: port"}}, [])
+    assert lines == ["before: not measured (failed to start: port)"]
+
+
+def test_a_missing_service_is_reported_not_compared():
+    res = result([], {"mosec": [step(1, 30.0)]})
+    lines, _ = summarize(res)
+    assert any(line.startswith("onnxruntime: service not measured") for line in lines)
+    assert not any("at each concurrency" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("no-colon", "expected LABEL:FLAGS"),
+        (":--http-workers=2", "expected LABEL:FLAGS"),
+        ("x:checkout=/", "not a checkout"),
+    ],
+)
+def test_a_bad_layout_is_a_usage_error(value, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        get_args_parser().parse_args(["--layout", value])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_layout_parses_into_label_flags_and_checkout(tmp_path):
+    (tmp_path / "service").mkdir()
+    (tmp_path / "service" / "__main__.py").write_text("")
+    args = get_args_parser().parse_args(["--layout", f"old: --http-workers=2 checkout={tmp_path} --decode=cpu"])
+    assert args.layout == [("old", ["--http-workers=2", "--decode=cpu"], tmp_path.resolve())]
