@@ -74,7 +74,7 @@ def engine_process(address: str, onnx: str, in_flight: int) -> None:
         selection.backend = InstantBackend(selection.backend)
         return selection
 
-    service.engine_load.select_backend = instant  # type: ignore[assignment]
+    service.engine_load.select_backend = instant
     service.engine.run_engine(Settings(), address)
 
 

@@ -45,5 +45,5 @@ class ProgressBar:
             self.stream.flush()
 
 
-def say(text: str, tag: str = "bench") -> None:
-    print(f"[{tag} {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+def say(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)

@@ -18,17 +18,25 @@ PY=${PYTHON:-python3}
 # (pydantic 2.14 wants typing-extensions >= 4.16); the carried ones come first on PYTHONPATH there.
 WHEELS=(
     fastapi starlette uvicorn httptools python-multipart pydantic pydantic-core pydantic-settings
-    python-dotenv annotated-types typing-inspection hdrhistogram pbr opentelemetry-api importlib-metadata
+    python-dotenv annotated-types typing-inspection hdrhistogram pbr opentelemetry-api
     typing-extensions annotated-doc
 )
 # The versions this checkout's venv (make install) has, the ones its tests passed with, where it has
 # them: a newer release on PyPI could need a dependency that is not carried (the GPU host has no network).
 VENV_PY=${VENV_PY:-.venv/bin/python}
 if [ -x "$VENV_PY" ]; then
-    frozen=$("$VENV_PY" -m pip freeze 2>/dev/null | tr '[:upper:]_' '[:lower:]-')
+    if ! frozen=$("$VENV_PY" -m pip freeze 2>/dev/null); then
+        echo "error: '$VENV_PY -m pip freeze' failed; set VENV_PY to a venv with pip" >&2
+        exit 1
+    fi
+    frozen=$(tr '[:upper:]_' '[:lower:]-' <<< "$frozen")
     for i in "${!WHEELS[@]}"; do
         pin=$(grep -m1 "^${WHEELS[$i]}==" <<< "$frozen" || true)
-        [ -n "$pin" ] && WHEELS[$i]=$pin
+        if [ -n "$pin" ]; then
+            WHEELS[$i]=$pin
+        else
+            echo "note: ${WHEELS[$i]} is not in $VENV_PY's venv: PyPI's newest release" >&2
+        fi
     done
 else
     echo "note: no $VENV_PY (make install): downloading PyPI's newest releases, not the tested ones" >&2

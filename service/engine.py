@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -57,6 +58,8 @@ class EngineServer:
         self.address = address
         self.metrics = Metrics()
         self.selection: Selection | None = None
+        self._closing = threading.Lock()
+        self._closed = False
         self.batcher: Batcher | None = None
         self.runner: EngineRunner | None = None
         self.model: wire.ModelInfo | None = None
@@ -108,26 +111,38 @@ class EngineServer:
     def _load(self) -> None:
         """The backend, decode path and warm-up (blocking; in a thread): see engine_load."""
         loaded = load_model(self.settings)
-        self.selection, self.runner, self.model = loaded.selection, loaded.runner, loaded.model
+        with self._closing:
+            self.selection, self.runner, self.model = loaded.selection, loaded.runner, loaded.model
+        if self.stopping:  # stopped while this thread loaded: serve() did not know the backend yet
+            self._close_backend()
+
+    def _close_backend(self) -> None:
+        """Close the backend once, from whichever of serve()'s shutdown and a late load gets here first."""
+        with self._closing:
+            if self.selection is not None and not self._closed:
+                self._closed = True
+                self.selection.backend.close()
 
     async def _start(self) -> None:
         s = self.settings
         try:
             await asyncio.to_thread(self._load)
+            assert self.runner is not None
+            batcher = Batcher(  # refuses a max_batch_size over the backend's (a TensorRT plan's profile)
+                self.runner,
+                self.metrics,
+                s.max_batch_size,
+                s.max_delay_ms,
+                s.queue_capacity,
+                stall_after_s=s.request_timeout_s,
+            )
         except Exception as exc:  # reported through /readyz; the process stays up so operators see why
             self.startup_error = f"{type(exc).__name__}: {exc}"
             log.error("startup failed: %s", self.startup_error)
+            self._close_backend()  # one that loaded (the batcher refused it) is of no more use
             self._broadcast_status()
             return
-        assert self.runner is not None
-        self.batcher = Batcher(
-            self.runner,
-            self.metrics,
-            s.max_batch_size,
-            s.max_delay_ms,
-            s.queue_capacity,
-            stall_after_s=s.request_timeout_s,
-        )
+        self.batcher = batcher
         self.batcher.start()
         self.loaded = True
         log.info("ready")
@@ -163,8 +178,7 @@ class EngineServer:
             heartbeat.cancel()
             await asyncio.gather(loader, acceptor, heartbeat, return_exceptions=True)
             self._preloader.shutdown(wait=False, cancel_futures=True)
-            if self.selection is not None:
-                self.selection.backend.close()
+            self._close_backend()
             log.info("stopped")
 
     async def _heartbeat(self) -> None:

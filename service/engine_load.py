@@ -86,24 +86,24 @@ def load_model(settings: Settings) -> LoadedModel:
             backend.warmup(meta.input_size)
             runner.warm_up()
             log.info("warm-up done in %.2f s", time.perf_counter() - t1)
+        model = wire.ModelInfo(
+            arch=meta.arch,
+            weights=meta.weights,
+            untrained=meta.untrained,
+            weights_sha256=meta.weights_sha256,
+            labels=list(meta.labels),
+            input_size=meta.input_size,
+            resize_size=meta.resize_size,
+            mean=tuple(meta.mean),  # type: ignore[arg-type]
+            std=tuple(meta.std),  # type: ignore[arg-type]
+            backend=backend.describe(),
+            backend_reason=selection.reason,
+            backends_skipped=dict(selection.skipped),
+            decode="gpu" if decoder is not None else "cpu",
+            decode_reason=decode_reason,
+            batches_overlap=runner.prepare_ahead or backend.max_concurrency > 1,
+        )
     except BaseException:
         backend.close()
         raise
-    model = wire.ModelInfo(
-        arch=meta.arch,
-        weights=meta.weights,
-        untrained=meta.untrained,
-        weights_sha256=meta.weights_sha256,
-        labels=list(meta.labels),
-        input_size=meta.input_size,
-        resize_size=meta.resize_size,
-        mean=tuple(meta.mean),  # type: ignore[arg-type]
-        std=tuple(meta.std),  # type: ignore[arg-type]
-        backend=backend.describe(),
-        backend_reason=selection.reason,
-        backends_skipped=dict(selection.skipped),
-        decode="gpu" if decoder is not None else "cpu",
-        decode_reason=decode_reason,
-        batches_overlap=runner.prepare_ahead or backend.max_concurrency > 1,
-    )
     return LoadedModel(selection, runner, model)

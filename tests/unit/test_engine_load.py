@@ -1,12 +1,18 @@
-"""service.engine_load: what the engine builds before it says ready, and what it gives back on failure."""
+"""service.engine_load: what the engine builds before it says ready, and what it gives back on failure;
+and that the engine closes its backend exactly once however it stops."""
 
 from __future__ import annotations
+
+import asyncio
+import os
+import threading
 
 import pytest
 
 import service.engine_load
 from export.onnx_metadata import ModelMetadata
 from service.backends import Selection
+from service.engine import EngineServer
 from service.engine_load import load_model
 from service.errors import NotReady
 from service.settings import Settings
@@ -17,7 +23,15 @@ class ClosingBackend(EchoBackend):
     closed = 0
     fail_warmup = False
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.warming = threading.Event()  # set when warm-up begins
+        self.warm_gate = threading.Event()  # warm-up ends once this is set
+        self.warm_gate.set()
+
     def warmup(self, input_size: int) -> None:
+        self.warming.set()
+        assert self.warm_gate.wait(30), "the test never opened the warm-up gate"
         if self.fail_warmup:
             raise RuntimeError("injected warm-up fault")
         super().warmup(input_size)
@@ -53,4 +67,56 @@ def test_a_failing_warm_up_closes_the_backend_before_the_error_goes_up(backend):
 def test_gpu_decoding_refused_on_a_cpu_backend_closes_it_too(backend):
     with pytest.raises(NotReady, match="decode=gpu was asked for"):
         load_model(Settings(decode="gpu"))
+    assert backend.closed == 1
+
+
+def serve_until(backend: ClosingBackend, stop_when, max_batch_size: int = 8) -> EngineServer:
+    """Run an engine, set its stop once ``stop_when(engine)`` (awaited) returns, and let asyncio.run end
+    as the engine process does (waiting for the loading thread)."""
+    settings = Settings(warmup=True, max_batch_size=max_batch_size)
+    engine = EngineServer(settings, f"alexnet-test-close-{os.getpid()}-{id(backend)}")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        serving = asyncio.create_task(engine.serve(stop))
+        await stop_when(engine)
+        stop.set()
+        await serving
+        backend.warm_gate.set()  # a load still running finishes after serve() returned
+
+    asyncio.run(main())
+    return engine
+
+
+def test_the_engine_closes_its_backend_once_when_it_stops(backend):
+    async def ready(engine: EngineServer) -> None:
+        while not engine.ready:
+            await asyncio.sleep(0.01)
+
+    serve_until(backend, ready)
+    assert backend.closed == 1
+
+
+def test_an_engine_stopped_while_it_warms_up_closes_the_backend_once_the_load_ends(backend):
+    backend.warm_gate.clear()
+
+    async def warming(engine: EngineServer) -> None:
+        assert await asyncio.to_thread(backend.warming.wait, 30)
+
+    engine = serve_until(backend, warming)
+    assert backend.closed == 1 and not engine.ready
+
+
+def test_a_max_batch_size_over_the_backends_is_a_startup_error_not_a_silent_hang(backend):
+    reasons = []
+
+    async def failed(engine: EngineServer) -> None:
+        while engine.startup_error is None:
+            await asyncio.sleep(0.01)
+        reasons.append(engine.status().reason)  # what /readyz says, before the stop
+        assert backend.closed == 1  # at once: a process that stays up to say why holds no GPU memory
+
+    engine = serve_until(backend, failed, max_batch_size=backend.max_batch_size + 1)
+    assert engine.startup_error == "ValueError: max_batch_size 9 exceeds the backend's 8"
+    assert reasons == ["the model failed to load: ValueError: max_batch_size 9 exceeds the backend's 8"]
     assert backend.closed == 1
