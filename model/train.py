@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from model.alexnet import ARCHS, arch_spec, build, kaiming_init_
 from model.data import ImageFolder, ShardSampler, class_labels, make_loader, train_sampler
+from model.determinism import drop_identity_pools, use_deterministic_algorithms
 from model.distributed import DistInfo, barrier, cleanup, init_distributed
 from model.engine import PRECISIONS, EpochStats, evaluate, train_one_epoch
 from model.metrics_log import MetricsLog, plot_metrics, read_metrics
@@ -131,7 +132,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--keep-epoch-checkpoints", action="store_true", help="also keep checkpoint_<epoch>.pt for every epoch"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of initialization, sampling and augmentation")
-    p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms (slower on GPU)")
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="repeatable runs: torch.use_deterministic_algorithms (slower on GPU; on CUDA only at the arch's own crop size, see model/determinism.py)",
+    )
     p.add_argument(
         "--dataset-name",
         default=None,
@@ -234,8 +239,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     check_args(args)
     dist_info, device = init_distributed(args.device)
     if args.deterministic:
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
+        use_deterministic_algorithms(device)
     else:
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
     main_proc = dist_info.is_main
@@ -247,6 +251,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     model = build(args.arch, num_classes=len(labels), dropout=args.dropout)
     if args.init == "kaiming":
         kaiming_init_(model)
+    if args.deterministic:
+        try:
+            drop_identity_pools(model, args.crop_size, device)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
     # On the device before the optimizer exists and before --resume loads its state: SGD's
     # load_state_dict puts the momentum buffers on each parameter's device as it finds it then.
     model.to(device)

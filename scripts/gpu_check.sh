@@ -84,6 +84,7 @@ step engine-wire 60 $PY -m loadtest.engine_wire --onnx "$ONNX" --frontends 8 --s
 # the prepare thread's host CPU per image (it shares the engine's GIL).
 step gpu-decode 45 $PY -m loadtest.gpu_decode --batch 32,256 --seconds 2
 step train 150 bash scripts/gpu_train_check.sh "$WORK/train"
+step train-deterministic 60 bash scripts/gpu_determinism_check.sh "$WORK/determinism"
 step bench-train 120 $PY -m model.bench_train --device cuda --warmup 3 --steps 10 --workers 12 \
     --json "$WORK/bench_train.json"
 step bench-train-compile 150 $PY -m model.bench_train --device cuda --compile --sources tensors \

@@ -173,6 +173,8 @@ class OnnxRuntimeBackend(Backend):
         binding.bind_cpu_input(INPUT_NAME, batch)
         binding.bind_output(OUTPUT_NAME, "cuda")
         self._session.run_with_iobinding(binding)
+        if self._stream is not None:  # ORT does not wait for a stream it was handed (user_compute_stream)
+            self._stream.synchronize()  # before the copy back, which does not order itself after it
         return binding.copy_outputs_to_cpu()[0]
 
     # -- the tensor path (on CUDA; the CPU provider runs it too, on CPU tensors) -----------------------

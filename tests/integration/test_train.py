@@ -142,8 +142,9 @@ def test_torchrun_two_cpu_processes(tiny4, tmp_path):
         "--ten-crop",
         "every",
         "--augment-on",
-        "workers",
-    ]  # the per-image lighting/normalization path, too
+        "workers",  # the per-image lighting/normalization path, too
+        "--deterministic",  # its set-up runs end to end (in a child process: the setting is global)
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -82,7 +82,7 @@ def test_a_tensor_batch_is_bound_by_its_pointer_and_answered_in_a_tensor(tmp_pat
         backend.infer_tensor(x.half())
 
 
-def test_on_cuda_it_runs_on_its_own_stream_and_takes_tensors(tmp_path, monkeypatch):
+def test_on_cuda_it_runs_on_its_own_stream_takes_tensors_and_drains_it_before_copying_back(tmp_path, monkeypatch):
     made: list[dict] = []
 
     class Session(FakeCudaSession):
@@ -103,6 +103,26 @@ def test_on_cuda_it_runs_on_its_own_stream_and_takes_tensors(tmp_path, monkeypat
     class Uint8Input(Session):
         def get_inputs(self):
             return [SimpleNamespace(name="input", type="tensor(uint8)")]
+
+    # The host path (warm-up, the bench's engine ceiling): ORT leaves the stream it was handed running
+    # when run_with_iobinding returns, so the logits are read only after that stream is drained.
+    order: list[str] = []
+
+    class Binding:
+        def bind_cpu_input(self, name, batch):
+            order.append("bind input")
+
+        def bind_output(self, name, device):
+            order.append(f"bind output on {device}")
+
+        def copy_outputs_to_cpu(self):
+            order.append("copy to host")
+            return [np.zeros((2, 1000), np.float32)]
+
+    backend._session = SimpleNamespace(io_binding=Binding, run_with_iobinding=lambda b: order.append("run"))
+    backend._stream = SimpleNamespace(synchronize=lambda: order.append("drain the stream"))
+    assert backend.infer(np.zeros((2, 4), np.float32)).shape == (2, 1000)
+    assert order == ["bind input", "bind output on cuda", "run", "drain the stream", "copy to host"]
 
     monkeypatch.setattr(ort, "InferenceSession", Uint8Input)
     with pytest.raises(BackendUnavailable, match=r"must be float or float16, not tensor\(uint8\)"):
