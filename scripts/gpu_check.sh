@@ -31,6 +31,11 @@ if [ -d .whl ]; then  # wheels carried from scripts/gpu_wheels.sh: a private tar
         || { echo "error: installing .whl/*.whl failed" >&2; exit 1; }
     export PYTHONPATH="$PYTHONPATH:$PWD/$WORK/site"
 fi
+# onnxruntime-gpu installed (docs/gpu.md: its five-call carry): its CUDA tests must run, not skip.
+if $PY -c "import sys, onnxruntime as o; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" \
+    2>/dev/null; then
+    export REQUIRE_ORT_CUDA=1
+fi
 STEPS="$WORK/steps.tsv"
 : > "$STEPS"
 start_s=$SECONDS

@@ -54,7 +54,9 @@ def import_or_skip(module: str, reason: str) -> Any:
 def select_onnxruntime_cuda(settings) -> Any:
     """``select_backend(settings)`` for ONNX Runtime on CUDA, or a skip saying why it cannot run on this
     GPU host: no onnxruntime-gpu, or one that lists its CUDA provider but cannot load it (its CUDA or
-    cuDNN libraries beside torch's). A GPU test, so never a failure in CI, which has no GPU."""
+    cuDNN libraries beside torch's). A GPU test, so never a failure in CI, which has no GPU. Under
+    ``REQUIRE_ORT_CUDA=1`` (gpu_check.sh sets it where onnxruntime-gpu is installed) a provider that
+    does not load fails instead: a carried wheel that cannot start is a broken check, not a skip."""
     from service.backends import select_backend
     from service.errors import BackendUnavailable
 
@@ -66,7 +68,10 @@ def select_onnxruntime_cuda(settings) -> Any:
     except BackendUnavailable as exc:  # only the provider's own failure to start; our refusals still fail
         if not str(exc).startswith(("ONNX Runtime could not start its CUDA provider", "ONNX Runtime fell back to")):
             raise
-        pytest.skip(f"ONNX Runtime's CUDA provider does not load here: {exc}")
+        reason = f"ONNX Runtime's CUDA provider does not load here: {exc}"
+        if os.environ.get("REQUIRE_ORT_CUDA") == "1":
+            pytest.fail(f"{reason} [REQUIRE_ORT_CUDA=1: onnxruntime-gpu is installed, so it must]", pytrace=False)
+        pytest.skip(reason)
 
 
 def wait_until(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.02) -> Any:

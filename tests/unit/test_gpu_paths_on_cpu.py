@@ -202,3 +202,22 @@ def test_the_gpu_report_carries_the_engine_and_decode_tools_reports_and_fails_a_
     assert "32  nvJPEG alone  9000  40.0" in md[decode:] and "warming" not in md
     assert "| torch | (c) service over HTTP, open loop at 4000 req/s | 3998 | 3.10 | 17.25 | 0 errors" in md
     assert "torch (c) service over HTTP, open loop at 4000 req/s: 3998 img/s, p50 3.10 ms, p99 17.25 ms" in run.stdout
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_an_onnxruntime_cuda_provider_that_does_not_load_skips_unless_gpu_check_requires_it(monkeypatch, required):
+    import onnxruntime as ort
+
+    import service.backends
+    from service.errors import BackendUnavailable
+    from tests.conftest import select_onnxruntime_cuda
+
+    def cannot_start(settings):
+        raise BackendUnavailable("ONNX Runtime could not start its CUDA provider: libcudnn.so.9: cannot open")
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(service.backends, "select_backend", cannot_start)
+    monkeypatch.setenv("REQUIRE_ORT_CUDA", "1" if required else "0")
+    outcome = pytest.fail.Exception if required else pytest.skip.Exception
+    with pytest.raises(outcome, match="ONNX Runtime's CUDA provider does not load here: .*libcudnn.so.9"):
+        select_onnxruntime_cuda(Settings(backend="onnxruntime", device="cuda"))
