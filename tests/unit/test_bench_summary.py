@@ -97,3 +97,26 @@ def test_a_layout_parses_into_label_flags_and_checkout(tmp_path):
     (tmp_path / "service" / "__main__.py").write_text("")
     args = get_args_parser().parse_args(["--layout", f"old: --http-workers=2 checkout={tmp_path} --decode=cpu"])
     assert args.layout == [("old", ["--http-workers=2", "--decode=cpu"], tmp_path.resolve())]
+
+
+def test_the_service_is_held_to_the_naive_baseline_and_the_in_process_ceiling():
+    res = result([step(1, 30.0, 24.0), step(16, 80.0)], {})
+    res["naive"] = {"steps": [step(16, 40.0)]}
+    res["backends"]["onnxruntime"]["pipeline_interleaved"] = [
+        {"concurrency": c, "img_per_s": img_s, "latency_ms": {"p50": 20.0, "p99": 30.0}, "batch_size_mean": 1.0}
+        for c, img_s in ((1, 40.0), (16, 100.0))
+    ]
+    lines, md = summarize(res)
+    text = "\n".join(lines)
+    assert "(c)/(d) 2.00  target >= 1.6: MET" in text  # 80 against the naive server's 40
+    assert "(c)/(b) 0.80  target >= 0.85: MISSED  (pipeline 100.0 img/s at 16 callers, interleaved with (c))" in text
+    assert "c=1 p50 24.0 ms vs in-process, interleaved 20.0 ms: x1.20, target <= 1.1: MISSED" in text
+    assert "| (d) naive, c=16 | 40.0 | 10.0 | 20.0 | 0 errors |" in md
+
+
+def test_a_backend_that_did_not_load_is_a_row_that_says_why():
+    res = result([step(1, 30.0)], {})
+    res["backends"]["tensorrt"] = {"skipped": "tensorrt is not installed"}
+    lines, md = summarize(res)
+    assert "tensorrt: skipped (tensorrt is not installed)" in lines
+    assert "| tensorrt | - | - | - | skipped: tensorrt is not installed |" in md
