@@ -39,13 +39,14 @@ def drop_identity_pools(model: nn.Module, input_size: int, device: torch.device)
         m.register_forward_hook(lambda m, args, out, name=name: shapes.__setitem__(name, (args[0].shape, out.shape)))
         for name, m in pools.items()
     ]
+    was_training = model.training
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, 3, input_size, input_size))
     finally:
         for hook in hooks:
             hook.remove()
-        model.train()
+        model.train(was_training)
     replaced, pooling = [], []
     for name, (before, after) in shapes.items():
         if tuple(before) == tuple(after):

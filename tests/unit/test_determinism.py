@@ -23,7 +23,7 @@ def test_the_pool_that_changes_nothing_at_the_archs_crop_size_becomes_an_identit
     before = model.eval()(x)
     keys = set(model.state_dict())
     assert drop_identity_pools(model, size, CUDA) == ["avgpool"]
-    assert isinstance(model.avgpool, nn.Identity) and model.training  # left in training mode, as found
+    assert isinstance(model.avgpool, nn.Identity) and not model.training  # left in the mode it was found in
     assert set(model.state_dict()) == keys  # checkpoints load either way
     assert torch.equal(model.eval()(x), before)
 
@@ -33,7 +33,7 @@ def test_a_pool_that_pools_is_refused_on_cuda_and_kept_elsewhere():
     with pytest.raises(ValueError, match=r"avgpool pools 1x1 to 6x6 at crop size 64.*no deterministic CUDA backward"):
         drop_identity_pools(model, 64, CUDA)
     assert drop_identity_pools(model, 64, torch.device("cpu")) == []
-    assert isinstance(model.avgpool, nn.AdaptiveAvgPool2d)
+    assert isinstance(model.avgpool, nn.AdaptiveAvgPool2d) and model.training  # as built: training mode
 
 
 def test_cublas_gets_its_fixed_workspace_on_cuda_only(monkeypatch):
