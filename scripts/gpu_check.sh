@@ -40,8 +40,13 @@ STEPS="$WORK/steps.tsv"
 : > "$STEPS"
 start_s=$SECONDS
 
+ONLY=${GPU_CHECK_STEPS:-}  # a comma-separated subset of the step names below; empty: every step
 step() {  # step NAME LIMIT_S COMMAND...: output to $WORK/NAME.log; status to steps.tsv; capped by the budget
     local name=$1 limit=$2; shift 2
+    if [ -n "$ONLY" ] && [[ ",$ONLY," != *",$name,"* ]]; then
+        printf '%s\tskipped\t0\tnot in GPU_CHECK_STEPS\n' "$name" >> "$STEPS"
+        return
+    fi
     local left=$((BUDGET_S - (SECONDS - start_s)))
     if [ "$left" -lt 15 ]; then
         printf '%s\tnot-run\t0\tbudget spent\n' "$name" >> "$STEPS"
@@ -95,6 +100,9 @@ step bench-train 120 $PY -m model.bench_train --device cuda --warmup 3 --steps 1
 step bench-train-compile 150 $PY -m model.bench_train --device cuda --compile --sources tensors \
     --precisions bf16 --memory-formats channels_last --warmup 5 --steps 20 --json "$WORK/bench_train_compile.json"
 
+for name in ${ONLY//,/ }; do  # a name that matched no step is a mistake, not a quiet skip of everything
+    grep -q "^$name"$'\t' "$STEPS" || printf '%s\tfailed\t0\tGPU_CHECK_STEPS names no such step\n' "$name" >> "$STEPS"
+done
 $PY scripts/gpu_report.py --work "$WORK" --out "$OUT" --budget-s "$BUDGET_S"
 rc=$?
 for f in "$WORK"/*.log; do echo "######## $(basename "$f")"; cat "$f"; done > "$OUT/gpu_check.log"

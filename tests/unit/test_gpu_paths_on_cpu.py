@@ -221,3 +221,32 @@ def test_an_onnxruntime_cuda_provider_that_does_not_load_skips_unless_gpu_check_
     outcome = pytest.fail.Exception if required else pytest.skip.Exception
     with pytest.raises(outcome, match="ONNX Runtime's CUDA provider does not load here: .*libcudnn.so.9"):
         select_onnxruntime_cuda(Settings(backend="onnxruntime", device="cuda"))
+
+
+def test_gpu_check_runs_the_steps_gpu_check_steps_names_and_refuses_a_name_that_is_no_step(tmp_path):
+    """A device session short of time runs a subset: the rest is "skipped", not a failure; a typo is."""
+    fake = tmp_path / "python"  # CUDA "available", no onnxruntime-gpu, every step a success at once
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        'case "$*" in\n'
+        "  *torch.cuda.is_available*) exit 0 ;;\n"
+        "  *get_available_providers*) exit 1 ;;\n"
+        f'  *scripts/gpu_report.py*) exec {sys.executable} "$@" ;;\n'
+        '  *) echo "fake step: $*" ;;\n'
+        "esac\n"
+    )
+    fake.chmod(0o755)
+
+    def run(steps: str) -> tuple[int, dict[str, str]]:
+        work = tmp_path / steps.replace(",", "+")
+        env = {**os.environ, "PYTHON": str(fake), "GPU_CHECK_STEPS": steps, "GPU_CHECK_WORK": str(work)}
+        env["OUT"] = str(tmp_path / "out")
+        proc = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=REPO, env=env, capture_output=True, timeout=120)
+        rows = [line.split("\t") for line in (work / "steps.tsv").read_text().splitlines()]
+        return proc.returncode, {name: state for name, state, *_ in rows}
+
+    rc, states = run("imports,gpu-decode")
+    assert rc == 0 and states["imports"] == states["gpu-decode"] == "ok"
+    assert states["bench-service"] == states["train-deterministic"] == "skipped"
+    rc, states = run("imports,gpu-decod")
+    assert rc == 1 and states["gpu-decod"] == "failed" and states["gpu-decode"] == "skipped"
