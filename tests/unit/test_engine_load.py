@@ -16,25 +16,24 @@ from service.engine import EngineServer
 from service.engine_load import load_model
 from service.errors import NotReady
 from service.settings import Settings
-from tests.fakes import EchoBackend
+from tests.fakes import EchoBackend, GatedBackend
 
 
-class ClosingBackend(EchoBackend):
-    closed = 0
-    fail_warmup = False
+class ClosingBackend(GatedBackend):
+    """An EchoBackend behind the shared warm-up gate (``warmup_gate``) that says when its warm-up
+    begins, can fail it, and counts its closes."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.warming = threading.Event()  # set when warm-up begins
-        self.warm_gate = threading.Event()  # warm-up ends once this is set
-        self.warm_gate.set()
+        super().__init__(EchoBackend())
+        self.warming = threading.Event()
+        self.fail_warmup = False
+        self.closed = 0
 
     def warmup(self, input_size: int) -> None:
         self.warming.set()
-        assert self.warm_gate.wait(30), "the test never opened the warm-up gate"
+        super().warmup(input_size)  # waits at warmup_gate
         if self.fail_warmup:
             raise RuntimeError("injected warm-up fault")
-        super().warmup(input_size)
 
     def close(self) -> None:
         self.closed += 1
@@ -82,7 +81,7 @@ def serve_until(backend: ClosingBackend, stop_when, max_batch_size: int = 8) -> 
         await stop_when(engine)
         stop.set()
         await serving
-        backend.warm_gate.set()  # a load still running finishes after serve() returned
+        backend.warmup_gate.set()  # a load still running finishes after serve() returned
 
     asyncio.run(main())
     return engine
@@ -98,7 +97,7 @@ def test_the_engine_closes_its_backend_once_when_it_stops(backend):
 
 
 def test_an_engine_stopped_while_it_warms_up_closes_the_backend_once_the_load_ends(backend):
-    backend.warm_gate.clear()
+    backend.warmup_gate.clear()
 
     async def warming(engine: EngineServer) -> None:
         assert await asyncio.to_thread(backend.warming.wait, 30)
