@@ -33,7 +33,7 @@ from pathlib import Path
 from loadtest.__main__ import build_payloads, host_description
 from loadtest.bench_http import Target, http_sweeps, load_in_process
 from loadtest.bench_summary import summarize, unmeasured_backends
-from loadtest.ceilings import engine_ceiling, pipeline_ceiling, preprocess_time_ms
+from loadtest.ceilings import engine_ceiling, load_backend, pipeline_ceiling, preprocess_time_ms
 from loadtest.corpus import build_corpus
 from loadtest.progress import say
 from service.process import reuse_freed_memory
@@ -149,19 +149,15 @@ def device_name(device: str) -> str:
 
 def measure_in_process(backend_name: str, args, images: list[bytes]) -> dict:
     """(a) and (b) for one backend; {"skipped": reason} when it cannot load here."""
-    from service.backends import select_backend
     from service.errors import BackendUnavailable
-    from service.settings import Settings
 
-    settings = Settings(onnx=args.onnx, backend=backend_name, device=args.device)
     try:
-        selection = select_backend(settings)
+        selection, settings = load_backend(backend_name, args.onnx, args.device)
     except BackendUnavailable as exc:
         return {"skipped": str(exc)}
     backend, meta = selection.backend, selection.metadata
     out = {"backend": backend.describe()}
     try:
-        backend.warmup(meta.input_size)
         say(f"(a) engine ceiling, {backend_name}: batches {args.engine_batches}")
         out["engine"] = engine_ceiling(backend, meta.input_size, args.engine_batches, args.engine_time_s)
         for e in out["engine"]:
@@ -184,12 +180,8 @@ def measure_in_process(backend_name: str, args, images: list[bytes]) -> dict:
 
 def engine_after(backend_name: str, args, batch: int) -> dict | None:
     """(a) once more at one batch size, after the HTTP part: a big change says the host was not quiet."""
-    from service.backends import select_backend
-    from service.settings import Settings
-
-    selection = select_backend(Settings(onnx=args.onnx, backend=backend_name, device=args.device))
+    selection, _ = load_backend(backend_name, args.onnx, args.device)
     try:
-        selection.backend.warmup(selection.metadata.input_size)
         (e,) = engine_ceiling(selection.backend, selection.metadata.input_size, [batch], args.engine_time_s)
     finally:
         selection.backend.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from loadtest import report, servers
 from loadtest.__main__ import write_outputs
-from loadtest.ceilings import run_pipeline
+from loadtest.ceilings import load_backend, run_pipeline
 from loadtest.multiproc import healthz_ceiling, run_sweep
 from loadtest.progress import ProgressBar, say
 from loadtest.step import StepConfig, StepResult
@@ -38,16 +38,12 @@ class InProcess:
 
 
 def load_in_process(name: str, args, images: list[bytes]) -> InProcess | None:
-    from service.backends import select_backend
     from service.errors import BackendUnavailable
-    from service.settings import Settings
 
-    settings = Settings(onnx=args.onnx, backend=name, device=args.device)
     try:
-        selection = select_backend(settings)
+        selection, settings = load_backend(name, args.onnx, args.device)
     except BackendUnavailable:
         return None
-    selection.backend.warmup(selection.metadata.input_size)
     return InProcess(name, selection, settings, images)
 
 

@@ -13,17 +13,33 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
 from export.onnx_metadata import ModelMetadata
 from loadtest.histogram import LatencyHistogram
+from service.backends import Selection, select_backend
 from service.backends.base import Backend
 from service.batcher import Batcher
 from service.metrics import Metrics
 from service.postprocess import top_k
 from service.preprocess import PreprocessConfig, preprocess
 from service.settings import Settings
+
+
+def load_backend(name: str, onnx: Path, device: str) -> tuple[Selection, Settings]:
+    """(selection, settings): backend ``name`` loaded and warmed in this process as the service would
+    load it from ``onnx`` on ``device``. Raises ``service.errors.BackendUnavailable`` where it cannot
+    load here; each caller decides whether that skips a row or fails the run."""
+    settings = Settings(onnx=onnx, backend=name, device=device)
+    selection = select_backend(settings)
+    try:
+        selection.backend.warmup(selection.metadata.input_size)
+    except BaseException:
+        selection.backend.close()
+        raise
+    return selection, settings
 
 
 def engine_ceiling(
