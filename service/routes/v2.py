@@ -17,7 +17,7 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 
-from service import oip, responses
+from service import oip, oip_signature, responses
 from service.errors import ServiceError, TooManyImages, error_response
 from service.responses import PROTOCOL_ERRORS
 from service.routes.hangup import infer_while_connected
@@ -101,7 +101,7 @@ def _model_metadata(state: ServiceState, model_name: str, model_version: str | N
         raise state.not_ready()
     s = state.settings
     platform = PLATFORMS.get(model.backend["name"], model.backend["name"])
-    return oip.model_metadata(s.model_name, s.model_version, platform, model.input_size, len(model.labels))
+    return oip_signature.model_metadata(s.model_name, s.model_version, platform, model.input_size, len(model.labels))
 
 
 @router.get("/models/{model_name}/ready", response_model=responses.ModelReady)
@@ -201,8 +201,8 @@ async def _infer(request: Request, state: ServiceState, model_name: str, model_v
     parsed = await asyncio.to_thread(oip.parse_request, body, json_length)
     if parsed.timeout_s is not None:  # a client's own deadline may only shorten ours
         deadline = min(deadline, started + parsed.timeout_s)
-    tensor = oip.model_input(parsed, meta.input_size)
-    outputs = oip.requested_outputs(parsed, min(settings.max_top_k, len(meta.labels)))
+    tensor = oip_signature.model_input(parsed, meta.input_size)
+    outputs = oip_signature.requested_outputs(parsed, min(settings.max_top_k, len(meta.labels)))
     count = tensor.shape[0]
     if count > settings.max_images_per_request:
         raise TooManyImages(f"a batch of {count} in one request; the limit is {settings.max_images_per_request}")
