@@ -191,7 +191,8 @@ def engine_after(backend_name: str, args, batch: int) -> dict | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    # A timeout's SIGTERM (gpu_check.sh) as a Ctrl-C: the HTTP steps that finished are still written.
+    # A timeout's SIGTERM (gpu_check.sh) as a Ctrl-C; during the HTTP part it cancels the sweep
+    # instead (bench_http), and the steps that finished are still written.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     reuse_freed_memory()  # the service's processes do: (b) gets the same allocator, not a handicap
     backends = [b for b in args.backends.split(",") if b]

@@ -4,6 +4,7 @@ open-loop step per server; (b), the in-process pipeline, takes its turn in the s
 from __future__ import annotations
 
 import asyncio
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def http_sweeps(
     on each server in turn (the order rotating from step to step). On a shared or throttled host, load
     from elsewhere then falls on all servers alike instead of on whichever ran during a busy minute.
     Idle servers cost memory, not CPU. Returns ({key: {"url", "steps"} or {"skipped"}}, client ceiling,
-    interrupted): on Ctrl-C (or SIGTERM, which ``main`` turns into one) the steps that finished are kept.
+    interrupted): on Ctrl-C or SIGTERM (both cancel the sweep) the steps that finished are kept.
     """
     out: dict[str, dict] = {}
     started: dict[str, servers.Started] = {}
@@ -149,15 +150,43 @@ def http_sweeps(
                     f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, {row['errors']} errors"
                 )
 
+    signalled = False
+
+    async def go_until_sigterm():
+        """``go``, cancelled by a SIGTERM through the event loop. ``main``'s handler raises
+        KeyboardInterrupt wherever the main thread is, and Python swallows it when that is a weakref
+        callback or a ``__del__`` ("Exception ignored in ..."): the bench then ran on to the end."""
+        nonlocal signalled
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        assert task is not None
+
+        def stop() -> None:
+            nonlocal signalled
+            signalled = True
+            task.cancel()
+
+        previous = signal.getsignal(signal.SIGTERM)
+        loop.add_signal_handler(signal.SIGTERM, stop)
+        try:
+            await go()
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)  # which sets SIG_DFL: put main's handler back
+            signal.signal(signal.SIGTERM, previous)
+
     interrupted = False
     try:
-        asyncio.run(go())
-    except KeyboardInterrupt:
+        asyncio.run(go_until_sigterm())
+    except KeyboardInterrupt:  # Ctrl-C: asyncio.run turns SIGINT into a cancellation, then this
         interrupted = True
-        say("interrupted: keeping the steps that finished")
+    except asyncio.CancelledError:
+        if not signalled:
+            raise
     finally:
         for server in started.values():
             server.stop()
+    interrupted = interrupted or signalled
+    if interrupted:
+        say("interrupted: keeping the steps that finished")
     for t in live:
         if t.name == "pipeline":
             out[t.key] = {"steps": results[t.key]}
