@@ -13,6 +13,8 @@ Policy (the only one in the service):
   so preprocessing (on the decode threads) overlaps inference.
 - Images whose request has gone (client disconnected, deadline passed) are dropped before they
   take a batch slot. The queue is bounded in images: a request that does not fit is refused whole.
+  Only images still wanted count, towards that bound and the queue-depth gauge: one whose request
+  has gone leaves the count at once, though it stays in the deque until the loop reaches it.
 - Batches are padded up to the next size the backend supports, and the padding is sliced off.
 
 Each batch goes through two stages of a *runner*: ``prepare`` (assemble the backend's input: stack,
@@ -23,6 +25,7 @@ threads. A plain Backend is wrapped in ``BackendRunner``: float32 tensors in, lo
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -106,6 +109,7 @@ class _Item:
     future: asyncio.Future
     enqueued: float  # time.monotonic()
     deadline: float  # time.monotonic()
+    waiting: bool = True  # counted in Batcher.depth: in the queue and still wanted
 
 
 @dataclass
@@ -135,7 +139,8 @@ class Batcher:
         self.queue_capacity = queue_capacity
         self.stall_after_s = stall_after_s
         self._metrics = metrics
-        self._queue: deque[_Item] = deque()
+        self._queue: deque[_Item] = deque()  # may hold items already done (cancelled); see depth
+        self._waiting = 0  # the items of _queue still wanted
         self._arrived = asyncio.Event()
         # Batches in flight: one more than run at once where the next is prepared during the current.
         self._slots = asyncio.Semaphore(runner.max_concurrency + (1 if runner.prepare_ahead else 0))
@@ -158,7 +163,7 @@ class Batcher:
         """Refuse new work, finish what is queued and running (up to the timeout), then stop."""
         self._accepting = False
         deadline = time.monotonic() + drain_timeout_s
-        while (self._queue or self._tasks) and time.monotonic() < deadline:
+        while (self._waiting or self._tasks) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         if self._loop_task:
             self._loop_task.cancel()
@@ -167,6 +172,7 @@ class Batcher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for item in self._queue:
+            self._stop_waiting(item)
             if not item.future.done():
                 item.future.set_exception(NotReady("the server is shutting down; retry elsewhere"))
         self._queue.clear()
@@ -176,12 +182,13 @@ class Batcher:
     # -- health ----------------------------------------------------------------------------------
     @property
     def depth(self) -> int:
-        return len(self._queue)
+        """Images waiting that are still wanted (not those whose request was cancelled or expired)."""
+        return self._waiting
 
     @property
     def busy(self) -> bool:
         """A batch is being prepared or run, or images wait: a new image will not start at once."""
-        return bool(self._queue or self._stats.running_since)
+        return bool(self._waiting or self._stats.running_since)
 
     @property
     def healthy(self) -> bool:
@@ -195,28 +202,41 @@ class Batcher:
         """Enqueue the images of one request, all or none; each future yields an InferenceResult."""
         if not self._accepting:
             raise NotReady("the server is not accepting work (starting or shutting down)")
-        if len(self._queue) + len(payloads) > self.queue_capacity:
-            raise QueueFull(
-                f"queue full ({len(self._queue)}/{self.queue_capacity} images waiting); retry after a moment"
-            )
+        if self._waiting + len(payloads) > self.queue_capacity:
+            raise QueueFull(f"queue full ({self._waiting}/{self.queue_capacity} images waiting); retry after a moment")
         loop = self._loop
         assert loop is not None  # accepting: started
         now = time.monotonic()
         futures = []
         for payload in payloads:
             item = _Item(payload, loop.create_future(), now, deadline)
+            item.future.add_done_callback(functools.partial(self._left_queue, item))
             self._queue.append(item)
             futures.append(item.future)
-        self._metrics.queue_depth.set(len(self._queue))
+        self._waiting += len(payloads)
+        self._metrics.queue_depth.set(self._waiting)
+        if len(self._queue) > 2 * self.queue_capacity:  # cancelled items pile up behind a slow batch
+            self._queue = deque(item for item in self._queue if item.waiting)
         self._arrived.set()
         return futures
 
     # -- the loop --------------------------------------------------------------------------------
+    def _stop_waiting(self, item: _Item) -> None:
+        """``item`` no longer counts as waiting: taken into a batch, or its future done (cancelled)."""
+        if item.waiting:
+            item.waiting = False
+            self._waiting -= 1
+            self._metrics.queue_depth.set(self._waiting)
+
+    def _left_queue(self, item: _Item, _future: asyncio.Future) -> None:
+        self._stop_waiting(item)
+
     def _pop_live(self) -> _Item | None:
         """The oldest item still wanted, dropping those whose request has gone or expired."""
         now = time.monotonic()
         while self._queue:
             item = self._queue.popleft()
+            self._stop_waiting(item)
             if item.future.done():  # cancelled: the client went away or its deadline fired
                 continue
             if now >= item.deadline:
@@ -228,7 +248,6 @@ class Batcher:
     def _fill(self, batch: list[_Item]) -> None:
         while len(batch) < self.max_batch_size and (item := self._pop_live()) is not None:
             batch.append(item)
-        self._metrics.queue_depth.set(len(self._queue))
 
     async def _wait_for_arrival(self, timeout: float | None) -> bool:
         self._arrived.clear()

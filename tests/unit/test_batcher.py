@@ -127,6 +127,28 @@ def test_a_full_queue_refuses_the_whole_request():
     run(main())
 
 
+def test_cancelled_images_free_their_queue_places_at_once():
+    """A request that gave up (client gone, deadline) must not keep others out while a batch runs."""
+
+    async def main():
+        backend, batcher, running = await held(queue_capacity=3)
+        gone = batcher.submit([tensor(1), tensor(2), tensor(3)], far())
+        for future in gone:
+            future.cancel()
+        await until(lambda: batcher.depth == 0, "the cancelled images to leave the count")
+        assert batcher._metrics.queue_depth._value.get() == 0
+        kept = batcher.submit([tensor(4), tensor(5), tensor(6)], far())  # the whole capacity again
+        with pytest.raises(QueueFull):
+            batcher.submit([tensor(7)], far())
+        backend.gate.set()
+        assert [(await f).logits[0] for f in kept] == [4, 5, 6]
+        await asyncio.gather(*running)
+        assert batcher.depth == 0
+        await batcher.stop()
+
+    run(main())
+
+
 def test_expired_and_cancelled_requests_take_no_batch_slot():
     async def main():
         backend, batcher, running = await held()
