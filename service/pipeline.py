@@ -123,7 +123,9 @@ class Pipeline:
         ]
         try:
             results = await asyncio.gather(*(asyncio.wrap_future(job) for job in jobs), return_exceptions=True)
-        except asyncio.CancelledError:  # a thread may still be writing into a span: free them after
+        except asyncio.CancelledError:  # hang-up or deadline: images not yet started are not decoded,
+            for job in jobs:  # and a thread may still be writing into a span: free them after
+                job.cancel()
             self._free_when_done(jobs, spans)
             raise
         for index, result in enumerate(results):

@@ -9,7 +9,7 @@ from starlette.datastructures import UploadFile
 
 from service.errors import BadParameter, NoImages, TooManyImages, UnsupportedMediaType
 from service.responses import ERRORS, ClassifyResponse
-from service.routes.hangup import infer_while_connected
+from service.routes.hangup import by_deadline, infer_while_connected, prepare_while_connected
 from service.state import ServiceState, State
 
 router = APIRouter(tags=["classification"])
@@ -72,9 +72,9 @@ async def classify(request: Request, state: State, top_k: int = 5) -> dict:
     if not state.ready:
         raise state.not_ready()
     deadline = started + settings.request_timeout_s
-    images = await read_images(request, state)
+    images = await by_deadline(read_images(request, state), deadline, "while its body was received")
     pipeline = state.pipeline
-    staged = await pipeline.prepare([data for _, data in images])
+    staged = await prepare_while_connected(request, pipeline, [data for _, data in images], deadline)
     results = await infer_while_connected(request, pipeline, staged, deadline, top_k)
     model = pipeline.model
     backend = model.backend

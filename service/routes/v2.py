@@ -20,7 +20,7 @@ from fastapi.routing import APIRoute
 from service import oip, oip_signature, responses
 from service.errors import ServiceError, TooManyImages, error_response
 from service.responses import PROTOCOL_ERRORS
-from service.routes.hangup import infer_while_connected
+from service.routes.hangup import by_deadline, infer_while_connected, prepare_while_connected
 from service.state import ServiceState, State
 
 log = logging.getLogger("service")
@@ -195,7 +195,7 @@ async def _infer(request: Request, state: ServiceState, model_name: str, model_v
     pipeline = state.pipeline
     meta = pipeline.model
 
-    body = await request.body()
+    body = await by_deadline(request.body(), deadline, "while its body was received")
     json_length = oip.header_length(request.headers.get(oip.HEADER_LENGTH), len(body))
     # A JSON tensor of a full batch is megabytes of text: parse it off the event loop.
     parsed = await asyncio.to_thread(oip.parse_request, body, json_length)
@@ -208,7 +208,7 @@ async def _infer(request: Request, state: ServiceState, model_name: str, model_v
         raise TooManyImages(f"a batch of {count} in one request; the limit is {settings.max_images_per_request}")
 
     if tensor.datatype == "BYTES":
-        staged = await pipeline.prepare([bytes(e) for e in tensor.data])
+        staged = await prepare_while_connected(request, pipeline, [bytes(e) for e in tensor.data], deadline)
     else:
         staged = pipeline.stage_tensors(np.ascontiguousarray(tensor.data, dtype=np.float32))
 

@@ -1,9 +1,13 @@
 """Arena slots go back to the front end whatever becomes of a request: answered late (its deadline
-passed), abandoned (the client hung up) or orphaned (the engine went away). A leak here would end in
-503 queue_full for everyone, so each case checks that the front end's arena is empty again."""
+passed), abandoned (the client hung up) or orphaned (the engine went away), whether it was waiting for
+a decode thread or for the engine. A leak here would end in 503 queue_full for everyone, so each case
+checks that the front end's arena is empty again. And a body that stops arriving ends at the deadline."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -65,3 +69,62 @@ def test_requests_waiting_on_an_engine_that_goes_away_fail_at_once_and_free_thei
     assert slots_in_use(server) == 0
     backend.gate.set()
     wait_until(lambda: classify(server.url, IMAGE).status_code == 200, 30, "the front end to reconnect")
+
+
+class DecodeThreadsHeld:
+    """Every decode thread of the front end busy until the block ends: new images wait in its queue."""
+
+    def __init__(self, server) -> None:
+        self.decoder = server.frontend.pipeline._decoder
+        self.release = threading.Event()
+        self.jobs = []
+
+    def __enter__(self):
+        self.jobs = [self.decoder.submit(self.release.wait, 60) for _ in range(self.decoder._max_workers)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release.set()
+        for job in self.jobs:
+            job.result(timeout=10)
+
+
+def test_images_still_waiting_for_a_decode_thread_at_the_deadline_are_dropped(gated_server):
+    server, backend = gated_server(request_timeout_s=1.0)
+    backend.gate.set()
+    with DecodeThreadsHeld(server):
+        started = time.monotonic()
+        response = classify(server.url, IMAGE)
+        took = time.monotonic() - started
+        assert response.status_code == 504 and response.json()["kind"] == "deadline_exceeded", response.text
+        assert took < 5, f"answered after {took:.1f} s, not at the 1 s deadline"
+        wait_until(lambda: slots_in_use(server) == 0, 10, "the slot to come back while the threads are still busy")
+    assert classify(server.url, IMAGE).status_code == 200
+    assert backend.calls == [1]  # only the last one: the image that timed out was never decoded nor sent
+
+
+def test_images_of_a_client_that_hung_up_before_they_were_decoded_are_dropped(gated_server):
+    server, backend = gated_server()
+    backend.gate.set()
+    with DecodeThreadsHeld(server):
+        with classify_then_hang_up(server.url, IMAGE):
+            wait_until(lambda: slots_in_use(server) == 1, 30, "the image to wait for a decode thread")
+        wait_until(lambda: slots_in_use(server) == 0, 10, "the slot to come back while the threads are still busy")
+    assert classify(server.url, IMAGE).status_code == 200
+    assert backend.calls == [1]
+
+
+def test_a_body_that_stops_arriving_ends_at_the_deadline(gated_server):
+    server, _ = gated_server(request_timeout_s=1.0)
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            + f"Content-Length: {len(IMAGE)}\r\n\r\n".encode()
+            + IMAGE[:100]  # and then nothing more
+        )
+        started = time.monotonic()
+        head = sock.recv(65536)
+        took = time.monotonic() - started
+    assert head.startswith(b"HTTP/1.1 504"), head[:200]
+    assert b"deadline_exceeded" in head and took < 5
