@@ -157,6 +157,7 @@ class EngineServer:
         heartbeat = asyncio.create_task(self._heartbeat(), name="engine-heartbeat")
         try:
             await stop.wait()
+            await self._until_frontends_leave()
         finally:
             log.info("stopping: finishing queued and running batches")
             self.stopping = True
@@ -180,6 +181,15 @@ class EngineServer:
             self._preloader.shutdown(wait=False, cancel_futures=True)
             self._close_backend()
             log.info("stopped")
+
+    async def _until_frontends_leave(self) -> None:
+        """Signalled while front ends are still connected (signalled with them, not after them): serve
+        them until they have finished their requests in flight and disconnected, up to their own
+        graceful time, instead of failing those requests with 503."""
+        tasks = set(self._connection_tasks)
+        if tasks:
+            log.info("stopping: %d front end(s) still connected; serving them until they leave", len(tasks))
+            await asyncio.wait(tasks, timeout=self.settings.request_timeout_s + 5)
 
     async def _heartbeat(self) -> None:
         while True:

@@ -14,7 +14,10 @@ starts the engine on a fresh abstract Unix socket name, and watches them all:
 - a process that keeps dying (``MAX_RESTARTS`` within ``RESTART_WINDOW_S``) stops the server with a
   non-zero exit code and a log line naming which process and how it died.
 SIGTERM or SIGINT: close the port, stop the front ends (each finishes its requests in flight), then
-the engine (it finishes what is queued), exit 0. Children follow a supervisor that is killed
+the engine (it finishes what is queued), exit 0. The children run in process groups of their own, so
+a terminal's Ctrl-C reaches the supervisor only; where they are signalled all at once anyway (systemd's
+control-group kill, a supervisor killed), the engine serves the front ends still connected until they
+have finished and left. Children follow a supervisor that is killed
 (PR_SET_PDEATHSIG), and shared memory is anonymous (memfd), so nothing is left behind.
 """
 
@@ -52,7 +55,9 @@ class Child:
     deaths: deque = field(default_factory=deque)  # monotonic times of unplanned exits
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, pass_fds=self.pass_fds)
+        # Its own process group: a terminal's Ctrl-C reaches only this supervisor, which stops the
+        # children in order (front ends first, then the engine) instead of all of them at once.
+        self.process = subprocess.Popen(self.argv, pass_fds=self.pass_fds, process_group=0)
         log.info("started %s (pid %d)", self.name, self.process.pid)
 
     def exited(self) -> int | None:

@@ -3,6 +3,7 @@ what happens when any of them dies or the server is told to stop."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -11,7 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import make_image, wait_until
 from tests.integration.test_service import classify, metric
@@ -104,6 +107,37 @@ def test_sigterm_drains_every_process_and_exits_zero(two_workers):
         statuses = [f.result().status_code for f in futures]
     assert server.process.wait(60) == 0
     assert statuses == [200] * 6
+    assert not [p for p in pids if alive(p)]
+
+
+def slow_png(width: int = 4000, height: int = 3000) -> bytes:
+    """Small to send (a smooth gradient: ~0.35 MB) and slow to decode (12 MP: ~0.25 s on one core)."""
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], axis=-1)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_ctrl_c_to_every_process_at_once_still_answers_the_requests_in_flight(onnx_model, server_factory):
+    """A terminal's Ctrl-C signals its whole process group; systemd signals a whole control group.
+    The children have groups of their own (so Ctrl-C reaches the supervisor only); where every process
+    is signalled anyway, the engine serves the front ends until they have finished and left."""
+    server = server_factory(
+        *("--onnx", str(onnx_model), "--backend", "onnxruntime", "--http-workers", "2", "--request-timeout-s", "60")
+    )
+    pids = children(server.process.pid, "service.frontend") + children(server.process.pid, "service.engine")
+    assert os.getpgid(server.process.pid) not in {os.getpgid(p) for p in pids}
+    files = [("file", (f"{i}.png", slow_png(), "image/png")) for i in range(12)]
+    with ThreadPoolExecutor(1) as pool:
+        request = pool.submit(httpx.post, server.url + "/classify", files=files, timeout=120)
+        time.sleep(1.0)  # its body is in (4 MB over loopback); most of its 12 images are still to decode
+        for pid in (*reversed(pids), server.process.pid):  # the engine first: the least kind order
+            os.kill(pid, signal.SIGINT)
+        response = request.result()
+    assert server.process.wait(90) == 0
+    assert response.status_code == 200, response.text
+    assert len(response.json()["results"]) == 12
     assert not [p for p in pids if alive(p)]
 
 
