@@ -4,8 +4,9 @@
     python -m loadtest --url http://127.0.0.1:8000 --concurrency 1,4,16,32 --duration-s 10
     # open loop: Poisson arrivals at 20 and 40 requests/s (latency from the scheduled send time)
     python -m loadtest --mode open --rate 20,40 --arrival poisson --duration-s 15
-    # several images per request, phone-sized photos, raw body / OIP v2 kinds
-    python -m loadtest --kind multipart --images-per-request 8 --images 4032x3024
+    # several images per request, phone-sized photos (4 x ~3.2 MB; 8 would exceed the service's default
+    # 20 MiB --max-body-bytes and get 413), raw body / OIP v2 kinds
+    python -m loadtest --kind multipart --images-per-request 4 --images 4032x3024
     python -m loadtest --kind oip-binary
     # the client's own ceiling, against a trivial endpoint; --procs spreads the clients over processes
     python -m loadtest --kind healthz --concurrency 32
@@ -16,12 +17,17 @@ are merged exactly (HDR histograms by their counts); the output states how each 
 on /healthz of a trivial server (python -m loadtest.client_ceiling), 2-core AMD EPYC: see docs/loadtest.md.
 
 Writes report.json, steps.csv, latency_vs_throughput.png and latency_cdf.png into --out.
+
+Exit status: 0 when every step ran within the limits (a sweep ended by --max-p99-ms included); 1 when a
+step had more errors than --max-error-rate (which also stops the sweep), or no ok answer at all; 2 for
+invalid arguments; 130 on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import platform
 import sys
@@ -31,7 +37,7 @@ from pathlib import Path
 import aiohttp
 
 from loadtest import plots, report
-from loadtest.corpus import build_corpus
+from loadtest.corpus import build_corpus, parse_spec
 from loadtest.multiproc import resolve_procs, run_sweep
 from loadtest.payloads import KINDS, Payload, build_payload
 from loadtest.progress import ProgressBar
@@ -39,10 +45,39 @@ from loadtest.step import ARRIVALS, MODES, StepConfig, StepResult
 
 
 def _numbers(text: str, cast=float) -> list:
+    """Comma-separated numbers, at least one, each finite and > 0 (a step of 0 clients or 0 requests/s
+    cannot run)."""
     try:
-        return [cast(v) for v in text.split(",") if v.strip()]
+        values = [cast(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers > 0, got {text!r}")
+    return values
+
+
+def _at_least(cast, low: float, strict: bool = False):
+    """An argparse type: one finite number >= ``low`` (> ``low`` when ``strict``)."""
+    bound = f"> {low:g}" if strict else f">= {low:g}"
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _image_spec(text: str) -> str:
+    try:
+        parse_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -53,13 +88,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
     p.add_argument("--kind", choices=KINDS, default="multipart", help="request kind (see loadtest/payloads.py)")
-    p.add_argument("--images-per-request", type=int, default=1, help="images in each request")
+    p.add_argument("--images-per-request", type=_at_least(int, 1), default=1, help="images in each request")
     p.add_argument(
         "--images",
+        type=_image_spec,
         default="photos,500x375",
         help="corpus: 'photos' (shipped) and/or generated WIDTHxHEIGHT sizes, comma-separated",
     )
-    p.add_argument("--generated-per-size", type=int, default=4, help="generated images per size")
+    p.add_argument("--generated-per-size", type=_at_least(int, 1), default=4, help="generated images per size")
     p.add_argument("--mode", choices=MODES, default="closed", help="closed loop (clients) or open loop (rate)")
     p.add_argument(
         "--concurrency",
@@ -69,18 +105,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rate", type=_numbers, default=[10.0], help="open loop: requests/s per step, comma-separated")
     p.add_argument("--arrival", choices=ARRIVALS, default="constant", help="open loop: inter-arrival times")
-    p.add_argument("--duration-s", type=float, default=10.0, help="measured seconds per step")
     p.add_argument(
-        "--requests", type=int, default=None, help="closed loop: measured requests per step instead of --duration-s"
+        "--duration-s", type=_at_least(float, 0, strict=True), default=10.0, help="measured seconds per step"
     )
-    p.add_argument("--warmup-s", type=float, default=2.0, help="unmeasured seconds before each step")
-    p.add_argument("--timeout-s", type=float, default=30.0, help="per-request client timeout")
-    p.add_argument("--max-in-flight", type=int, default=2048, help="open loop: most requests outstanding")
+    p.add_argument(
+        "--requests",
+        type=_at_least(int, 1),
+        default=None,
+        help="closed loop: measured requests per step instead of --duration-s",
+    )
+    p.add_argument("--warmup-s", type=_at_least(float, 0), default=2.0, help="unmeasured seconds before each step")
+    p.add_argument(
+        "--timeout-s", type=_at_least(float, 0, strict=True), default=30.0, help="per-request client timeout"
+    )
+    p.add_argument("--max-in-flight", type=_at_least(int, 1), default=2048, help="open loop: most requests outstanding")
     p.add_argument(
         "--max-error-rate",
         type=float,
         default=0.05,
-        help="stop the sweep after a step with more errors than this fraction",
+        help="stop the sweep (and exit 1) after a step with more errors than this fraction",
     )
     p.add_argument("--max-p99-ms", type=float, default=None, help="stop the sweep after a step with a slower p99")
     p.add_argument("--model", default="alexnet", help="model name in OIP v2 paths")
@@ -248,16 +291,34 @@ async def run(args) -> int:
         + "\nwrote: "
         + ", ".join(str(f) for f in files)
     )
-    if any(r.counted == 0 for r in results):
-        return 1
-    return 0
+    failed = failures(results, args.max_error_rate)
+    for line in failed:
+        print(f"loadtest: failed: {line}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def failures(results: list[StepResult], max_error_rate: float) -> list[str]:
+    """Why the run failed, one line per failed step: no request counted, none ok, or more errors than
+    ``max_error_rate`` (the limit that stops the sweep). Empty when the run passed."""
+    out = []
+    for r in results:
+        errors = ", ".join(f"{k}:{v}" for k, v in sorted(r.errors.items()))
+        if r.counted == 0:
+            out.append(f"{r.config.label}: no request was answered in the measured window")
+        elif r.ok == 0:
+            out.append(f"{r.config.label}: all {r.counted} requests failed ({errors})")
+        elif r.error_rate > max_error_rate or (r.stopped or "").startswith("error rate"):
+            out.append(
+                f"{r.config.label}: error rate {r.error_rate:.1%} > --max-error-rate {max_error_rate:g} ({errors})"
+            )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     if args.kind == "raw" and args.images_per_request != 1:
-        print("--kind raw carries one image per request; use --kind multipart for several", file=sys.stderr)
-        return 2
+        parser.error("--kind raw carries one image per request; use --kind multipart for several")
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:

@@ -68,8 +68,11 @@ def parse_spec(spec: str) -> list[str]:
     if not parts:
         raise ValueError("empty image spec; use e.g. 'photos,500x375,4032x3024'")
     for part in parts:
-        if part != "photos" and not _SIZE.match(part):
+        size = _SIZE.match(part)
+        if part != "photos" and not size:
             raise ValueError(f"image spec entry {part!r}: use 'photos' or WIDTHxHEIGHT such as 500x375")
+        if size and 0 in map(int, size.groups()):
+            raise ValueError(f"image spec entry {part!r}: width and height must be >= 1 pixel")
     return parts
 
 
