@@ -101,6 +101,15 @@ class Settings(BaseSettings):
         """ALEXNET_CHECKPOINT= (set but empty, as templates leave it) means none, not the directory '.'."""
         return None if value == "" else value
 
+    @field_validator("api_key")
+    @classmethod
+    def _no_blank_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """ALEXNET_API_KEY= (set but empty: a secret that failed to mount) would require an empty
+        bearer token; serving without a key instead would open what was meant to be closed."""
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("api_key is set but empty: give the key, or unset ALEXNET_API_KEY to serve without one")
+        return value
+
     @field_validator("http_workers")
     @classmethod
     def _positive_workers(cls, value: int | str) -> int | str:

@@ -29,6 +29,23 @@ def test_the_api_key_is_read_from_the_environment_only(monkeypatch):
         settings_from_args(["--api-key", "x"])
 
 
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_an_api_key_set_but_empty_is_refused_not_required_nor_ignored(monkeypatch, blank):
+    monkeypatch.setenv("ALEXNET_API_KEY", blank)
+    with pytest.raises(ValidationError, match="api_key is set but empty"):
+        settings_from_args([])
+
+
+def test_an_onnx_named_by_hand_that_is_missing_stops_the_server(monkeypatch, tmp_path, capsys):
+    from service.__main__ import main
+
+    missing = tmp_path / "typo.onnx"
+    assert main(["--onnx", str(missing), "--port", "0"]) == 2
+    assert f"{missing} is not a file" in capsys.readouterr().err
+    monkeypatch.setenv("ALEXNET_ONNX", str(missing))
+    assert main(["--port", "0"]) == 2
+
+
 def test_help_lists_every_setting_with_its_default_and_variable():
     text = get_args_parser().format_help()
     for name in set(Settings.model_fields) - ENV_ONLY:
