@@ -139,13 +139,20 @@ def fp16_needs_export(fp16: Path, onnx: Path) -> str | None:
     return None
 
 
-def wants_fp16(settings) -> bool:
-    """fp16 artifacts serve this host: a CUDA device, precision auto or fp16, a backend that reads ONNX."""
-    if settings.precision == "fp32" or settings.device == "cpu" or settings.backend == "torch":
+def gpu_here(settings) -> bool:
+    """A CUDA GPU that this service may use: visible to PyTorch and not ruled out by ``--device cpu``."""
+    if settings.device == "cpu":
         return False
     from service.backends import cuda_available
 
     return cuda_available()
+
+
+def wants_fp16(settings) -> bool:
+    """fp16 artifacts serve this host: a CUDA device, precision auto or fp16, a backend that reads ONNX."""
+    if settings.precision == "fp32" or settings.backend == "torch":
+        return False
+    return gpu_here(settings)
 
 
 def prepare_fp16(settings, onnx_exported: bool) -> tuple[Path, str, bool]:
@@ -270,6 +277,10 @@ def prepare(argv: list[str]) -> None:
     with step("step 3/4: TensorRT engine"):
         if settings.backend in ("onnxruntime", "torch"):
             log.info("skipped: backend=%s was asked for", settings.backend)
+            return
+        if settings.backend == "auto" and not gpu_here(settings):
+            # Not a warning: on a CPU host there is nothing to install, ONNX Runtime is the plan.
+            log.info("skipped: no CUDA GPU here (device %s); the service serves with ONNX Runtime", settings.device)
             return
         reason = engine_needs_build(settings.engine, source, exported)
         if reason is None:

@@ -146,6 +146,7 @@ def test_prepare_falls_back_under_auto_and_stops_when_tensorrt_was_asked_for(
     """,
     )
     monkeypatch.setattr(entrypoint, "to_trt_script", lambda: script)
+    monkeypatch.setattr(entrypoint, "gpu_here", lambda settings: True)  # so that auto tries TensorRT
     monkeypatch.setenv("ALEXNET_MODEL_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("ALEXNET_ONNX", str(onnx_model))  # present and current: no export
     monkeypatch.setenv("ALEXNET_ENGINE", str(tmp_path / "models" / "alexnet.plan"))
@@ -161,3 +162,16 @@ def test_prepare_falls_back_under_auto_and_stops_when_tensorrt_was_asked_for(
             if exit_code == 2
             else "TensorRT engine build FAILED" in caplog.text
         )
+
+
+def test_prepare_under_auto_on_a_host_without_a_gpu_does_not_try_tensorrt(onnx_model, tmp_path, monkeypatch, caplog):
+    script = fake_to_trt(tmp_path, "sys.exit(3)  # must not run")
+    monkeypatch.setattr(entrypoint, "to_trt_script", lambda: script)
+    monkeypatch.setattr(entrypoint, "gpu_here", lambda settings: False)
+    monkeypatch.setenv("ALEXNET_MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("ALEXNET_ONNX", str(onnx_model))
+    monkeypatch.setenv("ALEXNET_ENGINE", str(tmp_path / "models" / "alexnet.plan"))
+    caplog.set_level("INFO", logger="entrypoint")
+    entrypoint.prepare([])
+    assert "skipped: no CUDA GPU here" in caplog.text
+    assert not [r for r in caplog.records if r.name == "entrypoint" and r.levelno >= 30], caplog.text
