@@ -7,6 +7,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from export.ort import MissingExtra
+
 
 def step_printer(tag: str) -> Callable[[str], float]:
     """A ``step(message)`` that prints ``[tag] message`` at once and returns ``time.perf_counter()``."""
@@ -20,10 +22,11 @@ def step_printer(tag: str) -> Callable[[str], float]:
 
 def run_main(tag: str, action: Callable[[], object], errors: tuple[type[BaseException], ...]) -> int:
     """0 when ``action()`` returns; 1 and one line ``[tag] error: ...`` on stderr when it raises one of
-    ``errors`` (the failures a user can fix); anything else is a bug and keeps its traceback."""
+    ``errors`` or MissingExtra (the failures a user can fix); anything else is a bug and keeps its traceback."""
+    fixable: tuple[type[BaseException], ...] = (MissingExtra, *errors)
     try:
         action()
-    except errors as exc:
+    except fixable as exc:
         print(f"[{tag}] error: {exc}", file=sys.stderr)
         return 1
     return 0

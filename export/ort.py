@@ -16,10 +16,17 @@ INSTALL_HINT = (
 )
 
 
+class MissingExtra(ModuleNotFoundError):
+    """A module that an extra of the project provides is not installed; the message says which extra.
+
+    A user-fixable failure: ``export/cli.py``'s ``run_main`` prints it as one ``[tool] error:`` line.
+    """
+
+
 def import_onnxruntime() -> ModuleType:
-    """The ``onnxruntime`` module; ModuleNotFoundError saying which extra to install if it is missing."""
+    """The ``onnxruntime`` module; MissingExtra saying which extra to install if it is missing."""
     try:
         import onnxruntime
     except ImportError as exc:
-        raise ModuleNotFoundError(f"onnxruntime is not installed: {INSTALL_HINT}", name="onnxruntime") from exc
+        raise MissingExtra(f"onnxruntime is not installed: {INSTALL_HINT}", name="onnxruntime") from exc
     return onnxruntime

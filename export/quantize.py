@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader
 
 from export.cli import run_main, step_printer
 from export.image_folder import ImageFolderError, iter_batches, list_images
 from export.onnx_metadata import INPUT_NAME, PREFIX, ModelMetadata, read_metadata, write_metadata
+from export.ort import import_onnxruntime
 from model.atomic_write import atomic_output
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -41,8 +41,13 @@ class QuantizeError(RuntimeError):
 _step = step_printer("quantize")
 
 
-class _ImageReader(CalibrationDataReader):
-    """Preprocessed image batches, as ONNX Runtime's calibration asks for them."""
+class _ImageReader:
+    """Preprocessed image batches, as ONNX Runtime's calibration asks for them.
+
+    Not derived from ``onnxruntime.quantization.CalibrationDataReader``, so that this module imports
+    without ONNX Runtime (``run`` then says which extra to install): that class accepts any class with
+    ``get_next`` as its subclass (``__subclasshook__``), and calibration calls only ``get_next``.
+    """
 
     def __init__(self, paths: list[Path], meta: ModelMetadata, input_name: str, batch_size: int) -> None:
         self._batches = iter_batches(paths, meta, batch_size)
@@ -124,6 +129,7 @@ def run(
     bench_rounds: int = 3,
 ) -> dict:
     """Quantize, check, measure; the file appears at ``out`` only if every check passed."""
+    import_onnxruntime()  # quantizing and checking need it: say so now, not after reading the images
     t0 = _step(f"reading {onnx_path}")
     meta = read_metadata(onnx_path)
     if meta.precision != "fp32":

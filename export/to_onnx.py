@@ -5,8 +5,11 @@
     python export/to_onnx.py --checkpoint artifacts/alexnet.pt --precision fp16 --out artifacts/alexnet.fp16.onnx
 
 The file has input ``input`` (N,3,H,W) float32 and output ``logits`` (N,classes), one self-contained
-file, and our metadata (export/onnx_metadata.py). ``onnx.checker`` must pass and ONNX Runtime must
-agree with PyTorch within ``--tolerance`` at each ``--verify-batch-sizes``, or nothing is written.
+file, and our metadata (export/onnx_metadata.py). H = W = the crop size the checkpoint records from
+training; it and the recorded resize size (and mean/std) go into the metadata, which the service
+preprocesses by; the arch's defaults only where the checkpoint records none. ``onnx.checker`` must
+pass and ONNX Runtime must agree with PyTorch within ``--tolerance`` at each ``--verify-batch-sizes``,
+or nothing is written.
 
 ``--precision fp16`` (for TensorRT 11, whose strongly typed networks take their precision from the
 ONNX) exports ``model.half()`` wrapped so that the graph still takes and returns float32: a Cast to
@@ -23,16 +26,18 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
 
 from export.cli import run_main, step_printer
-from export.onnx_metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata, write_metadata
+from export.onnx_metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata, read_metadata, write_metadata
 from export.ort import import_onnxruntime
 from model.alexnet import arch_spec
 from model.atomic_write import atomic_output
+from model.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from model.weights import CheckpointError, LoadedModel, load_model
 
 DEFAULT_OPSET = 18
@@ -41,6 +46,9 @@ MAX_BATCH = 4096
 
 PRECISIONS = ("fp32", "fp16")
 DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # fp32: absolute; fp16: relative to max |logit|
+# What a checkpoint's provenance may record about the preprocessing it was trained with (model/train.py
+# writes the sizes), named as the ONNX metadata names them except crop_size (metadata: input_size).
+RECORDED_PREPROCESSING = ("resize_size", "crop_size", "mean", "std")
 
 
 _step = step_printer("to_onnx")
@@ -61,17 +69,60 @@ class _Float16Inside(torch.nn.Module):
         return self.model(x.half()).float()
 
 
-def export_model(
-    loaded: LoadedModel, out: Path, opset: int = DEFAULT_OPSET, precision: str = "fp32"
-) -> onnx.ModelProto:
-    """Trace ``loaded.model`` to ONNX (dynamic batch) and stamp our metadata into it."""
+def _rgb(values: Any) -> tuple[float, float, float]:
+    r, g, b = (float(v) for v in values)  # ValueError unless exactly three numbers
+    return r, g, b
+
+
+def model_metadata(loaded: LoadedModel, precision: str = "fp32") -> tuple[ModelMetadata, str]:
+    """The metadata the service will read for ``loaded``, and where its preprocessing came from.
+
+    Resize and crop sizes (and mean/std) are the ones the checkpoint's provenance records
+    (``model/train.py`` writes its ``--resize-size``/``--crop-size`` there): the service must
+    preprocess as training did. The arch's defaults fill only what the checkpoint does not record.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     spec = arch_spec(loaded.arch)
+    recorded = {key: loaded.provenance[key] for key in RECORDED_PREPROCESSING if key in loaded.provenance}
+    try:
+        crop = int(recorded.get("crop_size", spec.input_size))
+        resize = int(recorded.get("resize_size", spec.resize_size))
+        mean, std = _rgb(recorded.get("mean", IMAGENET_MEAN)), _rgb(recorded.get("std", IMAGENET_STD))
+    except (TypeError, ValueError) as exc:
+        raise ExportError(f"the checkpoint records unusable preprocessing {recorded}: {exc}") from None
+    if not spec.min_input_size <= crop <= resize:
+        raise ExportError(
+            f"the checkpoint records crop_size {crop} and resize_size {resize}; {loaded.arch!r} needs "
+            f"{spec.min_input_size} <= crop_size <= resize_size"
+        )
+    metadata = ModelMetadata(
+        arch=loaded.arch,
+        labels=list(loaded.labels),
+        input_size=crop,
+        resize_size=resize,
+        weights=loaded.weights_description,
+        weights_sha256=loaded.weights_sha256,
+        mean=mean,
+        std=std,
+        precision=precision,
+    )
+    missing = [key for key in RECORDED_PREPROCESSING if key not in recorded]
+    if not recorded:
+        source = f"{loaded.arch} defaults: the weights record no preprocessing"
+    elif missing:
+        source = f"recorded in the checkpoint; {', '.join(missing)} from the defaults"
+    else:
+        source = "recorded in the checkpoint"
+    return metadata, source
+
+
+def export_model(loaded: LoadedModel, metadata: ModelMetadata, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Trace ``loaded.model`` to ONNX (dynamic batch, ``metadata.input_size`` square) and stamp ``metadata``."""
     module = loaded.model.eval()
-    if precision == "fp16":
+    if metadata.precision == "fp16":
         module = _Float16Inside(copy.deepcopy(module).half())
-    size = spec.input_size
+    size = metadata.input_size  # the graph's H and W are fixed at the example's
     example = torch.randn(2, 3, size, size)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
@@ -91,18 +142,7 @@ def export_model(
             verbose=False,
         )
         model = onnx.load(str(raw))
-    write_metadata(
-        model,
-        ModelMetadata(
-            arch=loaded.arch,
-            labels=list(loaded.labels),
-            input_size=size,
-            resize_size=spec.resize_size,
-            weights=loaded.weights_description,
-            weights_sha256=loaded.weights_sha256,
-            precision=precision,
-        ),
-    )
+    write_metadata(model, metadata)
     model.producer_name = "alexnet-serve"
     return model
 
@@ -116,7 +156,7 @@ def verify(
     """
     ort = import_onnxruntime()
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    size = arch_spec(loaded.arch).input_size
+    size = read_metadata(model_path).input_size
     generator = torch.Generator().manual_seed(0)
     worst = 0.0
     for n in batch_sizes:
@@ -156,8 +196,13 @@ def export_and_verify(
     t0 = _step(f"loading {'checkpoint ' + str(checkpoint) if checkpoint else 'untrained ' + arch + ' model'}")
     loaded = load_model(checkpoint, arch)
     tolerance = DEFAULT_TOLERANCE[precision] if tolerance is None else tolerance
+    metadata, source = model_metadata(loaded, precision)
+    _step(
+        f"preprocessing for the metadata: resize {metadata.resize_size}, crop {metadata.input_size}, "
+        f"mean {list(metadata.mean)}, std {list(metadata.std)} ({source})"
+    )
     t1 = _step(f"exporting {loaded.arch} (weights: {loaded.weights_description}) to ONNX opset {opset}, {precision}")
-    model = export_model(loaded, out, opset, precision)
+    model = export_model(loaded, metadata, opset)
     with atomic_output(out) as tmp:
         onnx.save_model(model, str(tmp))
         t2 = _step(f"exported in {time.perf_counter() - t1:.1f} s; running onnx.checker")

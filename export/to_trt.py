@@ -33,6 +33,7 @@ import numpy as np
 
 from export.cli import run_main, step_printer
 from export.onnx_metadata import INPUT_NAME, OUTPUT_NAME, read_metadata
+from export.ort import import_onnxruntime
 from model.atomic_write import write_bytes_atomic
 
 EXIT_MISSING = 2
@@ -210,10 +211,9 @@ def compare_with_onnxruntime(
     trt: Any, engine: bytes, onnx_path: Path, input_shape: tuple[int, int, int], batch_sizes: list[int]
 ) -> dict[str, float]:
     """Top-1 agreement and max |diff| (absolute and relative to the largest logit) on random batches."""
-    import onnxruntime as ort
-
     from export.trt_runner import TrtEngineRunner
 
+    ort = import_onnxruntime()
     runner = TrtEngineRunner(trt, engine)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
@@ -240,6 +240,7 @@ def compare_with_onnxruntime(
 def run(args: argparse.Namespace, trt: Any) -> Path:
     from export.trt_sidecar import EngineSidecar, current_device, file_sha256, write_sidecar
 
+    import_onnxruntime()  # the verification needs it: say so now, not after minutes of building
     device = current_device()
     t0 = _step(f"TensorRT {trt.__version__} on {device.gpu_name} (sm {device.compute_capability}); reading {args.onnx}")
     if not args.onnx.is_file():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 import re
 import urllib.error
 import urllib.request
@@ -117,13 +118,40 @@ def save_checkpoint(
     return path
 
 
+# How a torch.save file starts: a zip archive (PyTorch >= 1.6), or a pickle (the legacy format, e.g.
+# torchvision's alexnet-owt-7be5be79.pth).
+_TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
 def _torch_load(path: Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(_TORCH_SAVE_MAGIC):
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint (a file written by torch.save starts as a zip archive or a "
+            f"pickle; this one starts with {head!r}); pass a checkpoint from python -m model.train or "
+            "model.weights, or torchvision's alexnet-owt-*.pth"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc):
+            raise CheckpointError(f"{path}: corrupted PyTorch checkpoint ({_first_line(exc)})") from exc
+        # torch's own advice (load with weights_only=False) would run arbitrary code from the file.
+        raise CheckpointError(
+            f"{path}: holds Python objects other than tensors and plain types, which are not loaded "
+            "(weights_only); save the model's state_dict() instead"
+        ) from exc
     except Exception as exc:  # torch raises several types for damaged files
-        raise CheckpointError(f"{path}: corrupted or not a PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{path}: corrupted or not a PyTorch checkpoint ({_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """``Type: first line of the message``: torch's messages run to many lines of advice."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def _load_state_dict(path: Path, model: nn.Module, state_dict: Mapping[str, Any], arch: str) -> None:

@@ -42,3 +42,24 @@ def test_the_service_names_the_extra_and_serves_with_torch(onnx_model, no_onnxru
     assert selection.backend.name == "torch"
     assert "pip install '.[cpu]'" in selection.skipped["onnxruntime"]
     selection.backend.close()
+
+
+def _one_error_line(capsys, tag: str) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"[{tag}] error: "), lines
+    return lines[0]
+
+
+def test_to_onnx_says_so_in_one_line_and_exits_1(no_onnxruntime, tmp_path, capsys):
+    from export.to_onnx import main
+
+    assert main(["--out", str(tmp_path / "alexnet.onnx")]) == 1
+    assert "onnxruntime is not installed: " in _one_error_line(capsys, "to_onnx")
+
+
+def test_quantize_says_so_in_one_line_and_exits_1(no_onnxruntime, monkeypatch, tmp_path, capsys):
+    monkeypatch.delitem(sys.modules, "export.quantize", raising=False)  # imported again without onnxruntime
+    from export.quantize import main
+
+    assert main(["--onnx", str(tmp_path / "a.onnx"), "--calibration-dir", str(tmp_path)]) == 1
+    assert "pip install '.[cpu]'" in _one_error_line(capsys, "quantize")

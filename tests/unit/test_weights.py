@@ -189,3 +189,22 @@ def test_non_tensor_in_state_dict_is_refused(tmp_path):
 def test_hash_covers_zero_dim_tensors():
     a, b = state_dict_sha256({"x": torch.tensor(1.0)}), state_dict_sha256({"x": torch.tensor(2.0)})
     assert a != b and len(a) == 64
+
+
+@pytest.mark.parametrize(
+    "content", [b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", b"a text file\n", b""], ids=["jpeg", "text", "empty"]
+)
+def test_a_file_that_is_not_a_checkpoint_is_named_so_in_one_line(tmp_path, content):
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"photo\.jpg: not a PyTorch checkpoint") as err:
+        load_model(path)
+    assert "\n" not in str(err.value) and "weights_only" not in str(err.value)
+
+
+def test_a_pickled_module_is_refused_without_torchs_advice_to_unpickle_it(tmp_path):
+    path = tmp_path / "whole_model.pt"
+    torch.save(torch.nn.Linear(1, 1), path)  # the module object, not its state_dict
+    with pytest.raises(CheckpointError, match=r"objects other than tensors.*state_dict\(\)") as err:
+        load_model(path)
+    assert "\n" not in str(err.value) and "file an issue" not in str(err.value)
