@@ -18,11 +18,15 @@ from pathlib import Path
 import numpy as np
 
 
-def make_session(path: Path, threads: int = 0):
-    """A CPU ONNX Runtime session; ``threads`` 0 lets ONNX Runtime choose (one per core)."""
+def make_session(path: Path, threads: int = 0, fuse_int8: bool = True):
+    """A CPU ONNX Runtime session; ``threads`` 0 lets ONNX Runtime choose (one per core). Without
+    ``fuse_int8`` a Q/DQ model runs as its own math (DequantizeLinear, then float ops): what the
+    quantization means, whatever this CPU's int8 kernels do (export/ort.py, int8_kernels_saturate)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if not fuse_int8:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

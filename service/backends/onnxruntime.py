@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from export.onnx_metadata import INPUT_NAME, OUTPUT_NAME
-from export.ort import import_onnxruntime
+from export.ort import import_onnxruntime, int8_kernels_saturate
 from service.backends.base import Backend, powers_of_two_up_to
 from service.errors import BackendUnavailable
 
@@ -112,6 +112,10 @@ class OnnxRuntimeBackend(Backend):
         options.inter_op_num_threads = 1
         self.max_batch_size = max_batch_size
         self.precision = onnx_precision(onnx_path)
+        if device != "cuda" and self.precision == "int8" and (why := int8_kernels_saturate()) is not None:
+            # Right answers first: the Q/DQ pairs stay unfused (float math on int8-rounded values).
+            log.warning("%s: %s; running it unfused, slower than the fp32 model would be", onnx_path, why)
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         self._stream = None
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():

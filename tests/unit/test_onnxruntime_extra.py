@@ -63,3 +63,25 @@ def test_quantize_says_so_in_one_line_and_exits_1(no_onnxruntime, monkeypatch, t
 
     assert main(["--onnx", str(tmp_path / "a.onnx"), "--calibration-dir", str(tmp_path)]) == 1
     assert "pip install '.[cpu]'" in _one_error_line(capsys, "quantize")
+
+
+@pytest.mark.parametrize(
+    "flags, saturates",
+    [
+        ("fpu sse2 avx avx2 fma", True),  # AVX2 only: many AMD EPYC (Zen 1-3), Xeons before Cascade Lake
+        ("fpu sse2 avx avx2 avx512f avx512_vnni", False),
+        ("fpu sse2 avx avx2 avx_vnni", False),
+        ("fpu sse2 avx avx2 amx_int8 amx_tile", False),
+    ],
+)
+def test_int8_kernels_saturate_on_x86_without_vnni(monkeypatch, flags, saturates):
+    import platform
+
+    from export.ort import int8_kernels_saturate
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    why = int8_kernels_saturate(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert (why is not None) == saturates
+    assert why is None or "VNNI" in why
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert int8_kernels_saturate(f"flags\t\t: {flags}\n") is None
