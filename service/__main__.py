@@ -82,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(explain(exc), file=sys.stderr)
         return 2
-    if "onnx" in settings.model_fields_set and not settings.onnx.is_file():
-        # Named by hand and missing (a typo): under --backend auto the server would otherwise start
-        # with PyTorch and whatever weights it finds, answering 200 with another model's answers.
+    if settings.backend == "auto" and "onnx" in settings.model_fields_set and not settings.onnx.is_file():
+        # Named by hand and missing (a typo): auto would start PyTorch with whatever weights it finds,
+        # answering 200 with another model's answers. (A backend named by hand stays up not ready,
+        # saying why, as for any model that fails to load.)
         print(
             f"--onnx / ALEXNET_ONNX: {settings.onnx} is not a file; build it with "
             f"`python export/to_onnx.py --out {settings.onnx}`, or leave the setting out",

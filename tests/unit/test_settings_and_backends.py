@@ -36,7 +36,9 @@ def test_an_api_key_set_but_empty_is_refused_not_required_nor_ignored(monkeypatc
         settings_from_args([])
 
 
-def test_an_onnx_named_by_hand_that_is_missing_stops_the_server(monkeypatch, tmp_path, capsys):
+def test_an_onnx_named_by_hand_that_is_missing_stops_the_server_under_auto(monkeypatch, tmp_path, capsys):
+    """auto would serve PyTorch instead; with a backend named by hand the server stays up not ready
+    (tests/integration/test_oip.py::test_not_ready_is_503)."""
     from service.__main__ import main
 
     missing = tmp_path / "typo.onnx"
