@@ -35,6 +35,11 @@ class ModelMetadata:
     def untrained(self) -> bool:
         return self.weights == "untrained"
 
+    @property
+    def preprocessing(self) -> tuple:
+        """What the service preprocesses by: (crop, resize, mean, std)."""
+        return self.input_size, self.resize_size, tuple(self.mean), tuple(self.std)
+
     def to_props(self) -> dict[str, str]:
         return {PREFIX + key: json.dumps(value) for key, value in asdict(self).items()}
 

@@ -100,7 +100,9 @@ def _read_export(onnx: Path) -> tuple[ModelMetadata | None, str]:
 
 
 def onnx_needs_export(onnx: Path, checkpoint: Path | None, arch: str) -> str | None:
-    """Why ``onnx`` must be (re)exported, or None when it already holds these weights."""
+    """Why ``onnx`` must be (re)exported, or None when it already holds these weights and the
+    preprocessing they were trained with (an export made before the ONNX carried it may not)."""
+    from export.to_onnx import model_metadata
     from model.weights import load_model
 
     meta, problem = _read_export(onnx)
@@ -111,6 +113,12 @@ def onnx_needs_export(onnx: Path, checkpoint: Path | None, arch: str) -> str | N
     loaded = load_model(checkpoint, arch)
     if meta.weights_sha256 != loaded.weights_sha256:
         return f"{onnx} holds weights {meta.weights!r}, not those of {checkpoint}"
+    expected, _ = model_metadata(loaded)
+    if meta.preprocessing != expected.preprocessing:
+        return (
+            f"{onnx} preprocesses as (crop, resize, mean, std) {meta.preprocessing}, "
+            f"{checkpoint} was trained with {expected.preprocessing}"
+        )
     return None
 
 
@@ -134,8 +142,11 @@ def fp16_needs_export(fp16: Path, onnx: Path) -> str | None:
         return problem
     if meta.precision != "fp16":
         return f"{fp16} is {meta.precision}, not fp16"
-    if meta.weights_sha256 != read_metadata(onnx).weights_sha256:
+    source = read_metadata(onnx)
+    if meta.weights_sha256 != source.weights_sha256:
         return f"{fp16} holds weights {meta.weights!r}, not those of {onnx}"
+    if meta.preprocessing != source.preprocessing:
+        return f"{fp16} preprocesses as {meta.preprocessing}, {onnx} as {source.preprocessing}"
     return None
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.weights import untrained_model
+from model.weights import save_checkpoint, untrained_model
 from service import entrypoint
 
 
@@ -49,6 +49,16 @@ def test_onnx_is_exported_when_missing_or_holding_other_weights(onnx_model, tmp_
     torch.save(untrained_model(seed=1).model.state_dict(), other)
     reason = entrypoint.onnx_needs_export(onnx_model, other, "torchvision")
     assert reason and "not those of" in reason
+
+
+def test_onnx_is_exported_again_when_it_preprocesses_otherwise_than_the_checkpoint_was_trained(onnx_model, tmp_path):
+    """Same weights, but exported before the ONNX carried the checkpoint's recorded sizes."""
+    loaded = untrained_model()  # the weights of onnx_model, whose metadata says 256/224
+    checkpoint = save_checkpoint(
+        tmp_path / "alexnet.pt", loaded.model, loaded.arch, loaded.labels, {"resize_size": 72, "crop_size": 64}
+    )
+    reason = entrypoint.onnx_needs_export(onnx_model, checkpoint, "torchvision")
+    assert reason and "(224, 256" in reason and "(64, 72" in reason
 
 
 def test_engine_is_rebuilt_when_missing_stale_or_unverifiable(tmp_path):
