@@ -307,7 +307,7 @@ def failures(results: list[StepResult], max_error_rate: float) -> list[str]:
             out.append(f"{r.config.label}: no request was answered in the measured window")
         elif r.ok == 0:
             out.append(f"{r.config.label}: all {r.counted} requests failed ({errors})")
-        elif r.error_rate > max_error_rate or (r.stopped or "").startswith("error rate"):
+        elif r.error_rate > max_error_rate or r.stopped_by_errors:
             out.append(
                 f"{r.config.label}: error rate {r.error_rate:.1%} > --max-error-rate {max_error_rate:g} ({errors})"
             )

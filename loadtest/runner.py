@@ -31,7 +31,7 @@ import aiohttp
 from loadtest import prom
 from loadtest.histogram import LatencyHistogram
 from loadtest.payloads import BadResponse, Payload, check_response
-from loadtest.step import Share, StepConfig, StepResult
+from loadtest.step import Share, StepConfig, StepResult, error_rate_stop
 
 
 def arrival_offsets(rate: float, duration_s: float, arrival: str, seed: int = 0) -> list[float]:
@@ -233,7 +233,7 @@ async def _closed(
                 return
             tally.add(outcome, images, kind, done - sent)
             if tally.too_many_errors(config.max_error_rate):
-                result.stopped = f"error rate {result.error_rate:.1%} > {config.max_error_rate:.1%}"
+                result.stopped = error_rate_stop(result.error_rate, config.max_error_rate)
                 stop.set()
 
     async def timer() -> None:
@@ -296,7 +296,7 @@ async def _open(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         if tally.too_many_errors(config.max_error_rate):
-            result.stopped = f"error rate {result.error_rate:.1%} > {config.max_error_rate:.1%}"
+            result.stopped = error_rate_stop(result.error_rate, config.max_error_rate)
             result.scheduled = i + 1
             break
     if tasks:
@@ -340,7 +340,7 @@ async def sweep_steps(
     for config in configs:
         result = await step(config, progress)
         if result.stopped is None and result.counted and result.error_rate > max_error_rate:
-            result.stopped = f"error rate {result.error_rate:.1%} > {max_error_rate:.1%}"
+            result.stopped = error_rate_stop(result.error_rate, max_error_rate)
         p99 = result.latency.percentile_ms(99)
         if result.stopped is None and max_p99_ms is not None and p99 > max_p99_ms:
             result.stopped = f"p99 {p99:.1f} ms > {max_p99_ms:g} ms"

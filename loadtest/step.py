@@ -67,6 +67,14 @@ class Share:
         return cls(0, 1, config.concurrency, 0, config.requests or None, config.max_in_flight)
 
 
+ERROR_RATE_STOP = "error rate"  # how StepResult.stopped begins for a step cut short by its errors
+
+
+def error_rate_stop(rate: float, limit: float) -> str:
+    """``StepResult.stopped`` for a step whose errors went over ``limit``."""
+    return f"{ERROR_RATE_STOP} {rate:.1%} > {limit:.1%}"
+
+
 @dataclass
 class StepResult:
     config: StepConfig
@@ -100,3 +108,8 @@ class StepResult:
     @property
     def error_rate(self) -> float:
         return (self.counted - self.ok) / self.counted if self.counted else 0.0
+
+    @property
+    def stopped_by_errors(self) -> bool:
+        """Cut short by its error rate, in this process or (merged) in any of several."""
+        return (self.stopped or "").startswith(ERROR_RATE_STOP)
