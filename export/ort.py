@@ -8,6 +8,7 @@ has neither. Exporting (``to_onnx.py`` checks its output with ONNX Runtime) and 
 
 from __future__ import annotations
 
+import functools
 from types import ModuleType
 
 INSTALL_HINT = (
@@ -42,17 +43,13 @@ def int8_kernels_saturate(cpuinfo: str | None = None) -> str | None:
     On x86 CPUs without VNNI (AVX2 only: many AMD EPYC and older Xeons) they multiply pairs of u8 x s8
     products into saturating 16-bit sums (``vpmaddubsw``): measured on a 2-core AMD EPYC with AVX2 only,
     an int8 AlexNet whose Q/DQ math agrees 100% with fp32 agreed 31% through them. ``cpuinfo`` is the
-    text of /proc/cpuinfo (read when None); other architectures and unreadable files say None."""
+    text of /proc/cpuinfo (read once per process when None); other architectures and unreadable files say None."""
     import platform
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None
     if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return None
+        cpuinfo = _proc_cpuinfo()
     flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), None)
     if flags is None or any(flag in flags for flag in _EXACT_INT8_FLAGS):
         return None
@@ -60,3 +57,13 @@ def int8_kernels_saturate(cpuinfo: str | None = None) -> str | None:
         "this CPU has no AVX-VNNI, AVX512-VNNI or AMX: ONNX Runtime's fused int8 kernels saturate here "
         "and give wrong answers"
     )
+
+
+@functools.cache
+def _proc_cpuinfo() -> str:
+    """/proc/cpuinfo, read once per process ("" where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
