@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from service.arena import SLOT_BYTES, Arena, arena_slot_count
+from service.decode_budget import DecodeBudget
 from service.engine_client import EngineClient
 from service.errors import BadParameter, BadRequest, MethodNotAllowed, NotFound, ServiceError, error_response
 from service.middleware import BearerAuth, BodyLimit, RequestMetrics
@@ -41,10 +42,26 @@ def _open_paths(settings: Settings) -> frozenset[str]:
     )
 
 
-def create_app(settings: Settings | None = None, engine_address: str | None = None, frontend: int = 0) -> FastAPI:
+def _problem(error: dict) -> str:
+    """One validation error in our words where we have them ("top_k must be an integer, got 'abc'",
+    as the range check says "top_k must be between 1 and 1000, got 0"), else pydantic's."""
+    name = str(error["loc"][-1])
+    if error["type"] == "int_parsing" and error["loc"][0] == "query":
+        return f"{name} must be an integer, got {error['input']!r}"
+    return f"{'.'.join(map(str, error['loc']))}: {error['msg']}"
+
+
+def create_app(
+    settings: Settings | None = None,
+    engine_address: str | None = None,
+    frontend: int = 0,
+    decode_budget_fd: int | None = None,
+) -> FastAPI:
     """A front end's app. It answers /healthz at once and is ready when the engine says it is.
 
     Without ``engine_address`` (documentation, schema checks) it never connects and never gets ready.
+    ``decode_budget_fd`` is the server's shared decode budget (service.decode_budget); without it this
+    front end has a budget of its own.
     """
     settings = settings or Settings()
     arena = Arena(
@@ -55,7 +72,8 @@ def create_app(settings: Settings | None = None, engine_address: str | None = No
         name=f"alexnet-frontend-{frontend}",
     )
     client = EngineClient(engine_address or "", frontend, arena)
-    pipeline = Pipeline(client, arena, settings.decoder_threads, settings.max_image_pixels, settings.jpeg_draft)
+    budget = DecodeBudget(settings.decode_memory_mb * 2**20, decode_budget_fd)
+    pipeline = Pipeline(client, arena, budget, settings.decoder_threads, settings.max_image_pixels, settings.jpeg_draft)
     state = ServiceState(settings=settings, client=client, pipeline=pipeline)
 
     @asynccontextmanager
@@ -65,6 +83,7 @@ def create_app(settings: Settings | None = None, engine_address: str | None = No
         yield
         await client.stop()
         pipeline.close()
+        budget.close()
         arena.close()
         log.info("stopped")
 
@@ -104,8 +123,7 @@ def create_app(settings: Settings | None = None, engine_address: str | None = No
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return answer(request, BadParameter(problems))
+        return answer(request, BadParameter("; ".join(_problem(e) for e in exc.errors())))
 
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes, observe=state.observe)
     if settings.api_key is not None:

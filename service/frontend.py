@@ -1,6 +1,7 @@
 """An HTTP front-end process: uvicorn serving the app on the listening socket it inherited.
 
-    python -m service.frontend --socket NAME --index K --listen-fd FD   # started by service.supervisor
+    python -m service.frontend --socket NAME --index K --listen-fd FD --decode-budget-fd FD2
+    # started by service.supervisor
 
 Every front end accepts on the same socket (the kernel spreads connections among them) and does
 HTTP, auth, limits, multipart, format checks and, on the CPU path, decoding into its arena; the
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", required=True, help="the engine's abstract Unix socket name")
     parser.add_argument("--index", type=int, required=True, help="this front end's number, 0..N-1")
     parser.add_argument("--listen-fd", type=int, required=True, help="inherited listening TCP socket")
+    parser.add_argument(
+        "--decode-budget-fd", type=int, default=None, help="inherited decode budget file (service.decode_budget)"
+    )
     parser.add_argument("--parent", type=int, default=None, help="supervisor pid: exit when it is gone")
     args = parser.parse_args(argv)
     if not follow_parent(args.parent):
@@ -47,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s %(levelname)s %(name)s[http {args.index}]: %(message)s",
     )
     listener = socket.socket(fileno=args.listen_fd)
-    app = create_app(settings, engine_address=args.socket, frontend=args.index)
+    app = create_app(settings, engine_address=args.socket, frontend=args.index, decode_budget_fd=args.decode_budget_fd)
     uvicorn.Server(uvicorn_config(app, settings)).run(sockets=[listener])
     return 0
 

@@ -44,6 +44,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.decode_memory_wait = Histogram(
+            "alexnet_decode_memory_wait_seconds",
+            "Time a large image waited for the server's decode memory budget (decode_memory_mb) before decoding",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
         self.images = Counter("alexnet_images_total", "Images classified", registry=r)
         self.errors = Counter("alexnet_errors_total", "Requests answered with an error, by kind", ["kind"], registry=r)
         self.backend_failures = Counter("alexnet_backend_failures_total", "Batches whose inference raised", registry=r)
@@ -67,6 +73,8 @@ class Metrics:
                 self.errors.labels(event[1]).inc()
             elif event[0] == "preprocess":
                 self.preprocess_time.observe(event[1])
+            elif event[0] == "decode_memory_wait":
+                self.decode_memory_wait.observe(event[1])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -22,9 +22,17 @@ import numpy as np
 
 from service import wire
 from service.arena import SLOT_BYTES, Arena, ArenaFull, Span
+from service.decode_budget import DecodeBudget
 from service.engine_client import EngineClient
 from service.errors import DeadlineExceeded, NotReady, QueueFull, ServiceError
-from service.preprocess import PreprocessConfig, inspect_jpeg, preprocess_uint8
+from service.preprocess import (
+    PreprocessConfig,
+    decode_opened,
+    decode_peak_bytes,
+    inspect_jpeg,
+    open_for_decode,
+    transform_uint8,
+)
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 # JPEGs above this many pixels take the CPU path even with a GPU decoder: reduced-DCT decoding
@@ -50,9 +58,18 @@ class Staged:
 
 
 class Pipeline:
-    def __init__(self, client: EngineClient, arena: Arena, decode_threads: int, max_pixels: int, jpeg_draft: bool):
+    def __init__(
+        self,
+        client: EngineClient,
+        arena: Arena,
+        budget: DecodeBudget,
+        decode_threads: int,
+        max_pixels: int,
+        jpeg_draft: bool,
+    ):
         self.client = client
         self.arena = arena
+        self.budget = budget
         self.max_pixels = max_pixels
         self.jpeg_draft = jpeg_draft
         self._decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
@@ -83,22 +100,30 @@ class Pipeline:
         except ArenaFull as exc:
             raise QueueFull(f"too many images in flight in this server process ({exc}); retry after a moment") from None
 
-    def _stage_crop(self, data: bytes, span: Span, config: PreprocessConfig) -> float:
+    def _stage_crop(self, data: bytes, span: Span, config: PreprocessConfig) -> tuple[float, float | None]:
+        """Decode seconds, and seconds waited for the decode budget (None: a small image, no wait)."""
         start = time.perf_counter()
-        crop = preprocess_uint8(data, config)
+        image = open_for_decode(data, config)
+        waited: list[float] = []
+        with self.budget.hold(decode_peak_bytes(image), waited.append):
+            crop = transform_uint8(decode_opened(image), config)
         self.arena.array(span, crop.shape, np.uint8)[...] = crop
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        return (seconds - waited[0], waited[0]) if waited else (seconds, None)
 
-    def _stage_one(self, data: bytes, span: Span, config: PreprocessConfig, gpu: bool) -> tuple[wire.ImageRef, float]:
-        """On a decode thread: the image's ref once its bytes or its crop are in ``span``."""
+    def _stage_one(
+        self, data: bytes, span: Span, config: PreprocessConfig, gpu: bool
+    ) -> tuple[wire.ImageRef, float, float | None]:
+        """On a decode thread: the image's ref once its bytes or its crop are in ``span``, the seconds
+        that took, and the seconds it waited for the decode budget (None if it did not need to)."""
         if gpu and _gpu_candidate(data):
             start = time.perf_counter()
             orientation = inspect_jpeg(data, config, GPU_DECODE_MAX_PIXELS)
             if orientation is not None:  # the GPU takes it: only the bytes cross
                 self.arena.write(Span(span.first, span.slots, span.offset, len(data)), data)
-                return wire.ImageRef("jpeg", span.offset, len(data), orientation), time.perf_counter() - start
-        seconds = self._stage_crop(data, span, config)
-        return wire.ImageRef("crop", span.offset, config.crop_bytes), seconds
+                return wire.ImageRef("jpeg", span.offset, len(data), orientation), time.perf_counter() - start, None
+        seconds, waited = self._stage_crop(data, span, config)
+        return wire.ImageRef("crop", span.offset, config.crop_bytes), seconds, waited
 
     async def prepare(self, images: list[bytes]) -> list[Staged]:
         """Decode (or check) every image on the decode threads, off the event loop, into the arena.
@@ -136,8 +161,10 @@ class Pipeline:
                     result.message = f"image {index}: {result.message}"
                 raise result
         staged = []
-        for (ref, seconds), span in zip(results, spans, strict=True):  # type: ignore[misc]
+        for (ref, seconds, waited), span in zip(results, spans, strict=True):  # type: ignore[misc]
             self.client.observe(("preprocess", seconds))
+            if waited is not None:
+                self.client.observe(("decode_memory_wait", waited))
             staged.append(Staged(ref, span, seconds * 1000))
         return staged
 

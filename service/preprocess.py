@@ -118,20 +118,70 @@ def open_checked(data: bytes, config: PreprocessConfig) -> Image.Image:
     return image
 
 
-def decode(data: bytes, config: PreprocessConfig) -> Image.Image:
-    """Bytes -> an upright RGB PIL image, or a typed 4xx error naming the problem."""
+# Peak memory of decoding one image, bytes per pixel of the decoded size, by the mode PIL decodes to:
+# measured (resident set, sampled) through decode + to_rgb + resize_crop on 10-megapixel images, the
+# largest over the formats that decode to that mode (WebP's decoder copies once more than PNG's), and
+# ~10% over it: python scripts/measure_decode_memory.py prints both.
+_DECODE_BYTES_PER_PIXEL = {
+    "1": 8,
+    "L": 8,
+    "P": 8,
+    "RGB": 18,
+    "YCbCr": 18,
+    "CMYK": 16,
+    "I;16": 18,
+    "I;16B": 18,
+    "I;16L": 18,
+    "F": 16,
+    "I": 28,
+    "LA": 36,
+    "La": 36,
+    "PA": 36,
+    "RGBA": 36,
+    "RGBa": 36,
+}
+_TRANSPARENT_PALETTE_BYTES_PER_PIXEL = 24  # P with a transparent colour: composited on white via RGBA
+_UNKNOWN_BYTES_PER_PIXEL = 36
+
+
+def open_for_decode(data: bytes, config: PreprocessConfig) -> Image.Image:
+    """Bytes -> a PIL image whose header passed every check, set to decode at the size it will
+    decode at (a large JPEG at reduced DCT size), no pixel decoded yet."""
     image = open_checked(data, config)
-    width, height = image.size
-    try:
-        if config.jpeg_draft and image.format in ("JPEG", "MPO"):
-            # Target keeps the shorter side >= DRAFT_MARGIN * resize_size; draft never goes below it.
-            scale = DRAFT_MARGIN * config.resize_size / min(width, height)
-            if scale < 1:
+    if config.jpeg_draft and image.format in ("JPEG", "MPO"):
+        width, height = image.size
+        # Target keeps the shorter side >= DRAFT_MARGIN * resize_size; draft never goes below it.
+        scale = DRAFT_MARGIN * config.resize_size / min(width, height)
+        if scale < 1:
+            try:
                 image.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
+            except (OSError, SyntaxError, ValueError) as exc:
+                raise CorruptImage(f"truncated or corrupt image data ({exc})") from None
+    return image
+
+
+def decode_peak_bytes(image: Image.Image) -> int:
+    """About the most memory ``decode_opened`` + ``transform_uint8`` take for ``image``, from its header."""
+    width, height = image.size
+    if image.mode == "P" and "transparency" in image.info:
+        per_pixel = _TRANSPARENT_PALETTE_BYTES_PER_PIXEL
+    else:
+        per_pixel = _DECODE_BYTES_PER_PIXEL.get(image.mode, _UNKNOWN_BYTES_PER_PIXEL)
+    return width * height * per_pixel
+
+
+def decode_opened(image: Image.Image) -> Image.Image:
+    """An image from ``open_for_decode`` -> upright RGB, or a typed 4xx error naming the problem."""
+    try:
         image.load()  # decode now, inside the try, so truncation surfaces here
         return to_rgb(upright(image))
     except (OSError, SyntaxError, ValueError) as exc:
         raise CorruptImage(f"truncated or corrupt image data ({exc})") from None
+
+
+def decode(data: bytes, config: PreprocessConfig) -> Image.Image:
+    """Bytes -> an upright RGB PIL image, or a typed 4xx error naming the problem."""
+    return decode_opened(open_for_decode(data, config))
 
 
 def transform_uint8(image: Image.Image, config: PreprocessConfig) -> np.ndarray:

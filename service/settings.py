@@ -71,6 +71,13 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(20 * 2**20, ge=1, description="largest request body, bytes (413 above)")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest decoded image, pixels (413 above)")
+    decode_memory_mb: int = Field(
+        2048,
+        ge=64,
+        description="memory that decoding large images may take at once, MiB, across all front ends (a small "
+        "file can decode to a large image: a 40-megapixel PNG with alpha takes ~0.9 GB); images over it wait, "
+        "one too large for it alone decodes alone; images under 1/64 of it never wait",
+    )
     max_images_per_request: int = Field(32, ge=1, description="images in one request (413 above)")
     max_top_k: int = Field(1000, ge=1, description="largest top_k a client may ask for")
     max_connections: int = Field(

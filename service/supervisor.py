@@ -34,6 +34,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from service.decode_budget import create_budget_file
 from service.settings import Settings
 
 log = logging.getLogger("service.supervisor")
@@ -122,6 +123,7 @@ class Supervisor:
             n,
             s.decoder_threads,
         )
+        budget_fd = create_budget_file()  # one decode memory budget for all front ends
         common = ["--socket", self.address, "--parent", str(os.getpid())]
         engine = Child("engine", [sys.executable, "-m", "service.engine", *common])
         frontends = [
@@ -136,8 +138,10 @@ class Supervisor:
                     str(k),
                     "--listen-fd",
                     str(listener.fileno()),
+                    "--decode-budget-fd",
+                    str(budget_fd),
                 ],
-                pass_fds=(listener.fileno(),),
+                pass_fds=(listener.fileno(), budget_fd),
             )
             for k in range(n)
         ]
@@ -162,6 +166,7 @@ class Supervisor:
             log.info("%s: stopping", signal.Signals(self._stop_signal).name)
         finally:
             listener.close()  # new connections are refused from here on
+            os.close(budget_fd)  # the front ends hold their own copies
             graceful_s = s.request_timeout_s + 10
             for child in frontends:
                 child.terminate()

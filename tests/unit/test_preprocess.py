@@ -12,7 +12,15 @@ from PIL import Image
 
 from model.preprocessing import normalize, normalize_batch, resized_size
 from service.errors import CorruptImage, EmptyBody, ImageTooLarge, NotAnImage, UnsupportedImageFormat
-from service.preprocess import PreprocessConfig, decode, preprocess, preprocess_uint8, transform
+from service.preprocess import (
+    PreprocessConfig,
+    decode,
+    decode_peak_bytes,
+    open_for_decode,
+    preprocess,
+    preprocess_uint8,
+    transform,
+)
 from tests.conftest import make_image, require_or_skip
 from tests.torchvision_modules import import_torchvision
 
@@ -235,3 +243,23 @@ def test_normalize_batch_is_the_per_image_path_and_fills_a_preallocated_batch():
         normalize_batch(crops.astype(np.float32))
     with pytest.raises(ValueError, match="out must be"):
         normalize_batch(crops, out=np.empty((5, 3, 224, 224), np.float64))
+
+
+def test_the_decode_memory_estimate_follows_the_decoded_size_and_mode():
+    """What the decode budget charges (scripts/measure_decode_memory.py holds the figures to the
+    measured peaks): the size after JPEG draft reduction, more bytes per pixel with alpha or 16 bits."""
+    served = PreprocessConfig()
+    big_jpeg = open_for_decode(make_image(4000, 3000, seed=1), served)
+    assert big_jpeg.size == (1000, 750)  # drafted at 1/4: the shorter side stays >= 2 x 256
+    assert decode_peak_bytes(big_jpeg) == 1000 * 750 * 18
+    full = open_for_decode(make_image(4000, 3000, seed=1), CONFIG)  # draft off: charged in full
+    assert decode_peak_bytes(full) == 4000 * 3000 * 18
+    per_pixel = {}
+    for mode in ("L", "RGB", "RGBA", "LA", "I;16"):
+        out = io.BytesIO()
+        Image.new(mode, (100, 50)).save(out, "PNG")
+        per_pixel[mode] = decode_peak_bytes(open_for_decode(out.getvalue(), served)) / 5000
+    assert per_pixel == {"L": 8, "RGB": 18, "RGBA": 36, "LA": 36, "I;16": 18}
+    out = io.BytesIO()
+    Image.new("P", (100, 50)).save(out, "PNG", transparency=0)
+    assert decode_peak_bytes(open_for_decode(out.getvalue(), served)) == 5000 * 24

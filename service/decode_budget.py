@@ -1,0 +1,124 @@
+"""The memory that decoding large images may take at once, shared by every front end of a server.
+
+A small file can decode to a large image: a 44 KB PNG of 40 megapixels with an alpha channel takes
+about 1 GB while it is decoded, composited and resized (``preprocess.decode_peak_bytes``). Every
+decode thread of every front end could hold one such image at once, so the budget has to be the
+server's, not a process's: the supervisor makes one anonymous file (memfd) and hands it to each front
+end, and the budget is ``UNITS`` byte-range locks on it.
+
+- An image whose estimate is under one unit (``total / UNITS``) takes nothing: ordinary photos
+  never wait, and never make a system call here.
+- A larger one holds ``estimate // unit`` units (at most all of them) while it decodes; a decode that
+  does not fit waits for others to finish. One waiting thread at a time gathers its units (the
+  turnstile, byte 0), so two large images never each hold half of what both need.
+- The locks are open-file-description locks (Linux ``F_OFD_SETLK``), one description per thread: the
+  kernel tells threads apart, and a process that dies, however it dies, lets go of its units.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+UNITS = 64
+_TURNSTILE = 0
+# struct flock on 64-bit Linux: l_type, l_whence (short), l_start, l_len (off_t), l_pid (0 for OFD locks).
+_FLOCK = "hhxxxxqqixxxx"
+
+
+def _flock(kind: int, start: int, length: int = 1) -> bytes:
+    return struct.pack(_FLOCK, kind, os.SEEK_SET, start, length, 0)
+
+
+def create_budget_file() -> int:
+    """A fresh budget file for a server's front ends (the supervisor passes its fd to each)."""
+    return os.memfd_create("alexnet-decode-budget", os.MFD_CLOEXEC)
+
+
+class DecodeBudget:
+    """``total_bytes`` of decoding at once, across every process that shares ``fd`` (a private budget
+    when ``fd`` is None)."""
+
+    def __init__(self, total_bytes: int, fd: int | None = None) -> None:
+        if total_bytes < UNITS:
+            raise ValueError(f"a decode budget needs at least {UNITS} bytes, got {total_bytes}")
+        self.unit_bytes = total_bytes // UNITS
+        self._fd = fd if fd is not None else create_budget_file()
+        self._owned = fd is None
+        self._local = threading.local()
+        self._thread_fds: list[int] = []
+        self._fds_lock = threading.Lock()
+
+    def units_for(self, nbytes: int) -> int:
+        """Units an image of ``nbytes`` estimated peak holds: 0 under one unit, never more than all."""
+        return min(UNITS, nbytes // self.unit_bytes)
+
+    @contextmanager
+    def hold(self, nbytes: int, on_wait=None) -> Iterator[None]:
+        """Hold ``nbytes`` of the budget for the block; ``on_wait(seconds)`` is called after a wait."""
+        units = self.units_for(nbytes)
+        if units == 0:
+            yield
+            return
+        fd = self._thread_fd()
+        start = time.perf_counter()
+        taken = self._acquire(fd, units)
+        try:
+            if on_wait is not None:
+                on_wait(time.perf_counter() - start)
+            yield
+        finally:
+            for unit in taken:
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, unit))
+
+    def close(self) -> None:
+        with self._fds_lock:
+            for fd in self._thread_fds:
+                os.close(fd)
+            self._thread_fds.clear()
+        if self._owned:
+            os.close(self._fd)
+
+    # -- inside ------------------------------------------------------------------------------------
+    def _thread_fd(self) -> int:
+        """This thread's own open file description of the budget file (locks are per description)."""
+        fd = getattr(self._local, "fd", None)
+        if fd is None:
+            fd = os.open(f"/proc/self/fd/{self._fd}", os.O_RDWR | os.O_CLOEXEC)
+            self._local.fd = fd
+            with self._fds_lock:
+                self._thread_fds.append(fd)
+        return fd
+
+    def _acquire(self, fd: int, units: int) -> list[int]:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _flock(fcntl.F_WRLCK, _TURNSTILE))
+        taken: list[int] = []
+        try:
+            for unit in range(1, UNITS + 1):  # the free ones first, without waiting
+                if len(taken) == units:
+                    break
+                try:
+                    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, unit))
+                except BlockingIOError:
+                    continue
+                except PermissionError:  # EACCES: some systems' word for "held by another"
+                    continue
+                taken.append(unit)
+            for unit in range(1, UNITS + 1):  # then wait for the rest, one at a time
+                if len(taken) == units:
+                    break
+                if unit not in taken:
+                    fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _flock(fcntl.F_WRLCK, unit))
+                    taken.append(unit)
+        except BaseException:
+            for unit in taken:
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, unit))
+            raise
+        finally:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, _TURNSTILE))
+        return taken
