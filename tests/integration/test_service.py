@@ -194,6 +194,16 @@ def test_bad_input_gets_a_clear_4xx_json_error(limited_server, kwargs, status, k
     assert body["kind"] == kind and len(body["error"]) > 10
 
 
+def test_a_top_k_that_is_not_a_number_is_told_in_the_words_of_the_range_check(limited_server):
+    image = {"file": ("a.jpg", make_image(64, 64), "image/jpeg")}
+    words = {
+        top_k: httpx.post(limited_server.url + "/classify", files=image, params={"top_k": top_k}, timeout=60).json()
+        for top_k in ("many", 0)
+    }
+    assert words["many"] == {"error": "top_k must be an integer, got 'many'", "kind": "bad_parameter"}
+    assert words[0]["error"].startswith("top_k must be between 1 and ")
+
+
 def test_a_body_streamed_without_length_is_cut_at_the_limit(limited_server):
     def chunks():
         for _ in range(40):
