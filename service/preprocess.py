@@ -39,6 +39,7 @@ from model.preprocessing import (
     upright,
 )
 from service.errors import CorruptImage, EmptyBody, ImageTooLarge, NotAnImage, UnsupportedImageFormat
+from service.header_checks import check_decode_work
 
 # JPEG draft decoding keeps at least this multiple of the resize target, so the final bilinear
 # resize still does real antialiased downscaling and the result stays within ~1/255 of a full decode.
@@ -99,6 +100,7 @@ def open_checked(data: bytes, config: PreprocessConfig) -> Image.Image:
     """Bytes -> a PIL image whose header passed every check (format, size), no pixel decoded yet."""
     if not data:
         raise EmptyBody("the image is empty (0 bytes)")
+    check_decode_work(data)  # before PIL: some of that work would start while it opens the file
     try:
         # Only our formats' parsers ever see the bytes: PIL's other plugins (dozens of rarely used
         # formats) are attack surface we do not need.

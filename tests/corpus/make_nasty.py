@@ -50,6 +50,14 @@ EXPECTED = {
     "long_strip.png": 200,
     "ztxt_bomb.png": 400,
     "ico.ico": 415,
+    # Small files that ask a decoder for far more work than their pixels (service/header_checks.py)
+    "jpeg_many_scans.jpg": 413,
+    "jpeg_progressive.jpg": 200,
+    "tiff_many_strips.tiff": 413,
+    "tiff_tile_larger_than_image.tiff": 413,
+    "tiff_tiled.tiff": 200,
+    "bmp_rle8_large.bmp": 413,
+    "bmp_rle8_small.bmp": 200,
 }
 
 
@@ -95,6 +103,67 @@ def _exif_self_loop() -> bytes:
     return b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd
 
 
+def _jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
+    """(marker, start, end) of each segment; a scan's end includes its entropy-coded data."""
+    i, out = 2, []
+    while i < len(data):
+        marker = data[i + 1]
+        if marker == 0xD9:
+            out.append((marker, i, i + 2))
+            break
+        (length,) = struct.unpack(">H", data[i + 2:i + 4])
+        j = i + 2 + length
+        if marker == 0xDA:
+            while not (data[j] == 0xFF and data[j + 1] != 0x00 and not 0xD0 <= data[j + 1] <= 0xD7):
+                j += 1
+        out.append((marker, i, j))
+        i = j
+    return out
+
+
+def jpeg_many_scans(repeats: int, width: int = 64, height: int = 48) -> bytes:
+    """A progressive JPEG whose last scan comes ``repeats`` more times: each scan walks every block again."""
+    data = _encode(Image.new("L", (width, height), 128), "JPEG", progressive=True)
+    *_, (_, start, end) = (segment for segment in _jpeg_segments(data) if segment[0] == 0xDA)
+    return data[:end] + data[start:end] * repeats + data[end:]
+
+
+def _tiff(tags: list[tuple[int, int, int, int]], tail: bytes) -> bytes:
+    """A little-endian TIFF: IFD0 of (tag, type, count, value or offset) entries at 8, then ``tail``."""
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHIHH", tag, kind, count, value, 0) if kind == 3 and count == 1
+        else struct.pack("<HHII", tag, kind, count, value)
+        for tag, kind, count, value in tags
+    )
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + tail
+
+
+def tiff_many_strips(strips: int, width: int = 4) -> bytes:
+    """``width`` x ``strips`` grey, one row per strip, every strip offset pointing at the same row."""
+    row_at = 8 + 2 + 12 * 9 + 4
+    tags = [(256, 4, 1, width), (257, 4, 1, strips), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+            (273, 3, strips, row_at + width), (277, 3, 1, 1), (278, 4, 1, 1), (279, 4, 1, width)]
+    return _tiff(tags, bytes(range(1, width + 1)) + struct.pack("<H", row_at) * strips)
+
+
+def tiff_one_tile(width: int, height: int, tile: int) -> bytes:
+    """``width`` x ``height`` grey in one deflated ``tile`` x ``tile`` tile (of zeros)."""
+    data = zlib.compress(bytes(tile * tile), 9) if tile <= 1024 else zlib.compress(b"\x00" * 64)
+    data_at = 8 + 2 + 12 * 9 + 4
+    tags = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 8), (262, 3, 1, 1),
+            (322, 4, 1, tile), (323, 4, 1, tile), (324, 4, 1, data_at), (325, 4, 1, len(data))]
+    return _tiff(tags, data)
+
+
+def bmp_rle8(width: int, height: int) -> bytes:
+    """An RLE8 BMP whose every row is one pixel then end-of-line (Pillow pads the rest in Python)."""
+    rows = b"\x01\x05\x00\x00" * height + b"\x00\x01"
+    palette = b"".join(struct.pack("<BBBB", i, i, i, 0) for i in range(256))
+    at = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(rows), 2835, 2835, 256, 0)
+    return b"BM" + struct.pack("<IHHI", at + len(rows), 0, 0, at) + info + palette + rows
+
+
 def build() -> dict[str, bytes]:
     photo = _photo()
     jpeg = _encode(photo, "JPEG")
@@ -133,6 +202,13 @@ def build() -> dict[str, bytes]:
         "long_strip.png": _encode(Image.new("RGB", (1, 30_000), (9, 99, 199)), "PNG"),
         "ztxt_bomb.png": png[:33] + _png_chunk(b"zTXt", b"bomb\x00\x00" + zlib.compress(b"A" * 20_000_000, 9)) + png[33:],
         "ico.ico": _encode(Image.new("RGB", (16, 16)), "ICO"),
+        "jpeg_many_scans.jpg": jpeg_many_scans(150),
+        "jpeg_progressive.jpg": _encode(photo, "JPEG", progressive=True),
+        "tiff_many_strips.tiff": tiff_many_strips(70_000),
+        "tiff_tile_larger_than_image.tiff": tiff_one_tile(256, 256, 16384),
+        "tiff_tiled.tiff": tiff_one_tile(200, 150, 256),
+        "bmp_rle8_large.bmp": bmp_rle8(40_000, 1000),
+        "bmp_rle8_small.bmp": bmp_rle8(100, 100),
     }
     assert set(files) == set(EXPECTED)
     return files
