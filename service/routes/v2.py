@@ -185,6 +185,11 @@ async def infer_version(request: Request, state: State, model_name: str, model_v
     return await _infer(request, state, model_name, model_version)
 
 
+def _parse_within_budget(pipeline, body: bytes, json_length: int | None) -> oip.InferRequest:
+    with pipeline.budget.hold(oip.parse_peak_bytes(len(body), json_length)):
+        return oip.parse_request(body, json_length)
+
+
 async def _infer(request: Request, state: ServiceState, model_name: str, model_version: str | None) -> Response:
     started = time.monotonic()
     settings = state.settings
@@ -197,8 +202,11 @@ async def _infer(request: Request, state: ServiceState, model_name: str, model_v
 
     body = await by_deadline(request.body(), deadline, "while its body was received")
     json_length = oip.header_length(request.headers.get(oip.HEADER_LENGTH), len(body))
-    # A JSON tensor of a full batch is megabytes of text: parse it off the event loop.
-    parsed = await asyncio.to_thread(oip.parse_request, body, json_length)
+    # A JSON tensor of a full batch is megabytes of text: parse it off the event loop, within the
+    # server's decode memory budget (JSON takes up to ~36x its size while parsed) and the deadline.
+    parsed = await by_deadline(
+        asyncio.to_thread(_parse_within_budget, pipeline, body, json_length), deadline, "while its body was parsed"
+    )
     if parsed.timeout_s is not None:  # a client's own deadline may only shorten ours
         deadline = min(deadline, started + parsed.timeout_s)
     tensor = oip_signature.model_input(parsed, meta.input_size)

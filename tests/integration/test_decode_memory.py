@@ -55,3 +55,18 @@ def test_a_large_decode_waits_for_the_budget_and_a_photo_does_not(onnx_model, in
     assert answers and answers[0].status_code == 200, answers
     wait_until(lambda: waits_counted(server)[0] == 1, 10, "the wait to reach /metrics")
     assert waits_counted(server)[1] >= 0.5
+
+
+def test_a_large_v2_json_body_is_parsed_within_the_budget_and_the_deadline(onnx_model, inprocess_server):
+    import httpx
+
+    server = inprocess_server(settings(onnx_model, decode_memory_mb=BUDGET_MB, request_timeout_s=1.0, warmup=False))
+    tensor = np.random.default_rng(0).normal(size=(1, 3, 224, 224)).round(3)
+    body = {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": list(tensor.shape), "data": tensor.ravel().tolist()}]
+    }
+    url = server.url + "/v2/models/alexnet/infer"
+    with server.frontend.pipeline.budget.hold(BUDGET_MB * 2**20):  # ~1 MB of JSON is charged ~40 MB: it waits
+        late = httpx.post(url, json=body, timeout=60)
+    assert late.status_code == 504 and "while its body was parsed" in late.json()["error"], late.text
+    assert httpx.post(url, json=body, timeout=60).status_code == 200

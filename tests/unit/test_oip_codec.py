@@ -163,6 +163,18 @@ MALFORMED = {
         None,
         "timeout",
     ),
+    "BYTES nested deeper than the shape": (
+        json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [[["a"]]]}]}).encode(),
+        None,
+        "nested deeper than its shape",
+    ),
+    "BYTES more elements than the shape": (
+        json.dumps(
+            {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": ["a", "b", "c"]}]}
+        ).encode(),
+        None,
+        "more elements than shape",
+    ),
     "bad classification": (
         json.dumps(
             {"inputs": [fp32_input([1.0], [1])], "outputs": [{"name": "logits", "parameters": {"classification": "5"}}]}
