@@ -18,18 +18,21 @@ import socket
 import uvicorn
 
 from service.app import create_app
+from service.http_head import BoundedHeadProtocol
 from service.process import follow_parent, reuse_freed_memory
 from service.settings import Settings
 
 
-def uvicorn_config(app, settings: Settings) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
-        access_log=settings.log_level == "debug",
-        limit_concurrency=settings.max_connections or None,
-    )
+def uvicorn_config(app, settings: Settings, **overrides) -> uvicorn.Config:
+    """A front end's uvicorn settings (``overrides``: in-process test servers' host and port)."""
+    options = {
+        "http": BoundedHeadProtocol,
+        "log_level": settings.log_level,
+        "timeout_graceful_shutdown": int(settings.request_timeout_s) + 5,
+        "access_log": settings.log_level == "debug",
+        "limit_concurrency": settings.max_connections or None,
+    }
+    return uvicorn.Config(app, **(options | overrides))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -264,6 +264,7 @@ class InProcessServer:
 
         from service.app import create_app
         from service.engine import EngineServer
+        from service.frontend import uvicorn_config
 
         address = f"alexnet-serve-test-{os.getpid()}-{secrets.token_hex(6)}"
         self.engine = EngineServer(settings, address)
@@ -282,7 +283,9 @@ class InProcessServer:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=30)
+            uvicorn_config(
+                self.app, settings, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=30
+            )
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="frontend")
         self.thread.start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,21 @@ def test_a_short_fuzz_run_of_decoding_finds_nothing(tmp_path):
     # libFuzzer's last line: it ran to its time limit, executing inputs (not, say, exiting 0 at once).
     runs = re.search(r"^Done (\d+) runs in \d+ second", result.stderr, re.M)
     assert runs and int(runs.group(1)) > 100, result.stderr[-3000:]
+
+
+def test_a_request_head_past_64_kib_gets_431_and_one_within_it_is_served(onnx_server):
+    from service.http_head import MAX_HEAD_BYTES
+
+    url = onnx_server.url + "/healthz"
+    within = {f"x-pad-{k}": "a" * 1000 for k in range((MAX_HEAD_BYTES - 4096) // 1024)}
+    assert httpx.get(url, headers=within, timeout=30).status_code == 200
+    r = httpx.get(url, headers={"x-big": "a" * (MAX_HEAD_BYTES + 1)}, timeout=30)
+    assert r.status_code == 431, r.text
+    assert r.json()["kind"] == "headers_too_large" and r.headers["connection"] == "close"
+    host, port = onnx_server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:  # a URL httpx would not send
+        sock.sendall(b"GET /healthz?" + b"q" * MAX_HEAD_BYTES + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 431 ")
+    many = {f"x-{k}": "" for k in range(MAX_HEAD_BYTES // 6)}  # many small headers count too
+    assert httpx.get(url, headers=many, timeout=30).status_code == 431
+    assert httpx.get(url, timeout=30).status_code == 200  # and the front end serves on
