@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +22,7 @@ import numpy as np
 from service import wire
 from service.arena import SLOT_BYTES, Arena, ArenaFull, Span
 from service.decode_budget import DecodeBudget
+from service.decode_pool import DecodePool
 from service.engine_client import EngineClient
 from service.errors import DeadlineExceeded, NotReady, QueueFull, ServiceError
 from service.preprocess import (
@@ -72,12 +72,12 @@ class Pipeline:
         self.budget = budget
         self.max_pixels = max_pixels
         self.jpeg_draft = jpeg_draft
-        self._decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
+        self._decoder = DecodePool(decode_threads)
         self._config: PreprocessConfig | None = None
         self._config_for: wire.ModelInfo | None = None
 
     def close(self) -> None:
-        self._decoder.shutdown(wait=False, cancel_futures=True)
+        self._decoder.close()
 
     @property
     def model(self) -> wire.ModelInfo:
@@ -142,10 +142,9 @@ class Pipeline:
             for span in spans:
                 self.arena.free(span)
             raise
-        jobs = [
-            self._decoder.submit(self._stage_one, data, span, config, gpu)
-            for data, span in zip(images, spans, strict=True)
-        ]
+        jobs = self._decoder.submit_request(
+            [(self._stage_one, (data, span, config, gpu)) for data, span in zip(images, spans, strict=True)]
+        )
         try:
             results = await asyncio.gather(*(asyncio.wrap_future(job) for job in jobs), return_exceptions=True)
         except asyncio.CancelledError:  # hang-up or deadline: images not yet started are not decoded,

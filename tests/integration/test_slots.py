@@ -80,7 +80,7 @@ class DecodeThreadsHeld:
         self.jobs = []
 
     def __enter__(self):
-        self.jobs = [self.decoder.submit(self.release.wait, 60) for _ in range(self.decoder._max_workers)]
+        self.jobs = [self.decoder.submit(self.release.wait, 60) for _ in range(self.decoder.threads)]
         return self
 
     def __exit__(self, *exc) -> None:
