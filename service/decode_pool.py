@@ -81,7 +81,7 @@ class DecodePool:
                 continue  # cancelled while it waited
             try:
                 result = job.call(*job.args)
-            except BaseException as exc:  # noqa: BLE001 (handed to whoever awaits the future)
+            except BaseException as exc:  # handed to whoever awaits the future
                 job.future.set_exception(exc)
             else:
                 job.future.set_result(result)
