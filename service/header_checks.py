@@ -1,60 +1,88 @@
-"""Work an image's header asks of the decoder beyond its pixel count, refused before PIL sees it.
+"""Work an image's header asks of the decoder beyond its pixel count, refused before it is done.
 
 The pixel limit bounds the decoded image, but some small files make a decoder do far more than
 their pixels need, and some of it happens while PIL merely opens the file, before any limit of ours
-could run. Measured on the 2-core development host (see the closing notes of session 7):
+could run. Measured on the 2-core development host by a resource review (session 7):
 
 - a progressive JPEG repeating one 59-byte scan 1,000 times (200 KB): 37 CPU-seconds, none of it
-  cancellable; each scan walks the whole coefficient array again;
+  cancellable; each scan walks the whole coefficient array again (~1 ns per pixel per scan);
 - a 20 MB TIFF of 10 million one-row strips: 3.1 GB and ~2 CPU-minutes (Pillow builds an object per
   strip while opening);
 - a 256x256 TIFF declaring one 26752x26752 deflate tile: 2 GB per image (libtiff inflates the tile);
 - an RLE-compressed BMP of 40 megapixels in 5 KB: 9 CPU-seconds in Pillow's pure-Python decoder.
 
-So: at most ``MAX_JPEG_SCANS`` scans; at most ``MAX_TIFF_BLOCKS`` strips or tiles, and no tile larger
-than twice its image a side; RLE BMPs up to ``MAX_RLE_BMP_PIXELS``. Each refusal is a 413 ``image_too_large`` that
-says which. Real images are far inside these (a progressive photo has about 10 scans).
+So, each a 413 ``image_too_large`` that says which limit: a JPEG of at most ``MAX_JPEG_SCANS`` scans
+and ``MAX_JPEG_SCAN_PIXELS`` pixels x scans (``check_jpeg_scans``, once PIL has read its size: that
+reads only the markers before the first scan); a TIFF of at most ``MAX_TIFF_BLOCKS`` strips or
+tiles, no tile over ``MAX_TIFF_TILE_PIXELS`` unless the image is as large; RLE BMPs up to
+``MAX_RLE_BMP_PIXELS`` (``check_decode_work``, before PIL opens the file). Real images are far
+inside these: a progressive photo has about 10 scans.
 """
 
 from __future__ import annotations
 
 import struct
 
-from service.errors import ImageTooLarge
+from service.errors import CorruptImage, ImageTooLarge
 
 MAX_JPEG_SCANS = 100
+# ~0.4 CPU-seconds: 40 megapixels in 10 scans (a progressive photo), or 12 megapixels in 33.
+MAX_JPEG_SCAN_PIXELS = 400_000_000
 MAX_TIFF_BLOCKS = 65_536
-# A tile side may be up to twice its image's (a power-of-two tile over an image a little larger than
-# the last), or this (writers use 256 or 512 tiles for small images).
-TIFF_TILE_SLACK = 512
-MAX_RLE_BMP_PIXELS = 2_000_000
+# A tile may cover up to 4 times its image's area (a power-of-two tile over an image a little larger
+# than the last), or this many pixels whatever the image (67 MB of RGBA: writers tile small images too).
+MAX_TIFF_TILE_PIXELS = 4096 * 4096
+# ~1 CPU-second in Pillow's Python decoder; 2560x1600 fits.
+MAX_RLE_BMP_PIXELS = 4_200_000
 
-_JPEG = b"\xff\xd8\xff"
 _SOS = b"\xff\xda"  # a scan's start; entropy-coded data never holds it (an 0xFF there is followed by 0x00)
 _TIFF_LE, _TIFF_BE = b"II", b"MM"
 _TAG_WIDTH, _TAG_LENGTH = 256, 257
 _TAG_STRIPS, _TAG_TILE_WIDTH, _TAG_TILE_LENGTH, _TAG_TILES = 273, 322, 323, 324
-# TIFF field types whose single value sits in the entry: BYTE, SHORT, LONG, SSHORT, SLONG, LONG8.
-_INTEGER_TYPES = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 16: "Q"}
+# TIFF integer field types: BYTE, SHORT, LONG, SBYTE, SSHORT, SLONG, LONG8, SLONG8, IFD8.
+_INTEGER_TYPES = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 16: "Q", 17: "q", 18: "Q"}
 _BMP_RLE = {1: "RLE8", 2: "RLE4"}
 
 
 def check_decode_work(data: bytes) -> None:
-    """Raise ImageTooLarge if ``data``'s header asks for more decoding work than its pixels justify."""
-    if data.startswith(_JPEG):
-        _check_jpeg(data)
-    elif data[:2] in (_TIFF_LE, _TIFF_BE):
+    """Raise ImageTooLarge if ``data`` is a TIFF or BMP whose header asks for more decoding work than
+    its pixels justify (checked before PIL opens the file, which for a TIFF already does some of it)."""
+    if data[:2] in (_TIFF_LE, _TIFF_BE):
         _check_tiff(data)
     elif data.startswith(b"BM"):
         _check_bmp(data)
 
 
-def _check_jpeg(data: bytes) -> None:
-    # An upper bound (an EXIF thumbnail or a second picture of an MPO file adds its own scans), found
-    # at memory speed: ~20 microseconds for a 100 KB photo.
-    scans = data.count(_SOS)
+def check_jpeg_scans(data: bytes, width: int, height: int) -> None:
+    """Raise ImageTooLarge if the JPEG ``data`` of ``width`` x ``height`` has too many scans for its size.
+
+    Scans are counted from the first one on (metadata before it, an EXIF thumbnail say, holds any
+    bytes), at memory speed: ~20 microseconds for a 100 KB photo. A second picture of an MPO file
+    adds its own scans."""
+    scans = data.count(_SOS, _first_scan(data))
     if scans > MAX_JPEG_SCANS:
         raise ImageTooLarge(f"the JPEG has {scans} scans; the limit is {MAX_JPEG_SCANS}")
+    if scans * width * height > MAX_JPEG_SCAN_PIXELS:
+        raise ImageTooLarge(
+            f"the JPEG is {width}x{height} in {scans} scans; progressive JPEGs are decoded up to "
+            f"{MAX_JPEG_SCAN_PIXELS:,} pixels x scans"
+        )
+
+
+def _first_scan(data: bytes) -> int:
+    """Offset of the first scan's marker, by walking the segments before it (0 if they do not parse)."""
+    at = 2
+    while at + 4 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker == 0xDA:
+            return at
+        if marker == 0xFF:  # fill byte
+            at += 1
+        elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # no length
+            at += 2
+        else:
+            at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    return 0
 
 
 def _check_tiff(data: bytes) -> None:
@@ -63,14 +91,14 @@ def _check_tiff(data: bytes) -> None:
     order = "<" if data[:2] == _TIFF_LE else ">"
     try:
         (version,) = struct.unpack_from(order + "H", data, 2)
-        if version == 42:  # classic TIFF: 4-byte offsets, 12-byte entries
+        if version == 42:  # classic TIFF: 4-byte offsets and value fields, 12-byte entries
             (ifd,) = struct.unpack_from(order + "I", data, 4)
             (entries,) = struct.unpack_from(order + "H", data, ifd)
-            first, size, layout = ifd + 2, 12, order + "HHI4s"
-        elif version == 43:  # BigTIFF: 8-byte offsets, 20-byte entries
+            first, size, layout, offset = ifd + 2, 12, order + "HHI4s", order + "I"
+        elif version == 43:  # BigTIFF: 8-byte offsets and value fields, 20-byte entries
             (ifd,) = struct.unpack_from(order + "Q", data, 8)
             (entries,) = struct.unpack_from(order + "Q", data, ifd)
-            first, size, layout = ifd + 8, 20, order + "HHQ8s"
+            first, size, layout, offset = ifd + 8, 20, order + "HHQ8s", order + "Q"
         else:
             return
         fields: dict[int, tuple[int, int, bytes]] = {}
@@ -81,24 +109,36 @@ def _check_tiff(data: bytes) -> None:
         return
 
     def number(tag: int) -> int | None:
+        """The tag's first value, read inline or from where the entry points (a value wider than the
+        field, LONG8 in a classic TIFF say, is stored elsewhere: PIL and libtiff read it there)."""
         if tag not in fields:
             return None
-        kind, _, value = fields[tag]
+        kind, count, value = fields[tag]
         code = _INTEGER_TYPES.get(kind)
+        if code is None or count < 1:
+            raise CorruptImage(f"the TIFF's tag {tag} is not an integer (type {kind})")
+        width = struct.calcsize(code)
         try:
-            return struct.unpack_from(order + code, value)[0] if code else None
-        except struct.error:  # an 8-byte type in a classic TIFF's 4-byte field
-            return None
+            if width * count <= len(value):
+                return struct.unpack_from(order + code, value)[0]
+            (at,) = struct.unpack_from(offset, value)
+            return struct.unpack_from(order + code, data, at)[0]
+        except struct.error:
+            raise CorruptImage(f"the TIFF's tag {tag} points past the end of the file") from None
 
     for tag, what in ((_TAG_STRIPS, "strips"), (_TAG_TILES, "tiles")):
         if tag in fields and fields[tag][1] > MAX_TIFF_BLOCKS:
             raise ImageTooLarge(f"the TIFF has {fields[tag][1]} {what}; the limit is {MAX_TIFF_BLOCKS}")
     width, length = number(_TAG_WIDTH), number(_TAG_LENGTH)
     tile_width, tile_length = number(_TAG_TILE_WIDTH), number(_TAG_TILE_LENGTH)
-    if None in (width, length, tile_width, tile_length):
+    if tile_width is None and tile_length is None:
         return
-    if tile_width > max(2 * width, TIFF_TILE_SLACK) or tile_length > max(2 * length, TIFF_TILE_SLACK):  # type: ignore[operator]
-        raise ImageTooLarge(f"the TIFF's {tile_width}x{tile_length} tiles are larger than its {width}x{length} image")
+    tile = abs(tile_width or 1) * abs(tile_length or 1)
+    image = abs(width or 0) * abs(length or 0)
+    if tile > max(4 * image, MAX_TIFF_TILE_PIXELS):
+        raise ImageTooLarge(
+            f"the TIFF's {tile_width}x{tile_length} tiles are larger than its {width}x{length} image allows"
+        )
 
 
 def _check_bmp(data: bytes) -> None:

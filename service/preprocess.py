@@ -39,7 +39,7 @@ from model.preprocessing import (
     upright,
 )
 from service.errors import CorruptImage, EmptyBody, ImageTooLarge, NotAnImage, UnsupportedImageFormat
-from service.header_checks import check_decode_work
+from service.header_checks import check_decode_work, check_jpeg_scans
 
 # JPEG draft decoding keeps at least this multiple of the resize target, so the final bilinear
 # resize still does real antialiased downscaling and the result stays within ~1/255 of a full decode.
@@ -117,6 +117,8 @@ def open_checked(data: bytes, config: PreprocessConfig) -> Image.Image:
         raise CorruptImage(f"image has no pixels ({width}x{height})")
     if width * height > config.max_pixels:
         raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {config.max_pixels}")
+    if image.format in ("JPEG", "MPO"):
+        check_jpeg_scans(data, width, height)
     return image
 
 

@@ -1,5 +1,5 @@
-"""Headers that ask a decoder for far more work than their pixels are refused before PIL opens them;
-real images of every format pass (the corpus test sends both kinds through HTTP)."""
+"""Headers that ask a decoder for far more work than their pixels are refused before that work is
+done; real images of every format pass (the corpus test sends both kinds through HTTP)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,14 @@ import struct
 import pytest
 from PIL import Image
 
-from service.errors import ImageTooLarge
-from service.header_checks import MAX_JPEG_SCANS, MAX_RLE_BMP_PIXELS, MAX_TIFF_BLOCKS, check_decode_work
+from service.errors import CorruptImage, ImageTooLarge
+from service.header_checks import (
+    MAX_JPEG_SCAN_PIXELS,
+    MAX_JPEG_SCANS,
+    MAX_TIFF_BLOCKS,
+    check_decode_work,
+    check_jpeg_scans,
+)
 from service.preprocess import PreprocessConfig, preprocess_uint8
 from tests.conftest import make_image
 from tests.corpus.make_nasty import bmp_rle8, jpeg_many_scans, tiff_many_strips, tiff_one_tile
@@ -34,37 +40,70 @@ def bigtiff_tiles(width: int, height: int, tile: int, tiles: int = 1) -> bytes:
     return b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) + ifd + struct.pack("<Q", 0)
 
 
+def classic_tiff_long8_tile(width: int, height: int, tile: int, points_at: int | None = None) -> bytes:
+    """Tile sides as LONG8: 8 bytes, wider than a classic TIFF's field, so stored where it points."""
+    values_at = 8 + 2 + 12 * 4 + 4
+    where = values_at if points_at is None else points_at
+    tags = [(256, 4, 1, struct.pack("<I", width)), (257, 4, 1, struct.pack("<I", height)),
+            (322, 16, 1, struct.pack("<I", where)), (323, 16, 1, struct.pack("<I", where + 8))]  # fmt: skip
+    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHI", t, k, c) + v for t, k, c, v in tags)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + struct.pack("<QQ", tile, tile)
+
+
 @pytest.mark.parametrize(
     "data, words",
     [
-        (jpeg_many_scans(MAX_JPEG_SCANS), "scans; the limit is 100"),
         (tiff_many_strips(MAX_TIFF_BLOCKS + 1), "65537 strips"),
         (big_endian_tiff_strips(MAX_TIFF_BLOCKS + 1), "65537 strips"),
         (bigtiff_tiles(1000, 1000, 256, MAX_TIFF_BLOCKS + 1), "65537 tiles"),
         (tiff_one_tile(256, 256, 16384), "16384x16384 tiles are larger than its 256x256 image"),
-        (bigtiff_tiles(300, 300, 4096), "4096x4096 tiles"),
-        (bmp_rle8(2000, 1001), "RLE8 BMP is 2000x1001"),
+        (bigtiff_tiles(300, 300, 8192), "8192x8192 tiles"),
+        (classic_tiff_long8_tile(256, 256, 26752), "26752x26752 tiles"),
+        (bmp_rle8(4000, 1100), "RLE8 BMP is 4000x1100"),
     ],
     ids=[
-        "jpeg-scans",
         "tiff-strips",
         "tiff-strips-big-endian",
         "bigtiff-tiles",
         "tiff-tile",
         "bigtiff-tile",
+        "long8-tile",
         "bmp-rle",
     ],
 )
-def test_work_bombs_are_refused_from_the_header(data, words):
+def test_tiff_and_bmp_work_bombs_are_refused_before_pil_opens_them(data, words):
     with pytest.raises(ImageTooLarge, match=words):
         check_decode_work(data)
     with pytest.raises(ImageTooLarge):  # and the service's decoder asks before PIL does
         preprocess_uint8(data, PreprocessConfig())
 
 
+def test_a_tiff_tag_that_cannot_be_read_is_corrupt():
+    with pytest.raises(CorruptImage, match="past the end"):
+        check_decode_work(classic_tiff_long8_tile(256, 256, 64, points_at=10_000))
+
+
+def test_jpeg_scans_are_bounded_in_number_and_in_pixels_x_scans():
+    with pytest.raises(ImageTooLarge, match="scans; the limit is 100"):
+        preprocess_uint8(jpeg_many_scans(MAX_JPEG_SCANS), PreprocessConfig())
+    ten_scans = encoded(Image.new("RGB", (64, 48)), "JPEG", progressive=True)
+    scans = ten_scans.count(b"\xff\xda")
+    check_jpeg_scans(ten_scans, 6000, 6000)  # 36 MP progressive: fine
+    with pytest.raises(ImageTooLarge, match="pixels x scans"):
+        check_jpeg_scans(ten_scans, 6000, MAX_JPEG_SCAN_PIXELS // (6000 * scans) + 1)
+
+
+def test_scan_markers_in_metadata_before_the_first_scan_do_not_count():
+    photo = Image.open(io.BytesIO(make_image(300, 200, seed=4)))
+    noisy_icc = b"\xff\xda" * 5000  # 5000 SOS-looking byte pairs inside an ICC profile segment
+    data = encoded(photo, "JPEG", icc_profile=noisy_icc)
+    assert data.count(b"\xff\xda") > MAX_JPEG_SCANS
+    assert preprocess_uint8(data, PreprocessConfig()).shape == (224, 224, 3)
+
+
 def test_real_images_of_every_format_pass_and_decode():
     photo = Image.open(io.BytesIO(make_image(300, 200, seed=4)))
-    files = [
+    decoded = [
         make_image(300, 200, seed=4),
         encoded(photo, "JPEG", progressive=True),
         encoded(photo, "JPEG", progressive=True, optimize=True, exif=Image.Exif().tobytes()),
@@ -75,28 +114,18 @@ def test_real_images_of_every_format_pass_and_decode():
         encoded(photo, "BMP"),
         encoded(photo, "PNG"),
         jpeg_many_scans(MAX_JPEG_SCANS - 20),  # a progressive JPEG has about 10 scans; 90 still pass
-        tiff_many_strips(MAX_TIFF_BLOCKS),
         tiff_one_tile(200, 150, 256),  # a 256 tile over a smaller image, as writers make them
         tiff_one_tile(700, 600, 1024),  # a power-of-two tile a little larger than the image
-        bmp_rle8(1000, 1000),
     ]
-    for data in files:
-        check_decode_work(data)
-    for data in files[:9] + files[11:13]:
+    for data in decoded:
         assert preprocess_uint8(data, PreprocessConfig()).shape == (224, 224, 3)
-    assert MAX_RLE_BMP_PIXELS >= 1000 * 1000
+    for data in (tiff_many_strips(MAX_TIFF_BLOCKS), bigtiff_tiles(1000, 1000, 2048), bmp_rle8(2560, 1600)):
+        check_decode_work(data)  # at the limits, headers only
 
 
 @pytest.mark.parametrize(
     "data",
-    [
-        b"II*\x00",
-        b"II*\x00\xff\xff\xff\x7f",
-        b"MM\x00+" + b"\x00" * 4,
-        b"II\x07\x00" + b"\x00" * 20,
-        b"BM\x00",
-        b"\xff\xd8\xff",
-    ],
+    [b"II*\x00", b"II*\x00\xff\xff\xff\x7f", b"MM\x00+" + b"\x00" * 4, b"II\x07\x00" + b"\x00" * 20, b"BM\x00"],
 )
 def test_headers_too_short_or_odd_to_read_are_left_to_the_decoder(data):
     check_decode_work(data)  # no exception here: PIL refuses them with its own typed error
