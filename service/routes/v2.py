@@ -185,9 +185,9 @@ async def infer_version(request: Request, state: State, model_name: str, model_v
     return await _infer(request, state, model_name, model_version)
 
 
-def _parse_within_budget(pipeline, body: bytes, json_length: int | None) -> oip.InferRequest:
+def _parse_within_budget(pipeline, body: bytes, json_length: int | None, max_images: int) -> oip.InferRequest:
     with pipeline.budget.hold(oip.parse_peak_bytes(len(body), json_length)):
-        return oip.parse_request(body, json_length)
+        return oip.parse_request(body, json_length, max_images)
 
 
 async def _infer(request: Request, state: ServiceState, model_name: str, model_version: str | None) -> Response:
@@ -205,7 +205,9 @@ async def _infer(request: Request, state: ServiceState, model_name: str, model_v
     # A JSON tensor of a full batch is megabytes of text: parse it off the event loop, within the
     # server's decode memory budget (JSON takes up to ~36x its size while parsed) and the deadline.
     parsed = await by_deadline(
-        asyncio.to_thread(_parse_within_budget, pipeline, body, json_length), deadline, "while its body was parsed"
+        asyncio.to_thread(_parse_within_budget, pipeline, body, json_length, settings.max_images_per_request),
+        deadline,
+        "while its body was parsed",
     )
     if parsed.timeout_s is not None:  # a client's own deadline may only shorten ours
         deadline = min(deadline, started + parsed.timeout_s)
