@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import BadRequest, ServiceError
+from service.errors import BadRequest, ServiceError, TooManyImages
 from service.postprocess import top_k
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -130,7 +130,7 @@ JSON_SPARE = 1024
 def parse_request(body: bytes, json_length: int | None = None, max_images: int | None = None) -> InferRequest:
     """An inference request from its HTTP body; ``json_length`` is the binary extension's header length.
     With ``max_images``, JSON that holds more arrays or strings than a request of that many images
-    could is refused before it is parsed."""
+    could is refused before it is parsed, and a BYTES input of more elements before they are read."""
     head, binary = (body, b"") if json_length is None else (body[:json_length], body[json_length:])
     if max_images is not None:
         _check_json_counts(head, max_images)
@@ -157,7 +157,7 @@ def parse_request(body: bytes, json_length: int | None = None, max_images: int |
     inputs: list[Tensor] = []
     offset = 0
     for raw in raw_inputs:
-        tensor, offset = _parse_input(raw, binary, offset)
+        tensor, offset = _parse_input(raw, binary, offset, max_images)
         if any(t.name == tensor.name for t in inputs):
             raise ProtocolError(f"input '{tensor.name}' is given twice")
         inputs.append(tensor)
@@ -205,7 +205,7 @@ def _no_shared_memory(params: dict, where: str) -> None:
         )
 
 
-def _parse_input(raw: Any, binary: bytes, offset: int) -> tuple[Tensor, int]:
+def _parse_input(raw: Any, binary: bytes, offset: int, max_images: int | None) -> tuple[Tensor, int]:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise ProtocolError("each input must be an object with a string 'name'")
     name = raw["name"]
@@ -215,6 +215,8 @@ def _parse_input(raw: Any, binary: bytes, offset: int) -> tuple[Tensor, int]:
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise ProtocolError(f"input '{name}': 'shape' must be an array of non-negative integers, got {shape!r}")
     count = math.prod(shape)
+    if datatype == "BYTES" and max_images is not None and count > max_images:  # one encoded image each
+        raise TooManyImages(f"a batch of {count} in one request; the limit is {max_images}")
     params = _parameters(raw, f"input '{name}'")
     _no_shared_memory(params, f"input '{name}'")
     if "binary_data_size" in params:

@@ -19,6 +19,7 @@ from fastapi.routing import APIRoute
 
 from service import oip, oip_signature, responses
 from service.errors import ServiceError, TooManyImages, error_response
+from service.pipeline import Pipeline
 from service.responses import PROTOCOL_ERRORS
 from service.routes.hangup import by_deadline, infer_while_connected, prepare_while_connected
 from service.state import ServiceState, State
@@ -185,7 +186,7 @@ async def infer_version(request: Request, state: State, model_name: str, model_v
     return await _infer(request, state, model_name, model_version)
 
 
-def _parse_within_budget(pipeline, body: bytes, json_length: int | None, max_images: int) -> oip.InferRequest:
+def _parse_within_budget(pipeline: Pipeline, body: bytes, json_length: int | None, max_images: int) -> oip.InferRequest:
     with pipeline.budget.hold(oip.parse_peak_bytes(len(body), json_length)):
         return oip.parse_request(body, json_length, max_images)
 

@@ -271,3 +271,16 @@ def test_json_holding_more_than_a_request_of_its_images_could_is_refused_before_
     assert oip.parse_request(body.encode(), max_images=32).inputs[0].data.shape == (32, 3, 224, 224)
     many = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [32], "data": ["a"] * 32}]})
     assert len(oip.parse_request(many.encode(), max_images=32).inputs[0].data) == 32
+
+
+def test_a_bytes_input_of_more_images_than_allowed_is_refused_before_its_elements_are_read():
+    from service.errors import TooManyImages
+
+    head = json.dumps(
+        {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [100_000], "parameters": {"binary_data_size": 6}}]}
+    ).encode()
+    body = head + struct.pack("<I", 2) + b"ab"  # far fewer elements than the shape says: never read
+    with pytest.raises(TooManyImages, match="a batch of 100000 in one request; the limit is 32"):
+        oip.parse_request(body, len(head), max_images=32)
+    with pytest.raises(ProtocolError, match="1 BYTES elements"):  # without the limit: read, then refused
+        oip.parse_request(body, len(head))
