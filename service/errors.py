@@ -84,6 +84,11 @@ class TooManyImages(ServiceError):
     status = 413
     kind = "too_many_images"
 
+    @classmethod
+    def in_batch(cls, count: int, limit: int) -> TooManyImages:
+        """A /v2 tensor of ``count`` images, over ``limit``."""
+        return cls(f"a batch of {count} in one request; the limit is {limit}")
+
 
 class UnsupportedMediaType(ServiceError):
     status = 415

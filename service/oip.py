@@ -216,7 +216,7 @@ def _parse_input(raw: Any, binary: bytes, offset: int, max_images: int | None) -
         raise ProtocolError(f"input '{name}': 'shape' must be an array of non-negative integers, got {shape!r}")
     count = math.prod(shape)
     if datatype == "BYTES" and max_images is not None and count > max_images:  # one encoded image each
-        raise TooManyImages(f"a batch of {count} in one request; the limit is {max_images}")
+        raise TooManyImages.in_batch(count, max_images)
     params = _parameters(raw, f"input '{name}'")
     _no_shared_memory(params, f"input '{name}'")
     if "binary_data_size" in params:

@@ -216,7 +216,7 @@ async def _infer(request: Request, state: ServiceState, model_name: str, model_v
     outputs = oip_signature.requested_outputs(parsed, min(settings.max_top_k, len(meta.labels)))
     count = tensor.shape[0]
     if count > settings.max_images_per_request:
-        raise TooManyImages(f"a batch of {count} in one request; the limit is {settings.max_images_per_request}")
+        raise TooManyImages.in_batch(count, settings.max_images_per_request)
 
     if tensor.datatype == "BYTES":
         staged = await prepare_while_connected(request, pipeline, [bytes(e) for e in tensor.data], deadline)
