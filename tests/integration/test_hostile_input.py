@@ -127,4 +127,22 @@ def test_a_request_head_past_64_kib_gets_431_and_one_within_it_is_served(onnx_se
         assert sock.recv(65536).startswith(b"HTTP/1.1 431 ")
     many = {f"x-{k}": "" for k in range(MAX_HEAD_BYTES // 6)}  # many small headers count too
     assert httpx.get(url, headers=many, timeout=30).status_code == 431
+    with socket.create_connection((host, int(port)), timeout=30) as sock:  # one header value, in pieces
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        answer = b""
+        for _ in range(64):  # 4 MiB at most; the parser would copy the value so far on every piece
+            try:
+                sock.sendall(b"a" * 65536)
+            except OSError:  # closed by the server: its answer is waiting
+                break
+        answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+    with socket.create_connection((host, int(port)), timeout=30) as sock:  # keep-alive: bound per request
+        pad = b"X-Pad: " + b"p" * 40_000 + b"\r\n"
+        sock.sendall(b"".join(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + pad + b"\r\n" for _ in range(3)))
+        answers = b""
+        while answers.count(b"HTTP/1.1 200 ") < 3:
+            chunk = sock.recv(65536)
+            assert chunk, answers
+            answers += chunk
     assert httpx.get(url, timeout=30).status_code == 200  # and the front end serves on
