@@ -29,6 +29,7 @@ MAX_JPEG_SCANS = 100
 # ~0.4 CPU-seconds: 40 megapixels in 10 scans (a progressive photo), or 12 megapixels in 33.
 MAX_JPEG_SCAN_PIXELS = 400_000_000
 MAX_TIFF_BLOCKS = 65_536
+MAX_TIFF_ENTRIES = 4096  # entries in the first directory (Pillow reads every one; real files have dozens)
 # A tile may cover up to 4 times its image's area (a power-of-two tile over an image a little larger
 # than the last), or this many pixels whatever the image (67 MB of RGBA: writers tile small images too).
 MAX_TIFF_TILE_PIXELS = 4096 * 4096
@@ -36,18 +37,22 @@ MAX_TIFF_TILE_PIXELS = 4096 * 4096
 MAX_RLE_BMP_PIXELS = 4_200_000
 
 _SOS = b"\xff\xda"  # a scan's start; entropy-coded data never holds it (an 0xFF there is followed by 0x00)
-_TIFF_LE, _TIFF_BE = b"II", b"MM"
+_TIFF_LE = b"II"
+# Pillow's TIFF header prefixes (TiffImagePlugin.PREFIXES), the odd ones included.
+_TIFF_PREFIXES = (b"MM\x00\x2a", b"II\x2a\x00", b"MM\x2a\x00", b"II\x00\x2a", b"MM\x00\x2b", b"II\x2b\x00")
 _TAG_WIDTH, _TAG_LENGTH = 256, 257
 _TAG_STRIPS, _TAG_TILE_WIDTH, _TAG_TILE_LENGTH, _TAG_TILES = 273, 322, 323, 324
-# TIFF integer field types: BYTE, SHORT, LONG, SBYTE, SSHORT, SLONG, LONG8, SLONG8, IFD8.
-_INTEGER_TYPES = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 16: "Q", 17: "q", 18: "Q"}
+# The TIFF field types Pillow reads (bytes per value); it skips entries of any other type.
+_PILLOW_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8}
+# Of those, the integers: BYTE, SHORT, LONG, SBYTE, SSHORT, SLONG, IFD, LONG8.
+_INTEGER_TYPES = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 13: "I", 16: "Q"}
 _BMP_RLE = {1: "RLE8", 2: "RLE4"}
 
 
 def check_decode_work(data: bytes) -> None:
     """Raise ImageTooLarge if ``data`` is a TIFF or BMP whose header asks for more decoding work than
     its pixels justify (checked before PIL opens the file, which for a TIFF already does some of it)."""
-    if data[:2] in (_TIFF_LE, _TIFF_BE):
+    if data[:4] in _TIFF_PREFIXES:
         _check_tiff(data)
     elif data.startswith(b"BM"):
         _check_bmp(data)
@@ -86,45 +91,50 @@ def _first_scan(data: bytes) -> int:
 
 
 def _check_tiff(data: bytes) -> None:
-    """Strips, tiles and tile size of the first image (the one decoded); a header too short or odd to
-    read is left to PIL, which refuses it with its own error."""
+    """Strips, tiles and tile size of the first image (the one decoded), read as Pillow reads them
+    (``TiffImagePlugin.ImageFileDirectory_v2``: its header prefixes, the first readable entry of a
+    tag wins, entries of types it does not know are skipped); a header too short to read is left to
+    PIL, which refuses it with its own error."""
+    if data[:4] not in _TIFF_PREFIXES:
+        return
     order = "<" if data[:2] == _TIFF_LE else ">"
+    bigtiff = data[2] == 43  # as Pillow decides it
+    offset, layout, count_code = (
+        (order + "Q", order + "HHQ8s", order + "Q") if bigtiff else (order + "I", order + "HHI4s", order + "H")
+    )
     try:
-        (version,) = struct.unpack_from(order + "H", data, 2)
-        if version == 42:  # classic TIFF: 4-byte offsets and value fields, 12-byte entries
-            (ifd,) = struct.unpack_from(order + "I", data, 4)
-            (entries,) = struct.unpack_from(order + "H", data, ifd)
-            first, size, layout, offset = ifd + 2, 12, order + "HHI4s", order + "I"
-        elif version == 43:  # BigTIFF: 8-byte offsets and value fields, 20-byte entries
-            (ifd,) = struct.unpack_from(order + "Q", data, 8)
-            (entries,) = struct.unpack_from(order + "Q", data, ifd)
-            first, size, layout, offset = ifd + 8, 20, order + "HHQ8s", order + "Q"
-        else:
-            return
-        fields: dict[int, tuple[int, int, bytes]] = {}
-        for k in range(min(entries, 4096)):
-            tag, kind, count, value = struct.unpack_from(layout, data, first + k * size)
-            fields[tag] = (kind, count, value)
+        (ifd,) = struct.unpack_from(offset, data, 8 if bigtiff else 4)
+        (entries,) = struct.unpack_from(count_code, data, ifd)
     except struct.error:
         return
+    first, size = ifd + struct.calcsize(count_code), struct.calcsize(layout)
+    if first + entries * size > len(data):
+        return  # a directory cut short: Pillow refuses the file
+    if entries > MAX_TIFF_ENTRIES:
+        raise ImageTooLarge(f"the TIFF's first directory has {entries} entries; the limit is {MAX_TIFF_ENTRIES}")
+    fields: dict[int, tuple[int, int, bytes]] = {}  # tag -> (type, count, its values' bytes)
+    for k in range(entries):
+        tag, kind, count, value = struct.unpack_from(layout, data, first + k * size)
+        if tag in fields or kind not in _PILLOW_TYPE_SIZES:
+            continue
+        nbytes = count * _PILLOW_TYPE_SIZES[kind]
+        if nbytes == 0:
+            continue  # no value: Pillow skips the entry
+        if nbytes > len(value):  # stored where the entry points
+            (at,) = struct.unpack_from(offset, value)
+            value = data[at : at + nbytes]
+            if len(value) != nbytes:
+                continue  # past the end of the file: Pillow skips the entry
+        fields[tag] = (kind, count, value[:nbytes])
 
     def number(tag: int) -> int | None:
-        """The tag's first value, read inline or from where the entry points (a value wider than the
-        field, LONG8 in a classic TIFF say, is stored elsewhere: PIL and libtiff read it there)."""
         if tag not in fields:
             return None
-        kind, count, value = fields[tag]
+        kind, _, value = fields[tag]
         code = _INTEGER_TYPES.get(kind)
-        if code is None or count < 1:
+        if code is None:
             raise CorruptImage(f"the TIFF's tag {tag} is not an integer (type {kind})")
-        width = struct.calcsize(code)
-        try:
-            if width * count <= len(value):
-                return struct.unpack_from(order + code, value)[0]
-            (at,) = struct.unpack_from(offset, value)
-            return struct.unpack_from(order + code, data, at)[0]
-        except struct.error:
-            raise CorruptImage(f"the TIFF's tag {tag} points past the end of the file") from None
+        return struct.unpack_from(order + code, value)[0]
 
     for tag, what in ((_TAG_STRIPS, "strips"), (_TAG_TILES, "tiles")):
         if tag in fields and fields[tag][1] > MAX_TIFF_BLOCKS:

@@ -14,6 +14,7 @@ from service.header_checks import (
     MAX_JPEG_SCAN_PIXELS,
     MAX_JPEG_SCANS,
     MAX_TIFF_BLOCKS,
+    MAX_TIFF_ENTRIES,
     check_decode_work,
     check_jpeg_scans,
 )
@@ -29,25 +30,44 @@ def encoded(image: Image.Image, fmt: str, **options) -> bytes:
 
 
 def big_endian_tiff_strips(strips: int) -> bytes:
-    tags = [(256, 4, 1, 4), (257, 4, 1, strips), (273, 4, strips, 200)]
+    """Big-endian, every strip offset (LONG, stored after the directory) pointing at one 4-byte row."""
+    values_at = 8 + 2 + 12 * 3 + 4
+    tags = [(256, 4, 1, 4), (257, 4, 1, strips), (273, 4, strips, values_at)]
     ifd = struct.pack(">H", len(tags)) + b"".join(struct.pack(">HHII", *tag) for tag in tags)
-    return b"MM\x00*" + struct.pack(">I", 8) + ifd + struct.pack(">I", 0)
+    offsets = struct.pack(">I", values_at + 4 * strips) * strips
+    return b"MM\x00*" + struct.pack(">I", 8) + ifd + struct.pack(">I", 0) + offsets + b"\x01\x02\x03\x04"
 
 
 def bigtiff_tiles(width: int, height: int, tile: int, tiles: int = 1) -> bytes:
-    tags = [(256, 16, 1, width), (257, 16, 1, height), (322, 16, 1, tile), (323, 16, 1, tile), (324, 16, tiles, 64)]
+    """BigTIFF with LONG8 fields; the tile offsets stored after the directory when there are several."""
+    values_at = 16 + 8 + 20 * 5 + 8
+    tags = [(256, 16, 1, width), (257, 16, 1, height), (322, 16, 1, tile), (323, 16, 1, tile)]
+    tags.append((324, 16, tiles, values_at if tiles > 1 else 0))
     ifd = struct.pack("<Q", len(tags)) + b"".join(struct.pack("<HHQQ", *tag) for tag in tags)
-    return b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) + ifd + struct.pack("<Q", 0)
+    return (
+        b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) + ifd + struct.pack("<Q", 0) + bytes(8 * tiles if tiles > 1 else 0)
+    )
 
 
-def classic_tiff_long8_tile(width: int, height: int, tile: int, points_at: int | None = None) -> bytes:
-    """Tile sides as LONG8: 8 bytes, wider than a classic TIFF's field, so stored where it points."""
-    values_at = 8 + 2 + 12 * 4 + 4
-    where = values_at if points_at is None else points_at
+def classic_tiff_tile_sides(width: int, height: int, tile: int, kind: int = 16, duplicate: int | None = None) -> bytes:
+    """Tile sides of type ``kind`` (LONG8: 8 bytes, wider than a classic TIFF's field, so stored where
+    the entry points); with ``duplicate``, a second TileWidth/TileLength pair follows (Pillow keeps the first)."""
+    pairs = 2 if duplicate is None else 4
+    values_at = 8 + 2 + 12 * (2 + pairs) + 4
+    fmt = {16: "<Q", 5: "<II"}[kind]
     tags = [(256, 4, 1, struct.pack("<I", width)), (257, 4, 1, struct.pack("<I", height)),
-            (322, 16, 1, struct.pack("<I", where)), (323, 16, 1, struct.pack("<I", where + 8))]  # fmt: skip
+            (322, kind, 1, struct.pack("<I", values_at)), (323, kind, 1, struct.pack("<I", values_at + 8))]  # fmt: skip
+    if duplicate is not None:
+        tags += [(322, 4, 1, struct.pack("<I", duplicate)), (323, 4, 1, struct.pack("<I", duplicate))]
     ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHI", t, k, c) + v for t, k, c, v in tags)
-    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + struct.pack("<QQ", tile, tile)
+    values = (struct.pack(fmt, tile) if kind == 16 else struct.pack(fmt, tile, 1)) * 2
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + values
+
+
+def padded_directory(entries: int) -> bytes:
+    """A classic TIFF whose first directory holds ``entries`` private tags (Pillow reads every one)."""
+    ifd = struct.pack("<H", entries) + b"".join(struct.pack("<HHIHH", 40000 + k, 3, 1, 1, 0) for k in range(entries))
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
 
 
 @pytest.mark.parametrize(
@@ -58,7 +78,10 @@ def classic_tiff_long8_tile(width: int, height: int, tile: int, points_at: int |
         (bigtiff_tiles(1000, 1000, 256, MAX_TIFF_BLOCKS + 1), "65537 tiles"),
         (tiff_one_tile(256, 256, 16384), "16384x16384 tiles are larger than its 256x256 image"),
         (bigtiff_tiles(300, 300, 8192), "8192x8192 tiles"),
-        (classic_tiff_long8_tile(256, 256, 26752), "26752x26752 tiles"),
+        (classic_tiff_tile_sides(256, 256, 26752), "26752x26752 tiles"),
+        (classic_tiff_tile_sides(256, 256, 26752, duplicate=256), "26752x26752 tiles"),
+        (b"II\x00\x2a" + tiff_one_tile(256, 256, 16384)[4:], "16384x16384 tiles"),  # a prefix Pillow takes too
+        (padded_directory(MAX_TIFF_ENTRIES + 1), "4097 entries; the limit is 4096"),
         (bmp_rle8(4000, 1100), "RLE8 BMP is 4000x1100"),
     ],
     ids=[
@@ -68,6 +91,9 @@ def classic_tiff_long8_tile(width: int, height: int, tile: int, points_at: int |
         "tiff-tile",
         "bigtiff-tile",
         "long8-tile",
+        "duplicate-tile-tags",
+        "odd-prefix",
+        "long-directory",
         "bmp-rle",
     ],
 )
@@ -78,9 +104,9 @@ def test_tiff_and_bmp_work_bombs_are_refused_before_pil_opens_them(data, words):
         preprocess_uint8(data, PreprocessConfig())
 
 
-def test_a_tiff_tag_that_cannot_be_read_is_corrupt():
-    with pytest.raises(CorruptImage, match="past the end"):
-        check_decode_work(classic_tiff_long8_tile(256, 256, 64, points_at=10_000))
+def test_a_tiff_tile_side_that_is_not_an_integer_is_corrupt():
+    with pytest.raises(CorruptImage, match="tag 322 is not an integer"):
+        check_decode_work(classic_tiff_tile_sides(256, 256, 64, kind=5))  # RATIONAL: Pillow reads it
 
 
 def test_jpeg_scans_are_bounded_in_number_and_in_pixels_x_scans():
