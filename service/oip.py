@@ -129,11 +129,9 @@ JSON_SPARE = 1024
 
 def parse_request(body: bytes, json_length: int | None = None, max_images: int | None = None) -> InferRequest:
     """An inference request from its HTTP body; ``json_length`` is the binary extension's header length.
-    With ``max_images``, JSON that holds more arrays or strings than a request of that many images
-    could is refused before it is parsed, and a BYTES input of more elements before they are read."""
+    With ``max_images``, a BYTES input of more elements is refused before they are read (and
+    ``check_json_counts`` refuses, before this is called, JSON no request of that many images holds)."""
     head, binary = (body, b"") if json_length is None else (body[:json_length], body[json_length:])
-    if max_images is not None:
-        _check_json_counts(head, max_images)
     try:
         obj = json.loads(head)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -177,7 +175,9 @@ def parse_request(body: bytes, json_length: int | None = None, max_images: int |
     return InferRequest(inputs, outputs, request_id, binary_output, params)
 
 
-def _check_json_counts(head: bytes, max_images: int) -> None:
+def check_json_counts(head: bytes, max_images: int) -> None:
+    """Refuse JSON text holding more arrays or strings than any request of ``max_images`` images could,
+    without parsing it (memory speed: ~10 ms for 20 MB)."""
     arrays, strings = head.count(b"["), head.count(b'"') // 2
     for found, per_image, what in (
         (arrays, JSON_ARRAYS_PER_IMAGE, "arrays"),

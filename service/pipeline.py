@@ -14,6 +14,7 @@ Where an image is decoded (the engine tells which, in its ModelInfo):
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass
 
@@ -100,19 +101,21 @@ class Pipeline:
         except ArenaFull as exc:
             raise QueueFull(f"too many images in flight in this server process ({exc}); retry after a moment") from None
 
-    def _stage_crop(self, data: bytes, span: Span, config: PreprocessConfig) -> tuple[float, float | None]:
+    def _stage_crop(
+        self, data: bytes, span: Span, config: PreprocessConfig, abandoned: threading.Event
+    ) -> tuple[float, float | None]:
         """Decode seconds, and seconds waited for the decode budget (None: a small image, no wait)."""
         start = time.perf_counter()
         image = open_for_decode(data, config)
         waited: list[float] = []
-        with self.budget.hold(decode_peak_bytes(image), waited.append):
+        with self.budget.hold(decode_peak_bytes(image), waited.append, abandoned):
             crop = transform_uint8(decode_opened(image), config)
         self.arena.array(span, crop.shape, np.uint8)[...] = crop
         seconds = time.perf_counter() - start
         return (seconds - waited[0], waited[0]) if waited else (seconds, None)
 
     def _stage_one(
-        self, data: bytes, span: Span, config: PreprocessConfig, gpu: bool
+        self, data: bytes, span: Span, config: PreprocessConfig, gpu: bool, abandoned: threading.Event
     ) -> tuple[wire.ImageRef, float, float | None]:
         """On a decode thread: the image's ref once its bytes or its crop are in ``span``, the seconds
         that took, and the seconds it waited for the decode budget (None if it did not need to)."""
@@ -122,7 +125,7 @@ class Pipeline:
             if orientation is not None:  # the GPU takes it: only the bytes cross
                 self.arena.write(Span(span.first, span.slots, span.offset, len(data)), data)
                 return wire.ImageRef("jpeg", span.offset, len(data), orientation), time.perf_counter() - start, None
-        seconds, waited = self._stage_crop(data, span, config)
+        seconds, waited = self._stage_crop(data, span, config, abandoned)
         return wire.ImageRef("crop", span.offset, config.crop_bytes), seconds, waited
 
     async def prepare(self, images: list[bytes]) -> list[Staged]:
@@ -142,12 +145,14 @@ class Pipeline:
             for span in spans:
                 self.arena.free(span)
             raise
+        abandoned = threading.Event()  # set if the request ends first: started jobs stop waiting for the budget
         jobs = self._decoder.submit_request(
-            [(self._stage_one, (data, span, config, gpu)) for data, span in zip(images, spans, strict=True)]
+            [(self._stage_one, (data, span, config, gpu, abandoned)) for data, span in zip(images, spans, strict=True)]
         )
         try:
             results = await asyncio.gather(*(asyncio.wrap_future(job) for job in jobs), return_exceptions=True)
         except asyncio.CancelledError:  # hang-up or deadline: images not yet started are not decoded,
+            abandoned.set()
             for job in jobs:  # and a thread may still be writing into a span: free them after
                 job.cancel()
             self._free_when_done(jobs, spans)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -186,8 +187,11 @@ async def infer_version(request: Request, state: State, model_name: str, model_v
     return await _infer(request, state, model_name, model_version)
 
 
-def _parse_within_budget(pipeline: Pipeline, body: bytes, json_length: int | None, max_images: int) -> oip.InferRequest:
-    with pipeline.budget.hold(oip.parse_peak_bytes(len(body), json_length)):
+def _parse_within_budget(
+    pipeline: Pipeline, body: bytes, json_length: int | None, max_images: int, abandoned: threading.Event
+) -> oip.InferRequest:
+    oip.check_json_counts(body if json_length is None else body[:json_length], max_images)  # before holding
+    with pipeline.budget.hold(oip.parse_peak_bytes(len(body), json_length), abandoned=abandoned):
         return oip.parse_request(body, json_length, max_images)
 
 
@@ -205,11 +209,18 @@ async def _infer(request: Request, state: ServiceState, model_name: str, model_v
     json_length = oip.header_length(request.headers.get(oip.HEADER_LENGTH), len(body))
     # A JSON tensor of a full batch is megabytes of text: parse it off the event loop, within the
     # server's decode memory budget (JSON takes up to ~36x its size while parsed) and the deadline.
-    parsed = await by_deadline(
-        asyncio.to_thread(_parse_within_budget, pipeline, body, json_length, settings.max_images_per_request),
-        deadline,
-        "while its body was parsed",
-    )
+    abandoned = threading.Event()
+    try:
+        parsed = await by_deadline(
+            asyncio.to_thread(
+                _parse_within_budget, pipeline, body, json_length, settings.max_images_per_request, abandoned
+            ),
+            deadline,
+            "while its body was parsed",
+        )
+    except BaseException:  # the deadline, or a hang-up: a parse still waiting for the budget gives up
+        abandoned.set()
+        raise
     if parsed.timeout_s is not None:  # a client's own deadline may only shorten ours
         deadline = min(deadline, started + parsed.timeout_s)
     tensor = oip_signature.model_input(parsed, meta.input_size)

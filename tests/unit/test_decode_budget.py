@@ -11,7 +11,8 @@ import threading
 
 import pytest
 
-from service.decode_budget import UNITS, DecodeBudget
+from service import decode_budget as budget_module
+from service.decode_budget import UNITS, Abandoned, DecodeBudget
 
 UNIT = 1000
 TOTAL = UNITS * UNIT
@@ -26,18 +27,22 @@ def budget():
 
 
 class Holder(threading.Thread):
-    """Holds ``nbytes`` of ``budget`` from a thread of its own (so with its own locks) until released."""
+    """Holds ``nbytes`` of ``budget`` from a thread of its own (so with its own locks) until released;
+    gives up waiting when ``abandoned`` is set (``gave_up``)."""
 
-    def __init__(self, budget: DecodeBudget, nbytes: int) -> None:
+    def __init__(self, budget: DecodeBudget, nbytes: int, abandoned: threading.Event | None = None) -> None:
         super().__init__(daemon=True)
-        self.budget, self.nbytes = budget, nbytes
-        self.inside, self.release = threading.Event(), threading.Event()
+        self.budget, self.nbytes, self.abandoned = budget, nbytes, abandoned
+        self.inside, self.release, self.gave_up = threading.Event(), threading.Event(), threading.Event()
         self.waited: list[float] = []
 
     def run(self) -> None:
-        with self.budget.hold(self.nbytes, self.waited.append):
-            self.inside.set()
-            self.release.wait(30)
+        try:
+            with self.budget.hold(self.nbytes, self.waited.append, self.abandoned):
+                self.inside.set()
+                self.release.wait(30)
+        except Abandoned:
+            self.gave_up.set()
 
 
 def test_units_by_estimate(budget):
@@ -158,3 +163,49 @@ def test_waiting_is_reported_only_for_budgeted_images(budget):
     with budget.hold(UNIT - 1, waited.append):
         pass
     assert len(waited) == 1 and 0 <= waited[0] < 5
+
+
+def test_a_wait_given_up_ends_at_once_and_holds_nothing(budget):
+    whole = Holder(budget, TOTAL)
+    whole.start()
+    assert whole.inside.wait(10)
+    abandoned = threading.Event()
+    waiting = Holder(budget, HALF_AND_MORE, abandoned)  # gathers the free units, then waits
+    waiting.start()
+    assert not waiting.inside.wait(0.3)
+    abandoned.set()  # its request ended
+    assert waiting.gave_up.wait(5) and not waiting.inside.is_set()
+    whole.release.set()
+    whole.join(10)
+    again = Holder(budget, TOTAL)  # nothing was left held, the turnstile included
+    again.start()
+    assert again.inside.wait(10)
+    again.release.set()
+    again.join(10)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_thread_that_ends_closes_its_own_description_of_the_file(budget):
+    before = open_fds()
+    for _ in range(5):
+        holder = Holder(budget, UNIT)
+        holder.start()
+        assert holder.inside.wait(10)
+        holder.release.set()
+        holder.join(10)
+    assert open_fds() == before
+
+
+def test_without_proc_decoding_goes_on_unbudgeted_with_one_warning(budget, monkeypatch, caplog):
+    def no_proc(path, *args):
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(budget_module.os, "open", no_proc)
+    for _ in range(2):
+        with budget.hold(TOTAL):  # would otherwise wait for nobody: nothing else holds it either
+            pass
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert "decode memory budget unavailable" in caplog.records[0].message

@@ -262,14 +262,16 @@ def test_json_holding_more_than_a_request_of_its_images_could_is_refused_before_
         b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1], "data": [' + b"[]," * 40_000 + b"1]}]}"
     )
     with pytest.raises(ProtocolError, match="40003 arrays; a request of up to 32 images needs at most 33792"):
-        oip.parse_request(empty_lists, max_images=32)
+        oip.check_json_counts(empty_lists, max_images=32)
     strings = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [3000], "data": ["a"] * 3000}]})
     with pytest.raises(ProtocolError, match="strings"):
-        oip.parse_request(strings.encode(), max_images=32)
+        oip.check_json_counts(strings.encode(), max_images=32)
     nested = np.zeros((32, 3, 224, 224), np.float32).tolist()  # the largest valid request, nested in full
     body = json.dumps({"inputs": [fp32_input(nested, [32, 3, 224, 224])], "outputs": [{"name": "logits"}]})
+    oip.check_json_counts(body.encode(), max_images=32)
     assert oip.parse_request(body.encode(), max_images=32).inputs[0].data.shape == (32, 3, 224, 224)
     many = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [32], "data": ["a"] * 32}]})
+    oip.check_json_counts(many.encode(), max_images=32)
     assert len(oip.parse_request(many.encode(), max_images=32).inputs[0].data) == 32
 
 
