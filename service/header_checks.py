@@ -36,7 +36,8 @@ MAX_TIFF_TILE_PIXELS = 4096 * 4096
 # ~1 CPU-second in Pillow's Python decoder; 2560x1600 fits.
 MAX_RLE_BMP_PIXELS = 4_200_000
 
-_SOS = b"\xff\xda"  # a scan's start; entropy-coded data never holds it (an 0xFF there is followed by 0x00)
+# A scan's start and the image's end: entropy-coded data never holds a marker (an 0xFF there is followed by 0x00).
+_SOS, _EOI = b"\xff\xda", b"\xff\xd9"
 _TIFF_LE = b"II"
 # Pillow's TIFF header prefixes (TiffImagePlugin.PREFIXES), the odd ones included.
 _TIFF_PREFIXES = (b"MM\x00\x2a", b"II\x2a\x00", b"MM\x2a\x00", b"II\x00\x2a", b"MM\x00\x2b", b"II\x2b\x00")
@@ -61,10 +62,13 @@ def check_decode_work(data: bytes) -> None:
 def check_jpeg_scans(data: bytes, width: int, height: int) -> None:
     """Raise ImageTooLarge if the JPEG ``data`` of ``width`` x ``height`` has too many scans for its size.
 
-    Scans are counted from the first one on (metadata before it, an EXIF thumbnail say, holds any
-    bytes), at memory speed: ~20 microseconds for a 100 KB photo. A second picture of an MPO file
-    adds its own scans."""
-    scans = data.count(_SOS, _first_scan(data))
+    Scans are counted from the first one to the end of the image (EOI): metadata before it (an EXIF
+    thumbnail, say) and whatever follows it (the second picture of an MPO file, a trailer) may hold
+    any bytes, and entropy-coded data never holds a marker. At memory speed: ~20 microseconds for a
+    100 KB photo."""
+    first = _first_scan(data)
+    end = data.find(_EOI, first)
+    scans = data.count(_SOS, first, end if end >= 0 else len(data))
     if scans > MAX_JPEG_SCANS:
         raise ImageTooLarge(f"the JPEG has {scans} scans; the limit is {MAX_JPEG_SCANS}")
     if scans * width * height > MAX_JPEG_SCAN_PIXELS:

@@ -155,3 +155,11 @@ def test_real_images_of_every_format_pass_and_decode():
 )
 def test_headers_too_short_or_odd_to_read_are_left_to_the_decoder(data):
     check_decode_work(data)  # no exception here: PIL refuses them with its own typed error
+
+
+def test_scans_after_the_end_of_the_image_do_not_count():
+    photo = encoded(Image.new("RGB", (64, 48)), "JPEG", progressive=True)
+    trailer = b"\xff\xda" * 500  # a second picture, or any trailer, after the image's EOI
+    assert preprocess_uint8(photo + trailer, PreprocessConfig()).shape == (224, 224, 3)
+    with pytest.raises(ImageTooLarge):  # the scans inside the image still count
+        preprocess_uint8(jpeg_many_scans(MAX_JPEG_SCANS) + trailer, PreprocessConfig())
