@@ -62,13 +62,14 @@ def check_decode_work(data: bytes) -> None:
 def check_jpeg_scans(data: bytes, width: int, height: int) -> None:
     """Raise ImageTooLarge if the JPEG ``data`` of ``width`` x ``height`` has too many scans for its size.
 
-    Scans are counted from the first one to the end of the image (EOI): metadata before it (an EXIF
-    thumbnail, say) and whatever follows it (the second picture of an MPO file, a trailer) may hold
-    any bytes, and entropy-coded data never holds a marker. At memory speed: ~20 microseconds for a
-    100 KB photo."""
+    Scans are counted from the first one to the last end-of-image marker: metadata before the first
+    scan (an EXIF thumbnail, say) and a trailer after the image may hold any bytes. An upper bound:
+    the segments between scans may hold marker bytes too (so the first EOI bytes found need not be
+    the image's end), and the decoder stops at the image's end, which is at or before the last EOI
+    bytes. At memory speed: ~20 microseconds for a 100 KB photo."""
     first = _first_scan(data)
-    end = data.find(_EOI, first)
-    scans = data.count(_SOS, first, end if end >= 0 else len(data))
+    end = data.rfind(_EOI)
+    scans = data.count(_SOS, first, end if end > first else len(data))
     if scans > MAX_JPEG_SCANS:
         raise ImageTooLarge(f"the JPEG has {scans} scans; the limit is {MAX_JPEG_SCANS}")
     if scans * width * height > MAX_JPEG_SCAN_PIXELS:

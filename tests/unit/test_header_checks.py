@@ -157,9 +157,17 @@ def test_headers_too_short_or_odd_to_read_are_left_to_the_decoder(data):
     check_decode_work(data)  # no exception here: PIL refuses them with its own typed error
 
 
-def test_scans_after_the_end_of_the_image_do_not_count():
+def test_scans_after_the_end_of_the_image_do_not_count_and_end_marker_bytes_inside_it_hide_none():
     photo = encoded(Image.new("RGB", (64, 48)), "JPEG", progressive=True)
-    trailer = b"\xff\xda" * 500  # a second picture, or any trailer, after the image's EOI
+    trailer = b"\xff\xda" * 500  # after the image's EOI: a trailer (a ZIP, say)
     assert preprocess_uint8(photo + trailer, PreprocessConfig()).shape == (224, 224, 3)
+    bomb = jpeg_many_scans(MAX_JPEG_SCANS)
     with pytest.raises(ImageTooLarge):  # the scans inside the image still count
-        preprocess_uint8(jpeg_many_scans(MAX_JPEG_SCANS) + trailer, PreprocessConfig())
+        preprocess_uint8(bomb + trailer, PreprocessConfig())
+    # EOI bytes in a comment segment after the first scan, before the repeated ones: still counted
+    sos = bomb.index(b"\xff\xda")
+    scan_end = bomb.index(b"\xff", bomb.index(b"\xff\xda", sos + 2) - 1)
+    comment = b"\xff\xfe\x00\x04\xff\xd9"
+    hidden = bomb[:scan_end] + comment + bomb[scan_end:]
+    with pytest.raises(ImageTooLarge):
+        preprocess_uint8(hidden, PreprocessConfig())
