@@ -75,6 +75,13 @@ class BodyTooLarge(ServiceError):
     kind = "body_too_large"
 
 
+class HeadersTooLarge(ServiceError):
+    """Answered by the HTTP protocol itself (service/http_head.py), before the app sees the request."""
+
+    status = 431
+    kind = "headers_too_large"
+
+
 class ImageTooLarge(ServiceError):
     status = 413
     kind = "image_too_large"

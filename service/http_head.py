@@ -19,10 +19,11 @@ import json
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.errors import HeadersTooLarge
+
 MAX_HEAD_BYTES = 64 * 1024
-_REFUSAL = json.dumps(
-    {"error": f"the request line and headers exceed {MAX_HEAD_BYTES} bytes", "kind": "headers_too_large"}
-).encode()
+_TOO_LARGE = HeadersTooLarge(f"the request line and headers exceed {MAX_HEAD_BYTES} bytes")
+_REFUSAL = json.dumps({"error": _TOO_LARGE.message, "kind": _TOO_LARGE.kind}).encode()
 
 
 class _HeadTooLarge(Exception):
@@ -81,7 +82,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def _refuse(self) -> None:
         self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            b"HTTP/1.1 %d Request Header Fields Too Large\r\ncontent-type: application/json\r\n" % _TOO_LARGE.status
             + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(_REFUSAL)
             + _REFUSAL
         )
