@@ -40,7 +40,7 @@ from service.metrics import Metrics
 from service.process import follow_parent, reuse_freed_memory, use_uvloop
 from service.settings import Settings
 
-# At most this often is /metrics rendered; front ends' own observations already lag up to 0.1 s.
+# /metrics is rendered at most once per this many seconds; a scrape waits at most this long for it.
 METRICS_INTERVAL_S = 0.1
 
 log = logging.getLogger("service.engine")
@@ -77,8 +77,8 @@ class EngineServer:
         self._preload_task: asyncio.Task | None = None
         self._last_status: wire.Status | None = None
         self._decoded_seen: dict[str, int] = {}
-        self._metrics_text: bytes | None = None
-        self._metrics_at = 0.0
+        self._scrapes: list[tuple[Connection, int]] = []  # waiting for the next rendering
+        self._metrics_at = -METRICS_INTERVAL_S  # when the last rendering was made
 
     # -- state -----------------------------------------------------------------------------------
     @property
@@ -265,7 +265,7 @@ class EngineServer:
         elif isinstance(message, wire.Observe):
             self.metrics.apply(message.events)
         elif isinstance(message, wire.MetricsRequest):
-            conn.send(wire.MetricsText(message.token, self.render_metrics()))
+            self._scrape(conn, message.token)
         elif isinstance(message, wire.StatusRequest):
             conn.send(self.status())
         elif isinstance(message, wire.Goodbye):
@@ -383,17 +383,29 @@ class EngineServer:
         else:
             conn.send(wire.Result(rid, images=results))
 
-    def render_metrics(self) -> bytes:
-        """The registry as Prometheus text; a scrape within METRICS_INTERVAL_S of the last rendering gets
-        that text again. Rendering costs ~5 ms of the engine's thread, and /metrics needs no key by
-        default: a review's 8 clients scraping nonstop took a whole engine core and tripled /classify's p50."""
-        now = time.monotonic()
-        if self._metrics_text is not None and now - self._metrics_at < METRICS_INTERVAL_S:
-            return self._metrics_text
-        self._metrics_text, self._metrics_at = self._render_metrics(), now
-        return self._metrics_text
+    def _scrape(self, conn: Connection, token: int) -> None:
+        """Answer a scrape with a rendering made after it arrived (so it holds everything the front
+        end flushed before asking), but render at most once per METRICS_INTERVAL_S: scrapes that
+        come sooner wait for the next rendering and share it. Rendering costs ~5 ms of the engine's
+        thread, and /metrics needs no key by default: a review's 8 clients scraping nonstop took a
+        whole engine core and tripled /classify's p50."""
+        self._scrapes.append((conn, token))
+        if len(self._scrapes) > 1:
+            return  # a rendering is already due
+        wait = self._metrics_at + METRICS_INTERVAL_S - time.monotonic()
+        if wait <= 0:
+            self._answer_scrapes()
+        else:
+            asyncio.get_running_loop().call_later(wait, self._answer_scrapes)
 
-    def _render_metrics(self) -> bytes:
+    def _answer_scrapes(self) -> None:
+        text = self.render_metrics()
+        scrapes, self._scrapes = self._scrapes, []
+        for conn, token in scrapes:
+            conn.send(wire.MetricsText(token, text))
+
+    def render_metrics(self) -> bytes:
+        self._metrics_at = time.monotonic()
         m = self.metrics
         if self.batcher is not None:
             m.queue_depth.set(self.batcher.depth)

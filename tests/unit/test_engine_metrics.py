@@ -1,23 +1,42 @@
-"""The engine renders /metrics at most once per METRICS_INTERVAL_S: a scrape storm costs it at most
-ten renderings a second, and a scrape after the interval sees what changed."""
+"""The engine renders /metrics at most once per METRICS_INTERVAL_S, and every scrape gets a rendering
+made after it arrived: scrapes that come sooner wait for the next one and share it."""
 
 from __future__ import annotations
 
-from service import engine as engine_module
+import asyncio
+
+from service import wire
 from service.engine import METRICS_INTERVAL_S, EngineServer
 from service.settings import Settings
 
 
-def test_metrics_are_rendered_at_most_once_per_interval(monkeypatch):
+class FakeConnection:
+    def __init__(self) -> None:
+        self.sent: list[wire.MetricsText] = []
+
+    def send(self, message) -> None:
+        self.sent.append(message)
+
+
+def test_scrapes_share_renderings_made_after_they_arrived(monkeypatch):
     server = EngineServer(Settings(), "unused")
     renders = []
     real = server.metrics.render
     monkeypatch.setattr(server.metrics, "render", lambda: renders.append(1) or real())
-    clock = [1000.0]
-    monkeypatch.setattr(engine_module.time, "monotonic", lambda: clock[0])
-    first = server.render_metrics()
-    server.metrics.images.inc(7)
-    clock[0] += METRICS_INTERVAL_S / 2
-    assert server.render_metrics() is first and len(renders) == 1  # within the interval: the same text
-    clock[0] += METRICS_INTERVAL_S
-    assert b"alexnet_images_total 7.0" in server.render_metrics() and len(renders) == 2
+    conns = [FakeConnection() for _ in range(3)]
+
+    async def scrape_storm() -> None:
+        server._scrape(conns[0], 1)  # the first is answered at once
+        assert len(conns[0].sent) == 1 and len(renders) == 1
+        server.metrics.images.inc(7)  # then something happens, and two more scrapes come at once
+        server._scrape(conns[1], 2)
+        server._scrape(conns[2], 3)
+        assert not conns[1].sent and not conns[2].sent  # they wait for the next rendering
+        await asyncio.sleep(METRICS_INTERVAL_S * 3)
+
+    asyncio.run(scrape_storm())
+    assert len(renders) == 2  # three scrapes, two renderings
+    for conn, token in zip(conns[1:], (2, 3), strict=True):
+        (answer,) = conn.sent
+        assert answer.token == token and b"alexnet_images_total 7.0" in answer.text
+    assert b"alexnet_images_total 0.0" in conns[0].sent[0].text
