@@ -175,10 +175,12 @@ def parse_request(body: bytes, json_length: int | None = None, max_images: int |
     return InferRequest(inputs, outputs, request_id, binary_output, params)
 
 
-def check_json_counts(head: bytes, max_images: int) -> None:
-    """Refuse JSON text holding more arrays or strings than any request of ``max_images`` images could,
-    without parsing it (memory speed: ~10 ms for 20 MB)."""
-    arrays, strings = head.count(b"["), head.count(b'"') // 2
+def check_json_counts(body: bytes, max_images: int, json_length: int | None = None) -> None:
+    """Refuse a body whose JSON text (its first ``json_length`` bytes with binary data after) holds more
+    arrays or strings than any request of ``max_images`` images could, without parsing or copying it
+    (memory speed: ~10 ms for 20 MB)."""
+    end = len(body) if json_length is None else json_length
+    arrays, strings = body.count(b"[", 0, end), body.count(b'"', 0, end) // 2
     for found, per_image, what in (
         (arrays, JSON_ARRAYS_PER_IMAGE, "arrays"),
         (strings, JSON_STRINGS_PER_IMAGE, "strings"),

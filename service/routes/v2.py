@@ -190,7 +190,7 @@ async def infer_version(request: Request, state: State, model_name: str, model_v
 def _parse_within_budget(
     pipeline: Pipeline, body: bytes, json_length: int | None, max_images: int, abandoned: threading.Event
 ) -> oip.InferRequest:
-    oip.check_json_counts(body if json_length is None else body[:json_length], max_images)  # before holding
+    oip.check_json_counts(body, max_images, json_length)  # before the budget is held
     with pipeline.budget.hold(oip.parse_peak_bytes(len(body), json_length), abandoned=abandoned):
         return oip.parse_request(body, json_length, max_images)
 

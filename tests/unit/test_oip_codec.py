@@ -286,3 +286,11 @@ def test_a_bytes_input_of_more_images_than_allowed_is_refused_before_its_element
         oip.parse_request(body, len(head), max_images=32)
     with pytest.raises(ProtocolError, match="1 BYTES elements"):  # without the limit: read, then refused
         oip.parse_request(body, len(head))
+
+
+def test_json_counts_look_at_the_json_text_only_not_the_binary_data_after_it():
+    head = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}]}).encode()
+    body = head + b"[" * 100_000  # binary image bytes may hold any byte
+    oip.check_json_counts(body, 32, len(head))
+    with pytest.raises(ProtocolError, match="arrays"):
+        oip.check_json_counts(body, 32)
