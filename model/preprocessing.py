@@ -84,20 +84,50 @@ def upright(image: Image.Image) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB: 16-bit scaled down (not clipped), palette and alpha composited on white."""
+    """Any PIL mode -> RGB: 16-bit scaled down (not clipped), palette and alpha composited on white.
+
+    The conversions that need full-size temporaries (16-bit scaling, compositing) run on bands of rows
+    (``_by_bands``): every step works pixel by pixel, so the result is the same as converting the whole
+    image, with one full-size image (the result) besides ``image`` (a 40-megapixel RGBA took ~1 GB).
+    """
     if image.mode in _SIXTEEN_BIT_MODES:
         # PIL's own I;16 -> RGB conversion clips at 255 (a white image); scale the range down instead.
-        wide = np.asarray(image, dtype=np.uint32 if image.mode != "I" else np.int64)
-        peak = 65535 if image.mode != "I" else max(int(wide.max()), 1)
-        image = Image.fromarray((np.clip(wide, 0, peak) * 255 // peak).astype(np.uint8), mode="L")
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        # Transparent pixels are shown over white, as a browser shows them; their stored colour is noise.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        peak = 65535 if image.mode != "I" else max(int(image.getextrema()[1]), 1)
+        image = _by_bands(image, "L", functools.partial(_scale_to_eight_bits, peak=peak))
+    if image.mode == "P" and "transparency" not in image.info:
+        return image.convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La", "P"):
+        return _by_bands(image, "RGB", _composite_on_white)
     return image.convert("RGB") if image.mode != "RGB" else image
+
+
+# Rows per band in ``_by_bands``: about this many pixels (~4 MB of RGBA per temporary).
+_BAND_PIXELS = 1 << 20
+
+
+def _by_bands(image: Image.Image, mode: str, convert) -> Image.Image:
+    """A new image of ``mode``: ``convert`` applied to bands of ``image``'s rows, pasted in place."""
+    width, height = image.size
+    result = Image.new(mode, image.size)
+    rows = max(1, _BAND_PIXELS // width)
+    for top in range(0, height, rows):
+        box = (0, top, width, min(top + rows, height))
+        result.paste(convert(image.crop(box)), box)
+    return result
+
+
+def _scale_to_eight_bits(band: Image.Image, peak: int) -> Image.Image:
+    """16- or 32-bit grayscale -> L, 0..``peak`` scaled to 0..255 (rounding down), outside it clipped."""
+    wide = np.asarray(band, dtype=np.uint32 if band.mode != "I" else np.int64)
+    return Image.fromarray((np.clip(wide, 0, peak) * 255 // peak).astype(np.uint8), mode="L")
+
+
+def _composite_on_white(band: Image.Image) -> Image.Image:
+    """Alpha (or a palette's transparent colour) -> RGB over white, as a browser shows it: the stored
+    colour of a transparent pixel is noise."""
+    rgba = band.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
 
 
 def resize_crop(image: Image.Image, resize_size: int = RESIZE_SIZE, crop_size: int = CROP_SIZE) -> Image.Image:

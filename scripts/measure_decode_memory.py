@@ -22,6 +22,8 @@ import time
 import numpy as np
 from PIL import Image
 
+_TURNED = Image.Exif()
+_TURNED[0x0112] = 6  # EXIF orientation: rotate 90 degrees to display
 # (name, PIL mode of the array, save format, save options)
 CASES = [
     ("1-bit PNG", "1", "PNG", {}),
@@ -35,7 +37,9 @@ CASES = [
     ("RGB BMP", "RGB", "BMP", {}),
     ("RGB TIFF", "RGB", "TIFF", {}),
     ("RGB JPEG", "RGB", "JPEG", {}),
+    ("RGB JPEG, EXIF-turned", "RGB", "JPEG", {"exif": _TURNED.tobytes()}),
     ("RGBA PNG", "RGBA", "PNG", {}),
+    ("RGBA PNG, EXIF-turned", "RGBA", "PNG", {"exif": _TURNED.tobytes()}),
     ("RGBA WebP", "RGBA", "WEBP", {}),
     ("CMYK JPEG", "CMYK", "JPEG", {}),
     ("I;16 PNG", "I;16", "PNG", {}),

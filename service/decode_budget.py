@@ -1,7 +1,7 @@
 """The memory that decoding large images may take at once, shared by every front end of a server.
 
-A small file can decode to a large image: a 44 KB PNG of 40 megapixels with an alpha channel takes
-about 0.9 GB while it is decoded, composited and resized (``preprocess.decode_peak_bytes``). Every
+A small file can decode to a large image: a 90 KB PNG of 40 megapixels with an alpha channel takes
+about 0.34 GB while it is decoded, composited and resized (``preprocess.decode_peak_bytes``). Every
 decode thread of every front end could hold one such image at once, so the budget has to be the
 server's, not a process's: the supervisor makes one anonymous file (memfd) and hands it to each front
 end, and the budget is ``UNITS`` byte-range locks on it.

@@ -123,29 +123,30 @@ def open_checked(data: bytes, config: PreprocessConfig) -> Image.Image:
 
 
 # Peak memory of decoding one image, bytes per pixel of the decoded size, by the mode PIL decodes to:
-# measured (resident set, sampled) through decode + to_rgb + resize_crop on 10-megapixel images, the
-# largest over the formats that decode to that mode (WebP's decoder copies once more than PNG's), and
-# ~10% over it: python scripts/measure_decode_memory.py prints both.
+# measured (resident set, sampled) through decode + upright + to_rgb + resize_crop on 10-megapixel
+# images, the largest over the formats that decode to that mode, and ~10-20% over it: python
+# scripts/measure_decode_memory.py prints both. WebP's decoder keeps a copy of its own beside PIL's.
 _DECODE_BYTES_PER_PIXEL = {
-    "1": 8,
-    "L": 8,
-    "P": 8,
-    "RGB": 18,
-    "YCbCr": 18,
-    "CMYK": 16,
-    "I;16": 18,
-    "I;16B": 18,
-    "I;16L": 18,
-    "F": 16,
-    "I": 28,
-    "LA": 36,
-    "La": 36,
-    "PA": 36,
-    "RGBA": 36,
-    "RGBa": 36,
+    "1": 6,
+    "L": 6,
+    "P": 6,
+    "RGB": 11,
+    "YCbCr": 11,
+    "CMYK": 10,
+    "I;16": 8,
+    "I;16B": 8,
+    "I;16L": 8,
+    "F": 10,
+    "I": 10,
+    "LA": 12,
+    "La": 12,
+    "PA": 12,
+    "RGBA": 12,
+    "RGBa": 12,
 }
-_TRANSPARENT_PALETTE_BYTES_PER_PIXEL = 24  # P with a transparent colour: composited on white via RGBA
-_UNKNOWN_BYTES_PER_PIXEL = 36
+_TRANSPARENT_PALETTE_BYTES_PER_PIXEL = 8  # P with a transparent colour: composited on white in bands
+_WEBP_EXTRA_BYTES_PER_PIXEL = 8
+_UNKNOWN_BYTES_PER_PIXEL = 20  # a mode not measured: over every measured one
 
 
 def open_for_decode(data: bytes, config: PreprocessConfig) -> Image.Image:
@@ -171,6 +172,8 @@ def decode_peak_bytes(image: Image.Image) -> int:
         per_pixel = _TRANSPARENT_PALETTE_BYTES_PER_PIXEL
     else:
         per_pixel = _DECODE_BYTES_PER_PIXEL.get(image.mode, _UNKNOWN_BYTES_PER_PIXEL)
+    if image.format == "WEBP":
+        per_pixel += _WEBP_EXTRA_BYTES_PER_PIXEL
     return width * height * per_pixel
 
 
@@ -178,9 +181,17 @@ def decode_opened(image: Image.Image) -> Image.Image:
     """An image from ``open_for_decode`` -> upright RGB, or a typed 4xx error naming the problem."""
     try:
         image.load()  # decode now, inside the try, so truncation surfaces here
-        return to_rgb(upright(image))
+        turned = upright(image)
     except (OSError, SyntaxError, ValueError) as exc:
         raise CorruptImage(f"truncated or corrupt image data ({exc})") from None
+    # Each step's input is freed once its output exists (close() drops the pixels, whoever else holds
+    # the image), so a turned or converted image never sits beside two full-size copies of itself.
+    if turned is not image:
+        image.close()
+    rgb = to_rgb(turned)
+    if rgb is not turned:
+        turned.close()
+    return rgb
 
 
 def decode(data: bytes, config: PreprocessConfig) -> Image.Image:

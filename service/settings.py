@@ -76,7 +76,7 @@ class Settings(BaseSettings):
         ge=64,
         description="memory that decoding large images and parsing large /v2 JSON bodies may take at once, MiB, "
         "across all front ends (a small file can decode to a large image: a 40-megapixel PNG with alpha takes "
-        "~0.9 GB); work over it waits, work too large for it alone runs alone, images under 1/64 of it never wait",
+        "~0.34 GB); work over it waits, work too large for it alone runs alone, images under 1/64 of it never wait",
     )
     max_images_per_request: int = Field(32, ge=1, description="images in one request (413 above)")
     max_top_k: int = Field(1000, ge=1, description="largest top_k a client may ask for")

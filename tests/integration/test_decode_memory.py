@@ -17,7 +17,7 @@ BUDGET_MB = 1024  # units of 16 MiB: a photo (~3 MB to decode) is under one
 
 
 def big_alpha_png() -> bytes:
-    """A 2000x1500 PNG with an alpha channel: ~60 KB of file, ~96 MB to decode (6 units)."""
+    """A 2000x1500 PNG with an alpha channel: ~60 KB of file, ~36 MB to decode (2 units)."""
     import io
 
     from PIL import Image

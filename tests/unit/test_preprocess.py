@@ -10,11 +10,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model.preprocessing import normalize, normalize_batch, resized_size
+import model.preprocessing as preprocessing
+import service.preprocess as service_preprocess
+from model.preprocessing import normalize, normalize_batch, resized_size, upright
 from service.errors import CorruptImage, EmptyBody, ImageTooLarge, NotAnImage, UnsupportedImageFormat
 from service.preprocess import (
     PreprocessConfig,
     decode,
+    decode_opened,
     decode_peak_bytes,
     open_for_decode,
     preprocess,
@@ -251,15 +254,85 @@ def test_the_decode_memory_estimate_follows_the_decoded_size_and_mode():
     served = PreprocessConfig()
     big_jpeg = open_for_decode(make_image(4000, 3000, seed=1), served)
     assert big_jpeg.size == (1000, 750)  # drafted at 1/4: the shorter side stays >= 2 x 256
-    assert decode_peak_bytes(big_jpeg) == 1000 * 750 * 18
+    assert decode_peak_bytes(big_jpeg) == 1000 * 750 * 11
     full = open_for_decode(make_image(4000, 3000, seed=1), CONFIG)  # draft off: charged in full
-    assert decode_peak_bytes(full) == 4000 * 3000 * 18
+    assert decode_peak_bytes(full) == 4000 * 3000 * 11
     per_pixel = {}
-    for mode in ("L", "RGB", "RGBA", "LA", "I;16"):
+    for mode, fmt in (("L", "PNG"), ("RGB", "PNG"), ("RGBA", "PNG"), ("LA", "PNG"), ("I;16", "PNG"), ("RGBA", "WEBP")):
         out = io.BytesIO()
-        Image.new(mode, (100, 50)).save(out, "PNG")
-        per_pixel[mode] = decode_peak_bytes(open_for_decode(out.getvalue(), served)) / 5000
-    assert per_pixel == {"L": 8, "RGB": 18, "RGBA": 36, "LA": 36, "I;16": 18}
+        Image.new(mode, (100, 50)).save(out, fmt)
+        per_pixel[mode, fmt] = decode_peak_bytes(open_for_decode(out.getvalue(), served)) / 5000
+    assert per_pixel == {
+        ("L", "PNG"): 6,
+        ("RGB", "PNG"): 11,
+        ("RGBA", "PNG"): 12,
+        ("LA", "PNG"): 12,
+        ("I;16", "PNG"): 8,
+        ("RGBA", "WEBP"): 20,  # WebP's decoder holds a copy of its own
+    }
     out = io.BytesIO()
     Image.new("P", (100, 50)).save(out, "PNG", transparency=0)
-    assert decode_peak_bytes(open_for_decode(out.getvalue(), served)) == 5000 * 24
+    assert decode_peak_bytes(open_for_decode(out.getvalue(), served)) == 5000 * 8
+
+
+def _to_rgb_whole(image: Image.Image) -> Image.Image:
+    """The conversion as it was before it ran in bands: the reference ``to_rgb`` must equal exactly."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        wide = np.asarray(image, dtype=np.uint32 if image.mode != "I" else np.int64)
+        peak = 65535 if image.mode != "I" else max(int(wide.max()), 1)
+        image = Image.fromarray((np.clip(wide, 0, peak) * 255 // peak).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def _modes_image(mode: str, width: int, height: int) -> Image.Image:
+    rng = np.random.default_rng(7)
+    if mode == "I":  # negative values and a maximum in the last rows only: the scale is the whole image's
+        values = rng.integers(-5000, 70000, (height, width), dtype=np.int32)
+        values[-1, -1] = 2_000_000
+        return Image.fromarray(values, "I")
+    if mode == "I;16":
+        return Image.fromarray(rng.integers(0, 65536, (height, width), dtype=np.uint16))
+    if mode.startswith("P"):
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).quantize(64)
+        if mode == "P+transparency":
+            image.info["transparency"] = 5
+        elif mode == "P+alpha-table":
+            image.info["transparency"] = bytes(range(0, 256, 4))
+        return image
+    bands = len(Image.getmodebands(mode) * "x")
+    return Image.fromarray(rng.integers(0, 256, (height, width, 4), dtype=np.uint8)[..., :bands].copy().squeeze(), mode)
+
+
+@pytest.mark.parametrize(
+    "mode", ["RGBA", "LA", "RGBa", "PA", "P+transparency", "P+alpha-table", "P", "I;16", "I", "CMYK", "L"]
+)
+def test_to_rgb_in_bands_equals_converting_the_whole_image(mode, monkeypatch):
+    width, height = 37, 29
+    if mode == "PA":
+        image = _modes_image("P+transparency", width, height).convert("PA")
+    else:
+        image = _modes_image(mode, width, height)
+    monkeypatch.setattr(preprocessing, "_BAND_PIXELS", 5 * width + 3)  # 5 rows a band, the last one shorter
+    out = preprocessing.to_rgb(image)
+    assert out.mode == "RGB" and out.size == (width, height)
+    assert np.array_equal(np.asarray(out), np.asarray(_to_rgb_whole(image)))
+
+
+def test_decoding_frees_each_full_size_step_once_the_next_exists(monkeypatch):
+    """An EXIF-turned RGBA image: the decoded pixels and the turned copy are closed as soon as they are
+    used, so at most two full-size images are alive at once (scripts/measure_decode_memory.py measures it)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    opened = open_for_decode(encode(Image.new("RGBA", (40, 30), (10, 20, 30, 0)), "PNG", exif=exif.tobytes()), CONFIG)
+    turned: list[Image.Image] = []
+    monkeypatch.setattr(service_preprocess, "upright", lambda image: turned.append(upright(image)) or turned[-1])
+    out = decode_opened(opened)
+    assert out.size == (30, 40) and np.asarray(out).min() == 255
+    for closed in (opened, turned[0]):
+        with pytest.raises(ValueError, match="closed image"):
+            closed.getpixel((0, 0))
