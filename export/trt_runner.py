@@ -78,8 +78,9 @@ class TrtEngineRunner:
             y = torch.empty(
                 tuple(self.context.get_tensor_shape(self.output_name)), dtype=self._out_dtype, device=x.device
             )
-        self.context.set_tensor_address(self.input_name, x.data_ptr())
-        self.context.set_tensor_address(self.output_name, y.data_ptr())
+        for name, tensor in ((self.input_name, x), (self.output_name, y)):
+            if not self.context.set_tensor_address(name, tensor.data_ptr()):
+                raise EngineRunError(f"TensorRT refused the address of {name!r}; see TensorRT's log above")
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise EngineRunError("execute_async_v3 failed; see TensorRT's log above")
         if x.is_cuda:

@@ -67,8 +67,11 @@ class EpochStats:
     images_per_s: float
 
 
-def _stats(sums: torch.Tensor, images_per_s: float) -> EpochStats:
-    loss_sum, c1, c5, n = all_reduce_sum(sums).tolist()
+def _stats(sums: torch.Tensor, images: int, images_per_s: float) -> EpochStats:
+    """``sums`` (loss sum, top-1 hits, top-5 hits) on the device and this rank's image count, summed
+    over ranks. The count is kept on the host: adding it to a device tensor each step would copy it
+    from pageable memory, a wait for the GPU every step."""
+    loss_sum, c1, c5, n = all_reduce_sum(torch.cat([sums, sums.new_tensor([images])])).tolist()
     n = max(n, 1)
     return EpochStats(loss_sum / n, 1 - c1 / n, 1 - c5 / n, int(n), images_per_s)
 
@@ -87,7 +90,8 @@ def train_one_epoch(
     """One pass over ``loader``; running sums stay on the device so the loop never waits for the GPU
     except when the progress line is printed."""
     model.train()
-    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, top-1 hits, top-5 hits, images
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, top-1 hits, top-5 hits
+    seen = 0
     for images, target in loader:
         images = preprocess(images.to(device, non_blocking=True), True)  # (B, 3, H, W) float32
         target = target.to(device, non_blocking=True)
@@ -97,12 +101,11 @@ def train_one_epoch(
         optimizer_step(loss, optimizer, scaler)
         with torch.no_grad():
             c1, c5 = correct_topk(output, target)
-            sums += torch.stack(
-                [loss.detach().double() * len(target), c1.double(), c5.double(), sums.new_tensor(len(target))]
-            )
+            sums += torch.stack([loss.detach().double() * len(target), c1.double(), c5.double()])
+        seen += len(target)
         if progress is not None:
             progress.update(len(target), loss=loss.detach())  # read (a GPU sync) only when printed
-    stats = _stats(sums, progress.images_per_s if progress is not None else 0.0)
+    stats = _stats(sums, seen, progress.images_per_s if progress is not None else 0.0)
     if progress is not None:
         progress.close(loss=stats.loss)
     if not math.isfinite(stats.loss):
@@ -122,7 +125,8 @@ def evaluate(
     """Loss and top-1/top-5 error over ``loader``. Batches of (B, 3, H, W) are scored by their logits;
     batches of (B, 10, 3, H, W) by the crop-averaged softmax (loss: NLL of that average)."""
     model.eval()
-    sums = torch.zeros(4, device=device, dtype=torch.float64)
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, top-1 hits, top-5 hits
+    seen = 0
     for images, target in loader:
         images = images.to(device, non_blocking=True)
         target = target.to(device, non_blocking=True)
@@ -136,9 +140,10 @@ def evaluate(
                 scores = model(preprocess(images, False)).float()  # (B, C) logits
                 loss = F.cross_entropy(scores, target, reduction="sum")
         c1, c5 = correct_topk(scores, target)
-        sums += torch.stack([loss.double(), c1.double(), c5.double(), sums.new_tensor(len(target))])
+        sums += torch.stack([loss.double(), c1.double(), c5.double()])
+        seen += len(target)
         if progress is not None:
             progress.update(len(target))
     if progress is not None:
         progress.close()
-    return _stats(sums, progress.images_per_s if progress is not None else 0.0)
+    return _stats(sums, seen, progress.images_per_s if progress is not None else 0.0)

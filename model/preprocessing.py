@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import io
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -92,7 +92,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """
     if image.mode in _SIXTEEN_BIT_MODES:
         # PIL's own I;16 -> RGB conversion clips at 255 (a white image); scale the range down instead.
-        peak = 65535 if image.mode != "I" else max(int(image.getextrema()[1]), 1)
+        # Mode I's extrema are (low, high) as ints: its peak is the whole image's, not a band's.
+        peak = 65535 if image.mode != "I" else max(cast(int, image.getextrema()[1]), 1)
         image = _by_bands(image, "L", functools.partial(_scale_to_eight_bits, peak=peak))
     if image.mode == "P" and "transparency" not in image.info:
         return image.convert("RGB")
@@ -297,6 +298,17 @@ def resize_crop_tensor(image: torch.Tensor, resize_size: int = RESIZE_SIZE, crop
     return crop.round_().clamp_(0, 255).to(torch.uint8).contiguous()
 
 
+@functools.lru_cache(maxsize=64)
+def device_constant(values: tuple, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``values`` (numbers, or tuples of them) as a tensor on ``device``, made once per device and
+    dtype. ``torch.tensor(values, device="cuda")`` copies from pageable host memory and so waits for
+    everything queued on the GPU, every time: in a loop that stops the CPU from running ahead."""
+    import torch
+
+    with torch.inference_mode(False):  # an ordinary tensor, usable by code that records gradients
+        return torch.tensor(values, dtype=dtype, device=device)
+
+
 @functools.lru_cache(maxsize=16)
 def _channel_constants(
     mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
@@ -306,7 +318,7 @@ def _channel_constants(
     import torch
 
     def const(values: tuple[float, ...]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.float32, device=device)
+        return device_constant(values, device, torch.float32)
 
     return const((255.0,)), const(mean)[:, None, None], const(std)[:, None, None]
 

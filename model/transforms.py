@@ -15,7 +15,14 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from model.preprocessing import IMAGENET_MEAN, IMAGENET_STD, crop_offsets, resize_crop, resized_size
+from model.preprocessing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    crop_offsets,
+    device_constant,
+    resize_crop,
+    resized_size,
+)
 
 # Principal components of ImageNet RGB pixels in [0, 1]: eigenvalues and eigenvectors (as columns).
 IMAGENET_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -122,15 +129,15 @@ def lighting_noise(images: torch.Tensor, std: float = LIGHTING_STD, alpha: torch
     """
     if alpha is None:
         alpha = torch.randn(images.shape[0], 3, device=images.device) * std  # (B, 3)
-    eigval = torch.tensor(IMAGENET_PCA_EIGVAL, device=images.device)
-    eigvec = torch.tensor(IMAGENET_PCA_EIGVEC, device=images.device)
+    eigval = device_constant(IMAGENET_PCA_EIGVAL, images.device, torch.float32)
+    eigvec = device_constant(IMAGENET_PCA_EIGVEC, images.device, torch.float32)
     rgb = (alpha * eigval) @ eigvec.T  # (B, 3): rgb[b, i] = sum_j eigvec[i, j] * alpha[b, j] * eigval[j]
     return images + rgb.to(images.dtype)[:, :, None, None]
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype)[:, None, None]
+    mean = device_constant(IMAGENET_MEAN, images.device, images.dtype)[:, None, None]
+    std = device_constant(IMAGENET_STD, images.device, images.dtype)[:, None, None]
     return (images - mean) / std
 
 

@@ -265,8 +265,13 @@ class EngineRunner:
         backend = self.backend
         device = torch.device(backend.device)
         cuda = device.type == "cuda"
-        crops_host = torch.zeros((self._padded(len(images)), *self._crop_shape), dtype=torch.uint8, pin_memory=cuda)
-        prepared, fp32_rows, jpegs = self._sort(images, crops_host.numpy())
+        n = len(images)
+        # Not zero-filled (up to 38 MB a batch): only the padding rows are zeroed. A row is read back
+        # only for an image whose crop was written into it, here or on the device below.
+        crops_host = torch.empty((self._padded(n), *self._crop_shape), dtype=torch.uint8, pin_memory=cuda)
+        crops_host[n:] = 0
+        host = crops_host.numpy()
+        prepared, fp32_rows, jpegs = self._sort(images, host)
         decode, failed = prepared.decode, prepared.failed
         stream = self._prepare_stream
         context = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
@@ -274,24 +279,30 @@ class EngineRunner:
             # JPEGs first, while this stream has nothing of this batch queued: the decoder drains it
             # (see gpu_decode.torchvision_decoder), which then waits for nothing but older batches.
             crops = self.jpeg_decoder.decode([self._jpeg(images[i]) for i in jpegs]) if jpegs else []
+            on_device = {}
+            for i, crop in zip(jpegs, crops, strict=True):
+                if not isinstance(crop, Exception):
+                    on_device[i] = crop
+                    continue
+                decode[i] = "engine-cpu"  # into the host buffer, which is not yet copied
+                try:
+                    host[i] = self._engine_cpu_crop(images[i])
+                except ServiceError as exc:
+                    failed[i] = exc
+            # One asynchronous copy from pinned memory; a copy from pageable memory would wait for the GPU.
             chw = crops_host.to(device, non_blocking=True).permute(0, 3, 1, 2)  # (padded, 3, S, S) uint8 view
-            if jpegs:
+            if on_device:
                 chw = chw.contiguous()
-                for i, crop in zip(jpegs, crops, strict=True):
-                    if isinstance(crop, Exception):
-                        decode[i] = "engine-cpu"
-                        try:
-                            fallback = self._engine_cpu_crop(images[i])
-                        except ServiceError as exc:
-                            failed[i] = exc
-                            continue
-                        crop = torch.from_numpy(fallback).to(device).permute(2, 0, 1)
+                for i, crop in on_device.items():
                     chw[i] = crop
             batch = normalize_tensor(chw, self.metadata.mean, self.metadata.std, dtype=backend.input_dtype)
             if backend.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
-            for i, row in fp32_rows.items():
-                batch[i] = torch.from_numpy(row).to(device, dtype=batch.dtype)
+            if fp32_rows:
+                rows = torch.from_numpy(np.stack(list(fp32_rows.values())))
+                rows = (rows.pin_memory() if cuda else rows).to(device, dtype=batch.dtype, non_blocking=True)
+                for row, i in zip(rows, fp32_rows, strict=True):
+                    batch[i] = row
             if stream is not None:
                 prepared.ready = torch.cuda.Event()
                 prepared.ready.record(stream)
@@ -306,13 +317,31 @@ class EngineRunner:
             logits = backend.infer_tensor(prepared.batch, prepared.ready)
             with backend.stream_context():
                 rows = logits[:n].float()
-                indices = probabilities = None
+                wanted: list[torch.Tensor] = []
                 if k:
                     probs = torch.softmax(rows, dim=1)
                     values, order = torch.sort(probs, dim=1, descending=True, stable=True)
-                    indices = order[:, :k].cpu().numpy()
-                    probabilities = values[:, :k].cpu().numpy()
-                host_logits = rows.cpu().numpy() if want_logits else None
-                if rows.is_cuda:  # nothing may read the graph's buffers after this returns
-                    torch.cuda.current_stream().synchronize()
-        return indices, probabilities, host_logits
+                    wanted += [order[:, :k], values[:, :k]]
+                if want_logits:
+                    wanted.append(rows)
+                # Read back before returning: nothing may read the graph's buffers after that.
+                host = iter(_to_host(wanted, cuda=rows.is_cuda))
+        indices, probabilities = (next(host), next(host)) if k else (None, None)
+        return indices, probabilities, (next(host) if want_logits else None)
+
+
+def _to_host(tensors: list, cuda: bool) -> list[np.ndarray]:
+    """Tensors -> NumPy arrays. On CUDA: asynchronous copies into pinned memory on the current stream,
+    then one wait for everything queued on it, asleep (``.cpu()`` on each would wait once per tensor,
+    spinning a core)."""
+    import torch
+
+    from service.gpu_decode import wait_for_stream
+
+    if not cuda:
+        return [tensor.cpu().numpy() for tensor in tensors]
+    hosts = [torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True) for tensor in tensors]
+    for host, tensor in zip(hosts, tensors, strict=True):
+        host.copy_(tensor, non_blocking=True)
+    wait_for_stream()
+    return [host.numpy() for host in hosts]

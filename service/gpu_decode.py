@@ -41,6 +41,15 @@ def same_size_groups(
     return [chunk for chunks in by_shape.values() for chunk in chunks]
 
 
+def wait_for_stream(stream: torch.cuda.Stream | None = None) -> None:
+    """Block until the work queued on ``stream`` (default: the current stream) is done, asleep on a
+    blocking event: ``Stream.synchronize`` and ``.cpu()`` spin a core while they wait (CUDA's default
+    on a host with more cores than GPU contexts), a core the front ends could use."""
+    done = torch.cuda.Event(blocking=True)
+    done.record(stream)
+    done.synchronize()
+
+
 def torchvision_decoder(device: str) -> DecodeBatch:
     """nvJPEG via torchvision, or an ImportError/RuntimeError saying why it is not available here.
 
@@ -56,7 +65,7 @@ def torchvision_decoder(device: str) -> DecodeBatch:
 
     def decode(data: list[torch.Tensor]) -> Sequence[torch.Tensor]:
         if on_cuda:
-            torch.cuda.current_stream(device).synchronize()
+            wait_for_stream(torch.cuda.current_stream(device))
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
     return decode

@@ -37,6 +37,8 @@ class FakeTensorRT:
         profile: tuple[int, int, int] = (1, 32, 64),
     ) -> None:
         self.calls: list[tuple] = []
+        self.refused_addresses: set[int] = set()  # set_tensor_address returns False for these
+        fake = self
         self.__version__ = f"{version}.0.0"
         flags = {"TF32": "TF32"} | ({"FP16": "FP16", "INT8": "INT8"} if version == 10 else {})
         self.BuilderFlag = SimpleNamespace(**flags)
@@ -153,7 +155,10 @@ class FakeTensorRT:
                 return self.shape if name == "input" else self.shape[:2]
 
             def set_tensor_address(self, name, address):
+                if address in fake.refused_addresses:  # as TensorRT refuses e.g. a misaligned pointer
+                    return False
                 self.addresses[name] = address
+                return True
 
             def execute_async_v3(self, stream_handle):
                 rec(("execute", stream_handle, self.shape))

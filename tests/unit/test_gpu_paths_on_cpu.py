@@ -91,10 +91,18 @@ def test_a_gpu_decoder_that_fails_its_start_up_probe_leaves_decoding_to_the_cpu(
 
 def test_the_gpu_decoder_drains_the_callers_stream_before_nvjpeg_writes(monkeypatch):
     """torchvision allocates nvJPEG's output on the caller's stream and writes it from its own stream:
-    memory the caller's stream still uses must not be handed over, so that stream is drained first."""
+    memory the caller's stream still uses must not be handed over, so that stream is drained first
+    (asleep on a blocking event recorded on it, not spinning in Stream.synchronize)."""
     calls = []
+    stream = object()
 
-    class Stream:
+    class Event:
+        def __init__(self, blocking=False):
+            calls.append(("event", blocking))
+
+        def record(self, on=None):
+            calls.append(("record", on))
+
         def synchronize(self):
             calls.append("synchronize")
 
@@ -103,9 +111,16 @@ def test_the_gpu_decoder_drains_the_callers_stream_before_nvjpeg_writes(monkeypa
     fake_io.decode_jpeg = lambda data, mode, device: calls.append(("decode_jpeg", len(data), mode, device)) or []
     monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
     monkeypatch.setitem(sys.modules, "torchvision.io", fake_io)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: calls.append(("stream", device)) or Stream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: calls.append(("stream", device)) or stream)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
     gpu_decode.torchvision_decoder("cuda:0")([torch.zeros(4, dtype=torch.uint8)] * 2)
-    assert calls == [("stream", "cuda:0"), "synchronize", ("decode_jpeg", 2, "RGB", "cuda:0")]
+    assert calls == [
+        ("stream", "cuda:0"),
+        ("event", True),
+        ("record", stream),
+        "synchronize",
+        ("decode_jpeg", 2, "RGB", "cuda:0"),
+    ]
     calls.clear()
     gpu_decode.torchvision_decoder("cpu")([torch.zeros(4, dtype=torch.uint8)])
     assert calls == [("decode_jpeg", 1, "RGB", "cpu")]

@@ -102,6 +102,9 @@ def test_a_tensor_batch_is_read_and_answered_in_place_on_the_runners_stream_afte
         backend.infer_tensor(x.half(), ready)
     with pytest.raises(EngineRunError, match="outside the engine's optimization profile"):
         backend.infer_tensor(torch.zeros(65, 3, 1, 1), ready)  # the profile is 1..64
+    gpu_host.refused_addresses.add(x.data_ptr())
+    with pytest.raises(EngineRunError, match="refused the address of 'input'"):
+        backend.infer_tensor(x, ready)
 
 
 def test_precision_comes_from_the_sidecar_and_an_explicit_one_must_match(gpu_host, models, tmp_path):
