@@ -12,6 +12,7 @@
 #     release the Makefile installs and the tests run
 #   onnxruntime-gpu 1.31.1: built for CUDA 13 + cuDNN 9 (1.26 and older on PyPI are CUDA 12 builds);
 #     the [cuda,cudnn] extras bring those libraries as wheels
+#   nvidia-nvimgcodec-cu13 0.9.0.20 with its [nvjpeg] extra: the engine's GPU JPEG decoder
 # CUDA 13 needs an R580 or newer driver on the host.
 ARG BASE_IMAGE=nvcr.io/nvidia/tensorrt:25.10-py3
 
@@ -19,6 +20,7 @@ ARG BASE_IMAGE=nvcr.io/nvidia/tensorrt:25.10-py3
 FROM ${BASE_IMAGE} AS build
 ARG TORCH_VERSION=2.13.0
 ARG ORT_GPU_VERSION=1.31.1
+ARG NVIMGCODEC_VERSION=0.9.0.20
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # --system-site-packages: the venv sees the base image's tensorrt bindings, which match its libraries.
@@ -36,8 +38,9 @@ COPY export ./export
 COPY service ./service
 COPY loadtest ./loadtest
 # The `gpu` extra is not used: it would pull tensorrt from PyPI over the image's own build.
-RUN pip install "onnxruntime-gpu[cuda,cudnn]==${ORT_GPU_VERSION}" . \
-    && python -c "import tensorrt, onnxruntime, torch; print('tensorrt', tensorrt.__version__, '| onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers(), '| torch', torch.__version__, 'cuda', torch.version.cuda)"
+RUN pip install "onnxruntime-gpu[cuda,cudnn]==${ORT_GPU_VERSION}" \
+        "nvidia-nvimgcodec-cu13[nvjpeg]==${NVIMGCODEC_VERSION}" . \
+    && python -c "import tensorrt, onnxruntime, torch, nvidia.nvimgcodec; print('tensorrt', tensorrt.__version__, '| onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers(), '| torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 # -- runtime -------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS runtime

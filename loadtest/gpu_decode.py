@@ -1,8 +1,9 @@
-"""What the engine's GPU JPEG path can take, without HTTP: nvJPEG alone, then nvJPEG + EXIF + resize + crop
+"""What the engine's GPU JPEG path can take, without HTTP, for each GPU decoder (nvImageCodec and
+torchvision, both nvJPEG): the decode alone, then decode + EXIF + resize + crop
 (``service.gpu_decode.JpegDecoder``) with images of one size resized in groups, and one by one.
 
     python -m loadtest.gpu_decode                              # CUDA, batches of 32 and 256, 3 s each
-    python -m loadtest.gpu_decode --batch 64 --images 500x375 --seconds 5
+    python -m loadtest.gpu_decode --batch 64 --images 500x375 --seconds 5 --decoder nvimgcodec
 
 Each row runs its batch over and over, waiting for the GPU after each, and prints images per second
 and the host CPU this thread spent per image (``time.thread_time``): in the engine that thread is the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import sys
 import time
 from collections.abc import Callable
 
@@ -22,7 +24,7 @@ import torch
 from loadtest.corpus import build_corpus
 from model.host import cpu_model
 from model.preprocessing import CROP_SIZE, RESIZE_SIZE
-from service.gpu_decode import GROUP_MAX_BYTES, DecodeBatch, JpegDecoder, torchvision_decoder, wait_for_stream
+from service.gpu_decode import GROUP_MAX_BYTES, DecodeBatch, JpegDecoder, decoder_factories, wait_for_stream
 
 
 def measure(run: Callable[[], object], sync: Callable[[], None], seconds: float) -> tuple[int, float, float]:
@@ -42,8 +44,8 @@ def measure(run: Callable[[], object], sync: Callable[[], None], seconds: float)
 
 def rows(device: str, decode_batch: DecodeBatch, jpegs: list[bytes], batches: list[int], seconds: float) -> list[dict]:
     """One row per (batch size, path): images/s and host CPU us per image."""
-    # Asleep while the GPU works, so the thread's CPU time is its own work (waits inside torchvision's
-    # decoder still spin, and count).
+    # Asleep while the GPU works, so the thread's CPU time is its own work (waits inside a decoder
+    # still spin, and count).
     sync = wait_for_stream if device.startswith("cuda") else (lambda: None)
     out = []
     grouped = JpegDecoder(device, RESIZE_SIZE, CROP_SIZE, decode_batch, GROUP_MAX_BYTES)
@@ -53,7 +55,7 @@ def rows(device: str, decode_batch: DecodeBatch, jpegs: list[bytes], batches: li
         items = [(memoryview(data), 1) for data in chosen]
         tensors = [torch.frombuffer(data, dtype=torch.uint8) for data in chosen]
         paths = {
-            "nvJPEG alone": functools.partial(decode_batch, tensors),
+            "decode alone": functools.partial(decode_batch, tensors),
             "+ resize, crop: same-size groups": functools.partial(grouped.decode, items),
             "+ resize, crop: one by one": functools.partial(alone.decode, items),
         }
@@ -78,20 +80,41 @@ def main(argv: list[str] | None = None) -> int:
         "--images", default="photos,500x375", help="corpus spec, as python -m loadtest's (default: photos,500x375)"
     )
     parser.add_argument("--seconds", type=float, default=3.0, help="per row (default: 3)")
+    names = list(decoder_factories())
+    parser.add_argument(
+        "--decoder",
+        default=",".join(names),
+        help=f"GPU decoders to measure, comma-separated, of {names} (default: all; one that does not load "
+        "here is reported and skipped)",
+    )
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("no CUDA GPU is visible to PyTorch here; --device cpu measures torchvision's CPU decoder")
-    try:
-        decode_batch = torchvision_decoder(args.device)
-    except (ImportError, RuntimeError) as exc:
-        parser.error(f"torchvision's decode_jpeg is not available here: {exc}")
+        parser.error("no CUDA GPU is visible to PyTorch here; --device cpu measures the decoders' CPU paths")
+    chosen = [name.strip() for name in args.decoder.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in names]
+    if unknown or not chosen:
+        parser.error(f"--decoder: {unknown or 'none given'}; choose from {names}")
     batches = [int(b) for b in args.batch.split(",") if b.strip()]
     corpus = build_corpus(args.images)
     gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "no GPU"
     print(f"host: {cpu_model()}, {gpu}; images: {', '.join(f'{c.width}x{c.height}' for c in corpus)}")
-    print(f"{'batch':>5}  {'path':<34} {'img/s':>9} {'host CPU us/img':>16}")
-    for row in rows(args.device, decode_batch, [c.data for c in corpus], batches, args.seconds):
-        print(f"{row['batch']:>5}  {row['path']:<34} {row['img_per_s']:>9.0f} {row['host_cpu_us_per_img']:>16.1f}")
+    measured = 0
+    for name in chosen:
+        try:
+            decode_batch = decoder_factories()[name](args.device)
+            (probe,) = decode_batch([torch.frombuffer(bytearray(corpus[0].data), dtype=torch.uint8)])
+            if isinstance(probe, Exception):  # loaded, but cannot decode: nvJPEG's library is missing
+                raise probe
+        except Exception as exc:  # not installed, or its library does not load here
+            print(f"{name}: not measured, it does not decode here: {type(exc).__name__}: {exc}")
+            continue
+        print(f"{name}:\n{'batch':>5}  {'path':<34} {'img/s':>9} {'host CPU us/img':>16}")
+        for row in rows(args.device, decode_batch, [c.data for c in corpus], batches, args.seconds):
+            print(f"{row['batch']:>5}  {row['path']:<34} {row['img_per_s']:>9.0f} {row['host_cpu_us_per_img']:>16.1f}")
+        measured += 1
+    if not measured:
+        print("error: no decoder could be measured", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -8,8 +8,7 @@ work: resize + crop to a (crop, crop, 3) **uint8** array (what crosses a process
 normalisation of one image or of a batch into (B, 3, crop, crop) float32.
 
 The same preset on torch tensors, for CPU and CUDA alike, serves the GPU JPEG path: nvJPEG
-(``torchvision.io.decode_jpeg(..., device="cuda")``) gives a (3, H, W) uint8 tensor without applying
-EXIF orientation; ``apply_exif_orientation_tensor`` turns it as PIL's ``ImageOps.exif_transpose``
+(``service.gpu_decode``) gives a (3, H, W) uint8 tensor without applying EXIF orientation; ``apply_exif_orientation_tensor`` turns it as PIL's ``ImageOps.exif_transpose``
 would, ``resize_crop_tensor`` makes the (3, crop, crop) uint8 crop with torch's antialiased bilinear
 (PIL's filter, in float32 instead of PIL's fixed point: within one level of PIL on the same pixels), and
 ``normalize_tensor`` writes a batch of crops straight into the backend's input buffer.

@@ -26,9 +26,13 @@ if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
 fi
 rm -rf "$WORK"
 mkdir -p "$OUT" "$WORK"
-if [ -d .whl ]; then  # wheels carried from scripts/gpu_wheels.sh: a private target, never the host's site
-    $PY -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" .whl/*.whl \
-        || { echo "error: installing .whl/*.whl failed" >&2; exit 1; }
+# Wheels carried from scripts/gpu_wheels.sh (.whl, and .whl-nvimgcodec where it came): a private target,
+# never the host's site.
+carried=$(ls .whl/*.whl .whl-nvimgcodec/*.whl 2>/dev/null)
+if [ -n "$carried" ]; then
+    # shellcheck disable=SC2086  # one wheel per word
+    $PY -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" $carried \
+        || { echo "error: installing the carried wheels failed: $carried" >&2; exit 1; }
     export PYTHONPATH="$PYTHONPATH:$PWD/$WORK/site"
 fi
 # onnxruntime-gpu installed (docs/gpu.md: its five-call carry): its CUDA tests must run, not skip.

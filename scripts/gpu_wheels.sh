@@ -7,6 +7,10 @@
 #   bash scripts/gpu_wheels.sh            # here, with network: about 4 MiB of wheels, at the versions of .venv
 #   bash scripts/gpu_check.sh             # there: installs .whl/*.whl into a private --target first
 #
+# It also writes .whl-nvimgcodec/ (29 MiB): nvImageCodec and its nvJPEG, the engine's preferred GPU JPEG
+# decoder (service/gpu_decode.py). A folder of its own, so that a call that must carry something large
+# (a part of onnxruntime-gpu, docs/gpu.md) can leave it behind: the engine then decodes with torchvision.
+#
 # A host with network needs none of this: `make install` there, then `bash scripts/gpu_check.sh`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,16 +45,24 @@ if [ -x "$VENV_PY" ]; then
 else
     echo "note: no $VENV_PY (make install): downloading PyPI's newest releases, not the tested ones" >&2
 fi
-rm -rf "$DEST"
-mkdir -p "$DEST"
-$PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    --platform any -d "$DEST" "${WHEELS[@]}"
-echo "${WHEELS[*]}"
-size_mib=$(du -sm "$DEST" | cut -f1)
-ls "$DEST"
-echo "$DEST: $(ls "$DEST" | wc -l) wheels, ${size_mib} MiB"
-if [ "$size_mib" -gt 60 ]; then
-    echo "error: $DEST is over 60 MiB; the device machine's carry limit is 64 MiB with the tree" >&2
-    exit 1
-fi
+# The versions pyproject's gpu extra and the Dockerfile install (CUDA 13, as the lent host's torch).
+NVIMGCODEC_WHEELS=(nvidia-nvimgcodec-cu13==0.9.0.20 nvidia-nvjpeg==13.3.2.43)
+download() {  # download FOLDER SPEC...: the cp312 Linux wheels, and the folder under the carry limit
+    local dest=$1; shift
+    rm -rf "$dest"
+    mkdir -p "$dest"
+    $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        --platform any -d "$dest" "$@"
+    echo "$*"
+    local size_mib
+    size_mib=$(du -sm "$dest" | cut -f1)
+    ls "$dest"
+    echo "$dest: $(ls "$dest" | wc -l) wheels, ${size_mib} MiB"
+    if [ "$size_mib" -gt 60 ]; then
+        echo "error: $dest is over 60 MiB; the device machine's carry limit is 64 MiB with the tree" >&2
+        exit 1
+    fi
+}
+download "$DEST" "${WHEELS[@]}"
+download "$DEST-nvimgcodec" "${NVIMGCODEC_WHEELS[@]}"

@@ -35,23 +35,16 @@ def choose_decode(settings: Settings, selection: Selection) -> tuple[object | No
         why_not = f"the {backend.name} backend runs on {backend.device}, not a CUDA GPU"
     elif not backend.takes_tensors:
         why_not = f"the {backend.name} backend takes host batches only"
-    decoder = None
     if why_not is None:
-        from service.gpu_decode import JpegDecoder, tiny_jpeg
+        from service.gpu_decode import CHROMA, start_jpeg_decoder
 
         meta = selection.metadata
         try:
-            decoder = JpegDecoder(backend.device, meta.resize_size, meta.input_size)
-            (probe,) = decoder.decode([(memoryview(tiny_jpeg()), 1)])  # loads nvJPEG now, not on a request
-            if isinstance(probe, Exception):  # the decoder answers per image: a failure comes back, not up
-                raise probe
-            if tuple(probe.shape) != (3, meta.input_size, meta.input_size):
-                raise RuntimeError(f"a test JPEG came back as {tuple(probe.shape)}")
-        except Exception as exc:  # whatever fails here (a missing extension: AttributeError), decode on the CPU
-            why_not = f"torchvision's GPU JPEG decoder is not usable here: {type(exc).__name__}: {exc}"
-            decoder = None
-    if decoder is not None:
-        return decoder, "nvJPEG on the GPU (torchvision.io.decode_jpeg), CPU for what it does not take"
+            decoder, name = start_jpeg_decoder(backend.device, meta.resize_size, meta.input_size)
+        except RuntimeError as exc:
+            why_not = f"no GPU JPEG decoder is usable here: {exc}"
+        else:
+            return decoder, f"nvJPEG on the GPU via {name} ({CHROMA[name]}), CPU for what it does not take"
     if settings.decode == "gpu":
         raise NotReady(f"decode=gpu was asked for, but {why_not}")
     return None, f"auto: on the CPU in the front ends, because {why_not}"

@@ -1,11 +1,15 @@
-"""JPEG decoding on the GPU for the engine: nvJPEG through torchvision, then the shared tensor
-resize + crop, all on the device. Images it cannot take come back as exceptions, per image, and the
-engine decodes those on its CPU instead (service.preprocess), so a client never sees the difference.
+"""JPEG decoding on the GPU for the engine: nvJPEG, through nvImageCodec where it is installed, else
+through torchvision, then the shared tensor resize + crop, all on the device. Images it cannot take
+come back as exceptions, per image, and the engine decodes those on its CPU instead
+(service.preprocess), so a client never sees the difference.
 
-``torchvision.io.decode_jpeg(list_of_cpu_uint8_tensors, mode=RGB, device="cuda")`` is present wherever
-PyTorch's CUDA build and torchvision are; it does not apply EXIF orientation on CUDA (its
-``apply_exif_orientation`` is CPU-only), so the front end reads the orientation from the header and
-it is applied here on the decoded tensor.
+Why two: the CPU path (PIL, libjpeg-turbo) interpolates the colour of 4:2:0 and 4:2:2 JPEGs (most
+photos); ``torchvision.io.decode_jpeg(device="cuda")`` creates nvJPEG with its default flags, which
+repeat it, and on saturated images its crops then differ from the CPU path's by up to 9.5/255 on
+average (docs/gpu.md, "JPEG chroma on the GPU"). nvImageCodec sets nvJPEG's interpolation flag
+(``fancy_upsampling``). torchvision is present wherever PyTorch's CUDA build is, so it stays the
+fallback. Neither applies EXIF orientation here: the front end reads it from the header and it is
+applied on the decoded tensor.
 """
 
 from __future__ import annotations
@@ -14,13 +18,15 @@ import io
 import logging
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from model.preprocessing import apply_exif_orientation_tensor, resize_crop_tensor
 
 log = logging.getLogger(__name__)
 
-DecodeBatch = Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]
+# Encoded JPEGs (1-D uint8 host tensors) -> one (3, H, W) uint8 image or one exception each, in order.
+DecodeBatch = Callable[[list[torch.Tensor]], Sequence[torch.Tensor | Exception]]
 # Decoded bytes (uint8 values summed over a group's images) resized in one call: bounds the group's
 # float32 copy (four times as many bytes: 192 MiB) whatever the batch size.
 GROUP_MAX_BYTES = 48 << 20
@@ -71,6 +77,68 @@ def torchvision_decoder(device: str) -> DecodeBatch:
     return decode
 
 
+# nvImageCodec's host threads for a batch (parsing; Huffman decoding in its hybrid backend): a few, not
+# its default of one per core, which would compete with the front ends for the cores.
+NVIMGCODEC_CPU_THREADS = 4
+
+
+def nvimgcodec_decoder(device: str) -> DecodeBatch:
+    """nvJPEG through nvImageCodec (``nvidia-nvimgcodec-cu13`` with ``nvidia-nvjpeg``), chroma
+    interpolated as libjpeg-turbo does, or an ImportError/RuntimeError saying why it is not available.
+
+    On CUDA only its GPU decoders are allowed: a JPEG they refuse comes back as an exception and goes to
+    the engine's CPU path (the service's decode, with its limits), not to nvImageCodec's own CPU
+    decoders. On ``cpu`` the same calls run its libjpeg-turbo decoder, so a CPU host tests this code.
+    The decode is ordered on the caller's current stream, as are the frees of its images (their memory
+    goes back to the stream they were decoded on): keep using them on that stream.
+    """
+    from nvidia import nvimgcodec
+
+    dev = torch.device(device)
+    on_cuda = dev.type == "cuda"
+    if on_cuda:
+        device_id = dev.index if dev.index is not None else torch.cuda.current_device()
+        kinds = [nvimgcodec.HW_GPU_ONLY, nvimgcodec.HYBRID_CPU_GPU, nvimgcodec.GPU_ONLY]
+    else:
+        device_id, kinds = nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, [nvimgcodec.CPU_ONLY]
+    # The option is given, never left to the default: it changed from on to off between releases.
+    decoder = nvimgcodec.Decoder(
+        device_id=device_id,
+        max_num_cpu_threads=NVIMGCODEC_CPU_THREADS,
+        backends=[nvimgcodec.Backend(kind) for kind in kinds],
+        options=":fancy_upsampling=1",
+    )
+    params = nvimgcodec.DecodeParams(
+        apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB, allow_any_depth=False
+    )
+
+    def as_chw(image: object) -> torch.Tensor | Exception:
+        if image is None:
+            return RuntimeError("nvImageCodec could not decode this JPEG")
+        # from_dlpack hands torch's current stream to the image, which orders the hand-over on it.
+        hwc = torch.from_dlpack(image) if on_cuda else torch.from_numpy(np.asarray(image))
+        return hwc.permute(2, 0, 1)  # (H, W, 3) -> (3, H, W), a view
+
+    def decode(data: list[torch.Tensor]) -> Sequence[torch.Tensor | Exception]:
+        stream = torch.cuda.current_stream(dev).cuda_stream if on_cuda else 0
+        sources = [nvimgcodec.CodeStream(tensor.numpy()) for tensor in data]
+        return [as_chw(image) for image in decoder.decode(sources, params=params, cuda_stream=stream)]
+
+    return decode
+
+
+# What each GPU decoder does with the colour of 4:2:0 and 4:2:2 JPEGs, as the engine reports it.
+CHROMA = {
+    "nvimgcodec": "chroma interpolated, as on the CPU",
+    "torchvision": "chroma repeated where the CPU interpolates: docs/gpu.md",
+}
+
+
+def decoder_factories() -> dict[str, Callable[[str], DecodeBatch]]:
+    """The GPU decoders by name, best first: the engine takes the first that works on its device."""
+    return {"nvimgcodec": nvimgcodec_decoder, "torchvision": torchvision_decoder}
+
+
 def tiny_jpeg() -> bytearray:
     """A 32x24 JPEG: loads the decoder at start-up and warms the engine's GPU path before it is ready."""
     from PIL import Image
@@ -88,13 +156,13 @@ class JpegDecoder:
         device: str,
         resize_size: int,
         crop_size: int,
-        decode_batch: DecodeBatch | None = None,
+        decode_batch: DecodeBatch,
         group_bytes: int | None = None,
     ) -> None:
         self.device = device
         self.resize_size = resize_size
         self.crop_size = crop_size
-        self._decode_batch = decode_batch or torchvision_decoder(device)
+        self.decode_batch = decode_batch
         # Decoded bytes resized in one call (see same_size_groups); 0 = one image at a time. By default
         # groups on CUDA, where every call is a few kernel launches from this thread under the GIL,
         # and one by one on the CPU, where a group's float32 copy falls out of the caches (48 images
@@ -110,7 +178,7 @@ class JpegDecoder:
         """
         data = [torch.frombuffer(buffer, dtype=torch.uint8) for buffer, _ in jpegs]
         try:
-            images: list[torch.Tensor | Exception] = list(self._decode_batch(data))
+            images: list[torch.Tensor | Exception] = list(self.decode_batch(data))
         except RuntimeError as exc:  # the batch call returns nothing when one image fails: find which
             log.debug("batch JPEG decode failed (%s); decoding one by one", exc)
             images = [self._decode_one(tensor) for tensor in data]
@@ -136,6 +204,27 @@ class JpegDecoder:
 
     def _decode_one(self, tensor: torch.Tensor) -> torch.Tensor | Exception:
         try:
-            return self._decode_batch([tensor])[0]
+            return self.decode_batch([tensor])[0]
         except RuntimeError as exc:
             return exc
+
+
+def start_jpeg_decoder(device: str, resize_size: int, crop_size: int) -> tuple[JpegDecoder, str]:
+    """(decoder, its name): the first of ``decoder_factories`` that turns a test JPEG into a crop on
+    ``device`` (which also loads nvJPEG now, not on a request), or a RuntimeError giving each one's failure."""
+    failures = []
+    for name, factory in decoder_factories().items():
+        try:
+            decoder = JpegDecoder(device, resize_size, crop_size, factory(device))
+            (probe,) = decoder.decode([(memoryview(tiny_jpeg()), 1)])
+            if isinstance(probe, Exception):  # the decoder answers per image: a failure comes back, not up
+                raise probe
+            if tuple(probe.shape) != (3, crop_size, crop_size):
+                raise RuntimeError(f"a test JPEG came back as {tuple(probe.shape)}")
+        except Exception as exc:  # whatever fails (a missing extension raises AttributeError): the next one
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+            continue
+        if failures:
+            log.warning("GPU JPEG decoding by %s, because %s", name, "; ".join(failures))
+        return decoder, name
+    raise RuntimeError("; ".join(failures))

@@ -18,7 +18,7 @@ from service.backends import select_backend
 from service.batch_runner import EngineImage, EngineRunner, top_k_rows
 from service.batcher import ItemFailed
 from service.errors import CorruptImage
-from service.gpu_decode import JpegDecoder
+from service.gpu_decode import JpegDecoder, start_jpeg_decoder
 from service.postprocess import softmax
 from service.preprocess import PreprocessConfig, preprocess_uint8
 from service.settings import Settings
@@ -248,7 +248,8 @@ def test_on_cuda_crops_and_jpegs_decoded_by_nvjpeg_give_the_cpu_top_1(fitted, se
     selection = select_onnxruntime_cuda(settings) if backend == "onnxruntime" else select_backend(settings)
     assert selection.backend.takes_tensors
     meta = selection.metadata
-    runner = EngineRunner(selection.backend, meta, CONFIG, JpegDecoder(selection.backend.device, 256, 224))
+    decoder, _name = start_jpeg_decoder(selection.backend.device, 256, 224)  # as the engine chooses
+    runner = EngineRunner(selection.backend, meta, CONFIG, decoder)
     jpegs = [jpeg(d) for d, _ in fitted.eval_images(per_class=2)]
     staging = Staging()
     crops = staging.images([staging.crop(d) for d in jpegs], want_logits=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -95,7 +96,7 @@ def test_the_decode_benchmark_measures_every_path_at_every_batch_size():
     assert [(r["batch"], r["path"]) for r in measured] == [
         (size, path)
         for size in (3, 4)
-        for path in ("nvJPEG alone", "+ resize, crop: same-size groups", "+ resize, crop: one by one")
+        for path in ("decode alone", "+ resize, crop: same-size groups", "+ resize, crop: one by one")
     ]
     assert all(r["img_per_s"] > 0 and r["host_cpu_us_per_img"] >= 0 for r in measured)
 
@@ -108,3 +109,98 @@ def test_the_decode_benchmark_refuses_a_missing_gpu_in_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--device", "cuda"])
     assert exit_info.value.code == 2 and "no CUDA GPU is visible to PyTorch" in capsys.readouterr().err
+
+
+def _jpeg(mode: str, subsampling: int, seed: int, size: tuple[int, int] = (120, 90)) -> bytes:
+    """A noisy JPEG (saturated colour, where repeated chroma differs most from interpolated)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(pixels).resize((size[0] * 3, size[1] * 3)).convert(mode)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90, **({"subsampling": subsampling} if mode == "RGB" else {}))
+    return out.getvalue()
+
+
+def _pil(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _nvimgcodec():
+    from tests.conftest import import_or_skip
+
+    # Its import reports the missing CUDA libraries (nvJPEG, ...) on stderr: expected on a CPU host.
+    return import_or_skip("nvidia.nvimgcodec", "nvImageCodec (pip install nvidia-nvimgcodec-cu13) is not installed")
+
+
+def test_nvimgcodec_gives_pils_pixels_upright_as_stored_with_a_failure_in_its_place(monkeypatch):
+    """The nvImageCodec decoder's code, run on its CPU decoder (libjpeg-turbo): (3, H, W) uint8 RGB
+    equal to PIL's (the CPU path) for 4:2:0, 4:4:4 and grey JPEGs, EXIF orientation not applied (the
+    engine applies it), and an undecodable image an exception at its own position. It must ask for
+    interpolated chroma: the default changed between nvImageCodec releases."""
+    nvimgcodec = _nvimgcodec()
+    made = []
+    real = nvimgcodec.Decoder
+    monkeypatch.setattr(nvimgcodec, "Decoder", lambda **kwargs: made.append(kwargs) or real(**kwargs))
+    jpegs = [
+        _jpeg("RGB", 2, seed=1),  # 4:2:0
+        _jpeg("RGB", 0, seed=2),  # 4:4:4
+        b"\xff\xd8\xff not a JPEG",
+        _jpeg("L", 0, seed=3),
+        _turned(375, 500, 6, seed=4),
+    ]
+    decode = gpu_decode.nvimgcodec_decoder("cpu")
+    out = decode([torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in jpegs])
+    assert [kwargs["options"] for kwargs in made] == [":fancy_upsampling=1"]
+    assert isinstance(out[2], RuntimeError) and "could not decode" in str(out[2])
+    for i in (0, 1, 3, 4):
+        assert out[i].dtype == torch.uint8 and out[i].shape[0] == 3
+        # libjpeg-turbo on both sides: the same integer IDCT and upsampling, so equal within a level
+        diff = np.abs(out[i].permute(1, 2, 0).numpy().astype(int) - _pil(jpegs[i]))
+        assert diff.max() <= 1, (i, diff.max())
+    assert tuple(out[4].shape) == (3, 500, 375)  # as stored; upright it would be 375 high
+
+
+def test_repeated_chroma_is_what_the_interpolation_option_avoids():
+    """The measurement behind the option, on the CPU decoder: the same 4:2:0 JPEG with repeated chroma
+    is several levels away from PIL's pixels on average (docs/gpu.md: up to 9.5/255 per crop)."""
+    nvimgcodec = _nvimgcodec()
+    data = _jpeg("RGB", 2, seed=1)
+    params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB)
+    mean_diff = {}
+    for fancy in (0, 1):
+        decoder = nvimgcodec.Decoder(
+            device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
+            backends=[nvimgcodec.Backend(nvimgcodec.CPU_ONLY)],
+            options=f":fancy_upsampling={fancy}",
+        )
+        (image,) = decoder.decode([nvimgcodec.CodeStream(data)], params=params)
+        mean_diff[fancy] = np.abs(np.asarray(image).astype(int) - _pil(data)).mean()
+    assert mean_diff[1] < 0.01 and mean_diff[0] > 2, mean_diff
+
+
+def test_the_engine_takes_the_first_gpu_decoder_that_decodes_and_says_why_it_passed_the_others(monkeypatch, caplog):
+    def missing(device):
+        raise ImportError("No module named 'nvidia.nvimgcodec'")
+
+    def decodes_nothing(device):
+        return lambda tensors: [RuntimeError("nvImageCodec could not decode this JPEG")] * len(tensors)
+
+    monkeypatch.setattr(gpu_decode, "torchvision_decoder", lambda device: pil_decode)
+    for broken, why in ((missing, "ImportError: No module"), (decodes_nothing, "RuntimeError: nvImageCodec could")):
+        monkeypatch.setattr(gpu_decode, "nvimgcodec_decoder", broken)
+        caplog.clear()
+        decoder, name = gpu_decode.start_jpeg_decoder("cpu", 256, 224)
+        assert name == "torchvision" and decoder.decode_batch is pil_decode
+        assert f"GPU JPEG decoding by torchvision, because nvimgcodec: {why}" in caplog.text
+    monkeypatch.setattr(gpu_decode, "torchvision_decoder", missing)
+    with pytest.raises(RuntimeError, match=r"^nvimgcodec: RuntimeError: .*; torchvision: ImportError: No module"):
+        gpu_decode.start_jpeg_decoder("cpu", 256, 224)
+
+
+def test_nvimgcodec_is_the_engines_first_choice_where_it_decodes():
+    _nvimgcodec()
+    decoder, name = gpu_decode.start_jpeg_decoder("cpu", 256, 224)  # its CPU decoder: the same code
+    assert name == "nvimgcodec"
+    (crop,) = decoder.decode([(memoryview(bytearray(make_image(500, 375, seed=9))), 1)])
+    assert tuple(crop.shape) == (3, 224, 224) and crop.dtype == torch.uint8

@@ -46,7 +46,7 @@ class CudaBackend(Backend):
 
 
 def test_jpegs_are_decoded_on_the_gpu_for_any_cuda_backend_that_takes_tensors_and_else_it_says_why(monkeypatch):
-    monkeypatch.setattr(gpu_decode, "torchvision_decoder", lambda device: pil_decode)  # nvJPEG, as the engine sees it
+    monkeypatch.setattr(gpu_decode, "nvimgcodec_decoder", lambda device: pil_decode)  # nvJPEG, as the engine sees it
     meta = ModelMetadata("torchvision", ["a", "b"], 224, 256, "test", "c" * 64)
     backend = CudaBackend()
     selection = Selection(backend, meta, "test")
@@ -59,7 +59,9 @@ def test_jpegs_are_decoded_on_the_gpu_for_any_cuda_backend_that_takes_tensors_an
         choose_decode(Settings(decode="gpu"), selection)
     backend.takes_tensors = True  # as ONNX Runtime's CUDA provider and TensorRT do
     decoder, why = choose_decode(Settings(decode="auto"), selection)
-    assert isinstance(decoder, gpu_decode.JpegDecoder) and why.startswith("nvJPEG on the GPU")
+    assert isinstance(decoder, gpu_decode.JpegDecoder) and why == (
+        "nvJPEG on the GPU via nvimgcodec (chroma interpolated, as on the CPU), CPU for what it does not take"
+    )
     assert choose_decode(Settings(decode="cpu"), selection) == (None, "decode=cpu was asked for")
 
 
@@ -77,15 +79,17 @@ def test_a_gpu_decoder_that_fails_its_start_up_probe_leaves_decoding_to_the_cpu(
     def broken(tensors):
         raise failure
 
+    monkeypatch.setattr(gpu_decode, "nvimgcodec_decoder", lambda device: broken)
     monkeypatch.setattr(gpu_decode, "torchvision_decoder", lambda device: broken)
     meta = ModelMetadata("torchvision", ["a", "b"], 224, 256, "test", "c" * 64)
     backend = CudaBackend()
     backend.takes_tensors = True
     selection = Selection(backend, meta, "test")
     decoder, why = choose_decode(Settings(decode="auto"), selection)
-    assert decoder is None and why.startswith("auto: on the CPU in the front ends, because torchvision's GPU JPEG")
-    assert type(failure).__name__ in why and str(failure) in why
-    with pytest.raises(NotReady, match="decode=gpu was asked for, but torchvision's GPU JPEG decoder is not usable"):
+    assert decoder is None and why.startswith("auto: on the CPU in the front ends, because no GPU JPEG decoder")
+    for name in ("nvimgcodec", "torchvision"):
+        assert f"{name}: {type(failure).__name__}: {failure}" in why
+    with pytest.raises(NotReady, match="decode=gpu was asked for, but no GPU JPEG decoder is usable here: nvimgcodec"):
         choose_decode(Settings(decode="gpu"), selection)
 
 

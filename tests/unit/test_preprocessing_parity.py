@@ -28,11 +28,11 @@ from model.preprocessing import (
 )
 from model.transforms import EvalTransform
 from service.errors import ServiceError
+from service.gpu_decode import CHROMA, start_jpeg_decoder
 from service.preprocess import PreprocessConfig, decode, preprocess_uint8
 from tests.conftest import make_image
 from tests.synthetic import NUM_CLASSES
 from tests.synthetic import make_image as class_image
-from tests.torchvision_modules import full_torchvision_error
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = PreprocessConfig()  # as served: large JPEGs decoded at a reduced DCT size
@@ -117,20 +117,19 @@ def _tensor_input(data: bytes) -> tuple[torch.Tensor, int]:
 
 
 def _decode_on_cuda(datas: list[bytes]) -> list[torch.Tensor | None]:
-    """nvJPEG through torchvision where its compiled ops load (a CUDA host); None where it cannot."""
-    if full_torchvision_error() is not None:
+    """The GPU decoder the engine chooses (nvImageCodec, else torchvision's nvJPEG) where one works (a
+    CUDA host); None where it cannot, or for what the front end sends to the CPU path instead."""
+    try:
+        decoder, name = start_jpeg_decoder("cuda", CONFIG.resize_size, CONFIG.crop_size)
+    except RuntimeError:
         return [None] * len(datas)
-    from torchvision.io import ImageReadMode, decode_jpeg
-
+    print(f"GPU JPEG decoder: {name} ({CHROMA[name]})")  # in the pytest-gpu log of gpu_check.sh
     out: list[torch.Tensor | None] = []
     for data in datas:
         with Image.open(io.BytesIO(data)) as image:
             takes = image.format == "JPEG" and image.mode in ("RGB", "L")
-        try:
-            tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-            out.append(decode_jpeg([tensor], mode=ImageReadMode.RGB, device="cuda")[0] if takes else None)
-        except RuntimeError:
-            out.append(None)  # the engine falls back to the CPU for these
+        decoded = decoder.decode_batch([torch.frombuffer(bytearray(data), dtype=torch.uint8)])[0] if takes else None
+        out.append(decoded if isinstance(decoded, torch.Tensor) else None)  # else the engine uses the CPU
     return out
 
 
