@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -90,8 +91,13 @@ def nvimgcodec_decoder(device: str) -> DecodeBatch:
     the engine's CPU path (the service's decode, with its limits), not to nvImageCodec's own CPU
     decoders. On ``cpu`` the same calls run its libjpeg-turbo decoder, so a CPU host tests this code.
     The decode is ordered on the caller's current stream, as are the frees of its images (their memory
-    goes back to the stream they were decoded on): keep using them on that stream.
+    goes back to the stream they were decoded on): keep using them on that stream. That memory comes
+    from CUDA's own pool (cudaMallocAsync), not torch's allocator. Read against nvImageCodec's source
+    (v0.8, with 0.9's docstrings), not yet run on a GPU.
     """
+    # Its C++ side prints a warning per image it cannot parse; the engine reports those itself. Read
+    # once, at import: errors still print.
+    os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "1")
     from nvidia import nvimgcodec
 
     dev = torch.device(device)
