@@ -9,18 +9,35 @@ ALEXNET_BACKEND=torch ALEXNET_DEVICE=cuda python -m service
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import sys
 import typing
+from collections.abc import Mapping
 
 from pydantic import ValidationError
 
-from service.settings import Settings
+from service.settings import ENV_ONLY, ENV_PREFIX, Settings, setting_name
 from service.supervisor import Supervisor
 
-# Secrets come from the environment only: a flag would show in `ps` and shell history.
-ENV_ONLY = {"api_key"}
+# ALEXNET_* variables that are not settings but are read elsewhere, so not reported as unknown:
+OTHER_VARIABLES = frozenset(
+    {
+        "ALEXNET_MODEL_DIR",  # service/entrypoint.py: where the model files are (set by the Dockerfiles, deploy/)
+    }
+)
+
+
+class _RefuseSecretFlag(argparse.Action):
+    """``--api-key``: refused with the variable to use instead, and without echoing the value given."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        variable = ENV_PREFIX + self.dest.upper()
+        parser.error(
+            f"{self.option_strings[0]} is not accepted: a secret on the command line shows in `ps` and shell history; "
+            f"set {variable} in the environment instead"
+        )
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -31,6 +48,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     for name, field in Settings.model_fields.items():
         if name in ENV_ONLY:
+            flag = "--" + name.replace("_", "-")
+            parser.add_argument(
+                flag, dest=name, nargs="?", default=argparse.SUPPRESS, action=_RefuseSecretFlag, help=argparse.SUPPRESS
+            )
             continue
         choices = None
         if typing.get_origin(field.annotation) is typing.Literal:
@@ -44,6 +65,23 @@ def get_args_parser() -> argparse.ArgumentParser:
             help=f"{field.description} (default: {field.default}; env ALEXNET_{name.upper()})",
         )
     return parser
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One warning per ALEXNET_* variable that nothing reads (a typo would otherwise do nothing),
+    naming the closest setting. Names only: a value may be a secret."""
+    # Compared without the prefix, which every name shares and which would make any two "close".
+    described = {name.upper(): setting_name(name) for name in Settings.model_fields}
+    described |= {variable.removeprefix(ENV_PREFIX): variable for variable in OTHER_VARIABLES}
+    warnings = []
+    for variable in sorted(environ):
+        upper = variable.upper()  # pydantic-settings reads the names case-insensitively
+        if not upper.startswith(ENV_PREFIX) or upper.removeprefix(ENV_PREFIX) in described:
+            continue
+        close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), sorted(described), n=1)
+        hint = f"; did you mean {described[close[0]]}?" if close else ""
+        warnings.append(f"warning: {variable} is not a setting and is ignored{hint}")
+    return warnings
 
 
 def settings_from_args(argv: list[str] | None) -> Settings:
@@ -69,14 +107,15 @@ def explain(exc: ValidationError) -> str:
         given[name] = error["input"]
     lines = []
     for name, messages in reasons.items():
-        flag = "" if name in ENV_ONLY else f"--{name.replace('_', '-')} / "
         text = "" if name in ENV_ONLY else f", got {given[name]!r}"
-        lines.append(f"  {flag}ALEXNET_{name.upper()}: {'; or '.join(messages)}{text}")
+        lines.append(f"  {setting_name(name)}: {'; or '.join(messages)}{text}")
     lines += [f"  {rule}" for rule in rules]
     return "invalid settings (python -m service --help lists them):\n" + "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    for warning in unknown_variables(os.environ):
+        print(warning, file=sys.stderr)
     try:
         settings = settings_from_args(argv)
     except ValidationError as exc:

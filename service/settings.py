@@ -15,10 +15,20 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from service.cpus import usable_cpus
 
 BackendName = Literal["auto", "tensorrt", "onnxruntime", "torch"]
+ENV_PREFIX = "ALEXNET_"
+# Secrets come from the environment only: a flag would show in `ps` and shell history.
+ENV_ONLY = frozenset({"api_key"})
+
+
+def setting_name(name: str) -> str:
+    """A setting as the user writes it: ``--max-batch-size / ALEXNET_MAX_BATCH_SIZE`` (the variable
+    alone for a secret), for messages that would otherwise name the field ``max_batch_size``."""
+    variable = ENV_PREFIX + name.upper()
+    return variable if name in ENV_ONLY else f"--{name.replace('_', '-')} / {variable}"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ALEXNET_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     host: str = Field("127.0.0.1", description="interface to listen on (0.0.0.0 for all)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = pick a free one)")
@@ -97,8 +107,8 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.max_images_per_request > self.queue_capacity:
             raise ValueError(
-                f"max_images_per_request ({self.max_images_per_request}) must not exceed "
-                f"queue_capacity ({self.queue_capacity}): such a request could never be admitted"
+                f"{setting_name('max_images_per_request')} ({self.max_images_per_request}) must not exceed "
+                f"{setting_name('queue_capacity')} ({self.queue_capacity}): such a request could never be admitted"
             )
         return self
 
@@ -114,14 +124,14 @@ class Settings(BaseSettings):
         """ALEXNET_API_KEY= (set but empty: a secret that failed to mount) would require an empty
         bearer token; serving without a key instead would open what was meant to be closed."""
         if value is not None and not value.get_secret_value().strip():
-            raise ValueError("api_key is set but empty: give the key, or unset ALEXNET_API_KEY to serve without one")
+            raise ValueError("set but empty: give the key, or unset ALEXNET_API_KEY to serve without one")
         return value
 
     @field_validator("http_workers")
     @classmethod
     def _positive_workers(cls, value: int | str) -> int | str:
         if isinstance(value, int) and value < 1:
-            raise ValueError("http_workers must be at least 1 (or auto)")
+            raise ValueError("must be at least 1 (or auto)")
         return value
 
     @property

@@ -32,7 +32,7 @@ def test_the_api_key_is_read_from_the_environment_only(monkeypatch):
 @pytest.mark.parametrize("blank", ["", "  "])
 def test_an_api_key_set_but_empty_is_refused_not_required_nor_ignored(monkeypatch, blank):
     monkeypatch.setenv("ALEXNET_API_KEY", blank)
-    with pytest.raises(ValidationError, match="api_key is set but empty"):
+    with pytest.raises(ValidationError, match="set but empty: give the key, or unset ALEXNET_API_KEY"):
         settings_from_args([])
 
 

@@ -4,12 +4,13 @@ its variable and the text given, never a silent default. Through ``python -m ser
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from service.__main__ import settings_from_args
+from service.__main__ import settings_from_args, unknown_variables
 from tests.conftest import REPO
 
 
@@ -52,7 +53,66 @@ def test_the_api_key_is_never_echoed():
     # Any text is a valid key; the message rule matters for a rule across settings that fails beside it.
     result = run_service("--queue-capacity", "4", "--max-images-per-request", "8", env={"ALEXNET_API_KEY": "s3cret"})
     assert result.returncode == 2
-    assert "must not exceed queue_capacity" in result.stderr and "s3cret" not in result.stderr
+    assert "must not exceed --queue-capacity" in result.stderr and "s3cret" not in result.stderr
+
+
+def test_a_rule_across_settings_names_their_flags_and_variables():
+    result = run_service("--queue-capacity", "4", env={"ALEXNET_MAX_IMAGES_PER_REQUEST": "8"})
+    assert result.returncode == 2
+    assert (
+        "--max-images-per-request / ALEXNET_MAX_IMAGES_PER_REQUEST (8) must not exceed "
+        "--queue-capacity / ALEXNET_QUEUE_CAPACITY (4)"
+    ) in result.stderr
+    assert "max_images_per_request" not in result.stderr and "queue_capacity" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--api-key", "s3cret"], ["--api-key=s3cret"], ["--api-key"]])
+def test_the_api_key_as_a_flag_is_refused_naming_its_variable_without_echoing_it(args):
+    result = run_service(*args)
+    assert result.returncode == 2
+    assert "--api-key is not accepted" in result.stderr and "set ALEXNET_API_KEY in the environment" in result.stderr
+    assert "s3cret" not in result.stderr
+
+
+def test_an_unknown_variable_is_warned_about_once_with_the_closest_setting():
+    # An invalid rule across settings stops the service right after the warnings: nothing starts.
+    result = run_service(
+        "--queue-capacity",
+        "4",
+        "--max-images-per-request",
+        "8",
+        env={"ALEXNET_MAX_BATCH": "64", "ALEXNET_FROBNICATE": "s3cret", "ALEXNET_MODEL_DIR": "models"},
+    )
+    assert result.returncode == 2
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: ALEXNET_FROBNICATE is not a setting and is ignored",
+        "warning: ALEXNET_MAX_BATCH is not a setting and is ignored; "
+        "did you mean --max-batch-size / ALEXNET_MAX_BATCH_SIZE?",
+    ], result.stderr
+    assert "s3cret" not in result.stderr
+
+
+def test_variables_read_elsewhere_and_in_any_case_are_not_unknown():
+    assert unknown_variables({"ALEXNET_MODEL_DIR": "/models", "alexnet_port": "1", "PATH": "/bin"}) == []
+    assert unknown_variables({"ALEXNET_API_KEYS": "x", "ALEXNET_MODELDIR": "x"}) == [
+        "warning: ALEXNET_API_KEYS is not a setting and is ignored; did you mean ALEXNET_API_KEY?",
+        "warning: ALEXNET_MODELDIR is not a setting and is ignored; did you mean ALEXNET_MODEL_DIR?",
+    ]
+
+
+def test_every_alexnet_variable_the_repository_names_is_known():
+    """A variable read by a script or set by a manifest, and not a setting, belongs in OTHER_VARIABLES."""
+    named = set()
+    for folder in ("service", "export", "model", "loadtest", "scripts", "deploy", "docs"):
+        for path in (REPO / folder).rglob("*"):
+            if path.is_file() and path.suffix in {".py", ".sh", ".md", ".yaml", ".yml", ".toml"}:
+                named |= set(re.findall(r"\bALEXNET_[A-Z0-9_]*[A-Z0-9]", path.read_text(errors="replace")))
+    for path in [*REPO.glob("Dockerfile*"), REPO / "Makefile", REPO / "README.md"]:
+        named |= set(re.findall(r"\bALEXNET_[A-Z0-9_]*[A-Z0-9]", path.read_text()))
+    named.discard("ALEXNET_MAX_BATCH")  # the README's example of a typo that gets the warning
+    assert "ALEXNET_MODEL_DIR" in named and "ALEXNET_PORT" in named
+    assert unknown_variables(dict.fromkeys(named, "")) == []
 
 
 def test_a_setting_of_two_types_fails_in_one_line():
