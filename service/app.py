@@ -37,7 +37,7 @@ PAGE_PREFIXES = ("/static/",)
 def _open_paths(settings: Settings) -> frozenset[str]:
     return (
         PAGE_PATHS
-        | (HEALTH_PATHS if settings.open_health else frozenset())
+        | (HEALTH_PATHS | v2.model_ready_paths(settings) if settings.open_health else frozenset())
         | (frozenset({"/metrics"}) if settings.open_metrics else frozenset())
     )
 

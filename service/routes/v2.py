@@ -23,6 +23,7 @@ from service.errors import ServiceError, TooManyImages, error_response
 from service.pipeline import Pipeline
 from service.responses import PROTOCOL_ERRORS
 from service.routes.hangup import by_deadline, infer_while_connected, prepare_while_connected
+from service.settings import Settings
 from service.state import ServiceState, State
 
 log = logging.getLogger("service")
@@ -116,6 +117,13 @@ async def model_ready(state: State, model_name: str) -> dict:
 async def model_version_ready(state: State, model_name: str, model_version: str) -> dict:
     """Model version ready: 200 when it can serve, 503 otherwise."""
     return await _model_ready(state, model_name, model_version)
+
+
+def model_ready_paths(settings: Settings) -> frozenset[str]:
+    """The served model's readiness probes, exactly (the routes above with its name and version): health
+    checks like /v2/health/ready, open with it under --open-health. Other versions and names stay closed."""
+    model = f"/v2/models/{settings.model_name}"
+    return frozenset({f"{model}/ready", f"{model}/versions/{settings.model_version}/ready"})
 
 
 async def _model_ready(state: ServiceState, model_name: str, model_version: str | None) -> dict:

@@ -16,6 +16,7 @@ from tests.integration.test_service import classify, metric
 
 pytestmark = pytest.mark.integration
 IMAGE = make_image(120, 90, seed=3)
+MODEL_READY = ("/v2/models/alexnet/ready", "/v2/models/alexnet/versions/1/ready")
 
 
 def test_a_backend_fault_fails_its_batch_only_is_counted_and_later_requests_succeed(gated_server):
@@ -137,8 +138,20 @@ def test_api_key_guards_everything_but_health_and_metrics(onnx_model, inprocess_
     )
     assert good.status_code == 200
     assert httpx.get(server.url + "/v1/models").status_code == 401
-    for path in ("/healthz", "/readyz", "/metrics"):
-        assert httpx.get(server.url + path).status_code == 200
+    for path in ("/healthz", "/readyz", "/metrics", "/v2/health/ready", *MODEL_READY):
+        assert httpx.get(server.url + path).status_code == 200, path
+    # Only the served model's readiness is a health check: its metadata, inference and other versions are not.
+    for path in ("/v2/models/alexnet", "/v2/models/alexnet/versions/2/ready", "/v2/models/other/ready"):
+        assert httpx.get(server.url + path).status_code == 401, path
+    assert httpx.post(server.url + "/v2/models/alexnet/infer", json={"inputs": []}).status_code == 401
+
+
+def test_health_can_be_closed_too_model_readiness_included(onnx_model, inprocess_server, monkeypatch):
+    monkeypatch.setenv("ALEXNET_API_KEY", "k3y")
+    server = inprocess_server(settings(onnx_model, open_health=False, warmup=False))
+    for path in ("/readyz", "/v2/health/ready", *MODEL_READY):
+        assert httpx.get(server.url + path).status_code == 401, path
+        assert httpx.get(server.url + path, headers={"Authorization": "Bearer k3y"}).status_code == 200, path
 
 
 def test_metrics_can_be_closed_too(onnx_model, inprocess_server, monkeypatch):
