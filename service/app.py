@@ -92,6 +92,10 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
         description="AlexNet image classification with dynamic batching.",
+        # FastAPI's /docs and /redoc load Swagger UI and ReDoc from a CDN: blank pages on the air-gapped
+        # hosts this serves, and no installed package ships the files. The schema stays at /openapi.json.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = state
     app.include_router(ops.router)

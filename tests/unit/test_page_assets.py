@@ -67,3 +67,15 @@ def test_unknown_or_outside_files_are_404(client, path):
     r = client.get(path)
     assert r.status_code == 404
     assert "import" not in r.text  # no source file leaks, however the path is spelled
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/docs/oauth2-redirect"])
+def test_no_documentation_page_loads_from_a_cdn(client, path):
+    """FastAPI's /docs and /redoc load their scripts from a CDN, blank on an air-gapped host: they are off."""
+    r = client.get(path)
+    assert r.status_code == 404 or not EXTERNAL.findall(r.text), f"{path} refers outside: {EXTERNAL.findall(r.text)}"
+
+
+def test_the_openapi_schema_is_still_served(client):
+    r = client.get("/openapi.json")
+    assert r.status_code == 200 and "/classify" in r.json()["paths"]
