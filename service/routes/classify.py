@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import time
+from typing import Annotated
 
 from fastapi import APIRouter, Request
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 from starlette.datastructures import UploadFile
 
 from service.errors import BadParameter, NoImages, TooManyImages, UnsupportedMediaType
@@ -15,6 +19,19 @@ from service.state import ServiceState, State
 router = APIRouter(tags=["classification"])
 
 RAW_TYPES = ("image/", "application/octet-stream")
+DECIMAL = re.compile(r"[+-]?[0-9]+")
+
+
+def _decimal_text(value: object) -> object:
+    """Query text must be a plain decimal integer: pydantic's own parsing takes '1.0', ' 1' and '1_0' as 1
+    or 10, and a client that sends them has made a mistake worth a 422 (README: a non-integer top_k)."""
+    if isinstance(value, str) and not DECIMAL.fullmatch(value):
+        raise PydanticCustomError("int_parsing", "Input should be a valid integer")
+    return value
+
+
+# The OpenAPI document still says integer: the check runs before pydantic's.
+QueryInt = Annotated[int, BeforeValidator(_decimal_text)]
 
 
 async def read_images(request: Request, state: ServiceState) -> list[tuple[str | None, bytes]]:
@@ -63,7 +80,7 @@ CLASSIFY_BODY = {
 
 
 @router.post("/classify", openapi_extra=CLASSIFY_BODY, response_model=ClassifyResponse, responses=ERRORS)
-async def classify(request: Request, state: State, top_k: int = 5) -> dict:
+async def classify(request: Request, state: State, top_k: QueryInt = 5) -> dict:
     """Top-k ImageNet labels with probabilities for each image sent."""
     started = time.monotonic()
     settings = state.settings

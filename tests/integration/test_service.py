@@ -204,6 +204,22 @@ def test_a_top_k_that_is_not_a_number_is_told_in_the_words_of_the_range_check(li
     assert words[0]["error"].startswith("top_k must be between 1 and ")
 
 
+@pytest.mark.parametrize("text", ["1.0", "1e0", " 1", "1 ", "1_0", "0x1", "１", ""])
+def test_a_top_k_that_is_not_integer_text_is_refused_not_rounded(limited_server, text):
+    # pydantic alone would read '1.0', ' 1' and '1 ' as 1 and '1_0' as 10.
+    image = {"file": ("a.jpg", make_image(64, 64), "image/jpeg")}
+    r = httpx.post(limited_server.url + "/classify", files=image, params={"top_k": text}, timeout=60)
+    assert r.status_code == 422, r.text
+    assert r.json() == {"error": f"top_k must be an integer, got {text!r}", "kind": "bad_parameter"}
+
+
+def test_a_top_k_with_a_sign_or_leading_zero_is_an_integer(limited_server):
+    image = {"file": ("a.jpg", make_image(64, 64), "image/jpeg")}
+    for text in ("+3", "03"):
+        r = httpx.post(limited_server.url + "/classify", files=image, params={"top_k": text}, timeout=60)
+        assert r.status_code == 200 and len(r.json()["results"][0]["predictions"]) == 3, (text, r.text)
+
+
 def test_a_body_streamed_without_length_is_cut_at_the_limit(limited_server):
     def chunks():
         for _ in range(40):

@@ -182,6 +182,13 @@ MALFORMED = {
         None,
         "classification",
     ),
+    "classification not an integer": (  # /v2's top_k: 1.0 is refused as /classify?top_k=1.0 is
+        json.dumps(
+            {"inputs": [fp32_input([1.0], [1])], "outputs": [{"name": "logits", "parameters": {"classification": 1.0}}]}
+        ).encode(),
+        None,
+        "classification' must be a non-negative integer",
+    ),
 }
 
 
