@@ -18,6 +18,7 @@ import hashlib
 import logging
 import pickle
 import re
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -29,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from model.alexnet import arch_spec, build
+from model.alexnet import ARCHS, arch_spec, build
 from model.atomic_write import atomic_output
 from model.hashing import file_sha256
 from model.labels import imagenet_labels
@@ -228,9 +229,7 @@ def import_torchvision_weights(path: str | Path, arch: str = "torchvision") -> L
     Where the file name carries a hash prefix, as torchvision's published files do, it is checked.
     """
     path = Path(path)
-    match = _HASH_IN_NAME.search(path.name)
-    if match and not file_sha256(path).startswith(match.group(1)):
-        raise CheckpointError(f"{path}: SHA-256 does not start with {match.group(1)} as its name says")
+    _check_hash_in_name(path)
     state_dict = _torch_load(path)
     if isinstance(state_dict, dict) and "model" in state_dict and isinstance(state_dict["model"], dict):
         state_dict = state_dict["model"]  # torchvision references' training checkpoint
@@ -243,6 +242,27 @@ def import_torchvision_weights(path: str | Path, arch: str = "torchvision") -> L
     sha = state_dict_sha256(model.state_dict())
     source = TORCHVISION_WEIGHTS_SOURCE if path.name == Path(TORCHVISION_WEIGHTS_URL).name else f"imported:{path.name}"
     return LoadedModel(model.eval(), arch, labels, sha, {"source": source, "file": str(path)})
+
+
+def _check_hash_in_name(path: Path) -> None:
+    """Refuse a file whose name carries a SHA-256 prefix (``alexnet-owt-7be5be79.pth``) it does not have."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    match = _HASH_IN_NAME.search(path.name)
+    if match and not (actual := file_sha256(path)).startswith(match.group(1)):
+        raise CheckpointError(_hash_mismatch(path, match.group(1), actual))
+
+
+def _hash_mismatch(path: Path, expected_prefix: str, actual: str) -> str:
+    """What is wrong with a file whose SHA-256 is not the one its name carries, and what to do."""
+    what = f"{path}: SHA-256 mismatch: its name says {expected_prefix}..., the file hashes to {actual}"
+    if path.name == Path(TORCHVISION_WEIGHTS_URL).name:
+        return (
+            f"{what}; it is truncated or damaged (an interrupted download?). Delete it and run "
+            f"python -m model.weights --download again, or download {TORCHVISION_WEIGHTS_URL} on another "
+            f"host and copy it to {path}"
+        )
+    return f"{what}; it is truncated, damaged or not the file of that name: delete it and bring the right file"
 
 
 def untrained_model(arch: str = "torchvision", seed: int = DEFAULT_SEED) -> LoadedModel:
@@ -276,6 +296,9 @@ def load_model(path: str | Path | None, arch: str = "torchvision", seed: int = D
         return load_checkpoint(payload_path)
     except CheckpointError as exc:
         if "not an alexnet-serve checkpoint" not in str(exc):
+            # A truncated download of torchvision's file reads as a corrupted checkpoint; its hash
+            # says which file it was meant to be and where the right one comes from.
+            _check_hash_in_name(payload_path)
             raise
     return import_torchvision_weights(payload_path, arch)
 
@@ -283,12 +306,22 @@ def load_model(path: str | Path | None, arch: str = "torchvision", seed: int = D
 def download_torchvision_weights(dest_dir: str | Path, url: str = TORCHVISION_WEIGHTS_URL) -> Path:
     """Download torchvision's published AlexNet weights into ``dest_dir`` and verify their hash.
 
-    Offline hosts get a CheckpointError that says how to bring the file in by hand.
+    A file already there is kept when its hash matches the one in its name and downloaded again
+    when it does not (a truncated or damaged earlier download). Offline hosts get a
+    CheckpointError that says how to bring the file in by hand.
     """
     dest = Path(dest_dir) / Path(url).name
+    match = _HASH_IN_NAME.search(dest.name)
+    expected = match.group(1) if match else None
+    damaged = ""
     if dest.is_file():
-        return dest
-    expected = _HASH_IN_NAME.search(dest.name)
+        if expected is None:
+            return dest
+        actual = file_sha256(dest)
+        if actual.startswith(expected):
+            return dest
+        damaged = f"{dest} is there but damaged (SHA-256 {actual}, its name says {expected}...)"
+        print(f"{damaged}; downloading it again", file=sys.stderr)
     try:
         with atomic_output(dest) as tmp:
             with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as out:
@@ -299,15 +332,29 @@ def download_torchvision_weights(dest_dir: str | Path, url: str = TORCHVISION_WE
                     done += len(chunk)
                     if total:
                         print(
-                            f"\rdownloading {dest.name}: {done / 2**20:.0f}/{total / 2**20:.0f} MiB", end="", flush=True
+                            f"\rdownloading {dest.name}: {done / 2**20:.0f}/{total / 2**20:.0f} MiB",
+                            end="",
+                            file=sys.stderr,
+                            flush=True,
                         )
-            print()
-            if expected and not file_sha256(tmp).startswith(expected.group(1)):
-                raise CheckpointError(f"downloaded {url} but its SHA-256 does not start with {expected.group(1)}")
+                if total:
+                    print(file=sys.stderr)
+            if expected and not (actual := file_sha256(tmp)).startswith(expected):
+                raise CheckpointError(
+                    f"downloaded {url} but its SHA-256 is {actual}, not {expected}... as its name says (a "
+                    f"damaged transfer, or a proxy that sent another file); {dest} was not written. Run the "
+                    f"command again, or download the file on another host and copy it to {dest}"
+                )
     except (urllib.error.URLError, OSError) as exc:
+        remedy = (
+            f"delete it, then copy the file from {url} there by hand"
+            if damaged
+            else f"On an offline host, copy the file from {url} to {dest} by hand"
+        )
         raise CheckpointError(
-            f"cannot download {url} ({exc}). On an offline host, copy the file to {dest} by hand "
-            "and pass it with --checkpoint."
+            f"cannot download {url} ({exc}). {damaged + ': ' if damaged else ''}{remedy} and run "
+            f"python -m model.weights --download again (a file already there is checked, not downloaded), "
+            "or convert any copy with python -m model.weights --import-file PATH."
         ) from exc
     return dest
 
@@ -323,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--download", action="store_true", help="download torchvision's published weights")
     parser.add_argument("--import-file", type=Path, help="a torchvision-layout state-dict file to convert")
-    parser.add_argument("--arch", default="torchvision", help="architecture of the imported weights")
+    parser.add_argument(
+        "--arch", default="torchvision", choices=sorted(ARCHS), help="architecture of the imported weights"
+    )
     parser.add_argument("--out", type=Path, default=Path("artifacts/alexnet.pt"), help="checkpoint to write")
     args = parser.parse_args(argv)
     if args.download == bool(args.import_file):
@@ -331,10 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         source = download_torchvision_weights(args.out.parent) if args.download else args.import_file
         loaded = import_torchvision_weights(source, args.arch)
-    except CheckpointError as exc:
-        print(f"error: {exc}")
+        save_checkpoint(args.out, loaded.model, loaded.arch, loaded.labels, loaded.provenance)
+    except (CheckpointError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    save_checkpoint(args.out, loaded.model, loaded.arch, loaded.labels, loaded.provenance)
     print(
         f"wrote {args.out} ({loaded.arch}, weights {loaded.weights_description}, sha256 {loaded.weights_sha256[:12]})"
     )

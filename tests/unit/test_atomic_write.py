@@ -76,8 +76,9 @@ def test_a_download_is_kept_only_when_its_hash_matches(tmp_path, strict_umask):
     bad = source / "alexnet-owt-00000000.pth"
     bad.write_bytes(data)
     dest = tmp_path / "models"
-    with pytest.raises(CheckpointError, match="SHA-256 does not start with 00000000"):
+    with pytest.raises(CheckpointError, match=r"SHA-256 is [0-9a-f]{64}, not 00000000\.\.\.") as err:
         download_torchvision_weights(dest, bad.as_uri())
+    assert hashlib.sha256(data).hexdigest() in str(err.value)
     assert os.listdir(dest) == []  # neither the file nor a partial one
     got = download_torchvision_weights(dest, good.as_uri())
     assert got.read_bytes() == data and mode(got) == 0o644 and os.listdir(dest) == [good.name]
@@ -89,3 +90,26 @@ def test_torch_save_to_the_temporary_path_round_trips(tmp_path):
     with atomic_output(tmp_path / "t.pt") as tmp:
         torch.save({"x": torch.ones(2)}, tmp)
     assert torch.equal(torch.load(tmp_path / "t.pt", weights_only=True)["x"], torch.ones(2))
+
+
+def test_a_damaged_file_at_the_download_name_is_downloaded_again(tmp_path, capsys):
+    source = tmp_path / "served"
+    source.mkdir()
+    data = b"weights"
+    good = source / f"alexnet-owt-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+    good.write_bytes(data)
+    dest = tmp_path / "models"
+    dest.mkdir()
+    (dest / good.name).write_bytes(b"weig")  # an interrupted earlier download
+    got = download_torchvision_weights(dest, good.as_uri())
+    assert got.read_bytes() == data and os.listdir(dest) == [good.name]
+    assert "damaged" in capsys.readouterr().err
+
+    # Offline: the damaged file is named with both hashes and what to do, not reused.
+    (dest / good.name).write_bytes(b"weig")
+    good.unlink()
+    with pytest.raises(CheckpointError, match="cannot download") as err:
+        download_torchvision_weights(dest, good.as_uri())
+    message = str(err.value)
+    assert str(dest / good.name) in message and hashlib.sha256(b"weig").hexdigest() in message
+    assert f"{good.name[12:20]}..." in message and "delete it" in message

@@ -12,6 +12,7 @@ import torch
 
 from model.alexnet import build
 from model.weights import (
+    TORCHVISION_WEIGHTS_URL,
     UNTRAINED,
     CheckpointError,
     file_sha256,
@@ -23,6 +24,7 @@ from model.weights import (
     state_dict_sha256,
     untrained_model,
 )
+from model.weights import main as weights_main
 
 CLASSES = 10
 LABELS = [f"class_{i}" for i in range(CLASSES)]
@@ -154,8 +156,30 @@ def test_torchvision_state_dict_with_hash_in_name_loads(trained, tmp_path):
         "alexnet-owt-00000000.pth" if not file_sha256(named).startswith("00000000") else "alexnet-owt-11111111.pth"
     )
     named.rename(wrong)
-    with pytest.raises(CheckpointError, match="SHA-256 does not start with"):
+    with pytest.raises(CheckpointError, match="SHA-256 mismatch") as err:
         import_torchvision_weights(wrong)
+    # which file, the hash its name promises, the hash it has, and what to do
+    expected = wrong.name.split("-")[-1].removesuffix(".pth")
+    assert str(wrong) in str(err.value) and f"{expected}..." in str(err.value)
+    assert file_sha256(wrong) in str(err.value) and "delete it" in str(err.value)
+
+
+def test_a_damaged_published_file_says_how_to_get_it_again(tmp_path):
+    damaged = tmp_path / Path(TORCHVISION_WEIGHTS_URL).name  # e.g. an interrupted download
+    damaged.write_bytes(b"\x80\x02 truncated")
+    with pytest.raises(CheckpointError, match="SHA-256 mismatch") as err:
+        load_model(damaged)  # as the service's entrypoint loads an alexnet-owt-*.pth it finds
+    message = str(err.value)
+    assert str(damaged) in message and file_sha256(damaged) in message
+    assert "python -m model.weights --download" in message and TORCHVISION_WEIGHTS_URL in message
+
+
+def test_the_cli_reports_errors_on_stderr_with_exit_2(tmp_path, capsys):
+    missing = tmp_path / "alexnet-owt-12345678.pth"
+    assert weights_main(["--import-file", str(missing), "--out", str(tmp_path / "alexnet.pt")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: ") and "no such checkpoint file" in err
+    assert not (tmp_path / "alexnet.pt").exists()
 
 
 def test_untrained_model_says_so():
