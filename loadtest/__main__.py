@@ -18,6 +18,9 @@ on /healthz of a trivial server (python -m loadtest.client_ceiling), 2-core AMD 
 
 Writes report.json, steps.csv, latency_vs_throughput.png and latency_cdf.png into --out.
 
+With ``ALEXNET_API_KEY`` set (as for the service), every request carries ``Authorization: Bearer <key>``;
+the key is read from the environment only, never from a flag (a flag shows in ``ps``).
+
 Exit status: 0 when every step ran within the limits (a sweep ended by --max-p99-ms included); 1 when a
 step had more errors than --max-error-rate (which also stops the sweep), or no ok answer at all; 2 for
 invalid arguments; 130 on Ctrl-C.
@@ -32,11 +35,13 @@ import os
 import platform
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import aiohttp
 
 from loadtest import plots, report
+from loadtest.auth import API_KEY_ENV, api_key_from_env, auth_headers
 from loadtest.corpus import build_corpus, parse_spec
 from loadtest.multiproc import resolve_procs, run_sweep
 from loadtest.payloads import KINDS, Payload, build_payload
@@ -72,6 +77,22 @@ def _at_least(cast, low: float, strict: bool = False):
     return parse
 
 
+def _base_url(text: str) -> str:
+    """An http(s) base URL with a host, e.g. http://127.0.0.1:8000 (no trailing slash)."""
+    url = text.strip()
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        hint = f" (with its scheme: http://{url})" if "://" not in url else ""
+        raise argparse.ArgumentTypeError(f"expected a base URL such as http://127.0.0.1:8000, got {text!r}{hint}")
+    if parts.query or parts.fragment:
+        raise argparse.ArgumentTypeError(f"expected a base URL without ?query or #fragment, got {text!r}")
+    return url.rstrip("/")
+
+
 def _image_spec(text: str) -> str:
     try:
         parse_spec(text)
@@ -86,7 +107,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
+    p.add_argument(
+        "--url",
+        type=_base_url,
+        default="http://127.0.0.1:8000",
+        help=f"server base URL, with http:// or https://; an API key comes from ${API_KEY_ENV}, not a flag",
+    )
     p.add_argument("--kind", choices=KINDS, default="multipart", help="request kind (see loadtest/payloads.py)")
     p.add_argument("--images-per-request", type=_at_least(int, 1), default=1, help="images in each request")
     p.add_argument(
@@ -208,9 +234,9 @@ def host_description() -> dict:
     }
 
 
-async def server_info(url: str) -> dict | None:
+async def server_info(url: str, api_key: str | None = None) -> dict | None:
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), headers=auth_headers(api_key)) as s:
             async with s.get(url.rstrip("/") + "/v1/models") as r:
                 return await r.json() if r.status == 200 else None
     except (TimeoutError, aiohttp.ClientError, ValueError):
@@ -225,14 +251,15 @@ def write_outputs(
     files = [out / "report.json", out / "steps.csv"]
     report.write_json(meta, results, files[0])
     report.write_csv(rows, files[1])
-    if plots_too and results:
+    answered = [r for r in results if r.ok]  # a step without one ok answer has no latency to plot
+    if plots_too and answered:
         files += [out / "latency_vs_throughput.png", out / "latency_cdf.png"]
-        plots.latency_vs_throughput(results, files[2], title)
-        plots.latency_cdf(results, files[3], title)
+        plots.latency_vs_throughput(answered, files[2], title)
+        plots.latency_cdf(answered, files[3], title)
     return files
 
 
-async def run(args) -> int:
+async def run(args, api_key: str | None = None) -> int:
     payloads = build_payloads(
         args.kind, args.images, args.images_per_request, args.generated_per_size, args.model, args.top_k, args.seed
     )
@@ -247,7 +274,8 @@ async def run(args) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "args": vars(args),
         "host": host_description(),
-        "server": await server_info(args.url),
+        "server": await server_info(args.url, api_key),
+        "api_key_sent": api_key is not None,  # never the key itself
     }
     bar = None if args.quiet else ProgressBar(len(configs))
     print(
@@ -261,9 +289,9 @@ async def run(args) -> int:
             bar.done()
             bar.next_step()
         r = report.row(result)
+        p50, p99 = (f"{r[k]} ms" if r[k] is not None else "-" for k in ("p50_ms", "p99_ms"))
         print(
-            f"  {r['step']}: {r['requests']} req, {r['errors']} err, {r['req_per_s']} req/s, "
-            f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms"
+            f"  {r['step']}: {r['requests']} req, {r['errors']} err, {r['req_per_s']} req/s, p50 {p50}, p99 {p99}"
             + (f"; {r['procs']} processes: {r['split']}" if r["procs"] > 1 else ""),
             file=sys.stderr,
         )
@@ -282,6 +310,7 @@ async def run(args) -> int:
         max_p99_ms=args.max_p99_ms,
         progress=bar,
         on_step=on_step,
+        api_key=api_key,
     )
     files = write_outputs(out, meta, results, not args.no_plots, f"{args.kind} -> {args.url}")
     print(report.table([report.row(r) for r in results]))
@@ -290,28 +319,62 @@ async def run(args) -> int:
         + ("; cli% is summed over the load processes" if args.procs > 1 else "")
         + "\nwrote: "
         + ", ".join(str(f) for f in files)
+        + ("" if args.no_plots or any(r.ok for r in results) else " (no plots: no request was answered ok)")
     )
     failed = failures(results, args.max_error_rate)
     for line in failed:
         print(f"loadtest: failed: {line}", file=sys.stderr)
+    for line in hints(results, api_key is not None):
+        print(f"loadtest: {line}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def error_summary(result: StepResult) -> str:
+    """A step's errors, most frequent first, each counted with what was seen: "20 x 401 Unauthorized:
+    missing or wrong API key ...", "3 x connection: ClientConnectorError: Cannot connect to host ..."."""
+    parts = []
+    for outcome, n in sorted(result.errors.items(), key=lambda item: (-item[1], item[0])):
+        example = result.error_examples.get(outcome)
+        if example is None:
+            seen = outcome
+        elif outcome.isdigit():  # an HTTP status: the example starts with it
+            seen = example
+        else:
+            seen = f"{outcome}: {example}"
+        parts.append(f"{n} x {seen}")
+    return "; ".join(parts)
 
 
 def failures(results: list[StepResult], max_error_rate: float) -> list[str]:
     """Why the run failed, one line per failed step: no request counted, none ok, or more errors than
-    ``max_error_rate`` (the limit that stops the sweep). Empty when the run passed."""
+    ``max_error_rate`` (the limit that stops the sweep), with what the errors were. Empty when the run
+    passed."""
     out = []
     for r in results:
-        errors = ", ".join(f"{k}:{v}" for k, v in sorted(r.errors.items()))
         if r.counted == 0:
             out.append(f"{r.config.label}: no request was answered in the measured window")
         elif r.ok == 0:
-            out.append(f"{r.config.label}: all {r.counted} requests failed ({errors})")
+            out.append(f"{r.config.label}: all {r.counted} requests failed: {error_summary(r)}")
         elif r.error_rate > max_error_rate or r.stopped_by_errors:
             out.append(
-                f"{r.config.label}: error rate {r.error_rate:.1%} > --max-error-rate {max_error_rate:g} ({errors})"
+                f"{r.config.label}: error rate {r.error_rate:.1%} > --max-error-rate {max_error_rate:g}: "
+                f"{error_summary(r)}"
             )
     return out
+
+
+def hints(results: list[StepResult], api_key_sent: bool) -> list[str]:
+    """What to do about errors whose cause is on this side: an API key missing or refused (401)."""
+    if not any("401" in r.errors for r in results):
+        return []
+    everything = all(r.counted and r.errors.get("401") == r.counted for r in results)
+    which = "every request was" if everything else "requests were"
+    if api_key_sent:
+        return [f"{which} refused with 401: the server did not accept the key in ${API_KEY_ENV}; check it"]
+    return [
+        f"{which} refused with 401: the server wants an API key; set ${API_KEY_ENV} to it "
+        "(sent as 'Authorization: Bearer <key>')"
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,7 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.kind == "raw" and args.images_per_request != 1:
         parser.error("--kind raw carries one image per request; use --kind multipart for several")
     try:
-        return asyncio.run(run(args))
+        api_key = api_key_from_env()
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        return asyncio.run(run(args, api_key))
     except KeyboardInterrupt:
         return 130
 

@@ -24,12 +24,12 @@ writes bench.json, bench.md and each sweep's report/CSV/plots under --out.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import time
 from pathlib import Path
 
+from loadtest import report
 from loadtest.__main__ import build_payloads, host_description
 from loadtest.bench_http import Target, http_sweeps, load_in_process
 from loadtest.bench_summary import summarize, unmeasured_backends
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {result['device_name']} ({result['host']['platform']}); images {args.images}, "
         f"kind {args.kind}, {args.duration_s:g} s per step"
     )
-    (out / "bench.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    (out / "bench.json").write_text(report.dumps(result))  # strict JSON: a NaN (no ok answer) is null
     (out / "bench.md").write_text(header + "\n\n" + "\n".join(md) + "\n\n" + "\n".join(lines) + "\n")
     print(header)
     print("\n".join(lines))

@@ -12,15 +12,30 @@ import statistics
 TARGETS = {"vs_pipeline": 0.85, "vs_naive": 1.6, "c1_p50_over_pipeline": 1.10}
 
 
+def _measured(step: dict) -> bool:
+    """A step with latencies: some request was answered ok (a step where all failed has null ones)."""
+    return bool(step["requests"]) and step.get("p50_ms") is not None
+
+
+def _ms(value: float | None, spec: str = ".1f") -> str:
+    """A number of the table, or "-" where the report has null (no ok answer, nothing to measure)."""
+    return "-" if value is None else format(value, spec)
+
+
+def _why_unmeasured(entry: dict) -> str:
+    steps = entry.get("steps") or []
+    return "no request was answered ok" if any(s["requests"] for s in steps) else "no step finished"
+
+
 def _best(steps: list[dict], lo: int = 16, hi: int = 32) -> dict | None:
-    """The step with the most img/s among concurrency lo..hi (any step when none is in range)."""
-    ok = [s for s in steps if s["requests"]]
+    """The measured step with the most img/s among concurrency lo..hi (any step when none is in range)."""
+    ok = [s for s in steps if _measured(s)]
     in_range = [s for s in ok if lo <= (s["concurrency"] or 0) <= hi] or ok
     return max(in_range, key=lambda s: s["img_per_s"], default=None)
 
 
 def _at(steps: list[dict], c: int) -> dict | None:
-    return next((s for s in steps if s["concurrency"] == c and s["requests"]), None)
+    return next((s for s in steps if s["concurrency"] == c and _measured(s)), None)
 
 
 def _medians(steps: list[dict]) -> dict[int, tuple[float, float]]:
@@ -28,7 +43,7 @@ def _medians(steps: list[dict]) -> dict[int, tuple[float, float]]:
     repeats each level in rounds: on a noisy host the medians compare better than any one step)."""
     by_c: dict[int, list[dict]] = {}
     for s in steps:
-        if s["requests"]:
+        if _measured(s):
             by_c.setdefault(s["concurrency"], []).append(s)
     return {
         c: (statistics.median(s["img_per_s"] for s in group), statistics.median(s["p50_ms"] for s in group))
@@ -43,9 +58,9 @@ def open_loop_lines(what: str, entry: dict, md: list[str]) -> list[str]:
         return []
     where = f"open loop at {o['rate']:g} req/s (Poisson)"
     md.append(
-        f"| {what}, {where} | {o['img_per_s']:.1f} | {o['p50_ms']:.1f} | {o['p99_ms']:.1f} | {o['errors']} errors |"
+        f"| {what}, {where} | {o['img_per_s']:.1f} | {_ms(o['p50_ms'])} | {_ms(o['p99_ms'])} | {o['errors']} errors |"
     )
-    return [f"  {what}, {where}: p50 {o['p50_ms']:.1f} ms, p99 {o['p99_ms']:.1f} ms, {o['errors']} errors"]
+    return [f"  {what}, {where}: p50 {_ms(o['p50_ms'])} ms, p99 {_ms(o['p99_ms'])} ms, {o['errors']} errors"]
 
 
 def layout_lines(layouts: dict[str, dict], md: list[str], service: dict | None = None) -> list[str]:
@@ -65,8 +80,8 @@ def layout_lines(layouts: dict[str, dict], md: list[str], service: dict | None =
     for label, entry in compared.items():
         for s in entry["steps"] if label in measured else ():
             md.append(
-                f"| (e) layout {label}, c={s['concurrency']} | {s['img_per_s']:.1f} | {s['p50_ms']:.1f} | "
-                f"{s['p99_ms']:.1f} | mean batch {s['server_batch_size_mean'] or 0:.1f}, {s['errors']} errors |"
+                f"| (e) layout {label}, c={s['concurrency']} | {s['img_per_s']:.1f} | {_ms(s['p50_ms'])} | "
+                f"{_ms(s['p99_ms'])} | mean batch {s['server_batch_size_mean'] or 0:.1f}, {s['errors']} errors |"
             )
         if label in measured:
             lines += open_loop_lines(f"(e) layout {label}", entry, md)
@@ -106,12 +121,12 @@ def backend_lines(name: str, b: dict, result: dict, md: list[str]) -> list[str]:
         )
     service = b.get("service", {})
     if not _best(service.get("steps", [])):
-        lines.append(f"{name}: service not measured ({service.get('skipped', 'no step finished')})")
+        lines.append(f"{name}: service not measured ({service.get('skipped', _why_unmeasured(service))})")
         return lines
     for s in service["steps"]:
         md.append(
-            f"| (c) service {name}, c={s['concurrency']} | {s['img_per_s']:.1f} | {s['p50_ms']:.1f} | "
-            f"{s['p99_ms']:.1f} | mean batch {s['server_batch_size_mean'] or 0:.1f}, {s['errors']} errors |"
+            f"| (c) service {name}, c={s['concurrency']} | {s['img_per_s']:.1f} | {_ms(s['p50_ms'])} | "
+            f"{_ms(s['p99_ms'])} | mean batch {s['server_batch_size_mean'] or 0:.1f}, {s['errors']} errors |"
         )
     best = _best(service["steps"])
     c1 = _at(service["steps"], 1)
@@ -125,7 +140,7 @@ def backend_lines(name: str, b: dict, result: dict, md: list[str]) -> list[str]:
     lines.append(
         f"  bounds: decode <= {cores * 1000 / b['preprocess_ms']:.0f} img/s ({cores} cores x 1 image per "
         f"{b['preprocess_ms']:.1f} ms), engine <= {engine_peak['img_per_s']:.0f} img/s, "
-        f"client <= {(result.get('client_ceiling') or {}).get('req_per_s', float('nan')):.0f} req/s"
+        f"client <= {_ms((result.get('client_ceiling') or {}).get('req_per_s'), '.0f')} req/s"
     )
     ratio = best["img_per_s"] / engine_peak["img_per_s"]
     lines.append(
@@ -192,12 +207,12 @@ def other_server_lines(label: str, result: dict, md: list[str]) -> list[str]:
     entry = result.get("naive", {}) if label == "naive" else result["peers"][label]
     if not _best(entry.get("steps", [])):
         if label != "naive" or entry:
-            md.append(f"| {label} | - | - | - | {entry.get('skipped', 'no step finished')[:100]} |")
+            md.append(f"| {label} | - | - | - | {entry.get('skipped', _why_unmeasured(entry))[:100]} |")
         return lines
     tag = "(d) naive" if label == "naive" else f"peer {label}"
     for s in entry["steps"]:
         md.append(
-            f"| {tag}, c={s['concurrency']} | {s['img_per_s']:.1f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | "
+            f"| {tag}, c={s['concurrency']} | {s['img_per_s']:.1f} | {_ms(s['p50_ms'])} | {_ms(s['p99_ms'])} | "
             f"{s['errors']} errors |"
         )
     pbest = _best(entry["steps"])
@@ -234,7 +249,7 @@ def summarize(result: dict) -> tuple[list[str], list[str]]:
     if ceiling:
         md.append(
             f"| client ceiling, GET /healthz c={ceiling['concurrency']} | {ceiling['req_per_s']:.0f} req/s | "
-            f"{ceiling['p50_ms']:.1f} | - | the load generator's own limit |"
+            f"{_ms(ceiling['p50_ms'])} | - | the load generator's own limit |"
         )
     return lines, md
 

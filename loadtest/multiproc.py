@@ -35,6 +35,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from loadtest import prom
+from loadtest.auth import api_key_from_env
 from loadtest.histogram import LatencyHistogram
 from loadtest.payloads import Payload, build_payload
 from loadtest.runner import LoadClient, ProgressFn, measure, sweep, sweep_steps, warm_up
@@ -74,11 +75,20 @@ def _perf_at(wall_time: float) -> float:
 
 
 def _process_main(
-    conn: Connection, url: str, kind: str, validate: bool, timeout_s: float, payloads: list[Payload]
+    conn: Connection,
+    url: str,
+    kind: str,
+    validate: bool,
+    timeout_s: float,
+    payloads: list[Payload],
+    api_key: str | None = None,
 ) -> None:
-    """Entry point of a spawned load process: run steps as the parent says until it says close or goes away."""
+    """Entry point of a spawned load process: run steps as the parent says until it says close or goes away.
+
+    Its arguments come over the spawn pipe, not its command line, so ``api_key`` does not show in ``ps``.
+    """
     try:
-        asyncio.run(_serve(conn, url, kind, validate, timeout_s, payloads))
+        asyncio.run(_serve(conn, url, kind, validate, timeout_s, payloads, api_key))
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the parent reports it
         pass
     finally:
@@ -86,7 +96,13 @@ def _process_main(
 
 
 async def _serve(
-    conn: Connection, url: str, kind: str, validate: bool, timeout_s: float, payloads: list[Payload]
+    conn: Connection,
+    url: str,
+    kind: str,
+    validate: bool,
+    timeout_s: float,
+    payloads: list[Payload],
+    api_key: str | None,
 ) -> None:
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue[tuple] = asyncio.Queue()
@@ -113,7 +129,7 @@ async def _serve(
 
     loop.add_reader(conn.fileno(), readable)
     try:
-        async with LoadClient(url, kind, validate, timeout_s) as client:
+        async with LoadClient(url, kind, validate, timeout_s, api_key) as client:
             conn.send(("ready",))
             while True:
                 message = await inbox.get()
@@ -157,15 +173,18 @@ class LoadProcesses:
         procs: int,
         validate: bool = True,
         timeout_s: float = 30.0,
+        api_key: str | None = None,
     ) -> None:
         if procs < 1:
             raise ValueError(f"procs must be >= 1, got {procs}")
         self.url, self.kind, self.payloads, self.procs = url, kind, payloads, procs
         self.validate, self.timeout_s = validate, timeout_s
+        # Resolved here and handed to each process: they need not share this one's environment.
+        self.api_key = api_key if api_key is not None else api_key_from_env()
         self._conns: list[Connection] = []
         self._processes: list[BaseProcess] = []
         self._inbox: asyncio.Queue[tuple[int, tuple]] = asyncio.Queue()
-        self._scraper = LoadClient(url, kind, validate, timeout_s)  # /metrics only
+        self._scraper = LoadClient(url, kind, validate, timeout_s, self.api_key)  # /metrics only
 
     async def __aenter__(self) -> LoadProcesses:
         # spawn, not fork: the parent may run an event loop and threads (bench: ONNX Runtime) that a fork
@@ -177,7 +196,7 @@ class LoadProcesses:
                 parent_end, child_end = ctx.Pipe()
                 process = ctx.Process(
                     target=_process_main,
-                    args=(child_end, self.url, self.kind, self.validate, self.timeout_s, self.payloads),
+                    args=(child_end, self.url, self.kind, self.validate, self.timeout_s, self.payloads, self.api_key),
                     name=f"loadtest-{i}",
                     daemon=True,
                 )
@@ -297,13 +316,15 @@ async def run_sweep(
     max_p99_ms: float | None = None,
     progress: ProgressFn | None = None,
     on_step: Callable[[StepResult], None] | None = None,
+    api_key: str | None = None,
 ) -> list[StepResult]:
-    """``runner.sweep`` over ``procs`` load processes (an int, or "auto"); 1 runs in this process."""
+    """``runner.sweep`` over ``procs`` load processes (an int, or "auto"); 1 runs in this process.
+    ``api_key``: sent as ``Authorization: Bearer`` by every process; None = ``ALEXNET_API_KEY``'s."""
     n = resolve_procs(procs)
     if n == 1:
-        async with LoadClient(url, kind, validate, timeout_s) as client:
+        async with LoadClient(url, kind, validate, timeout_s, api_key) as client:
             return await sweep(client, payloads, configs, max_error_rate, max_p99_ms, progress, on_step)
-    async with LoadProcesses(url, kind, payloads, n, validate, timeout_s) as pool:
+    async with LoadProcesses(url, kind, payloads, n, validate, timeout_s, api_key) as pool:
         return await sweep_steps(pool.run_step, configs, max_error_rate, max_p99_ms, progress, on_step)
 
 

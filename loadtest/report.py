@@ -79,6 +79,7 @@ def step_json(result: StepResult) -> dict:
         "processes": result.parts,
         "errors_by_status": result.errors,
         "errors_by_kind": result.error_kinds,
+        "error_examples": result.error_examples,  # per outcome, what one of them was
         "server": result.server,
     }
 
@@ -133,5 +134,23 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
+def json_safe(value):
+    """``value`` with every NaN or infinite float as None: JSON has no NaN (``json.dumps`` would write a
+    bare ``NaN`` that strict readers refuse), and a step without an ok answer has no latency."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def dumps(doc) -> str:
+    """Strict JSON (``allow_nan=False``: a NaN left anywhere is an error here, not in a reader)."""
+    return json.dumps(json_safe(doc), indent=1, default=str, allow_nan=False) + "\n"
+
+
 def write_json(meta: dict, results: list[StepResult], path: Path) -> None:
-    path.write_text(json.dumps({**meta, "steps": [step_json(r) for r in results]}, indent=1, default=str) + "\n")
+    """report.json: ``meta`` and every step; latencies of a step without an ok answer are null."""
+    path.write_text(dumps({**meta, "steps": [step_json(r) for r in results]}))

@@ -25,10 +25,12 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 import aiohttp
 
 from loadtest import prom
+from loadtest.auth import api_key_from_env, auth_headers
 from loadtest.histogram import LatencyHistogram
 from loadtest.payloads import BadResponse, Payload, check_response
 from loadtest.step import Share, StepConfig, StepResult, error_rate_stop
@@ -46,50 +48,86 @@ def arrival_offsets(rate: float, duration_s: float, arrival: str, seed: int = 0)
     return out
 
 
-class LoadClient:
-    """One aiohttp session against a server; ``send`` returns (outcome, images, server error kind)."""
+class Answer(NamedTuple):
+    """What one request came to: ``outcome`` "ok", the HTTP status ("503") or "timeout", "connection",
+    "bad_response"; the images answered; the server's error ``kind``; and, for a failure, what was seen
+    (the server's error message or the exception), for the report."""
 
-    def __init__(self, url: str, kind: str, validate: bool = True, timeout_s: float = 30.0) -> None:
+    outcome: str
+    images: int
+    kind: str | None = None
+    detail: str | None = None
+
+
+DETAIL_CHARS = 300  # of a server's error message or an exception, kept as the example of its outcome
+
+
+def _error_detail(status: int, reason: str | None, body: bytes) -> tuple[str | None, str]:
+    """(the server's error kind, "401 Unauthorized: its message") of a non-200 answer."""
+    kind, message = None, ""
+    if body[:1] == b"{":
+        try:
+            doc = json.loads(body)
+            kind, message = doc.get("kind"), str(doc.get("error") or doc.get("detail") or "")
+        except (ValueError, AttributeError):
+            pass
+    if not message:
+        message = body[:DETAIL_CHARS].decode("utf-8", "replace").strip().splitlines()[0] if body.strip() else ""
+    head = f"{status} {reason or ''}".rstrip()
+    return kind, (f"{head}: {message}" if message else head)[:DETAIL_CHARS]
+
+
+class LoadClient:
+    """One aiohttp session against a server; ``send`` returns an ``Answer``.
+
+    Every request carries ``Authorization: Bearer <api_key>``; ``api_key`` None means the one in
+    ``ALEXNET_API_KEY`` (loadtest/auth.py), none when it is unset.
+    """
+
+    def __init__(
+        self, url: str, kind: str, validate: bool = True, timeout_s: float = 30.0, api_key: str | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self.kind = kind
         self.validate = validate
+        self.timeout_s = timeout_s
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.headers = auth_headers(api_key if api_key is not None else api_key_from_env())
         self.session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> LoadClient:
         # limit=0: one keep-alive connection per concurrent request; the client never queues internally.
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, use_dns_cache=True)
         self.session = aiohttp.ClientSession(
-            connector=connector, timeout=self.timeout, auto_decompress=False, skip_auto_headers=("User-Agent",)
+            connector=connector,
+            timeout=self.timeout,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+            headers=self.headers,  # on every request: the load, and the /metrics scrapes
         )
         return self
 
     async def __aexit__(self, *exc) -> None:
         await self.session.close()
 
-    async def send(self, payload: Payload) -> tuple[str, int, str | None]:
+    async def send(self, payload: Payload) -> Answer:
         try:
             async with self.session.request(
                 payload.method, self.url + payload.path, data=payload.body or None, headers=payload.headers
             ) as response:
                 body = await response.read()
                 if response.status != 200:
-                    kind = None
-                    if body[:1] == b"{":
-                        try:
-                            kind = json.loads(body).get("kind")
-                        except ValueError:
-                            pass
-                    return str(response.status), 0, kind
+                    kind, detail = _error_detail(response.status, response.reason, body)
+                    return Answer(str(response.status), 0, kind, detail)
                 if self.validate:
                     check_response(self.kind, body, response.headers, payload.images)
-                return "ok", payload.images, None
-        except BadResponse:
-            return "bad_response", 0, None
+                return Answer("ok", payload.images)
+        except BadResponse as exc:
+            return Answer("bad_response", 0, None, str(exc)[:DETAIL_CHARS])
         except TimeoutError:
-            return "timeout", 0, None
-        except aiohttp.ClientError:
-            return "connection", 0, None
+            return Answer("timeout", 0, None, f"no answer within {self.timeout_s:g} s (--timeout-s)")
+        except aiohttp.ClientError as exc:
+            return Answer("connection", 0, None, f"{type(exc).__name__}: {exc}"[:DETAIL_CHARS])
 
     async def scrape(self) -> prom.Snapshot | None:
         """The server's /metrics, or None when it has none (a peer framework, the naive baseline)."""
@@ -107,23 +145,27 @@ class _Tally:
         self.r = result
         self.errors: Counter = Counter()
         self.kinds: Counter = Counter()
+        self.examples: dict[str, str] = {}
 
-    def add(self, outcome: str, images: int, kind: str | None, latency_s: float) -> None:
+    def add(self, answer: Answer, latency_s: float) -> None:
         r = self.r
         r.counted += 1
-        if outcome == "ok":
+        if answer.outcome == "ok":
             r.latency.record(latency_s)
             r.ok += 1
-            r.images_ok += images
+            r.images_ok += answer.images
         else:
             r.error_latency.record(latency_s)
-            self.errors[outcome] += 1
-            if kind:
-                self.kinds[kind] += 1
+            self.errors[answer.outcome] += 1
+            if answer.kind:
+                self.kinds[answer.kind] += 1
+            if answer.detail and answer.outcome not in self.examples:
+                self.examples[answer.outcome] = answer.detail
 
     def finish(self) -> None:
         self.r.errors = dict(self.errors)
         self.r.error_kinds = dict(self.kinds)
+        self.r.error_examples = dict(self.examples)
 
     def too_many_errors(self, limit: float) -> bool:
         return limit < 1.0 and self.r.counted >= 20 and self.r.error_rate > limit
@@ -225,13 +267,13 @@ async def _closed(
             payload = payloads[i % len(payloads)]
             i += config.concurrency
             sent = time.perf_counter()
-            outcome, images, kind = await client.send(payload)
+            answer = await client.send(payload)
             done = time.perf_counter()
             if done > end:
                 result.abandoned += 1
                 stop.set()
                 return
-            tally.add(outcome, images, kind, done - sent)
+            tally.add(answer, done - sent)
             if tally.too_many_errors(config.max_error_rate):
                 result.stopped = error_rate_stop(result.error_rate, config.max_error_rate)
                 stop.set()
@@ -274,12 +316,12 @@ async def _open(
     async def one(payload: Payload, scheduled: float) -> None:
         nonlocal last_done
         try:
-            outcome, images, kind = await client.send(payload)
+            answer = await client.send(payload)
         finally:
             slots.release()
         done = time.perf_counter()
         last_done = max(last_done, done)
-        tally.add(outcome, images, kind, done - scheduled)  # from the schedule, not from the actual send
+        tally.add(answer, done - scheduled)  # from the schedule, not from the actual send
 
     ticker = asyncio.create_task(_ticker(result, start, duration_s, progress))
     for i, offset in enumerate(offsets):

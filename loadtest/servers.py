@@ -19,6 +19,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from loadtest.auth import api_key_from_env, auth_headers
+
 REPO = Path(__file__).resolve().parents[1]
 # Runs first in the server's process: the service's own follow_parent (PR_SET_PDEATHSIG, kept across
 # execve), imported from this checkout whichever checkout the server runs from, then the server itself.
@@ -112,6 +114,11 @@ def start(
             start_new_session=True,
         )
     server = Started(name, f"http://127.0.0.1:{port}", process, log_path)
+    # The server inherits ALEXNET_API_KEY: its readiness path may need the key (--open-health false).
+    try:
+        headers = auth_headers(api_key_from_env())
+    except ValueError:  # blank: the service refuses it too and exits, which the loop below reports
+        headers = {}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -120,7 +127,7 @@ def start(
                 + log_path.read_text(errors="replace")[-3000:]
             )
         try:
-            with urllib.request.urlopen(server.url + ready, timeout=2) as r:
+            with urllib.request.urlopen(urllib.request.Request(server.url + ready, headers=headers), timeout=2) as r:
                 if r.status == 200:
                     return server
         except (urllib.error.URLError, OSError):

@@ -7,7 +7,7 @@ Every ``--sample-s`` it records the server's RSS (its process and children, from
 latencies since the last sample. After the warm-up it reports RSS growth, latency drift (first vs
 last interval), errors by status, and lost requests (sent but never answered: a connection reset or
 a truncated response). Exit status 1 when RSS grew more than ``--max-rss-growth`` or any request
-was lost. Loopback only.
+was lost. Loopback only. With ``ALEXNET_API_KEY`` set, every request carries it as a bearer token.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from loadtest import servers
+from loadtest.auth import api_key_from_env, auth_headers
 
 
 def rss_bytes(pid: int) -> int:
@@ -79,9 +80,10 @@ class Report:
 class Load:
     """``concurrency`` threads, each with its own keep-alive connection, sending until stopped."""
 
-    def __init__(self, url: str, body: bytes, concurrency: int) -> None:
+    def __init__(self, url: str, body: bytes, concurrency: int, api_key: str | None = None) -> None:
         self.url = url
         self.body = body
+        self.headers = auth_headers(api_key if api_key is not None else api_key_from_env())
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.latencies_ms: list[float] = []
@@ -91,7 +93,7 @@ class Load:
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(concurrency)]
 
     def _run(self) -> None:
-        with httpx.Client(timeout=60) as client:
+        with httpx.Client(timeout=60, headers=self.headers) as client:
             while not self.stop.is_set():
                 start = time.perf_counter()
                 with self.lock:
@@ -185,7 +187,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    try:
+        api_key_from_env()  # with ALEXNET_API_KEY set, every request carries it
+    except ValueError as exc:
+        parser.error(str(exc))
     server = None
     if args.url:
         if not args.url.startswith(("http://127.0.0.1", "http://localhost")):

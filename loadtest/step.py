@@ -85,6 +85,8 @@ class StepResult:
     images_ok: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # "503", "timeout", "connection", "bad_response"
     error_kinds: dict[str, int] = field(default_factory=dict)  # the server's JSON "kind" of each error
+    # One example of what each error outcome was: the status and the server's message, or the exception
+    error_examples: dict[str, str] = field(default_factory=dict)
     elapsed_s: float = 0.0  # the measured window
     abandoned: int = 0
     schedule_lag: LatencyHistogram | None = None  # open loop: actual send time - scheduled time

@@ -57,6 +57,7 @@ def pack(result: StepResult) -> dict:
         "images_ok": result.images_ok,
         "errors": result.errors,
         "error_kinds": result.error_kinds,
+        "error_examples": result.error_examples,
         "elapsed_s": result.elapsed_s,
         "abandoned": result.abandoned,
         "scheduled": result.scheduled,
@@ -80,6 +81,7 @@ def unpack(config: StepConfig, data: dict) -> StepResult:
         images_ok=data["images_ok"],
         errors=data["errors"],
         error_kinds=data["error_kinds"],
+        error_examples=data["error_examples"],
         elapsed_s=data["elapsed_s"],
         abandoned=data["abandoned"],
         schedule_lag=LatencyHistogram.decode(lag) if lag is not None else None,
@@ -107,6 +109,9 @@ def merge(config: StepConfig, parts: list[StepResult], split_text: str = "") -> 
     out.scheduled = sum(p.scheduled for p in parts)
     out.errors = dict(sum((Counter(p.errors) for p in parts), Counter()))
     out.error_kinds = dict(sum((Counter(p.error_kinds) for p in parts), Counter()))
+    for p in parts:  # the first process's example of each outcome
+        for outcome, example in p.error_examples.items():
+            out.error_examples.setdefault(outcome, example)
     # All parts open their window at the same moment, so the step's window is the longest part's.
     out.elapsed_s = max((p.elapsed_s for p in parts), default=0.0)
     out.client_cpu_s = sum(p.client_cpu_s for p in parts)

@@ -160,7 +160,7 @@ def markdown(report: dict) -> str:
                 f"{r.get('errors', 0)} errors, mean batch {_fmt(r.get('batch_mean'), '.1f')}" if "errors" in r else ""
             )
             md.append(
-                f"| {r['backend']} | {r['what']} | {r['img_per_s']:.0f} | {r['ms']:.2f} | "
+                f"| {r['backend']} | {r['what']} | {r['img_per_s']:.0f} | {_fmt(r['ms'], '.2f')} | "
                 f"{_fmt(r.get('p99_ms'), '.2f')} | {note} |"
             )
         md.append("")
@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in report["service"]:
         if "skipped" not in r and r["what"].startswith(("(c)", "(e)")):
             print(
-                f"  {r['backend']} {r['what']}: {r['img_per_s']:.0f} img/s, p50 {r['ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms"
+                f"  {r['backend']} {r['what']}: {r['img_per_s']:.0f} img/s, p50 {_fmt(r['ms'], '.2f')} ms, "
+                f"p99 {_fmt(r['p99_ms'], '.2f')} ms"
             )
     bad = [s["name"] for s in report["steps"] if s["state"] not in ("ok", "skipped")]  # skipped: not asked for
     if bad:

@@ -206,3 +206,53 @@ def test_healthz_ceiling_for_the_bench(healthz_server):
     c = asyncio.run(healthz_ceiling(healthz_server, concurrency=3, duration_s=1.0, warmup_s=0.2, procs=2))
     assert c["procs"] == 2 and c["split"] == "2+1 clients" and c["errors"] == 0
     assert c["req_per_s"] > 0 and c["p50_ms"] > 0 and c["client_cpu_pct"] > 0
+
+
+def _keyed(seen: Counter, key: str):
+    """A server that, like service/middleware.py's BearerAuth, answers 401 without 'Bearer <key>'."""
+
+    async def handler(request):
+        ok = request.headers.get("Authorization") == f"Bearer {key}"
+        seen[(request.path, ok)] += 1
+        if not ok:
+            error = "missing or wrong API key: send 'Authorization: Bearer <key>'"
+            return web.json_response({"error": error, "kind": "unauthorized"}, status=401)
+        return web.json_response({"status": "ok"})
+
+    return handler
+
+
+def _keyed_sweep(seen: Counter, api_key: str | None):
+    async def go():
+        runner, url = await _counting_server(_keyed(seen, "k3y"))
+        try:
+            config = StepConfig("closed", concurrency=4, duration_s=None, requests=40, warmup_s=0.2)
+            payloads = [Payload("/healthz", {}, b"", 0, "GET")]
+            return await run_sweep(url, "healthz", payloads, [config], 2, api_key=api_key)
+        finally:
+            await runner.cleanup()
+
+    (r,) = asyncio.run(go())
+    return r
+
+
+@pytest.mark.parametrize("given", ["argument", "environment"])
+def test_every_load_process_and_every_scrape_sends_the_api_key(given, monkeypatch):
+    """Given to run_sweep, the key reaches the spawned processes over their pipe (not the environment,
+    which they would otherwise inherit); from ALEXNET_API_KEY when not given."""
+    if given == "argument":
+        monkeypatch.delenv("ALEXNET_API_KEY", raising=False)
+    else:
+        monkeypatch.setenv("ALEXNET_API_KEY", "k3y")
+    seen: Counter = Counter()
+    r = _keyed_sweep(seen, "k3y" if given == "argument" else None)
+    assert r.procs == 2 and r.counted == r.ok == 40 and not r.errors
+    assert {ok for _, ok in seen} == {True}  # the warm-up, the window and the parent's scrapes
+    assert seen[("/metrics", True)] == 2 and seen[("/healthz", True)] > 40
+
+
+def test_without_the_key_every_request_is_a_401_with_the_servers_words(monkeypatch):
+    monkeypatch.delenv("ALEXNET_API_KEY", raising=False)
+    r = _keyed_sweep(Counter(), None)
+    assert r.ok == 0 and r.errors == {"401": r.counted} and r.error_kinds == {"unauthorized": r.counted}
+    assert r.error_examples == {"401": "401 Unauthorized: missing or wrong API key: send 'Authorization: Bearer <key>'"}

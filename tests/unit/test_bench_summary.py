@@ -120,3 +120,24 @@ def test_a_backend_that_did_not_load_is_a_row_that_says_why():
     lines, md = summarize(res)
     assert "tensorrt: skipped (tensorrt is not installed)" in lines
     assert "| tensorrt | - | - | - | skipped: tensorrt is not installed |" in md
+
+
+def failed_step(c: int) -> dict:
+    """A step whose every request failed, as report.row writes it: no latency, so null (None)."""
+    return {**step(c, 0.0), "img_per_s": 0.0, "p50_ms": None, "p99_ms": None, "errors": 100}
+
+
+def test_steps_where_every_request_failed_are_rows_with_dashes_never_the_best():
+    res = result([failed_step(1), step(16, 80.0), failed_step(32)], {"mosec": [failed_step(16)]})
+    res["naive"] = {"steps": [failed_step(16)]}
+    res["client_ceiling"] = {"concurrency": 32, "req_per_s": 0.0, "p50_ms": None}
+    lines, md = summarize(res)
+    assert "| (c) service onnxruntime, c=1 | 0.0 | - | - | mean batch 1.0, 100 errors |" in md
+    assert any(line.startswith("onnxruntime: service best at c=16: 80.0 img/s") for line in lines)
+    assert not any("c=1 p50" in line for line in lines)  # c=1 has no p50 to compare
+    assert not any("(c)/(d)" in line for line in lines)  # nor has the naive server a best step
+    assert "| mosec | - | - | - | no request was answered ok |" in md
+    assert "| client ceiling, GET /healthz c=32 | 0 req/s | - | - | the load generator's own limit |" in md
+
+    lines, _ = summarize(result([failed_step(1), failed_step(16)], {}))
+    assert "onnxruntime: service not measured (no request was answered ok)" in lines

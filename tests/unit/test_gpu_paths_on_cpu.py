@@ -203,7 +203,10 @@ def test_the_gpu_report_carries_the_engine_and_decode_tools_reports_and_fails_a_
     (work / "gpu-decode.log").write_text("warming\nhost: AMD EPYC, NVIDIA H100\n   32  nvJPEG alone  9000  40.0\n")
     (work / "bench").mkdir()
     open_loop = {"rate": 4000.0, "img_per_s": 3998.5, "p50_ms": 3.1, "p99_ms": 17.25, "errors": 0}
-    bench = {"backends": {"torch": {"engine": [], "pipeline": [], "service": {"steps": [], "open_loop": open_loop}}}}
+    # A step where every request failed has null latencies in bench.json (loadtest/report.py).
+    failed = {"concurrency": 1, "img_per_s": 0.0, "p50_ms": None, "p99_ms": None, "errors": 4}
+    service = {"steps": [failed], "open_loop": open_loop}
+    bench = {"backends": {"torch": {"engine": [], "pipeline": [], "service": service}}}
     (work / "bench" / "bench.json").write_text(json.dumps(bench))
     run = subprocess.run(
         [sys.executable, "scripts/gpu_report.py", "--work", str(work), "--out", str(out), "--budget-s", "480"],
@@ -221,6 +224,8 @@ def test_the_gpu_report_carries_the_engine_and_decode_tools_reports_and_fails_a_
     assert "32  nvJPEG alone  9000  40.0" in md[decode:] and "warming" not in md
     assert "| torch | (c) service over HTTP, open loop at 4000 req/s | 3998 | 3.10 | 17.25 | 0 errors" in md
     assert "torch (c) service over HTTP, open loop at 4000 req/s: 3998 img/s, p50 3.10 ms, p99 17.25 ms" in run.stdout
+    assert "| torch | (c) service over HTTP, c=1 | 0 | - | - | 4 errors" in md
+    assert "torch (c) service over HTTP, c=1: 0 img/s, p50 - ms, p99 - ms" in run.stdout
 
 
 @pytest.mark.parametrize("required", [False, True])

@@ -3,13 +3,16 @@ message line, no traceback) before anything is built or sent; a run whose reques
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import subprocess
 import sys
 
 import pytest
 
-from loadtest.__main__ import failures, main
+from loadtest.__main__ import failures, get_args_parser, hints, main, write_outputs
+from loadtest.auth import api_key_from_env, auth_headers
 from loadtest.histogram import LatencyHistogram
 from loadtest.step import StepConfig, StepResult
 from tests.conftest import REPO
@@ -27,6 +30,15 @@ BAD = [
     (["--duration-s", "0"], "--duration-s: expected a number > 0"),
     (["--requests", "0"], "--requests: expected a number >= 1"),
     (["--kind", "raw", "--images-per-request", "2"], "--kind raw carries one image per request"),
+    (
+        ["--url", "127.0.0.1:8000"],
+        "--url: expected a base URL such as http://127.0.0.1:8000, got '127.0.0.1:8000' "
+        "(with its scheme: http://127.0.0.1:8000)",
+    ),
+    (["--url", "localhost:8000"], "--url: expected a base URL such as http://127.0.0.1:8000, got 'localhost:8000'"),
+    (["--url", "ftp://127.0.0.1:8000"], "--url: expected a base URL such as http://127.0.0.1:8000"),
+    (["--url", "http://127.0.0.1:99999"], "--url: expected a base URL such as http://127.0.0.1:8000"),
+    (["--url", "http://"], "--url: expected a base URL such as http://127.0.0.1:8000"),
 ]
 
 
@@ -38,7 +50,8 @@ def closed_port() -> int:
 
 
 @pytest.mark.parametrize(("argv", "message"), BAD, ids=[" ".join(a) for a, _ in BAD])
-def test_a_bad_value_is_a_usage_error(argv, message, tmp_path, capsys):
+def test_a_bad_value_is_a_usage_error(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("ALEXNET_API_KEY", raising=False)
     url = f"http://127.0.0.1:{closed_port()}"
     with pytest.raises(SystemExit) as exc:
         main(["--url", url, "--out", str(tmp_path / "out"), "--no-plots", *argv])
@@ -47,6 +60,37 @@ def test_a_bad_value_is_a_usage_error(argv, message, tmp_path, capsys):
     assert message in err, err
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists()  # stopped before any step ran
+
+
+def test_a_url_with_its_scheme_is_taken_without_its_trailing_slash():
+    parser = get_args_parser()
+    assert parser.parse_args(["--url", "http://127.0.0.1:8000/"]).url == "http://127.0.0.1:8000"
+    assert parser.parse_args(["--url", "https://example.test/prefix"]).url == "https://example.test/prefix"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("", "ALEXNET_API_KEY is set but empty"),
+        ("  ", "ALEXNET_API_KEY is set but empty"),
+        ("k\nx", "ALEXNET_API_KEY holds control characters"),
+    ],
+    ids=["empty", "blank", "newline"],
+)
+def test_an_unusable_api_key_is_a_usage_error(value, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ALEXNET_API_KEY", value)
+    with pytest.raises(SystemExit) as exc:
+        main(["--url", f"http://127.0.0.1:{closed_port()}", "--out", str(tmp_path / "out"), "--no-plots"])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_api_key_comes_from_the_environment_as_a_bearer_header():
+    assert api_key_from_env({}) is None and auth_headers(None) == {}
+    assert api_key_from_env({"ALEXNET_API_KEY": " s3cret\n"}) == "s3cret"  # a mounted file's newline
+    assert auth_headers("s3cret") == {"Authorization": "Bearer s3cret"}
+    assert "--api-key" not in get_args_parser().format_help()  # a flag's value would show in ps
 
 
 def test_a_usage_error_through_the_command_line_is_one_line():
@@ -74,8 +118,28 @@ def test_a_run_where_every_request_failed_exits_1(tmp_path):
         timeout=60,
     )
     assert proc.returncode == 1, proc.stderr
-    assert "loadtest: failed: c=1: all" in proc.stderr and "connection:" in proc.stderr
-    assert (out / "report.json").is_file()  # the report is still written
+    # What failed, counted, with the exception seen
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("loadtest: failed: c=1:")]
+    assert re.fullmatch(r"loadtest: failed: c=1: all (\d+) requests failed: \1 x connection: .+", line), line
+    assert "Cannot connect to host" in line
+    # The report is still written, as strict JSON: no latency is null, not NaN.
+    doc = json.loads((out / "report.json").read_text(), parse_constant=_refuse)
+    assert doc["steps"][0]["p50_ms"] is None and doc["steps"][0]["latency_ms"]["p50"] is None
+
+
+def test_no_plot_is_drawn_for_a_step_without_an_ok_answer(tmp_path):
+    failed, answered = _result(20, 0), _result(10, 10)
+    for _ in range(10):
+        answered.latency.record(0.02)
+    files = write_outputs(tmp_path / "all-failed", {}, [failed])
+    assert [f.name for f in files] == ["report.json", "steps.csv"]
+    assert sorted(p.name for p in (tmp_path / "all-failed").iterdir()) == ["report.json", "steps.csv"]
+    files = write_outputs(tmp_path / "mixed", {}, [failed, answered])
+    assert {f.name for f in files} >= {"latency_vs_throughput.png", "latency_cdf.png"}
+
+
+def _refuse(constant: str):
+    raise ValueError(f"report.json holds {constant}, which is not JSON")
 
 
 def _result(counted: int, ok: int, stopped: str | None = None) -> StepResult:
@@ -90,10 +154,39 @@ def test_which_runs_fail():
     assert failures([_result(100, 100), _result(100, 97)], max_error_rate=0.05) == []
     assert failures([_result(100, 100, stopped="p99 612.0 ms > 500 ms")], 0.05) == []  # a latency limit: a result
     (why,) = failures([_result(100, 100), _result(100, 90, stopped="error rate 10.0% > 5.0%")], 0.05)
-    assert why == "c=4: error rate 10.0% > --max-error-rate 0.05 (503:10)"
+    assert why == "c=4: error rate 10.0% > --max-error-rate 0.05: 10 x 503"
     # Cut inside the step by a process of a multi-process step, even if the merged rate ends lower.
     assert failures([_result(100, 98, stopped="error rate 60.0% > 50.0% (process 1)")], 0.05)
     assert failures([_result(20, 0, stopped="error rate 100.0% > 50.0%")], 0.5) == [
-        "c=4: all 20 requests failed (503:20)"
+        "c=4: all 20 requests failed: 20 x 503"
     ]
     assert failures([_result(0, 0)], 0.05) == ["c=4: no request was answered in the measured window"]
+
+
+def test_a_failure_says_what_was_seen_most_frequent_first():
+    r = _result(20, 0)
+    r.errors = {"timeout": 2, "401": 15, "connection": 3}
+    r.error_examples = {
+        "401": "401 Unauthorized: missing or wrong API key: send 'Authorization: Bearer <key>'",
+        "connection": "ServerDisconnectedError: Server disconnected",
+        "timeout": "no answer within 30 s (--timeout-s)",
+    }
+    (why,) = failures([r], 0.05)
+    assert why == (
+        "c=4: all 20 requests failed: 15 x 401 Unauthorized: missing or wrong API key: send 'Authorization: "
+        "Bearer <key>'; 3 x connection: ServerDisconnectedError: Server disconnected; "
+        "2 x timeout: no answer within 30 s (--timeout-s)"
+    )
+
+
+def test_401s_say_to_set_the_key_or_that_it_was_refused():
+    every = _result(20, 0)
+    every.errors = {"401": 20}
+    assert hints([every], api_key_sent=False) == [
+        "every request was refused with 401: the server wants an API key; set $ALEXNET_API_KEY to it "
+        "(sent as 'Authorization: Bearer <key>')"
+    ]
+    assert hints([every], api_key_sent=True) == [
+        "every request was refused with 401: the server did not accept the key in $ALEXNET_API_KEY; check it"
+    ]
+    assert hints([_result(100, 97)], api_key_sent=False) == []  # 503s: nothing to do on this side

@@ -157,6 +157,45 @@ def test_report_row_adds_up(tmp_path):
     assert doc["steps"][0]["error_latency_ms"]["max"] == pytest.approx(1.0, rel=1e-2)
 
 
+def _strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, as JavaScript's JSON.parse and jq do."""
+
+    def refuse(constant: str):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_report_where_every_request_failed_is_strict_json_with_nulls(tmp_path):
+    r = StepResult(StepConfig("closed", concurrency=2, duration_s=1.0), LatencyHistogram())
+    for _ in range(20):
+        r.error_latency.record(0.001)
+    r.counted, r.elapsed_s, r.errors = 20, 1.0, {"401": 20}
+    r.error_examples = {"401": "401 Unauthorized: missing or wrong API key"}
+    r.server = {"batches": 0, "batch_size_mean": float("nan")}  # prom.step_summary of an idle server
+    report.write_json({"url": "x", "args": {"out": tmp_path}}, [r], tmp_path / "r.json")
+    (step,) = _strict_json((tmp_path / "r.json").read_text())["steps"]
+    assert step["p50_ms"] is None and step["latency_ms"]["p99"] is None and step["latency_ms"]["mean"] is None
+    assert step["server"]["batch_size_mean"] is None and step["server"]["batches"] == 0
+    assert step["error_examples"] == {"401": "401 Unauthorized: missing or wrong API key"}
+    with pytest.raises(ValueError):  # the writer itself refuses a NaN: none can slip through
+        json.dumps(float("nan"), allow_nan=False)
+    assert (
+        report.dumps({"a": [float("inf"), 1.5, (float("nan"),)]})
+        == '{\n "a": [\n  null,\n  1.5,\n  [\n   null\n  ]\n ]\n}\n'
+    )
+
+
+def test_error_examples_travel_over_the_pipe_and_merge_first_seen():
+    parts = []
+    for example in ("401 Unauthorized: from process 0", "401 Unauthorized: from process 1"):
+        r = StepResult(StepConfig("closed", concurrency=2, duration_s=1.0), LatencyHistogram())
+        r.counted, r.errors, r.error_examples = 5, {"401": 5}, {"401": example}
+        parts.append(step_parts.unpack(r.config, step_parts.pack(r)))
+    merged = step_parts.merge(parts[0].config, parts)
+    assert merged.errors == {"401": 10} and merged.error_examples == {"401": "401 Unauthorized: from process 0"}
+
+
 # -- --procs: several load processes, one merged result ---------------------------------------------------
 
 
