@@ -1,5 +1,6 @@
 """The Python examples in README.md and docs/ are valid Python, formatted as the code is (ruff format,
-the project's settings), so an example cannot drift into a syntax error or another style."""
+the project's settings), so an example cannot drift into a syntax error or another style; and the
+shell recipes do not show an engine build that TensorRT 11 refuses."""
 
 from __future__ import annotations
 
@@ -34,3 +35,29 @@ def test_a_python_example_is_formatted_as_the_code_is(code):
         timeout=60,
     )
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def _commands(page) -> list[str]:
+    """The shell commands of a page's code blocks, continuation lines joined."""
+    text = page.read_text()
+    blocks = re.findall(r"^```(?:bash|sh)?\n(.*?)^```", text, re.S | re.M)
+    return [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+
+
+def test_every_shown_fp16_engine_build_reads_the_fp16_onnx():
+    """TensorRT 11 refuses --precision fp16 from an fp32 ONNX (export/to_trt.py plan_build): a recipe
+    that builds an fp16 engine must build it from to_onnx.py --precision fp16's file (docs/export.md)."""
+    builds = [
+        (page.name, line)
+        for page in PAGES
+        for line in _commands(page)
+        if re.search(r"to_trt(\.py)?\b", line) and "--onnx" in line
+    ]
+    assert builds  # README.md, docs/deploy.md and docs/export.md show engine builds
+    wrong = [
+        (page, line)
+        for page, line in builds
+        if re.search(r"--precision\s+fp16", line) and not re.search(r"--onnx\s+\S+\.fp16\.onnx", line)
+    ]
+    assert not wrong, wrong
+    assert any(page == "deploy.md" and re.search(r"--onnx\s+\S+\.fp16\.onnx", line) for page, line in builds)
