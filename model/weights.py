@@ -303,6 +303,27 @@ def load_model(path: str | Path | None, arch: str = "torchvision", seed: int = D
     return import_torchvision_weights(payload_path, arch)
 
 
+def checkpoint_weights_sha256(path: str | Path, arch: str = "torchvision") -> str:
+    """The ``weights_sha256`` that ``load_model(path, arch)`` reports, as cheaply as the file allows.
+
+    Our checkpoint records it: the file is opened memory-mapped, so its tensors are not read (a
+    damaged tensor is caught by ``load_checkpoint`` when the weights themselves are served). Any
+    other file (torchvision's state dicts, legacy pickles) is loaded and hashed as ``load_model`` does.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip archive (mmap needs one), or unreadable: load_model says what is wrong
+        payload = None
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        recorded = payload.get("weights_sha256")
+        if isinstance(recorded, str):
+            return recorded
+    return load_model(path, arch).weights_sha256
+
+
 def download_torchvision_weights(dest_dir: str | Path, url: str = TORCHVISION_WEIGHTS_URL) -> Path:
     """Download torchvision's published AlexNet weights into ``dest_dir`` and verify their hash.
 

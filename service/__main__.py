@@ -131,6 +131,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if settings.checkpoint is not None and not settings.checkpoint.is_file():
+        # A typo: the torch backend would fail to load it, the ONNX backends would never look at it.
+        print(
+            f"--checkpoint / ALEXNET_CHECKPOINT: {settings.checkpoint} is not a file; pass our checkpoint "
+            "(python -m model.weights --help) or torchvision's alexnet-owt-*.pth, or leave the setting out",
+            file=sys.stderr,
+        )
+        return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[supervisor]: %(message)s"
     )

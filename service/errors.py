@@ -133,6 +133,13 @@ class BackendUnavailable(RuntimeError):
     """A backend cannot run on this host (missing package, no GPU, engine for another GPU)."""
 
 
+class WrongWeights(RuntimeError):
+    """The ONNX file a backend would serve holds other weights than the ``--checkpoint`` given.
+
+    Not a BackendUnavailable: ``auto`` does not move on to the next backend, which would serve those
+    other weights or, PyTorch, the checkpoint on a slower path than asked for without a word."""
+
+
 def kinds(cls: type[ServiceError] = ServiceError) -> dict[str, type[ServiceError]]:
     """Every kind and its class, ``cls`` and below (service.oip adds the protocol's once imported)."""
     found = {cls.kind: cls}

@@ -44,7 +44,9 @@ class Settings(BaseSettings):
     )
     engine: Path = Field(Path("artifacts/alexnet.plan"), description="TensorRT engine (with its .json sidecar)")
     checkpoint: Path | None = Field(
-        None, description="weights for the torch backend; none = the ONNX file's arch, untrained"
+        None,
+        description="weights to serve: the torch backend loads them, TensorRT and ONNX Runtime refuse an ONNX "
+        "that holds other weights; none = the ONNX file's weights (torch: its arch, untrained)",
     )
     arch: str = Field("torchvision", description="architecture for the torch backend without a checkpoint")
     backend: BackendName = Field(

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from export.onnx_metadata import ModelMetadata, fp16_sibling, read_metadata
 from model.alexnet import arch_spec
-from model.weights import load_model
+from model.weights import checkpoint_weights_sha256, load_model
 from service.backends.base import Backend
-from service.errors import BackendUnavailable
+from service.errors import BackendUnavailable, WrongWeights
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,24 @@ def _resolve_device(settings: Settings) -> str:
 
 
 def _onnx_metadata(settings: Settings) -> ModelMetadata:
+    """The metadata of the ONNX file that TensorRT and ONNX Runtime serve (TensorRT's engine is built
+    from it, or from its fp16 sibling holding the same weights); with a ``--checkpoint``, only if that
+    file holds the checkpoint's weights."""
     if not settings.onnx.is_file():
         raise BackendUnavailable(
             f"{settings.onnx}: no ONNX model; build it with `python export/to_onnx.py --out {settings.onnx}`"
         )
-    return read_metadata(settings.onnx)
+    metadata = read_metadata(settings.onnx)
+    if settings.checkpoint is not None:
+        checkpoint_sha = checkpoint_weights_sha256(settings.checkpoint, settings.arch)
+        if checkpoint_sha != metadata.weights_sha256:
+            raise WrongWeights(
+                f"{settings.onnx} holds weights {metadata.weights!r} (sha256 {metadata.weights_sha256[:12]}), not "
+                f"those of --checkpoint {settings.checkpoint} (sha256 {checkpoint_sha[:12]}); export them with "
+                f"`python export/to_onnx.py --checkpoint {settings.checkpoint} --out {settings.onnx}`, "
+                "or serve the checkpoint with --backend torch"
+            )
+    return metadata
 
 
 def _build_tensorrt(settings: Settings, device: str) -> tuple[Backend, ModelMetadata]:

@@ -48,6 +48,54 @@ def test_an_onnx_named_by_hand_that_is_missing_stops_the_server_under_auto(monke
     assert main(["--port", "0"]) == 2
 
 
+def test_a_checkpoint_that_is_not_a_file_stops_the_server_whatever_the_backend(monkeypatch, tmp_path, capsys):
+    """The ONNX backends would never read it: a typo would serve the ONNX file's weights without a word."""
+    from service.__main__ import main
+
+    missing = tmp_path / "typo.pt"
+    for backend in ("auto", "onnxruntime", "torch"):
+        assert main(["--checkpoint", str(missing), "--backend", backend, "--port", "0"]) == 2
+        assert f"--checkpoint / ALEXNET_CHECKPOINT: {missing} is not a file" in capsys.readouterr().err
+    monkeypatch.setenv("ALEXNET_CHECKPOINT", str(tmp_path))  # a directory is not a checkpoint either
+    assert main(["--port", "0"]) == 2
+
+
+def fake_checkpoint(path, weights_sha256: str):
+    """Our checkpoint format as far as its recorded weights hash, which is all the ONNX check reads."""
+    import torch
+
+    from model.weights import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+
+    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "weights_sha256": weights_sha256}, path)
+    return path
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "auto"])
+def test_an_onnx_holding_other_weights_than_the_checkpoint_is_refused(tmp_path, backend):
+    """Not skipped under auto either: PyTorch would serve the checkpoint on a slower path, unasked."""
+    from service.errors import WrongWeights
+    from tests.tiny_onnx import tiny_onnx
+
+    onnx = tiny_onnx(tmp_path / "alexnet.onnx", weights_sha256="c" * 64)
+    checkpoint = fake_checkpoint(tmp_path / "my.pt", "d" * 64)
+    settings = Settings(onnx=onnx, checkpoint=checkpoint, backend=backend, device="cpu")
+    with pytest.raises(WrongWeights) as refused:
+        select_backend(settings)
+    message = str(refused.value)
+    assert f"not those of --checkpoint {checkpoint}" in message
+    assert f"python export/to_onnx.py --checkpoint {checkpoint} --out {onnx}" in message
+    assert "--backend torch" in message
+
+
+def test_an_onnx_holding_the_checkpoints_weights_is_served(tmp_path):
+    from tests.tiny_onnx import tiny_onnx
+
+    onnx = tiny_onnx(tmp_path / "alexnet.onnx", weights_sha256="d" * 64)
+    checkpoint = fake_checkpoint(tmp_path / "my.pt", "d" * 64)
+    selection = select_backend(Settings(onnx=onnx, checkpoint=checkpoint, backend="onnxruntime", device="cpu"))
+    assert selection.backend.name == "onnxruntime" and selection.metadata.weights_sha256 == "d" * 64
+
+
 def test_help_lists_every_setting_with_its_default_and_variable():
     text = get_args_parser().format_help()
     for name in set(Settings.model_fields) - ENV_ONLY:

@@ -15,6 +15,7 @@ from model.weights import (
     TORCHVISION_WEIGHTS_URL,
     UNTRAINED,
     CheckpointError,
+    checkpoint_weights_sha256,
     file_sha256,
     import_torchvision_weights,
     load_checkpoint,
@@ -232,3 +233,21 @@ def test_a_pickled_module_is_refused_without_torchs_advice_to_unpickle_it(tmp_pa
     with pytest.raises(CheckpointError, match=r"objects other than tensors.*state_dict\(\)") as err:
         load_model(path)
     assert "\n" not in str(err.value) and "file an issue" not in str(err.value)
+
+
+@pytest.mark.parametrize("layout", ["ours", "torchvision zip", "torchvision legacy pickle"])
+def test_the_weights_hash_of_a_checkpoint_is_the_one_load_model_reports(trained, tmp_path, layout):
+    """What the service compares with an ONNX file's weights_sha256 before serving that file."""
+    model, path = trained
+    if layout != "ours":
+        path = tmp_path / "state.pth"
+        torch.save(model.state_dict(), path, _use_new_zipfile_serialization=layout == "torchvision zip")
+    assert checkpoint_weights_sha256(path) == load_model(path).weights_sha256 == state_dict_sha256(model.state_dict())
+
+
+def test_the_weights_hash_of_a_missing_or_foreign_file_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        checkpoint_weights_sha256(tmp_path / "typo.pt")
+    (tmp_path / "notes.txt").write_text("not weights")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        checkpoint_weights_sha256(tmp_path / "notes.txt")
