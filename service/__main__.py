@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 from pydantic import ValidationError
 
+from service.process import EXIT_FAILED, EXIT_INVALID_SETTINGS
 from service.settings import ENV_ONLY, ENV_PREFIX, Settings, setting_name
 from service.supervisor import Supervisor
 
@@ -113,6 +114,26 @@ def explain(exc: ValidationError) -> str:
     return "invalid settings (python -m service --help lists them):\n" + "\n".join(lines)
 
 
+def needs_a_gpu(settings: Settings) -> str | None:
+    """Why the settings cannot run on this host, as far as the settings alone need a CUDA GPU; None when
+    they can (or might: the rest is for the engine to find out, and the server exits 3 if it cannot)."""
+    asked = [
+        f"--{name} {value} (ALEXNET_{name.upper()})"
+        for name, value in (("device", "cuda"), ("backend", "tensorrt"), ("decode", "gpu"))
+        if getattr(settings, name) == value
+    ]
+    if not asked:
+        return None
+    if settings.device == "cpu":  # with --backend tensorrt or --decode gpu
+        return f"{asked[0]} needs a CUDA GPU, but --device cpu (ALEXNET_DEVICE) keeps the model on the CPU"
+    from service.backends import cuda_available  # imports torch: only for settings that need a GPU
+
+    if cuda_available():
+        return None
+    needs = "needs" if len(asked) == 1 else "need"
+    return f"{' and '.join(asked)} {needs} a CUDA GPU, but PyTorch sees none on this host; leave it at auto"
+
+
 def main(argv: list[str] | None = None) -> int:
     for warning in unknown_variables(os.environ):
         print(warning, file=sys.stderr)
@@ -120,17 +141,17 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from_args(argv)
     except ValidationError as exc:
         print(explain(exc), file=sys.stderr)
-        return 2
+        return EXIT_INVALID_SETTINGS
     if settings.backend == "auto" and "onnx" in settings.model_fields_set and not settings.onnx.is_file():
         # Named by hand and missing (a typo): auto would start PyTorch with whatever weights it finds,
-        # answering 200 with another model's answers. (A backend named by hand stays up not ready,
-        # saying why, as for any model that fails to load.)
+        # answering 200 with another model's answers. (With a backend named by hand the engine fails
+        # to load the model, saying why, and the server exits 3.)
         print(
             f"--onnx / ALEXNET_ONNX: {settings.onnx} is not a file; build it with "
             f"`python export/to_onnx.py --out {settings.onnx}`, or leave the setting out",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_INVALID_SETTINGS
     if settings.checkpoint is not None and not settings.checkpoint.is_file():
         # A typo: the torch backend would fail to load it, the ONNX backends would never look at it.
         print(
@@ -138,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             "(python -m model.weights --help) or torchvision's alexnet-owt-*.pth, or leave the setting out",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_INVALID_SETTINGS
+    if (why := needs_a_gpu(settings)) is not None:
+        print(why, file=sys.stderr)
+        return EXIT_INVALID_SETTINGS
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[supervisor]: %(message)s"
     )
@@ -151,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         return Supervisor(settings).run()
     except OSError as exc:  # the port is taken, the host does not exist
         print(f"cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ there is one, softmax + top-k) and answers each Submit with exactly one ``Result
 
 SIGTERM: stop taking work (status "shutting down"), finish what is queued and running, answer it,
 exit 0. The supervisor stops the front ends first, so by then the queue is normally empty.
+
+A model that fails to load (a backend that cannot run here, a load or warm-up that raises) is final:
+the engine logs why once and exits ``EXIT_MODEL_NOT_LOADED`` (3), and the supervisor stops the server
+with that status instead of restarting it (as Triton's default ``--exit-on-error``).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from service.engine_link import Connection, listening_socket
 from service.engine_load import load_model
 from service.errors import ServiceError
 from service.metrics import Metrics
-from service.process import follow_parent, reuse_freed_memory, use_uvloop
+from service.process import EXIT_MODEL_NOT_LOADED, follow_parent, reuse_freed_memory, use_uvloop
 from service.settings import Settings
 
 # /metrics is rendered at most once per this many seconds; a scrape waits at most this long for it.
@@ -69,7 +73,8 @@ class EngineServer:
         self.model: wire.ModelInfo | None = None
         self.loaded = False
         self.stopping = False
-        self.startup_error: str | None = None
+        self.startup_error: str | None = None  # why the model failed to load; then serve() ends by itself
+        self._stop: asyncio.Event | None = None
         self._connections: set[Connection] = set()
         self._connection_tasks: set[asyncio.Task] = set()
         self._preloader = ThreadPoolExecutor(1, thread_name_prefix="preload")
@@ -88,10 +93,10 @@ class EngineServer:
     def status(self) -> wire.Status:
         if self.ready:
             reason = ""
+        elif self.startup_error:  # before "shutting down": the engine stops because of it
+            reason = f"the model failed to load: {self.startup_error}"
         elif self.stopping:
             reason = "shutting down"
-        elif self.startup_error:
-            reason = f"the model failed to load: {self.startup_error}"
         elif not self.loaded:
             reason = "loading or warming up"
         else:
@@ -142,11 +147,13 @@ class EngineServer:
                 s.queue_capacity,
                 stall_after_s=s.request_timeout_s,
             )
-        except Exception as exc:  # reported through /readyz; the process stays up so operators see why
+        except Exception as exc:  # final: say why once, then stop (the process exits EXIT_MODEL_NOT_LOADED)
             self.startup_error = f"{type(exc).__name__}: {exc}"
-            log.error("startup failed: %s", self.startup_error)
+            log.error("the model could not be loaded: %s", self.startup_error)
             self._close_backend()  # one that loaded (the batcher refused it) is of no more use
             self._broadcast_status()
+            if self._stop is not None:
+                self._stop.set()
             return
         self.batcher = batcher
         self.batcher.start()
@@ -156,16 +163,19 @@ class EngineServer:
 
     # -- serving ---------------------------------------------------------------------------------
     async def serve(self, stop: asyncio.Event, listener: socket.socket | None = None) -> None:
-        """Listen, load, serve until ``stop`` is set, then drain and close."""
+        """Listen, load, serve until ``stop`` is set (or the model fails to load), then drain and close."""
+        self._stop = stop
         listener = listener or listening_socket(self.address)
         loader = asyncio.create_task(self._start(), name="engine-load")
         acceptor = asyncio.create_task(self._accept(listener), name="engine-accept")
         heartbeat = asyncio.create_task(self._heartbeat(), name="engine-heartbeat")
         try:
             await stop.wait()
-            await self._until_frontends_leave()
+            if self.startup_error is None:  # after a failed load nothing is in flight to wait for
+                await self._until_frontends_leave()
         finally:
-            log.info("stopping: finishing queued and running batches")
+            if self.startup_error is None:
+                log.info("stopping: finishing queued and running batches")
             self.stopping = True
             self._broadcast_status()
             acceptor.cancel()
@@ -432,22 +442,24 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[engine]: %(message)s"
     )
 
-    run_engine(settings, args.socket)
-    return 0
+    return run_engine(settings, args.socket)
 
 
-def run_engine(settings: Settings, address: str) -> None:
-    """Serve on ``address`` until SIGTERM or SIGINT, on uvloop where installed."""
+def run_engine(settings: Settings, address: str) -> int:
+    """Serve on ``address`` until SIGTERM or SIGINT, on uvloop where installed; the exit status:
+    0, or ``EXIT_MODEL_NOT_LOADED`` when the model failed to load."""
+    engine = EngineServer(settings, address)
 
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await EngineServer(settings, address).serve(stop)
+        await engine.serve(stop)
 
     use_uvloop()
     asyncio.run(serve())
+    return 0 if engine.startup_error is None else EXIT_MODEL_NOT_LOADED
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ import contextlib
 import os
 import signal
 
+# Exit statuses of ``python -m service`` (README: "Exit status"); 0 = stopped by SIGTERM or SIGINT.
+EXIT_FAILED = 1  # a process kept dying, or the port could not be bound
+EXIT_INVALID_SETTINGS = 2  # refused before any process started; one line says which setting and why
+EXIT_MODEL_NOT_LOADED = 3  # the engine could not load the model (also the engine's own exit status then)
+
 # glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3

@@ -12,7 +12,10 @@ starts the engine on a fresh abstract Unix socket name, and watches them all:
 - an engine that exits makes every front end answer 503 ``not_ready`` at once (their connection
   closes) and is restarted;
 - a process that keeps dying (``MAX_RESTARTS`` within ``RESTART_WINDOW_S``) stops the server with a
-  non-zero exit code and a log line naming which process and how it died.
+  non-zero exit code and a log line naming which process and how it died;
+- an engine that could not load the model (it exits ``EXIT_MODEL_NOT_LOADED`` after logging why) is
+  not restarted: the model will not load the next time either, and a server up but never ready hides
+  that from whoever started it. The server stops, exit status 3 (as Triton's ``--exit-on-error``).
 SIGTERM or SIGINT: close the port, stop the front ends (each finishes its requests in flight), then
 the engine (it finishes what is queued), exit 0. The children run in process groups of their own, so
 a terminal's Ctrl-C reaches the supervisor only; where they are signalled all at once anyway (systemd's
@@ -35,6 +38,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from service.decode_budget import create_budget_file
+from service.process import EXIT_FAILED, EXIT_MODEL_NOT_LOADED
 from service.settings import Settings
 
 log = logging.getLogger("service.supervisor")
@@ -44,7 +48,11 @@ POLL_S = 0.05
 
 
 class GiveUp(Exception):
-    """A process keeps dying: the server exits non-zero with this message."""
+    """The server stops with ``code`` and this message: a process keeps dying, or the model did not load."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -157,11 +165,17 @@ class Supervisor:
                 for child in (engine, *frontends):
                     exit_code = child.exited()
                     if exit_code is not None and self._stop_signal is None:
+                        if child is engine and exit_code == EXIT_MODEL_NOT_LOADED:
+                            raise GiveUp(
+                                f"the engine could not load the model (the reason is logged above); stopping, exit "
+                                f"status {EXIT_MODEL_NOT_LOADED}",
+                                EXIT_MODEL_NOT_LOADED,
+                            )
                         child.record_death(exit_code)
                         child.start()
         except GiveUp as exc:
             log.critical("%s", exc)
-            code = 1
+            code = exc.code
         else:
             log.info("%s: stopping", signal.Signals(self._stop_signal).name)
         finally:

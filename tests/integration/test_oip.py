@@ -14,6 +14,8 @@ from tritonclient.utils import InferenceServerException
 from service.postprocess import softmax
 from service.preprocess import PreprocessConfig, preprocess
 from tests.conftest import make_image, wait_until
+from tests.fakes import install_gated_backend
+from tests.integration.conftest import settings
 
 pytestmark = pytest.mark.integration
 MODEL = "alexnet"
@@ -243,15 +245,19 @@ def test_malformed_bodies_get_400_with_the_protocol_error_shape(onnx_server, bod
     assert list(r.json()) == ["error"] and r.json()["error"]
 
 
-def test_not_ready_is_503(server_factory, tmp_path):
-    """A server whose model failed to load stays up; v2 says not ready and refuses inference with 503."""
-    server = server_factory("--onnx", str(tmp_path / "missing.onnx"), "--backend", "onnxruntime", wait_ready=False)
-    wait_until(  # the engine process starts (seconds: it imports torch), then fails to load the model
-        lambda: "failed to load" in httpx.get(f"{server.url}/readyz").json()["reason"], 60, "the load to fail"
-    )
-    with triton.InferenceServerClient(server.url.removeprefix("http://")) as client:
-        assert client.is_server_live()
-        assert not client.is_server_ready() and not client.is_model_ready(MODEL)
-        assert status_of(lambda: client.infer(MODEL, [image_input(IMAGES[:1])])) == 503
-    r = httpx.get(f"{server.url}/v2/health/ready")
-    assert r.status_code == 503 and "failed to load" in r.json()["error"] and r.headers["Retry-After"]
+def test_not_ready_is_503(onnx_model, inprocess_server, monkeypatch):
+    """A server still warming up is live; v2 says not ready and refuses inference with 503. (A model
+    that fails to load stops the server: tests/integration/test_processes.py.)"""
+    holder = install_gated_backend(monkeypatch)
+    holder["warmup_gate"].clear()  # held in its warm-up until the end of the test
+    server = inprocess_server(settings(onnx_model), wait_ready=False)
+    wait_until(lambda: "warming up" in httpx.get(f"{server.url}/readyz").json()["reason"], 60, "the engine to warm up")
+    try:
+        with triton.InferenceServerClient(server.url.removeprefix("http://")) as client:
+            assert client.is_server_live()
+            assert not client.is_server_ready() and not client.is_model_ready(MODEL)
+            assert status_of(lambda: client.infer(MODEL, [image_input(IMAGES[:1])])) == 503
+        r = httpx.get(f"{server.url}/v2/health/ready")
+        assert r.status_code == 503 and "warming up" in r.json()["error"] and r.headers["Retry-After"]
+    finally:
+        holder["warmup_gate"].set()

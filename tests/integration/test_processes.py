@@ -7,6 +7,7 @@ import io
 import os
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import make_image, wait_until
+from loadtest.servers import free_port
+from tests.conftest import REPO, make_image, wait_until
 from tests.integration.test_service import classify, metric
 
 pytestmark = pytest.mark.integration
@@ -165,3 +167,39 @@ def test_an_engine_that_keeps_dying_stops_the_server_saying_which(onnx_model, se
         time.sleep(0.05)
     assert server.process.returncode == 1
     assert "engine died 6 times in 60 s" in server.log() and "giving up" in server.log()
+
+
+def test_a_model_that_cannot_load_stops_the_server_with_exit_status_3(tmp_path):
+    """Not up forever and never ready: the engine says why once, the supervisor stops the front ends
+    and exits 3, instead of restarting an engine that would fail the same way."""
+    missing = tmp_path / "missing.onnx"
+    shm_before = set(os.listdir("/dev/shm"))
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(free_port())),
+                *("--onnx", str(missing), "--backend", "onnxruntime", "--http-workers", "2"),
+            ],
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    seen: set[int] = set()
+    deadline = time.monotonic() + 180
+    try:
+        while process.poll() is None:
+            assert time.monotonic() < deadline, "the server is still up with a model that cannot load"
+            seen.update(children(process.pid, "service.frontend") + children(process.pid, "service.engine"))
+            time.sleep(0.05)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    log = log_path.read_text(errors="replace")
+    assert process.returncode == 3, log
+    assert log.count(f"the model could not be loaded: BackendUnavailable: {missing}: no ONNX model") == 1, log
+    assert "the engine could not load the model" in log and "restarting" not in log
+    wait_until(lambda: not [p for p in seen if alive(p)], 30, "the front ends and the engine to exit")
+    assert set(os.listdir("/dev/shm")) <= shm_before

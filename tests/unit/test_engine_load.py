@@ -14,7 +14,7 @@ from export.onnx_metadata import ModelMetadata
 from service.backends import Selection
 from service.engine import EngineServer
 from service.engine_load import load_model
-from service.errors import NotReady
+from service.errors import BackendUnavailable, NotReady
 from service.settings import Settings
 from tests.fakes import EchoBackend, GatedBackend
 
@@ -112,10 +112,36 @@ def test_a_max_batch_size_over_the_backends_is_a_startup_error_not_a_silent_hang
     async def failed(engine: EngineServer) -> None:
         while engine.startup_error is None:
             await asyncio.sleep(0.01)
-        reasons.append(engine.status().reason)  # what /readyz says, before the stop
-        assert backend.closed == 1  # at once: a process that stays up to say why holds no GPU memory
+        reasons.append(engine.status().reason)  # what the front ends hear before the engine exits
+        assert backend.closed == 1  # at once: the engine stops, and takes no GPU memory meanwhile
 
     engine = serve_until(backend, failed, max_batch_size=backend.max_batch_size + 1)
     assert engine.startup_error == "ValueError: max_batch_size 9 exceeds the backend's 8"
     assert reasons == ["the model failed to load: ValueError: max_batch_size 9 exceeds the backend's 8"]
     assert backend.closed == 1
+
+
+@pytest.mark.parametrize("failure", ["backend unavailable", "load raises", "warm-up raises"])
+def test_an_engine_whose_model_fails_to_load_stops_by_itself(backend, monkeypatch, failure):
+    """Nobody sets its stop: serve() returns on its own (the process then exits 3, see
+    test_processes.py), where it used to stay up not ready until SIGTERM."""
+    if failure == "backend unavailable":
+
+        def unavailable(settings):
+            raise BackendUnavailable("TensorRT needs a CUDA GPU")
+
+        monkeypatch.setattr(service.engine_load, "select_backend", unavailable)
+    elif failure == "load raises":
+        monkeypatch.setattr(service.engine_load.PreprocessConfig, "for_model", classmethod(lambda *a: 1 / 0))
+    else:
+        backend.fail_warmup = True
+    engine = EngineServer(Settings(warmup=True), f"alexnet-test-fail-{os.getpid()}-{id(backend)}")
+
+    async def main() -> None:
+        never = asyncio.Event()
+        await asyncio.wait_for(engine.serve(never), 60)  # a bound, not a measurement: it never came back
+
+    asyncio.run(main())
+    assert engine.startup_error is not None and not engine.ready
+    assert engine.status().reason.startswith("the model failed to load: ")
+    assert backend.closed == (0 if failure == "backend unavailable" else 1)

@@ -37,8 +37,8 @@ def test_an_api_key_set_but_empty_is_refused_not_required_nor_ignored(monkeypatc
 
 
 def test_an_onnx_named_by_hand_that_is_missing_stops_the_server_under_auto(monkeypatch, tmp_path, capsys):
-    """auto would serve PyTorch instead; with a backend named by hand the server stays up not ready
-    (tests/integration/test_oip.py::test_not_ready_is_503)."""
+    """auto would serve PyTorch instead; with a backend named by hand the engine fails to load it and
+    the server exits 3 (tests/integration/test_processes.py)."""
     from service.__main__ import main
 
     missing = tmp_path / "typo.onnx"
@@ -58,6 +58,40 @@ def test_a_checkpoint_that_is_not_a_file_stops_the_server_whatever_the_backend(m
         assert f"--checkpoint / ALEXNET_CHECKPOINT: {missing} is not a file" in capsys.readouterr().err
     monkeypatch.setenv("ALEXNET_CHECKPOINT", str(tmp_path))  # a directory is not a checkpoint either
     assert main(["--port", "0"]) == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--device", "cuda"], ["--decode", "gpu"], ["--backend", "tensorrt"], ["--device", "cuda", "--decode", "gpu"]],
+)
+def test_settings_that_need_a_gpu_on_a_host_without_one_stop_at_once(monkeypatch, capsys, args):
+    """Before any process starts: a server up but never ready would hide it until someone looked."""
+    import service.backends
+    from service.__main__ import main
+
+    monkeypatch.setattr(service.backends, "cuda_available", lambda: False)
+    assert main([*args, "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "a CUDA GPU, but PyTorch sees none on this host" in err
+    assert all(f"--{args[i][2:]} {args[i + 1]}" in err for i in range(0, len(args), 2))
+
+
+@pytest.mark.parametrize("args", [["--decode", "gpu"], ["--backend", "tensorrt"]])
+def test_settings_that_need_a_gpu_with_device_cpu_stop_at_once_on_any_host(capsys, args):
+    from service.__main__ import main
+
+    assert main([*args, "--device", "cpu", "--port", "0"]) == 2
+    assert "needs a CUDA GPU, but --device cpu" in capsys.readouterr().err
+
+
+def test_gpu_settings_pass_the_early_check_where_there_is_a_gpu(monkeypatch):
+    import service.backends
+    from service.__main__ import needs_a_gpu
+
+    monkeypatch.setattr(service.backends, "cuda_available", lambda: True)
+    assert needs_a_gpu(Settings(device="cuda", decode="gpu", backend="tensorrt")) is None
+    monkeypatch.setattr(service.backends, "cuda_available", lambda: False)
+    assert needs_a_gpu(Settings()) is None  # auto asks for nothing
 
 
 def fake_checkpoint(path, weights_sha256: str):
