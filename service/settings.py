@@ -53,7 +53,9 @@ class Settings(BaseSettings):
         "auto", description="auto picks tensorrt > onnxruntime > torch by what this host can run"
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where inference runs")
-    precision: Literal["auto", "fp32", "fp16"] = Field("auto", description="auto = fp16 on CUDA, fp32 on CPU")
+    precision: Literal["auto", "fp32", "fp16"] = Field(
+        "auto", description="auto = fp16 on CUDA, fp32 on CPU (where fp16 is refused)"
+    )
     intra_op_threads: int = Field(0, ge=0, description="CPU inference threads (0 = one per core)")
 
     max_batch_size: int = Field(32, ge=1, le=4096, description="largest batch sent to the backend, images")

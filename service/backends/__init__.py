@@ -78,8 +78,14 @@ def _build_tensorrt(settings: Settings, device: str) -> tuple[Backend, ModelMeta
 def onnxruntime_model(settings: Settings, device: str, metadata: ModelMetadata) -> Path:
     """The ONNX file ONNX Runtime serves: on CUDA under precision ``auto`` or ``fp16``, the fp16 export
     beside ``settings.onnx`` (``alexnet.fp16.onnx``, which the entrypoint makes on CUDA hosts) when it
-    holds the same weights; else ``settings.onnx`` itself. An explicit fp16 without that file is refused;
-    an ONNX given in another precision than fp32 (int8, or the fp16 file itself) is served as it is."""
+    holds the same weights; else ``settings.onnx`` itself. An explicit fp16 without that file is refused,
+    and so is an explicit fp16 on the CPU (which would run the fp32 file in fp32); an ONNX given in
+    another precision than fp32 (int8, or the fp16 file itself) is served as it is."""
+    if device != "cuda" and settings.precision == "fp16" and metadata.precision == "fp32":
+        raise BackendUnavailable(
+            f"precision fp16 was asked for, but ONNX Runtime on the CPU would serve {settings.onnx} in fp32; "
+            "use --precision auto or fp32 on the CPU, or serve on a CUDA GPU"
+        )
     if device != "cuda" or settings.precision == "fp32" or metadata.precision != "fp32":
         return settings.onnx
     fp16 = fp16_sibling(settings.onnx)
@@ -112,6 +118,11 @@ def _build_onnxruntime(settings: Settings, device: str) -> tuple[Backend, ModelM
 def _build_torch(settings: Settings, device: str) -> tuple[Backend, ModelMetadata]:
     from service.backends.torch import TorchBackend
 
+    if device != "cuda" and settings.precision == "fp16":
+        raise BackendUnavailable(
+            "precision fp16 was asked for, but PyTorch on the CPU runs in fp32; use --precision auto or fp32 "
+            "on the CPU, or serve on a CUDA GPU"
+        )
     arch = settings.arch
     onnx_meta = read_metadata(settings.onnx) if settings.onnx.is_file() else None
     if settings.checkpoint is None and onnx_meta is not None:

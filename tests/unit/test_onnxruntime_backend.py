@@ -162,8 +162,18 @@ def test_on_cuda_auto_and_fp16_serve_the_fp16_export(models, precision):
     fp32, meta = models
     fp16 = tiny_onnx(fp16_sibling(fp32), "fp16")
     assert onnxruntime_model(Settings(onnx=fp32, precision=precision), "cuda", meta) == fp16
-    assert onnxruntime_model(Settings(onnx=fp32, precision=precision), "cpu", meta) == fp32
     assert onnxruntime_model(Settings(onnx=fp32, precision="fp32"), "cuda", meta) == fp32
+
+
+def test_on_the_cpu_auto_serves_fp32_and_an_explicit_fp16_is_refused_not_served_in_fp32(models):
+    fp32, meta = models
+    tiny_onnx(fp16_sibling(fp32), "fp16")  # beside it, as on a CUDA host: still not for the CPU provider
+    assert onnxruntime_model(Settings(onnx=fp32), "cpu", meta) == fp32
+    assert onnxruntime_model(Settings(onnx=fp32, precision="fp32"), "cpu", meta) == fp32
+    with pytest.raises(BackendUnavailable, match="precision fp16 was asked for, but ONNX Runtime on the CPU"):
+        onnxruntime_model(Settings(onnx=fp32, precision="fp16"), "cpu", meta)
+    fp16 = fp16_sibling(fp32)  # given as --onnx, an fp16 export is served as it is, in fp16
+    assert onnxruntime_model(Settings(onnx=fp16, precision="fp16"), "cpu", read_metadata(fp16)) == fp16
 
 
 def test_without_the_fp16_export_auto_serves_fp32_and_an_explicit_fp16_is_refused(models, caplog):

@@ -182,6 +182,23 @@ def test_asking_for_cuda_without_a_gpu_is_refused(onnx_model):
         select_backend(Settings(onnx=onnx_model, device="cuda"))
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch", "auto"])
+def test_an_explicit_fp16_on_the_cpu_is_refused_not_served_in_fp32(onnx_model, backend):
+    with pytest.raises(BackendUnavailable, match="precision fp16 was asked for") as refused:
+        select_backend(Settings(onnx=onnx_model, backend=backend, device="cpu", precision="fp16"))
+    if backend == "auto":  # every backend said why
+        message = str(refused.value)
+        assert message.startswith("no backend can run on this host")
+        assert "'onnxruntime': 'precision fp16" in message and "'torch': 'precision fp16" in message
+    for precision in ("auto", "fp32"):  # both mean fp32 here, and say so in /v1/models
+        assert (
+            select_backend(
+                Settings(onnx=onnx_model, backend=backend, device="cpu", precision=precision)
+            ).backend.precision
+            == "fp32"
+        )
+
+
 def test_cuda_graph_buckets_cover_every_batch_size():
     assert cuda_graph_buckets(32) == (1, 2, 4, 8, 16, 32)
     assert cuda_graph_buckets(48) == (1, 2, 4, 8, 16, 32, 48)
