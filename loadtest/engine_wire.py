@@ -42,7 +42,7 @@ class InstantBackend(Backend):
         self.max_batch_size, self.batch_sizes, self.max_concurrency = inner.max_batch_size, inner.batch_sizes, 1
         self.num_classes = 1000
 
-    def warmup(self, input_size: int) -> None:
+    def warmup(self, input_size: int, stop=None) -> None:
         pass
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

@@ -10,7 +10,8 @@ there is one, softmax + top-k) and answers each Submit with exactly one ``Result
 ``Status`` (ready or why not, the model's facts) on connect, on every change and every half second.
 
 SIGTERM: stop taking work (status "shutting down"), finish what is queued and running, answer it,
-exit 0. The supervisor stops the front ends first, so by then the queue is normally empty.
+exit 0. The supervisor stops the front ends first, so by then the queue is normally empty. A load
+still running ends at its next step (engine_load checks between steps and warm-up batches).
 
 A model that fails to load (a backend that cannot run here, a load or warm-up that raises) is final:
 the engine logs why once and exits ``EXIT_MODEL_NOT_LOADED`` (3), and the supervisor stops the server
@@ -39,7 +40,7 @@ from service.batch_runner import EngineImage, EngineRunner, ImageOutput
 from service.batcher import Batcher, InferenceResult
 from service.engine_link import Connection, listening_socket
 from service.engine_load import load_model
-from service.errors import ServiceError
+from service.errors import LoadStopped, ServiceError
 from service.metrics import Metrics
 from service.process import EXIT_MODEL_NOT_LOADED, follow_parent, reuse_freed_memory, use_uvloop
 from service.settings import Settings
@@ -75,6 +76,7 @@ class EngineServer:
         self.stopping = False
         self.startup_error: str | None = None  # why the model failed to load; then serve() ends by itself
         self._stop: asyncio.Event | None = None
+        self._load_stop = threading.Event()  # set with the stop: a load in its thread ends at its next step
         self._connections: set[Connection] = set()
         self._connection_tasks: set[asyncio.Task] = set()
         self._preloader = ThreadPoolExecutor(1, thread_name_prefix="preload")
@@ -121,7 +123,7 @@ class EngineServer:
     # -- loading ---------------------------------------------------------------------------------
     def _load(self) -> None:
         """The backend, decode path and warm-up (blocking; in a thread): see engine_load."""
-        loaded = load_model(self.settings)
+        loaded = load_model(self.settings, self._load_stop)
         with self._closing:
             self.selection, self.runner, self.model = loaded.selection, loaded.runner, loaded.model
         if self.stopping:  # stopped while this thread loaded: serve() did not know the backend yet
@@ -147,7 +149,13 @@ class EngineServer:
                 s.queue_capacity,
                 stall_after_s=s.request_timeout_s,
             )
+        except LoadStopped as exc:  # asked to stop: not a failure to load (the process exits 0)
+            log.info("stopped while loading the model (%s)", exc)
+            return
         except Exception as exc:  # final: say why once, then stop (the process exits EXIT_MODEL_NOT_LOADED)
+            if self._load_stop.is_set():  # failed after the stop was asked for: stopping anyway, exit 0
+                log.warning("the model failed to load while stopping: %s: %s", type(exc).__name__, exc)
+                return
             self.startup_error = f"{type(exc).__name__}: {exc}"
             log.error("the model could not be loaded: %s", self.startup_error)
             self._close_backend()  # one that loaded (the batcher refused it) is of no more use
@@ -171,9 +179,11 @@ class EngineServer:
         heartbeat = asyncio.create_task(self._heartbeat(), name="engine-heartbeat")
         try:
             await stop.wait()
+            self._load_stop.set()
             if self.startup_error is None:  # after a failed load nothing is in flight to wait for
                 await self._until_frontends_leave()
         finally:
+            self._load_stop.set()
             if self.startup_error is None:
                 log.info("stopping: finishing queued and running batches")
             self.stopping = True

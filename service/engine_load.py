@@ -4,13 +4,14 @@ and the model's facts that the front ends serve (``wire.ModelInfo``). Blocking: 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
 from service import wire
 from service.backends import Selection, select_backend
 from service.batch_runner import EngineRunner
-from service.errors import NotReady
+from service.errors import LoadStopped, NotReady
 from service.preprocess import PreprocessConfig
 from service.settings import Settings
 
@@ -50,10 +51,21 @@ def choose_decode(settings: Settings, selection: Selection) -> tuple[object | No
     return None, f"auto: on the CPU in the front ends, because {why_not}"
 
 
-def load_model(settings: Settings) -> LoadedModel:
+def load_model(settings: Settings, stop: threading.Event | None = None) -> LoadedModel:
     """Select and build the backend, choose the decode path, warm up (with ``settings.warmup``). On a
-    failure after the backend was built, the backend is closed before the error goes up."""
+    failure after the backend was built, the backend is closed before the error goes up.
+
+    ``stop`` (set when the engine is told to stop) is checked between the steps and between warm-up
+    batches: a stop during a slow load raises LoadStopped at the next one instead of warming up first.
+    """
     s = settings
+    stop = stop or threading.Event()
+
+    def check_stop(before: str) -> None:
+        if stop.is_set():
+            raise LoadStopped(f"told to stop before {before}")
+
+    check_stop("building the backend")
     t0 = time.perf_counter()
     selection = select_backend(s)
     backend, meta = selection.backend, selection.metadata
@@ -70,15 +82,19 @@ def load_model(settings: Settings) -> LoadedModel:
     if meta.untrained:
         log.warning("SERVING AN UNTRAINED MODEL: its labels are meaningless (weights: untrained)")
     try:
+        check_stop("choosing the decode path")
         config = PreprocessConfig.for_model(meta, s.max_image_pixels, s.jpeg_draft)
         decoder, decode_reason = choose_decode(s, selection)
         log.info("JPEG decoding: %s", decode_reason)
         runner = EngineRunner(backend, meta, config, decoder)
         if s.warmup:
+            check_stop("the warm-up")
             t1 = time.perf_counter()
-            backend.warmup(meta.input_size)
+            backend.warmup(meta.input_size, stop)
+            check_stop("the end of the warm-up")
             runner.warm_up()
             log.info("warm-up done in %.2f s", time.perf_counter() - t1)
+        check_stop("saying ready")
         model = wire.ModelInfo(
             arch=meta.arch,
             weights=meta.weights,

@@ -133,6 +133,10 @@ class BackendUnavailable(RuntimeError):
     """A backend cannot run on this host (missing package, no GPU, engine for another GPU)."""
 
 
+class LoadStopped(Exception):
+    """The engine was told to stop while it loaded the model: the load ends at its next step."""
+
+
 class WrongWeights(RuntimeError):
     """The ONNX file a backend would serve holds other weights than the ``--checkpoint`` given.
 

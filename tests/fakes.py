@@ -72,11 +72,11 @@ class GatedBackend(ControlledBackend):
         self.warmup_gate.set()
         self._warming = False
 
-    def warmup(self, input_size: int) -> None:
+    def warmup(self, input_size: int, stop: threading.Event | None = None) -> None:
         _pass(self.warmup_gate, "warm-up")
         self._warming = True
         try:
-            self.inner.warmup(input_size)
+            self.inner.warmup(input_size, stop)
         finally:
             self._warming = False
 

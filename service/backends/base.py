@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -62,9 +63,12 @@ class Backend(ABC):
         """Where work on ``infer_tensor``'s outputs must be queued (the backend's CUDA stream)."""
         return contextlib.nullcontext()
 
-    def warmup(self, input_size: int) -> None:
-        """Run every batch shape the service will use once, so the first requests pay no compile cost."""
+    def warmup(self, input_size: int, stop: threading.Event | None = None) -> None:
+        """Run every batch shape the service will use once, so the first requests pay no compile cost;
+        return early, between two batches, once ``stop`` is set (the engine was told to stop)."""
         for n in self.batch_sizes or powers_of_two_up_to(self.max_batch_size):
+            if stop is not None and stop.is_set():
+                return
             self.infer(np.zeros((n, 3, input_size, input_size), dtype=np.float32))
 
     def describe(self) -> dict:

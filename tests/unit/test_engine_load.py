@@ -29,9 +29,9 @@ class ClosingBackend(GatedBackend):
         self.fail_warmup = False
         self.closed = 0
 
-    def warmup(self, input_size: int) -> None:
+    def warmup(self, input_size: int, stop: threading.Event | None = None) -> None:
         self.warming.set()
-        super().warmup(input_size)  # waits at warmup_gate
+        super().warmup(input_size, stop)  # waits at warmup_gate
         if self.fail_warmup:
             raise RuntimeError("injected warm-up fault")
 
@@ -104,6 +104,48 @@ def test_an_engine_stopped_while_it_warms_up_closes_the_backend_once_the_load_en
 
     engine = serve_until(backend, warming)
     assert backend.closed == 1 and not engine.ready
+    assert backend.inner.calls == []  # the warm-up ran none of its batches once the gate let it go
+    assert engine.startup_error is None  # a stop, not a failure to load: the process exits 0
+
+
+def test_a_stop_while_the_backend_is_built_ends_the_load_before_its_warm_up(backend, monkeypatch):
+    building, built = threading.Event(), threading.Event()
+    meta = ModelMetadata("torchvision", [f"class {i}" for i in range(4)], 32, 36, "test", "c" * 64)
+
+    def slow_select(settings):
+        building.set()
+        assert built.wait(30), "the test never let the backend build end"
+        return Selection(backend, meta, "test")
+
+    monkeypatch.setattr(service.engine_load, "select_backend", slow_select)
+    engine = EngineServer(Settings(warmup=True), f"alexnet-test-stop-{os.getpid()}-{id(backend)}")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        serving = asyncio.create_task(engine.serve(stop))
+        assert await asyncio.to_thread(building.wait, 30)
+        stop.set()  # SIGTERM while the backend is being built
+        await serving
+        built.set()  # the build ends after the engine stopped serving
+
+    asyncio.run(main())  # as the engine process ends: waits for the loading thread
+    assert not backend.warming.is_set() and backend.inner.calls == []  # no warm-up at all
+    assert backend.closed == 1 and engine.startup_error is None and not engine.ready
+
+
+def test_the_warm_up_stops_between_its_batches():
+    stop = threading.Event()
+
+    class StopsAfterOne(EchoBackend):
+        def infer(self, batch):
+            stop.set()  # as if SIGTERM came during the first batch
+            return super().infer(batch)
+
+    backend = StopsAfterOne(max_batch_size=8)
+    backend.warmup(4, stop)
+    assert backend.calls == [1]
+    backend.warmup(4)  # no stop given: every shape
+    assert backend.calls == [1, 1, 2, 4, 8]
 
 
 def test_a_max_batch_size_over_the_backends_is_a_startup_error_not_a_silent_hang(backend):
