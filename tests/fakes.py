@@ -2,7 +2,8 @@
 
 ``ControlledBackend`` holds the controls; ``EchoBackend`` (the batcher's unit tests) answers each
 row with its own identity, ``GatedBackend`` (the service's tests) delegates to a real backend.
-``pil_decode`` decodes as ``torchvision.io.decode_jpeg(list, device="cuda")`` does, with PIL.
+``pil_decode`` decodes as ``torchvision.io.decode_jpeg(list, device="cuda")`` does, with PIL;
+``fake_checkpoint`` is a checkpoint file that records a weights hash and holds no weights.
 """
 
 from __future__ import annotations
@@ -136,3 +137,14 @@ def pil_decode(tensors: list) -> list:
             raise RuntimeError(f"decode failed: {exc}") from exc
         out.append(torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1))
     return out
+
+
+def fake_checkpoint(path, weights_sha256: str):
+    """Our checkpoint format as far as its recorded weights hash, which is all that the check of an
+    ONNX file against ``--checkpoint`` reads (model.weights.checkpoint_weights_sha256)."""
+    import torch
+
+    from model.weights import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+
+    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "weights_sha256": weights_sha256}, path)
+    return path

@@ -11,6 +11,7 @@ from service.backends import select_backend
 from service.backends.torch import cuda_graph_buckets
 from service.errors import BackendUnavailable
 from service.settings import Settings
+from tests.fakes import fake_checkpoint
 
 
 def test_flags_override_environment_which_overrides_defaults(monkeypatch):
@@ -92,16 +93,6 @@ def test_gpu_settings_pass_the_early_check_where_there_is_a_gpu(monkeypatch):
     assert needs_a_gpu(Settings(device="cuda", decode="gpu", backend="tensorrt")) is None
     monkeypatch.setattr(service.backends, "cuda_available", lambda: False)
     assert needs_a_gpu(Settings()) is None  # auto asks for nothing
-
-
-def fake_checkpoint(path, weights_sha256: str):
-    """Our checkpoint format as far as its recorded weights hash, which is all the ONNX check reads."""
-    import torch
-
-    from model.weights import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
-
-    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "weights_sha256": weights_sha256}, path)
-    return path
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "auto"])

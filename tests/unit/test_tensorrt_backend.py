@@ -175,3 +175,18 @@ def test_the_bindings_without_their_libraries_are_unavailable_not_a_crash(monkey
     monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
     with pytest.raises(BackendUnavailable, match="tensorrt is installed but cannot load its libraries.*libnvinfer"):
         TensorRTBackend(tmp_path / "alexnet.plan", 32, WEIGHTS_SHA256)
+
+
+@pytest.mark.parametrize("backend", ["tensorrt", "auto"])
+def test_a_checkpoint_is_served_only_by_an_engine_whose_onnx_holds_its_weights(gpu_host, models, tmp_path, backend):
+    from service.errors import WrongWeights
+    from tests.fakes import fake_checkpoint
+
+    fp32, fp16 = models
+    engine = build(tmp_path, fp16)
+    same = fake_checkpoint(tmp_path / "same.pt", WEIGHTS_SHA256)
+    selection = select_backend(Settings(onnx=fp32, engine=engine, backend=backend, checkpoint=same))
+    assert selection.backend.name == "tensorrt"
+    other = fake_checkpoint(tmp_path / "other.pt", "d" * 64)
+    with pytest.raises(WrongWeights, match="--backend torch"):  # not auto's next backend either
+        select_backend(Settings(onnx=fp32, engine=engine, backend=backend, checkpoint=other))
