@@ -72,3 +72,20 @@ def test_entrypoint_refuses_bad_flags_before_any_work(tmp_path):
     assert result.returncode != 0
     assert "max_batch_size" in result.stderr
     assert not (tmp_path / "alexnet.onnx").exists()
+
+
+def test_entrypoint_serves_the_checkpoint_it_finds_through_the_onnx_it_exports(tmp_path):
+    """The checkpoint reaches the service as ALEXNET_CHECKPOINT; the service serves the ONNX only
+    because the export holds the checkpoint's weights (service.backends refuses one that does not)."""
+    from model.weights import save_checkpoint, untrained_model
+
+    model_dir = tmp_path / "models"
+    model_dir.mkdir()
+    loaded = untrained_model(seed=1)
+    save_checkpoint(model_dir / "alexnet.pt", loaded.model, loaded.arch, loaded.labels, {"source": "seed-1"})
+    server = run_entrypoint(model_dir, tmp_path, "--backend", "onnxruntime", "--max-batch-size", "4")
+    try:
+        model = httpx.get(server.url + "/v1/models").json()["models"][0]
+        assert model["weights"] == "seed-1" and model["backend"]["name"] == "onnxruntime"
+    finally:
+        assert server.stop() in (0, -15)
