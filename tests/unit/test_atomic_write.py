@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,12 +68,18 @@ def test_an_onnx_export_ends_0644(onnx_model):
     assert mode(onnx_model) == 0o644
 
 
-def test_a_download_is_kept_only_when_its_hash_matches(tmp_path, strict_umask):
+def _served(tmp_path) -> tuple[Path, bytes, Path]:
+    """(folder, bytes, file): a weights file served from a folder under the name its hash gives."""
     source = tmp_path / "served"
     source.mkdir()
     data = b"weights"
     good = source / f"alexnet-owt-{hashlib.sha256(data).hexdigest()[:8]}.pth"
     good.write_bytes(data)
+    return source, data, good
+
+
+def test_a_download_is_kept_only_when_its_hash_matches(tmp_path, strict_umask):
+    source, data, good = _served(tmp_path)
     bad = source / "alexnet-owt-00000000.pth"
     bad.write_bytes(data)
     dest = tmp_path / "models"
@@ -93,11 +100,7 @@ def test_torch_save_to_the_temporary_path_round_trips(tmp_path):
 
 
 def test_a_damaged_file_at_the_download_name_is_downloaded_again(tmp_path, capsys):
-    source = tmp_path / "served"
-    source.mkdir()
-    data = b"weights"
-    good = source / f"alexnet-owt-{hashlib.sha256(data).hexdigest()[:8]}.pth"
-    good.write_bytes(data)
+    _source, data, good = _served(tmp_path)
     dest = tmp_path / "models"
     dest.mkdir()
     (dest / good.name).write_bytes(b"weig")  # an interrupted earlier download
