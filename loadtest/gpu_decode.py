@@ -24,7 +24,14 @@ import torch
 from loadtest.corpus import build_corpus
 from model.host import cpu_model
 from model.preprocessing import CROP_SIZE, RESIZE_SIZE
-from service.gpu_decode import GROUP_MAX_BYTES, DecodeBatch, JpegDecoder, decoder_factories, wait_for_stream
+from service.gpu_decode import (
+    GROUP_MAX_BYTES,
+    DecodeBatch,
+    JpegDecoder,
+    decoder_factories,
+    start_jpeg_decoder,
+    wait_for_stream,
+)
 
 
 def measure(run: Callable[[], object], sync: Callable[[], None], seconds: float) -> tuple[int, float, float]:
@@ -100,13 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"host: {cpu_model()}, {gpu}; images: {', '.join(f'{c.width}x{c.height}' for c in corpus)}")
     measured = 0
     for name in chosen:
-        try:
-            decode_batch = decoder_factories()[name](args.device)
-            (probe,) = decode_batch([torch.frombuffer(bytearray(corpus[0].data), dtype=torch.uint8)])
-            if isinstance(probe, Exception):  # loaded, but cannot decode: nvJPEG's library is missing
-                raise probe
-        except Exception as exc:  # not installed, or its library does not load here
-            print(f"{name}: not measured, it does not decode here: {type(exc).__name__}: {exc}")
+        try:  # as the engine starts it: a decoder that loads but cannot decode (no nvJPEG) is refused
+            decode_batch = start_jpeg_decoder(args.device, RESIZE_SIZE, CROP_SIZE, [name])[0].decode_batch
+        except RuntimeError as exc:
+            print(f"{name}: not measured, {exc}")
             continue
         print(f"{name}:\n{'batch':>5}  {'path':<34} {'img/s':>9} {'host CPU us/img':>16}")
         for row in rows(args.device, decode_batch, [c.data for c in corpus], batches, args.seconds):

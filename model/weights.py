@@ -14,6 +14,7 @@ written is refused instead of serving wrong answers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import pickle
@@ -313,6 +314,12 @@ def checkpoint_weights_sha256(path: str | Path, arch: str = "torchvision") -> st
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    stat = path.stat()  # the same file unchanged: hashed once (a torchvision file is a full load)
+    return _checkpoint_weights_sha256(path.resolve(), stat.st_mtime_ns, stat.st_size, arch)
+
+
+@functools.lru_cache(maxsize=8)
+def _checkpoint_weights_sha256(path: Path, _mtime_ns: int, _size: int, arch: str) -> str:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # not a zip archive (mmap needs one), or unreadable: load_model says what is wrong

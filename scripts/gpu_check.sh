@@ -94,9 +94,9 @@ step bench-service 330 $PY -m loadtest.bench --gpu --onnx "$ONNX" --duration-s 4
     --layout "cpu decode:--decode=cpu" --layout "1 front end, cpu decode:--decode=cpu --http-workers=1"
 # What the engine's one event loop can take with inference free: is the 8,000 img/s target in reach here?
 step engine-wire 60 $PY -m loadtest.engine_wire --onnx "$ONNX" --frontends 8 --seconds 5
-# nvJPEG alone and with the resize + crop, images of one size in groups against one by one: images/s and
-# the prepare thread's host CPU per image (it shares the engine's GIL).
-step gpu-decode 45 $PY -m loadtest.gpu_decode --batch 32,256 --seconds 2
+# Each GPU decoder (nvImageCodec, torchvision) alone and with the resize + crop, images of one size in
+# groups against one by one: images/s and the prepare thread's host CPU per image (it shares the engine's GIL).
+step gpu-decode 60 $PY -m loadtest.gpu_decode --batch 32,256 --seconds 2
 step train 150 bash scripts/gpu_train_check.sh "$WORK/train"
 step train-deterministic 60 bash scripts/gpu_determinism_check.sh "$WORK/determinism"
 step bench-train 120 $PY -m model.bench_train --device cuda --warmup 3 --steps 10 --workers 12 \

@@ -12,6 +12,7 @@ import argparse
 import difflib
 import logging
 import os
+import subprocess
 import sys
 import typing
 from collections.abc import Mapping
@@ -114,24 +115,57 @@ def explain(exc: ValidationError) -> str:
     return "invalid settings (python -m service --help lists them):\n" + "\n".join(lines)
 
 
+def cuda_visible() -> bool:
+    """``torch.cuda.is_available()``, asked in a short child process: imported here, torch (hundreds of
+    MB) and an initialised CUDA driver would stay in the supervisor for the server's whole life."""
+    probe = [sys.executable, "-c", "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=120, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def needs_a_gpu(settings: Settings) -> str | None:
     """Why the settings cannot run on this host, as far as the settings alone need a CUDA GPU; None when
     they can (or might: the rest is for the engine to find out, and the server exits 3 if it cannot)."""
     asked = [
-        f"--{name} {value} (ALEXNET_{name.upper()})"
+        setting_name(name, value)
         for name, value in (("device", "cuda"), ("backend", "tensorrt"), ("decode", "gpu"))
         if getattr(settings, name) == value
     ]
     if not asked:
         return None
     if settings.device == "cpu":  # with --backend tensorrt or --decode gpu
-        return f"{asked[0]} needs a CUDA GPU, but --device cpu (ALEXNET_DEVICE) keeps the model on the CPU"
-    from service.backends import cuda_available  # imports torch: only for settings that need a GPU
-
-    if cuda_available():
+        return f"{asked[0]} needs a CUDA GPU, but {setting_name('device', 'cpu')} keeps the model on the CPU"
+    if cuda_visible():
         return None
     needs = "needs" if len(asked) == 1 else "need"
     return f"{' and '.join(asked)} {needs} a CUDA GPU, but PyTorch sees none on this host; leave it at auto"
+
+
+def refusal(settings: Settings, onnx_made_later: bool = False) -> str | None:
+    """Why valid settings still cannot run at all, in one line naming the setting, or None; checked
+    before any process starts (exit 2). ``onnx_made_later``: the entrypoint exports a missing ONNX."""
+    if (
+        not onnx_made_later
+        and settings.backend == "auto"
+        and "onnx" in settings.model_fields_set
+        and not settings.onnx.is_file()
+    ):
+        # Named by hand and missing (a typo): auto would start PyTorch with whatever weights it finds,
+        # answering 200 with another model's answers. (With a backend named by hand the engine fails
+        # to load the model, saying why, and the server exits 3.)
+        return (
+            f"{setting_name('onnx')}: {settings.onnx} is not a file; build it with "
+            f"`python export/to_onnx.py --out {settings.onnx}`, or leave the setting out"
+        )
+    if settings.checkpoint is not None and not settings.checkpoint.is_file():
+        # A typo: the torch backend would fail to load it, the ONNX backends would never look at it.
+        return (
+            f"{setting_name('checkpoint')}: {settings.checkpoint} is not a file; pass our checkpoint "
+            "(python -m model.weights --help) or torchvision's alexnet-owt-*.pth, or leave the setting out"
+        )
+    return needs_a_gpu(settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,25 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(explain(exc), file=sys.stderr)
         return EXIT_INVALID_SETTINGS
-    if settings.backend == "auto" and "onnx" in settings.model_fields_set and not settings.onnx.is_file():
-        # Named by hand and missing (a typo): auto would start PyTorch with whatever weights it finds,
-        # answering 200 with another model's answers. (With a backend named by hand the engine fails
-        # to load the model, saying why, and the server exits 3.)
-        print(
-            f"--onnx / ALEXNET_ONNX: {settings.onnx} is not a file; build it with "
-            f"`python export/to_onnx.py --out {settings.onnx}`, or leave the setting out",
-            file=sys.stderr,
-        )
-        return EXIT_INVALID_SETTINGS
-    if settings.checkpoint is not None and not settings.checkpoint.is_file():
-        # A typo: the torch backend would fail to load it, the ONNX backends would never look at it.
-        print(
-            f"--checkpoint / ALEXNET_CHECKPOINT: {settings.checkpoint} is not a file; pass our checkpoint "
-            "(python -m model.weights --help) or torchvision's alexnet-owt-*.pth, or leave the setting out",
-            file=sys.stderr,
-        )
-        return EXIT_INVALID_SETTINGS
-    if (why := needs_a_gpu(settings)) is not None:
+    if (why := refusal(settings)) is not None:
         print(why, file=sys.stderr)
         return EXIT_INVALID_SETTINGS
     logging.basicConfig(
@@ -170,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     values = settings.model_dump(exclude_none=True)
     if settings.api_key is not None:
         values["api_key"] = settings.api_key.get_secret_value()
-    os.environ.update({"ALEXNET_" + k.upper(): str(v) for k, v in values.items()})
+    os.environ.update({ENV_PREFIX + k.upper(): str(v) for k, v in values.items()})
     try:
         return Supervisor(settings).run()
     except OSError as exc:  # the port is taken, the host does not exist

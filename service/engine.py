@@ -194,7 +194,9 @@ class EngineServer:
                 await self.batcher.stop(drain_timeout_s=self.settings.request_timeout_s + 5)
             if self._preload_task is not None:
                 await asyncio.wait([self._preload_task], timeout=5)
-            if self._connection_tasks:  # front ends that stopped first: read their last events to the end
+            # Front ends that stopped first: read their last events to the end. After a failed load they
+            # are still up (the supervisor stops them once this process exits), with nothing to send.
+            if self._connection_tasks and self.startup_error is None:
                 await asyncio.wait(self._connection_tasks, timeout=2)
             for conn in list(self._connections):
                 conn.flush()  # the last answers, queued in this turn of the loop

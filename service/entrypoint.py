@@ -33,6 +33,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
+from service.process import EXIT_INVALID_SETTINGS
+
 if TYPE_CHECKING:
     from export.onnx_metadata import ModelMetadata
 
@@ -54,6 +58,10 @@ def to_trt_script() -> Path:
 
 class EntrypointError(RuntimeError):
     """A step that cannot go on; the message says what to do."""
+
+
+class InvalidSettings(EntrypointError):
+    """Settings that cannot run at all, refused before any step works (exit 2, as ``python -m service``)."""
 
 
 @contextmanager
@@ -258,7 +266,7 @@ def build_engine(
 
 def prepare(argv: list[str]) -> None:
     """Steps 1-3: leave the artifacts the service needs in place; ``os.environ`` gains the defaults."""
-    from service.__main__ import settings_from_args
+    from service.__main__ import refusal, settings_from_args
 
     model_dir = Path(os.environ.get(MODEL_DIR_ENV, DEFAULT_MODEL_DIR))
     with step(f"step 1/4: model directory {model_dir}"):
@@ -273,6 +281,8 @@ def prepare(argv: list[str]) -> None:
             settings.backend,
             settings.frontends,
         )
+        if (why := refusal(settings, onnx_made_later=True)) is not None:
+            raise InvalidSettings(why)
 
     exported = False
     with step("step 2/4: ONNX model"):
@@ -329,6 +339,14 @@ def main(argv: list[str] | None = None) -> int:
             prepare(argv)
         except SystemExit:
             raise  # argparse already said what was wrong with the flags
+        except InvalidSettings as exc:
+            log.error("cannot start: %s", exc)
+            return EXIT_INVALID_SETTINGS
+        except ValidationError as exc:
+            from service.__main__ import explain
+
+            log.error("cannot start: %s", explain(exc))
+            return EXIT_INVALID_SETTINGS
         except Exception as exc:
             log.error("cannot start: %s: %s", type(exc).__name__, exc)
             return 1

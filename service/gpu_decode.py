@@ -215,11 +215,16 @@ class JpegDecoder:
             return exc
 
 
-def start_jpeg_decoder(device: str, resize_size: int, crop_size: int) -> tuple[JpegDecoder, str]:
-    """(decoder, its name): the first of ``decoder_factories`` that turns a test JPEG into a crop on
-    ``device`` (which also loads nvJPEG now, not on a request), or a RuntimeError giving each one's failure."""
+def start_jpeg_decoder(
+    device: str, resize_size: int, crop_size: int, names: Sequence[str] | None = None
+) -> tuple[JpegDecoder, str]:
+    """(decoder, its name): the first of ``decoder_factories`` (or of ``names`` among them) that turns a
+    test JPEG into a crop on ``device`` (which also loads nvJPEG now, not on a request), or a
+    RuntimeError giving each one's failure."""
     failures = []
-    for name, factory in decoder_factories().items():
+    factories = decoder_factories()
+    for name in names if names is not None else list(factories):
+        factory = factories[name]
         try:
             decoder = JpegDecoder(device, resize_size, crop_size, factory(device))
             (probe,) = decoder.decode([(memoryview(tiny_jpeg()), 1)])

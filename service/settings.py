@@ -20,11 +20,15 @@ ENV_PREFIX = "ALEXNET_"
 ENV_ONLY = frozenset({"api_key"})
 
 
-def setting_name(name: str) -> str:
-    """A setting as the user writes it: ``--max-batch-size / ALEXNET_MAX_BATCH_SIZE`` (the variable
-    alone for a secret), for messages that would otherwise name the field ``max_batch_size``."""
+def setting_name(name: str, value: object = None) -> str:
+    """A setting as the user writes it: ``--max-batch-size / ALEXNET_MAX_BATCH_SIZE``, or with a value
+    ``--device cuda (ALEXNET_DEVICE=cuda)`` (a secret: its variable alone, never its value), for messages
+    that would otherwise name the field ``max_batch_size``."""
     variable = ENV_PREFIX + name.upper()
-    return variable if name in ENV_ONLY else f"--{name.replace('_', '-')} / {variable}"
+    flag = "--" + name.replace("_", "-")
+    if name in ENV_ONLY:
+        return variable
+    return f"{flag} / {variable}" if value is None else f"{flag} {value} ({variable}={value})"
 
 
 class Settings(BaseSettings):
@@ -126,10 +130,15 @@ class Settings(BaseSettings):
     @classmethod
     def _no_blank_key(cls, value: SecretStr | None) -> SecretStr | None:
         """ALEXNET_API_KEY= (set but empty: a secret that failed to mount) would require an empty
-        bearer token; serving without a key instead would open what was meant to be closed."""
-        if value is not None and not value.get_secret_value().strip():
+        bearer token; serving without a key instead would open what was meant to be closed. Spaces and
+        line ends around the key are dropped, as they are from the token a client sends: a secret
+        file usually ends in a newline (``kubectl create secret --from-file``), which no client sends."""
+        if value is None:
+            return None
+        key = value.get_secret_value().strip()
+        if not key:
             raise ValueError("set but empty: give the key, or unset ALEXNET_API_KEY to serve without one")
-        return value
+        return SecretStr(key)
 
     @field_validator("http_workers")
     @classmethod

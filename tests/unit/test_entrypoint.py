@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import service.__main__
 from model.weights import save_checkpoint, untrained_model
 from service import entrypoint
 
@@ -157,12 +158,13 @@ def test_prepare_falls_back_under_auto_and_stops_when_tensorrt_was_asked_for(
     )
     monkeypatch.setattr(entrypoint, "to_trt_script", lambda: script)
     monkeypatch.setattr(entrypoint, "gpu_here", lambda settings: True)  # so that auto tries TensorRT
+    monkeypatch.setattr(service.__main__, "cuda_visible", lambda: True)  # and tensorrt passes step 1
     monkeypatch.setenv("ALEXNET_MODEL_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("ALEXNET_ONNX", str(onnx_model))  # present and current: no export
     monkeypatch.setenv("ALEXNET_ENGINE", str(tmp_path / "models" / "alexnet.plan"))
     caplog.set_level("INFO", logger="entrypoint")
     if outcome == "error":
-        with pytest.raises(entrypoint.EntrypointError):
+        with pytest.raises(entrypoint.EntrypointError, match="to_trt: no TensorRT here"):
             entrypoint.prepare(["--backend", backend])
     else:
         entrypoint.prepare(["--backend", backend])
@@ -185,3 +187,25 @@ def test_prepare_under_auto_on_a_host_without_a_gpu_does_not_try_tensorrt(onnx_m
     entrypoint.prepare([])
     assert "skipped: no CUDA GPU here" in caplog.text
     assert not [r for r in caplog.records if r.name == "entrypoint" and r.levelno >= 30], caplog.text
+
+
+@pytest.mark.parametrize(
+    "args, env, says",
+    [
+        ([], {"ALEXNET_CHECKPOINT": "no-such.pt"}, "--checkpoint / ALEXNET_CHECKPOINT: no-such.pt is not a file"),
+        (["--backend", "tensorrt"], {}, "--backend tensorrt (ALEXNET_BACKEND=tensorrt) needs a CUDA GPU"),
+        (["--max-batch-size", "0"], {}, "--max-batch-size / ALEXNET_MAX_BATCH_SIZE"),
+    ],
+)
+def test_settings_that_cannot_run_stop_the_entrypoint_with_exit_2_before_any_step_works(
+    tmp_path, monkeypatch, caplog, args, env, says
+):
+    """As python -m service would, and before an export or a TensorRT build that would be thrown away."""
+    monkeypatch.setattr(service.__main__, "cuda_visible", lambda: False)
+    monkeypatch.setattr(entrypoint, "export_onnx", lambda *a, **k: pytest.fail("exported for settings that cannot run"))
+    monkeypatch.setenv("ALEXNET_MODEL_DIR", str(tmp_path / "models"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    caplog.set_level("INFO", logger="entrypoint")
+    assert entrypoint.main(args) == 2
+    assert says in caplog.text

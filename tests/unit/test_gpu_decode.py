@@ -204,3 +204,21 @@ def test_nvimgcodec_is_the_engines_first_choice_where_it_decodes():
     assert name == "nvimgcodec"
     (crop,) = decoder.decode([(memoryview(bytearray(make_image(500, 375, seed=9))), 1)])
     assert tuple(crop.shape) == (3, 224, 224) and crop.dtype == torch.uint8
+
+
+def test_the_decode_benchmark_measures_each_decoder_that_starts_and_names_the_others(capsys, monkeypatch):
+    _nvimgcodec()
+    from loadtest.gpu_decode import main
+
+    def broken(device):
+        raise ImportError("no torchvision here")
+
+    monkeypatch.setattr(gpu_decode, "torchvision_decoder", broken)
+    args = ["--device", "cpu", "--batch", "2", "--seconds", "0.01", "--images", "500x375"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "nvimgcodec:\nbatch" in out and "torchvision: not measured, torchvision: ImportError: no torchvision" in out
+    assert main([*args, "--decoder", "torchvision"]) == 1  # nothing measured
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--decoder", "nvjpeg"])
+    assert exit_info.value.code == 2 and "choose from ['nvimgcodec', 'torchvision']" in capsys.readouterr().err

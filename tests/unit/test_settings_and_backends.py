@@ -30,6 +30,36 @@ def test_the_api_key_is_read_from_the_environment_only(monkeypatch):
         settings_from_args(["--api-key", "x"])
 
 
+def test_an_api_key_from_a_secret_file_ending_in_a_newline_is_the_key_clients_send(monkeypatch):
+    """Kubernetes' --from-file secrets end in a newline; a client's token is compared stripped."""
+    import asyncio
+
+    from service.middleware import BearerAuth
+
+    monkeypatch.setenv("ALEXNET_API_KEY", " k3y\n")
+    key = settings_from_args([]).api_key.get_secret_value()
+    assert key == "k3y"
+    statuses = []
+
+    async def app(scope, receive, send):
+        statuses.append(200)
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    guard = BearerAuth(app, key, frozenset(), observe=lambda *a, **k: None)
+    for token in (b"k3y", b"k3y ", b"nope"):
+        scope = {
+            "type": "http",
+            "path": "/classify",
+            "method": "POST",
+            "headers": [(b"authorization", b"Bearer " + token)],
+        }
+        asyncio.run(guard(scope, None, send))
+    assert statuses == [200, 200, 401]
+
+
 @pytest.mark.parametrize("blank", ["", "  "])
 def test_an_api_key_set_but_empty_is_refused_not_required_nor_ignored(monkeypatch, blank):
     monkeypatch.setenv("ALEXNET_API_KEY", blank)
@@ -67,14 +97,16 @@ def test_a_checkpoint_that_is_not_a_file_stops_the_server_whatever_the_backend(m
 )
 def test_settings_that_need_a_gpu_on_a_host_without_one_stop_at_once(monkeypatch, capsys, args):
     """Before any process starts: a server up but never ready would hide it until someone looked."""
-    import service.backends
+    import service.__main__
     from service.__main__ import main
 
-    monkeypatch.setattr(service.backends, "cuda_available", lambda: False)
+    monkeypatch.setattr(service.__main__, "cuda_visible", lambda: False)
     assert main([*args, "--port", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "a CUDA GPU, but PyTorch sees none on this host" in err
-    assert all(f"--{args[i][2:]} {args[i + 1]}" in err for i in range(0, len(args), 2))
+    assert all(
+        f"{args[i]} {args[i + 1]} (ALEXNET_{args[i][2:].upper()}={args[i + 1]})" in err for i in range(0, len(args), 2)
+    )
 
 
 @pytest.mark.parametrize("args", [["--decode", "gpu"], ["--backend", "tensorrt"]])
@@ -82,16 +114,28 @@ def test_settings_that_need_a_gpu_with_device_cpu_stop_at_once_on_any_host(capsy
     from service.__main__ import main
 
     assert main([*args, "--device", "cpu", "--port", "0"]) == 2
-    assert "needs a CUDA GPU, but --device cpu" in capsys.readouterr().err
+    assert "needs a CUDA GPU, but --device cpu (ALEXNET_DEVICE=cpu) keeps" in capsys.readouterr().err
+
+
+def test_the_supervisor_asks_a_child_process_whether_there_is_a_gpu_and_keeps_torch_out():
+    """The answer here (no CUDA on a CPU host), without importing torch into this process's supervisor."""
+    import subprocess
+    import sys
+
+    code = "import sys; from service.__main__ import cuda_visible; print(cuda_visible(), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    import torch
+
+    assert out.stdout.split() == [str(torch.cuda.is_available()), "False"]
 
 
 def test_gpu_settings_pass_the_early_check_where_there_is_a_gpu(monkeypatch):
-    import service.backends
+    import service.__main__
     from service.__main__ import needs_a_gpu
 
-    monkeypatch.setattr(service.backends, "cuda_available", lambda: True)
+    monkeypatch.setattr(service.__main__, "cuda_visible", lambda: True)
     assert needs_a_gpu(Settings(device="cuda", decode="gpu", backend="tensorrt")) is None
-    monkeypatch.setattr(service.backends, "cuda_available", lambda: False)
+    monkeypatch.setattr(service.__main__, "cuda_visible", lambda: False)
     assert needs_a_gpu(Settings()) is None  # auto asks for nothing
 
 
