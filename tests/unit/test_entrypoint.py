@@ -204,6 +204,9 @@ def test_settings_that_cannot_run_stop_the_entrypoint_with_exit_2_before_any_ste
     monkeypatch.setattr(service.__main__, "cuda_visible", lambda: False)
     monkeypatch.setattr(entrypoint, "export_onnx", lambda *a, **k: pytest.fail("exported for settings that cannot run"))
     monkeypatch.setenv("ALEXNET_MODEL_DIR", str(tmp_path / "models"))
+    for name in ("ALEXNET_ONNX", "ALEXNET_ENGINE", "ALEXNET_CHECKPOINT"):  # the entrypoint sets them in
+        monkeypatch.setenv(name, "")  # os.environ: recorded here, so they are unset again after the test
+        monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     caplog.set_level("INFO", logger="entrypoint")

@@ -179,7 +179,7 @@ def test_invalid_values_are_refused(args):
 
 
 def test_a_request_larger_than_the_queue_is_a_configuration_error():
-    with pytest.raises(ValidationError, match="queue_capacity"):
+    with pytest.raises(ValidationError, match=r"must not exceed --queue-capacity / ALEXNET_QUEUE_CAPACITY \(4\)"):
         Settings(queue_capacity=4, max_images_per_request=8)
 
 
