@@ -33,7 +33,14 @@ import onnx
 import torch
 
 from export.cli import run_main, step_printer
-from export.onnx_metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata, read_metadata, write_metadata
+from export.onnx_metadata import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ModelMetadata,
+    fp16_sibling,
+    read_metadata,
+    write_metadata,
+)
 from export.ort import import_onnxruntime
 from model.alexnet import arch_spec
 from model.atomic_write import atomic_output
@@ -41,6 +48,8 @@ from model.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from model.weights import CheckpointError, LoadedModel, load_model
 
 DEFAULT_OPSET = 18
+# Where the service (--onnx) and quantize.py look for the fp32 export; fp16 goes beside it, never over it.
+DEFAULT_OUT = Path("artifacts/alexnet.onnx")
 MAX_BATCH = 4096
 
 
@@ -230,7 +239,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="our checkpoint or a torchvision state-dict file; none = untrained (seeded random)",
     )
     parser.add_argument("--arch", default="torchvision", help="architecture when no checkpoint names one")
-    parser.add_argument("--out", type=Path, default=Path("artifacts/alexnet.onnx"), help="ONNX file to write")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"ONNX file to write; default {DEFAULT_OUT} for fp32, {default_out('fp16')} for fp16",
+    )
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (18-20)")
     parser.add_argument(
         "--verify-batch-sizes", type=int, nargs="+", default=[1, 7, 32], help="batch sizes compared with PyTorch"
@@ -250,14 +264,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_out(precision: str) -> Path:
+    """Where ``--out`` goes when not given: the fp32 file, or its fp16 sibling (never over the fp32 one)."""
+    return fp16_sibling(DEFAULT_OUT) if precision == "fp16" else DEFAULT_OUT
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    out = args.out if args.out is not None else default_out(args.precision)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return run_main(
         "to_onnx",
         lambda: export_and_verify(
             args.checkpoint,
-            args.out,
+            out,
             args.arch,
             args.opset,
             tuple(args.verify_batch_sizes),

@@ -4,6 +4,8 @@ checkpoint in one line. Without ONNX Runtime: tests/unit/test_onnxruntime_extra.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -85,3 +87,20 @@ def test_a_file_that_is_not_a_checkpoint_is_one_error_line(tmp_path, capsys):
     assert len(lines) == 1 and lines[0].startswith(f"[to_onnx] error: {photo}: not a PyTorch checkpoint"), lines
     assert "weights_only" not in lines[0]  # torch's advice to unpickle it anyway is not for this file
     assert not (tmp_path / "alexnet.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, out",
+    [
+        (["--precision", "fp16"], "artifacts/alexnet.fp16.onnx"),  # never over the fp32 file the service reads
+        ([], "artifacts/alexnet.onnx"),
+        (["--precision", "fp16", "--out", "x.onnx"], "x.onnx"),
+    ],
+)
+def test_out_defaults_by_precision(argv, out, monkeypatch):
+    import export.to_onnx as to_onnx
+
+    written = []
+    monkeypatch.setattr(to_onnx, "export_and_verify", lambda checkpoint, out, *rest: written.append(out))
+    assert main(argv) == 0
+    assert written == [Path(out)]
