@@ -3,6 +3,7 @@ script's name (``[to_onnx] ...``), and one way to turn an expected failure into 
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Callable
@@ -30,3 +31,14 @@ def run_main(tag: str, action: Callable[[], object], errors: tuple[type[BaseExce
         print(f"[{tag}] error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` for counts that must be at least 1 (exit 2 with the flag named otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

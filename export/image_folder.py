@@ -26,7 +26,14 @@ class ImageFolderError(ValueError):
 
 
 def list_images(folder: str | Path, limit: int | None = None) -> list[Path]:
-    """Image files under ``folder`` (recursively), sorted so runs are repeatable; at most ``limit``."""
+    """Image files under ``folder`` (recursively), sorted so runs are repeatable; at most ``limit``.
+
+    ``limit`` takes evenly spaced files across the sorted list, not its head: in a training-set layout
+    (``<class>/<image>``) the head is the first class or two, and every class should shape the
+    calibration ranges. The same folder and limit give the same files.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 image, got {limit}")
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageFolderError(f"{folder}: not a folder; pass a folder of JPEG/PNG images")
@@ -36,7 +43,9 @@ def list_images(folder: str | Path, limit: int | None = None) -> list[Path]:
             f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}); pass a folder of a few hundred "
             "representative images, e.g. a sample of the training set"
         )
-    return paths[:limit] if limit else paths
+    if limit is None or limit >= len(paths):
+        return paths
+    return [paths[(2 * i + 1) * len(paths) // (2 * limit)] for i in range(limit)]  # the middle of each 1/limit
 
 
 def crop_uint8(path: Path, meta: ModelMetadata) -> np.ndarray:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from export.cli import run_main, step_printer
+from export.cli import positive_int, run_main, step_printer
 from export.image_folder import ImageFolderError, iter_batches, list_images
 from export.onnx_metadata import INPUT_NAME, PREFIX, ModelMetadata, read_metadata, write_metadata
 from export.ort import import_onnxruntime, int8_kernels_saturate
@@ -224,9 +224,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("artifacts/alexnet.int8.onnx"), help="Q/DQ model to write")
     parser.add_argument(
         "--max-calibration-images",
-        type=int,
+        type=positive_int,
         default=128,
-        help="first N images (sorted); calibration memory grows ~4 MB per image",
+        help="at most N images, evenly spaced over the sorted files so every class folder contributes; "
+        "calibration memory grows ~4 MB per image",
     )
     parser.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax", help="calibration method")
     parser.add_argument(

@@ -71,3 +71,22 @@ def test_an_unreadable_image_names_the_file(tmp_path):
     (tmp_path / "cut.jpg").write_bytes(make_image(200, 150)[:600])
     with pytest.raises(ImageFolderError, match=r"cut\.jpg: cannot read image"):
         preprocess(tmp_path / "cut.jpg", META)
+
+
+def test_a_limit_samples_every_class_folder_repeatably(tmp_path):
+    """A training-set layout (<class>/<image>): the first N sorted files would be one class."""
+    for c in range(4):
+        for i in range(10):
+            (tmp_path / f"class_{c}" / f"{i:02d}.jpg").parent.mkdir(exist_ok=True)
+            (tmp_path / f"class_{c}" / f"{i:02d}.jpg").write_bytes(b"")  # listed by name, not read
+    sample = list_images(tmp_path, limit=8)
+    assert len(sample) == len(set(sample)) == 8 and sample == sorted(sample)
+    assert sorted(p.parent.name for p in sample) == [f"class_{c}" for c in range(4) for _ in range(2)]
+    assert list_images(tmp_path, limit=8) == sample
+    assert len(list_images(tmp_path, limit=100)) == 40
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_a_limit_below_one_is_refused(folder, limit):
+    with pytest.raises(ValueError, match="at least 1"):
+        list_images(folder, limit=limit)
