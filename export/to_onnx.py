@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 import torch
 
-from export.cli import run_main, step_printer
+from export.cli import positive_int, run_main, step_printer
 from export.onnx_metadata import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -42,12 +42,13 @@ from export.onnx_metadata import (
     write_metadata,
 )
 from export.ort import import_onnxruntime
-from model.alexnet import arch_spec
+from model.alexnet import ARCHS, arch_spec
 from model.atomic_write import atomic_output
 from model.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from model.weights import CheckpointError, LoadedModel, load_model
 
 DEFAULT_OPSET = 18
+OPSETS = (18, 19, 20)  # what the export is tested with (docs/export.md); torch writes 18 when asked for less
 # Where the service (--onnx) and quantize.py look for the fp32 export; fp16 goes beside it, never over it.
 DEFAULT_OUT = Path("artifacts/alexnet.onnx")
 MAX_BATCH = 4096
@@ -199,11 +200,22 @@ def export_and_verify(
     verify_batch_sizes: tuple[int, ...] = (1, 7, 32),
     tolerance: float | None = None,
     precision: str = "fp32",
+    arch_given: bool = False,
 ) -> Path:
-    """Load weights, export, check, verify, then move the file into place (never a half-checked file)."""
+    """Load weights, export, check, verify, then move the file into place (never a half-checked file).
+
+    Our checkpoint records its arch, which wins over ``arch``; with ``arch_given`` (the user named
+    one) a checkpoint of another arch is refused instead.
+    """
+    if out.is_dir():
+        raise ExportError(f"--out {out} is a folder; pass a file name, e.g. {out / 'alexnet.onnx'}")
     import_onnxruntime()  # verification needs it: say so now, not after the export
     t0 = _step(f"loading {'checkpoint ' + str(checkpoint) if checkpoint else 'untrained ' + arch + ' model'}")
     loaded = load_model(checkpoint, arch)
+    if arch_given and loaded.arch != arch:
+        raise ExportError(
+            f"{checkpoint} holds a {loaded.arch!r} model, not {arch!r}; leave --arch out or pass --arch {loaded.arch}"
+        )
     tolerance = DEFAULT_TOLERANCE[precision] if tolerance is None else tolerance
     metadata, source = model_metadata(loaded, precision)
     _step(
@@ -238,16 +250,26 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help="our checkpoint or a torchvision state-dict file; none = untrained (seeded random)",
     )
-    parser.add_argument("--arch", default="torchvision", help="architecture when no checkpoint names one")
+    parser.add_argument(
+        "--arch",
+        choices=sorted(ARCHS),
+        default=None,
+        help="architecture of a torchvision-layout state-dict file or of the untrained model (default: "
+        "torchvision); our checkpoints record theirs, and a different --arch is refused",
+    )
     parser.add_argument(
         "--out",
         type=Path,
         default=None,
         help=f"ONNX file to write; default {DEFAULT_OUT} for fp32, {default_out('fp16')} for fp16",
     )
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (18-20)")
+    parser.add_argument("--opset", type=int, choices=OPSETS, default=DEFAULT_OPSET, help="ONNX opset")
     parser.add_argument(
-        "--verify-batch-sizes", type=int, nargs="+", default=[1, 7, 32], help="batch sizes compared with PyTorch"
+        "--verify-batch-sizes",
+        type=positive_int,
+        nargs="+",
+        default=[1, 7, 32],
+        help="batch sizes compared with PyTorch",
     )
     parser.add_argument(
         "--precision",
@@ -278,11 +300,12 @@ def main(argv: list[str] | None = None) -> int:
         lambda: export_and_verify(
             args.checkpoint,
             out,
-            args.arch,
+            args.arch or "torchvision",
             args.opset,
             tuple(args.verify_batch_sizes),
             args.tolerance,
             args.precision,
+            arch_given=args.arch is not None,
         ),
         (CheckpointError, ExportError, ValueError),
     )

@@ -101,6 +101,44 @@ def test_out_defaults_by_precision(argv, out, monkeypatch):
     import export.to_onnx as to_onnx
 
     written = []
-    monkeypatch.setattr(to_onnx, "export_and_verify", lambda checkpoint, out, *rest: written.append(out))
+    monkeypatch.setattr(to_onnx, "export_and_verify", lambda checkpoint, out, *a, **kw: written.append(out))
     assert main(argv) == 0
     assert written == [Path(out)]
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--opset", "17"], "--opset"),  # torch would write 18 anyway
+        (["--opset", "25"], "--opset"),  # outside the tested 18-20
+        (["--verify-batch-sizes", "1", "0"], "--verify-batch-sizes"),
+        (["--arch", "resnet"], "--arch"),
+    ],
+)
+def test_flags_outside_what_the_export_takes_are_usage_errors(argv, flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_an_out_folder_is_refused_before_the_export(tmp_path, capsys, monkeypatch):
+    import export.to_onnx as to_onnx
+
+    monkeypatch.setattr(to_onnx, "load_model", lambda *a: pytest.fail("loaded before checking --out"))
+    assert main(["--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"[to_onnx] error: --out {tmp_path} is a folder; pass a file name, e.g. {tmp_path / 'alexnet.onnx'}"
+    )
+
+
+def test_an_arch_other_than_the_checkpoints_is_refused(tmp_path, capsys, monkeypatch):
+    import export.to_onnx as to_onnx
+
+    monkeypatch.setattr(to_onnx, "load_model", lambda path, arch: _loaded("torchvision"))
+    monkeypatch.setattr(to_onnx, "export_model", lambda *a: pytest.fail("exported a model of another arch"))
+    out = tmp_path / "alexnet.onnx"
+    assert main(["--checkpoint", "best.pt", "--arch", "alexnet2012", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "best.pt holds a 'torchvision' model, not 'alexnet2012'" in err and "--arch torchvision" in err
+    assert not out.exists()
