@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.onnx_metadata import read_metadata
 from export.ort import int8_kernels_saturate
 
 
@@ -87,6 +88,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def precision_mismatch(fp32: Path, int8: Path) -> str | None:
+    """What is wrong when the files' recorded precisions are not fp32 and int8 as passed, or None."""
+    try:
+        found = {"fp32": read_metadata(fp32).precision, "int8": read_metadata(int8).precision}
+    except ValueError as exc:  # not ONNX, or no metadata of ours
+        return str(exc)
+    if found == {"fp32": "int8", "int8": "fp32"}:
+        return f"--fp32 {fp32} is the int8 model and --int8 {int8} the fp32 one; swap them"
+    wrong = [
+        f"--{flag} {path} is {found[flag]}" for flag, path in (("fp32", fp32), ("int8", int8)) if found[flag] != flag
+    ]
+    return "; ".join(wrong) + ", by its metadata" if wrong else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     for path in (args.fp32, args.int8):
@@ -96,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 1
+    if (problem := precision_mismatch(args.fp32, args.int8)) is not None:
+        print(f"[bench] error: {problem}", file=sys.stderr)
+        return 1
     print(
         f"[bench] batch {args.batch_size}, {args.rounds} rounds x {args.iterations} runs, "
         f"threads {args.threads or 'auto'}, {os.cpu_count()} CPU cores",

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import onnx
+from google.protobuf.message import DecodeError
 
 from model.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
@@ -77,6 +78,9 @@ def fp16_sibling(onnx_path: str | Path) -> Path:
 
 
 def read_metadata(path: str | Path) -> ModelMetadata:
-    """Metadata of an ONNX file, without loading its weights."""
-    model = onnx.load(str(path), load_external_data=False)
+    """Metadata of an ONNX file, without loading its weights; a ValueError for a file that is not ONNX."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except DecodeError:
+        raise ValueError(f"{path}: not an ONNX file; pass a .onnx model written by export/to_onnx.py") from None
     return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, source=str(path))

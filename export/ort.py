@@ -55,7 +55,7 @@ def int8_kernels_saturate(cpuinfo: str | None = None) -> str | None:
         return None
     return (
         "this CPU has no AVX-VNNI, AVX512-VNNI or AMX: ONNX Runtime's fused int8 kernels saturate here "
-        "and give wrong answers"
+        "and can give wrong answers"
     )
 
 

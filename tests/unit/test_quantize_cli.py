@@ -1,11 +1,14 @@
-"""export/quantize.py's command line: flags refused before any work, in argparse's words (exit 2).
-The quantization itself: tests/integration/test_export.py."""
+"""export/quantize.py's and export/bench_quantized.py's command lines: what they refuse before any work
+and how they word what they measured. The quantization itself: tests/integration/test_export.py."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
-from export.quantize import main
+from export.bench_quantized import main as bench_main
+from export.quantize import fused_kernels_warning, main, throughput_summary
+from tests.tiny_onnx import tiny_onnx
 
 
 @pytest.mark.parametrize("value", ["0", "-5"])
@@ -14,3 +17,39 @@ def test_max_calibration_images_below_one_is_a_usage_error(value, tmp_path, caps
         main(["--calibration-dir", str(tmp_path), "--max-calibration-images", value])
     assert exit_info.value.code == 2
     assert "--max-calibration-images: must be at least 1" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_onnx_is_one_error_line(tmp_path, capsys):
+    checkpoint = tmp_path / "alexnet.pt"
+    torch.save({"weights": torch.zeros(3)}, checkpoint)
+    assert main(["--onnx", str(checkpoint), "--calibration-dir", str(tmp_path), "--out", str(tmp_path / "q.onnx")]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        f"[quantize] error: {checkpoint}: not an ONNX file; pass a .onnx model written by export/to_onnx.py"
+    ]
+
+
+def test_the_summary_names_each_throughput():
+    line = throughput_summary({"fp32": 169.4, "int8": 93.2, "speedup": 0.55, "int8_fused": 0.0}, 32)
+    assert line == "int8 (unfused) 93 img/s vs fp32 169 img/s (int8 speed-up 0.55x) at batch 32"
+
+
+def test_the_fused_kernels_warning_follows_the_measured_agreement():
+    lost = fused_kernels_warning("no VNNI", qdq_top1=1.0, fused_top1=0.31)
+    assert "drops to 31.0% (Q/DQ math 100.0%)" in lost
+    same = fused_kernels_warning("no VNNI", qdq_top1=1.0, fused_top1=1.0)
+    assert "is 100.0% on these images, as the Q/DQ math's, but other images can saturate" in same
+    assert "wrong answers" not in same and "drops" not in same
+
+
+@pytest.mark.parametrize(
+    "fp32, int8, message",
+    [
+        ("int8", "fp32", "--fp32 {a} is the int8 model and --int8 {b} the fp32 one; swap them"),
+        ("fp16", "int8", "--fp32 {a} is fp16, by its metadata"),
+    ],
+)
+def test_bench_refuses_files_of_other_precisions(fp32, int8, message, tmp_path, capsys):
+    a, b = tiny_onnx(tmp_path / "a.onnx", fp32), tiny_onnx(tmp_path / "b.onnx", int8)
+    assert bench_main(["--fp32", str(a), "--int8", str(b)]) == 1
+    assert capsys.readouterr().err.strip() == "[bench] error: " + message.format(a=a, b=b)
