@@ -232,17 +232,43 @@ def import_torchvision_weights(path: str | Path, arch: str = "torchvision") -> L
     path = Path(path)
     _check_hash_in_name(path)
     state_dict = _torch_load(path)
+    if isinstance(state_dict, dict) and state_dict.get("format") == CHECKPOINT_FORMAT:
+        # Importing would keep only its tensors: its labels become class_N and its provenance
+        # (the preprocessing sizes training recorded) is lost.
+        raise CheckpointError(
+            f"{path}: already an alexnet-serve checkpoint (arch {state_dict.get('arch')!r}, "
+            f"{len(state_dict.get('labels') or [])} labels): copy it, e.g. cp {path} artifacts/alexnet.pt; "
+            "importing would drop its labels and provenance"
+        )
     if isinstance(state_dict, dict) and "model" in state_dict and isinstance(state_dict["model"], dict):
         state_dict = state_dict["model"]  # torchvision references' training checkpoint
     if not isinstance(state_dict, dict):
         raise CheckpointError(f"{path}: expected a state dict, found {type(state_dict).__name__}")
     num_classes = state_dict.get("classifier.6.weight", torch.empty(1000, 0)).shape[0]
     model = build(arch, num_classes=num_classes)
-    _load_state_dict(path, model, state_dict, arch)
+    try:
+        _load_state_dict(path, model, state_dict, arch)
+    except CheckpointError as exc:
+        other = _arch_that_fits(state_dict, num_classes)
+        if other is None or other == arch:
+            raise
+        raise CheckpointError(f"{exc}; they are {other!r} weights: pass --arch {other}") from None
     labels = list(imagenet_labels()) if num_classes == 1000 else [f"class_{i}" for i in range(num_classes)]
     sha = state_dict_sha256(model.state_dict())
     source = TORCHVISION_WEIGHTS_SOURCE if path.name == Path(TORCHVISION_WEIGHTS_URL).name else f"imported:{path.name}"
     return LoadedModel(model.eval(), arch, labels, sha, {"source": source, "file": str(path)})
+
+
+def _arch_that_fits(state_dict: Mapping[str, Any], num_classes: int) -> str | None:
+    """The arch whose key layout and shapes ``state_dict`` has exactly, or None."""
+    for name in sorted(ARCHS):
+        with torch.device("meta"):  # shapes only: no memory, no initialization cost
+            expected = build(name, num_classes=num_classes).state_dict()
+        if set(expected) == set(state_dict) and all(
+            isinstance(state_dict[k], torch.Tensor) and state_dict[k].shape == v.shape for k, v in expected.items()
+        ):
+            return name
+    return None
 
 
 def _check_hash_in_name(path: Path) -> None:

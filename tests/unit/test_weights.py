@@ -251,3 +251,23 @@ def test_the_weights_hash_of_a_missing_or_foreign_file_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("not weights")
     with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
         checkpoint_weights_sha256(tmp_path / "notes.txt")
+
+
+def test_importing_our_own_checkpoint_is_refused_as_a_copy(trained, tmp_path, capsys):
+    _, path = trained
+    out = tmp_path / "alexnet.pt"
+    assert weights_main(["--import-file", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: already an alexnet-serve checkpoint (arch 'torchvision', {CLASSES} labels): copy it" in err
+    assert not out.exists()  # an import would have written class_0.. labels and lost the provenance
+
+
+def test_weights_of_the_other_arch_name_the_arch_to_pass(trained, tmp_path, capsys):
+    model, _ = trained
+    raw = tmp_path / "raw.pth"
+    torch.save(model.state_dict(), raw)
+    assert weights_main(["--import-file", str(raw), "--arch", "alexnet2012", "--out", str(tmp_path / "a.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit arch 'alexnet2012'" in err and err.rstrip().endswith(
+        "they are 'torchvision' weights: pass --arch torchvision"
+    )
