@@ -19,6 +19,7 @@ import numpy as np
 
 from export.onnx_metadata import read_metadata
 from export.ort import int8_kernels_saturate
+from model.help_format import DefaultsHelpFormatter
 
 
 def make_session(path: Path, threads: int = 0, fuse_int8: bool = True):
@@ -75,7 +76,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python export/bench_quantized.py",
         description="Compare fp32 and INT8 ONNX throughput in ONNX Runtime on this CPU.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--fp32", type=Path, default=Path("artifacts/alexnet.onnx"), help="fp32 ONNX model")
     parser.add_argument(

@@ -30,6 +30,7 @@ from export.image_folder import ImageFolderError, iter_batches, list_images
 from export.onnx_metadata import INPUT_NAME, PREFIX, ModelMetadata, read_metadata, write_metadata
 from export.ort import import_onnxruntime, int8_kernels_saturate
 from model.atomic_write import atomic_output
+from model.help_format import DefaultsHelpFormatter
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
@@ -234,7 +235,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python export/quantize.py",
         description="Quantize an fp32 ONNX model to INT8 Q/DQ (ONNX Runtime static quantization).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--onnx", type=Path, default=Path("artifacts/alexnet.onnx"), help="fp32 ONNX model")
     parser.add_argument("--calibration-dir", type=Path, required=True, help="folder of calibration images")

@@ -44,6 +44,7 @@ from export.onnx_metadata import (
 from export.ort import import_onnxruntime
 from model.alexnet import ARCHS, arch_spec
 from model.atomic_write import atomic_output
+from model.help_format import DefaultsHelpFormatter
 from model.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from model.weights import CheckpointError, LoadedModel, load_model
 
@@ -242,7 +243,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python export/to_onnx.py",
         description="Export AlexNet to ONNX (dynamic batch) and verify it against PyTorch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument(
         "--checkpoint",

@@ -35,6 +35,7 @@ from export.cli import run_main, step_printer
 from export.onnx_metadata import INPUT_NAME, OUTPUT_NAME, read_metadata
 from export.ort import import_onnxruntime
 from model.atomic_write import write_bytes_atomic
+from model.help_format import DefaultsHelpFormatter
 
 EXIT_MISSING = 2
 GET_TENSORRT = (
@@ -305,7 +306,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python export/to_trt.py",
         description="Build a TensorRT engine (TensorRT 10 or 11) from an ONNX export and verify it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument(
         "--onnx",

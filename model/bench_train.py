@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from model.alexnet import ARCHS, arch_spec, build
 from model.data import ImageFolder
 from model.engine import PRECISIONS, autocast, optimizer_step
+from model.help_format import DefaultsHelpFormatter
 from model.host import cpu_model
 from model.synthetic import generate
 from model.transforms import LIGHTING_STD, BatchPreprocess, TrainTransform
@@ -147,7 +148,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m model.bench_train",
         description="AlexNet training throughput (img/s) per precision and memory format.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--arch", default="torchvision", choices=sorted(ARCHS), help="network layout")
     p.add_argument("--device", default="cuda" if cuda else "cpu", help="cuda or cpu")

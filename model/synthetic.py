@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from model.help_format import DefaultsHelpFormatter
+
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
 COLOURS = {
     "red": (220, 40, 40),
@@ -135,7 +137,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m model.synthetic",
         description="Write a synthetic ImageFolder data set (train/ and val/) of shape/colour/texture classes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--out", type=Path, required=True, help="output directory (train/ and val/ go inside)")
     parser.add_argument("--classes", type=int, default=10, help=f"number of classes, at most {MAX_CLASSES}")

@@ -36,6 +36,7 @@ from model.data import ImageFolder, ShardSampler, class_labels, make_loader, tra
 from model.determinism import drop_identity_pools, use_deterministic_algorithms
 from model.distributed import DistInfo, barrier, cleanup, init_distributed
 from model.engine import PRECISIONS, EpochStats, evaluate, train_one_epoch
+from model.help_format import DefaultsHelpFormatter
 from model.metrics_log import MetricsLog, plot_metrics, read_metrics
 from model.progress import Progress
 from model.transforms import (
@@ -53,7 +54,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m model.train",
         description="Train AlexNet with the 2012 recipe (torchrun for many GPUs).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
         add_help=add_help,
     )
     p.add_argument("--data-path", type=Path, required=True, help="directory with train/<class>/ and val/<class>/")

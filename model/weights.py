@@ -417,10 +417,12 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: fetch torchvision's weights, or convert a state-dict file into our checkpoint format."""
     import argparse
 
+    from model.help_format import DefaultsHelpFormatter
+
     parser = argparse.ArgumentParser(
         prog="python -m model.weights",
         description="Fetch or convert AlexNet weights into an alexnet-serve checkpoint.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--download", action="store_true", help="download torchvision's published weights")
     parser.add_argument("--import-file", type=Path, help="a torchvision-layout state-dict file to convert")

@@ -1,0 +1,35 @@
+"""model/help_format.py: every CLI's --help shows a flag's default once, and only a real one."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from export import bench_quantized, quantize, to_onnx, to_trt
+from model import train
+
+
+@pytest.mark.parametrize("module", [to_onnx, quantize, to_trt, bench_quantized, train], ids=lambda m: m.__name__)
+def test_help_shows_no_empty_or_doubled_default(module):
+    text = " ".join(module.get_args_parser().format_help().split())  # unwrapped
+    assert "(default: None)" not in text
+    assert not re.search(r"\(default[^)]*\)\s*\(default", text), text
+
+
+def test_real_defaults_are_still_shown():
+    text = " ".join(to_onnx.get_args_parser().format_help().split())
+    assert "ONNX opset (default: 18)" in text and "(default: fp32)" in text
+    text = " ".join(train.get_args_parser().format_help().split())
+    assert "--data-path DATA_PATH directory with train/<class>/ and val/<class>/ --" in text  # required: none
+    assert "(default: the arch's, 256) --" in text  # the help's own words, once
+
+
+def test_the_weights_cli_help(capsys):
+    from model.weights import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: artifacts/alexnet.pt)" in text
