@@ -179,6 +179,24 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: --crop-size {args.crop_size} exceeds --resize-size {args.resize_size}")
     if args.test_only and args.resume is None:
         raise SystemExit("error: --test-only needs --resume CHECKPOINT")
+    if not args.test_only and args.resume is None:
+        _refuse_existing_run(args.output_dir)
+
+
+def _refuse_existing_run(output_dir: Path) -> None:
+    """A fresh run into a directory holding one would replace its best.pt and empty its metrics.jsonl."""
+    checkpoint = output_dir / "checkpoint.pt"
+    if not checkpoint.exists():
+        return
+    try:
+        # mmap: only the epoch is read, not the weights
+        epoch = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("epoch", "?")
+    except Exception:  # unreadable or not ours: still someone's file, still refused
+        epoch = "?"
+    raise SystemExit(
+        f"error: {output_dir} already holds a run (checkpoint.pt, epoch {epoch}); add --resume {checkpoint} "
+        "to continue it, or choose another --output-dir"
+    )
 
 
 def build_loaders(args: argparse.Namespace, dist_info: DistInfo, device: torch.device):
@@ -402,6 +420,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m model.train``: refusals (``SystemExit("error: ...")``) print one line and exit 2."""
+    args = get_args_parser().parse_args(argv)
+    try:
+        main(args)
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
-    sys.exit(0)
+    sys.exit(cli())
