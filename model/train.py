@@ -58,7 +58,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         add_help=add_help,
     )
     p.add_argument("--data-path", type=Path, required=True, help="directory with train/<class>/ and val/<class>/")
-    p.add_argument("--arch", default="torchvision", choices=sorted(ARCHS), help="network layout")
+    p.add_argument(
+        "--arch",
+        default=None,
+        choices=sorted(ARCHS),
+        help="network layout (default: the --resume checkpoint's, else torchvision)",
+    )
     p.add_argument(
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
@@ -73,7 +78,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.01, help="initial learning rate")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=5e-4, help="weight decay")
-    p.add_argument("--dropout", type=float, default=0.5, help="dropout probability in the classifier")
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=None,
+        help="dropout probability in the classifier (default: the --resume checkpoint's, else 0.5)",
+    )
     p.add_argument(
         "--init",
         default="arch",
@@ -91,10 +101,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--lr-step-size", type=int, default=30, help="step: epochs between cuts")
     # Data and augmentation, paper section 4.1.
     p.add_argument(
-        "--resize-size", type=int, default=None, help="shorter side before cropping, pixels (default: the arch's, 256)"
+        "--resize-size",
+        type=int,
+        default=None,
+        help="shorter side before cropping, pixels (default: the --resume checkpoint's, else the arch's, 256)",
     )
     p.add_argument(
-        "--crop-size", type=int, default=None, help="network input, pixels (default: 224, or 227 for alexnet2012)"
+        "--crop-size",
+        type=int,
+        default=None,
+        help="network input, pixels (default: the --resume checkpoint's, else 224, or 227 for alexnet2012)",
     )
     p.add_argument("--hflip-prob", type=float, default=0.5, help="probability of a horizontal flip")
     p.add_argument("--lighting-std", type=float, default=LIGHTING_STD, help="fancy-PCA lighting alpha std; 0 disables")
@@ -167,7 +183,46 @@ def _lr(optimizer: torch.optim.Optimizer) -> float:
     return optimizer.param_groups[0]["lr"]
 
 
+# What a checkpoint records that shapes its model or its preprocessing: a resumed run (and --test-only)
+# takes these from it when the flag is left out; training refuses a flag that contradicts it.
+RECORDED = ("arch", "resize_size", "crop_size", "dropout")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _recorded(path: Path) -> dict[str, Any]:
+    """The RECORDED values ``path`` holds (args of checkpoint.pt; arch and sizes of best.pt), or {} if
+    unreadable (main's load_training_checkpoint then says why)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return {}
+    if not isinstance(payload, dict):
+        return {}
+    found = {**payload.get("provenance", {}), "arch": payload.get("arch"), **payload.get("args", {})}
+    return {name: found[name] for name in RECORDED if found.get(name) is not None}
+
+
+def _adopt_recorded(args: argparse.Namespace) -> None:
+    for name, value in _recorded(args.resume).items():
+        given = getattr(args, name)
+        if given is None:
+            setattr(args, name, value)
+        elif given != value and not (args.test_only and name in ("resize_size", "crop_size", "dropout")):
+            # --test-only may evaluate at other sizes on purpose; dropout does nothing in evaluation.
+            raise SystemExit(
+                f"error: {_flag(name)} {given} differs from {value}, which {args.resume} was trained with; "
+                f"leave {_flag(name)} out to continue with {value}, or start a new run in another --output-dir"
+            )
+
+
 def check_args(args: argparse.Namespace) -> None:
+    if args.resume is not None:
+        _adopt_recorded(args)
+    args.arch = args.arch or "torchvision"
+    args.dropout = 0.5 if args.dropout is None else args.dropout
     spec = arch_spec(args.arch)
     args.resize_size = args.resize_size or spec.resize_size
     args.crop_size = args.crop_size or spec.input_size
@@ -197,6 +252,18 @@ def _refuse_existing_run(output_dir: Path) -> None:
         f"error: {output_dir} already holds a run (checkpoint.pt, epoch {epoch}); add --resume {checkpoint} "
         "to continue it, or choose another --output-dir"
     )
+
+
+def _describe(labels: list[str], shown: int = 5) -> str:
+    head = ", ".join(labels[:shown]) + (", ..." if len(labels) > shown else "")
+    return f"{len(labels)} classes ({head})"
+
+
+def _first_difference(recorded: list[str], found: list[str]) -> str:
+    for index, (a, b) in enumerate(zip(recorded, found, strict=False)):
+        if a != b:
+            return f" (class {index}: {a!r} in the checkpoint, {b!r} here)"
+    return ""
 
 
 def build_loaders(args: argparse.Namespace, dist_info: DistInfo, device: torch.device):
@@ -290,9 +357,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             loaded, state = load_training_checkpoint(args.resume)
         except CheckpointError as exc:
             raise SystemExit(f"error: {exc}") from None
-        if loaded.arch != args.arch or len(loaded.labels) != len(labels):
+        if loaded.arch != args.arch:
+            raise SystemExit(f"error: {args.resume} is arch {loaded.arch!r}; this run is {args.arch!r}")
+        if loaded.labels != labels:
             raise SystemExit(
-                f"error: {args.resume} is arch {loaded.arch!r} with {len(loaded.labels)} classes; this run is {args.arch!r} with {len(labels)}"
+                f"error: {args.resume} was trained on {_describe(loaded.labels)}; "
+                f"{args.data_path / 'train'} has {_describe(labels)}{_first_difference(loaded.labels, labels)}; "
+                "resume on the same classes, or start a new run"
             )
         model.load_state_dict(loaded.model.state_dict())
         if not args.test_only:

@@ -3,12 +3,14 @@ one line naming what to do, exit 2."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from model import train
 from model.metrics_log import read_metrics
 from tests.integration.test_train import SMALL, run_train
 
@@ -54,3 +56,62 @@ def test_a_second_run_into_an_output_dir_holding_one_is_refused(tiny4, tmp_path)
         "--data-path", str(tiny4), "--output-dir", str(out), *MECHANICS, "--test-only", "--resume", str(out / "best.pt")
     )  # fmt: skip
     assert evaluated["kind"] == "ten_crop"
+
+
+@pytest.fixture(scope="module")
+def trained(tiny4, tmp_path_factory) -> Path:
+    """One epoch on tiny4 at 64/72 px with --dropout 0.1: its checkpoint.pt records all three."""
+    out = tmp_path_factory.mktemp("trained")
+    run_train("--data-path", str(tiny4), "--output-dir", str(out), "--epochs", "1", "--dropout", "0.1", *MECHANICS)
+    return out
+
+
+def _checked(*argv: str):
+    args = train.get_args_parser().parse_args(list(argv))
+    train.check_args(args)
+    return args
+
+
+def test_resume_takes_what_the_checkpoint_recorded(trained, tiny4):
+    common = ["--data-path", str(tiny4), "--output-dir", str(trained), "--epochs", "2"]
+    args = _checked(*common, "--resume", str(trained / "checkpoint.pt"))
+    assert (args.arch, args.resize_size, args.crop_size, args.dropout) == ("torchvision", 72, 64, 0.1)
+    # best.pt records the sizes (not dropout): --test-only evaluates at them, or at sizes given on purpose.
+    args = _checked(*common, "--test-only", "--resume", str(trained / "best.pt"))
+    assert (args.resize_size, args.crop_size, args.dropout) == (72, 64, 0.5)
+    args = _checked(*common, "--test-only", "--resume", str(trained / "best.pt"), "--crop-size", "66")
+    assert (args.resize_size, args.crop_size) == (72, 66)
+    # Without --resume, the defaults as before.
+    args = _checked("--data-path", str(tiny4), "--output-dir", str(trained / "other"))
+    assert (args.arch, args.resize_size, args.crop_size, args.dropout) == ("torchvision", 256, 224, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "recorded"),
+    [
+        ("--crop-size", "66", "64"),
+        ("--resize-size", "80", "72"),
+        ("--dropout", "0.5", "0.1"),
+        ("--arch", "alexnet2012", "torchvision"),
+    ],
+)
+def test_resume_refuses_a_flag_that_contradicts_the_checkpoint(trained, tiny4, flag, value, recorded):
+    checkpoint = trained / "checkpoint.pt"
+    with pytest.raises(
+        SystemExit, match=rf"^error: {flag} {value} differs from {recorded}, which .*checkpoint.pt was trained with"
+    ):
+        _checked("--data-path", str(tiny4), "--resume", str(checkpoint), flag, value)
+
+
+def test_resume_refuses_other_class_names(trained, tiny4, tmp_path):
+    other = tmp_path / "renamed"
+    shutil.copytree(tiny4, other)
+    for split in ("train", "val"):
+        first = sorted((other / split).iterdir())[0]
+        first.rename(first.with_name("a-renamed-class"))
+    for extra in ([], ["--test-only"]):
+        with pytest.raises(SystemExit, match=r"was trained on 4 classes .*has 4 classes .*\(class 0: 'c000-"):
+            run_train(
+                "--data-path", str(other), "--output-dir", str(trained), "--epochs", "2", *MECHANICS, *extra,
+                "--resume", str(trained / "checkpoint.pt"),
+            )  # fmt: skip
