@@ -412,81 +412,103 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     log = MetricsLog(args.output_dir / "metrics.jsonl", start_epoch - 1 if args.resume else None) if main_proc else None
     record: dict[str, Any] = {}
-    for epoch in range(start_epoch, args.epochs):
-        _seed_everything(args.seed, epoch, dist_info.rank)
-        sampler.set_epoch(epoch)
-        train_loader.generator.manual_seed(args.seed * 1_000_003 + epoch)
-        lr = _lr(optimizer)
-        start = time.perf_counter()
-        train = train_one_epoch(
-            model,
-            criterion,
-            optimizer,
-            train_loader,
-            device,
-            preprocess,
-            args.precision,
-            scaler,
-            Progress(len(train_loader), f"epoch {epoch}", main_proc, args.print_every_s),
-        )
-        seconds = time.perf_counter() - start
-        step += len(train_loader)
-        val = run_eval(val_loader, epoch, "val")
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(val.top1_err)  # every rank sees the same summed error, so lrs agree
-        else:
-            scheduler.step()
-        record = _record("epoch", epoch, step, lr, val, train, seconds)
-        say(
-            f"epoch {epoch}: train loss {train.loss:.4f}, val loss {val.loss:.4f}, top-1 error {val.top1_err:.2%}, "
-            f"top-5 error {val.top5_err:.2%}, {record['train_img_per_s']:.0f} img/s"
-        )
-        is_best = val.top1_err < best_top1_err
-        best_top1_err = min(best_top1_err, val.top1_err)
-        if main_proc:
-            provenance = {
-                "source": "trained",
-                "dataset": dataset_name,
-                "epoch": epoch,
-                "val_top1": 100 * (1 - val.top1_err),
-                "val_top5": 100 * (1 - val.top5_err),
-                "crop_size": args.crop_size,
-                "resize_size": args.resize_size,
-            }
-            training_state = {
-                "optimizer": optimizer.state_dict(),
-                "lr_scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "step": step,
-                "best_top1_err": best_top1_err,
-                "args": _plain(args),
-            }
-            if scaler is not None:
-                training_state["scaler"] = scaler.state_dict()
-            save_checkpoint(
-                args.output_dir / "checkpoint.pt", model_without_ddp, args.arch, labels, provenance, **training_state
+    # The last fully saved epoch and the checkpoint that holds it, for the message on Ctrl-C.
+    saved: tuple[int, Path] | None = (start_epoch - 1, args.resume) if args.resume is not None else None
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            _seed_everything(args.seed, epoch, dist_info.rank)
+            sampler.set_epoch(epoch)
+            train_loader.generator.manual_seed(args.seed * 1_000_003 + epoch)
+            lr = _lr(optimizer)
+            start = time.perf_counter()
+            train = train_one_epoch(
+                model,
+                criterion,
+                optimizer,
+                train_loader,
+                device,
+                preprocess,
+                args.precision,
+                scaler,
+                Progress(len(train_loader), f"epoch {epoch}", main_proc, args.print_every_s),
             )
-            if args.keep_epoch_checkpoints:
+            seconds = time.perf_counter() - start
+            step += len(train_loader)
+            val = run_eval(val_loader, epoch, "val")
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(val.top1_err)  # every rank sees the same summed error, so lrs agree
+            else:
+                scheduler.step()
+            record = _record("epoch", epoch, step, lr, val, train, seconds)
+            say(
+                f"epoch {epoch}: train loss {train.loss:.4f}, val loss {val.loss:.4f}, top-1 error {val.top1_err:.2%}, "
+                f"top-5 error {val.top5_err:.2%}, {record['train_img_per_s']:.0f} img/s"
+            )
+            is_best = val.top1_err < best_top1_err
+            best_top1_err = min(best_top1_err, val.top1_err)
+            ten_crop: EpochStats | None = None
+            if args.ten_crop == "every" or (args.ten_crop == "final" and epoch == args.epochs - 1):
+                ten_crop = run_eval(ten_loader, epoch, "val10")
+                say(f"epoch {epoch} 10-crop: top-1 error {ten_crop.top1_err:.2%}, top-5 error {ten_crop.top5_err:.2%}")
+            if main_proc:
+                provenance = {
+                    "source": "trained",
+                    "dataset": dataset_name,
+                    "epoch": epoch,
+                    "val_top1": 100 * (1 - val.top1_err),
+                    "val_top5": 100 * (1 - val.top5_err),
+                    "crop_size": args.crop_size,
+                    "resize_size": args.resize_size,
+                }
+                training_state = {
+                    "optimizer": optimizer.state_dict(),
+                    "lr_scheduler": scheduler.state_dict(),
+                    "epoch": epoch,
+                    "step": step,
+                    "best_top1_err": best_top1_err,
+                    "args": _plain(args),
+                }
+                if scaler is not None:
+                    training_state["scaler"] = scaler.state_dict()
+                # checkpoint.pt last: it marks an epoch whose best.pt and records are all written, so a
+                # run interrupted in between redoes the epoch instead of resuming past what it lost.
+                if is_best:
+                    save_checkpoint(args.output_dir / "best.pt", model_without_ddp, args.arch, labels, provenance)
+                assert log is not None
+                log.write(record)
+                if ten_crop is not None:
+                    log.write(_record("ten_crop", epoch, step, lr, ten_crop))
+                plot_metrics(read_metrics(log.path), args.output_dir / "metrics.png")
+                if args.keep_epoch_checkpoints:
+                    save_checkpoint(
+                        args.output_dir / f"checkpoint_{epoch}.pt",
+                        model_without_ddp,
+                        args.arch,
+                        labels,
+                        provenance,
+                        **training_state,
+                    )
                 save_checkpoint(
-                    args.output_dir / f"checkpoint_{epoch}.pt",
+                    args.output_dir / "checkpoint.pt",
                     model_without_ddp,
                     args.arch,
                     labels,
                     provenance,
                     **training_state,
                 )
-            if is_best:
-                save_checkpoint(args.output_dir / "best.pt", model_without_ddp, args.arch, labels, provenance)
-            assert log is not None
-            log.write(record)
-        if args.ten_crop == "every" or (args.ten_crop == "final" and epoch == args.epochs - 1):
-            ten = run_eval(ten_loader, epoch, "val10")
-            say(f"epoch {epoch} 10-crop: top-1 error {ten.top1_err:.2%}, top-5 error {ten.top5_err:.2%}")
-            if log is not None:
-                log.write(_record("ten_crop", epoch, step, lr, ten))
-        if log is not None:
-            plot_metrics(read_metrics(log.path), args.output_dir / "metrics.png")
-        barrier()  # no rank runs ahead while rank 0 writes
+            saved = (epoch, args.output_dir / "checkpoint.pt")
+            barrier()  # no rank runs ahead while rank 0 writes
+    except KeyboardInterrupt:
+        if saved is None:
+            message = "interrupted before the first epoch was saved: nothing to resume"
+        else:
+            message = (
+                f"interrupted in epoch {epoch}; resume with --resume {saved[1]} (continues at epoch {saved[0] + 1})"
+            )
+        if main_proc:
+            print(message, file=sys.stderr)
+        raise SystemExit(130) from None
     cleanup()
     return record
 

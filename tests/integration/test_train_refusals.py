@@ -12,6 +12,7 @@ import pytest
 
 from model import train
 from model.metrics_log import read_metrics
+from model.weights import load_training_checkpoint
 from tests.integration.test_train import SMALL, run_train
 
 pytestmark = pytest.mark.slow
@@ -115,3 +116,41 @@ def test_resume_refuses_other_class_names(trained, tiny4, tmp_path):
                 "--data-path", str(other), "--output-dir", str(trained), "--epochs", "2", *MECHANICS, *extra,
                 "--resume", str(trained / "checkpoint.pt"),
             )  # fmt: skip
+
+
+def test_an_interrupted_save_loses_neither_the_record_nor_best(tiny4, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    real_save = train.save_checkpoint
+
+    def ctrl_c_at_epoch_1s_checkpoint(path, *args, **kwargs):
+        if Path(path).name == "checkpoint.pt" and kwargs["epoch"] == 1:
+            raise KeyboardInterrupt
+        return real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(train, "save_checkpoint", ctrl_c_at_epoch_1s_checkpoint)
+    common = ["--data-path", str(tiny4), "--output-dir", str(out), "--epochs", "2", *MECHANICS]
+    with pytest.raises(SystemExit) as exited:
+        run_train(*common, "--lr", "0")  # lr 0: epoch 1 is no better, so best.pt is epoch 0's
+    assert exited.value.code == 130
+    checkpoint = out / "checkpoint.pt"
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"interrupted in epoch 1; resume with --resume {checkpoint} (continues at epoch 1)"
+    )
+    assert load_training_checkpoint(checkpoint)[1]["epoch"] == 0
+    assert [r["epoch"] for r in read_metrics(out / "metrics.jsonl")] == [0, 1]  # written before checkpoint.pt
+    monkeypatch.undo()
+
+    run_train(*common, "--lr", "0", "--resume", str(checkpoint))  # redoes epoch 1; its first record dropped
+    assert [r["epoch"] for r in read_metrics(out / "metrics.jsonl")] == [0, 1]
+    assert load_training_checkpoint(checkpoint)[1]["epoch"] == 1
+
+
+def test_ctrl_c_before_any_epoch_is_saved(tiny4, tmp_path, monkeypatch, capsys):
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train_one_epoch", ctrl_c)
+    with pytest.raises(SystemExit) as exited:
+        run_train("--data-path", str(tiny4), "--output-dir", str(tmp_path / "run"), *MECHANICS)
+    assert exited.value.code == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "interrupted before the first epoch was saved: nothing to resume"
