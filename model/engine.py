@@ -109,7 +109,8 @@ def train_one_epoch(
     if progress is not None:
         progress.close(loss=stats.loss)
     if not math.isfinite(stats.loss):
-        raise FloatingPointError(f"training loss is {stats.loss}; lower --lr, or use --precision fp32 or bf16")
+        advice = "lower --lr" + (", or use --precision fp32 or bf16" if precision == "fp16" else "")
+        raise FloatingPointError(f"training loss is {stats.loss} ({precision}); {advice}")
     return stats
 
 

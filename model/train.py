@@ -218,7 +218,39 @@ def _adopt_recorded(args: argparse.Namespace) -> None:
             )
 
 
+def _check_device(name: str) -> None:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"error: --device {name}: not a device; use cuda, cuda:N or cpu") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {name}, but CUDA is not available here; use --device cpu")
+
+
+def _check_data_path(path: Path) -> None:
+    if not path.is_dir():
+        raise SystemExit(f"error: --data-path {path}: no such directory")
+    missing = [split for split in ("train", "val") if not (path / split).is_dir()]
+    if missing:
+        hint = ""
+        if path.name in ("train", "val") and (path.parent / "train").is_dir() and (path.parent / "val").is_dir():
+            hint = f"; did you mean --data-path {path.parent}?"
+        raise SystemExit(
+            f"error: --data-path {path} must contain train/ and val/ (each <class>/<image>); "
+            f"it has no {' or '.join(m + '/' for m in missing)}{hint}"
+        )
+
+
 def check_args(args: argparse.Namespace) -> None:
+    for flag, value, least in (
+        ("--batch-size", args.batch_size, 1),
+        ("--workers", args.workers, 0),
+        ("--epochs", args.epochs, 0),
+    ):
+        if value < least:
+            raise SystemExit(f"error: {flag} must be at least {least}, got {value}")
+    _check_device(args.device)
+    _check_data_path(args.data_path)
     if args.resume is not None:
         _adopt_recorded(args)
     args.arch = args.arch or "torchvision"
@@ -523,6 +555,9 @@ def cli(argv: list[str] | None = None) -> int:
             print(exc.code, file=sys.stderr)
             return 2
         raise
+    except FloatingPointError as exc:  # a diverged run: the message says what to change
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from model import train
 from model.metrics_log import read_metrics
@@ -154,3 +155,39 @@ def test_ctrl_c_before_any_epoch_is_saved(tiny4, tmp_path, monkeypatch, capsys):
         run_train("--data-path", str(tiny4), "--output-dir", str(tmp_path / "run"), *MECHANICS)
     assert exited.value.code == 130
     assert capsys.readouterr().err.splitlines()[-1] == "interrupted before the first epoch was saved: nothing to resume"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-b", "0"], "error: --batch-size must be at least 1, got 0"),
+        (["--workers", "-1"], "error: --workers must be at least 0, got -1"),
+        (["--device", "gpu"], "error: --device gpu: not a device; use cuda, cuda:N or cpu"),
+    ],
+)
+def test_bad_flags_are_one_line_exit_2(tiny4, tmp_path, argv, message, capsys):
+    assert train.cli([*SMALL, "--data-path", str(tiny4), "--output-dir", str(tmp_path), *argv]) == 2
+    assert capsys.readouterr().err == message + "\n"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a host without CUDA")
+def test_cuda_without_cuda_is_refused(tiny4, tmp_path, capsys):
+    assert train.cli(["--data-path", str(tiny4), "--output-dir", str(tmp_path), "--device", "cuda"]) == 2
+    assert capsys.readouterr().err == "error: --device cuda, but CUDA is not available here; use --device cpu\n"
+
+
+def test_data_path_must_hold_train_and_val(tiny4, tmp_path, capsys):
+    common = [*SMALL, "--output-dir", str(tmp_path / "run")]
+    assert train.cli([*common, "--data-path", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err == f"error: --data-path {tmp_path / 'nowhere'}: no such directory\n"
+    assert train.cli([*common, "--data-path", str(tiny4 / "train")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --data-path {tiny4 / 'train'} must contain train/ and val/ (each <class>/<image>); "
+        f"it has no train/ or val/; did you mean --data-path {tiny4}?\n"
+    )
+
+
+def test_a_diverging_loss_says_to_lower_the_lr(tiny4, tmp_path, capsys):
+    argv = [*SMALL, *MECHANICS, "--data-path", str(tiny4), "--output-dir", str(tmp_path / "run"), "--epochs", "1"]
+    assert train.cli([*argv, "--lr", "1e6"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: training loss is nan (fp32); lower --lr")
