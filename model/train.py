@@ -408,6 +408,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             start_epoch, step = state["epoch"] + 1, state["step"]
             best_top1_err = state.get("best_top1_err", best_top1_err)
             say(f"resumed from {args.resume}: epoch {start_epoch}, step {step}, lr {_lr(optimizer):g}")
+    if not args.test_only and start_epoch >= args.epochs:
+        done = f"{args.resume} holds epoch {start_epoch - 1}, so " if args.resume is not None else ""
+        raise SystemExit(
+            f"error: {done}--epochs {args.epochs} leaves nothing to train; raise --epochs above {start_epoch}"
+        )
 
     model_without_ddp = model
     if dist_info.distributed:

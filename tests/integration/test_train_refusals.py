@@ -191,3 +191,16 @@ def test_a_diverging_loss_says_to_lower_the_lr(tiny4, tmp_path, capsys):
     argv = [*SMALL, *MECHANICS, "--data-path", str(tiny4), "--output-dir", str(tmp_path / "run"), "--epochs", "1"]
     assert train.cli([*argv, "--lr", "1e6"]) == 1
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: training loss is nan (fp32); lower --lr")
+
+
+def test_nothing_left_to_train_is_refused(trained, tiny4, tmp_path, capsys):
+    argv = [*SMALL, *MECHANICS, "--data-path", str(tiny4)]
+    checkpoint = trained / "checkpoint.pt"
+    assert train.cli([*argv, "--output-dir", str(trained), "--epochs", "1", "--resume", str(checkpoint)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: {checkpoint} holds epoch 0, so --epochs 1 leaves nothing to train; raise --epochs above 1"
+    )
+    assert train.cli([*argv, "--output-dir", str(tmp_path / "run"), "--epochs", "0"]) == 2
+    assert (
+        capsys.readouterr().err.splitlines()[-1] == "error: --epochs 0 leaves nothing to train; raise --epochs above 0"
+    )
