@@ -12,6 +12,7 @@ wnids is the index order of the published AlexNet and of ``model/imagenet_classe
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,29 +22,50 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from model.labels import imagenet_labels
 
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".ppm", ".bmp", ".webp")
+# The formats the service decodes (service/preprocess.py PARSERS) and PPM; transforms convert to RGB.
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".ppm", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 _WNID = re.compile(r"^n\d{8}$")
 
 
 class ImageFolder(Dataset):
-    """(image, class index) pairs from ``root/<class>/<file>``; images are decoded with PIL on access."""
+    """(image, class index) pairs from ``root/<class>/<file>``; images are decoded with PIL on access.
+
+    Hidden entries (``.ipynb_checkpoints``, ``.DS_Store``) are ignored: a hidden folder taken as a class
+    would shift every class index after it. A class folder without images is refused, as torchvision's
+    ImageFolder does; other files are skipped and counted by extension in ``skipped``."""
 
     def __init__(self, root: str | Path, transform: Callable[[Image.Image], torch.Tensor]) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: no such data directory (expected <root>/<class>/<image>)")
-        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not self.classes:
             raise FileNotFoundError(f"{self.root}: no class folders")
-        self.samples = [
-            (str(path), index)
-            for index, name in enumerate(self.classes)
-            for path in sorted((self.root / name).iterdir())
-            if path.suffix.lower() in IMAGE_EXTENSIONS
-        ]
-        if not self.samples:
-            raise FileNotFoundError(f"{self.root}: no images with extensions {IMAGE_EXTENSIONS}")
+        self.skipped: Counter[str] = Counter()
+        self.samples: list[tuple[str, int]] = []
+        for index, name in enumerate(self.classes):
+            found = 0
+            for path in sorted((self.root / name).iterdir()):
+                if path.name.startswith("."):
+                    continue
+                if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                    self.samples.append((str(path), index))
+                    found += 1
+                else:
+                    self.skipped[path.suffix.lower() or ("(folder)" if path.is_dir() else "(none)")] += 1
+            if not found:
+                raise FileNotFoundError(
+                    f"{self.root / name}: class folder with no images (extensions {', '.join(IMAGE_EXTENSIONS)}); "
+                    "add images or remove the folder"
+                )
         self.transform = transform
+
+    def skipped_note(self) -> str | None:
+        """One line on the files not read, or None."""
+        if not self.skipped:
+            return None
+        kinds = ", ".join(f"{ext} ({n})" for ext, n in self.skipped.most_common())
+        return f"{self.root}: skipped {sum(self.skipped.values())} files it does not read: {kinds}"
 
     def __len__(self) -> int:
         return len(self.samples)

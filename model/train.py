@@ -310,9 +310,16 @@ def build_loaders(args: argparse.Namespace, dist_info: DistInfo, device: torch.d
             FinishInWorker(val_tf),
             FinishInWorker(ten_tf),
         )
-    train_set = ImageFolder(args.data_path / "train", train_tf)
-    val_set = ImageFolder(args.data_path / "val", val_tf)
+    try:
+        train_set = ImageFolder(args.data_path / "train", train_tf)
+        val_set = ImageFolder(args.data_path / "val", val_tf)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"error: {exc}") from None
     ten_set = ImageFolder(args.data_path / "val", ten_tf)
+    if dist_info.is_main:
+        for note in (train_set.skipped_note(), val_set.skipped_note()):
+            if note:
+                print(note)
     if val_set.classes != train_set.classes:
         raise SystemExit(f"error: val classes differ from train classes under {args.data_path}")
     sampler = train_sampler(train_set, dist_info.rank, dist_info.world_size, args.seed)
