@@ -22,7 +22,7 @@ def test_real_defaults_are_still_shown():
     assert "ONNX opset (default: 18)" in text and "(default: fp32)" in text
     text = " ".join(train.get_args_parser().format_help().split())
     assert "--data-path DATA_PATH directory with train/<class>/ and val/<class>/ --" in text  # required: none
-    assert "(default: the arch's, 256) --" in text  # the help's own words, once
+    assert "(default: the --resume checkpoint's, else the arch's, 256) --" in text  # the help's own words, once
 
 
 def test_the_weights_cli_help(capsys):
