@@ -47,6 +47,7 @@ from loadtest.multiproc import resolve_procs, run_sweep
 from loadtest.payloads import KINDS, Payload, build_payload
 from loadtest.progress import ProgressBar
 from loadtest.step import ARRIVALS, MODES, StepConfig, StepResult
+from model.help_format import DefaultsRawDescriptionHelpFormatter
 
 
 def _numbers(text: str, cast=float) -> list:
@@ -101,12 +102,10 @@ def _image_spec(text: str) -> str:
     return text
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after each flag; the module docstring's examples kept as written."""
-
-
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest", description=__doc__, formatter_class=DefaultsRawDescriptionHelpFormatter
+    )
     p.add_argument(
         "--url",
         type=_base_url,

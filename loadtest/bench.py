@@ -36,6 +36,7 @@ from loadtest.bench_summary import summarize, unmeasured_backends
 from loadtest.ceilings import engine_ceiling, load_backend, pipeline_ceiling, preprocess_time_ms
 from loadtest.corpus import build_corpus
 from loadtest.progress import say
+from model.help_format import DefaultsRawDescriptionHelpFormatter
 from service.process import reuse_freed_memory
 
 GPU_BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -47,12 +48,10 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after each flag; the module docstring's examples kept as written."""
-
-
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.bench", description=__doc__, formatter_class=DefaultsRawDescriptionHelpFormatter
+    )
     p.add_argument(
         "--onnx",
         type=Path,

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from loadtest.multiproc import healthz_ceiling, resolve_procs
 from loadtest.servers import REPO, free_port
+from model.help_format import DefaultsRawDescriptionHelpFormatter
 from model.host import cpu_model
 from service.cpus import usable_cpus
 
@@ -62,15 +63,11 @@ def start_server(timeout_s: float = 20.0) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"loadtest.healthz_server did not start on {url}")
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after each flag; the module docstring's examples kept as written."""
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m loadtest.client_ceiling",
         description=__doc__,
-        formatter_class=HelpFormatter,
+        formatter_class=DefaultsRawDescriptionHelpFormatter,
     )
     p.add_argument("--procs", default="1,2", help="process counts to compare, comma-separated ('auto' allowed)")
     p.add_argument("--concurrency", type=int, default=32, help="clients per step, split over the processes")

@@ -27,6 +27,7 @@ from PIL import Image
 
 from loadtest import servers
 from loadtest.auth import api_key_from_env, auth_headers
+from model.help_format import DefaultsHelpFormatter
 
 
 def rss_bytes(pid: int) -> int:
@@ -169,7 +170,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.soak",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--url", help="a running instance (loopback); without it a server is started")
     parser.add_argument("--pid", type=int, help="the running instance's process id (for its RSS)")

@@ -6,11 +6,17 @@ import re
 
 import pytest
 
+import loadtest.__main__ as loadtest_main
 from export import bench_quantized, quantize, to_onnx, to_trt
+from loadtest import bench, client_ceiling, soak
 from model import train
 
 
-@pytest.mark.parametrize("module", [to_onnx, quantize, to_trt, bench_quantized, train], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module",
+    [to_onnx, quantize, to_trt, bench_quantized, train, loadtest_main, bench, client_ceiling, soak],
+    ids=lambda m: m.__name__,
+)
 def test_help_shows_no_empty_or_doubled_default(module):
     text = " ".join(module.get_args_parser().format_help().split())  # unwrapped
     assert "(default: None)" not in text
