@@ -16,6 +16,7 @@ from model.help_format import DefaultsHelpFormatter
 from model.transforms import (
     LIGHTING_STD,
 )
+from model.weights import peek_checkpoint
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -148,11 +149,8 @@ def _flag(name: str) -> str:
 def _recorded(path: Path) -> dict[str, Any]:
     """The RECORDED values ``path`` holds (args of checkpoint.pt; arch and sizes of best.pt), or {} if
     unreadable (main's load_training_checkpoint then says why)."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return {}
-    if not isinstance(payload, dict):
+    payload = peek_checkpoint(path)
+    if payload is None:
         return {}
     found = {**payload.get("provenance", {}), "arch": payload.get("arch"), **payload.get("args", {})}
     return {name: found[name] for name in RECORDED if found.get(name) is not None}
@@ -228,11 +226,8 @@ def _refuse_existing_run(output_dir: Path) -> None:
     checkpoint = output_dir / "checkpoint.pt"
     if not checkpoint.exists():
         return
-    try:
-        # mmap: only the epoch is read, not the weights
-        epoch = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("epoch", "?")
-    except Exception:  # unreadable or not ours: still someone's file, still refused
-        epoch = "?"
+    # Unreadable or not ours: still someone's file, still refused.
+    epoch = (peek_checkpoint(checkpoint) or {}).get("epoch", "?")
     raise SystemExit(
         f"error: {output_dir} already holds a run (checkpoint.pt, epoch {epoch}); add --resume {checkpoint} "
         "to continue it, or choose another --output-dir"

@@ -344,13 +344,21 @@ def checkpoint_weights_sha256(path: str | Path, arch: str = "torchvision") -> st
     return _checkpoint_weights_sha256(path.resolve(), stat.st_mtime_ns, stat.st_size, arch)
 
 
-@functools.lru_cache(maxsize=8)
-def _checkpoint_weights_sha256(path: Path, _mtime_ns: int, _size: int, arch: str) -> str:
+def peek_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    """A checkpoint file's dict, opened memory-mapped so its tensors are not read (its format, arch,
+    provenance, epoch, args, recorded hash), or None when it is not a readable zip-format dict (mmap
+    needs one): ``load_model`` or ``load_training_checkpoint`` then say what is wrong with it."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a zip archive (mmap needs one), or unreadable: load_model says what is wrong
-        payload = None
-    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+    except Exception:
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+@functools.lru_cache(maxsize=8)
+def _checkpoint_weights_sha256(path: Path, _mtime_ns: int, _size: int, arch: str) -> str:
+    payload = peek_checkpoint(path)
+    if payload is not None and payload.get("format") == CHECKPOINT_FORMAT:
         recorded = payload.get("weights_sha256")
         if isinstance(recorded, str):
             return recorded
