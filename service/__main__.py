@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from pydantic import ValidationError
 
@@ -125,9 +125,11 @@ def cuda_visible() -> bool:
         return False
 
 
-def needs_a_gpu(settings: Settings) -> str | None:
+def needs_a_gpu(settings: Settings, cuda_check: Callable[[], bool] | None = None) -> str | None:
     """Why the settings cannot run on this host, as far as the settings alone need a CUDA GPU; None when
-    they can (or might: the rest is for the engine to find out, and the server exits 3 if it cannot)."""
+    they can (or might: the rest is for the engine to find out, and the server exits 3 if it cannot).
+    ``cuda_check``: how to ask (default ``cuda_visible``, a child process); a process that has torch
+    loaded anyway (the entrypoint) asks in-process."""
     asked = [
         setting_name(name, value)
         for name, value in (("device", "cuda"), ("backend", "tensorrt"), ("decode", "gpu"))
@@ -137,15 +139,18 @@ def needs_a_gpu(settings: Settings) -> str | None:
         return None
     if settings.device == "cpu":  # with --backend tensorrt or --decode gpu
         return f"{asked[0]} needs a CUDA GPU, but {setting_name('device', 'cpu')} keeps the model on the CPU"
-    if cuda_visible():
+    if (cuda_check or cuda_visible)():
         return None
     needs = "needs" if len(asked) == 1 else "need"
     return f"{' and '.join(asked)} {needs} a CUDA GPU, but PyTorch sees none on this host; leave it at auto"
 
 
-def refusal(settings: Settings, onnx_made_later: bool = False) -> str | None:
+def refusal(
+    settings: Settings, onnx_made_later: bool = False, cuda_check: Callable[[], bool] | None = None
+) -> str | None:
     """Why valid settings still cannot run at all, in one line naming the setting, or None; checked
-    before any process starts (exit 2). ``onnx_made_later``: the entrypoint exports a missing ONNX."""
+    before any process starts (exit 2). ``onnx_made_later``: the entrypoint exports a missing ONNX;
+    ``cuda_check``: as for ``needs_a_gpu``."""
     if (
         not onnx_made_later
         and settings.backend == "auto"
@@ -165,7 +170,7 @@ def refusal(settings: Settings, onnx_made_later: bool = False) -> str | None:
             f"{setting_name('checkpoint')}: {settings.checkpoint} is not a file; pass our checkpoint "
             "(python -m model.weights --help) or torchvision's alexnet-owt-*.pth, or leave the setting out"
         )
-    return needs_a_gpu(settings)
+    return needs_a_gpu(settings, cuda_check)
 
 
 def main(argv: list[str] | None = None) -> int:

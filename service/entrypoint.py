@@ -281,7 +281,9 @@ def prepare(argv: list[str]) -> None:
             settings.backend,
             settings.frontends,
         )
-        if (why := refusal(settings, onnx_made_later=True)) is not None:
+        from service.backends import cuda_available  # in-process: this process loads torch anyway
+
+        if (why := refusal(settings, onnx_made_later=True, cuda_check=cuda_available)) is not None:
             raise InvalidSettings(why)
 
     exported = False

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import service.__main__
+import service.backends
 from model.weights import save_checkpoint, untrained_model
 from service import entrypoint
 
@@ -158,7 +159,7 @@ def test_prepare_falls_back_under_auto_and_stops_when_tensorrt_was_asked_for(
     )
     monkeypatch.setattr(entrypoint, "to_trt_script", lambda: script)
     monkeypatch.setattr(entrypoint, "gpu_here", lambda settings: True)  # so that auto tries TensorRT
-    monkeypatch.setattr(service.__main__, "cuda_visible", lambda: True)  # and tensorrt passes step 1
+    monkeypatch.setattr(service.backends, "cuda_available", lambda: True)  # and tensorrt passes step 1
     monkeypatch.setenv("ALEXNET_MODEL_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("ALEXNET_ONNX", str(onnx_model))  # present and current: no export
     monkeypatch.setenv("ALEXNET_ENGINE", str(tmp_path / "models" / "alexnet.plan"))
@@ -201,7 +202,8 @@ def test_settings_that_cannot_run_stop_the_entrypoint_with_exit_2_before_any_ste
     tmp_path, monkeypatch, caplog, args, env, says
 ):
     """As python -m service would, and before an export or a TensorRT build that would be thrown away."""
-    monkeypatch.setattr(service.__main__, "cuda_visible", lambda: False)
+    monkeypatch.setattr(service.backends, "cuda_available", lambda: False)  # the entrypoint asks in-process,
+    monkeypatch.setattr(service.__main__, "cuda_visible", lambda: pytest.fail("asked a child process about CUDA"))
     monkeypatch.setattr(entrypoint, "export_onnx", lambda *a, **k: pytest.fail("exported for settings that cannot run"))
     monkeypatch.setenv("ALEXNET_MODEL_DIR", str(tmp_path / "models"))
     for name in ("ALEXNET_ONNX", "ALEXNET_ENGINE", "ALEXNET_CHECKPOINT"):  # the entrypoint sets them in
