@@ -32,13 +32,20 @@ class DistInfo:
 def init_distributed(device: str) -> tuple[DistInfo, torch.device]:
     """Join the process group if launched by torchrun; returns who we are and the device to use.
 
-    On CUDA each process takes GPU ``LOCAL_RANK``, so ``--device cuda`` means "my GPU" under torchrun.
+    On CUDA each process takes GPU ``LOCAL_RANK``, so ``--device cuda`` means "my GPU" under torchrun;
+    a process without one (more processes per host than GPUs) is refused with ``SystemExit("error: ...")``.
     """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo(), torch.device(device)
     info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
     dev = torch.device(device)
     if dev.type == "cuda":
+        gpus = torch.cuda.device_count()
+        if info.local_rank >= gpus:
+            raise SystemExit(
+                f"error: --device {device} under torchrun: LOCAL_RANK {info.local_rank}, but this host sees {gpus} "
+                f"GPU(s); start one process per GPU (--nproc-per-node {gpus})"
+            )
         dev = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(dev)
     if info.distributed and not dist.is_initialized():
