@@ -21,6 +21,10 @@ from model.distributed import all_reduce_sum
 from model.progress import Progress
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Steps between checks that the training loss is finite. Each check makes the host wait for the device
+# once (the loop otherwise never does), so a diverged run stops within this many steps, not at the
+# end of an epoch (hours on ImageNet).
+LOSS_CHECK_EVERY = 100
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -58,6 +62,31 @@ def ten_crop_probs(model: nn.Module, crops: torch.Tensor) -> torch.Tensor:
     return logits.float().softmax(dim=1).view(b, n, -1).mean(dim=1)
 
 
+class LossDiverged(FloatingPointError):
+    """The training loss became NaN or infinite, first at ``step`` of the epoch (1-based; None when
+    not known), on any rank: every rank raises it at the same step."""
+
+    def __init__(self, loss: float, step: int | None, precision: str) -> None:
+        self.loss, self.step, self.precision = loss, step, precision
+        at = f" at step {step} of the epoch" if step is not None else ""
+        super().__init__(f"training loss is {loss} ({precision}){at}; {self.advice}")
+
+    @property
+    def advice(self) -> str:
+        return "lower --lr" + (", or use --precision fp32 or bf16" if self.precision == "fp16" else "")
+
+
+def _first_non_finite(losses: torch.Tensor, first_step: int) -> tuple[int, float] | None:
+    """The step and value of the first non-finite entry of ``losses`` (one per step from
+    ``first_step``), summed over ranks: a collective, so every rank calls it at the same step, and all
+    get the same answer. Reads the device (a wait), so it runs once per LOSS_CHECK_EVERY steps."""
+    summed = all_reduce_sum(losses.double()).tolist()  # .double() copies: the window is reused
+    for offset, value in enumerate(summed):
+        if not math.isfinite(value):
+            return first_step + offset, value
+    return None
+
+
 @dataclass
 class EpochStats:
     loss: float
@@ -86,13 +115,17 @@ def train_one_epoch(
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
     progress: Progress | None = None,
+    check_every: int = LOSS_CHECK_EVERY,
 ) -> EpochStats:
     """One pass over ``loader``; running sums stay on the device so the loop never waits for the GPU
-    except when the progress line is printed."""
+    except when the progress line is printed and every ``check_every`` steps, when it checks that the
+    loss is finite (LossDiverged if not). Every rank must see the same number of batches."""
     model.train()
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, top-1 hits, top-5 hits
+    window = torch.zeros(check_every, device=device)  # each step's loss since the last check
     seen = 0
-    for images, target in loader:
+    step = 0
+    for step, (images, target) in enumerate(loader, start=1):
         images = preprocess(images.to(device, non_blocking=True), True)  # (B, 3, H, W) float32
         target = target.to(device, non_blocking=True)
         with autocast(device, precision):
@@ -102,15 +135,23 @@ def train_one_epoch(
         with torch.no_grad():
             c1, c5 = correct_topk(output, target)
             sums += torch.stack([loss.detach().double() * len(target), c1.double(), c5.double()])
+            window[(step - 1) % check_every] = loss.detach()  # a device copy, no wait
         seen += len(target)
         if progress is not None:
             progress.update(len(target), loss=loss.detach())  # read (a GPU sync) only when printed
+        if step % check_every == 0 and (diverged := _first_non_finite(window, step - check_every + 1)):
+            if progress is not None:
+                progress.close(loss=diverged[1])
+            raise LossDiverged(diverged[1], diverged[0], precision)
     stats = _stats(sums, seen, progress.images_per_s if progress is not None else 0.0)
     if progress is not None:
         progress.close(loss=stats.loss)
-    if not math.isfinite(stats.loss):
-        advice = "lower --lr" + (", or use --precision fp32 or bf16" if precision == "fp16" else "")
-        raise FloatingPointError(f"training loss is {stats.loss} ({precision}); {advice}")
+    if not math.isfinite(stats.loss):  # in the steps since the last check; stats.loss is the same on every rank
+        unchecked = step % check_every
+        diverged = _first_non_finite(window[:unchecked], step - unchecked + 1) if unchecked else None
+        if diverged is None:  # not expected: a finite loss every step, yet a non-finite sum
+            raise LossDiverged(stats.loss, None, precision)
+        raise LossDiverged(diverged[1], diverged[0], precision)
     return stats
 
 

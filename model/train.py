@@ -34,7 +34,7 @@ from model.alexnet import build, kaiming_init_
 from model.data import ImageFolder, ShardSampler, class_labels, make_loader, train_sampler
 from model.determinism import drop_identity_pools, use_deterministic_algorithms
 from model.distributed import DistInfo, barrier, cleanup, init_distributed
-from model.engine import EpochStats, evaluate, train_one_epoch
+from model.engine import EpochStats, LossDiverged, evaluate, train_one_epoch
 from model.metrics_log import MetricsLog, plot_metrics, read_metrics
 from model.progress import Progress
 from model.train_args import check_args, get_args_parser
@@ -253,6 +253,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 args.precision,
                 scaler,
                 Progress(len(train_loader), f"epoch {epoch}", main_proc, args.print_every_s),
+                args.check_loss_every,
             )
             seconds = time.perf_counter() - start
             step += len(train_loader)
@@ -330,6 +331,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if main_proc:
             print(message, file=sys.stderr)
         raise SystemExit(130) from None
+    except LossDiverged as exc:
+        # Raised by every rank at the same step (the check is a collective), so none is left waiting.
+        cleanup()
+        at = f", step {exc.step} of {len(train_loader)} (global step {step + exc.step})" if exc.step else ""
+        kept = f"{saved[1]} holds epoch {saved[0]}, the last good one" if saved else "no epoch was saved"
+        raise FloatingPointError(
+            f"training loss is {exc.loss} ({args.precision}) in epoch {epoch}{at}; {exc.advice}; {kept}"
+        ) from None
     cleanup()
     return record
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from model.alexnet import ARCHS, arch_spec
-from model.engine import PRECISIONS
+from model.engine import LOSS_CHECK_EVERY, PRECISIONS
 from model.help_format import DefaultsHelpFormatter
 from model.transforms import (
     LIGHTING_STD,
@@ -134,6 +134,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument(
         "--print-every-s", type=float, default=10.0, help="progress line interval when not on a terminal, seconds"
     )
+    p.add_argument(
+        "--check-loss-every",
+        type=int,
+        default=LOSS_CHECK_EVERY,
+        help="steps between checks that the training loss is finite; a NaN/inf stops the run within this many "
+        "steps (each check waits for the device once)",
+    )
     return p
 
 
@@ -197,6 +204,7 @@ def check_args(args: argparse.Namespace) -> None:
         ("--batch-size", args.batch_size, 1),
         ("--workers", args.workers, 0),
         ("--epochs", args.epochs, 0),
+        ("--check-loss-every", args.check_loss_every, 1),
     ):
         if value < least:
             raise SystemExit(f"error: {flag} must be at least {least}, got {value}")

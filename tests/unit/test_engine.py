@@ -1,13 +1,17 @@
-"""model/engine.py: top-k counting and 10-crop evaluation against a hand-computed average."""
+"""model/engine.py: top-k counting, 10-crop evaluation against a hand-computed average, and a diverged
+loss stopping the epoch within --check-loss-every steps."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch import nn
 
-from model.engine import correct_topk, evaluate, ten_crop_probs
+from model.engine import LossDiverged, correct_topk, evaluate, ten_crop_probs, train_one_epoch
 from model.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchPreprocess, EvalTransform, TenCropTransform
 
 CLASSES = 8  # more than 5, so that top-5 error can be anything but 0
@@ -83,3 +87,40 @@ def test_center_crop_evaluation_counts_errors():
     target[:2] = (pred[:2] + 1) % CLASSES  # two wrong on purpose
     stats = evaluate(model, [(x, target)], torch.device("cpu"), preprocess)
     assert stats.top1_err == 2 / 5 and stats.images == 5
+
+
+def _train_until_diverged(batches: int, nan_at: int, check_every: int, precision: str = "fp32"):
+    """Train ``_tiny_model`` on ``batches`` float batches, the ``nan_at``-th (1-based) holding a NaN;
+    returns the LossDiverged raised and how many batches the loop took."""
+    model = _tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    taken = []
+
+    def loader():
+        generator = torch.Generator().manual_seed(0)
+        for index in range(1, batches + 1):
+            taken.append(index)
+            images = torch.rand(4, 3, 4, 4, generator=generator)
+            if index == nan_at:
+                images[0, 0, 0, 0] = math.nan
+            yield images, torch.randint(0, CLASSES, (4,), generator=generator)
+
+    with pytest.raises(LossDiverged) as raised:
+        train_one_epoch(
+            model, torch.nn.CrossEntropyLoss(), optimizer, loader(), torch.device("cpu"),
+            lambda x, train: x, precision, check_every=check_every,
+        )  # fmt: skip
+    return raised.value, len(taken)
+
+
+def test_a_nan_loss_stops_the_epoch_at_the_next_check_and_names_its_step():
+    diverged, taken = _train_until_diverged(batches=40, nan_at=6, check_every=4)
+    assert taken == 8  # the check after step 8, not the end of the epoch (40)
+    assert (diverged.step, math.isnan(diverged.loss)) == (6, True)
+    assert str(diverged) == "training loss is nan (fp32) at step 6 of the epoch; lower --lr"
+
+
+def test_a_nan_after_the_last_check_is_found_at_the_end_of_the_epoch():
+    diverged, taken = _train_until_diverged(batches=10, nan_at=9, check_every=4, precision="fp16")
+    assert (taken, diverged.step) == (10, 9)
+    assert str(diverged).endswith("at step 9 of the epoch; lower --lr, or use --precision fp32 or bf16")
