@@ -37,7 +37,7 @@ from model.distributed import DistInfo, barrier, cleanup, init_distributed
 from model.engine import EpochStats, LossDiverged, evaluate, train_one_epoch
 from model.metrics_log import MetricsLog, plot_metrics, read_metrics
 from model.progress import Progress
-from model.train_args import check_args, get_args_parser
+from model.train_args import DEFAULT_LR, check_args, get_args_parser
 from model.transforms import (
     BatchPreprocess,
     EvalTransform,
@@ -112,6 +112,19 @@ def build_loaders(args: argparse.Namespace, dist_info: DistInfo, device: torch.d
     return train_set, sampler, train_loader, val_loader, ten_loader
 
 
+def set_lr(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float) -> None:
+    """Train at ``lr`` from now on; the schedule goes on from it (a StepLR's later steps, or a plateau,
+    still multiply it by --lr-gamma)."""
+    current = _lr(optimizer)
+    factor = lr / current if current > 0 else 1.0
+    for group in optimizer.param_groups:
+        group["lr"] = lr if current <= 0 else group["lr"] * factor
+        if "initial_lr" in group:
+            group["initial_lr"] *= factor
+    if hasattr(scheduler, "base_lrs"):  # StepLR's closed form; ReduceLROnPlateau reads the groups
+        scheduler.base_lrs = [base * factor for base in scheduler.base_lrs]
+
+
 def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer):
     if args.lr_scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step_size, gamma=args.lr_gamma)
@@ -163,7 +176,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    # Under --resume without --lr, the checkpoint's optimizer state sets the rate below.
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=DEFAULT_LR if args.lr is None else args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+    )
     scheduler = build_scheduler(args, optimizer)
     scaler = torch.amp.GradScaler(device.type) if args.precision == "fp16" else None
     start_epoch, step, best_top1_err = 0, 0, float("inf")
@@ -191,7 +210,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 scaler.load_state_dict(state["scaler"])
             start_epoch, step = state["epoch"] + 1, state["step"]
             best_top1_err = state.get("best_top1_err", best_top1_err)
-            say(f"resumed from {args.resume}: epoch {start_epoch}, step {step}, lr {_lr(optimizer):g}")
+            recorded_lr = _lr(optimizer)
+            if args.lr is not None:
+                set_lr(optimizer, scheduler, args.lr)
+            changed = f" (--lr; the checkpoint's was {recorded_lr:g})" if args.lr not in (None, recorded_lr) else ""
+            say(f"resumed from {args.resume}: epoch {start_epoch}, step {step}, lr {_lr(optimizer):g}{changed}")
+            args.lr = _lr(optimizer)  # what the run's recorded args say it trained at
     if not args.test_only and start_epoch >= args.epochs:
         done = f"{args.resume} holds epoch {start_epoch - 1}, so " if args.resume is not None else ""
         raise SystemExit(
@@ -335,7 +359,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         # Raised by every rank at the same step (the check is a collective), so none is left waiting.
         cleanup()
         at = f", step {exc.step} of {len(train_loader)} (global step {step + exc.step})" if exc.step else ""
-        kept = f"{saved[1]} holds epoch {saved[0]}, the last good one" if saved else "no epoch was saved"
+        kept = (
+            f"--resume {saved[1]} continues after epoch {saved[0]}, the last good one"
+            if saved
+            else "no epoch was saved"
+        )
         raise FloatingPointError(
             f"training loss is {exc.loss} ({args.precision}) in epoch {epoch}{at}; {exc.advice}; {kept}"
         ) from None

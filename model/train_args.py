@@ -18,6 +18,8 @@ from model.transforms import (
 )
 from model.weights import peek_checkpoint
 
+DEFAULT_LR = 0.01  # the paper's, for batch 128
+
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -44,7 +46,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "-j", "--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes per process"
     )
     # Optimizer, paper section 5.
-    p.add_argument("--lr", type=float, default=0.01, help="initial learning rate")
+    p.add_argument(
+        "--lr",
+        type=float,
+        help=f"initial learning rate (default: {DEFAULT_LR}); with --resume, the rate from the resumed epoch on, "
+        "the schedule continuing from it (default: the checkpoint's)",
+    )
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=5e-4, help="weight decay")
     p.add_argument(
@@ -210,8 +217,12 @@ def check_args(args: argparse.Namespace) -> None:
             raise SystemExit(f"error: {flag} must be at least {least}, got {value}")
     _check_device(args.device)
     _check_data_path(args.data_path)
+    if args.lr is not None and not args.lr >= 0:  # also NaN
+        raise SystemExit(f"error: --lr must be at least 0, got {args.lr}")
     if args.resume is not None:
         _adopt_recorded(args)
+    else:
+        args.lr = DEFAULT_LR if args.lr is None else args.lr
     args.arch = args.arch or "torchvision"
     args.dropout = 0.5 if args.dropout is None else args.dropout
     spec = arch_spec(args.arch)

@@ -121,6 +121,22 @@ def test_resume_continues_from_the_same_step_and_lr(tiny4, tmp_path):
         )
 
 
+def test_resume_with_lr_trains_at_it_from_the_resumed_epoch(tiny4, tmp_path, capsys):
+    # How a diverged run is continued: from its last good checkpoint at a lower rate.
+    common = ["--data-path", str(tiny4), "--batch-size", "8", "--ten-crop", "never", "--output-dir", str(tmp_path)]
+    common += ["--lr-scheduler", "step", "--lr-step-size", "1", "--lr-gamma", "0.5"]
+    run_train(*common, "--epochs", "1")  # trains epoch 0 at 0.01; the schedule then halves it to 0.005
+    resumed = run_train(*common, "--epochs", "3", "--resume", str(tmp_path / "checkpoint.pt"), "--lr", "0.001")
+
+    assert "lr 0.001 (--lr; the checkpoint's was 0.005)" in capsys.readouterr().out
+    log = read_metrics(tmp_path / "metrics.jsonl")
+    assert [(r["epoch"], r["lr"]) for r in log] == [(0, 0.01), (1, 0.001), (2, 0.0005)]  # the schedule goes on
+    assert resumed["lr"] == 0.0005
+    _, state = load_training_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.00025)
+    assert state["args"]["lr"] == 0.001
+
+
 def test_torchrun_two_cpu_processes(tiny4, tmp_path):
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")

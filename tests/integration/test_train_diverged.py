@@ -61,7 +61,7 @@ def test_a_nan_in_epoch_1_stops_it_within_check_loss_every_steps_and_keeps_epoch
     checkpoint = out / "checkpoint.pt"
     assert capsys.readouterr().err.splitlines()[-1] == (
         "error: training loss is nan (fp32) in epoch 1, step 1 of 4 (global step 5); lower --lr; "
-        f"{checkpoint} holds epoch 0, the last good one"
+        f"--resume {checkpoint} continues after epoch 0, the last good one"
     )
     assert poisoned.steps == 6  # stopped at the check after step 2: steps 3 and 4 never ran
 
@@ -71,8 +71,9 @@ def test_a_nan_in_epoch_1_stops_it_within_check_loss_every_steps_and_keeps_epoch
     assert load_checkpoint(out / "best.pt").provenance["epoch"] == 0
     assert [(r["kind"], r["epoch"]) for r in read_metrics(out / "metrics.jsonl")] == [("epoch", 0)]
 
-    monkeypatch.undo()  # what the message says: epoch 0 resumes
-    resumed = run_train(*common[len(SMALL) :], "--epochs", "2", "--resume", str(checkpoint))
+    monkeypatch.undo()  # what the message says: epoch 0 resumes, at a lower rate
+    resumed = run_train(*common[len(SMALL) :], "--epochs", "2", "--resume", str(checkpoint), "--lr", "0.001")
+    assert resumed["lr"] == 0.001
     assert resumed["epoch"] == 1 and resumed["step"] == 8
     assert [r["epoch"] for r in read_metrics(out / "metrics.jsonl")] == [0, 1]
 

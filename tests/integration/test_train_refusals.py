@@ -163,6 +163,7 @@ def test_ctrl_c_before_any_epoch_is_saved(tiny4, tmp_path, monkeypatch, capsys):
     [
         (["-b", "0"], "error: --batch-size must be at least 1, got 0"),
         (["--workers", "-1"], "error: --workers must be at least 0, got -1"),
+        (["--lr", "-0.1"], "error: --lr must be at least 0, got -0.1"),
         (["--device", "gpu"], "error: --device gpu: not a device; use cuda, cuda:N or cpu"),
     ],
 )
