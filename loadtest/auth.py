@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-API_KEY_ENV = "ALEXNET_API_KEY"
+from service.settings import API_KEY_ENV, clean_api_key
 
 
 def api_key_from_env(environ: Mapping[str, str] | None = None) -> str | None:
-    """The key in ``ALEXNET_API_KEY``, or None when it is unset.
+    """The key in ``ALEXNET_API_KEY`` as the service reads it (``service.settings.clean_api_key``:
+    surrounding whitespace dropped), or None when it is unset.
 
     Set but blank (a secret that failed to mount), or holding control characters (which no HTTP
     header can carry), is a ValueError that says so: sending no key would only give 401s.
@@ -23,12 +24,10 @@ def api_key_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     value = (os.environ if environ is None else environ).get(API_KEY_ENV)
     if value is None:
         return None
-    key = value.strip()
-    if not key:
-        raise ValueError(f"{API_KEY_ENV} is set but empty: give the server's key, or unset it for a server without one")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
-        raise ValueError(f"{API_KEY_ENV} holds control characters, which an HTTP header cannot carry")
-    return key
+    try:  # the service's own rule, so that the key sent is the key it compares with
+        return clean_api_key(value, "give the server's key, or unset it for a server without one")
+    except ValueError as exc:
+        raise ValueError(f"{API_KEY_ENV}: {exc}") from None
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:

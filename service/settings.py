@@ -18,6 +18,7 @@ BackendName = Literal["auto", "tensorrt", "onnxruntime", "torch"]
 ENV_PREFIX = "ALEXNET_"
 # Secrets come from the environment only: a flag would show in `ps` and shell history.
 ENV_ONLY = frozenset({"api_key"})
+API_KEY_ENV = ENV_PREFIX + "API_KEY"  # also what the load tools send (loadtest/auth.py)
 
 
 def setting_name(name: str, value: object = None) -> str:
@@ -29,6 +30,20 @@ def setting_name(name: str, value: object = None) -> str:
     if name in ENV_ONLY:
         return variable
     return f"{flag} / {variable}" if value is None else f"{flag} {value} ({variable}={value})"
+
+
+def clean_api_key(value: str, blank_advice: str) -> str:
+    """The API key as it is compared with the bearer token a client sends (which the service strips
+    too): spaces and line ends around it dropped, since a secret file usually ends in a newline
+    (``kubectl create secret --from-file``) that no client sends. A ValueError, whose message does
+    not repeat the key, for one set but blank (a secret that failed to mount: ``blank_advice`` says
+    what to do instead) or holding control characters (which no HTTP header can carry)."""
+    key = value.strip()
+    if not key:
+        raise ValueError(f"set but empty: {blank_advice}")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        raise ValueError("holds control characters, which an HTTP header cannot carry")
+    return key
 
 
 class Settings(BaseSettings):
@@ -128,17 +143,13 @@ class Settings(BaseSettings):
 
     @field_validator("api_key")
     @classmethod
-    def _no_blank_key(cls, value: SecretStr | None) -> SecretStr | None:
-        """ALEXNET_API_KEY= (set but empty: a secret that failed to mount) would require an empty
-        bearer token; serving without a key instead would open what was meant to be closed. Spaces and
-        line ends around the key are dropped, as they are from the token a client sends: a secret
-        file usually ends in a newline (``kubectl create secret --from-file``), which no client sends."""
+    def _usable_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """Blank would require an empty bearer token, and serving without a key instead would open
+        what was meant to be closed; a key no header can carry would answer every request 401."""
         if value is None:
             return None
-        key = value.get_secret_value().strip()
-        if not key:
-            raise ValueError("set but empty: give the key, or unset ALEXNET_API_KEY to serve without one")
-        return SecretStr(key)
+        advice = f"give the key, or unset {API_KEY_ENV} to serve without one"
+        return SecretStr(clean_api_key(value.get_secret_value(), advice))
 
     @field_validator("http_workers")
     @classmethod

@@ -71,9 +71,9 @@ def test_a_url_with_its_scheme_is_taken_without_its_trailing_slash():
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("", "ALEXNET_API_KEY is set but empty"),
-        ("  ", "ALEXNET_API_KEY is set but empty"),
-        ("k\nx", "ALEXNET_API_KEY holds control characters"),
+        ("", "ALEXNET_API_KEY: set but empty: give the server's key, or unset it"),
+        ("  ", "ALEXNET_API_KEY: set but empty"),
+        ("k\nx", "ALEXNET_API_KEY: holds control characters"),
     ],
     ids=["empty", "blank", "newline"],
 )

@@ -67,6 +67,26 @@ def test_an_api_key_set_but_empty_is_refused_not_required_nor_ignored(monkeypatc
         settings_from_args([])
 
 
+def test_an_api_key_no_header_can_carry_is_refused_without_echoing_it(monkeypatch, capsys):
+    """Every request would get 401: no client can send a line end or a control character in a header."""
+    from service.__main__ import main
+
+    monkeypatch.setenv("ALEXNET_API_KEY", "s3c\nret")
+    assert main(["--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "ALEXNET_API_KEY: holds control characters, which an HTTP header cannot carry" in err
+    assert "s3c" not in err
+
+
+def test_the_load_tools_send_the_key_as_the_service_reads_it(monkeypatch):
+    """One rule (service.settings.clean_api_key): what loadtest sends is what the service compares with."""
+    from loadtest.auth import api_key_from_env
+
+    for raw in ("k3y", " k3y\n", "\tk 3y  "):
+        monkeypatch.setenv("ALEXNET_API_KEY", raw)
+        assert api_key_from_env() == settings_from_args([]).api_key.get_secret_value()
+
+
 def test_an_onnx_named_by_hand_that_is_missing_stops_the_server_under_auto(monkeypatch, tmp_path, capsys):
     """auto would serve PyTorch instead; with a backend named by hand the engine fails to load it and
     the server exits 3 (tests/integration/test_processes.py)."""
