@@ -26,12 +26,12 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 import torch
 
+from export.checkpoint_match import RECORDED_PREPROCESSING, recorded_preprocessing
 from export.cli import positive_int, run_main, step_printer
 from export.onnx_metadata import (
     INPUT_NAME,
@@ -42,10 +42,9 @@ from export.onnx_metadata import (
     write_metadata,
 )
 from export.ort import import_onnxruntime
-from model.alexnet import ARCHS, arch_spec
+from model.alexnet import ARCHS
 from model.atomic_write import atomic_output
 from model.help_format import DefaultsHelpFormatter
-from model.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from model.weights import CheckpointError, LoadedModel, load_model
 
 DEFAULT_OPSET = 18
@@ -57,9 +56,6 @@ MAX_BATCH = 4096
 
 PRECISIONS = ("fp32", "fp16")
 DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # fp32: absolute; fp16: relative to max |logit|
-# What a checkpoint's provenance may record about the preprocessing it was trained with (model/train.py
-# writes the sizes), named as the ONNX metadata names them except crop_size (metadata: input_size).
-RECORDED_PREPROCESSING = ("resize_size", "crop_size", "mean", "std")
 
 
 _step = step_printer("to_onnx")
@@ -80,11 +76,6 @@ class _Float16Inside(torch.nn.Module):
         return self.model(x.half()).float()
 
 
-def _rgb(values: Any) -> tuple[float, float, float]:
-    r, g, b = (float(v) for v in values)  # ValueError unless exactly three numbers
-    return r, g, b
-
-
 def model_metadata(loaded: LoadedModel, precision: str = "fp32") -> tuple[ModelMetadata, str]:
     """The metadata the service will read for ``loaded``, and where its preprocessing came from.
 
@@ -94,19 +85,10 @@ def model_metadata(loaded: LoadedModel, precision: str = "fp32") -> tuple[ModelM
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    spec = arch_spec(loaded.arch)
-    recorded = {key: loaded.provenance[key] for key in RECORDED_PREPROCESSING if key in loaded.provenance}
     try:
-        crop = int(recorded.get("crop_size", spec.input_size))
-        resize = int(recorded.get("resize_size", spec.resize_size))
-        mean, std = _rgb(recorded.get("mean", IMAGENET_MEAN)), _rgb(recorded.get("std", IMAGENET_STD))
-    except (TypeError, ValueError) as exc:
-        raise ExportError(f"the checkpoint records unusable preprocessing {recorded}: {exc}") from None
-    if not spec.min_input_size <= crop <= resize:
-        raise ExportError(
-            f"the checkpoint records crop_size {crop} and resize_size {resize}; {loaded.arch!r} needs "
-            f"{spec.min_input_size} <= crop_size <= resize_size"
-        )
+        (crop, resize, mean, std), missing = recorded_preprocessing(loaded.arch, loaded.provenance)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
     metadata = ModelMetadata(
         arch=loaded.arch,
         labels=list(loaded.labels),
@@ -118,8 +100,7 @@ def model_metadata(loaded: LoadedModel, precision: str = "fp32") -> tuple[ModelM
         std=std,
         precision=precision,
     )
-    missing = [key for key in RECORDED_PREPROCESSING if key not in recorded]
-    if not recorded:
+    if len(missing) == len(RECORDED_PREPROCESSING):
         source = f"{loaded.arch} defaults: the weights record no preprocessing"
     elif missing:
         source = f"recorded in the checkpoint; {', '.join(missing)} from the defaults"

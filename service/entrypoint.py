@@ -109,25 +109,16 @@ def _read_export(onnx: Path) -> tuple[ModelMetadata | None, str]:
 
 def onnx_needs_export(onnx: Path, checkpoint: Path | None, arch: str) -> str | None:
     """Why ``onnx`` must be (re)exported, or None when it already holds these weights and the
-    preprocessing they were trained with (an export made before the ONNX carried it may not)."""
-    from export.to_onnx import model_metadata
-    from model.weights import load_model
-
+    preprocessing they were trained with (an export made before the ONNX carried it may not);
+    the service refuses such an export by the same check (export/checkpoint_match.py)."""
     meta, problem = _read_export(onnx)
     if meta is None:
         return problem
     if checkpoint is None:
         return None  # whatever it holds was exported on purpose; the service reports its weights
-    loaded = load_model(checkpoint, arch)
-    if meta.weights_sha256 != loaded.weights_sha256:
-        return f"{onnx} holds weights {meta.weights!r}, not those of {checkpoint}"
-    expected, _ = model_metadata(loaded)
-    if meta.preprocessing != expected.preprocessing:
-        return (
-            f"{onnx} preprocesses as (crop, resize, mean, std) {meta.preprocessing}, "
-            f"{checkpoint} was trained with {expected.preprocessing}"
-        )
-    return None
+    from export.checkpoint_match import export_mismatch
+
+    return export_mismatch(onnx, meta, checkpoint, arch)
 
 
 def export_onnx(onnx: Path, checkpoint: Path | None, arch: str, precision: str = "fp32") -> None:

@@ -138,7 +138,8 @@ class LoadStopped(Exception):
 
 
 class WrongWeights(RuntimeError):
-    """The ONNX file a backend would serve holds other weights than the ``--checkpoint`` given.
+    """The ONNX file a backend would serve holds other weights than the ``--checkpoint`` given, or
+    preprocesses otherwise than it was trained (export/checkpoint_match.py).
 
     Not a BackendUnavailable: ``auto`` does not move on to the next backend, which would serve those
     other weights or, PyTorch, the checkpoint on a slower path than asked for without a word."""

@@ -3,7 +3,7 @@
 ``ControlledBackend`` holds the controls; ``EchoBackend`` (the batcher's unit tests) answers each
 row with its own identity, ``GatedBackend`` (the service's tests) delegates to a real backend.
 ``pil_decode`` decodes as ``torchvision.io.decode_jpeg(list, device="cuda")`` does, with PIL;
-``fake_checkpoint`` is a checkpoint file that records a weights hash and holds no weights.
+``fake_checkpoint`` is a checkpoint file that records a weights hash (and provenance) and holds no weights.
 """
 
 from __future__ import annotations
@@ -139,12 +139,14 @@ def pil_decode(tensors: list) -> list:
     return out
 
 
-def fake_checkpoint(path, weights_sha256: str):
-    """Our checkpoint format as far as its recorded weights hash, which is all that the check of an
-    ONNX file against ``--checkpoint`` reads (model.weights.checkpoint_weights_sha256)."""
+def fake_checkpoint(path, weights_sha256: str, **provenance):
+    """Our checkpoint format as far as its recorded weights hash and provenance (the preprocessing
+    training recorded), which is all that the check of an ONNX file against ``--checkpoint`` reads
+    (export/checkpoint_match.py); no weights."""
     import torch
 
     from model.weights import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
 
-    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "weights_sha256": weights_sha256}, path)
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "weights_sha256": weights_sha256}
+    torch.save({**payload, "arch": "torchvision", "provenance": provenance}, path)
     return path

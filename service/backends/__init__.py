@@ -10,9 +10,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from export.checkpoint_match import export_mismatch
 from export.onnx_metadata import ModelMetadata, fp16_sibling, read_metadata
 from model.alexnet import arch_spec
-from model.weights import checkpoint_weights_sha256, load_model
+from model.weights import load_model
 from service.backends.base import Backend
 from service.errors import BackendUnavailable, WrongWeights
 from service.settings import Settings
@@ -47,18 +48,18 @@ def _resolve_device(settings: Settings) -> str:
 def _onnx_metadata(settings: Settings) -> ModelMetadata:
     """The metadata of the ONNX file that TensorRT and ONNX Runtime serve (TensorRT's engine is built
     from it, or from its fp16 sibling holding the same weights); with a ``--checkpoint``, only if that
-    file holds the checkpoint's weights."""
+    file holds the checkpoint's weights and preprocesses as it was trained (the service preprocesses
+    by the ONNX metadata: other sizes would answer wrongly as surely as other weights)."""
     if not settings.onnx.is_file():
         raise BackendUnavailable(
             f"{settings.onnx}: no ONNX model; build it with `python export/to_onnx.py --out {settings.onnx}`"
         )
     metadata = read_metadata(settings.onnx)
     if settings.checkpoint is not None:
-        checkpoint_sha = checkpoint_weights_sha256(settings.checkpoint, settings.arch)
-        if checkpoint_sha != metadata.weights_sha256:
+        mismatch = export_mismatch(settings.onnx, metadata, settings.checkpoint, settings.arch)
+        if mismatch is not None:
             raise WrongWeights(
-                f"{settings.onnx} holds weights {metadata.weights!r} (sha256 {metadata.weights_sha256[:12]}), not "
-                f"those of --checkpoint {settings.checkpoint} (sha256 {checkpoint_sha[:12]}); export them with "
+                f"--checkpoint: {mismatch}; export it again with "
                 f"`python export/to_onnx.py --checkpoint {settings.checkpoint} --out {settings.onnx}`, "
                 "or serve the checkpoint with --backend torch"
             )

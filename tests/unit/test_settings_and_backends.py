@@ -171,9 +171,25 @@ def test_an_onnx_holding_other_weights_than_the_checkpoint_is_refused(tmp_path, 
     with pytest.raises(WrongWeights) as refused:
         select_backend(settings)
     message = str(refused.value)
-    assert f"not those of --checkpoint {checkpoint}" in message
+    assert message.startswith(f"--checkpoint: {onnx} holds weights 'test'")
+    assert f"not those of {checkpoint}" in message
     assert f"python export/to_onnx.py --checkpoint {checkpoint} --out {onnx}" in message
     assert "--backend torch" in message
+
+
+def test_an_onnx_that_preprocesses_otherwise_than_the_checkpoint_was_trained_is_refused(tmp_path):
+    """The right weights behind the wrong crop answer wrongly too: the service preprocesses by the
+    ONNX metadata (here the arch's 256/224, from an export made before it carried the recorded sizes)."""
+    from service.errors import WrongWeights
+    from tests.tiny_onnx import tiny_onnx
+
+    onnx = tiny_onnx(tmp_path / "alexnet.onnx", weights_sha256="d" * 64)
+    checkpoint = fake_checkpoint(tmp_path / "my.pt", "d" * 64, resize_size=72, crop_size=64)
+    with pytest.raises(WrongWeights) as refused:
+        select_backend(Settings(onnx=onnx, checkpoint=checkpoint, backend="auto", device="cpu"))
+    message = str(refused.value)
+    assert "(crop, resize, mean, std) (224, 256" in message and "was trained with (64, 72" in message
+    assert f"python export/to_onnx.py --checkpoint {checkpoint} --out {onnx}" in message
 
 
 def test_an_onnx_holding_the_checkpoints_weights_is_served(tmp_path):
