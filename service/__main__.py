@@ -20,15 +20,12 @@ from collections.abc import Callable, Mapping
 from pydantic import ValidationError
 
 from service.process import EXIT_FAILED, EXIT_INVALID_SETTINGS
-from service.settings import ENV_ONLY, ENV_PREFIX, Settings, setting_name
+from service.settings import ENV_ONLY, ENV_PREFIX, Settings, default_of, setting_name
 from service.supervisor import Supervisor
 
-# ALEXNET_* variables that are not settings but are read elsewhere, so not reported as unknown:
-OTHER_VARIABLES = frozenset(
-    {
-        "ALEXNET_MODEL_DIR",  # service/entrypoint.py: where the model files are (set by the Dockerfiles, deploy/)
-    }
-)
+# ALEXNET_* variables that are not settings but are read elsewhere, so not reported as unknown (none
+# now: ALEXNET_MODEL_DIR, once the entrypoint's alone, is the setting --model-dir).
+OTHER_VARIABLES: frozenset[str] = frozenset()
 
 
 class _RefuseSecretFlag(argparse.Action):
@@ -64,7 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
             default=argparse.SUPPRESS,
             choices=choices,
             type=str,  # pydantic parses and validates the text, as it does the environment's
-            help=f"{field.description} (default: {field.default}; env ALEXNET_{name.upper()})",
+            help=f"{field.description} (default: {default_of(name)}; env ALEXNET_{name.upper()})",
         )
     return parser
 
@@ -151,18 +148,20 @@ def refusal(
     """Why valid settings still cannot run at all, in one line naming the setting, or None; checked
     before any process starts (exit 2). ``onnx_made_later``: the entrypoint exports a missing ONNX;
     ``cuda_check``: as for ``needs_a_gpu``."""
-    if (
-        not onnx_made_later
-        and settings.backend == "auto"
-        and "onnx" in settings.model_fields_set
-        and not settings.onnx.is_file()
-    ):
+    named = [name for name in ("onnx", "model_dir") if name in settings.model_fields_set]
+    if not onnx_made_later and settings.backend == "auto" and named and not settings.onnx.is_file():
         # Named by hand and missing (a typo): auto would start PyTorch with whatever weights it finds,
         # answering 200 with another model's answers. (With a backend named by hand the engine fails
         # to load the model, saying why, and the server exits 3.)
+        if named[0] == "onnx":
+            return (
+                f"{setting_name('onnx')}: {settings.onnx} is not a file; build it with "
+                f"`python export/to_onnx.py --out {settings.onnx}`, or leave the setting out"
+            )
         return (
-            f"{setting_name('onnx')}: {settings.onnx} is not a file; build it with "
-            f"`python export/to_onnx.py --out {settings.onnx}`, or leave the setting out"
+            f"{setting_name('model_dir')}: {settings.model_dir} holds no {settings.onnx.name}; start with "
+            f"`python -m service.entrypoint`, which exports it there, or build it with "
+            f"`python export/to_onnx.py --out {settings.onnx}`"
         )
     if settings.checkpoint is not None and not settings.checkpoint.is_file():
         # A typo: the torch backend would fail to load it, the ONNX backends would never look at it.

@@ -2,11 +2,16 @@
 
     python -m service.entrypoint [service flags...]          # what the image runs
     ALEXNET_MODEL_DIR=artifacts python -m service.entrypoint --host 0.0.0.0 --max-batch-size 64
+    python -m service.entrypoint --model-dir /data/alexnet
 
 Steps, each logged with its time:
 
-1. Find the weights in ``$ALEXNET_MODEL_DIR`` (default ``artifacts``; ``/models`` in the image):
-   ``alexnet.pt`` (our checkpoint) or torchvision's ``alexnet-owt-*.pth``; none = untrained, loudly.
+1. Find the weights in the model directory (``--model-dir`` / ``ALEXNET_MODEL_DIR``, a setting of the
+   service; default ``artifacts``, ``/models`` in the image): ``alexnet.pt`` (our checkpoint) or
+   torchvision's ``alexnet-owt-*.pth``, unless ``--checkpoint`` / ``ALEXNET_CHECKPOINT`` names one;
+   none = untrained, loudly. The service itself looks for no checkpoint there (it would change what
+   a plain ``python -m service`` serves): the entrypoint passes the one it found on as
+   ``ALEXNET_CHECKPOINT``.
 2. Export ONNX (``export/to_onnx.py``) if it is missing or holds other weights than the checkpoint;
    on a CUDA host under ``--precision auto`` or ``fp16`` also its fp16 export ``alexnet.fp16.onnx``
    (float16 weights and compute, float32 input and logits), which TensorRT and ONNX Runtime serve there.
@@ -18,8 +23,8 @@ Steps, each logged with its time:
 4. ``exec`` ``python -m service`` with the same arguments, so signals reach the supervisor directly.
 
 Every argument passes through to ``python -m service`` unchanged; the artifact paths come from the
-same flags and ``ALEXNET_*`` variables the service reads (``--onnx``, ``--engine``, ``--checkpoint``),
-defaulting to files in the model directory.
+same settings the service reads (``--onnx``, ``--engine``, ``--checkpoint``), the first two
+defaulting to ``alexnet.onnx`` and ``alexnet.plan`` in the model directory (service/settings.py).
 """
 
 from __future__ import annotations
@@ -42,8 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("entrypoint")
 
-MODEL_DIR_ENV = "ALEXNET_MODEL_DIR"
-DEFAULT_MODEL_DIR = "artifacts"
+CHECKPOINT_ENV = "ALEXNET_CHECKPOINT"
 CHECKPOINT_NAMES = ("alexnet.pt",)
 TORCHVISION_GLOB = "alexnet-owt-*.pth"
 TRT_UNAVAILABLE_EXIT = 2  # to_trt.py's "no tensorrt or no CUDA GPU here"
@@ -83,16 +87,16 @@ def find_checkpoint(model_dir: Path) -> Path | None:
 
 
 def apply_model_dir_defaults(model_dir: Path, environ) -> None:
-    """Point ONNX, engine and checkpoint at ``model_dir`` unless the environment already names them.
+    """Name the checkpoint found in ``model_dir`` as ``ALEXNET_CHECKPOINT`` in ``environ`` (which the
+    service inherits through exec) unless the environment names one already (empty: none, on purpose).
 
-    Flags still win: the service resolves flags over environment over defaults.
+    Flags still win: the service resolves flags over environment over defaults. The ONNX file and the
+    engine need nothing here: the service derives them from the model directory itself.
     """
-    environ.setdefault("ALEXNET_ONNX", str(model_dir / "alexnet.onnx"))
-    environ.setdefault("ALEXNET_ENGINE", str(model_dir / "alexnet.plan"))
-    if "ALEXNET_CHECKPOINT" not in environ:
+    if CHECKPOINT_ENV not in environ:
         found = find_checkpoint(model_dir)
         if found is not None:
-            environ["ALEXNET_CHECKPOINT"] = str(found)
+            environ[CHECKPOINT_ENV] = str(found)
 
 
 def _read_export(onnx: Path) -> tuple[ModelMetadata | None, str]:
@@ -259,11 +263,11 @@ def prepare(argv: list[str]) -> None:
     """Steps 1-3: leave the artifacts the service needs in place; ``os.environ`` gains the defaults."""
     from service.__main__ import refusal, settings_from_args
 
-    model_dir = Path(os.environ.get(MODEL_DIR_ENV, DEFAULT_MODEL_DIR))
+    model_dir = settings_from_args(argv).model_dir
     with step(f"step 1/4: model directory {model_dir}"):
         model_dir.mkdir(parents=True, exist_ok=True)
         apply_model_dir_defaults(model_dir, os.environ)  # inherited by the service through exec
-        settings = settings_from_args(argv)
+        settings = settings_from_args(argv)  # with the checkpoint found
         log.info(
             "onnx=%s engine=%s checkpoint=%s backend=%s http_workers=%d",
             settings.onnx,

@@ -19,6 +19,9 @@ ENV_PREFIX = "ALEXNET_"
 # Secrets come from the environment only: a flag would show in `ps` and shell history.
 ENV_ONLY = frozenset({"api_key"})
 API_KEY_ENV = ENV_PREFIX + "API_KEY"  # also what the load tools send (loadtest/auth.py)
+# The model files' names in --model-dir (the entrypoint exports and builds them there).
+ONNX_NAME = "alexnet.onnx"
+ENGINE_NAME = "alexnet.plan"
 
 
 def setting_name(name: str, value: object = None) -> str:
@@ -30,6 +33,16 @@ def setting_name(name: str, value: object = None) -> str:
     if name in ENV_ONLY:
         return variable
     return f"{flag} / {variable}" if value is None else f"{flag} {value} ({variable}={value})"
+
+
+def default_of(name: str) -> object:
+    """A setting's default as ``--help`` and the README state it: one derived from another setting
+    (``--onnx`` from ``--model-dir``) derived from that one's default."""
+    field = Settings.model_fields[name]
+    if field.default_factory is None:
+        return field.default
+    defaults = {other: f.default for other, f in Settings.model_fields.items() if f.default_factory is None}
+    return field.get_default(call_default_factory=True, validated_data=defaults)
 
 
 def clean_api_key(value: str, blank_advice: str) -> str:
@@ -58,10 +71,23 @@ class Settings(BaseSettings):
         "the engine; at least 1)",
     )
 
-    onnx: Path = Field(
-        Path("artifacts/alexnet.onnx"), description="ONNX model (also the source of labels and preprocessing facts)"
+    # Before onnx and engine: their defaults are read from it, and fields are validated in order.
+    model_dir: Path = Field(
+        Path("artifacts"),
+        description=f"folder of the model files: --onnx and --engine default to {ONNX_NAME} and {ENGINE_NAME} "
+        "in it. The service makes nothing there and looks for no checkpoint; python -m service.entrypoint (the "
+        "images', make serve) also takes alexnet.pt or alexnet-owt-*.pth there as --checkpoint and exports or "
+        "builds what is missing",
     )
-    engine: Path = Field(Path("artifacts/alexnet.plan"), description="TensorRT engine (with its .json sidecar)")
+    onnx: Path = Field(
+        default_factory=lambda data: Path(data.get("model_dir", "artifacts")) / ONNX_NAME,
+        description=f"ONNX model (also the source of labels and preprocessing facts); default {ONNX_NAME} in "
+        "--model-dir",
+    )
+    engine: Path = Field(
+        default_factory=lambda data: Path(data.get("model_dir", "artifacts")) / ENGINE_NAME,
+        description=f"TensorRT engine (with its .json sidecar); default {ENGINE_NAME} in --model-dir",
+    )
     checkpoint: Path | None = Field(
         None,
         description="weights to serve: the torch backend loads them, TensorRT and ONNX Runtime refuse an ONNX "

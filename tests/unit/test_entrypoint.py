@@ -24,20 +24,36 @@ def fake_to_trt(tmp_path: Path, body: str) -> Path:
     return script
 
 
-def test_model_dir_defaults_name_the_files_there_and_never_override_the_environment(tmp_path):
+def test_the_model_dirs_checkpoint_is_found_and_never_overrides_the_environment(tmp_path):
     (tmp_path / "alexnet-owt-7be5be79.pth").write_bytes(b"")
     env: dict[str, str] = {}
     entrypoint.apply_model_dir_defaults(tmp_path, env)
-    assert env == {
-        "ALEXNET_ONNX": str(tmp_path / "alexnet.onnx"),
-        "ALEXNET_ENGINE": str(tmp_path / "alexnet.plan"),
-        "ALEXNET_CHECKPOINT": str(tmp_path / "alexnet-owt-7be5be79.pth"),
-    }
+    # The ONNX file and the engine in the model dir are the service's own defaults (--model-dir).
+    assert env == {"ALEXNET_CHECKPOINT": str(tmp_path / "alexnet-owt-7be5be79.pth")}
     (tmp_path / "alexnet.pt").write_bytes(b"")  # our own checkpoint wins over torchvision's file
     assert entrypoint.find_checkpoint(tmp_path) == tmp_path / "alexnet.pt"
-    env = {"ALEXNET_ONNX": "/elsewhere.onnx", "ALEXNET_CHECKPOINT": "/mine.pt"}
+    env = {"ALEXNET_CHECKPOINT": "/mine.pt"}
     entrypoint.apply_model_dir_defaults(tmp_path, env)
-    assert env["ALEXNET_ONNX"] == "/elsewhere.onnx" and env["ALEXNET_CHECKPOINT"] == "/mine.pt"
+    assert env == {"ALEXNET_CHECKPOINT": "/mine.pt"}
+    env = {"ALEXNET_CHECKPOINT": ""}  # none, on purpose: the untrained model
+    entrypoint.apply_model_dir_defaults(tmp_path, env)
+    assert env == {"ALEXNET_CHECKPOINT": ""}
+
+
+def test_the_model_dir_flag_is_where_the_entrypoint_looks(onnx_model, tmp_path, monkeypatch, caplog):
+    """--model-dir, not only ALEXNET_MODEL_DIR: the ONNX file already there is found, not exported again."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "alexnet.onnx").symlink_to(onnx_model)
+    monkeypatch.setattr(entrypoint, "gpu_here", lambda settings: False)
+    monkeypatch.setattr(entrypoint, "export_onnx", lambda *a, **k: pytest.fail("exported what was there"))
+    for name in ("ALEXNET_MODEL_DIR", "ALEXNET_ONNX", "ALEXNET_ENGINE", "ALEXNET_CHECKPOINT"):
+        monkeypatch.setenv(name, "")  # recorded, so that what the entrypoint sets is unset after the test
+        monkeypatch.delenv(name)
+    caplog.set_level("INFO", logger="entrypoint")
+    entrypoint.prepare(["--model-dir", str(models)])
+    assert f"onnx={models / 'alexnet.onnx'} engine={models / 'alexnet.plan'} checkpoint=none" in caplog.text
+    assert f"{models / 'alexnet.onnx'} is present and current; not exporting" in caplog.text
 
 
 def test_no_checkpoint_means_none(tmp_path):

@@ -108,7 +108,7 @@ def test_container_args_are_service_flags():
                 assert arg in known, f"{arg} is not a flag of python -m service"
         for env in container.get("env", []):
             name = env["name"]
-            if name.startswith("ALEXNET_") and name != "ALEXNET_MODEL_DIR":
+            if name.startswith("ALEXNET_"):
                 assert name[len("ALEXNET_") :].lower() in Settings.model_fields, f"{name} is not a setting"
 
 

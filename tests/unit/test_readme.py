@@ -11,7 +11,7 @@ import pytest
 
 import service.oip  # noqa: F401  # registers the protocol's error kinds
 from service.errors import kinds
-from service.settings import Settings
+from service.settings import Settings, default_of
 from tests.conftest import REPO
 
 
@@ -69,7 +69,7 @@ def test_every_flag_in_the_settings_table_exists_with_the_stated_default(row):
     for flag, stated in zip(flags, defaults, strict=True):
         name = flag.removeprefix("--").replace("-", "_")
         assert name in Settings.model_fields, f"README names {flag}, which is not a setting"
-        actual = as_written(Settings.model_fields[name].default)
+        actual = as_written(default_of(name))
         assert stated == actual, f"README says {flag} defaults to {stated!r}; Settings says {actual!r}"
 
 

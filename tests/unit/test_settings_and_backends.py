@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -20,6 +22,32 @@ def test_flags_override_environment_which_overrides_defaults(monkeypatch):
     settings = settings_from_args(["--port", "8001", "--jpeg-draft", "false"])
     assert settings.port == 8001 and settings.max_batch_size == 16 and settings.jpeg_draft is False
     assert Settings().max_delay_ms == 2.0
+
+
+def test_the_model_files_default_to_the_model_dir_unless_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("ALEXNET_MODEL_DIR", str(tmp_path / "env"))
+    settings = settings_from_args([])
+    assert (settings.onnx, settings.engine) == (tmp_path / "env/alexnet.onnx", tmp_path / "env/alexnet.plan")
+    settings = settings_from_args(["--model-dir", str(tmp_path / "flag")])  # the flag wins, as always
+    assert (settings.onnx, settings.engine) == (tmp_path / "flag/alexnet.onnx", tmp_path / "flag/alexnet.plan")
+    monkeypatch.setenv("ALEXNET_ENGINE", "/elsewhere.plan")
+    settings = settings_from_args(["--onnx", "mine.onnx"])
+    assert (settings.onnx, settings.engine) == (Path("mine.onnx"), Path("/elsewhere.plan"))
+    monkeypatch.delenv("ALEXNET_MODEL_DIR")
+    assert Settings().onnx == Path("artifacts/alexnet.onnx")
+    assert "default: artifacts/alexnet.onnx" in " ".join(get_args_parser().format_help().split())
+
+
+def test_a_model_dir_without_the_onnx_file_stops_the_server_under_auto(monkeypatch, tmp_path, capsys):
+    """Named by hand, a model dir holding no model is a typo or an empty volume: auto would serve an
+    untrained PyTorch model instead. Not a variable silently ignored either, as it was before it was a setting."""
+    from service.__main__ import main
+
+    monkeypatch.setenv("ALEXNET_MODEL_DIR", str(tmp_path))
+    assert main(["--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"--model-dir / ALEXNET_MODEL_DIR: {tmp_path} holds no alexnet.onnx" in err
+    assert "python -m service.entrypoint" in err and "is not a setting" not in err
 
 
 def test_the_api_key_is_read_from_the_environment_only(monkeypatch):

@@ -97,7 +97,7 @@ def test_variables_read_elsewhere_and_in_any_case_are_not_unknown():
     assert unknown_variables({"ALEXNET_MODEL_DIR": "/models", "alexnet_port": "1", "PATH": "/bin"}) == []
     assert unknown_variables({"ALEXNET_API_KEYS": "x", "ALEXNET_MODELDIR": "x"}) == [
         "warning: ALEXNET_API_KEYS is not a setting and is ignored; did you mean ALEXNET_API_KEY?",
-        "warning: ALEXNET_MODELDIR is not a setting and is ignored; did you mean ALEXNET_MODEL_DIR?",
+        "warning: ALEXNET_MODELDIR is not a setting and is ignored; did you mean --model-dir / ALEXNET_MODEL_DIR?",
     ]
 
 
