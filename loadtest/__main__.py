@@ -37,6 +37,7 @@ import sys
 import time
 import urllib.parse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -48,6 +49,9 @@ from loadtest.payloads import KINDS, Payload, build_payload
 from loadtest.progress import ProgressBar
 from loadtest.step import ARRIVALS, MODES, StepConfig, StepResult
 from model.help_format import DefaultsRawDescriptionHelpFormatter
+
+if TYPE_CHECKING:
+    from service.preprocess import PreprocessConfig
 
 
 def _numbers(text: str, cast=float) -> list:
@@ -183,8 +187,10 @@ def build_payloads(
     model: str = "alexnet",
     top_k: int = 5,
     seed: int = 0,
+    server: dict | None = None,
 ) -> list[Payload]:
-    """Request bodies for a run, built once: each corpus image starts one request (cycling through)."""
+    """Request bodies for a run, built once: each corpus image starts one request (cycling through).
+    ``server`` (its /v1/models answer) gives oip-fp32 the model's own sizes and mean/std."""
     if per_request < 1:
         raise ValueError(f"images per request must be >= 1, got {per_request}")
     if kind == "healthz":
@@ -192,9 +198,10 @@ def build_payloads(
     images = build_corpus(spec, per_size, seed)
     tensors = None
     if kind == "oip-fp32":
-        from service.preprocess import PreprocessConfig, preprocess
+        from service.preprocess import preprocess
 
-        tensors = [preprocess(im.data, PreprocessConfig()) for im in images]
+        preset = served_preset(server)
+        tensors = [preprocess(im.data, preset) for im in images]
     payloads = []
     for start in range(len(images)):
         idx = [(start + j) % len(images) for j in range(per_request)]
@@ -204,6 +211,21 @@ def build_payloads(
             )
         )
     return payloads
+
+
+def served_preset(server: dict | None) -> PreprocessConfig:
+    """The preprocessing a server applies, from its /v1/models ``input``: a model trained at other sizes
+    (docs/training.md) takes FP32 tensors of its own crop size and refuses 224x224 ones. ImageNet's
+    256/224 and mean/std when the server does not say (another server, or /v1/models unreachable)."""
+    from service.preprocess import PreprocessConfig
+
+    try:
+        facts = (server or {})["models"][0]["input"]
+        return PreprocessConfig(
+            int(facts["resize_size"]), int(facts["crop_size"]), tuple(facts["mean"]), tuple(facts["std"])
+        )
+    except (TypeError, KeyError, IndexError, ValueError):
+        return PreprocessConfig()
 
 
 def step_configs(args) -> list[StepConfig]:
@@ -259,8 +281,16 @@ def write_outputs(
 
 
 async def run(args, api_key: str | None = None) -> int:
+    server = await server_info(args.url, api_key)
     payloads = build_payloads(
-        args.kind, args.images, args.images_per_request, args.generated_per_size, args.model, args.top_k, args.seed
+        args.kind,
+        args.images,
+        args.images_per_request,
+        args.generated_per_size,
+        args.model,
+        args.top_k,
+        args.seed,
+        server,
     )
     configs = step_configs(args)
     out = args.out or Path("results") / time.strftime("loadtest-%Y%m%d-%H%M%S")
@@ -273,7 +303,7 @@ async def run(args, api_key: str | None = None) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "args": vars(args),
         "host": host_description(),
-        "server": await server_info(args.url, api_key),
+        "server": server,
         "api_key_sent": api_key is not None,  # never the key itself
     }
     bar = None if args.quiet else ProgressBar(len(configs))

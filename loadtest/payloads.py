@@ -6,7 +6,8 @@
                  (base64, ``"parameters": {"content_type": "base64"}``)
     oip-binary   the same with the binary-data extension: BYTES elements (4-byte little-endian length +
                  bytes) after a JSON header whose size is in ``Inference-Header-Content-Length``
-    oip-fp32     binary-data extension, FP32 input [N, 3, 224, 224] preprocessed by the client
+    oip-fp32     binary-data extension, FP32 input [N, 3, S, S] preprocessed by the client as the server's
+                 /v1/models ``input`` says (S = its crop size, 224 for ImageNet's AlexNet)
     healthz      GET /healthz, no image: measures the client's own ceiling against a trivial endpoint
 
 Bodies are built once before a run, so the client spends its CPU on sending, not on encoding.
@@ -26,7 +27,7 @@ import numpy as np
 from loadtest.corpus import CorpusImage
 
 KINDS = ("multipart", "raw", "oip-json", "oip-binary", "oip-fp32", "healthz")
-INPUT_NAME = "input"  # FP32 [N, 3, 224, 224], preprocessed
+INPUT_NAME = "input"  # FP32 [N, 3, S, S], preprocessed
 IMAGE_INPUT_NAME = "image"  # BYTES [N], encoded image files (docs/oip.md)
 OUTPUT_NAME = "logits"
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -77,7 +78,7 @@ def build_payload(
     top_k: int = 5,
     preprocessed: list[np.ndarray] | None = None,
 ) -> Payload:
-    """One request carrying ``images`` (``preprocessed``: their (3, 224, 224) float32 arrays, for oip-fp32)."""
+    """One request carrying ``images`` (``preprocessed``: their (3, S, S) float32 arrays, for oip-fp32)."""
     n = len(images)
     if kind == "healthz":
         return Payload("/healthz", {}, b"", 0, "GET")
@@ -120,7 +121,7 @@ def build_payload(
         ]
     elif kind == "oip-fp32":
         if preprocessed is None or len(preprocessed) != n:
-            raise ValueError("oip-fp32 needs each image preprocessed to (3, 224, 224) float32")
+            raise ValueError("oip-fp32 needs each image preprocessed to a (3, S, S) float32 array")
         array = np.ascontiguousarray(np.stack(preprocessed), dtype="<f4")
         tensor = array.tobytes()
         inputs = [

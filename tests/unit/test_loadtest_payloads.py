@@ -88,3 +88,16 @@ def test_corpus_photos_and_generated_sizes():
     assert generate_jpeg(64, 48, seed=3) == generate_jpeg(64, 48, seed=3)
     with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
         parse_spec("photos,big")
+
+
+def test_oip_fp32_tensors_take_the_servers_own_sizes():
+    """A model trained at 72/64 (docs/training.md) refuses 224x224 tensors: the client preprocesses as the
+    server's /v1/models says, and as ImageNet's AlexNet when it says nothing."""
+    from loadtest.__main__ import build_payloads
+
+    facts = {"resize_size": 72, "crop_size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    for server, size in (({"models": [{"input": facts}]}, 64), (None, 224), ({"detail": "?"}, 224)):
+        p = build_payloads("oip-fp32", "photos", server=server)[0]
+        n = int(p.headers[HEADER_LENGTH])
+        assert json.loads(p.body[:n])["inputs"][0]["shape"] == [1, 3, size, size]
+        assert len(p.body) - n == 3 * size * size * 4
