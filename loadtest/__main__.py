@@ -411,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.kind == "raw" and args.images_per_request != 1:
         parser.error("--kind raw carries one image per request; use --kind multipart for several")
+    if args.mode == "open" and args.requests:
+        # Ignored, it would run each rate for the default --duration-s instead of the count asked for.
+        parser.error("--requests counts a closed loop's requests; an open loop runs each --rate for --duration-s")
     try:
         api_key = api_key_from_env()
     except ValueError as exc:

@@ -30,6 +30,7 @@ BAD = [
     (["--duration-s", "0"], "--duration-s: expected a number > 0"),
     (["--requests", "0"], "--requests: expected a number >= 1"),
     (["--kind", "raw", "--images-per-request", "2"], "--kind raw carries one image per request"),
+    (["--mode", "open", "--requests", "20"], "--requests counts a closed loop's requests"),
     (
         ["--url", "127.0.0.1:8000"],
         "--url: expected a base URL such as http://127.0.0.1:8000, got '127.0.0.1:8000' "
