@@ -92,3 +92,15 @@ def test_headers_named_in_the_error_table_are_sent():
     for row in ERROR_ROWS:
         for kind, header in re.findall(r"`(\w+)` \(with `([\w-]+)`\)", row[1]):
             assert header in kinds()[kind].headers, f"README says {kind} comes with {header}"
+
+
+def test_every_setting_is_documented_where_a_user_looks():
+    """Each setting is named, as its flag, its ALEXNET_ variable or (docs/hardening.md's limits table) its
+    field name, in the README or a page of docs/, not only in ``python -m service --help``."""
+    pages = README + "".join(page.read_text() for page in sorted((REPO / "docs").glob("*.md")))
+    unnamed = [
+        name
+        for name in Settings.model_fields
+        if not any(form in pages for form in (f"--{name.replace('_', '-')}", f"ALEXNET_{name.upper()}", f"`{name}`"))
+    ]
+    assert not unnamed, f"settings no page names (add them to README's Configuration table): {unnamed}"
