@@ -60,10 +60,21 @@ def get_args_parser() -> argparse.ArgumentParser:
             dest=name,
             default=argparse.SUPPRESS,
             choices=choices,
+            # A switch still takes its value (--warmup false): say so, or `--warmup` alone looks right.
+            metavar="{true,false}" if field.annotation is bool else None,
             type=str,  # pydantic parses and validates the text, as it does the environment's
-            help=f"{field.description} (default: {default_of(name)}; env ALEXNET_{name.upper()})",
+            help=f"{field.description} (default: {as_typed(default_of(name))}; env ALEXNET_{name.upper()})",
         )
     return parser
+
+
+def as_typed(default: object) -> str:
+    """A default as a flag or variable would give it: true/false, none, '' (not Python's True, None)."""
+    if default is None:
+        return "none"
+    if isinstance(default, bool):
+        return str(default).lower()
+    return str(default) if default != "" else "''"
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

@@ -31,6 +31,16 @@ def test_real_defaults_are_still_shown():
     assert "(default: the --resume checkpoint's, else the arch's, 256) --" in text  # the help's own words, once
 
 
+def test_the_service_help_writes_defaults_as_a_flag_takes_them():
+    from service.__main__ import get_args_parser
+
+    text = " ".join(get_args_parser().format_help().split())
+    for python_literal in ("(default: None;", "(default: True;", "(default: False;", "(default: ;"):
+        assert python_literal not in text
+    assert "--warmup {true,false}" in text and "(default: true; env ALEXNET_WARMUP)" in text
+    assert "(default: none; env ALEXNET_CHECKPOINT)" in text and "(default: ''; env ALEXNET_CORS_ORIGINS)" in text
+
+
 def test_the_weights_cli_help(capsys):
     from model.weights import main
 
