@@ -59,7 +59,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="ONNX model (exported, untrained, when missing)",
     )
     p.add_argument("--backends", default="onnxruntime", help="backends to measure, comma-separated")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="where (a), (b) and the servers run inference"
+    )
     p.add_argument(
         "--gpu",
         action="store_true",

@@ -20,6 +20,7 @@ from model import train
 def test_help_shows_no_empty_or_doubled_default(module):
     text = " ".join(module.get_args_parser().format_help().split())  # unwrapped
     assert "(default: None)" not in text
+    assert "(default: )" not in text and "(default: [" not in text  # empty, or a list as Python prints it
     assert not re.search(r"\(default[^)]*\)\s*\(default", text), text
 
 
@@ -29,6 +30,15 @@ def test_real_defaults_are_still_shown():
     text = " ".join(train.get_args_parser().format_help().split())
     assert "--data-path DATA_PATH directory with train/<class>/ and val/<class>/ --" in text  # required: none
     assert "(default: the --resume checkpoint's, else the arch's, 256) --" in text  # the help's own words, once
+
+
+def test_list_defaults_read_as_they_are_typed():
+    text = " ".join(loadtest_main.get_args_parser().format_help().split())
+    assert "(default: 1,2,4,8,16,32)" in text  # --concurrency 1,2,4 on the command line
+    from model import bench_train
+
+    text = " ".join(bench_train.get_args_parser().format_help().split())
+    assert re.search(r"--precisions .*? \(default: fp32 bf16( fp16)?\)", text), text  # --precisions fp32 bf16
 
 
 def test_the_service_help_writes_defaults_as_a_flag_takes_them():
