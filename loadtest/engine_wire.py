@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.bench import ensure_onnx
+from model.help_format import DefaultsRawDescriptionHelpFormatter
 from model.host import cpu_model
 from service.backends.base import Backend
 from service.cpus import usable_cpus
@@ -134,13 +135,19 @@ def thread_cpu_s(pid: int) -> dict[int, float]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtest.engine_wire", description=__doc__.splitlines()[0])
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.engine_wire", description=__doc__, formatter_class=DefaultsRawDescriptionHelpFormatter
+    )
     p.add_argument("--onnx", default="artifacts/alexnet.onnx", help="model whose facts the engine serves")
     p.add_argument("--frontends", type=int, default=2, help="front-end processes")
     p.add_argument("--in-flight", type=int, default=64, help="requests outstanding per front end")
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds (after 3 s of warm-up)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     if sys.platform != "linux":
         print("needs Linux (/proc, abstract Unix sockets)", file=sys.stderr)
         return 2

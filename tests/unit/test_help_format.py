@@ -8,13 +8,13 @@ import pytest
 
 import loadtest.__main__ as loadtest_main
 from export import bench_quantized, quantize, to_onnx, to_trt
-from loadtest import bench, client_ceiling, soak
+from loadtest import bench, client_ceiling, engine_wire, soak
 from model import train
 
 
 @pytest.mark.parametrize(
     "module",
-    [to_onnx, quantize, to_trt, bench_quantized, train, loadtest_main, bench, client_ceiling, soak],
+    [to_onnx, quantize, to_trt, bench_quantized, train, loadtest_main, bench, client_ceiling, soak, engine_wire],
     ids=lambda m: m.__name__,
 )
 def test_help_shows_no_empty_or_doubled_default(module):
@@ -30,6 +30,11 @@ def test_real_defaults_are_still_shown():
     text = " ".join(train.get_args_parser().format_help().split())
     assert "--data-path DATA_PATH directory with train/<class>/ and val/<class>/ --" in text  # required: none
     assert "(default: the --resume checkpoint's, else the arch's, 256) --" in text  # the help's own words, once
+
+
+def test_the_engine_probe_shows_its_defaults():
+    text = " ".join(engine_wire.get_args_parser().format_help().split())
+    assert "front-end processes (default: 2)" in text and "per front end (default: 64)" in text
 
 
 def test_list_defaults_read_as_they_are_typed():
