@@ -6,8 +6,8 @@
 Every ``--sample-s`` it records the server's RSS (its process and children, from /proc) and the
 latencies since the last sample. After the warm-up it reports RSS growth, latency drift (first vs
 last interval), errors by status, and lost requests (sent but never answered: a connection reset or
-a truncated response). Exit status 1 when RSS grew more than ``--max-rss-growth`` or any request
-was lost. Loopback only. With ``ALEXNET_API_KEY`` set, every request carries it as a bearer token.
+a truncated response). Exit status 1 when RSS grew by ``--max-rss-growth`` (5%) or more, or any
+request was lost. Loopback only. With ``ALEXNET_API_KEY`` set, every request carries it as a bearer token.
 """
 
 from __future__ import annotations
