@@ -137,6 +137,8 @@ def run(
     """Quantize, check, measure; the file appears at ``out`` only if every check passed."""
     import_onnxruntime()  # quantizing and checking need it: say so now, not after reading the images
     t0 = _step(f"reading {onnx_path}")
+    if not Path(onnx_path).is_file():  # else the error is a bare "[Errno 2] No such file or directory"
+        raise QuantizeError(f"{onnx_path} not found; export it first: python export/to_onnx.py --out {onnx_path}")
     meta = read_metadata(onnx_path)
     if meta.precision != "fp32":
         raise QuantizeError(f"{onnx_path} is {meta.precision}; quantize the fp32 export of export/to_onnx.py")

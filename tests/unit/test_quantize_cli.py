@@ -29,6 +29,15 @@ def test_a_file_that_is_not_onnx_is_one_error_line(tmp_path, capsys):
     ]
 
 
+def test_a_missing_onnx_file_says_how_to_make_it(tmp_path, capsys):
+    missing = tmp_path / "alexnet.onnx"
+    assert main(["--onnx", str(missing), "--calibration-dir", str(tmp_path), "--out", str(tmp_path / "q.onnx")]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        f"[quantize] error: {missing} not found; export it first: python export/to_onnx.py --out {missing}"
+    ]
+
+
 def test_the_summary_names_each_throughput():
     line = throughput_summary({"fp32": 169.4, "int8": 93.2, "speedup": 0.55, "int8_fused": 0.0}, 32)
     assert line == "int8 (unfused) 93 img/s vs fp32 169 img/s (int8 speed-up 0.55x) at batch 32"
