@@ -51,6 +51,16 @@ def _problem(error: dict) -> str:
     return f"{'.'.join(map(str, error['loc']))}: {error['msg']}"
 
 
+def framework_message(request: Request, exc: StarletteHTTPException) -> str:
+    """Starlette's bare "Not Found" and "Method Not Allowed" say neither what was asked nor what to do."""
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        return f"no route {request.method} {request.url.path}; /openapi.json lists the routes"
+    if exc.status_code == 405 and exc.detail == "Method Not Allowed":
+        allow = (exc.headers or {}).get("Allow")
+        return f"{request.url.path} does not take {request.method}" + (f"; send {allow}" if allow else "")
+    return str(exc.detail)
+
+
 def create_app(
     settings: Settings | None = None,
     engine_address: str | None = None,
@@ -116,7 +126,7 @@ def create_app(
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Framework errors (unknown route, wrong method, malformed multipart) in our one error shape.
         kind = HTTP_KINDS.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal")
-        error = ServiceError(str(exc.detail), status=exc.status_code, kind=kind)
+        error = ServiceError(framework_message(request, exc), status=exc.status_code, kind=kind)
         return answer(request, error, getattr(exc, "headers", None))
 
     @app.exception_handler(ClientDisconnect)
