@@ -140,7 +140,10 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(32, ge=1, description="images in one request (413 above)")
     max_top_k: int = Field(1000, ge=1, description="largest top_k a client may ask for")
     max_connections: int = Field(
-        0, ge=0, description="concurrent connections before uvicorn answers 503 (0 = no limit)"
+        0,
+        ge=0,
+        description="concurrent connections per HTTP front end before its uvicorn answers 503 (the server takes "
+        "up to this times --http-workers; 0 = no limit)",
     )
 
     api_key: SecretStr | None = Field(None, description="if set, requests need 'Authorization: Bearer <key>'")
