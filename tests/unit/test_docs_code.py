@@ -61,3 +61,17 @@ def test_every_shown_fp16_engine_build_reads_the_fp16_onnx():
     ]
     assert not wrong, wrong
     assert any(page == "deploy.md" and re.search(r"--onnx\s+\S+\.fp16\.onnx", line) for page, line in builds)
+
+
+def test_every_test_and_file_the_docs_cite_exists():
+    """A page that says what proves a behaviour ("proven by `test_...`", `tests/.../x.py`) must name a
+    test or file that is there: a renamed test leaves the claim unsupported."""
+    tests = "".join(path.read_text() for path in (REPO / "tests").rglob("*.py"))
+    text = "".join(page.read_text() for page in PAGES)
+    missing = [name for name in set(re.findall(r"`(test_\w+)`", text)) if f"def {name}(" not in tests]
+    missing += [
+        path
+        for path in set(re.findall(r"`((?:tests|service|model|export|loadtest|scripts)/[\w/.]+\.\w+)`", text))
+        if not (REPO / path).exists()
+    ]
+    assert not missing, f"the docs cite what does not exist: {sorted(missing)}"
