@@ -23,10 +23,6 @@ from service.process import EXIT_FAILED, EXIT_INVALID_SETTINGS
 from service.settings import ENV_ONLY, ENV_PREFIX, Settings, default_of, setting_name
 from service.supervisor import Supervisor
 
-# ALEXNET_* variables that are not settings but are read elsewhere, so not reported as unknown (none
-# now: ALEXNET_MODEL_DIR, once the entrypoint's alone, is the setting --model-dir).
-OTHER_VARIABLES: frozenset[str] = frozenset()
-
 
 class _RefuseSecretFlag(argparse.Action):
     """``--api-key``: refused with the variable to use instead, and without echoing the value given."""
@@ -82,7 +78,6 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     naming the closest setting. Names only: a value may be a secret."""
     # Compared without the prefix, which every name shares and which would make any two "close".
     described = {name.upper(): setting_name(name) for name in Settings.model_fields}
-    described |= {variable.removeprefix(ENV_PREFIX): variable for variable in OTHER_VARIABLES}
     warnings = []
     for variable in sorted(environ):
         upper = variable.upper()  # pydantic-settings reads the names case-insensitively

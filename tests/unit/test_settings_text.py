@@ -102,7 +102,7 @@ def test_variables_read_elsewhere_and_in_any_case_are_not_unknown():
 
 
 def test_every_alexnet_variable_the_repository_names_is_known():
-    """A variable read by a script or set by a manifest, and not a setting, belongs in OTHER_VARIABLES."""
+    """Every ALEXNET_* variable a script, manifest or page names is a setting (ALEXNET_MODEL_DIR too)."""
     named = set()
     for folder in ("service", "export", "model", "loadtest", "scripts", "deploy", "docs"):
         for path in (REPO / folder).rglob("*"):
