@@ -6,8 +6,9 @@ a flag wins over the environment, which wins over the default.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +20,7 @@ ENV_PREFIX = "ALEXNET_"
 # Secrets come from the environment only: a flag would show in `ps` and shell history.
 ENV_ONLY = frozenset({"api_key"})
 API_KEY_ENV = ENV_PREFIX + "API_KEY"  # also what the load tools send (loadtest/auth.py)
+DEFAULT_MODEL_DIR = Path("artifacts")
 # The model files' names in --model-dir (the entrypoint exports and builds them there).
 ONNX_NAME = "alexnet.onnx"
 ENGINE_NAME = "alexnet.plan"
@@ -33,6 +35,11 @@ def setting_name(name: str, value: object = None) -> str:
     if name in ENV_ONLY:
         return variable
     return f"{flag} / {variable}" if value is None else f"{flag} {value} ({variable}={value})"
+
+
+def _in_model_dir(validated: Mapping[str, Any], name: str) -> Path:
+    """A default file of the model directory, from the settings validated so far (pydantic passes them)."""
+    return Path(validated.get("model_dir", DEFAULT_MODEL_DIR)) / name
 
 
 def default_of(name: str) -> object:
@@ -73,19 +80,19 @@ class Settings(BaseSettings):
 
     # Before onnx and engine: their defaults are read from it, and fields are validated in order.
     model_dir: Path = Field(
-        Path("artifacts"),
+        DEFAULT_MODEL_DIR,
         description=f"folder of the model files: --onnx and --engine default to {ONNX_NAME} and {ENGINE_NAME} "
         "in it. The service makes nothing there and looks for no checkpoint; python -m service.entrypoint (the "
         "images', make serve) also takes alexnet.pt or alexnet-owt-*.pth there as --checkpoint and exports or "
         "builds what is missing",
     )
     onnx: Path = Field(
-        default_factory=lambda data: Path(data.get("model_dir", "artifacts")) / ONNX_NAME,
+        default_factory=lambda data: _in_model_dir(data, ONNX_NAME),
         description=f"ONNX model (also the source of labels and preprocessing facts); default {ONNX_NAME} in "
         "--model-dir",
     )
     engine: Path = Field(
-        default_factory=lambda data: Path(data.get("model_dir", "artifacts")) / ENGINE_NAME,
+        default_factory=lambda data: _in_model_dir(data, ENGINE_NAME),
         description=f"TensorRT engine (with its .json sidecar); default {ENGINE_NAME} in --model-dir",
     )
     checkpoint: Path | None = Field(
