@@ -117,9 +117,9 @@ def set_lr(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float) -> None:
     """Train at ``lr`` from now on; the schedule goes on from it (a StepLR's later steps, or a plateau,
     still multiply it by --lr-gamma)."""
     current = _lr(optimizer)
-    factor = lr / current if current > 0 else 1.0
-    for group in optimizer.param_groups:
-        group["lr"] = lr if current <= 0 else group["lr"] * factor
+    factor = lr / current if current > 0 else 1.0  # from a rate of 0 the schedule's base stays as it was
+    for group in optimizer.param_groups:  # one group: SGD over model.parameters()
+        group["lr"] = lr
         if "initial_lr" in group:
             group["initial_lr"] *= factor
     if hasattr(scheduler, "base_lrs"):  # StepLR's closed form; ReduceLROnPlateau reads the groups
