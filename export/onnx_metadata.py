@@ -77,6 +77,30 @@ def fp16_sibling(onnx_path: str | Path) -> Path:
     return onnx_path.with_name(f"{onnx_path.stem}.fp16{onnx_path.suffix}")
 
 
+def fp16_sibling_mismatch(onnx_path: str | Path, metadata: ModelMetadata | None = None) -> str | None:
+    """Why ``fp16_sibling(onnx_path)`` cannot stand in for ``onnx_path`` (whose ``metadata`` may be
+    given): missing, unreadable, not fp16, other weights or other preprocessing; None when it can.
+
+    One rule for the entrypoint (which exports it again when it cannot) and ONNX Runtime (which then
+    serves the fp32 file): an fp16 file of other sizes would answer as wrongly as other weights.
+    """
+    fp16 = fp16_sibling(onnx_path)
+    if not fp16.is_file():
+        return f"{fp16} is missing"
+    try:
+        meta = read_metadata(fp16)
+    except Exception as exc:  # unreadable or foreign file: making it again is the fix
+        return f"{fp16} has no usable metadata ({exc})"
+    if meta.precision != "fp16":
+        return f"{fp16} is {meta.precision}, not fp16"
+    source = metadata if metadata is not None else read_metadata(onnx_path)
+    if meta.weights_sha256 != source.weights_sha256:
+        return f"{fp16} holds weights {meta.weights!r}, not those of {onnx_path}"
+    if meta.preprocessing != source.preprocessing:
+        return f"{fp16} preprocesses as {meta.preprocessing}, {onnx_path} as {source.preprocessing}"
+    return None
+
+
 def read_metadata(path: str | Path) -> ModelMetadata:
     """Metadata of an ONNX file, without loading its weights; a ValueError for a file that is not ONNX."""
     try:

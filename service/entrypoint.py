@@ -136,23 +136,6 @@ def export_onnx(onnx: Path, checkpoint: Path | None, arch: str, precision: str =
     export_and_verify(checkpoint, onnx, arch, precision=precision)
 
 
-def fp16_needs_export(fp16: Path, onnx: Path) -> str | None:
-    """Why the fp16 export ``fp16`` must be (re)made, or None when it holds ``onnx``'s weights in fp16."""
-    from export.onnx_metadata import read_metadata
-
-    meta, problem = _read_export(fp16)
-    if meta is None:
-        return problem
-    if meta.precision != "fp16":
-        return f"{fp16} is {meta.precision}, not fp16"
-    source = read_metadata(onnx)
-    if meta.weights_sha256 != source.weights_sha256:
-        return f"{fp16} holds weights {meta.weights!r}, not those of {onnx}"
-    if meta.preprocessing != source.preprocessing:
-        return f"{fp16} preprocesses as {meta.preprocessing}, {onnx} as {source.preprocessing}"
-    return None
-
-
 def gpu_here(settings) -> bool:
     """A CUDA GPU that this service may use: visible to PyTorch and not ruled out by ``--device cpu``."""
     if settings.device == "cpu":
@@ -177,13 +160,13 @@ def prepare_fp16(settings, onnx_exported: bool) -> tuple[Path, str, bool]:
     be re-exported in fp16: then the engine comes from it with ``--precision fp16``, which TensorRT 10
     does with its FP16 flag and TensorRT 11 refuses, saying to export the fp16 ONNX.
     """
-    from export.onnx_metadata import fp16_sibling, read_metadata
+    from export.onnx_metadata import fp16_sibling, fp16_sibling_mismatch, read_metadata
 
     meta = read_metadata(settings.onnx)
     if meta.precision != "fp32" or not wants_fp16(settings):
         return settings.onnx, meta.precision, onnx_exported  # int8 or fp16 given, or an fp32 host
     fp16 = fp16_sibling(settings.onnx)
-    reason = fp16_needs_export(fp16, settings.onnx)
+    reason = fp16_sibling_mismatch(settings.onnx, meta)
     if reason is None:
         log.info("%s is present and current; not exporting", fp16)
         return fp16, "fp16", False

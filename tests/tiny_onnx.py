@@ -24,6 +24,7 @@ def tiny_onnx(
     weights_sha256: str = WEIGHTS_SHA256,
     untrained: bool = False,
     features: int = 4,
+    input_size: int = 224,
 ) -> Path:
     """Write the graph (input (N, features) float32 -> logits) with our metadata to ``path``."""
     if precision == "fp16":
@@ -50,7 +51,7 @@ def tiny_onnx(
         ModelMetadata(
             arch="torchvision",
             labels=[f"class_{i}" for i in range(features)],
-            input_size=224,
+            input_size=input_size,
             resize_size=256,
             weights="untrained" if untrained else "test",
             weights_sha256=weights_sha256,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from export.checkpoint_match import export_mismatch
-from export.onnx_metadata import ModelMetadata, fp16_sibling, read_metadata
+from export.onnx_metadata import ModelMetadata, fp16_sibling, fp16_sibling_mismatch, read_metadata
 from model.alexnet import arch_spec
 from model.weights import load_model
 from service.backends.base import Backend
@@ -79,9 +79,10 @@ def _build_tensorrt(settings: Settings, device: str) -> tuple[Backend, ModelMeta
 def onnxruntime_model(settings: Settings, device: str, metadata: ModelMetadata) -> Path:
     """The ONNX file ONNX Runtime serves: on CUDA under precision ``auto`` or ``fp16``, the fp16 export
     beside ``settings.onnx`` (``alexnet.fp16.onnx``, which the entrypoint makes on CUDA hosts) when it
-    holds the same weights; else ``settings.onnx`` itself. An explicit fp16 without that file is refused,
-    and so is an explicit fp16 on the CPU (which would run the fp32 file in fp32); an ONNX given in
-    another precision than fp32 (int8, or the fp16 file itself) is served as it is."""
+    holds the same weights and preprocessing (``fp16_sibling_mismatch``, the entrypoint's rule too);
+    else ``settings.onnx`` itself. An explicit fp16 without that file is refused, and so is an explicit
+    fp16 on the CPU (which would run the fp32 file in fp32); an ONNX given in another precision than
+    fp32 (int8, or the fp16 file itself) is served as it is."""
     if device != "cuda" and settings.precision == "fp16" and metadata.precision == "fp32":
         raise BackendUnavailable(
             f"precision fp16 was asked for, but ONNX Runtime on the CPU would serve {settings.onnx} in fp32; "
@@ -90,16 +91,9 @@ def onnxruntime_model(settings: Settings, device: str, metadata: ModelMetadata) 
     if device != "cuda" or settings.precision == "fp32" or metadata.precision != "fp32":
         return settings.onnx
     fp16 = fp16_sibling(settings.onnx)
-    problem = f"{fp16} is missing"
-    if fp16.is_file():
-        try:
-            fp16_meta = read_metadata(fp16)
-        except Exception as exc:  # unreadable or foreign: served as fp32, with the reason
-            problem = f"{fp16} has no usable metadata ({exc})"
-        else:
-            if fp16_meta.weights_sha256 == metadata.weights_sha256:
-                return fp16
-            problem = f"{fp16} holds weights {fp16_meta.weights!r}, not those of {settings.onnx}"
+    problem = fp16_sibling_mismatch(settings.onnx, metadata)
+    if problem is None:
+        return fp16
     export = f"export it with python export/to_onnx.py --precision fp16 --out {fp16}"
     if settings.precision == "fp16":
         raise BackendUnavailable(f"precision fp16 on ONNX Runtime needs the fp16 ONNX: {problem}; {export}")

@@ -83,17 +83,3 @@ def test_an_onnx_exported_by_hand_without_a_checkpoint_is_not_replaced_by_an_unt
     assert exports == [] and "pass --checkpoint" in caplog.text
     # TensorRT 10 builds it with its FP16 flag; TensorRT 11 refuses, saying to export the fp16 ONNX.
     assert built_from((fp32.parent / "alexnet.plan").read_text()) == (str(fp32), "fp16")
-
-
-def test_why_the_fp16_export_is_made_again(tmp_path):
-    fp32 = tiny_onnx(tmp_path / "alexnet.onnx")
-    fp16 = fp16_sibling(fp32)
-    assert "missing" in entrypoint.fp16_needs_export(fp16, fp32)
-    tiny_onnx(fp16, "fp32")
-    assert "is fp32, not fp16" in entrypoint.fp16_needs_export(fp16, fp32)
-    tiny_onnx(fp16, "fp16", weights_sha256="d" * 64)
-    assert "holds weights" in entrypoint.fp16_needs_export(fp16, fp32)
-    tiny_onnx(fp16, "fp16")
-    assert entrypoint.fp16_needs_export(fp16, fp32) is None
-    fp16.write_bytes(b"not onnx")
-    assert "no usable metadata" in entrypoint.fp16_needs_export(fp16, fp32)

@@ -185,6 +185,10 @@ def test_without_the_fp16_export_auto_serves_fp32_and_an_explicit_fp16_is_refuse
     tiny_onnx(fp16_sibling(fp32), "fp16", weights_sha256="d" * 64)  # stale: other weights
     with pytest.raises(BackendUnavailable, match="holds weights"):
         onnxruntime_model(Settings(onnx=fp32, precision="fp16"), "cuda", meta)
+    tiny_onnx(fp16_sibling(fp32), "fp16", input_size=227)  # stale: the same weights at other sizes
+    with pytest.raises(BackendUnavailable, match="preprocesses as"):
+        onnxruntime_model(Settings(onnx=fp32, precision="fp16"), "cuda", meta)
+    assert onnxruntime_model(Settings(onnx=fp32), "cuda", meta) == fp32  # auto: the fp32 file, said why
 
 
 def test_an_onnx_given_in_another_precision_is_served_as_it_is(tmp_path):
