@@ -208,12 +208,13 @@ class OnnxRuntimeBackend(Backend):
         if batch.dtype != in_torch or not batch.is_contiguous():
             raise ValueError(f"ONNX Runtime takes a contiguous {in_torch} batch, not {batch.dtype} in this layout")
         device = batch.device
+        producer = torch.cuda.current_stream(device) if self._stream is not None else None  # the caller's
         with self.stream_context():
             if self._stream is not None:
                 if ready is not None:
                     self._stream.wait_event(ready)
                 else:
-                    self._stream.wait_stream(torch.cuda.current_stream(device))
+                    self._stream.wait_stream(producer)
                 batch.record_stream(self._stream)  # its memory is not reused before ONNX Runtime has read it
             logits = torch.empty((batch.shape[0], classes), dtype=out_torch, device=device)
         binding = self._session.io_binding()

@@ -106,11 +106,12 @@ class TorchBackend(Backend):
         if bucket != batch.shape[0]:
             raise ValueError(f"batch of {batch.shape[0]} is not a bucket {self._buckets}")
         graph, _staging, static_in, static_out = self._graphs[bucket]
+        producer = torch.cuda.current_stream(batch.device)  # the caller's; inside the block it is ours
         with torch.cuda.stream(self._stream):
             if ready is not None:
                 self._stream.wait_event(ready)
             else:
-                self._stream.wait_stream(torch.cuda.current_stream())
+                self._stream.wait_stream(producer)
             batch.record_stream(self._stream)  # its memory is not reused before this stream has read it
             static_in.copy_(batch)
             graph.replay()
