@@ -9,6 +9,14 @@ them on CUDA at all.
   2012 network). There it is swapped for ``nn.Identity``: the same numbers, and the same state_dict (the
   pool has no parameters). At other crop sizes it really pools, so on CUDA the run is refused up front
   instead of at the first backward pass.
+- ``nn.LocalResponseNorm`` (the 2012 network's, after conv1 and conv2) sums its channel window with
+  ``avg_pool3d``, whose CUDA backward PyTorch also refuses. Under ``--deterministic`` each one becomes a
+  ``DeterministicLocalResponseNorm``: the same formula, with the window summed as ``size`` shifted slices
+  of the zero-padded squares: constant pad, slice, add, pow and divide, none of them on the list of ops
+  that ``torch.use_deterministic_algorithms`` refuses, their backward passes elementwise or slice
+  copies. (``cumsum`` would not do: that list refuses it on CUDA for floating point.)
+  It has no parameters, so checkpoints are the same; they hold state_dicts, so export and serving
+  build the arch's own ``nn.LocalResponseNorm`` and never see it.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import os
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 CUBLAS_WORKSPACE = ":4096:8"
 
@@ -62,3 +71,44 @@ def drop_identity_pools(model: nn.Module, input_size: int, device: torch.device)
             "where the pool changes nothing, or train without --deterministic"
         )
     return replaced
+
+
+class DeterministicLocalResponseNorm(nn.Module):
+    """``nn.LocalResponseNorm(size, alpha, beta, k)``, computed with ops that have deterministic CUDA backward
+    passes: ``x / (k + alpha / size * sum(x_c^2 over the channel window))^beta``, the window running from
+    ``c - size // 2`` to ``c + (size - 1) // 2`` with zeros beyond the edges, as ``F.local_response_norm``."""
+
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> None:
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    @classmethod
+    def like(cls, lrn: nn.LocalResponseNorm) -> DeterministicLocalResponseNorm:
+        return cls(lrn.size, alpha=lrn.alpha, beta=lrn.beta, k=lrn.k)
+
+    def extra_repr(self) -> str:
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 3:
+            raise ValueError(f"expected an input of 3 or more dimensions (B, C, ...), got {x.dim()}")
+        if x.numel() == 0:
+            return x
+        channels = x.shape[1]
+        # Zeros before and after the channels (dim 1); F.pad's pairs run from the last dim backwards.
+        squares = F.pad(x * x, (0, 0) * (x.dim() - 2) + (self.size // 2, (self.size - 1) // 2))  # (B, C+size-1, ...)
+        window = squares.narrow(1, 0, channels)
+        for offset in range(1, self.size):
+            window = window + squares.narrow(1, offset, channels)  # (B, C, ...)
+        return x / (window / self.size * self.alpha + self.k).pow(self.beta)
+
+
+def replace_local_response_norms(model: nn.Module) -> list[str]:
+    """Swap each ``nn.LocalResponseNorm`` in ``model`` for a ``DeterministicLocalResponseNorm`` with the
+    same settings; returns their names. The state_dict is unchanged (neither has parameters or buffers)."""
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.LocalResponseNorm)]
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, child, DeterministicLocalResponseNorm.like(getattr(owner, child)))
+    return names

@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from model.alexnet import build, kaiming_init_
 from model.data import ImageFolder, ShardSampler, class_labels, make_loader, train_sampler
-from model.determinism import drop_identity_pools, use_deterministic_algorithms
+from model.determinism import drop_identity_pools, replace_local_response_norms, use_deterministic_algorithms
 from model.distributed import DistInfo, barrier, cleanup, init_distributed
 from model.engine import EpochStats, LossDiverged, evaluate, train_one_epoch
 from model.metrics_log import MetricsLog, plot_metrics, read_metrics
@@ -168,6 +168,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.init == "kaiming":
         kaiming_init_(model)
     if args.deterministic:
+        replace_local_response_norms(model)  # alexnet2012's; same numbers, same state_dict
         try:
             drop_identity_pools(model, args.crop_size, device)
         except ValueError as exc:

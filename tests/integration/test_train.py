@@ -174,6 +174,24 @@ def test_torchrun_two_cpu_processes(tiny4, tmp_path):
     assert state["step"] == 2 and loaded.provenance["source"] == "trained"
 
 
+def test_alexnet2012_trains_under_deterministic_without_avg_pool3d(tiny4, tmp_path, monkeypatch):
+    """LRN's avg_pool3d has no deterministic CUDA backward; on the CPU, a stand-in that raises shows
+    that --deterministic swaps every LRN out before the first step (model/determinism.py)."""
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("avg_pool3d_backward_cuda does not have a deterministic implementation")
+
+    monkeypatch.setattr(torch.nn.functional, "avg_pool3d", refused)
+    was = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    argv = ["--data-path", str(tiny4), "--output-dir", str(tmp_path), "--arch", "alexnet2012", "--crop-size", "67"]
+    try:  # in this process, not a child as under torchrun: one short epoch, and the global setting put back
+        record = run_train(*argv, "--epochs", "1", "--batch-size", "32", "--ten-crop", "never", "--deterministic")
+    finally:
+        torch.use_deterministic_algorithms(was[0])
+        torch.backends.cudnn.benchmark = was[1]
+    assert record["step"] == 1 and record["val_images"] == 8  # one step, forward and backward through both LRNs
+
+
 def test_crop_below_the_arch_minimum_is_refused(tiny4):
     with pytest.raises(SystemExit, match="smallest input"):
         train.main(

@@ -1,5 +1,5 @@
 """model/determinism.py: what ``--deterministic`` changes so that training can run under PyTorch's
-deterministic algorithms on CUDA (shown on the CPU: the swap, its numbers, and the refusal)."""
+deterministic algorithms on CUDA (shown on the CPU: the swaps, their numbers, and the refusal)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from model.alexnet import build
-from model.determinism import CUBLAS_WORKSPACE, drop_identity_pools, use_deterministic_algorithms
+from model.alexnet import LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, build
+from model.determinism import (
+    CUBLAS_WORKSPACE,
+    DeterministicLocalResponseNorm,
+    drop_identity_pools,
+    replace_local_response_norms,
+    use_deterministic_algorithms,
+)
 
 CUDA = torch.device("cuda")  # only its .type is read: nothing here runs on a GPU
 
@@ -48,3 +54,62 @@ def test_cublas_gets_its_fixed_workspace_on_cuda_only(monkeypatch):
     finally:
         torch.use_deterministic_algorithms(was[0])
         torch.backends.cudnn.benchmark = was[1]
+
+
+@pytest.mark.parametrize(
+    ("size", "alpha", "beta", "k", "shape"),
+    [
+        (LRN_SIZE, LRN_ALPHA * LRN_SIZE, LRN_BETA, LRN_K, (2, 96, 9, 9)),  # alexnet2012's, as _paper_lrn builds it
+        (4, 1e-2, 0.5, 1.0, (2, 16, 5, 5)),  # even: one more channel after than before
+        (3, 1e-3, 0.75, 1.0, (2, 8, 11)),  # 3-D input
+        (7, 1e-2, 0.75, 1.0, (1, 4, 3, 3, 3)),  # window wider than the channels; 5-D input
+    ],
+)
+def test_deterministic_lrn_matches_torchs_forward_and_input_gradient(size, alpha, beta, k, shape):
+    torch.manual_seed(0)
+    x = (torch.randn(shape) * 20).requires_grad_()  # large enough that alpha * sum(x^2) is not lost beside k
+    grad_out = torch.randn(shape)
+    outs, grads = [], []
+    for lrn in (
+        nn.LocalResponseNorm(size, alpha=alpha, beta=beta, k=k),
+        DeterministicLocalResponseNorm(size, alpha, beta, k),
+    ):
+        out = lrn(x)
+        (grad,) = torch.autograd.grad(out, x, grad_out)
+        outs.append(out)
+        grads.append(grad)
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
+
+
+def _backward_ops(out: torch.Tensor) -> set[str]:
+    seen, todo = set(), [out.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is not None and fn not in seen:
+            seen.add(fn)
+            todo.extend(next_fn for next_fn, _ in fn.next_functions)
+    return {type(fn).__name__ for fn in seen}
+
+
+def test_every_lrn_of_alexnet2012_is_replaced_and_its_output_is_unchanged():
+    torch.manual_seed(0)
+    model = build("alexnet2012", num_classes=10).eval()
+    x = torch.randn(1, 3, 227, 227, requires_grad=True)
+    before = model(x)
+    assert "AvgPool3DBackward0" in _backward_ops(before)  # the op PyTorch refuses on CUDA: LRN's window sum
+    keys = set(model.state_dict())
+    assert replace_local_response_norms(model) == ["features.2", "features.6"]
+    assert not any(isinstance(m, nn.LocalResponseNorm) for m in model.modules())
+    assert isinstance(model.features[2], DeterministicLocalResponseNorm) and model.features[2].k == LRN_K
+    assert set(model.state_dict()) == keys  # checkpoints load either way
+    after = model(x)
+    assert "AvgPool3DBackward0" not in _backward_ops(after)
+    torch.testing.assert_close(after, before, atol=1e-6, rtol=1e-5)
+
+
+def test_the_torchvision_arch_has_no_lrn_to_replace():
+    model = build("torchvision", num_classes=10)
+    modules = list(model.modules())
+    assert replace_local_response_norms(model) == []
+    assert list(model.modules()) == modules
