@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # --deterministic on CUDA (model/determinism.py): two short training runs from the same seed must end
 # with the same weights, bit for bit. A synthetic 4-class set at the arch's own crop size (224).
+# The torchvision layout only. alexnet2012 adds LRN, which --deterministic runs as
+# DeterministicLocalResponseNorm; its numbers and the swap are checked on the CPU (tests/unit/test_determinism.py).
 #   bash scripts/gpu_determinism_check.sh DIR
 set -euo pipefail
 DIR=${1:?usage: gpu_determinism_check.sh DIR}
