@@ -1,6 +1,6 @@
 """The benchmark: the service against its own ceilings and a naive baseline, in one run.
 
-    python -m loadtest.bench                               # CPU: (a) (b) (c) (d), ~3 minutes
+    python -m loadtest.bench                               # CPU: (a) (b) (c) (d), ~4 minutes on 2 cores
     python -m loadtest.bench --peers litserve,mosec        # + the peer frameworks (pip install -e '.[bench]')
     python -m loadtest.bench --gpu --out results/gpu-h100  # CUDA host: (a) (b) (c) per GPU backend
     python -m loadtest.bench --layout "1 http:--http-workers=1" --layout "before:checkout=/tmp/before"
