@@ -35,6 +35,12 @@ os.execv(sys.argv[3], sys.argv[3:])
 """
 
 
+def log_tail(path: Path, lines: int = 40, max_chars: int = 6000) -> str:
+    """The last ``lines`` lines of a server's log (at most ``max_chars``): why it exited or never got ready."""
+    text = "".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:])
+    return text[-max_chars:]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -123,8 +129,7 @@ def start(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(
-                f"{name} exited with {process.returncode}; log {log_path}:\n"
-                + log_path.read_text(errors="replace")[-3000:]
+                f"{name} exited with {process.returncode}; log {log_path}, its end:\n{log_tail(log_path)}"
             )
         try:
             with urllib.request.urlopen(urllib.request.Request(server.url + ready, headers=headers), timeout=2) as r:
@@ -134,4 +139,4 @@ def start(
             pass
         time.sleep(0.3)
     server.stop()
-    raise RuntimeError(f"{name} not ready after {timeout_s} s; log {log_path}")
+    raise RuntimeError(f"{name} not ready after {timeout_s} s; log {log_path}, its end:\n{log_tail(log_path)}")
