@@ -110,6 +110,20 @@ done
 $PY scripts/gpu_report.py --work "$WORK" --out "$OUT" --budget-s "$BUDGET_S"
 rc=$?
 for f in "$WORK"/*.log; do echo "######## $(basename "$f")"; cat "$f"; done > "$OUT/gpu_check.log"
+# Then the logs of the servers the bench started (the service's engine and front ends: a traceback from
+# the GPU decode path is there, not in the bench's output), which stay under $WORK otherwise. Each
+# bounded: its start (the decoder and backend it chose, a failed start-up) and its end (how it stopped).
+find "$WORK" -path '*/logs/*.log' -type f -print0 | sort -z | while IFS= read -r -d '' f; do
+    n=$(wc -l < "$f")
+    echo "######## server log ${f#"$WORK"/} ($n lines)"
+    if [ "$n" -le 300 ]; then
+        cat "$f"
+    else
+        head -n 60 "$f"
+        echo "[... $((n - 300)) lines cut ...]"
+        tail -n 240 "$f"
+    fi
+done >> "$OUT/gpu_check.log"
 for f in bench.md bench.json; do [ -f "$WORK/bench/$f" ] && cp "$WORK/bench/$f" "$OUT/$f"; done
 echo "wrote $OUT/gpu_check.md, $OUT/gpu_check.json, $OUT/gpu_check.log (in $((SECONDS - start_s)) s)"
 exit $rc

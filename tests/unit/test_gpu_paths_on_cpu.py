@@ -247,19 +247,30 @@ def test_an_onnxruntime_cuda_provider_that_does_not_load_skips_unless_gpu_check_
         select_onnxruntime_cuda(Settings(backend="onnxruntime", device="cuda"))
 
 
-def test_gpu_check_runs_the_steps_gpu_check_steps_names_and_refuses_a_name_that_is_no_step(tmp_path):
-    """A device session short of time runs a subset: the rest is "skipped", not a failure; a typo is."""
-    fake = tmp_path / "python"  # CUDA "available", no onnxruntime-gpu, every step a success at once
+@pytest.fixture
+def fake_python(tmp_path) -> Path:
+    """CUDA "available", no onnxruntime-gpu, every step a success at once; the bench leaves two server logs."""
+    fake = tmp_path / "python"
+    logs = '"$GPU_CHECK_WORK/bench/layout-1-front-end,-cpu-decode/logs"'
     fake.write_text(
         "#!/usr/bin/env bash\n"
         'case "$*" in\n'
         "  *torch.cuda.is_available*) exit 0 ;;\n"
         "  *get_available_providers*) exit 1 ;;\n"
         f'  *scripts/gpu_report.py*) exec {sys.executable} "$@" ;;\n'
+        f'  *"-m loadtest.bench "*) mkdir -p {logs} "$GPU_CHECK_WORK/bench/logs"\n'
+        f"    seq 1 500 | sed 's/^/server line /' > {logs}/service-4242.log\n"
+        '    echo "naive ready" > "$GPU_CHECK_WORK/bench/logs/naive-4343.log" ;;\n'
         '  *) echo "fake step: $*" ;;\n'
         "esac\n"
     )
     fake.chmod(0o755)
+    return fake
+
+
+def test_gpu_check_runs_the_steps_gpu_check_steps_names_and_refuses_a_name_that_is_no_step(tmp_path, fake_python):
+    """A device session short of time runs a subset: the rest is "skipped", not a failure; a typo is."""
+    fake = fake_python
 
     def run(steps: str) -> tuple[int, dict[str, str]]:
         work = tmp_path / steps.replace(",", "+")
@@ -274,3 +285,23 @@ def test_gpu_check_runs_the_steps_gpu_check_steps_names_and_refuses_a_name_that_
     assert states["bench-service"] == states["train-deterministic"] == "skipped"
     rc, states = run("imports,gpu-decod")
     assert rc == 1 and states["gpu-decod"] == "failed" and states["gpu-decode"] == "skipped"
+
+
+def run_gpu_check(tmp_path: Path, fake_python: Path) -> tuple[list[str], str]:
+    """Every step, with the fake: (the steps in the order they ran, gpu_check.log)."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    env = {**os.environ, "PYTHON": str(fake_python), "GPU_CHECK_WORK": str(work), "OUT": str(out)}
+    subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=REPO, env=env, capture_output=True, timeout=120)
+    ran = [line.split("\t")[0] for line in (work / "steps.tsv").read_text().splitlines()]
+    return ran, (out / "gpu_check.log").read_text()
+
+
+def test_gpu_check_log_ends_with_the_logs_of_the_servers_the_bench_started(tmp_path, fake_python):
+    """A server's own log is where a traceback from the engine's GPU path is; each is cut to its two ends."""
+    log = run_gpu_check(tmp_path, fake_python)[1]
+    steps_end = log.index("######## server log")
+    assert "######## bench-service.log" in log[:steps_end]  # after every step's own log
+    assert "######## server log bench/logs/naive-4343.log (1 lines)\nnaive ready\n" in log[steps_end:]
+    head = "######## server log bench/layout-1-front-end,-cpu-decode/logs/service-4242.log (500 lines)\n"
+    kept = [f"server line {i}" for i in [*range(1, 61), *range(261, 501)]]
+    assert head + "\n".join(kept[:60]) + "\n[... 200 lines cut ...]\n" + "\n".join(kept[60:]) + "\n" in log
