@@ -75,7 +75,9 @@ ONNX=$WORK/alexnet.onnx
 # beside this host's packages: every service step after it would fail the same way, minutes later.
 step imports 60 $PY -c "import fastapi, uvicorn, pydantic, pydantic_settings, multipart, hdrh, aiohttp, \
 service.app, service.frontend, service.engine, loadtest.bench; print('the service and load generator import')"
-# In order of what matters most, so a spent budget cuts the least important steps.
+# In order of what matters most (issue 13: the service's GPU path), so a spent budget cuts the least:
+# correctness and the service's GPU figures, then which GPU decoder is faster, the determinism check,
+# the engine's event-loop ceiling, and training last.
 step export-onnx 120 $PY export/to_onnx.py --out "$ONNX"
 # What the entrypoint makes on a CUDA host: ONNX Runtime's CUDA provider serves it (--precision auto),
 # and TensorRT (10 or 11) builds its fp16 engine from it where TensorRT imports.
@@ -92,13 +94,13 @@ step pytest-gpu 180 $PY -m pytest -q -rs -p no:cacheprovider tests/gpu tests/uni
 step bench-service 330 $PY -m loadtest.bench --gpu --onnx "$ONNX" --duration-s 4 --warmup-s 1 \
     --engine-batches 1,8,32 --engine-time-s 2 --procs auto --out "$WORK/bench" \
     --layout "cpu decode:--decode=cpu" --layout "1 front end, cpu decode:--decode=cpu --http-workers=1"
-# What the engine's one event loop can take with inference free: is the 8,000 img/s target in reach here?
-step engine-wire 60 $PY -m loadtest.engine_wire --onnx "$ONNX" --frontends 8 --seconds 5
 # Each GPU decoder (nvImageCodec, torchvision) alone and with the resize + crop, images of one size in
 # groups against one by one: images/s and the prepare thread's host CPU per image (it shares the engine's GIL).
 step gpu-decode 60 $PY -m loadtest.gpu_decode --batch 32,256 --seconds 2
-step train 150 bash scripts/gpu_train_check.sh "$WORK/train"
 step train-deterministic 60 bash scripts/gpu_determinism_check.sh "$WORK/determinism"
+# What the engine's one event loop can take with inference free: is the 8,000 img/s target in reach here?
+step engine-wire 60 $PY -m loadtest.engine_wire --onnx "$ONNX" --frontends 8 --seconds 5
+step train 150 bash scripts/gpu_train_check.sh "$WORK/train"
 step bench-train 120 $PY -m model.bench_train --device cuda --warmup 3 --steps 10 --workers 12 \
     --json "$WORK/bench_train.json"
 step bench-train-compile 150 $PY -m model.bench_train --device cuda --compile --sources tensors \

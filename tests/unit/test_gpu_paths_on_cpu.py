@@ -305,3 +305,11 @@ def test_gpu_check_log_ends_with_the_logs_of_the_servers_the_bench_started(tmp_p
     head = "######## server log bench/layout-1-front-end,-cpu-decode/logs/service-4242.log (500 lines)\n"
     kept = [f"server line {i}" for i in [*range(1, 61), *range(261, 501)]]
     assert head + "\n".join(kept[:60]) + "\n[... 200 lines cut ...]\n" + "\n".join(kept[60:]) + "\n" in log
+
+
+def test_gpu_check_runs_its_steps_in_the_order_docs_gpu_md_lists(tmp_path, fake_python):
+    """The order is the priority a spent budget cuts by: the script and its table must agree."""
+    ran = run_gpu_check(tmp_path, fake_python)[0]
+    doc = (REPO / "docs/gpu.md").read_text().split("## What it runs", 1)[1].split("\n## ", 1)[0]
+    documented = [row.split("|")[1].strip() for row in doc.splitlines() if row.startswith("| ")][1:]
+    assert len(documented) == 12 and ran == documented  # build-engine too: the fake imports tensorrt
