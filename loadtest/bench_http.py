@@ -48,6 +48,13 @@ def load_in_process(name: str, args, images: list[bytes]) -> InProcess | None:
     return InProcess(name, selection, settings, images)
 
 
+def start_failure(exc: Exception, limit: int = 500) -> str:
+    """Why a server did not start, for bench.json and the report: its first words say what failed and
+    its end (the server log's last lines) why, so a long one keeps both ends."""
+    reason = str(exc)
+    return reason if len(reason) <= limit else f"{reason[:150]} [...] {reason[-(limit - 157) :]}"
+
+
 def http_sweeps(
     targets: list[Target], args, payloads, pipelines: list[InProcess] = ()
 ) -> tuple[dict[str, dict], dict | None, bool]:
@@ -67,7 +74,7 @@ def http_sweeps(
             )
         except Exception as exc:  # a peer that will not start is reported, not fatal
             say(f"{t.key} failed to start: {exc}")
-            out[t.key] = {"skipped": f"failed to start: {str(exc)[:500]}"}
+            out[t.key] = {"skipped": f"failed to start: {start_failure(exc)}"}
     live = [t for t in targets if t.key in started] + [
         Target(f"pipeline:{p.name}", "pipeline", p.name, Path(), []) for p in pipelines
     ]

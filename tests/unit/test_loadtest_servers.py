@@ -31,3 +31,13 @@ def test_a_server_that_does_not_get_ready_is_reported_with_the_last_40_lines_of_
     assert message.startswith(f"{said}; log {log}, its end:\n")
     tail = message.split(", its end:\n", 1)[1]
     assert tail.splitlines() == [f"line {i}" for i in range(61, 101)]
+
+
+def test_a_long_start_failure_keeps_what_failed_and_why():
+    from loadtest.bench_http import start_failure
+
+    message = "litserve exited with 1; log /x/litserve.log, its end:\n" + "noise\n" * 200 + "ImportError: no litserve"
+    short = start_failure(RuntimeError(message))
+    assert len(short) == 500
+    assert short.startswith("litserve exited with 1") and short.endswith("ImportError: no litserve")
+    assert start_failure(RuntimeError("port in use")) == "port in use"
