@@ -44,6 +44,30 @@ STEPS="$WORK/steps.tsv"
 : > "$STEPS"
 start_s=$SECONDS
 
+# Everything so far into $OUT: the report, every step's log, then the logs of the servers the bench
+# started (the service's engine and front ends: a traceback from the GPU decode path is there, not in
+# the bench's output), and the bench's own files. Run after each step, so a run killed from outside
+# (the device tool's time limit) still brings back every step that finished.
+publish() {
+    $PY scripts/gpu_report.py --work "$WORK" --out "$OUT" --budget-s "$BUDGET_S" > /dev/null 2>&1
+    for f in "$WORK"/*.log; do echo "######## $(basename "$f")"; cat "$f"; done > "$OUT/gpu_check.log"
+    # Each server log bounded: its start (the decoder and backend it chose, a failed start-up) and its
+    # end (how it stopped).
+    find "$WORK" -path '*/logs/*.log' -type f -print0 | sort -z | while IFS= read -r -d '' f; do
+        n=$(wc -l < "$f")
+        echo "######## server log ${f#"$WORK"/} ($n lines)"
+        if [ "$n" -le 300 ]; then
+            cat "$f"
+        else
+            head -n 60 "$f"
+            echo "[... $((n - 300)) lines cut ...]"
+            tail -n 240 "$f"
+        fi
+    done >> "$OUT/gpu_check.log"
+    for f in bench.md bench.json; do [ -f "$WORK/bench/$f" ] && cp "$WORK/bench/$f" "$OUT/$f"; done
+    return 0
+}
+
 ONLY=${GPU_CHECK_STEPS:-}  # a comma-separated subset of the step names below; empty: every step
 step() {  # step NAME LIMIT_S COMMAND...: output to $WORK/NAME.log; status to steps.tsv; capped by the budget
     local name=$1 limit=$2; shift 2
@@ -66,6 +90,7 @@ step() {  # step NAME LIMIT_S COMMAND...: output to $WORK/NAME.log; status to st
     [ $rc -eq 124 ] || [ $rc -eq 137 ] && state=timed-out
     printf '%s\t%s\t%s\trc %s\n' "$name" "$state" $((SECONDS - t0)) "$rc" >> "$STEPS"
     tail -n 8 "$WORK/$name.log"
+    publish
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$WORK/gpu.txt" 2>&1
@@ -109,23 +134,8 @@ step bench-train-compile 150 $PY -m model.bench_train --device cuda --compile --
 for name in ${ONLY//,/ }; do  # a name that matched no step is a mistake, not a quiet skip of everything
     grep -q "^$name"$'\t' "$STEPS" || printf '%s\tfailed\t0\tGPU_CHECK_STEPS names no such step\n' "$name" >> "$STEPS"
 done
+publish
 $PY scripts/gpu_report.py --work "$WORK" --out "$OUT" --budget-s "$BUDGET_S"
 rc=$?
-for f in "$WORK"/*.log; do echo "######## $(basename "$f")"; cat "$f"; done > "$OUT/gpu_check.log"
-# Then the logs of the servers the bench started (the service's engine and front ends: a traceback from
-# the GPU decode path is there, not in the bench's output), which stay under $WORK otherwise. Each
-# bounded: its start (the decoder and backend it chose, a failed start-up) and its end (how it stopped).
-find "$WORK" -path '*/logs/*.log' -type f -print0 | sort -z | while IFS= read -r -d '' f; do
-    n=$(wc -l < "$f")
-    echo "######## server log ${f#"$WORK"/} ($n lines)"
-    if [ "$n" -le 300 ]; then
-        cat "$f"
-    else
-        head -n 60 "$f"
-        echo "[... $((n - 300)) lines cut ...]"
-        tail -n 240 "$f"
-    fi
-done >> "$OUT/gpu_check.log"
-for f in bench.md bench.json; do [ -f "$WORK/bench/$f" ] && cp "$WORK/bench/$f" "$OUT/$f"; done
 echo "wrote $OUT/gpu_check.md, $OUT/gpu_check.json, $OUT/gpu_check.log (in $((SECONDS - start_s)) s)"
 exit $rc

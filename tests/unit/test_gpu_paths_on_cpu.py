@@ -313,3 +313,29 @@ def test_gpu_check_runs_its_steps_in_the_order_docs_gpu_md_lists(tmp_path, fake_
     doc = (REPO / "docs/gpu.md").read_text().split("## What it runs", 1)[1].split("\n## ", 1)[0]
     documented = [row.split("|")[1].strip() for row in doc.splitlines() if row.startswith("| ")][1:]
     assert len(documented) == 12 and ran == documented  # build-engine too: the fake imports tensorrt
+
+
+def test_a_gpu_check_killed_from_outside_leaves_the_report_of_every_step_that_finished(tmp_path, fake_python):
+    """The device tool's time limit kills the run: what it had measured must already be in $OUT."""
+    hanging = tmp_path / "python-hangs"  # the fp16 export never ends; everything before it is quick
+    hanging.write_text(
+        f'#!/usr/bin/env bash\ncase "$*" in *"--precision fp16"*) exec sleep 60 ;; esac\nexec {fake_python} "$@"\n'
+    )
+    hanging.chmod(0o755)
+    work, out = tmp_path / "work", tmp_path / "out"
+    env = {**os.environ, "PYTHON": str(hanging), "GPU_CHECK_WORK": str(work), "OUT": str(out)}
+    run = subprocess.Popen(["bash", "scripts/gpu_check.sh"], cwd=REPO, env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (work / "export-onnx-fp16.log").exists():  # the step after export-onnx has begun
+            assert time.monotonic() < deadline and run.poll() is None, "the fp16 export step never started"
+            time.sleep(0.1)
+    finally:
+        os.killpg(run.pid, 9)  # the whole run at once, as a time limit does: no trap, no clean-up
+        run.wait()
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert [s["name"] for s in report["steps"]] == ["imports", "export-onnx"]
+    assert {s["state"] for s in report["steps"]} == {"ok"}
+    log = (out / "gpu_check.log").read_text()
+    assert "######## imports.log" in log and "######## export-onnx.log" in log
