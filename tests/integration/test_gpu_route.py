@@ -1,0 +1,157 @@
+"""The GPU decode route end to end, on the CPU: a front end hands JPEG bytes (not crops) through the
+arena to the engine, which decodes them with the tensor path's decoder, resizes and crops them as
+tensors and answers; what the GPU does not take goes the CPU way, per image.
+
+Only the device is stood in for: the engine's backend takes tensors on the CPU (as ONNX Runtime does on
+CUDA) and its JPEG decoder is tests.fakes.pil_decode (nvJPEG's contract: bytes in, (3, H, W) uint8
+out, a RuntimeError for what it cannot decode), which also refuses JPEGs whose comment says so, as
+nvJPEG refuses the kinds it does not decode. The front end's choice of route (service/pipeline.py),
+the wire, the engine's fallback to its CPU, the answers and /metrics are the service's own."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.gpu_decode import JpegDecoder
+from service.pipeline import GPU_DECODE_MAX_PIXELS
+from tests.fakes import pil_decode
+from tests.integration.conftest import settings
+from tests.integration.test_service import classify, metric
+from tests.synthetic import NUM_CLASSES
+from tests.synthetic import make_image as class_image
+
+pytestmark = pytest.mark.integration
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **options) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+REFUSED = b"the stand-in for nvJPEG refuses this"
+
+
+def stand_in_nvjpeg(tensors: list) -> list:
+    if any(REFUSED in t.numpy().tobytes() for t in tensors):
+        raise RuntimeError("nvJPEG stand-in: not a kind it decodes")
+    return pil_decode(tensors)
+
+
+def photo(label: int, seed: int = 0) -> Image.Image:
+    """A 448x336 image the fitted-head model classifies as ``label`` (tests/synthetic.py)."""
+    return class_image(label, np.random.default_rng(seed)).resize((448, 336), Image.Resampling.BILINEAR)
+
+
+def rotated(image: Image.Image) -> bytes:
+    """``image`` stored turned a quarter, with the EXIF orientation (6) that turns it back."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(image.transpose(Image.Transpose.ROTATE_90), exif=exif.tobytes(), quality=95)
+
+
+@pytest.fixture(scope="module")
+def servers(fitted):
+    """(the GPU route, the CPU route): two in-process servers on the fitted-head model, started once."""
+    import service.engine_load
+    from tests.conftest import InProcessServer
+
+    cpu = InProcessServer(settings(fitted.onnx, decode="cpu"))
+    cpu.wait_ready()
+    patch = pytest.MonkeyPatch()
+    select = service.engine_load.select_backend
+
+    def takes_tensors(s):
+        selection = select(s)
+        selection.backend.takes_tensors = True  # as ONNX Runtime on CUDA: device tensors bound by pointer
+        return selection
+
+    def stand_in_decoder(s, selection):
+        meta = selection.metadata
+        decoder = JpegDecoder("cpu", meta.resize_size, meta.input_size, stand_in_nvjpeg)
+        return decoder, "a stand-in for nvJPEG (PIL on the CPU), CPU for what it does not take"
+
+    patch.setattr(service.engine_load, "select_backend", takes_tensors)
+    patch.setattr(service.engine_load, "choose_decode", stand_in_decoder)
+    try:
+        gpu = InProcessServer(settings(fitted.onnx))
+        gpu.wait_ready()
+    finally:
+        patch.undo()
+    yield gpu, cpu
+    gpu.stop()
+    cpu.stop()
+
+
+def decoded(url: str, path: str) -> float:
+    return metric(url, f'alexnet_images_decoded_total{{path="{path}"}}')
+
+
+def answer(url: str, data: bytes, name: str = "a.jpg", content_type: str = "image/jpeg") -> dict:
+    r = classify(url, data, name=name, content_type=content_type, top_k=NUM_CLASSES)
+    assert r.status_code == 200, r.text
+    return r.json()["results"][0]
+
+
+def test_the_engine_says_jpegs_are_decoded_there(servers):
+    gpu, cpu = servers
+    assert httpx.get(gpu.url + "/v1/models").json()["models"][0]["decode"]["where"] == "gpu"
+    assert httpx.get(cpu.url + "/v1/models").json()["models"][0]["decode"]["where"] == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("what", "make", "route"),
+    [
+        ("a JPEG photo", lambda: encode(photo(3), quality=92), "gpu"),
+        ("a JPEG turned by its EXIF orientation", lambda: rotated(photo(6, seed=1)), "gpu"),
+        ("a greyscale JPEG", lambda: encode(photo(1, seed=2).convert("L"), quality=92), "gpu"),
+        ("a PNG", lambda: encode(photo(5, seed=3), "PNG"), "cpu"),
+        ("a CMYK JPEG", lambda: encode(photo(8, seed=4).convert("CMYK"), quality=92), "cpu"),
+    ],
+)
+def test_each_image_takes_its_route_and_is_answered_as_on_the_cpu(servers, what, make, route):
+    gpu, cpu = servers
+    data = make()
+    before = decoded(gpu.url, route)
+    on_gpu_route, on_cpu = answer(gpu.url, data), answer(cpu.url, data)
+    assert on_gpu_route["decode"] == route, what
+    assert decoded(gpu.url, route) == before + 1
+    # The same ranking; probabilities within what the tensor resize's parity floor allows.
+    assert [p["index"] for p in on_gpu_route["predictions"]] == [p["index"] for p in on_cpu["predictions"]], what
+    got = np.array([p["probability"] for p in on_gpu_route["predictions"]])
+    want = np.array([p["probability"] for p in on_cpu["predictions"]])
+    np.testing.assert_allclose(got, want, atol=0.02, err_msg=what)
+
+
+def test_a_jpeg_over_the_gpu_pixel_bound_is_decoded_by_the_front_end(servers):
+    gpu, _ = servers
+    side = int(GPU_DECODE_MAX_PIXELS**0.5) + 16  # a flat colour: a large image, a small file
+    data = encode(Image.new("RGB", (side, side), (200, 40, 40)), quality=50)
+    assert answer(gpu.url, data)["decode"] == "cpu"
+
+
+def test_a_jpeg_the_gpu_decoder_refuses_is_decoded_by_the_engines_cpu_and_answered_as_on_the_cpu(servers):
+    gpu, cpu = servers
+    data = encode(photo(4, seed=5), quality=92, comment=REFUSED)
+    before = decoded(gpu.url, "engine-cpu")
+    on_gpu_route, on_cpu = answer(gpu.url, data), answer(cpu.url, data)
+    assert on_gpu_route["decode"] == "engine-cpu" and decoded(gpu.url, "engine-cpu") == before + 1
+    # The same decode and preprocessing; only softmax differs (float32 on the tensor path, float64 on the host's).
+    assert [p["index"] for p in on_gpu_route["predictions"]] == [p["index"] for p in on_cpu["predictions"]]
+    got = [p["probability"] for p in on_gpu_route["predictions"]]
+    np.testing.assert_allclose(got, [p["probability"] for p in on_cpu["predictions"]], rtol=1e-5, atol=1e-7)
+
+
+def test_a_broken_jpeg_that_reaches_the_engine_fails_alone_and_as_on_the_cpu(servers):
+    gpu, cpu = servers
+    whole = encode(photo(2, seed=6), quality=92)
+    truncated = whole[: len(whole) // 2]  # a sound header (the front end sends it on), half its scan
+    r_gpu, r_cpu = classify(gpu.url, truncated), classify(cpu.url, truncated)
+    assert r_cpu.status_code == 400
+    assert (r_gpu.status_code, r_gpu.json()["kind"]) == (r_cpu.status_code, r_cpu.json()["kind"])
+    assert answer(gpu.url, whole)["decode"] == "gpu"  # the route goes on
