@@ -1,5 +1,6 @@
-"""What the engine's GPU JPEG path can take, without HTTP, for each GPU decoder (nvImageCodec and
-torchvision, both nvJPEG): the decode alone, then decode + EXIF + resize + crop
+"""What the engine's GPU JPEG path can take, without HTTP, for each GPU decoder (nvImageCodec with and
+without its hardware decoder, and torchvision, all nvJPEG), with its chroma as the engine measures it
+at start-up: the decode alone, then decode + EXIF + resize + crop
 (``service.gpu_decode.JpegDecoder``) with images of one size resized in groups, and one by one.
 
     python -m loadtest.gpu_decode                              # CUDA, batches of 32 and 256, 3 s each
@@ -108,12 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     measured = 0
     for name in chosen:
         try:  # as the engine starts it: a decoder that loads but cannot decode (no nvJPEG) is refused
-            decode_batch = start_jpeg_decoder(args.device, RESIZE_SIZE, CROP_SIZE, [name])[0].decode_batch
+            decoder = start_jpeg_decoder(args.device, RESIZE_SIZE, CROP_SIZE, [name])[0]
         except RuntimeError as exc:
             print(f"{name}: not measured, {exc}")
             continue
-        print(f"{name}:\n{'batch':>5}  {'path':<34} {'img/s':>9} {'host CPU us/img':>16}")
-        for row in rows(args.device, decode_batch, [c.data for c in corpus], batches, args.seconds):
+        print(f"{name} ({decoder.chroma}):\n{'batch':>5}  {'path':<34} {'img/s':>9} {'host CPU us/img':>16}")
+        for row in rows(args.device, decoder.decode_batch, [c.data for c in corpus], batches, args.seconds):
             print(f"{row['batch']:>5}  {row['path']:<34} {row['img_per_s']:>9.0f} {row['host_cpu_us_per_img']:>16.1f}")
         measured += 1
     if not measured:

@@ -37,7 +37,7 @@ def choose_decode(settings: Settings, selection: Selection) -> tuple[object | No
     elif not backend.takes_tensors:
         why_not = f"the {backend.name} backend takes host batches only"
     if why_not is None:
-        from service.gpu_decode import CHROMA, start_jpeg_decoder
+        from service.gpu_decode import start_jpeg_decoder
 
         meta = selection.metadata
         try:
@@ -45,7 +45,7 @@ def choose_decode(settings: Settings, selection: Selection) -> tuple[object | No
         except RuntimeError as exc:
             why_not = f"no GPU JPEG decoder is usable here: {exc}"
         else:
-            return decoder, f"nvJPEG on the GPU via {name} ({CHROMA[name]}), CPU for what it does not take"
+            return decoder, f"nvJPEG on the GPU via {name} ({decoder.chroma}), CPU for what it does not take"
     if settings.decode == "gpu":
         raise NotReady(f"decode=gpu was asked for, but {why_not}")
     return None, f"auto: on the CPU in the front ends, because {why_not}"

@@ -3,17 +3,20 @@ through torchvision, then the shared tensor resize + crop, all on the device. Im
 come back as exceptions, per image, and the engine decodes those on its CPU instead
 (service.preprocess), so a client never sees the difference.
 
-Why two: the CPU path (PIL, libjpeg-turbo) interpolates the colour of 4:2:0 and 4:2:2 JPEGs (most
-photos); ``torchvision.io.decode_jpeg(device="cuda")`` creates nvJPEG with its default flags, which
-repeat it, and on saturated images its crops then differ from the CPU path's by up to 9.5/255 on
-average (docs/gpu.md, "JPEG chroma on the GPU"). nvImageCodec sets nvJPEG's interpolation flag
-(``fancy_upsampling``). torchvision is present wherever PyTorch's CUDA build is, so it stays the
-fallback. Neither applies EXIF orientation here: the front end reads it from the header and it is
+Why more than one: the CPU path (PIL, libjpeg-turbo) interpolates the colour of 4:2:0 and 4:2:2 JPEGs
+(most photos); ``torchvision.io.decode_jpeg(device="cuda")`` creates nvJPEG with its default flags,
+which repeat it, and on saturated images its crops then differ from the CPU path's by up to 9.5/255
+on average (docs/gpu.md, "JPEG chroma on the GPU"). nvImageCodec is asked for nvJPEG's interpolation
+(``fancy_upsampling``), but each of its backends may ignore the option, so the engine measures the
+chroma of each candidate at start-up on a small probe JPEG (``chroma_diff``) and takes the first that
+decodes and interpolates. torchvision is present wherever PyTorch's CUDA build is, so it stays the
+last candidate. None applies EXIF orientation here: the front end reads it from the header and it is
 applied on the decoded tensor.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -83,13 +86,16 @@ def torchvision_decoder(device: str) -> DecodeBatch:
 NVIMGCODEC_CPU_THREADS = 4
 
 
-def nvimgcodec_decoder(device: str) -> DecodeBatch:
-    """nvJPEG through nvImageCodec (``nvidia-nvimgcodec-cu13`` with ``nvidia-nvjpeg``), chroma
-    interpolated as libjpeg-turbo does, or an ImportError/RuntimeError saying why it is not available.
+def nvimgcodec_decoder(device: str, fancy_upsampling: bool = True, hardware: bool = True) -> DecodeBatch:
+    """nvJPEG through nvImageCodec (``nvidia-nvimgcodec-cu13`` with ``nvidia-nvjpeg``), asked to
+    interpolate chroma as libjpeg-turbo does (``fancy_upsampling``; False asks it to repeat), or an
+    ImportError/RuntimeError saying why it is not available.
 
-    On CUDA only its GPU decoders are allowed: a JPEG they refuse comes back as an exception and goes to
-    the engine's CPU path (the service's decode, with its limits), not to nvImageCodec's own CPU
-    decoders. On ``cpu`` the same calls run its libjpeg-turbo decoder, so a CPU host tests this code.
+    On CUDA only its GPU decoders are allowed: the hardware JPEG decoder first where ``hardware`` and
+    the GPU has one, then nvJPEG's CUDA decoders. A JPEG they refuse comes back as an exception and goes
+    to the engine's CPU path (the service's decode, with its limits), not to nvImageCodec's own CPU
+    decoders. On ``cpu`` the same calls run its libjpeg-turbo decoder (``hardware`` changes nothing
+    there), so a CPU host tests this code.
     The decode is ordered on the caller's current stream, as are the frees of its images (their memory
     goes back to the stream they were decoded on): keep using them on that stream. That memory comes
     from CUDA's own pool (cudaMallocAsync), not torch's allocator. Read against nvImageCodec's source
@@ -104,15 +110,17 @@ def nvimgcodec_decoder(device: str) -> DecodeBatch:
     on_cuda = dev.type == "cuda"
     if on_cuda:
         device_id = dev.index if dev.index is not None else torch.cuda.current_device()
-        kinds = [nvimgcodec.HW_GPU_ONLY, nvimgcodec.HYBRID_CPU_GPU, nvimgcodec.GPU_ONLY]
+        kinds = [nvimgcodec.HW_GPU_ONLY] if hardware else []
+        kinds += [nvimgcodec.HYBRID_CPU_GPU, nvimgcodec.GPU_ONLY]
     else:
         device_id, kinds = nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, [nvimgcodec.CPU_ONLY]
-    # The option is given, never left to the default: it changed from on to off between releases.
+    # The option is given, never left to the default: it changed from on to off between releases. Each
+    # backend "may ignore or honor" it (nvImageCodec's docs): start_jpeg_decoder measures what it got.
     decoder = nvimgcodec.Decoder(
         device_id=device_id,
         max_num_cpu_threads=NVIMGCODEC_CPU_THREADS,
         backends=[nvimgcodec.Backend(kind) for kind in kinds],
-        options=":fancy_upsampling=1",
+        options=f":fancy_upsampling={int(fancy_upsampling)}",
     )
     params = nvimgcodec.DecodeParams(
         apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB, allow_any_depth=False
@@ -133,16 +141,16 @@ def nvimgcodec_decoder(device: str) -> DecodeBatch:
     return decode
 
 
-# What each GPU decoder does with the colour of 4:2:0 and 4:2:2 JPEGs, as the engine reports it.
-CHROMA = {
-    "nvimgcodec": "chroma interpolated, as on the CPU",
-    "torchvision": "chroma repeated where the CPU interpolates: docs/gpu.md",
-}
-
-
 def decoder_factories() -> dict[str, Callable[[str], DecodeBatch]]:
-    """The GPU decoders by name, best first: the engine takes the first that works on its device."""
-    return {"nvimgcodec": nvimgcodec_decoder, "torchvision": torchvision_decoder}
+    """The GPU decoders by name, best first: the engine takes the first that works on its device and
+    interpolates chroma as the CPU path does (``start_jpeg_decoder``). nvImageCodec comes twice: with
+    its hardware decoder (on GPUs that have one), then without it, should the hardware decoder be the
+    one that repeats chroma."""
+    return {
+        "nvimgcodec": nvimgcodec_decoder,
+        "nvimgcodec-no-hw": lambda device: nvimgcodec_decoder(device, hardware=False),
+        "torchvision": torchvision_decoder,
+    }
 
 
 def tiny_jpeg() -> bytearray:
@@ -152,6 +160,59 @@ def tiny_jpeg() -> bytearray:
     out = io.BytesIO()
     Image.new("RGB", (32, 24), (120, 80, 40)).save(out, "JPEG")
     return bytearray(out.getvalue())
+
+
+# The chroma probe: mean |diff| (levels of 255) between a decoder's pixels of chroma_probe_jpeg and
+# PIL's. Calibrated on a 2-core AMD EPYC with nvImageCodec's CPU decoder (libjpeg-turbo):
+# fancy_upsampling=1 0.00, fancy_upsampling=0 (chroma repeated) 97.8. Emulated from the source image in
+# floating point, with no JPEG loss at all: interpolated as libjpeg-turbo does 2.5, with other kernels
+# or phases (corner-aligned bilinear, bicubic) 24 and 30. So a decoder that interpolates as
+# libjpeg-turbo does, with its own IDCT and rounding, stays well under the threshold, and one that
+# repeats chroma far over it (docs/gpu.md, "JPEG chroma on the GPU").
+CHROMA_THRESHOLD = 8.0
+CHROMA_PROBE_SIZE = (128, 96)  # (width, height): whole 16x16 MCUs
+
+
+@functools.cache
+def chroma_probe_jpeg() -> bytes:
+    """A 4:2:0 JPEG (quality 90) of a magenta and green checker of 2x2-pixel squares: the colour
+    changes at every chroma sample, where repeating it differs most from interpolating it."""
+    from PIL import Image
+
+    width, height = CHROMA_PROBE_SIZE
+    rows, cols = np.mgrid[0:height, 0:width]
+    magenta = ((rows // 2 + cols // 2) % 2 == 0)[..., None]
+    pixels = np.where(magenta, np.array([255, 0, 255], np.uint8), np.array([0, 255, 0], np.uint8))  # (H, W, 3)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", quality=90, subsampling=2)
+    return out.getvalue()
+
+
+def chroma_diff(decode_batch: DecodeBatch) -> float:
+    """Mean |diff| in levels of 255 between ``decode_batch``'s pixels of the chroma probe (before any
+    resize) and PIL's (the CPU path's decoder); raises what the decoder returned instead of an image."""
+    from PIL import Image
+
+    data = chroma_probe_jpeg()
+    (image,) = decode_batch([torch.frombuffer(bytearray(data), dtype=torch.uint8)])
+    if isinstance(image, Exception):
+        raise image
+    with Image.open(io.BytesIO(data)) as reference_image:
+        reference = np.asarray(reference_image.convert("RGB")).astype(np.int16)
+    pixels = image.permute(1, 2, 0).cpu().numpy()  # (3, H, W) -> (H, W, 3); waits for the decode
+    if pixels.shape != reference.shape or pixels.dtype != np.uint8:
+        raise RuntimeError(f"the chroma probe came back as {pixels.dtype} {pixels.shape}, not uint8 {reference.shape}")
+    return float(np.abs(pixels.astype(np.int16) - reference).mean())
+
+
+def describe_chroma(diff: float) -> str:
+    """What the engine reports of a decoder whose chroma probe measured ``diff`` levels from PIL's."""
+    if diff < CHROMA_THRESHOLD:
+        return f"chroma interpolated: probe {diff:.1f} levels from the CPU path"
+    return (
+        f"chroma repeated: probe {diff:.1f} levels from the CPU path, threshold {CHROMA_THRESHOLD:g}; "
+        "crops differ from the CPU path's, docs/gpu.md"
+    )
 
 
 class JpegDecoder:
@@ -175,6 +236,8 @@ class JpegDecoder:
         # of 500x375, one thread, 2-core AMD EPYC: 190 ms in one group, 74 ms one by one).
         on_cuda = torch.device(device).type == "cuda"
         self.group_bytes = group_bytes if group_bytes is not None else (GROUP_MAX_BYTES if on_cuda else 0)
+        # What start_jpeg_decoder measured of its chroma (describe_chroma), for the engine to report.
+        self.chroma = "chroma not measured"
 
     def decode(self, jpegs: Sequence[tuple[memoryview, int]]) -> list[torch.Tensor | Exception]:
         """One crop or one exception per (bytes, EXIF orientation), in order.
@@ -219,23 +282,44 @@ def start_jpeg_decoder(
     device: str, resize_size: int, crop_size: int, names: Sequence[str] | None = None
 ) -> tuple[JpegDecoder, str]:
     """(decoder, its name): the first of ``decoder_factories`` (or of ``names`` among them) that turns a
-    test JPEG into a crop on ``device`` (which also loads nvJPEG now, not on a request), or a
-    RuntimeError giving each one's failure."""
-    failures = []
+    test JPEG into a crop on ``device`` (which also loads nvJPEG now, not on a request) and decodes the
+    chroma probe within ``CHROMA_THRESHOLD`` of PIL's pixels; where none is that close, the first that
+    decodes, with a warning. ``decoder.chroma`` says what its probe measured. A RuntimeError giving
+    each one's failure where none decodes."""
+    passed_over: list[str] = []  # each candidate not taken, and why, in order
+    errors: list[str] = []  # those that did not decode
+    repeating: list[tuple[str, JpegDecoder, float]] = []  # those that decode, chroma unlike the CPU path's
     factories = decoder_factories()
     for name in names if names is not None else list(factories):
-        factory = factories[name]
         try:
-            decoder = JpegDecoder(device, resize_size, crop_size, factory(device))
+            decoder = JpegDecoder(device, resize_size, crop_size, factories[name](device))
             (probe,) = decoder.decode([(memoryview(tiny_jpeg()), 1)])
             if isinstance(probe, Exception):  # the decoder answers per image: a failure comes back, not up
                 raise probe
             if tuple(probe.shape) != (3, crop_size, crop_size):
                 raise RuntimeError(f"a test JPEG came back as {tuple(probe.shape)}")
+            diff = chroma_diff(decoder.decode_batch)
         except Exception as exc:  # whatever fails (a missing extension raises AttributeError): the next one
-            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+            errors.append(f"{name}: {type(exc).__name__}: {exc}")
+            passed_over.append(errors[-1])
             continue
-        if failures:
-            log.warning("GPU JPEG decoding by %s, because %s", name, "; ".join(failures))
-        return decoder, name
-    raise RuntimeError("; ".join(failures))
+        decoder.chroma = describe_chroma(diff)
+        if diff < CHROMA_THRESHOLD:
+            if passed_over:
+                log.warning("GPU JPEG decoding by %s, because %s", name, "; ".join(passed_over))
+            return decoder, name
+        repeating.append((name, decoder, diff))
+        passed_over.append(f"{name}: {decoder.chroma}")
+    if not repeating:
+        raise RuntimeError("; ".join(errors))
+    name, decoder, _ = repeating[0]
+    log.warning(
+        "GPU JPEG decoding by %s, the first that decodes, though none here interpolates chroma as the CPU "
+        "path does (chroma probe, levels of 255 from PIL's pixels, threshold %g: %s): on saturated colour "
+        'its crops will differ from the CPU path\'s (docs/gpu.md, "JPEG chroma on the GPU")%s',
+        name,
+        CHROMA_THRESHOLD,
+        ", ".join(f"{other} {diff:.1f}" for other, _, diff in repeating),
+        "".join(f"; {error}" for error in errors),
+    )
+    return decoder, name

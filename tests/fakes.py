@@ -2,7 +2,8 @@
 
 ``ControlledBackend`` holds the controls; ``EchoBackend`` (the batcher's unit tests) answers each
 row with its own identity, ``GatedBackend`` (the service's tests) delegates to a real backend.
-``pil_decode`` decodes as ``torchvision.io.decode_jpeg(list, device="cuda")`` does, with PIL;
+``pil_decode`` decodes as ``torchvision.io.decode_jpeg(list, device="cuda")`` does, with PIL (and
+``pil_decode_repeating_chroma`` with nvJPEG's default chroma upsampling, as torchvision's nvJPEG does);
 ``fake_checkpoint`` is a checkpoint file that records a weights hash (and provenance) and holds no weights.
 """
 
@@ -136,6 +137,30 @@ def pil_decode(tensors: list) -> list:
         except OSError as exc:
             raise RuntimeError(f"decode failed: {exc}") from exc
         out.append(torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1))
+    return out
+
+
+def pil_decode_repeating_chroma(tensors: list) -> list:
+    """``pil_decode`` with the chroma of 4:2:0 JPEGs repeated where PIL interpolates it: the luma of PIL's
+    decode and PIL's chroma samples as stored (a half-size DCT-scaled decode, which needs no
+    upsampling), each repeated over its 2x2 pixels. Colour JPEGs only."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    out = []
+    for t in tensors:
+        data = t.numpy().tobytes()
+        with Image.open(io.BytesIO(data)) as image:
+            luma = np.asarray(image.convert("YCbCr"))[..., 0]
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("YCbCr", (image.width // 2, image.height // 2))
+            chroma = np.asarray(image)[..., 1:]
+        height, width = luma.shape
+        chroma = chroma.repeat(2, axis=0).repeat(2, axis=1)[:height, :width]
+        rgb = Image.fromarray(np.dstack([luma, chroma]), "YCbCr").convert("RGB")
+        out.append(torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1))
     return out
 
 

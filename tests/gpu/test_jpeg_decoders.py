@@ -4,7 +4,8 @@
 nvImageCodec (chroma interpolated, as libjpeg-turbo does) must stay within 1.5/255 on average of PIL's
 pixels on every image; torchvision's nvJPEG (chroma repeated) is expected to be further off on saturated
 4:2:0 colour, the reason the engine prefers nvImageCodec (docs/gpu.md, "JPEG chroma on the GPU"). Each
-decoder is skipped where it does not import; one that imports but decodes nothing fails.
+decoder is skipped where it does not import; one that imports but decodes nothing fails. The engine's
+start-up probe of chroma (service.gpu_decode.chroma_diff) is checked here against nvJPEG itself.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from service.gpu_decode import decoder_factories
+from service.gpu_decode import CHROMA_THRESHOLD, chroma_diff, decoder_factories
 from tests.conftest import make_image
 
 pytestmark = [
@@ -84,3 +85,24 @@ def test_torchvision_repeats_chroma_where_nvimgcodec_interpolates(capsys):
     ours = _mean_diffs("nvimgcodec", capsys)
     assert theirs["saturated 4:2:0"] > ours["saturated 4:2:0"] + 1.0, (theirs, ours)
     assert theirs["grey"] <= FLOOR, theirs  # no chroma: no difference in kind
+
+
+def test_the_start_up_chroma_probe_passes_nvimgcodec_and_not_torchvisions_default_nvjpeg(capsys):
+    """The probe the engine chooses its decoder by, calibrated on nvImageCodec's CPU decoder (docs/gpu.md),
+    on each GPU decoder: nvImageCodec, with and without its hardware decoder, under CHROMA_THRESHOLD;
+    torchvision's nvJPEG (chroma repeated) over it. A decoder that does not import is printed, not
+    measured. (Which of nvImageCodec's backends decoded the probe is not visible from here.)"""
+    measured: dict[str, float | str] = {}
+    for name, factory in decoder_factories().items():
+        try:
+            measured[name] = round(chroma_diff(factory("cuda")), 2)
+        except ImportError as exc:
+            measured[name] = f"does not import: {exc}"
+        except Exception as exc:  # printed with the others' figures, then failed
+            measured[name] = f"failed: {type(exc).__name__}: {exc}"
+    with capsys.disabled():
+        print(f"\nchroma probe ({torch.cuda.get_device_name()}), levels of 255 from PIL's pixels: {measured}")
+    assert not [diff for diff in measured.values() if str(diff).startswith("failed")], measured
+    diffs = {name: diff for name, diff in measured.items() if isinstance(diff, float)}
+    assert all(diff < CHROMA_THRESHOLD for name, diff in diffs.items() if name.startswith("nvimgcodec")), measured
+    assert "torchvision" in diffs and diffs["torchvision"] > CHROMA_THRESHOLD, measured

@@ -13,7 +13,7 @@ from PIL import Image
 from service import gpu_decode
 from service.gpu_decode import GROUP_MAX_BYTES, JpegDecoder, same_size_groups
 from tests.conftest import make_image
-from tests.fakes import pil_decode
+from tests.fakes import pil_decode, pil_decode_repeating_chroma
 
 
 def _turned(width: int, height: int, orientation: int, seed: int) -> bytes:
@@ -161,47 +161,143 @@ def test_nvimgcodec_gives_pils_pixels_upright_as_stored_with_a_failure_in_its_pl
     assert tuple(out[4].shape) == (3, 500, 375)  # as stored; upright it would be 375 high
 
 
+def test_on_cuda_nvimgcodec_allows_its_gpu_backends_only_and_its_hardware_decoder_first_unless_told_not_to(
+    monkeypatch,
+):
+    """The backends and option the decoder is created with on a CUDA device (recorded, not created: no
+    GPU here)."""
+    nvimgcodec = _nvimgcodec()
+    made = []
+    monkeypatch.setattr(nvimgcodec, "Decoder", lambda **kwargs: made.append(kwargs))
+    gpu_decode.nvimgcodec_decoder("cuda:0")
+    gpu_decode.nvimgcodec_decoder("cuda:0", fancy_upsampling=False, hardware=False)
+    kinds = [[backend.backend_kind for backend in kwargs["backends"]] for kwargs in made]
+    assert kinds == [
+        [nvimgcodec.HW_GPU_ONLY, nvimgcodec.HYBRID_CPU_GPU, nvimgcodec.GPU_ONLY],
+        [nvimgcodec.HYBRID_CPU_GPU, nvimgcodec.GPU_ONLY],
+    ]
+    assert [kwargs["options"] for kwargs in made] == [":fancy_upsampling=1", ":fancy_upsampling=0"]
+    assert [kwargs["device_id"] for kwargs in made] == [0, 0]
+
+
 def test_repeated_chroma_is_what_the_interpolation_option_avoids():
     """The measurement behind the option, on the CPU decoder: the same 4:2:0 JPEG with repeated chroma
     is several levels away from PIL's pixels on average (docs/gpu.md: up to 9.5/255 per crop)."""
-    nvimgcodec = _nvimgcodec()
+    _nvimgcodec()
     data = _jpeg("RGB", 2, seed=1)
-    params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB)
     mean_diff = {}
-    for fancy in (0, 1):
-        decoder = nvimgcodec.Decoder(
-            device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
-            backends=[nvimgcodec.Backend(nvimgcodec.CPU_ONLY)],
-            options=f":fancy_upsampling={fancy}",
+    for fancy in (False, True):
+        (image,) = gpu_decode.nvimgcodec_decoder("cpu", fancy_upsampling=fancy)(
+            [torch.frombuffer(bytearray(data), dtype=torch.uint8)]
         )
-        (image,) = decoder.decode([nvimgcodec.CodeStream(data)], params=params)
-        mean_diff[fancy] = np.abs(np.asarray(image).astype(int) - _pil(data)).mean()
-    assert mean_diff[1] < 0.01 and mean_diff[0] > 2, mean_diff
+        mean_diff[fancy] = np.abs(image.permute(1, 2, 0).numpy().astype(int) - _pil(data)).mean()
+    assert mean_diff[True] < 0.01 and mean_diff[False] > 2, mean_diff
+
+
+def test_the_chroma_probe_tells_interpolated_chroma_from_repeated_far_from_the_threshold():
+    """The calibration of CHROMA_THRESHOLD (docs/gpu.md, "JPEG chroma on the GPU"), on nvImageCodec's
+    CPU decoder with the interpolation option on and off (0.0 and 97.8 levels measured), and on the
+    PIL stand-ins the other tests use: on or under a quarter of it, and over four times it."""
+    _nvimgcodec()
+    threshold = gpu_decode.CHROMA_THRESHOLD
+    interpolated = {
+        "nvimgcodec": gpu_decode.chroma_diff(gpu_decode.nvimgcodec_decoder("cpu")),
+        "nvimgcodec-no-hw": gpu_decode.chroma_diff(gpu_decode.nvimgcodec_decoder("cpu", hardware=False)),
+        "pil": gpu_decode.chroma_diff(pil_decode),
+    }
+    repeated = {
+        "nvimgcodec": gpu_decode.chroma_diff(gpu_decode.nvimgcodec_decoder("cpu", fancy_upsampling=False)),
+        "pil": gpu_decode.chroma_diff(pil_decode_repeating_chroma),
+    }
+    assert all(diff <= threshold / 4 for diff in interpolated.values()), interpolated
+    assert all(diff > 4 * threshold for diff in repeated.values()), repeated
+    assert (
+        gpu_decode.describe_chroma(interpolated["nvimgcodec"])
+        == "chroma interpolated: probe 0.0 levels from the CPU path"
+    )
+    assert gpu_decode.describe_chroma(repeated["nvimgcodec"]).startswith("chroma repeated: probe 9")
+
+
+def test_the_chroma_probe_is_a_small_4_2_0_jpeg_and_a_failed_decode_raises():
+    with Image.open(io.BytesIO(gpu_decode.chroma_probe_jpeg())) as image:
+        assert image.format == "JPEG" and image.size == gpu_decode.CHROMA_PROBE_SIZE
+        assert image.layer == [(1, 2, 2, 0), (2, 1, 1, 1), (3, 1, 1, 1)]  # (id, h, v, table): 4:2:0
+    with pytest.raises(RuntimeError, match="could not decode"):
+        gpu_decode.chroma_diff(lambda tensors: [RuntimeError("could not decode")])
+    with pytest.raises(RuntimeError, match=r"came back as uint8 \(96, 64, 3\)"):
+        gpu_decode.chroma_diff(lambda tensors: [torch.zeros(3, 96, 64, dtype=torch.uint8)])
+
+
+def _missing(device, **options):
+    raise ImportError("No module named 'nvidia.nvimgcodec'")
+
+
+def _serving(decode):
+    """A decoder factory that hands out ``decode`` on any device."""
+    return lambda device: decode
+
+
+def test_the_engine_passes_over_a_gpu_decoder_that_repeats_chroma_for_the_next_and_says_so(monkeypatch, caplog):
+    repeated = gpu_decode.describe_chroma(gpu_decode.chroma_diff(pil_decode_repeating_chroma))
+    factories = {
+        "hw": _serving(pil_decode_repeating_chroma),
+        "missing": _missing,
+        "cuda": _serving(pil_decode),
+        "later": _serving(pil_decode),
+    }
+    monkeypatch.setattr(gpu_decode, "decoder_factories", lambda: factories)
+    decoder, name = gpu_decode.start_jpeg_decoder("cpu", 256, 224)
+    assert name == "cuda" and decoder.decode_batch is pil_decode
+    assert decoder.chroma == "chroma interpolated: probe 0.0 levels from the CPU path"
+    assert f"GPU JPEG decoding by cuda, because hw: {repeated}; missing: ImportError: No module" in caplog.text
+    assert repeated.startswith("chroma repeated: probe 9") and "docs/gpu.md" in repeated
+
+
+def test_where_every_gpu_decoder_repeats_chroma_the_engine_takes_the_first_that_decodes_and_warns(monkeypatch, caplog):
+    diff = gpu_decode.chroma_diff(pil_decode_repeating_chroma)
+    repeating = _serving(pil_decode_repeating_chroma)
+    monkeypatch.setattr(
+        gpu_decode, "decoder_factories", lambda: {"missing": _missing, "hw": repeating, "tv": repeating}
+    )
+    decoder, name = gpu_decode.start_jpeg_decoder("cpu", 256, 224)
+    assert name == "hw" and decoder.decode_batch is pil_decode_repeating_chroma
+    assert decoder.chroma == gpu_decode.describe_chroma(diff) and decoder.chroma.startswith("chroma repeated")
+    (record,) = [r for r in caplog.records if r.name == "service.gpu_decode"]
+    assert record.levelname == "WARNING"
+    assert record.getMessage() == (
+        "GPU JPEG decoding by hw, the first that decodes, though none here interpolates chroma as the CPU path "
+        f"does (chroma probe, levels of 255 from PIL's pixels, threshold 8: hw {diff:.1f}, tv {diff:.1f}): on "
+        'saturated colour its crops will differ from the CPU path\'s (docs/gpu.md, "JPEG chroma on the GPU"); '
+        "missing: ImportError: No module named 'nvidia.nvimgcodec'"
+    )
+    caplog.clear()
+    decoder, name = gpu_decode.start_jpeg_decoder("cpu", 256, 224, ["tv"])  # as loadtest.gpu_decode starts each
+    assert name == "tv" and decoder.chroma.startswith("chroma repeated") and "the first that decodes" in caplog.text
 
 
 def test_the_engine_takes_the_first_gpu_decoder_that_decodes_and_says_why_it_passed_the_others(monkeypatch, caplog):
-    def missing(device):
-        raise ImportError("No module named 'nvidia.nvimgcodec'")
-
-    def decodes_nothing(device):
+    def decodes_nothing(device, **options):
         return lambda tensors: [RuntimeError("nvImageCodec could not decode this JPEG")] * len(tensors)
 
     monkeypatch.setattr(gpu_decode, "torchvision_decoder", lambda device: pil_decode)
-    for broken, why in ((missing, "ImportError: No module"), (decodes_nothing, "RuntimeError: nvImageCodec could")):
+    for broken, why in ((_missing, "ImportError: No module"), (decodes_nothing, "RuntimeError: nvImageCodec could")):
         monkeypatch.setattr(gpu_decode, "nvimgcodec_decoder", broken)
         caplog.clear()
         decoder, name = gpu_decode.start_jpeg_decoder("cpu", 256, 224)
         assert name == "torchvision" and decoder.decode_batch is pil_decode
         assert f"GPU JPEG decoding by torchvision, because nvimgcodec: {why}" in caplog.text
-    monkeypatch.setattr(gpu_decode, "torchvision_decoder", missing)
-    with pytest.raises(RuntimeError, match=r"^nvimgcodec: RuntimeError: .*; torchvision: ImportError: No module"):
+    monkeypatch.setattr(gpu_decode, "torchvision_decoder", _missing)
+    with pytest.raises(
+        RuntimeError,
+        match=r"^nvimgcodec: RuntimeError: .*; nvimgcodec-no-hw: RuntimeError: .*; torchvision: ImportError: No module",
+    ):
         gpu_decode.start_jpeg_decoder("cpu", 256, 224)
 
 
 def test_nvimgcodec_is_the_engines_first_choice_where_it_decodes():
     _nvimgcodec()
     decoder, name = gpu_decode.start_jpeg_decoder("cpu", 256, 224)  # its CPU decoder: the same code
-    assert name == "nvimgcodec"
+    assert name == "nvimgcodec" and decoder.chroma == "chroma interpolated: probe 0.0 levels from the CPU path"
     (crop,) = decoder.decode([(memoryview(bytearray(make_image(500, 375, seed=9))), 1)])
     assert tuple(crop.shape) == (3, 224, 224) and crop.dtype == torch.uint8
 
@@ -217,8 +313,13 @@ def test_the_decode_benchmark_measures_each_decoder_that_starts_and_names_the_ot
     args = ["--device", "cpu", "--batch", "2", "--seconds", "0.01", "--images", "500x375"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "nvimgcodec:\nbatch" in out and "torchvision: not measured, torchvision: ImportError: no torchvision" in out
+    assert "nvimgcodec (chroma interpolated: probe 0.0 levels from the CPU path):\nbatch" in out
+    assert "nvimgcodec-no-hw (chroma interpolated" in out
+    assert "torchvision: not measured, torchvision: ImportError: no torchvision" in out
     assert main([*args, "--decoder", "torchvision"]) == 1  # nothing measured
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--decoder", "nvjpeg"])
-    assert exit_info.value.code == 2 and "choose from ['nvimgcodec', 'torchvision']" in capsys.readouterr().err
+    assert (
+        exit_info.value.code == 2
+        and "choose from ['nvimgcodec', 'nvimgcodec-no-hw', 'torchvision']" in capsys.readouterr().err
+    )

@@ -26,7 +26,7 @@ from service.backends.torch import cuda_graph_buckets
 from service.engine_load import choose_decode
 from service.errors import NotReady
 from service.settings import Settings
-from tests.fakes import pil_decode
+from tests.fakes import pil_decode, pil_decode_repeating_chroma
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,8 @@ class CudaBackend(Backend):
 
 
 def test_jpegs_are_decoded_on_the_gpu_for_any_cuda_backend_that_takes_tensors_and_else_it_says_why(monkeypatch):
-    monkeypatch.setattr(gpu_decode, "nvimgcodec_decoder", lambda device: pil_decode)  # nvJPEG, as the engine sees it
+    # nvJPEG, as the engine sees it
+    monkeypatch.setattr(gpu_decode, "nvimgcodec_decoder", lambda device, **options: pil_decode)
     meta = ModelMetadata("torchvision", ["a", "b"], 224, 256, "test", "c" * 64)
     backend = CudaBackend()
     selection = Selection(backend, meta, "test")
@@ -60,7 +61,17 @@ def test_jpegs_are_decoded_on_the_gpu_for_any_cuda_backend_that_takes_tensors_an
     backend.takes_tensors = True  # as ONNX Runtime's CUDA provider and TensorRT do
     decoder, why = choose_decode(Settings(decode="auto"), selection)
     assert isinstance(decoder, gpu_decode.JpegDecoder) and why == (
-        "nvJPEG on the GPU via nvimgcodec (chroma interpolated, as on the CPU), CPU for what it does not take"
+        "nvJPEG on the GPU via nvimgcodec (chroma interpolated: probe 0.0 levels from the CPU path), "
+        "CPU for what it does not take"
+    )
+    # Where every decoder repeats chroma, the engine still decodes on the GPU and says what it measured.
+    monkeypatch.setattr(gpu_decode, "nvimgcodec_decoder", lambda device, **options: pil_decode_repeating_chroma)
+    monkeypatch.setattr(gpu_decode, "torchvision_decoder", lambda device: pil_decode_repeating_chroma)
+    diff = gpu_decode.chroma_diff(pil_decode_repeating_chroma)
+    decoder, why = choose_decode(Settings(decode="auto"), selection)
+    assert isinstance(decoder, gpu_decode.JpegDecoder) and why == (
+        f"nvJPEG on the GPU via nvimgcodec (chroma repeated: probe {diff:.1f} levels from the CPU path, "
+        "threshold 8; crops differ from the CPU path's, docs/gpu.md), CPU for what it does not take"
     )
     assert choose_decode(Settings(decode="cpu"), selection) == (None, "decode=cpu was asked for")
 
@@ -79,7 +90,7 @@ def test_a_gpu_decoder_that_fails_its_start_up_probe_leaves_decoding_to_the_cpu(
     def broken(tensors):
         raise failure
 
-    monkeypatch.setattr(gpu_decode, "nvimgcodec_decoder", lambda device: broken)
+    monkeypatch.setattr(gpu_decode, "nvimgcodec_decoder", lambda device, **options: broken)
     monkeypatch.setattr(gpu_decode, "torchvision_decoder", lambda device: broken)
     meta = ModelMetadata("torchvision", ["a", "b"], 224, 256, "test", "c" * 64)
     backend = CudaBackend()

@@ -28,7 +28,7 @@ from model.preprocessing import (
 )
 from model.transforms import EvalTransform
 from service.errors import ServiceError
-from service.gpu_decode import CHROMA, start_jpeg_decoder
+from service.gpu_decode import start_jpeg_decoder
 from service.preprocess import PreprocessConfig, decode, preprocess_uint8
 from tests.conftest import make_image
 from tests.synthetic import NUM_CLASSES
@@ -117,11 +117,12 @@ def _tensor_input(data: bytes) -> tuple[torch.Tensor, int]:
 
 
 def _decode_on_cuda(datas: list[bytes]) -> list[torch.Tensor | None]:
-    """The GPU decoder the engine chooses (nvImageCodec, else torchvision's nvJPEG), which must start on a
-    CUDA host; None for what the front end sends to the CPU path instead. Nearly every JPEG it is given
-    must decode: else this test would compare the CPU path with itself."""
+    """The GPU decoder the engine chooses (by its start-up chroma probe: nvImageCodec, else torchvision's
+    nvJPEG), which must start on a CUDA host; None for what the front end sends to the CPU path
+    instead. Nearly every JPEG it is given must decode: else this test would compare the CPU path with
+    itself."""
     decoder, name = start_jpeg_decoder("cuda", CONFIG.resize_size, CONFIG.crop_size)
-    print(f"GPU JPEG decoder: {name} ({CHROMA[name]})")  # shown when the test fails
+    print(f"GPU JPEG decoder: {name} ({decoder.chroma})")  # shown when the test fails
     out: list[torch.Tensor | None] = []
     given = 0
     for data in datas:
