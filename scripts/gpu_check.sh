@@ -119,9 +119,10 @@ step pytest-gpu 180 $PY -m pytest -q -rs -p no:cacheprovider tests/gpu tests/uni
 step bench-service 330 $PY -m loadtest.bench --gpu --onnx "$ONNX" --duration-s 4 --warmup-s 1 \
     --engine-batches 1,8,32 --engine-time-s 2 --procs auto --out "$WORK/bench" \
     --layout "cpu decode:--decode=cpu" --layout "1 front end, cpu decode:--decode=cpu --http-workers=1"
-# Each GPU decoder (nvImageCodec, torchvision) alone and with the resize + crop, images of one size in
-# groups against one by one: images/s and the prepare thread's host CPU per image (it shares the engine's GIL).
-step gpu-decode 60 $PY -m loadtest.gpu_decode --batch 32,256 --seconds 2
+# Each GPU decoder (nvImageCodec with and without its hardware decoder, torchvision) alone and with the
+# resize + crop, images of one size in groups against one by one: images/s and the prepare thread's host
+# CPU per image (it shares the engine's GIL). Three decoders of 6 rows of 2 s each: about 45 s.
+step gpu-decode 80 $PY -m loadtest.gpu_decode --batch 32,256 --seconds 2
 step train-deterministic 60 bash scripts/gpu_determinism_check.sh "$WORK/determinism"
 # What the engine's one event loop can take with inference free: is the 8,000 img/s target in reach here?
 step engine-wire 60 $PY -m loadtest.engine_wire --onnx "$ONNX" --frontends 8 --seconds 5
