@@ -11,18 +11,25 @@
 # carrying .whl, `bash scripts/gpu_check.sh`. docs/gpu.md has the details.
 #
 # Settings (environment): OUT (default results/gpu), GPU_CHECK_BUDGET_S (default 480: the whole run,
-# hard-stopped), GPU_CHECK_WORK (scratch, default results/gpu-work), PYTHON (default python3).
+# hard-stopped), GPU_CHECK_WORK (scratch, default results/gpu-work), PYTHON (default python3),
+# GPU_CHECK_STEPS (a subset of the steps), GPU_CHECK_REHEARSAL=1 (run on a host without CUDA anyway,
+# as scripts/gpu_rehearsal.sh does: the steps' CPU parts, under the GPU host's package versions).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 OUT=${OUT:-results/gpu}
 WORK=${GPU_CHECK_WORK:-results/gpu-work}
 BUDGET_S=${GPU_CHECK_BUDGET_S:-480}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
+REHEARSAL=
 if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-    echo "error: no CUDA GPU is visible to PyTorch from $PY on this host; gpu_check.sh measures nothing here" >&2
-    exit 2
+    if [ "${GPU_CHECK_REHEARSAL:-}" != 1 ]; then
+        echo "error: no CUDA GPU is visible to PyTorch from $PY on this host; gpu_check.sh measures nothing here" >&2
+        exit 2
+    fi
+    REHEARSAL="NO GPU: a rehearsal on the CPU (GPU_CHECK_REHEARSAL=1); no figure here is a GPU's"
+    echo "$REHEARSAL"
 fi
 rm -rf "$WORK"
 mkdir -p "$OUT" "$WORK"
@@ -93,7 +100,11 @@ step() {  # step NAME LIMIT_S COMMAND...: output to $WORK/NAME.log; status to st
     publish
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$WORK/gpu.txt" 2>&1
+if [ -n "$REHEARSAL" ]; then
+    echo "$REHEARSAL" > "$WORK/gpu.txt"
+else
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$WORK/gpu.txt" 2>&1
+fi
 cat "$WORK/gpu.txt"
 ONNX=$WORK/alexnet.onnx
 # Seconds, and it says at once (its log names the missing module) if the carried wheels do not import

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Downloads, into .whl/ (ignored by git), every wheel that a GPU host's Python 3.12 lacks to run
 # scripts/gpu_check.sh when it already has torch, torchvision, numpy, pillow, onnx, onnxscript,
-# onnxruntime, matplotlib, aiohttp, prometheus-client, pytest and pytest-timeout (as the lent
-# H100/H200 image does) but no network. Run it here, then carry .whl to the GPU host:
+# onnxruntime, matplotlib, aiohttp, prometheus-client, pytest and pytest-timeout, and uvicorn's and
+# Starlette's click, h11 and anyio (as the lent H100/H200 image does) but no network.
+# scripts/gpu_rehearsal.sh tries them beside that image's package versions, here. Run it here, then carry .whl to the GPU host:
 #
 #   bash scripts/gpu_wheels.sh            # here, with network: about 4 MiB of wheels, at the versions of .venv
 #   bash scripts/gpu_check.sh             # there: installs .whl/*.whl into a private --target first

@@ -350,3 +350,29 @@ def test_a_gpu_check_killed_from_outside_leaves_the_report_of_every_step_that_fi
     assert {s["state"] for s in report["steps"]} == {"ok"}
     log = (out / "gpu_check.log").read_text()
     assert "######## imports.log" in log and "######## export-onnx.log" in log
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a CUDA GPU: gpu_check.sh would run")
+def test_a_rehearsal_runs_without_cuda_and_its_report_says_no_gpu_measured_it(tmp_path):
+    """scripts/gpu_rehearsal.sh: the same steps on a CPU host, under the device's package versions."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    fake = tmp_path / "python"  # no CUDA; the report for real; every other step (and pip) a success at once
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        'case "$*" in\n'
+        "  *torch.cuda.is_available*) exit 1 ;;\n"
+        f'  *scripts/gpu_report.py*) exec {sys.executable} "$@" ;;\n'
+        '  *) echo "fake step: $*" ;;\n'
+        "esac\n"
+    )
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "GPU_CHECK_WORK": str(work), "OUT": str(out)}
+    env |= {"GPU_CHECK_REHEARSAL": "1", "GPU_CHECK_STEPS": "engine-wire"}
+    proc = subprocess.run(
+        ["bash", "scripts/gpu_check.sh"], cwd=REPO, capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["gpu"].startswith("NO GPU: a rehearsal on the CPU")
+    assert [s["state"] for s in report["steps"] if s["name"] == "engine-wire"] == ["ok"]
+    assert "NO GPU: a rehearsal" in (out / "gpu_check.md").read_text()
