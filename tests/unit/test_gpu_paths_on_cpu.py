@@ -190,7 +190,8 @@ def test_tensorrt_gpu_tests_skip_when_the_bindings_cannot_load_their_libraries(t
         torch.cuda.is_available = lambda: True
         """)
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+    kept = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []  # carried wheels (a rehearsal)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO), *kept])}
     module = str(REPO / "tests/gpu/test_tensorrt.py")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "fake_cuda", "-p", "no:cacheprovider", "-q", "-rs", module],
