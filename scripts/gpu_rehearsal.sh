@@ -15,7 +15,7 @@
 #
 # Settings (environment): REHEARSAL_VENV (default /tmp/gpu-rehearsal-venv), PYTHON312 (the Python 3.12
 # to build it from; default python3.12), GPU_CHECK_STEPS (default imports,export-onnx,export-onnx-fp16,
-# pytest-gpu), OUT (default results/gpu-rehearsal).
+# pytest-gpu,engine-wire), OUT (default results/gpu-rehearsal).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${REHEARSAL_VENV:-/tmp/gpu-rehearsal-venv}
@@ -35,5 +35,5 @@ if [ ! -d .whl ]; then
     exit 2
 fi
 OUT=${OUT:-results/gpu-rehearsal} GPU_CHECK_WORK=${GPU_CHECK_WORK:-results/gpu-rehearsal-work} \
-    GPU_CHECK_STEPS=${GPU_CHECK_STEPS:-imports,export-onnx,export-onnx-fp16,pytest-gpu} \
+    GPU_CHECK_STEPS=${GPU_CHECK_STEPS:-imports,export-onnx,export-onnx-fp16,pytest-gpu,engine-wire} \
     GPU_CHECK_REHEARSAL=1 PYTHON="$VENV/bin/python" exec bash scripts/gpu_check.sh
