@@ -29,7 +29,6 @@ if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
         exit 2
     fi
     REHEARSAL="NO GPU: a rehearsal on the CPU (GPU_CHECK_REHEARSAL=1); no figure here is a GPU's"
-    echo "$REHEARSAL"
 fi
 rm -rf "$WORK"
 mkdir -p "$OUT" "$WORK"

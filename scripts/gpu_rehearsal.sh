@@ -13,9 +13,14 @@
 # go into a private --target exactly as on the device. Only the imports and the tests' CPU parts mean
 # anything: every CUDA test skips here.
 #
+# With REHEARSAL_ORT=1 it first rehearses docs/gpu.md's five-call carry of onnxruntime-gpu as well:
+# after `../shared/tools/split-wheel.sh onnxruntime-gpu==1.31.1 5` (.wp0 .. .wp4), each part goes
+# through scripts/gpu_ort_part.sh in a folder of its own, as one device call each, and the wheel they
+# make is on PYTHONPATH for the run (its CUDA provider is listed; every CUDA test still skips here).
+#
 # Settings (environment): REHEARSAL_VENV (default /tmp/gpu-rehearsal-venv), PYTHON312 (the Python 3.12
 # to build it from; default python3.12), GPU_CHECK_STEPS (default imports,export-onnx,export-onnx-fp16,
-# pytest-gpu,engine-wire), OUT (default results/gpu-rehearsal).
+# pytest-gpu,engine-wire), OUT (default results/gpu-rehearsal), REHEARSAL_ORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${REHEARSAL_VENV:-/tmp/gpu-rehearsal-venv}
@@ -34,6 +39,21 @@ if [ ! -d .whl ]; then
     echo "error: no .whl: run bash scripts/gpu_wheels.sh first (the wheels a GPU session carries)" >&2
     exit 2
 fi
+if [ "${REHEARSAL_ORT:-}" = 1 ]; then
+    parts=(.wp[0-9]*)
+    [ -d "${parts[0]}" ] || { echo "error: no .wp0 ...: run ../shared/tools/split-wheel.sh first" >&2; exit 2; }
+    calls=$(mktemp -d)  # one folder per "call": the script and that call's one part, nothing else
+    for part in "${parts[@]}"; do
+        mkdir -p "$calls/$part/scripts"
+        cp scripts/gpu_ort_part.sh "$calls/$part/scripts/"
+        cp -r "$part" "$calls/$part/"
+        (cd "$calls/$part" && PYTHON="$VENV/bin/python" ORT_PARTS="$calls/parts" ORT_SITE="$calls/ort-site" \
+            bash scripts/gpu_ort_part.sh "${#parts[@]}")
+    done
+    export PYTHONPATH="$calls/ort-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 OUT=${OUT:-results/gpu-rehearsal} GPU_CHECK_WORK=${GPU_CHECK_WORK:-results/gpu-rehearsal-work} \
     GPU_CHECK_STEPS=${GPU_CHECK_STEPS:-imports,export-onnx,export-onnx-fp16,pytest-gpu,engine-wire} \
-    GPU_CHECK_REHEARSAL=1 PYTHON="$VENV/bin/python" exec bash scripts/gpu_check.sh
+    GPU_CHECK_REHEARSAL=1 PYTHON="$VENV/bin/python" bash scripts/gpu_check.sh || rc=$?
+[ -z "${calls:-}" ] || rm -rf "$calls" /tmp/onnxruntime_gpu-*.whl  # the parts, the joined wheel, its install
+exit "${rc:-0}"
