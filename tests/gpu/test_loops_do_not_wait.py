@@ -67,3 +67,39 @@ def test_training_and_evaluation_steps_never_wait_for_the_gpu(lighting_std, monk
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert len(ended) == 3
+
+
+def test_the_loss_check_is_the_one_wait_of_a_training_epoch_and_comes_every_check_every_steps(monkeypatch):
+    """The NaN/inf check reads the device (a wait, by design) once per ``check_every`` steps: the steps
+    between checks must still not wait."""
+    device = torch.device("cuda")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 6)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    preprocess, criterion = BatchPreprocess(), nn.CrossEntropyLoss()
+    train_one_epoch(model, criterion, optimizer, _batches(device, 1), device, preprocess)  # makes the constants
+    checked_from, ended = [], []
+    check, stats = engine._first_non_finite, engine._stats
+
+    def watched_check(losses, first_step):
+        torch.cuda.set_sync_debug_mode(0)
+        try:
+            return check(losses, first_step)
+        finally:
+            checked_from.append(first_step)
+            torch.cuda.set_sync_debug_mode("error")
+
+    def read_sums(*args):
+        torch.cuda.set_sync_debug_mode(0)
+        ended.append(True)
+        return stats(*args)
+
+    monkeypatch.setattr(engine, "_first_non_finite", watched_check)
+    monkeypatch.setattr(engine, "_stats", read_sums)
+    batches = _batches(device, 5)
+    torch.cuda.synchronize()  # the batches are on the device before the loop is watched
+    try:
+        torch.cuda.set_sync_debug_mode("error")
+        train_one_epoch(model, criterion, optimizer, batches, device, preprocess, check_every=2)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert checked_from == [1, 3] and ended == [True]  # after steps 2 and 4; step 5's loss is in the sums
