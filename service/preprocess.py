@@ -219,12 +219,40 @@ def preprocess(data: bytes, config: PreprocessConfig) -> np.ndarray:
     return normalize(preprocess_uint8(data, config), config.mean, config.std)
 
 
+# The JPEG frames nvJPEG decodes: Huffman-coded DCT, baseline (SOF0), extended sequential (SOF1) and
+# progressive (SOF2). Not lossless (SOF3), hierarchical (SOF5-7) or arithmetic-coded (SOF9-15) JPEGs,
+# which PIL (libjpeg-turbo) decodes: those stay in the front ends, rather than going to the engine only
+# to fall back to its CPU there, one at a time, in the thread that prepares every GPU batch.
+GPU_JPEG_FRAMES = frozenset({0xC0, 0xC1, 0xC2})
+_NOT_FRAMES = frozenset({0xC4, 0xC8, 0xCC})  # DHT, JPG (reserved), DAC: in the SOF range, not frames
+
+
+def jpeg_frame(data: bytes) -> int | None:
+    """The start-of-frame marker (0xC0-0xCF) of a JPEG's first frame, read from its segment headers
+    before the first scan; None where there is none, or the header is malformed."""
+    i = 2  # after SOI
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in _NOT_FRAMES:
+            return marker
+        if marker == 0xDA:  # start of scan: no frame header before it
+            return None
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
 def inspect_jpeg(data: bytes, config: PreprocessConfig, max_gpu_pixels: int) -> int | None:
     """For the GPU path: the EXIF orientation (1-8) of a JPEG the GPU decoder can take, None for one it
-    should not (CMYK or other modes nvJPEG's RGB output does not cover, over ``max_gpu_pixels``), or
-    the same typed error ``decode`` would raise for a bad header. No pixel is decoded here."""
+    should not (CMYK or other modes nvJPEG's RGB output does not cover, frames other than
+    ``GPU_JPEG_FRAMES``, over ``max_gpu_pixels``), or the same typed error ``decode`` would raise for a
+    bad header. No pixel is decoded here."""
     image = open_checked(data, config)
     width, height = image.size
     if image.format != "JPEG" or image.mode not in ("RGB", "L") or width * height > max_gpu_pixels:
+        return None
+    if jpeg_frame(data) not in GPU_JPEG_FRAMES:
         return None
     return exif_orientation(image)

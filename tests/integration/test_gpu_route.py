@@ -10,6 +10,7 @@ the wire, the engine's fallback to its CPU, the answers and /metrics are the ser
 
 from __future__ import annotations
 
+import base64
 import io
 
 import httpx
@@ -37,7 +38,24 @@ def encode(image: Image.Image, fmt: str = "JPEG", **options) -> bytes:
 REFUSED = b"the stand-in for nvJPEG refuses this"
 
 
+GIVEN: list[bytes] = []  # every JPEG the stand-in was handed, in order
+
+# A 64x48 arithmetic-coded JPEG (SOF9), made with libjpeg-turbo's `cjpeg -arithmetic -quality 85` from a
+# gradient: PIL decodes it, nvJPEG does not.
+ARITHMETIC_JPEG = base64.b64decode(
+    "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAUDBAQEAwUEBAQFBQUGBwwIBwcHBw8LCwkMEQ8SEhEPERETFhwXExQaFRERGCEYGh0d"
+    "Hx8fExciJCIeJBweHx7/2wBDAQUFBQcGBw4ICA4eFBEUHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4e"
+    "Hh4eHh4eHh7/yQARCAAwAEADASIAAhEBAxEB/8wACgAQEAUBEBEF/9oADAMBAAIRAxEAPwD/ANy/JH6C/T0btrXpAgB/U3WhGAek"
+    "2BLbSNxP3LorFWVfszZCin0X5f0QVfI9RdGw0MgKiEM3O59PcbBme2wWasGGeA7V1k4Dp6HUfNWdL8FTFge1EEGIbOsY2GLHqx3V"
+    "Np3PuSlkNeD/ACz37zxLu3MHzUaDBBChm6DSciY+zrYI8PtEv9dR/wD/AP8A0vF/t+jAyOmCzHflcu/iIeNu4OwXV24BGQYc5YcR"
+    "6UvJ39StZ4jav60vhTmESxWl+LnW6d0V448dsgS4Z9q9R7YPdsy5hQldHMyKgqPn8SFWmM4m3hnKAgvh7adqePWVCg+DDioU+XDW"
+    "ayRUewOni6/k9q5kwmFSdPC+T22TJSWXAk+9PhzabTSXV8rRQRVu+hMJ2+R3TSKMdK3VZFq1qQxcNOap50wLKE2s7Z6bjn0cG50j"
+    "2NbElJDTOwGSWsq/CZPXb0yIx5wm81j6D8GXYxlUENaA/9k="
+)
+
+
 def stand_in_nvjpeg(tensors: list) -> list:
+    GIVEN.extend(t.numpy().tobytes() for t in tensors)
     if any(REFUSED in t.numpy().tobytes() for t in tensors):
         raise RuntimeError("nvJPEG stand-in: not a kind it decodes")
     return pil_decode(tensors)
@@ -98,6 +116,16 @@ def answer(url: str, data: bytes, name: str = "a.jpg", content_type: str = "imag
     return r.json()["results"][0]
 
 
+def assert_same_answer(got: dict, want: dict, atol: float, what: str = "") -> None:
+    """The same ranking, probabilities within ``atol``: the engine behind the GPU route takes tensors, so
+    its softmax is float32 where the CPU route's is float64, whatever decoded the image."""
+    assert [p["index"] for p in got["predictions"]] == [p["index"] for p in want["predictions"]], what
+    np.testing.assert_allclose(
+        [p["probability"] for p in got["predictions"]], [p["probability"] for p in want["predictions"]],
+        rtol=1e-5, atol=atol, err_msg=what,
+    )  # fmt: skip
+
+
 def test_the_engine_says_jpegs_are_decoded_there(servers):
     gpu, cpu = servers
     assert httpx.get(gpu.url + "/v1/models").json()["models"][0]["decode"]["where"] == "gpu"
@@ -121,11 +149,14 @@ def test_each_image_takes_its_route_and_is_answered_as_on_the_cpu(servers, what,
     on_gpu_route, on_cpu = answer(gpu.url, data), answer(cpu.url, data)
     assert on_gpu_route["decode"] == route, what
     assert decoded(gpu.url, route) == before + 1
-    # The same ranking; probabilities within what the tensor resize's parity floor allows.
-    assert [p["index"] for p in on_gpu_route["predictions"]] == [p["index"] for p in on_cpu["predictions"]], what
-    got = np.array([p["probability"] for p in on_gpu_route["predictions"]])
-    want = np.array([p["probability"] for p in on_cpu["predictions"]])
-    np.testing.assert_allclose(got, want, atol=0.02, err_msg=what)
+    assert_same_answer(on_gpu_route, on_cpu, atol=0.02, what=what)  # within what the tensor resize's floor allows
+
+
+def test_an_arithmetic_coded_jpeg_is_decoded_by_the_front_end_never_handed_to_the_gpu(servers):
+    gpu, cpu = servers
+    on_gpu_route, on_cpu = answer(gpu.url, ARITHMETIC_JPEG), answer(cpu.url, ARITHMETIC_JPEG)
+    assert on_gpu_route["decode"] == "cpu" and ARITHMETIC_JPEG not in GIVEN
+    assert_same_answer(on_gpu_route, on_cpu, atol=1e-7)  # the same decoder and preprocessing
 
 
 def test_a_jpeg_over_the_gpu_pixel_bound_is_decoded_by_the_front_end(servers):
@@ -141,10 +172,7 @@ def test_a_jpeg_the_gpu_decoder_refuses_is_decoded_by_the_engines_cpu_and_answer
     before = decoded(gpu.url, "engine-cpu")
     on_gpu_route, on_cpu = answer(gpu.url, data), answer(cpu.url, data)
     assert on_gpu_route["decode"] == "engine-cpu" and decoded(gpu.url, "engine-cpu") == before + 1
-    # The same decode and preprocessing; only softmax differs (float32 on the tensor path, float64 on the host's).
-    assert [p["index"] for p in on_gpu_route["predictions"]] == [p["index"] for p in on_cpu["predictions"]]
-    got = [p["probability"] for p in on_gpu_route["predictions"]]
-    np.testing.assert_allclose(got, [p["probability"] for p in on_cpu["predictions"]], rtol=1e-5, atol=1e-7)
+    assert_same_answer(on_gpu_route, on_cpu, atol=1e-7)  # the same decode and preprocessing
 
 
 def test_a_broken_jpeg_that_reaches_the_engine_fails_alone_and_as_on_the_cpu(servers):

@@ -19,6 +19,8 @@ from service.preprocess import (
     decode,
     decode_opened,
     decode_peak_bytes,
+    inspect_jpeg,
+    jpeg_frame,
     open_for_decode,
     preprocess,
     preprocess_uint8,
@@ -336,3 +338,29 @@ def test_decoding_frees_each_full_size_step_once_the_next_exists(monkeypatch):
     for closed in (opened, turned[0]):
         with pytest.raises(ValueError, match="closed image"):
             closed.getpixel((0, 0))
+
+
+def _frame_as(data: bytes, marker: int) -> bytes:
+    """``data`` (a JPEG PIL wrote) with its frame header's marker changed: the header only, for routing."""
+    sof = data.index(b"\xff\xc0") if b"\xff\xc0" in data else data.index(b"\xff\xc2")
+    return data[:sof] + bytes([0xFF, marker]) + data[sof + 2 :]
+
+
+def test_the_gpu_route_takes_huffman_coded_dct_jpegs_only():
+    """nvJPEG decodes baseline, extended and progressive Huffman JPEGs; lossless and arithmetic-coded
+    ones (which PIL decodes) stay with the front end's CPU decoder."""
+    config = PreprocessConfig()
+    baseline = make_image(64, 48)
+    out = io.BytesIO()
+    Image.open(io.BytesIO(baseline)).save(out, "JPEG", progressive=True)
+    progressive = out.getvalue()
+    assert jpeg_frame(baseline) == 0xC0 and jpeg_frame(progressive) == 0xC2
+    assert inspect_jpeg(baseline, config, 10**8) == 1 and inspect_jpeg(progressive, config, 10**8) == 1
+    for marker in (0xC1, 0xC2):
+        assert inspect_jpeg(_frame_as(baseline, marker), config, 10**8) == 1
+    for marker in (0xC3, 0xC9, 0xCA, 0xCB):  # lossless; arithmetic-coded sequential, progressive, lossless
+        assert jpeg_frame(_frame_as(baseline, marker)) == marker
+        assert inspect_jpeg(_frame_as(baseline, marker), config, 10**8) is None
+    # Fill bytes before a marker are allowed; a header that ends before its frame has none.
+    assert jpeg_frame(baseline[:2] + b"\xff" + baseline[2:]) == 0xC0
+    assert jpeg_frame(baseline[:20]) is None and jpeg_frame(b"\xff\xd8\xff\xda\x00\x02") is None
