@@ -95,12 +95,17 @@ class DeterministicLocalResponseNorm(nn.Module):
         if x.numel() == 0:
             return x
         channels = x.shape[1]
+        # In float32 whatever the input (fp16 under autocast): a sum of squares of activations past ~115
+        # is past fp16's range, where torch's avg_pool3d accumulates in float32 and never overflows.
+        x32 = x.float()
         # Zeros before and after the channels (dim 1); F.pad's pairs run from the last dim backwards.
-        squares = F.pad(x * x, (0, 0) * (x.dim() - 2) + (self.size // 2, (self.size - 1) // 2))  # (B, C+size-1, ...)
+        squares = F.pad(
+            x32 * x32, (0, 0) * (x.dim() - 2) + (self.size // 2, (self.size - 1) // 2)
+        )  # (B, C+size-1, ...)
         window = squares.narrow(1, 0, channels)
         for offset in range(1, self.size):
             window = window + squares.narrow(1, offset, channels)  # (B, C, ...)
-        return x / (window / self.size * self.alpha + self.k).pow(self.beta)
+        return (x32 / (window / self.size * self.alpha + self.k).pow(self.beta)).to(x.dtype)
 
 
 def replace_local_response_norms(model: nn.Module) -> list[str]:

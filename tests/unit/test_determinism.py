@@ -82,6 +82,16 @@ def test_deterministic_lrn_matches_torchs_forward_and_input_gradient(size, alpha
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
 
 
+def test_deterministic_lrn_sums_fp16_activations_without_overflow():
+    """Under fp16 autocast the window's sum of squares passes fp16's 65504 at activations of ~115."""
+    lrn = DeterministicLocalResponseNorm(LRN_SIZE, LRN_ALPHA * LRN_SIZE, LRN_BETA, LRN_K)
+    x = torch.full((1, 8, 2, 2), 120.0)
+    want = nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K)(x)
+    got = lrn(x.half())
+    assert got.dtype == torch.float16
+    torch.testing.assert_close(got.float(), want, atol=0.05, rtol=2e-3)
+
+
 def _backward_ops(out: torch.Tensor) -> set[str]:
     seen, todo = set(), [out.grad_fn]
     while todo:
