@@ -74,6 +74,17 @@ publish() {
     return 0
 }
 
+# TERM, INT or HUP from outside (a time limit, Ctrl-C): end the running step's processes rather than
+# leave them on the machine (a warm device machine runs the next call beside them), keep what finished.
+STEP_PID=
+stop_run() {
+    [ -n "$STEP_PID" ] && kill -TERM -- "-$STEP_PID" 2>/dev/null
+    echo "== stopped from outside; $OUT has every step that finished" >&2
+    publish
+    exit 143
+}
+trap stop_run TERM INT HUP
+
 ONLY=${GPU_CHECK_STEPS:-}  # a comma-separated subset of the step names below; empty: every step
 step() {  # step NAME LIMIT_S COMMAND...: output to $WORK/NAME.log; status to steps.tsv; capped by the budget
     local name=$1 limit=$2; shift 2
@@ -90,8 +101,13 @@ step() {  # step NAME LIMIT_S COMMAND...: output to $WORK/NAME.log; status to st
     [ "$limit" -gt "$left" ] && limit=$left
     echo "== $name (at most ${limit} s): $*"
     local t0=$SECONDS
-    timeout --kill-after=10 "$limit" "$@" > "$WORK/$name.log" 2>&1
+    # In the background and waited for, so that a TERM to this script reaches stop_run at once; timeout
+    # puts the step in a process group of its own, which stop_run ends.
+    timeout --kill-after=10 "$limit" "$@" > "$WORK/$name.log" 2>&1 &
+    STEP_PID=$!
+    wait "$STEP_PID"
     local rc=$? state=ok
+    STEP_PID=
     [ $rc -ne 0 ] && state=failed
     [ $rc -eq 124 ] || [ $rc -eq 137 ] && state=timed-out
     printf '%s\t%s\t%s\trc %s\n' "$name" "$state" $((SECONDS - t0)) "$rc" >> "$STEPS"

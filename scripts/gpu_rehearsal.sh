@@ -29,11 +29,12 @@ DEVICE_PINS=(torch==2.11.0 torchvision==0.26.0 numpy==2.5.2 onnx==1.23.1 onnxrun
 # generator and the tests import from the host rather than from .whl.
 DEVICE_UNPINNED=(pillow aiohttp httpx prometheus-client pytest pytest-timeout matplotlib uvloop click h11 anyio pyyaml)
 
-if [ ! -x "$VENV/bin/python" ]; then
+if [ ! -f "$VENV/.rehearsal-installed" ]; then  # written last: an install cut short is made again
     "${PYTHON312:-python3.12}" -c 'import sys; assert sys.version_info[:2] == (3, 12), sys.version' \
         || { echo "error: needs a Python 3.12 (set PYTHON312), as the device has" >&2; exit 2; }
     "${PYTHON312:-python3.12}" -m venv "$VENV"
     "$VENV/bin/pip" install -q "${DEVICE_PINS[@]}" "${DEVICE_UNPINNED[@]}"
+    touch "$VENV/.rehearsal-installed"
 fi
 if [ ! -d .whl ]; then
     echo "error: no .whl: run bash scripts/gpu_wheels.sh first (the wheels a GPU session carries)" >&2
@@ -43,6 +44,7 @@ if [ "${REHEARSAL_ORT:-}" = 1 ]; then
     parts=(.wp[0-9]*)
     [ -d "${parts[0]}" ] || { echo "error: no .wp0 ...: run ../shared/tools/split-wheel.sh first" >&2; exit 2; }
     calls=$(mktemp -d)  # one folder per "call": the script and that call's one part, nothing else
+    trap 'rm -rf "$calls" /tmp/onnxruntime_gpu-*.whl' EXIT  # the parts, the joined wheel, its install
     for part in "${parts[@]}"; do
         mkdir -p "$calls/$part/scripts"
         cp scripts/gpu_ort_part.sh "$calls/$part/scripts/"
@@ -55,5 +57,4 @@ fi
 OUT=${OUT:-results/gpu-rehearsal} GPU_CHECK_WORK=${GPU_CHECK_WORK:-results/gpu-rehearsal-work} \
     GPU_CHECK_STEPS=${GPU_CHECK_STEPS:-imports,export-onnx,export-onnx-fp16,pytest-gpu,engine-wire} \
     GPU_CHECK_REHEARSAL=1 PYTHON="$VENV/bin/python" bash scripts/gpu_check.sh || rc=$?
-[ -z "${calls:-}" ] || rm -rf "$calls" /tmp/onnxruntime_gpu-*.whl  # the parts, the joined wheel, its install
 exit "${rc:-0}"

@@ -138,7 +138,12 @@ def markdown(report: dict) -> str:
     md = [
         f"# GPU check: {report['gpu']}",
         "",
-        f"Budget {report['budget_s']} s for the whole run. Every figure below was measured on this GPU.",
+        f"Budget {report['budget_s']} s for the whole run. "
+        + (  # gpu_check.sh GPU_CHECK_REHEARSAL=1 writes that line for the GPU's name
+            "A rehearsal on a CPU host: no figure below is a GPU's."
+            if report["gpu"].startswith("NO GPU")
+            else "Every figure below was measured on this GPU."
+        ),
         "",
         "| step | state | seconds | note |",
         "|---|---|---:|---|",

@@ -5,8 +5,10 @@ installed without their libraries."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -26,7 +28,9 @@ from service.backends.torch import cuda_graph_buckets
 from service.engine_load import choose_decode
 from service.errors import NotReady
 from service.settings import Settings
+from tests.conftest import wait_until
 from tests.fakes import pil_decode, pil_decode_repeating_chroma
+from tests.integration.test_processes import alive
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -327,11 +331,15 @@ def test_gpu_check_runs_its_steps_in_the_order_docs_gpu_md_lists(tmp_path, fake_
     assert len(documented) == 12 and ran == documented  # build-engine too: the fake imports tensorrt
 
 
-def test_a_gpu_check_killed_from_outside_leaves_the_report_of_every_step_that_finished(tmp_path, fake_python):
-    """The device tool's time limit kills the run: what it had measured must already be in $OUT."""
-    hanging = tmp_path / "python-hangs"  # the fp16 export never ends; everything before it is quick
-    hanging.write_text(
-        f'#!/usr/bin/env bash\ncase "$*" in *"--precision fp16"*) exec sleep 60 ;; esac\nexec {fake_python} "$@"\n'
+@pytest.mark.parametrize("stop", ["SIGKILL to its process group", "SIGTERM to the script"])
+def test_a_gpu_check_stopped_from_outside_leaves_the_report_of_every_step_that_finished(tmp_path, fake_python, stop):
+    """The device tool's time limit stops the run: what it had measured must already be in $OUT, and a
+    TERM also ends the running step's processes (a warm machine would run the next call beside them)."""
+    hanging, step_pid = tmp_path / "python-hangs", tmp_path / "step.pid"
+    hanging.write_text(  # the fp16 export never ends; everything before it is quick
+        "#!/usr/bin/env bash\n"
+        f'case "$*" in *"--precision fp16"*) echo $$ > {step_pid}; exec sleep 60 ;; esac\n'
+        f'exec {fake_python} "$@"\n'
     )
     hanging.chmod(0o755)
     work, out = tmp_path / "work", tmp_path / "out"
@@ -339,12 +347,20 @@ def test_a_gpu_check_killed_from_outside_leaves_the_report_of_every_step_that_fi
     run = subprocess.Popen(["bash", "scripts/gpu_check.sh"], cwd=REPO, env=env, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while not (work / "export-onnx-fp16.log").exists():  # the step after export-onnx has begun
-            assert time.monotonic() < deadline and run.poll() is None, "the fp16 export step never started"
-            time.sleep(0.1)
+        wait_until(lambda: step_pid.exists() and step_pid.read_text().strip(), 60, "the fp16 export step to start")
+        sleeper = int(step_pid.read_text())
+        if stop.startswith("SIGKILL"):
+            os.killpg(run.pid, signal.SIGKILL)  # no trap, no clean-up: only what was written before counts
+        else:
+            run.send_signal(signal.SIGTERM)
+        assert run.wait(30) in (-signal.SIGKILL, 143)
+        if stop.startswith("SIGTERM"):
+            wait_until(lambda: not alive(sleeper), 10, "the stopped step's process to end")
     finally:
-        os.killpg(run.pid, 9)  # the whole run at once, as a time limit does: no trap, no clean-up
+        with contextlib.suppress(ProcessLookupError, ValueError, OSError):
+            os.kill(int(step_pid.read_text()), signal.SIGKILL)  # the step's own group outlives a SIGKILL
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
         run.wait()
     report = json.loads((out / "gpu_check.json").read_text())
     assert [s["name"] for s in report["steps"]] == ["imports", "export-onnx"]
@@ -376,4 +392,5 @@ def test_a_rehearsal_runs_without_cuda_and_its_report_says_no_gpu_measured_it(tm
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["gpu"].startswith("NO GPU: a rehearsal on the CPU")
     assert [s["state"] for s in report["steps"] if s["name"] == "engine-wire"] == ["ok"]
-    assert "NO GPU: a rehearsal" in (out / "gpu_check.md").read_text()
+    md = (out / "gpu_check.md").read_text()
+    assert "NO GPU: a rehearsal" in md and "no figure below is a GPU's" in md and "measured on this GPU" not in md
