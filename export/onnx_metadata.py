@@ -85,12 +85,9 @@ def fp16_sibling_mismatch(onnx_path: str | Path, metadata: ModelMetadata | None 
     serves the fp32 file): an fp16 file of other sizes would answer as wrongly as other weights.
     """
     fp16 = fp16_sibling(onnx_path)
-    if not fp16.is_file():
-        return f"{fp16} is missing"
-    try:
-        meta = read_metadata(fp16)
-    except Exception as exc:  # unreadable or foreign file: making it again is the fix
-        return f"{fp16} has no usable metadata ({exc})"
+    meta, problem = read_export(fp16)
+    if meta is None:
+        return problem
     if meta.precision != "fp16":
         return f"{fp16} is {meta.precision}, not fp16"
     source = metadata if metadata is not None else read_metadata(onnx_path)
@@ -99,6 +96,17 @@ def fp16_sibling_mismatch(onnx_path: str | Path, metadata: ModelMetadata | None 
     if meta.preprocessing != source.preprocessing:
         return f"{fp16} preprocesses as {meta.preprocessing}, {onnx_path} as {source.preprocessing}"
     return None
+
+
+def read_export(path: Path) -> tuple[ModelMetadata | None, str]:
+    """(its metadata, "") for a usable export, else (None, why it must be made again): missing, or
+    unreadable or foreign (no metadata of ours)."""
+    if not path.is_file():
+        return None, f"{path} is missing"
+    try:
+        return read_metadata(path), ""
+    except Exception as exc:  # unreadable or foreign file: making it again is the fix
+        return None, f"{path} has no usable metadata ({exc})"
 
 
 def read_metadata(path: str | Path) -> ModelMetadata:

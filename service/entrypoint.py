@@ -36,14 +36,10 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from service.process import EXIT_INVALID_SETTINGS
-
-if TYPE_CHECKING:
-    from export.onnx_metadata import ModelMetadata
 
 log = logging.getLogger("entrypoint")
 
@@ -99,23 +95,13 @@ def apply_model_dir_defaults(model_dir: Path, environ) -> None:
             environ[CHECKPOINT_ENV] = str(found)
 
 
-def _read_export(onnx: Path) -> tuple[ModelMetadata | None, str]:
-    """(its metadata, "") for a usable export, else (None, why it must be made again)."""
-    if not onnx.is_file():
-        return None, f"{onnx} is missing"
-    from export.onnx_metadata import read_metadata
-
-    try:
-        return read_metadata(onnx), ""
-    except Exception as exc:  # unreadable or foreign file: rebuilding is the fix
-        return None, f"{onnx} has no usable metadata ({exc})"
-
-
 def onnx_needs_export(onnx: Path, checkpoint: Path | None, arch: str) -> str | None:
     """Why ``onnx`` must be (re)exported, or None when it already holds these weights and the
     preprocessing they were trained with (an export made before the ONNX carried it may not);
     the service refuses such an export by the same check (export/checkpoint_match.py)."""
-    meta, problem = _read_export(onnx)
+    from export.onnx_metadata import read_export
+
+    meta, problem = read_export(onnx)
     if meta is None:
         return problem
     if checkpoint is None:
