@@ -370,17 +370,12 @@ def test_a_gpu_check_stopped_from_outside_leaves_the_report_of_every_step_that_f
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a CUDA GPU: gpu_check.sh would run")
-def test_a_rehearsal_runs_without_cuda_and_its_report_says_no_gpu_measured_it(tmp_path):
+def test_a_rehearsal_runs_without_cuda_and_its_report_says_no_gpu_measured_it(tmp_path, fake_python):
     """scripts/gpu_rehearsal.sh: the same steps on a CPU host, under the device's package versions."""
     work, out = tmp_path / "work", tmp_path / "out"
-    fake = tmp_path / "python"  # no CUDA; the report for real; every other step (and pip) a success at once
+    fake = tmp_path / "python-no-cuda"  # the shared fake, but without CUDA
     fake.write_text(
-        "#!/usr/bin/env bash\n"
-        'case "$*" in\n'
-        "  *torch.cuda.is_available*) exit 1 ;;\n"
-        f'  *scripts/gpu_report.py*) exec {sys.executable} "$@" ;;\n'
-        '  *) echo "fake step: $*" ;;\n'
-        "esac\n"
+        f'#!/usr/bin/env bash\ncase "$*" in *torch.cuda.is_available*) exit 1 ;; esac\nexec {fake_python} "$@"\n'
     )
     fake.chmod(0o755)
     env = {**os.environ, "PYTHON": str(fake), "GPU_CHECK_WORK": str(work), "OUT": str(out)}
