@@ -2,7 +2,7 @@
 
 ``prepare`` (the batcher's prepare thread) reads each image from the arena it was written to and
 builds the backend's input; ``run`` (the inference thread) runs the backend, then softmax and top-k,
-and returns one ``ImageOutput`` per image (or ``ItemFailed`` for an image that could not be decoded).
+and returns one ``ImageOutput`` per image.
 
 Two paths, chosen by the backend:
 - host: backends that take a float32 NumPy batch (ONNX Runtime on the CPU). uint8 crops are
@@ -12,6 +12,13 @@ Two paths, chosen by the backend:
   straight into the backend's dtype, JPEGs are decoded on the GPU (``JpegDecoder``), and softmax +
   top-k run on the device, so only k rows come back. On CUDA, ``prepare`` runs on its own stream, so
   decoding batch k+1 overlaps inference of batch k.
+
+The engine decodes nothing on its CPU. A JPEG the GPU decoder does not take (nvJPEG refuses it, or
+it is corrupt behind a sound header), or a JPEG sent where there is no GPU decoder, is answered
+``decode="declined"`` with no rows, and its front end decodes it on its own CPU (with its decode
+budget, threads and the request's deadline) and sends the crop again (``service.pipeline``). A CPU
+decode here would run in the one thread that prepares every GPU batch and hold up every client's
+batch behind a slow or hostile image.
 
 Ties in top-k go to the lower class index on both paths (a stable sort), as ``postprocess.top_k``.
 """
@@ -23,18 +30,15 @@ import logging
 import os
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from export.onnx_metadata import ModelMetadata
 from service.arena import SLOT_BYTES, Arena, ArenaView
 from service.backends.base import Backend, bucket_for
-from service.batcher import ItemFailed
-from service.errors import ServiceError
 from service.postprocess import softmax
-from service.preprocess import PreprocessConfig, preprocess_uint8
-from service.wire import ImageRef
+from service.wire import DECLINED, ImageRef
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +59,14 @@ class ImageOutput:
     indices: np.ndarray | None
     probabilities: np.ndarray | None
     logits: np.ndarray | None
-    decode: str  # "cpu" (a front end), "gpu" (nvJPEG here), "engine-cpu" (fallback here)
+    decode: str  # "cpu" (a front end), "gpu" (nvJPEG here), "tensor" (sent as float32), or DECLINED
 
 
 @dataclass
 class Prepared:
     images: list[EngineImage]
     batch: object  # np.ndarray (host path) or torch.Tensor (tensor path), padded to a bucket
-    decode: list[str]
-    failed: dict[int, ServiceError] = field(default_factory=dict)
+    decode: list[str]  # per image: ImageOutput.decode
     ready: object = None  # torch.cuda.Event recorded after the input was written (CUDA only)
 
 
@@ -81,12 +84,10 @@ class EngineRunner:
         self,
         backend: Backend,
         metadata: ModelMetadata,
-        preprocess_config: PreprocessConfig,
         jpeg_decoder=None,  # service.gpu_decode.JpegDecoder, for backends that take tensors
     ) -> None:
         self.backend = backend
         self.metadata = metadata
-        self.preprocess_config = preprocess_config
         self.name = backend.name
         self.max_batch_size = backend.max_batch_size
         self.max_concurrency = backend.max_concurrency
@@ -110,11 +111,6 @@ class EngineRunner:
     def _padded(self, n: int) -> int:
         return bucket_for(n, self.backend.batch_sizes)
 
-    def _engine_cpu_crop(self, image: EngineImage) -> np.ndarray:
-        """A JPEG the GPU could not take (or no GPU decoder): the service's CPU decoder, here."""
-        data = bytes(image.arena.bytes(image.ref.offset, image.ref.nbytes))
-        return preprocess_uint8(data, self.preprocess_config)
-
     def _crop(self, image: EngineImage) -> np.ndarray:
         return image.arena.array(image.ref.offset, self._crop_shape, np.uint8)
 
@@ -127,7 +123,7 @@ class EngineRunner:
     def prepare(self, images: list[EngineImage]) -> Prepared:
         prepared = self._prepare_tensor(images) if self.tensor_path else self._prepare_host(images)
         with self._decoded_lock:
-            self._decoded.update(d for i, d in enumerate(prepared.decode) if i not in prepared.failed)
+            self._decoded.update(prepared.decode)
         return prepared
 
     @property
@@ -176,7 +172,7 @@ class EngineRunner:
         with self._decoded_lock:
             return dict(self._decoded)
 
-    def run(self, prepared: Prepared) -> list[ImageOutput | ItemFailed]:
+    def run(self, prepared: Prepared) -> list[ImageOutput]:
         n = len(prepared.images)
         k = max((image.top_k for image in prepared.images), default=0)
         want_logits = any(image.want_logits for image in prepared.images)
@@ -184,10 +180,10 @@ class EngineRunner:
             indices, probabilities, logits = self._run_tensor(prepared, n, k, want_logits)
         else:
             indices, probabilities, logits = self._run_host(prepared, n, k, want_logits)
-        outputs: list[ImageOutput | ItemFailed] = []
+        outputs: list[ImageOutput] = []
         for i, image in enumerate(prepared.images):
-            if i in prepared.failed:
-                outputs.append(ItemFailed(prepared.failed[i]))
+            if prepared.decode[i] == DECLINED:  # no pixels: its row of the batch is not its image
+                outputs.append(ImageOutput(None, None, None, DECLINED))
                 continue
             outputs.append(
                 ImageOutput(
@@ -200,9 +196,9 @@ class EngineRunner:
         return outputs
 
     def _sort(self, images: list[EngineImage], crops: np.ndarray) -> tuple[Prepared, dict[int, np.ndarray], list[int]]:
-        """Crops (from the arena, or decoded here on the CPU) into ``crops``; float32 rows (sent as such,
-        or preloaded) and JPEGs for the GPU decoder set aside: (what is known so far, {index: float32
-        (3, S, S)}, [indices to decode])."""
+        """Crops from the arena into ``crops``; float32 rows (sent as such, or preloaded) and JPEGs for
+        the GPU decoder set aside: (what is known so far, {index: float32 (3, S, S)}, [indices to
+        decode]). JPEGs are declined where there is no GPU decoder."""
         prepared = Prepared(images, None, [])
         fp32_rows: dict[int, np.ndarray] = {}
         jpegs: list[int] = []
@@ -220,12 +216,8 @@ class EngineRunner:
             elif self.jpeg_decoder is not None:
                 jpegs.append(i)
                 prepared.decode.append("gpu")
-            else:  # a JPEG and no GPU decoder: decode it on this CPU
-                prepared.decode.append("engine-cpu")
-                try:
-                    crops[i] = self._engine_cpu_crop(image)
-                except ServiceError as exc:
-                    prepared.failed[i] = exc
+            else:  # a JPEG and no GPU decoder (only a front end out of step with this engine sends one)
+                prepared.decode.append(DECLINED)
         return prepared, fp32_rows, jpegs
 
     # -- host path (float32 NumPy batches) ----------------------------------------------------------
@@ -272,7 +264,7 @@ class EngineRunner:
         crops_host[n:] = 0
         host = crops_host.numpy()
         prepared, fp32_rows, jpegs = self._sort(images, host)
-        decode, failed = prepared.decode, prepared.failed
+        decode = prepared.decode
         stream = self._prepare_stream
         context = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
         with context, torch.inference_mode():
@@ -284,11 +276,8 @@ class EngineRunner:
                 if not isinstance(crop, Exception):
                     on_device[i] = crop
                     continue
-                decode[i] = "engine-cpu"  # into the host buffer, which is not yet copied
-                try:
-                    host[i] = self._engine_cpu_crop(images[i])
-                except ServiceError as exc:
-                    failed[i] = exc
+                log.debug("the GPU decoder declined a JPEG (%s): back to its front end", crop)
+                decode[i] = DECLINED  # its row in the batch stays unwritten
             # One asynchronous copy from pinned memory; a copy from pageable memory would wait for the GPU.
             chw = crops_host.to(device, non_blocking=True).permute(0, 3, 1, 2)  # (padded, 3, S, S) uint8 view
             if on_device:

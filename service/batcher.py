@@ -55,14 +55,6 @@ class InferenceResult:
         return self.output
 
 
-class ItemFailed(Exception):
-    """Raised in place of one image's output by a runner: that image fails, the batch goes on."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
 class BatchRunner(Protocol):
     """Two stages per batch; ``prepare`` of the next batch may overlap ``run`` of this one."""
 
@@ -73,7 +65,7 @@ class BatchRunner(Protocol):
 
     def prepare(self, payloads: list[Any]) -> Any: ...
 
-    def run(self, prepared: Any) -> list[Any]: ...  # one output (or ItemFailed) per payload
+    def run(self, prepared: Any) -> list[Any]: ...  # one output per payload
 
 
 class BackendRunner:
@@ -318,10 +310,7 @@ class Batcher:
             for item, output in zip(batch, outputs, strict=True):
                 if item.future.done():
                     continue
-                if isinstance(output, ItemFailed):
-                    item.future.set_exception(output.error)
-                else:
-                    item.future.set_result(InferenceResult(output, (started - item.enqueued) * 1000, elapsed * 1000, n))
+                item.future.set_result(InferenceResult(output, (started - item.enqueued) * 1000, elapsed * 1000, n))
         except Exception as exc:
             self._stats.consecutive_failures += 1
             self._metrics.backend_failures.inc()

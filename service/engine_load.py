@@ -12,7 +12,6 @@ from service import wire
 from service.backends import Selection, select_backend
 from service.batch_runner import EngineRunner
 from service.errors import LoadStopped, NotReady
-from service.preprocess import PreprocessConfig
 from service.settings import Settings
 
 log = logging.getLogger("service.engine")
@@ -83,10 +82,9 @@ def load_model(settings: Settings, stop: threading.Event | None = None) -> Loade
         log.warning("SERVING AN UNTRAINED MODEL: its labels are meaningless (weights: untrained)")
     try:
         check_stop("choosing the decode path")
-        config = PreprocessConfig.for_model(meta, s.max_image_pixels, s.jpeg_draft)
         decoder, decode_reason = choose_decode(s, selection)
         log.info("JPEG decoding: %s", decode_reason)
-        runner = EngineRunner(backend, meta, config, decoder)
+        runner = EngineRunner(backend, meta, decoder)
         if s.warmup:
             check_stop("the warm-up")
             t1 = time.perf_counter()

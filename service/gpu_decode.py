@@ -1,7 +1,7 @@
 """JPEG decoding on the GPU for the engine: nvJPEG, through nvImageCodec where it is installed, else
 through torchvision, then the shared tensor resize + crop, all on the device. Images it cannot take
-come back as exceptions, per image, and the engine decodes those on its CPU instead
-(service.preprocess), so a client never sees the difference.
+come back as exceptions, per image; the engine declines those and their front end decodes them on
+its CPU instead (service.batch_runner), so a client never sees the difference.
 
 Why more than one: the CPU path (PIL, libjpeg-turbo) interpolates the colour of 4:2:0 and 4:2:2 JPEGs
 (most photos); ``torchvision.io.decode_jpeg(device="cuda")`` creates nvJPEG with its default flags,
@@ -93,8 +93,8 @@ def nvimgcodec_decoder(device: str, fancy_upsampling: bool = True, hardware: boo
 
     On CUDA only its GPU decoders are allowed: the hardware JPEG decoder first where ``hardware`` and
     the GPU has one, then nvJPEG's CUDA decoders. A JPEG they refuse comes back as an exception and goes
-    to the engine's CPU path (the service's decode, with its limits), not to nvImageCodec's own CPU
-    decoders. On ``cpu`` the same calls run its libjpeg-turbo decoder (``hardware`` changes nothing
+    back to a front end's CPU path (the service's decode, with its limits), not to nvImageCodec's own
+    CPU decoders. On ``cpu`` the same calls run its libjpeg-turbo decoder (``hardware`` changes nothing
     there), so a CPU host tests this code.
     The decode is ordered on the caller's current stream, as are the frees of its images (their memory
     goes back to the stream they were decoded on): keep using them on that stream. That memory comes

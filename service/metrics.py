@@ -56,8 +56,9 @@ class Metrics:
         self.ready = Gauge("alexnet_ready", "1 when the model is loaded, warm and healthy", registry=r)
         self.decoded = Counter(
             "alexnet_images_decoded_total",
-            "Images by where they were decoded: cpu (a front end), gpu (nvJPEG in the engine), "
-            "engine-cpu (the engine's CPU, for JPEGs the GPU did not take), tensor (sent as float32)",
+            "Images by where they were decoded: cpu (a front end), gpu (nvJPEG in the engine), tensor (sent "
+            "as float32); declined: JPEGs the GPU decoder did not take, sent back to a front end and counted "
+            "again under cpu",
             ["path"],
             registry=r,
         )

@@ -8,7 +8,9 @@ Where an image is decoded (the engine tells which, in its ModelInfo):
   normalises on the backend's device).
 - ``gpu``: JPEGs only have their header checked here (format, size limits, EXIF orientation) and
   their bytes copied into the arena; the engine decodes them with nvJPEG. Everything else (PNG,
-  WebP, GIF, BMP, TIFF, CMYK or very large JPEGs) takes the CPU path above, image by image.
+  WebP, GIF, BMP, TIFF, CMYK or very large JPEGs) takes the CPU path above, image by image. A JPEG
+  the engine declines (nvJPEG refused it) comes back without an answer; ``wait`` decodes it here, on
+  the CPU path, and sends the crop, within the same deadline.
 """
 
 from __future__ import annotations
@@ -55,7 +57,20 @@ class Staged:
 
     ref: wire.ImageRef
     span: Span
-    preprocess_ms: float
+    preprocess_ms: float  # here, in the front end (a declined JPEG's CPU decode is added to it)
+    jpeg: bytes | None = None  # a "jpeg" ref's bytes: decoded here should the engine decline them
+
+
+@dataclass(slots=True)
+class Submitted:
+    """Images handed to the engine: what ``wait`` and ``cancel`` take."""
+
+    staged: list[Staged]
+    deadline: float
+    top_k: int
+    want_logits: bool
+    request_id: int
+    future: asyncio.Future
 
 
 class Pipeline:
@@ -128,14 +143,19 @@ class Pipeline:
         seconds, waited = self._stage_crop(data, span, config, abandoned)
         return wire.ImageRef("crop", span.offset, config.crop_bytes), seconds, waited
 
-    async def prepare(self, images: list[bytes]) -> list[Staged]:
+    async def prepare(
+        self, images: list[bytes], gpu: bool | None = None, positions: list[int] | None = None
+    ) -> list[Staged]:
         """Decode (or check) every image on the decode threads, off the event loop, into the arena.
+        ``gpu``: JPEGs go to the engine as bytes (default: where the engine decodes them).
 
         The first bad image's ServiceError is raised, naming which image it was when there are
-        several; then no slot stays taken.
+        several (by ``positions``, the images' places in their request, where given); then no slot
+        stays taken.
         """
         config = self.config()
-        gpu = self.model.decode == "gpu"
+        if gpu is None:
+            gpu = self.model.decode == "gpu"
         spans: list[Span] = []
         try:
             for data in images:
@@ -161,15 +181,15 @@ class Pipeline:
             if isinstance(result, BaseException):
                 for span in spans:
                     self.arena.free(span)
-                if isinstance(result, ServiceError) and len(images) > 1:
-                    result.message = f"image {index}: {result.message}"
+                if isinstance(result, ServiceError) and (positions is not None or len(images) > 1):
+                    result.message = f"image {index if positions is None else positions[index]}: {result.message}"
                 raise result
         staged = []
-        for (ref, seconds, waited), span in zip(results, spans, strict=True):  # type: ignore[misc]
+        for (ref, seconds, waited), span, data in zip(results, spans, images, strict=True):  # type: ignore[misc]
             self.client.observe(("preprocess", seconds))
             if waited is not None:
                 self.client.observe(("decode_memory_wait", waited))
-            staged.append(Staged(ref, span, seconds * 1000))
+            staged.append(Staged(ref, span, seconds * 1000, data if ref.kind == "jpeg" else None))
         return staged
 
     def _free_when_done(self, jobs: list, spans: list[Span]) -> None:
@@ -207,28 +227,60 @@ class Pipeline:
             self.arena.free(item.span)
 
     # -- inference ----------------------------------------------------------------------------------
-    def submit(
-        self, staged: list[Staged], deadline: float, top_k: int, want_logits: bool = False
-    ) -> tuple[int, asyncio.Future]:
+    def submit(self, staged: list[Staged], deadline: float, top_k: int, want_logits: bool = False) -> Submitted:
         """Send the images to the engine, now (no await: nothing can come between the staging and
         this hand-over). From here on their slots are the engine client's: freed when the engine has
-        answered. Returns what ``wait`` and ``cancel`` take."""
-        return self.client.submit([s.ref for s in staged], [s.span for s in staged], deadline, top_k, want_logits)
+        answered. ``deadline``: time.monotonic()."""
+        refs, spans = [s.ref for s in staged], [s.span for s in staged]
+        request_id, future = self.client.submit(refs, spans, deadline, top_k, want_logits)
+        return Submitted(staged, deadline, top_k, want_logits, request_id, future)
 
-    def cancel(self, request_id: int) -> None:
-        self.client.cancel(request_id)
+    def cancel(self, submitted: Submitted) -> None:
+        self.client.cancel(submitted.request_id)
 
-    async def wait(self, request_id: int, future: asyncio.Future, deadline: float) -> list[wire.ImageResult]:
-        """The engine's answer, or DeadlineExceeded at ``deadline`` (time.monotonic())."""
+    async def wait(self, submitted: Submitted) -> list[wire.ImageResult]:
+        """The engine's answer, one result per image, or DeadlineExceeded at the deadline. JPEGs the
+        engine declined are decoded here and sent again first (``_redo_declined``)."""
+        results = await self._answer(submitted)
+        declined = [i for i, result in enumerate(results) if result.decode == wire.DECLINED]
+        if declined:
+            await self._redo_declined(submitted, results, declined)
+        return results
+
+    async def _answer(self, submitted: Submitted) -> list[wire.ImageResult]:
         try:
-            result = await asyncio.wait_for(future, timeout=max(0.0, deadline - time.monotonic()))
+            timeout = max(0.0, submitted.deadline - time.monotonic())
+            result = await asyncio.wait_for(submitted.future, timeout=timeout)
         except TimeoutError:
-            self.cancel(request_id)
+            self.cancel(submitted)
             raise DeadlineExceeded("the request's deadline passed before inference finished; retry later") from None
         except asyncio.CancelledError:
-            self.cancel(request_id)
+            self.cancel(submitted)
             raise
         return self.client.unpack(result)
+
+    async def _redo_declined(self, submitted: Submitted, results: list[wire.ImageResult], declined: list[int]) -> None:
+        """JPEGs the engine's GPU decoder refused (or corrupt ones behind a sound header): decoded on
+        this process's CPU path, with its decode threads and budget (a corrupt one fails here, as on
+        the CPU path), submitted as crops, and their answers put in their places in ``results``."""
+        first = submitted.staged
+        jpegs: list[bytes] = []
+        for i in declined:
+            data = first[i].jpeg
+            if data is None:  # only JPEGs sent as bytes can be declined
+                raise RuntimeError(f"the engine declined image {i}, which it was sent as {first[i].ref.kind}")
+            jpegs.append(data)
+        positions = declined if len(first) > 1 else None
+        try:
+            timeout = max(0.0, submitted.deadline - time.monotonic())
+            staged = await asyncio.wait_for(self.prepare(jpegs, gpu=False, positions=positions), timeout=timeout)
+        except TimeoutError:
+            raise DeadlineExceeded("the request's deadline passed while its images were decoded; retry later") from None
+        for i, stage in zip(declined, staged, strict=True):
+            first[i].preprocess_ms += stage.preprocess_ms
+        again = self.submit(staged, submitted.deadline, submitted.top_k, submitted.want_logits)
+        for i, result in zip(declined, await self._answer(again), strict=True):
+            results[i] = result
 
     def predictions(self, result: wire.ImageResult) -> list[dict]:
         """``[{"label", "index", "probability"}]``, most probable first."""

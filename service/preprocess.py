@@ -222,7 +222,7 @@ def preprocess(data: bytes, config: PreprocessConfig) -> np.ndarray:
 # The JPEG frames nvJPEG decodes: Huffman-coded DCT, baseline (SOF0), extended sequential (SOF1) and
 # progressive (SOF2). Not lossless (SOF3), hierarchical (SOF5-7) or arithmetic-coded (SOF9-15) JPEGs,
 # which PIL (libjpeg-turbo) decodes: those stay in the front ends, rather than going to the engine only
-# to fall back to its CPU there, one at a time, in the thread that prepares every GPU batch.
+# to be declined there and come back (a round trip and a batch slot for nothing).
 GPU_JPEG_FRAMES = frozenset({0xC0, 0xC1, 0xC2})
 _NOT_FRAMES = frozenset({0xC4, 0xC8, 0xCC})  # DHT, JPG (reserved), DAC: in the SOF range, not frames
 

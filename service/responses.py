@@ -67,8 +67,9 @@ class ClassifiedImage(BaseModel):
     filename: str | None = Field(description="the multipart field's filename; null for a raw body")
     predictions: list[Prediction] = Field(description="the top_k most probable labels, most probable first")
     batch_size: int = Field(description="how many images shared the backend call")
-    decode: Literal["cpu", "gpu", "engine-cpu"] = Field(
-        description="where the image was decoded: a front end, nvJPEG in the engine, or the engine's CPU"
+    decode: Literal["cpu", "gpu"] = Field(
+        description="where the image was decoded: a front end's CPU (also for a JPEG the GPU decoder "
+        "declined), or nvJPEG in the engine"
     )
     timings_ms: ImageTimings
 

@@ -28,8 +28,11 @@ HEADER = struct.Struct("<I")
 MAX_FRAME = 256 * 2**20  # a 1000-class top-k for 4096 images is ~32 MB; anything larger is a bug
 HELLO = struct.Struct("<8sIIQ")  # magic, protocol version, front-end index, pid
 MAGIC = b"ALEXNETS"
-PROTOCOL = 2  # 2: per-request messages as extension codes (per_request)
+PROTOCOL = 3  # 2: per-request messages as extension codes (per_request); 3: DECLINED images
 STATUS_INTERVAL_S = 0.5  # heartbeat: a front end that hears nothing for several of these reconnects
+# ImageResult.decode of a JPEG the engine did not decode (its GPU decoder refused it, or there is none):
+# no rows; the front end decodes it on its CPU and submits the crop (service.pipeline).
+DECLINED = "declined"
 
 
 def per_request(code: int):
@@ -109,7 +112,7 @@ class ImageResult:
     queue_ms: float
     inference_ms: float
     batch_size: int
-    decode: str  # where the pixels came from: "cpu" (front end), "gpu" (nvJPEG), "engine-cpu" (fallback)
+    decode: str  # where the pixels came from: "cpu" (front end), "gpu" (nvJPEG), "tensor" (float32); or DECLINED
 
 
 @per_request(243)

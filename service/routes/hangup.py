@@ -67,7 +67,5 @@ async def infer_while_connected(
     request: Request, pipeline: Pipeline, staged: list[Staged], deadline: float, top_k: int, want_logits: bool = False
 ) -> list[ImageResult]:
     """Submit to the engine and wait; cancelled if the client leaves first, so its images take no batch slot."""
-    request_id, future = pipeline.submit(staged, deadline, top_k, want_logits)
-    return await while_connected(
-        request, pipeline.wait(request_id, future, deadline), on_hangup=lambda: pipeline.cancel(request_id)
-    )
+    submitted = pipeline.submit(staged, deadline, top_k, want_logits)
+    return await while_connected(request, pipeline.wait(submitted), on_hangup=lambda: pipeline.cancel(submitted))

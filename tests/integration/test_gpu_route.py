@@ -1,12 +1,15 @@
 """The GPU decode route end to end, on the CPU: a front end hands JPEG bytes (not crops) through the
 arena to the engine, which decodes them with the tensor path's decoder, resizes and crops them as
-tensors and answers; what the GPU does not take goes the CPU way, per image.
+tensors and answers; what the GPU does not take goes the CPU way, per image: what the front end
+knows nvJPEG does not take it decodes itself, and a JPEG the decoder refuses the engine declines,
+and the front end decodes it then.
 
 Only the device is stood in for: the engine's backend takes tensors on the CPU (as ONNX Runtime does on
 CUDA) and its JPEG decoder is tests.fakes.pil_decode (nvJPEG's contract: bytes in, (3, H, W) uint8
 out, a RuntimeError for what it cannot decode), which also refuses JPEGs whose comment says so, as
 nvJPEG refuses the kinds it does not decode. The front end's choice of route (service/pipeline.py),
-the wire, the engine's fallback to its CPU, the answers and /metrics are the service's own."""
+the wire, the engine's declining and the front end's decode of what it declined, the answers and
+/metrics are the service's own."""
 
 from __future__ import annotations
 
@@ -166,20 +169,56 @@ def test_a_jpeg_over_the_gpu_pixel_bound_is_decoded_by_the_front_end(servers):
     assert answer(gpu.url, data)["decode"] == "cpu"
 
 
-def test_a_jpeg_the_gpu_decoder_refuses_is_decoded_by_the_engines_cpu_and_answered_as_on_the_cpu(servers):
+def slots_in_use(server) -> int:
+    return server.frontend.pipeline.arena.used_slots
+
+
+def test_a_jpeg_the_gpu_decoder_refuses_is_declined_then_decoded_by_the_front_end_as_on_the_cpu(servers):
     gpu, cpu = servers
     data = encode(photo(4, seed=5), quality=92, comment=REFUSED)
-    before = decoded(gpu.url, "engine-cpu")
+    declined, on_cpu_path = decoded(gpu.url, "declined"), decoded(gpu.url, "cpu")
+    GIVEN.clear()
     on_gpu_route, on_cpu = answer(gpu.url, data), answer(cpu.url, data)
-    assert on_gpu_route["decode"] == "engine-cpu" and decoded(gpu.url, "engine-cpu") == before + 1
+    assert set(GIVEN) == {data}  # the engine's decoder was handed its bytes (as a batch, then alone)
+    assert on_gpu_route["decode"] == "cpu" and on_gpu_route["timings_ms"]["preprocess"] > 0
+    assert (decoded(gpu.url, "declined"), decoded(gpu.url, "cpu")) == (declined + 1, on_cpu_path + 1)
     assert_same_answer(on_gpu_route, on_cpu, atol=1e-7)  # the same decode and preprocessing
+    assert slots_in_use(gpu) == 0
+
+
+def test_declined_jpegs_keep_their_places_among_a_requests_images(servers):
+    gpu, cpu = servers
+    images = [
+        encode(photo(1, seed=7), quality=92),
+        encode(photo(2, seed=8), quality=92, comment=REFUSED),
+        encode(photo(3, seed=9), quality=92),
+        encode(photo(4, seed=10), quality=92, comment=REFUSED),
+    ]
+    files = [("file", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
+    r_gpu = httpx.post(gpu.url + "/classify", files=files, params={"top_k": NUM_CLASSES}, timeout=60)
+    r_cpu = httpx.post(cpu.url + "/classify", files=files, params={"top_k": NUM_CLASSES}, timeout=60)
+    assert r_gpu.status_code == 200, r_gpu.text
+    got, want = r_gpu.json()["results"], r_cpu.json()["results"]
+    assert [r["filename"] for r in got] == ["0.jpg", "1.jpg", "2.jpg", "3.jpg"]
+    assert [r["decode"] for r in got] == ["gpu", "cpu", "gpu", "cpu"]
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert_same_answer(g, w, atol=1e-7 if g["decode"] == "cpu" else 0.02, what=f"image {i}")
+    assert slots_in_use(gpu) == 0
 
 
 def test_a_broken_jpeg_that_reaches_the_engine_fails_alone_and_as_on_the_cpu(servers):
     gpu, cpu = servers
     whole = encode(photo(2, seed=6), quality=92)
     truncated = whole[: len(whole) // 2]  # a sound header (the front end sends it on), half its scan
+    GIVEN.clear()
     r_gpu, r_cpu = classify(gpu.url, truncated), classify(cpu.url, truncated)
+    assert set(GIVEN) == {truncated}  # it did reach the engine's decoder
     assert r_cpu.status_code == 400
-    assert (r_gpu.status_code, r_gpu.json()["kind"]) == (r_cpu.status_code, r_cpu.json()["kind"])
+    assert (r_gpu.status_code, r_gpu.json()) == (r_cpu.status_code, r_cpu.json())
+    files = [("file", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate([whole, truncated])]
+    r_gpu = httpx.post(gpu.url + "/classify", files=files, timeout=60)
+    r_cpu = httpx.post(cpu.url + "/classify", files=files, timeout=60)
+    assert r_gpu.status_code == 400 and r_gpu.json()["error"].startswith("image 1: ")
+    assert r_gpu.json() == r_cpu.json()  # named by its place in the request, as on the CPU path
+    assert slots_in_use(gpu) == 0
     assert answer(gpu.url, whole)["decode"] == "gpu"  # the route goes on

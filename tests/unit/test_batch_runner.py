@@ -16,13 +16,11 @@ from PIL import Image
 from service.arena import SLOT_BYTES, Arena, ArenaView
 from service.backends import select_backend
 from service.batch_runner import EngineImage, EngineRunner, top_k_rows
-from service.batcher import ItemFailed
-from service.errors import CorruptImage
 from service.gpu_decode import JpegDecoder, start_jpeg_decoder
 from service.postprocess import softmax
 from service.preprocess import PreprocessConfig, preprocess_uint8
 from service.settings import Settings
-from service.wire import ImageRef
+from service.wire import DECLINED, ImageRef
 from tests.conftest import select_onnxruntime_cuda
 from tests.fakes import pil_decode
 
@@ -81,7 +79,7 @@ def run(runner: EngineRunner, images: list[EngineImage]):
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch", "onnxruntime-tensors"])
 def test_crops_in_the_arena_give_the_reference_top_k_on_both_paths(fitted, selections, backend):
     selection = selections[backend]
-    runner = EngineRunner(selection.backend, selection.metadata, CONFIG)
+    runner = EngineRunner(selection.backend, selection.metadata)
     assert runner.tensor_path == (backend != "onnxruntime")
     items = fitted.eval_images(per_class=2)
     pngs = [data for data, _ in items]
@@ -99,7 +97,7 @@ def test_crops_in_the_arena_give_the_reference_top_k_on_both_paths(fitted, selec
 
 def test_a_float32_tensor_and_a_crop_share_a_batch(fitted, selections):
     selection = selections["torch"]
-    runner = EngineRunner(selection.backend, selection.metadata, CONFIG)
+    runner = EngineRunner(selection.backend, selection.metadata)
     png = fitted.eval_images(per_class=1)[3][0]
     from model.preprocessing import normalize
 
@@ -115,7 +113,7 @@ def test_jpegs_decoded_by_the_tensor_path_agree_with_the_cpu_path(fitted, select
     selection = selections[backend]
     meta = selection.metadata
     decoder = JpegDecoder("cpu", meta.resize_size, meta.input_size, decode_batch=pil_decode)
-    runner = EngineRunner(selection.backend, meta, CONFIG, decoder)
+    runner = EngineRunner(selection.backend, meta, decoder)
     assert runner.prepare_ahead
     jpegs = [jpeg(d) for d, _ in fitted.eval_images(per_class=2)]
     staging = Staging()
@@ -127,7 +125,7 @@ def test_jpegs_decoded_by_the_tensor_path_agree_with_the_cpu_path(fitted, select
     assert all(g.indices[0] == c.indices[0] for g, c in zip(on_gpu_path, on_cpu_path, strict=True))
 
 
-def test_a_jpeg_the_decoder_refuses_falls_back_to_the_cpu_and_a_corrupt_one_fails_alone(fitted, selections):
+def test_jpegs_the_decoder_refuses_are_declined_alone_the_rest_of_the_batch_answered(fitted, selections):
     selection = selections["torch"]
     meta = selection.metadata
 
@@ -138,7 +136,7 @@ def test_a_jpeg_the_decoder_refuses_falls_back_to_the_cpu_and_a_corrupt_one_fail
             raise RuntimeError("unsupported")
         return pil_decode(tensors)
 
-    runner = EngineRunner(selection.backend, meta, CONFIG, JpegDecoder("cpu", 256, 224, refuses_cmyk_like))
+    runner = EngineRunner(selection.backend, meta, JpegDecoder("cpu", 256, 224, refuses_cmyk_like))
     good = [jpeg(d) for d, _ in fitted.eval_images(per_class=1)[:4]]
     good = [d if len(d) % 2 == 0 else d + b"\x00" for d in good]  # trailing bytes after EOI are ignored
     odd = good[0] + b"\x00"
@@ -146,15 +144,27 @@ def test_a_jpeg_the_decoder_refuses_falls_back_to_the_cpu_and_a_corrupt_one_fail
     corrupt = corrupt if len(corrupt) % 2 else corrupt + b"\xff"
     staging = Staging()
     outputs = run(runner, staging.images([staging.jpeg(d) for d in (*good, odd, corrupt)]))
-    assert [o.decode for o in outputs[:4]] == ["gpu"] * 4
-    assert outputs[4].decode == "engine-cpu" and outputs[4].indices[0] == outputs[0].indices[0]
-    assert isinstance(outputs[5], ItemFailed) and isinstance(outputs[5].error, CorruptImage)
+    assert [o.decode for o in outputs] == ["gpu"] * 4 + [DECLINED] * 2
+    assert all(o.indices is not None and len(o.indices) == 5 for o in outputs[:4])
+    assert all(o.indices is None and o.probabilities is None and o.logits is None for o in outputs[4:])
+    assert runner.decoded() == {"gpu": 4, DECLINED: 2}
+
+
+def test_a_jpeg_is_declined_where_there_is_no_gpu_decoder(fitted, selections):
+    png = fitted.eval_images(per_class=1)[0][0]
+    for backend in ("torch", "onnxruntime"):  # the tensor path and the host path
+        selection = selections[backend]
+        runner = EngineRunner(selection.backend, selection.metadata)
+        staging = Staging()
+        crop, declined = run(runner, staging.images([staging.crop(png), staging.jpeg(jpeg(png))]))
+        assert (crop.decode, declined.decode) == ("cpu", DECLINED)
+        assert crop.indices is not None and declined.indices is None
 
 
 def test_exif_orientation_sent_by_the_front_end_is_applied_after_decoding(fitted, selections):
     selection = selections["torch"]
     meta = selection.metadata
-    runner = EngineRunner(selection.backend, meta, CONFIG, JpegDecoder("cpu", 256, 224, pil_decode))
+    runner = EngineRunner(selection.backend, meta, JpegDecoder("cpu", 256, 224, pil_decode))
     png = fitted.eval_images(per_class=1)[2][0]
     upright = Image.open(io.BytesIO(png)).convert("RGB").crop((0, 0, 256, 200))  # not square: turns matter
     out = io.BytesIO()
@@ -185,7 +195,7 @@ def test_the_warm_up_runs_the_tensor_path_once_with_a_crop_and_a_jpeg_and_counts
     selection = selections[backend]
     meta = selection.metadata
     runner = EngineRunner(
-        selection.backend, meta, CONFIG, JpegDecoder("cpu", 256, 224, pil_decode) if backend != "onnxruntime" else None
+        selection.backend, meta, JpegDecoder("cpu", 256, 224, pil_decode) if backend != "onnxruntime" else None
     )
     seen, ran = [], []
     prepare, run_batch = runner._prepare_tensor, runner.run
@@ -212,7 +222,7 @@ def test_the_uint8_hand_off_gives_the_float_path_batch_exactly(fitted, selection
     from service.preprocess import preprocess
 
     selection = selections["onnxruntime"]
-    runner = EngineRunner(selection.backend, selection.metadata, CONFIG)
+    runner = EngineRunner(selection.backend, selection.metadata)
     images = [d for d, _ in fitted.eval_images(per_class=1)] + [jpeg(d, 80) for d, _ in fitted.eval_images(1)]
     staging = Staging()
     prepared = runner.prepare(staging.images([staging.crop(d) for d in images]))
@@ -224,7 +234,7 @@ def test_crops_preloaded_on_arrival_give_the_same_batch(fitted, selections):
     """The host path normalises crops that arrive during a running batch at once (preload): the batch
     formed later is the same as normalising them then, and a mix of both is too."""
     selection = selections["onnxruntime"]
-    runner = EngineRunner(selection.backend, selection.metadata, CONFIG)
+    runner = EngineRunner(selection.backend, selection.metadata)
     assert runner.preloads
     images = [d for d, _ in fitted.eval_images(per_class=1)]
     staging = Staging()
@@ -249,13 +259,13 @@ def test_on_cuda_crops_and_jpegs_decoded_by_nvjpeg_give_the_cpu_top_1(fitted, se
     assert selection.backend.takes_tensors
     meta = selection.metadata
     decoder, _name = start_jpeg_decoder(selection.backend.device, 256, 224)  # as the engine chooses
-    runner = EngineRunner(selection.backend, meta, CONFIG, decoder)
+    runner = EngineRunner(selection.backend, meta, decoder)
     jpegs = [jpeg(d) for d, _ in fitted.eval_images(per_class=2)]
     staging = Staging()
     crops = staging.images([staging.crop(d) for d in jpegs], want_logits=True)
     outputs = run(runner, crops + staging.images([staging.jpeg(d) for d in jpegs], want_logits=True))
     cpu = selections["onnxruntime"]  # fp32 on the CPU, the host path: the reference
-    reference = run(EngineRunner(cpu.backend, cpu.metadata, CONFIG), crops)
+    reference = run(EngineRunner(cpu.backend, cpu.metadata), crops)
     n = len(jpegs)
     assert [o.decode for o in outputs] == ["cpu"] * n + ["gpu"] * n
     for out, want in zip(outputs[:n], reference, strict=True):  # the same uint8 crops: fp16 rounding only

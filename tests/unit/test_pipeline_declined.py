@@ -1,0 +1,198 @@
+"""JPEGs the engine declines (its GPU decoder refused them): the front end decodes them on its CPU path
+and sends the crops, within the request's deadline, and every slot comes back whatever happens.
+
+The engine is a fake client that holds each Submit until the test answers it (the real engine and the
+whole route are in tests/integration/test_gpu_route.py); the arena, decode threads, decode budget and
+preprocessing are the service's own."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service import wire
+from service.arena import SLOT_BYTES, Arena, ArenaView
+from service.decode_budget import DecodeBudget
+from service.errors import CorruptImage, DeadlineExceeded, error_from_kind
+from service.pipeline import Pipeline
+from service.preprocess import PreprocessConfig, preprocess_uint8
+
+MODEL = wire.ModelInfo(
+    arch="alexnet",
+    weights="untrained",
+    untrained=True,
+    weights_sha256="",
+    labels=[str(i) for i in range(10)],
+    input_size=224,
+    resize_size=256,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    backend={},
+    backend_reason="",
+    backends_skipped={},
+    decode="gpu",
+    decode_reason="",
+)
+
+
+def jpeg(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+class FakeEngine:
+    """The EngineClient's side the pipeline uses. Spans are freed when a Result is given, as the real
+    client does; ``submits`` keeps each Submit's refs (with what the arena held for them, read as the
+    engine reads it)."""
+
+    def __init__(self, arena: Arena) -> None:
+        self.arena = arena
+        self.view = ArenaView(os.dup(arena.fd))
+        self.model = MODEL
+        self.submits: list[tuple[int, list[wire.ImageRef], list[bytes]]] = []
+        self.pending: dict[int, tuple[asyncio.Future, list]] = {}
+        self.cancelled: list[int] = []
+
+    def submit(self, refs, spans, deadline, top_k, want_logits):
+        rid = len(self.submits) + 1
+        held = [bytes(self.view.bytes(ref.offset, ref.nbytes)) for ref in refs]
+        self.submits.append((rid, refs, held))
+        future = asyncio.get_running_loop().create_future()
+        self.pending[rid] = (future, spans)
+        return rid, future
+
+    def answer(self, rid: int, decodes: list[str]) -> None:
+        future, spans = self.pending.pop(rid)
+        for span in spans:
+            self.arena.free(span)
+        results = [
+            wire.ImageResult(
+                None if d == wire.DECLINED else [rid], None if d == wire.DECLINED else [1.0], None, 0.0, 0.0, 1, d
+            )
+            for d in decodes
+        ]
+        if not future.done():  # a cancelled wait cancels its future
+            future.set_result(wire.Result(rid, images=results))
+
+    def cancel(self, rid: int) -> None:
+        self.cancelled.append(rid)
+
+    @staticmethod
+    def unpack(result: wire.Result) -> list[wire.ImageResult]:
+        if result.error_kind is not None:
+            raise error_from_kind(result.error_kind, result.error_message or "")
+        return result.images or []
+
+    def observe(self, event: tuple) -> None:
+        pass
+
+    def not_ready_reason(self) -> None:
+        return None
+
+
+@pytest.fixture
+def setup():
+    arena = Arena(16, SLOT_BYTES, name="test-pipeline-declined")
+    engine = FakeEngine(arena)
+    pipeline = Pipeline(engine, arena, DecodeBudget(1 << 30), 2, 50_000_000, True)  # type: ignore[arg-type]
+    yield pipeline, engine, arena
+    pipeline.close()
+    engine.view.close()
+    arena.close()
+
+
+async def until(condition, timeout_s: float = 10.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def test_declined_jpegs_are_decoded_here_sent_as_crops_and_answered_in_their_places(setup):
+    pipeline, engine, arena = setup
+    images = [jpeg(1), jpeg(2), jpeg(3)]
+
+    async def main():
+        staged = await pipeline.prepare(images)
+        assert [s.ref.kind for s in staged] == ["jpeg"] * 3
+        submitted = pipeline.submit(staged, time.monotonic() + 30, top_k=1)
+        waiting = asyncio.ensure_future(pipeline.wait(submitted))
+        await until(lambda: len(engine.submits) == 1)
+        engine.answer(1, ["gpu", wire.DECLINED, wire.DECLINED])
+        await until(lambda: len(engine.submits) == 2)
+        rid, refs, held = engine.submits[1]
+        assert [r.kind for r in refs] == ["crop", "crop"]
+        config = PreprocessConfig.for_model(MODEL, 50_000_000, True)
+        assert held == [preprocess_uint8(images[1], config).tobytes(), preprocess_uint8(images[2], config).tobytes()]
+        engine.answer(rid, ["cpu", "cpu"])
+        results = await waiting
+        assert [(r.decode, r.indices) for r in results] == [("gpu", [1]), ("cpu", [2]), ("cpu", [2])]
+        assert staged[1].preprocess_ms > 0 and arena.used_slots == 0
+
+    asyncio.run(main())
+
+
+def test_a_corrupt_jpeg_the_engine_declined_fails_here_named_by_its_place_and_frees_its_slots(setup):
+    pipeline, engine, arena = setup
+    good = jpeg(4)
+    corrupt = good[: len(good) // 2]
+
+    async def main():
+        staged = await pipeline.prepare([good, corrupt])
+        submitted = pipeline.submit(staged, time.monotonic() + 30, top_k=1)
+        waiting = asyncio.ensure_future(pipeline.wait(submitted))
+        await until(lambda: len(engine.submits) == 1)
+        engine.answer(1, ["gpu", wire.DECLINED])
+        with pytest.raises(CorruptImage) as failed:
+            await waiting
+        assert failed.value.message.startswith("image 1: ")  # its place in the request, not among the declined
+        assert len(engine.submits) == 1 and arena.used_slots == 0
+
+    asyncio.run(main())
+
+
+def test_the_deadline_covers_the_second_submit_which_is_cancelled_then(setup):
+    pipeline, engine, arena = setup
+
+    async def main():
+        staged = await pipeline.prepare([jpeg(5)])
+        submitted = pipeline.submit(staged, time.monotonic() + 1.0, top_k=1)
+        waiting = asyncio.ensure_future(pipeline.wait(submitted))
+        await until(lambda: len(engine.submits) == 1)
+        engine.answer(1, [wire.DECLINED])
+        await until(lambda: len(engine.submits) == 2)  # and never answered
+        with pytest.raises(DeadlineExceeded):
+            await waiting
+        assert engine.cancelled == [2]
+        engine.answer(2, ["cpu"])  # the engine answers the cancel: only then are the crop's slots free
+        assert arena.used_slots == 0
+
+    asyncio.run(main())
+
+
+def test_a_client_that_leaves_during_the_second_submit_cancels_it(setup):
+    pipeline, engine, arena = setup
+
+    async def main():
+        staged = await pipeline.prepare([jpeg(6)])
+        submitted = pipeline.submit(staged, time.monotonic() + 30, top_k=1)
+        waiting = asyncio.ensure_future(pipeline.wait(submitted))
+        await until(lambda: len(engine.submits) == 1)
+        engine.answer(1, [wire.DECLINED])
+        await until(lambda: len(engine.submits) == 2)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert engine.cancelled == [2]
+        engine.answer(2, ["cpu"])
+        assert arena.used_slots == 0
+
+    asyncio.run(main())
