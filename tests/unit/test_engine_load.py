@@ -174,7 +174,7 @@ def test_an_engine_whose_model_fails_to_load_stops_by_itself(backend, monkeypatc
 
         monkeypatch.setattr(service.engine_load, "select_backend", unavailable)
     elif failure == "load raises":
-        monkeypatch.setattr(service.engine_load.PreprocessConfig, "for_model", classmethod(lambda *a: 1 / 0))
+        monkeypatch.setattr(service.engine_load, "choose_decode", lambda *a: 1 / 0)
     else:
         backend.fail_warmup = True
     engine = EngineServer(Settings(warmup=True), f"alexnet-test-fail-{os.getpid()}-{id(backend)}")
