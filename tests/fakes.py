@@ -5,13 +5,15 @@ row with its own identity, ``GatedBackend`` (the service's tests) delegates to a
 ``pil_decode`` decodes as ``torchvision.io.decode_jpeg(list, device="cuda")`` does, with PIL (and
 ``pil_decode_repeating_chroma`` with nvJPEG's default chroma upsampling, as torchvision's nvJPEG does);
 ``fake_checkpoint`` is a checkpoint file that records a weights hash (and provenance) and holds no weights.
+``FakeStream`` and ``install_fake_cuda_streams`` are CUDA streams on a CPU host, recording what each waited for.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -175,3 +177,71 @@ def fake_checkpoint(path, weights_sha256: str, **provenance):
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "weights_sha256": weights_sha256}
     torch.save({**payload, "arch": "torchvision", "provenance": provenance}, path)
     return path
+
+
+class FakeStream:
+    """A CUDA stream as far as our backends use one: a handle, and ``waited``, the events (``wait_event``)
+    and streams (``wait_stream``) it was told to wait for, in order; each also noted in ``log`` as
+    ("wait", this stream, what) when one is given."""
+
+    cuda_stream = 0x5EED  # not 0: ONNX Runtime reads a handle of 0 as none given
+
+    def __init__(self, name: str = "stream", log: list | None = None) -> None:
+        self.name, self._log = name, log
+        self.waited: list[object] = []
+
+    def wait_event(self, event) -> None:
+        self._wait(event)
+
+    def wait_stream(self, stream) -> None:
+        self._wait(stream)
+
+    def _wait(self, what) -> None:
+        self.waited.append(what)
+        if self._log is not None:
+            self._log.append(("wait", self, what))
+
+    def __repr__(self) -> str:
+        return f"FakeStream({self.name!r})"
+
+
+class FakeCudaStreams:
+    """torch.cuda's current stream on a CPU host: ``caller`` outside every ``torch.cuda.stream(s)`` block,
+    ``s`` inside one; ``made`` holds the streams ``torch.cuda.Stream()`` made, ``log`` their waits, each
+    ``Tensor.record_stream`` as ("record_stream", stream) and whatever the test adds, in order."""
+
+    def __init__(self) -> None:
+        self.caller = FakeStream("caller")
+        self.made: list[FakeStream] = []
+        self.log: list[tuple] = []
+        self._current = [self.caller]
+
+    def current_stream(self, device=None) -> FakeStream:
+        return self._current[-1]
+
+    @contextmanager
+    def stream(self, stream: FakeStream) -> Iterator[None]:
+        self._current.append(stream)
+        try:
+            yield
+        finally:
+            self._current.pop()
+
+    def new_stream(self, device=None) -> FakeStream:
+        self.made.append(FakeStream(f"made {len(self.made)}", self.log))
+        return self.made[-1]
+
+
+def install_fake_cuda_streams(monkeypatch) -> FakeCudaStreams:
+    """Patch torch.cuda's ``Stream``, ``stream`` and ``current_stream`` and ``Tensor.record_stream`` with
+    a FakeCudaStreams, and return it."""
+    import torch
+
+    streams = FakeCudaStreams()
+    monkeypatch.setattr(torch.cuda, "Stream", streams.new_stream)
+    monkeypatch.setattr(torch.cuda, "stream", streams.stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", streams.current_stream)
+    monkeypatch.setattr(
+        torch.Tensor, "record_stream", lambda tensor, stream: streams.log.append(("record_stream", stream))
+    )
+    return streams

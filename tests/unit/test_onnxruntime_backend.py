@@ -16,6 +16,7 @@ from service.backends import onnxruntime_model
 from service.backends.onnxruntime import OnnxRuntimeBackend, onnx_precision
 from service.errors import BackendUnavailable
 from service.settings import Settings
+from tests.fakes import install_fake_cuda_streams
 from tests.tiny_onnx import tiny_onnx
 
 
@@ -127,6 +128,45 @@ def test_on_cuda_it_runs_on_its_own_stream_takes_tensors_and_drains_it_before_co
     monkeypatch.setattr(ort, "InferenceSession", Uint8Input)
     with pytest.raises(BackendUnavailable, match=r"must be float or float16, not tensor\(uint8\)"):
         OnnxRuntimeBackend(tiny_onnx(tmp_path / "m.onnx"), "cuda", 8, 1)
+
+
+@pytest.mark.parametrize("ready", [None, object()], ids=["ready=None", "ready=event"])
+def test_on_cuda_a_tensor_batch_is_read_on_its_own_stream_after_its_producer(tmp_path, monkeypatch, ready):
+    """With ``ready`` (the event the producer recorded after writing x) the backend's stream waits for
+    it; without, for the stream current when infer_tensor was called, the caller's: not for itself,
+    which would order nothing. ONNX Runtime, which works on that stream (user_compute_stream), runs after."""
+    streams = install_fake_cuda_streams(monkeypatch)
+
+    class Binding:
+        def bind_input(self, name, device_type, index, dtype, shape, pointer):
+            streams.log.append(("bind input", shape, pointer))
+
+        def bind_output(self, name, device_type, index, dtype, shape, pointer):
+            streams.log.append(("bind output", shape))
+
+    class Session(FakeCudaSession):
+        def io_binding(self):
+            return Binding()
+
+        def run_with_iobinding(self, binding):
+            streams.log.append(("run",))
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    backend = OnnxRuntimeBackend(tiny_onnx(tmp_path / "m.onnx"), "cuda", 8, 1)
+    (ours,) = streams.made
+    x = torch.rand(4, 3, 2, 2)
+    logits = backend.infer_tensor(x, ready)
+    producer = streams.caller if ready is None else ready
+    assert streams.log == [
+        ("wait", ours, producer),
+        ("record_stream", ours),  # x's memory is kept until our stream has read it
+        ("bind input", (4, 3, 2, 2), x.data_ptr()),
+        ("bind output", (4, 1000)),
+        ("run",),
+    ]
+    assert logits.shape == (4, 1000) and torch.cuda.current_stream() is streams.caller
 
 
 def test_a_silent_fallback_to_the_cpu_is_refused_with_onnx_runtimes_reason(tmp_path, monkeypatch):

@@ -7,7 +7,6 @@ What runs on a real GPU is in tests/gpu/.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import textwrap
 
@@ -22,21 +21,10 @@ from service.backends.tensorrt import TensorRTBackend, engine_batch_sizes
 from service.errors import BackendUnavailable
 from service.settings import Settings
 from tests.fake_tensorrt import FakeTensorRT
+from tests.fakes import FakeStream, install_fake_cuda_streams
 from tests.tiny_onnx import WEIGHTS_SHA256, tiny_onnx
 
 DEVICE = trt_sidecar.DeviceInfo("Fake GPU", "9.0", "11.0.0")
-
-
-class FakeStream:
-    """A CUDA stream as far as TrtEngineRunner uses one: a handle, and the events it was told to wait for."""
-
-    cuda_stream = 0x5EED
-
-    def __init__(self) -> None:
-        self.waited: list[object] = []
-
-    def wait_event(self, event):
-        self.waited.append(event)
 
 
 @pytest.fixture
@@ -45,8 +33,7 @@ def gpu_host(monkeypatch):
     trt = FakeTensorRT(11)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: FakeStream())  # TrtEngineRunner's stream
-    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    install_fake_cuda_streams(monkeypatch)  # TrtEngineRunner's stream and the caller's
     monkeypatch.setattr(trt_sidecar, "current_device", lambda gpu_index=0: DEVICE)
     monkeypatch.setattr(to_trt, "load_tensorrt", lambda: trt)
     monkeypatch.setattr(
@@ -96,6 +83,8 @@ def test_a_tensor_batch_is_read_and_answered_in_place_on_the_runners_stream_afte
     torch.testing.assert_close(logits, x.mean(dim=(2, 3)))  # the network's answer, in the tensor returned
     assert backend._runner.stream.waited == [ready]
     assert gpu_host.calls[-1] == ("execute", FakeStream.cuda_stream, (4, 3, 224, 224))
+    backend.infer_tensor(x)  # without an event: after the caller's stream, the one current now
+    assert backend._runner.stream.waited == [ready, torch.cuda.current_stream()]
     with pytest.raises(ValueError, match="contiguous torch.float32 batch"):
         backend.infer_tensor(x.contiguous(memory_format=torch.channels_last), ready)  # its pointer would lie
     with pytest.raises(ValueError, match="not torch.float16"):
