@@ -1,7 +1,16 @@
-"""What nvJPEG's default chroma upsampling would do to the GPU path's parity with the PIL path, on the CPU.
+"""What nvJPEG's default chroma upsampling would do to the GPU path's parity with the PIL path, on the CPU,
+and the calibration of the engine's start-up chroma probes.
 
     pip install 'PyTurboJPEG<2'   # and libjpeg-turbo's libturbojpeg (Debian: apt install libturbojpeg0)
     python scripts/measure_chroma_upsampling.py
+    python scripts/measure_chroma_upsampling.py --only probes   # needs nvidia-nvimgcodec-cu13, not turbojpeg
+
+Probes (``service.gpu_decode.CHROMA_PROBES``): each probe's mean |diff| from PIL's pixels
+(``chroma_diff``) on nvImageCodec's CPU decoder (libjpeg-turbo) with ``fancy_upsampling=1`` and ``=0``
+(chroma repeated), against ``CHROMA_THRESHOLD``, and what the probes cost: building them (once per
+process) and one ``chroma_diff`` (a candidate's share of the engine's start-up), best of 5.
+
+Parity:
 
 ``torchvision.io.decode_jpeg(..., device="cuda")`` creates nvJPEG with its default flags, which
 upsample the chroma of 4:2:0 and 4:2:2 JPEGs by repeating pixels; libjpeg-turbo (PIL, torchvision's
@@ -15,10 +24,12 @@ model. A measurement, not a test: a GPU host measures nvJPEG itself (the parity 
 
 from __future__ import annotations
 
+import argparse
 import io
 import pathlib
 import sys
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -29,11 +40,51 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import tests.unit.test_preprocessing_parity as parity
 from model.preprocessing import normalize_batch, normalize_tensor
 from model.weights import load_model
+from service import gpu_decode
 from service.preprocess import preprocess_uint8
 from tests.synthetic import fitted_checkpoint, write_images
 
 
-def main() -> int:
+def _best_ms(call: object, repeat: int = 5) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()  # type: ignore[operator]
+        times.append(time.perf_counter() - start)
+    return min(times) * 1e3
+
+
+def measure_probes() -> int:
+    """The start-up chroma probes on nvImageCodec's CPU decoder, interpolating and repeating."""
+    try:
+        decoders = {fancy: gpu_decode.nvimgcodec_decoder("cpu", fancy_upsampling=fancy) for fancy in (True, False)}
+    except (ImportError, RuntimeError) as exc:
+        print(f"the probes need nvidia-nvimgcodec-cu13: {exc}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    jpegs = gpu_decode.chroma_probe_jpegs()
+    built_ms = (time.perf_counter() - start) * 1e3
+    diffs = {fancy: gpu_decode.chroma_diff(decode) for fancy, decode in decoders.items()}
+    threshold = gpu_decode.CHROMA_THRESHOLD
+    print(f"chroma probes, mean |diff| from PIL's pixels in levels of 255 (threshold {threshold:g}):")
+    print(f"{'probe':<26} {'bytes':>7} {'fancy_upsampling=1':>19} {'=0':>6}  separated")
+    for name, data in jpegs.items():
+        on, off = diffs[True].by_probe[name], diffs[False].by_probe[name]
+        verdict = "yes" if on < threshold < off else "NO"
+        print(f"{name:<26} {len(data):>7} {on:>19.2f} {off:>6.1f}  {verdict} ({off / threshold:.1f}x the threshold)")
+    chroma_diff_ms = _best_ms(lambda: gpu_decode.chroma_diff(decoders[True]))
+    rebuilt_ms = _best_ms(gpu_decode.chroma_probe_jpegs.__wrapped__)
+    print(
+        f"cost: built in {built_ms:.0f} ms (first call, once per process; {rebuilt_ms:.0f} ms warm), "
+        f"{sum(map(len, jpegs.values())) / 1e6:.2f} MB; "
+        f"one chroma_diff {chroma_diff_ms:.0f} ms (the decode in one batch and PIL's reference decodes)"
+    )
+    separated = all(diffs[True].by_probe[name] < threshold < diffs[False].by_probe[name] for name in jpegs)
+    return 0 if separated else 1
+
+
+def measure_parity() -> int:
+    """The parity test's images through the tensor path, chroma interpolated and repeated by libjpeg-turbo."""
     try:
         from turbojpeg import TJFLAG_FASTUPSAMPLE, TJPF_RGB, TurboJPEG
 
@@ -78,6 +129,20 @@ def main() -> int:
             f"({cases[int(diff.argmax())].name}); over the floor: {over}; top-5 identical {same:.1%}"
         )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--only", choices=("probes", "parity"), default=None, help="run one measurement (default: both)"
+    )
+    args = parser.parse_args(argv)
+    status = 0
+    if args.only in (None, "probes"):
+        status = max(status, measure_probes())
+    if args.only in (None, "parity"):
+        status = max(status, measure_parity())
+    return status
 
 
 if __name__ == "__main__":

@@ -88,21 +88,24 @@ def test_torchvision_repeats_chroma_where_nvimgcodec_interpolates(capsys):
 
 
 def test_the_start_up_chroma_probe_passes_nvimgcodec_and_not_torchvisions_default_nvjpeg(capsys):
-    """The probe the engine chooses its decoder by, calibrated on nvImageCodec's CPU decoder (docs/gpu.md),
-    on each GPU decoder: nvImageCodec, with and without its hardware decoder, under CHROMA_THRESHOLD;
-    torchvision's nvJPEG (chroma repeated) over it. A decoder that does not import is printed, not
-    measured. (Which of nvImageCodec's backends decoded the probe is not visible from here.)"""
-    measured: dict[str, float | str] = {}
+    """The probes the engine chooses its decoder by, calibrated on nvImageCodec's CPU decoder (docs/gpu.md),
+    on each GPU decoder: nvImageCodec, with and without its hardware decoder, under CHROMA_THRESHOLD on
+    every probe it decodes (each probe kind may go to another of its backends); torchvision's nvJPEG
+    (chroma repeated) over it on its worst. Each probe's figure is printed (a refused one is named: the
+    engine's CPU path decodes it); a decoder that does not import is printed, not measured."""
+    measured: dict[str, object] = {}
+    diffs = {}
     for name, factory in decoder_factories().items():
         try:
-            measured[name] = round(chroma_diff(factory("cuda")), 2)
+            diffs[name] = chroma_diff(factory("cuda"))
+            figures = {probe: round(levels, 2) for probe, levels in diffs[name].by_probe.items()}
+            measured[name] = {**figures, "refused": diffs[name].refused} if diffs[name].refused else figures
         except ImportError as exc:
             measured[name] = f"does not import: {exc}"
         except Exception as exc:  # printed with the others' figures, then failed
             measured[name] = f"failed: {type(exc).__name__}: {exc}"
     with capsys.disabled():
-        print(f"\nchroma probe ({torch.cuda.get_device_name()}), levels of 255 from PIL's pixels: {measured}")
+        print(f"\nchroma probes ({torch.cuda.get_device_name()}), levels of 255 from PIL's pixels: {measured}")
     assert not [diff for diff in measured.values() if str(diff).startswith("failed")], measured
-    diffs = {name: diff for name, diff in measured.items() if isinstance(diff, float)}
-    assert all(diff < CHROMA_THRESHOLD for name, diff in diffs.items() if name.startswith("nvimgcodec")), measured
-    assert "torchvision" in diffs and diffs["torchvision"] > CHROMA_THRESHOLD, measured
+    assert all(diff.interpolated for name, diff in diffs.items() if name.startswith("nvimgcodec")), measured
+    assert "torchvision" in diffs and diffs["torchvision"].levels > CHROMA_THRESHOLD, measured

@@ -4,6 +4,10 @@ of one size are resized in groups, and every crop is the one that image gets alo
 from __future__ import annotations
 
 import io
+import pathlib
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -194,10 +198,11 @@ def test_repeated_chroma_is_what_the_interpolation_option_avoids():
     assert mean_diff[True] < 0.01 and mean_diff[False] > 2, mean_diff
 
 
-def test_the_chroma_probe_tells_interpolated_chroma_from_repeated_far_from_the_threshold():
+def test_the_chroma_probe_tells_interpolated_chroma_from_repeated_far_from_the_threshold_on_every_probe():
     """The calibration of CHROMA_THRESHOLD (docs/gpu.md, "JPEG chroma on the GPU"), on nvImageCodec's
-    CPU decoder with the interpolation option on and off (0.0 and 97.8 levels measured), and on the
-    PIL stand-ins the other tests use: on or under a quarter of it, and over four times it."""
+    CPU decoder with the interpolation option on and off (0.00 on every probe; 97.8, 64.3, 97.8 and 98.9
+    measured), and on the PIL stand-ins the other tests use: every probe on or under a quarter of it,
+    and over four times it."""
     _nvimgcodec()
     threshold = gpu_decode.CHROMA_THRESHOLD
     interpolated = {
@@ -209,23 +214,184 @@ def test_the_chroma_probe_tells_interpolated_chroma_from_repeated_far_from_the_t
         "nvimgcodec": gpu_decode.chroma_diff(gpu_decode.nvimgcodec_decoder("cpu", fancy_upsampling=False)),
         "pil": gpu_decode.chroma_diff(pil_decode_repeating_chroma),
     }
-    assert all(diff <= threshold / 4 for diff in interpolated.values()), interpolated
-    assert all(diff > 4 * threshold for diff in repeated.values()), repeated
+    for diff in [*interpolated.values(), *repeated.values()]:
+        assert list(diff.by_probe) == list(gpu_decode.CHROMA_PROBES) and diff.refused == ()
+    assert all(levels <= threshold / 4 for d in interpolated.values() for levels in d.by_probe.values()), interpolated
+    assert all(levels > 4 * threshold for d in repeated.values() for levels in d.by_probe.values()), repeated
     assert (
         gpu_decode.describe_chroma(interpolated["nvimgcodec"])
-        == "chroma interpolated: probe 0.0 levels from the CPU path"
+        == "chroma interpolated: 4 probes, the worst 0.0 levels from the CPU path (4:2:0 128x96)"
     )
-    assert gpu_decode.describe_chroma(repeated["nvimgcodec"]).startswith("chroma repeated: probe 9")
+    assert gpu_decode.describe_chroma(repeated["nvimgcodec"]) == (
+        "chroma repeated on 4 of 4 probes (levels from the CPU path, threshold 8: 4:2:0 1280x960 98.9, "
+        "4:2:0 128x96 97.8, progressive 4:2:0 128x96 97.8, 4:2:2 128x96 64.3); crops differ from the CPU "
+        "path's, docs/gpu.md"
+    )
 
 
-def test_the_chroma_probe_is_a_small_4_2_0_jpeg_and_a_failed_decode_raises():
-    with Image.open(io.BytesIO(gpu_decode.chroma_probe_jpeg())) as image:
-        assert image.format == "JPEG" and image.size == gpu_decode.CHROMA_PROBE_SIZE
-        assert image.layer == [(1, 2, 2, 0), (2, 1, 1, 1), (3, 1, 1, 1)]  # (id, h, v, table): 4:2:0
+def test_the_chroma_probes_are_one_jpeg_of_each_kind_a_backend_may_take():
+    """Baseline 4:2:0, baseline 4:2:2, progressive 4:2:0, and baseline 4:2:0 over the hybrid Huffman
+    threshold DALI gives nvImageCodec (1000x1000 pixels), each of whole MCUs."""
+    kinds = {}
+    for name, data in gpu_decode.chroma_probe_jpegs().items():
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.format == "JPEG" and image.mode == "RGB"
+            assert image.width % 16 == 0 and image.height % 16 == 0
+            (_, luma_h, luma_v, _), *chroma = image.layer  # (id, h, v, table) per component
+            assert [(h, v) for _, h, v, _ in chroma] == [(1, 1), (1, 1)]
+            kinds[name] = (f"{luma_h}x{luma_v}", bool(image.info.get("progressive")), image.size)
+    assert kinds == {
+        "4:2:0 128x96": ("2x2", False, (128, 96)),
+        "4:2:2 128x96": ("2x1", False, (128, 96)),
+        "progressive 4:2:0 128x96": ("2x2", True, (128, 96)),
+        "4:2:0 1280x960": ("2x2", False, (1280, 960)),
+    }
+    assert 1280 * 960 > 1000 * 1000
+
+
+def test_the_calibration_script_prints_each_probe_separated_and_what_the_probes_cost():
+    """scripts/measure_chroma_upsampling.py --only probes, where docs/gpu.md's figures come from: one row
+    per probe with both figures, exit status 0 only when the threshold separates them on every probe."""
+    _nvimgcodec()
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "scripts/measure_chroma_upsampling.py", "--only", "probes"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {line.split("  ")[0].strip(): line for line in proc.stdout.splitlines()[2:6]}
+    assert list(rows) == list(gpu_decode.CHROMA_PROBES), proc.stdout
+    assert "4:2:2 128x96" in rows and " 0.00   64.3  yes (8.0x the threshold)" in rows["4:2:2 128x96"]
+    assert all(" 0.00 " in row and "  yes (" in row for row in rows.values()), proc.stdout
+    assert re.search(r"cost: built in \d+ ms .* 0\.70 MB; one chroma_diff \d+ ms", proc.stdout), proc.stdout
+
+
+def _repeating_on(kind):
+    """A decoder that interpolates chroma as PIL does except on the JPEGs ``kind`` picks, whose chroma it
+    repeats: a backend of nvImageCodec that ignores the option and takes only some images."""
+
+    def decode(tensors):
+        out = []
+        for tensor in tensors:
+            with Image.open(io.BytesIO(tensor.numpy().tobytes())) as image:
+                picked = kind(image)
+            out += (pil_decode_repeating_chroma if picked else pil_decode)([tensor])
+        return out
+
+    return decode
+
+
+def _progressive(image):
+    return bool(image.info.get("progressive"))
+
+
+def _large(image):
+    return image.width * image.height > 1000 * 1000
+
+
+def _chroma_422(image):
+    return image.layer[0][1:3] == (2, 1)
+
+
+@pytest.mark.parametrize(
+    ("kind", "worst"),
+    [
+        (_progressive, "progressive 4:2:0 128x96"),
+        (_large, "4:2:0 1280x960"),
+        (_chroma_422, "4:2:2 128x96"),
+        (lambda image: image.size == (128, 96) and not _progressive(image) and not _chroma_422(image), "4:2:0 128x96"),
+    ],
+)
+def test_a_decoder_that_repeats_chroma_on_one_kind_of_jpeg_only_fails_the_probe_which_names_that_kind(kind, worst):
+    calls = []
+    repeating = _repeating_on(kind)
+
+    def counted(tensors):
+        calls.append(len(tensors))
+        return repeating(tensors)
+
+    diff = gpu_decode.chroma_diff(counted)
+    assert calls == [4]  # the probes in one batch, as the engine decodes
+    assert diff.worst == worst and diff.levels > 4 * gpu_decode.CHROMA_THRESHOLD and not diff.interpolated
+    assert [name for name, levels in diff.by_probe.items() if levels > 0] == [worst], diff
+    assert gpu_decode.describe_chroma(diff) == (
+        f"chroma repeated on 1 of 4 probes (levels from the CPU path, threshold 8: {worst} {diff.levels:.1f}); "
+        "crops differ from the CPU path's, docs/gpu.md"
+    )
+
+
+def test_the_engine_passes_over_a_decoder_that_repeats_chroma_only_on_large_jpegs_and_names_the_probe(
+    monkeypatch, caplog
+):
+    """As a hardware decoder that takes only images above some size and ignores the option would: the
+    small probes pass, the large one does not, and the log says which."""
+    large_only = _repeating_on(_large)
+    monkeypatch.setattr(
+        gpu_decode, "decoder_factories", lambda: {"hw": _serving(large_only), "cuda": _serving(pil_decode)}
+    )
+    decoder, name = gpu_decode.start_jpeg_decoder("cpu", 256, 224)
+    assert name == "cuda" and decoder.chroma.startswith("chroma interpolated: 4 probes")
+    assert "GPU JPEG decoding by cuda, because hw: chroma repeated on 1 of 4 probes (levels from the CPU path, " in (
+        caplog.text
+    )
+    assert "threshold 8: 4:2:0 1280x960 9" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(gpu_decode, "decoder_factories", lambda: {"hw": _serving(large_only)})
+    decoder, name = gpu_decode.start_jpeg_decoder("cpu", 256, 224)
+    diff = gpu_decode.chroma_diff(large_only)
+    assert name == "hw" and decoder.chroma == gpu_decode.describe_chroma(diff)
+    assert f"threshold 8: hw {diff.levels:.1f} (4:2:0 1280x960))" in caplog.text
+
+
+def test_a_probe_the_decoder_refuses_is_left_to_the_cpu_path_and_said_and_all_refused_raises():
+    """A JPEG the GPU decoder refuses goes to the engine's CPU path (PIL's chroma), so it does not count
+    against the decoder; one wrongly shaped image, or every probe refused, fails the probe."""
+
+    def refuses_progressive(tensors):
+        out = pil_decode(tensors)
+        for i, tensor in enumerate(tensors):
+            with Image.open(io.BytesIO(tensor.numpy().tobytes())) as image:
+                if _progressive(image):
+                    out[i] = RuntimeError("progressive: not on this backend")
+        return out
+
+    diff = gpu_decode.chroma_diff(refuses_progressive)
+    assert diff.refused == ("progressive 4:2:0 128x96",) and diff.interpolated
+    assert list(diff.by_probe) == ["4:2:0 128x96", "4:2:2 128x96", "4:2:0 1280x960"]
+    assert gpu_decode.describe_chroma(diff) == (
+        "chroma interpolated: 3 probes, the worst 0.0 levels from the CPU path (4:2:0 128x96); refused, so "
+        "decoded by the CPU path: progressive 4:2:0 128x96"
+    )
     with pytest.raises(RuntimeError, match="could not decode"):
-        gpu_decode.chroma_diff(lambda tensors: [RuntimeError("could not decode")])
-    with pytest.raises(RuntimeError, match=r"came back as uint8 \(96, 64, 3\)"):
-        gpu_decode.chroma_diff(lambda tensors: [torch.zeros(3, 96, 64, dtype=torch.uint8)])
+        gpu_decode.chroma_diff(lambda tensors: [RuntimeError("could not decode")] * len(tensors))
+    with pytest.raises(RuntimeError, match=r"4:2:2 128x96 came back as uint8 \(96, 64, 3\)"):
+        gpu_decode.chroma_diff(
+            lambda tensors: [
+                torch.zeros(3, 96, 64, dtype=torch.uint8) if i == 1 else image
+                for i, image in enumerate(pil_decode(tensors))
+            ]
+        )
+    with pytest.raises(RuntimeError, match="came back as 1 images, not 4"):
+        gpu_decode.chroma_diff(lambda tensors: pil_decode(tensors[:1]))
+
+
+def test_a_batch_call_that_raises_is_retried_one_by_one_for_the_probes():
+    """As torchvision's decode does when one image of a batch fails: the probe still measures the rest."""
+    calls = []
+
+    def fails_progressive_whole_batch(tensors):
+        calls.append(len(tensors))
+        for tensor in tensors:
+            with Image.open(io.BytesIO(tensor.numpy().tobytes())) as image:
+                if _progressive(image):
+                    raise RuntimeError("nvjpeg: progressive not supported")
+        return pil_decode(tensors)
+
+    diff = gpu_decode.chroma_diff(fails_progressive_whole_batch)
+    assert calls == [4, 1, 1, 1, 1] and diff.refused == ("progressive 4:2:0 128x96",) and diff.interpolated
 
 
 def _missing(device, **options):
@@ -239,6 +405,7 @@ def _serving(decode):
 
 def test_the_engine_passes_over_a_gpu_decoder_that_repeats_chroma_for_the_next_and_says_so(monkeypatch, caplog):
     repeated = gpu_decode.describe_chroma(gpu_decode.chroma_diff(pil_decode_repeating_chroma))
+    interpolated = "chroma interpolated: 4 probes, the worst 0.0 levels from the CPU path (4:2:0 128x96)"
     factories = {
         "hw": _serving(pil_decode_repeating_chroma),
         "missing": _missing,
@@ -248,9 +415,9 @@ def test_the_engine_passes_over_a_gpu_decoder_that_repeats_chroma_for_the_next_a
     monkeypatch.setattr(gpu_decode, "decoder_factories", lambda: factories)
     decoder, name = gpu_decode.start_jpeg_decoder("cpu", 256, 224)
     assert name == "cuda" and decoder.decode_batch is pil_decode
-    assert decoder.chroma == "chroma interpolated: probe 0.0 levels from the CPU path"
+    assert decoder.chroma == interpolated
     assert f"GPU JPEG decoding by cuda, because hw: {repeated}; missing: ImportError: No module" in caplog.text
-    assert repeated.startswith("chroma repeated: probe 9") and "docs/gpu.md" in repeated
+    assert repeated.startswith("chroma repeated on 4 of 4 probes") and "docs/gpu.md" in repeated
 
 
 def test_where_every_gpu_decoder_repeats_chroma_the_engine_takes_the_first_that_decodes_and_warns(monkeypatch, caplog):
@@ -261,12 +428,13 @@ def test_where_every_gpu_decoder_repeats_chroma_the_engine_takes_the_first_that_
     )
     decoder, name = gpu_decode.start_jpeg_decoder("cpu", 256, 224)
     assert name == "hw" and decoder.decode_batch is pil_decode_repeating_chroma
-    assert decoder.chroma == gpu_decode.describe_chroma(diff) and decoder.chroma.startswith("chroma repeated")
+    assert decoder.chroma == gpu_decode.describe_chroma(diff) and decoder.chroma.startswith("chroma repeated on 4")
     (record,) = [r for r in caplog.records if r.name == "service.gpu_decode"]
     assert record.levelname == "WARNING"
     assert record.getMessage() == (
         "GPU JPEG decoding by hw, the first that decodes, though none here interpolates chroma as the CPU path "
-        f"does (chroma probe, levels of 255 from PIL's pixels, threshold 8: hw {diff:.1f}, tv {diff:.1f}): on "
+        "does (chroma probes, the worst's levels of 255 from PIL's pixels, threshold 8: "
+        f"hw {diff.levels:.1f} (4:2:0 1280x960), tv {diff.levels:.1f} (4:2:0 1280x960)): on "
         'saturated colour its crops will differ from the CPU path\'s (docs/gpu.md, "JPEG chroma on the GPU"); '
         "missing: ImportError: No module named 'nvidia.nvimgcodec'"
     )
@@ -297,7 +465,9 @@ def test_the_engine_takes_the_first_gpu_decoder_that_decodes_and_says_why_it_pas
 def test_nvimgcodec_is_the_engines_first_choice_where_it_decodes():
     _nvimgcodec()
     decoder, name = gpu_decode.start_jpeg_decoder("cpu", 256, 224)  # its CPU decoder: the same code
-    assert name == "nvimgcodec" and decoder.chroma == "chroma interpolated: probe 0.0 levels from the CPU path"
+    assert name == "nvimgcodec" and decoder.chroma == (
+        "chroma interpolated: 4 probes, the worst 0.0 levels from the CPU path (4:2:0 128x96)"
+    )
     (crop,) = decoder.decode([(memoryview(bytearray(make_image(500, 375, seed=9))), 1)])
     assert tuple(crop.shape) == (3, 224, 224) and crop.dtype == torch.uint8
 
@@ -313,7 +483,10 @@ def test_the_decode_benchmark_measures_each_decoder_that_starts_and_names_the_ot
     args = ["--device", "cpu", "--batch", "2", "--seconds", "0.01", "--images", "500x375"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "nvimgcodec (chroma interpolated: probe 0.0 levels from the CPU path):\nbatch" in out
+    assert (
+        "nvimgcodec (chroma interpolated: 4 probes, the worst 0.0 levels from the CPU path (4:2:0 128x96)):\nbatch"
+        in out
+    )
     assert "nvimgcodec-no-hw (chroma interpolated" in out
     assert "torchvision: not measured, torchvision: ImportError: no torchvision" in out
     assert main([*args, "--decoder", "torchvision"]) == 1  # nothing measured

@@ -65,18 +65,18 @@ def test_jpegs_are_decoded_on_the_gpu_for_any_cuda_backend_that_takes_tensors_an
     backend.takes_tensors = True  # as ONNX Runtime's CUDA provider and TensorRT do
     decoder, why = choose_decode(Settings(decode="auto"), selection)
     assert isinstance(decoder, gpu_decode.JpegDecoder) and why == (
-        "nvJPEG on the GPU via nvimgcodec (chroma interpolated: probe 0.0 levels from the CPU path), "
-        "CPU for what it does not take"
+        "nvJPEG on the GPU via nvimgcodec (chroma interpolated: 4 probes, the worst 0.0 levels from the CPU path "
+        "(4:2:0 128x96)), CPU for what it does not take"
     )
     # Where every decoder repeats chroma, the engine still decodes on the GPU and says what it measured.
     monkeypatch.setattr(gpu_decode, "nvimgcodec_decoder", lambda device, **options: pil_decode_repeating_chroma)
     monkeypatch.setattr(gpu_decode, "torchvision_decoder", lambda device: pil_decode_repeating_chroma)
-    diff = gpu_decode.chroma_diff(pil_decode_repeating_chroma)
+    repeated = gpu_decode.describe_chroma(gpu_decode.chroma_diff(pil_decode_repeating_chroma))
     decoder, why = choose_decode(Settings(decode="auto"), selection)
     assert isinstance(decoder, gpu_decode.JpegDecoder) and why == (
-        f"nvJPEG on the GPU via nvimgcodec (chroma repeated: probe {diff:.1f} levels from the CPU path, "
-        "threshold 8; crops differ from the CPU path's, docs/gpu.md), CPU for what it does not take"
+        f"nvJPEG on the GPU via nvimgcodec ({repeated}), CPU for what it does not take"
     )
+    assert repeated.startswith("chroma repeated on 4 of 4 probes (levels from the CPU path, threshold 8: ")
     assert choose_decode(Settings(decode="cpu"), selection) == (None, "decode=cpu was asked for")
 
 
