@@ -222,7 +222,8 @@ def chroma_probe_jpegs() -> Mapping[str, bytes]:
 @dataclass(frozen=True)
 class ChromaDiff:
     """What ``chroma_diff`` measured: mean |diff| in levels of 255 from PIL's pixels per probe decoded,
-    and the probes the decoder refused (those JPEGs go to the engine's CPU path, which is PIL's)."""
+    and the probes the decoder refused (the engine declines such JPEGs: a front end's CPU path, PIL,
+    decodes them)."""
 
     by_probe: dict[str, float]
     refused: tuple[str, ...] = ()

@@ -56,7 +56,8 @@ class Backend(ABC):
     def infer_tensor(self, batch: Any, ready: Any = None) -> Any:
         """(B, 3, S, S) torch tensor in ``input_dtype`` on ``device``, B one of ``batch_sizes`` -> (B, classes)
         logits on ``device``, valid until the next call: read them inside ``stream_context()``. ``ready``:
-        a ``torch.cuda.Event`` the input's producer recorded on its own stream (None: it is ready now)."""
+        a ``torch.cuda.Event`` the input's producer recorded on its own stream (None: the input was made on
+        the caller's current stream, which the backend's then waits for)."""
         raise NotImplementedError(f"the {self.name} backend takes host batches only (takes_tensors is False)")
 
     def stream_context(self) -> contextlib.AbstractContextManager:

@@ -91,8 +91,8 @@ def test_the_start_up_chroma_probe_passes_nvimgcodec_and_not_torchvisions_defaul
     """The probes the engine chooses its decoder by, calibrated on nvImageCodec's CPU decoder (docs/gpu.md),
     on each GPU decoder: nvImageCodec, with and without its hardware decoder, under CHROMA_THRESHOLD on
     every probe it decodes (each probe kind may go to another of its backends); torchvision's nvJPEG
-    (chroma repeated) over it on its worst. Each probe's figure is printed (a refused one is named: the
-    engine's CPU path decodes it); a decoder that does not import is printed, not measured."""
+    (chroma repeated) over it on its worst. Each probe's figure is printed (a refused one is named: a
+    front end's CPU path decodes it); a decoder that does not import is printed, not measured."""
     measured: dict[str, object] = {}
     diffs = {}
     for name, factory in decoder_factories().items():

@@ -347,8 +347,8 @@ def test_the_engine_passes_over_a_decoder_that_repeats_chroma_only_on_large_jpeg
 
 
 def test_a_probe_the_decoder_refuses_is_left_to_the_cpu_path_and_said_and_all_refused_raises():
-    """A JPEG the GPU decoder refuses goes to the engine's CPU path (PIL's chroma), so it does not count
-    against the decoder; one wrongly shaped image, or every probe refused, fails the probe."""
+    """A JPEG the GPU decoder refuses is declined to a front end's CPU path (PIL's chroma), so it does
+    not count against the decoder; one wrongly shaped image, or every probe refused, fails the probe."""
 
     def refuses_progressive(tensors):
         out = pil_decode(tensors)
