@@ -1,7 +1,7 @@
 """JPEG decoding on the GPU for the engine: nvJPEG, through nvImageCodec where it is installed, else
 through torchvision, then the shared tensor resize + crop, all on the device. Images it cannot take
 come back as exceptions, per image; the engine declines those and their front end decodes them on
-its CPU instead (service.batch_runner), so a client never sees the difference.
+its CPU instead (service.batch_runner): a client gets the CPU path's answer, a batch later.
 
 Why more than one: the CPU path (PIL, libjpeg-turbo) interpolates the colour of 4:2:0 and 4:2:2 JPEGs
 (most photos); ``torchvision.io.decode_jpeg(device="cuda")`` creates nvJPEG with its default flags,

@@ -50,7 +50,11 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.images = Counter("alexnet_images_total", "Images classified", registry=r)
+        self.images = Counter(
+            "alexnet_images_total",
+            "Images through a batch (a JPEG the engine declined counts again when its crop comes back)",
+            registry=r,
+        )
         self.errors = Counter("alexnet_errors_total", "Requests answered with an error, by kind", ["kind"], registry=r)
         self.backend_failures = Counter("alexnet_backend_failures_total", "Batches whose inference raised", registry=r)
         self.ready = Gauge("alexnet_ready", "1 when the model is loaded, warm and healthy", registry=r)

@@ -248,9 +248,12 @@ class Pipeline:
         return results
 
     async def _answer(self, submitted: Submitted) -> list[wire.ImageResult]:
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for returns a result that came in the same
+        # loop turn as a cancel and drops the cancel, and then a client that had gone would still get
+        # its declined JPEGs decoded and sent again.
         try:
-            timeout = max(0.0, submitted.deadline - time.monotonic())
-            result = await asyncio.wait_for(submitted.future, timeout=timeout)
+            async with asyncio.timeout(max(0.0, submitted.deadline - time.monotonic())):
+                result = await submitted.future
         except TimeoutError:
             self.cancel(submitted)
             raise DeadlineExceeded("the request's deadline passed before inference finished; retry later") from None
@@ -272,14 +275,16 @@ class Pipeline:
             jpegs.append(data)
         positions = declined if len(first) > 1 else None
         try:
-            timeout = max(0.0, submitted.deadline - time.monotonic())
-            staged = await asyncio.wait_for(self.prepare(jpegs, gpu=False, positions=positions), timeout=timeout)
+            async with asyncio.timeout(max(0.0, submitted.deadline - time.monotonic())):
+                staged = await self.prepare(jpegs, gpu=False, positions=positions)
         except TimeoutError:
             raise DeadlineExceeded("the request's deadline passed while its images were decoded; retry later") from None
         for i, stage in zip(declined, staged, strict=True):
             first[i].preprocess_ms += stage.preprocess_ms
         again = self.submit(staged, submitted.deadline, submitted.top_k, submitted.want_logits)
         for i, result in zip(declined, await self._answer(again), strict=True):
+            result.queue_ms += results[i].queue_ms  # the first round's wait and batch count too
+            result.inference_ms += results[i].inference_ms
             results[i] = result
 
     def predictions(self, result: wire.ImageResult) -> list[dict]:

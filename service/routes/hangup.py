@@ -27,9 +27,15 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 async def by_deadline(work: Awaitable[T], deadline: float, during: str) -> T:
     """``work``'s result, or DeadlineExceeded (504) once ``deadline`` (time.monotonic()) passes, ``work``
-    then cancelled: a client that sends its body slowly, or images that take long to decode."""
+    then cancelled: a client that sends its body slowly, or images that take long to decode.
+
+    asyncio.timeout, not wait_for: Python 3.11's wait_for runs ``work`` in a task of its own, and when
+    that task finishes in the same loop turn as a cancel from ``while_connected`` it returns the
+    result and drops the cancel: decoded images would then stay in the arena with nobody to submit or
+    free them. Here the cancel reaches ``work`` itself, which frees what it took."""
     try:
-        return await asyncio.wait_for(work, max(0.0, deadline - time.monotonic()))
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            return await work
     except TimeoutError:
         raise DeadlineExceeded(f"the request's deadline passed {during}; retry later") from None
 

@@ -75,7 +75,7 @@ class FakeEngine:
             self.arena.free(span)
         results = [
             wire.ImageResult(
-                None if d == wire.DECLINED else [rid], None if d == wire.DECLINED else [1.0], None, 0.0, 0.0, 1, d
+                None if d == wire.DECLINED else [rid], None if d == wire.DECLINED else [1.0], None, 1.0, 2.0, 1, d
             )
             for d in decodes
         ]
@@ -135,6 +135,7 @@ def test_declined_jpegs_are_decoded_here_sent_as_crops_and_answered_in_their_pla
         engine.answer(rid, ["cpu", "cpu"])
         results = await waiting
         assert [(r.decode, r.indices) for r in results] == [("gpu", [1]), ("cpu", [2]), ("cpu", [2])]
+        assert [(r.queue_ms, r.inference_ms) for r in results] == [(1.0, 2.0), (2.0, 4.0), (2.0, 4.0)]  # both rounds
         assert staged[1].preprocess_ms > 0 and arena.used_slots == 0
 
     asyncio.run(main())
@@ -189,6 +190,53 @@ def test_a_client_that_leaves_during_the_second_submit_cancels_it(setup):
         engine.answer(1, [wire.DECLINED])
         await until(lambda: len(engine.submits) == 2)
         waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert engine.cancelled == [2]
+        engine.answer(2, ["cpu"])
+        assert arena.used_slots == 0
+
+    asyncio.run(main())
+
+
+def test_a_client_that_leaves_as_the_first_answer_arrives_gets_no_second_decode_or_submit(setup):
+    """The hang-up in the loop turn the Result with a declined JPEG arrives (Python 3.11's wait_for
+    returned that result and dropped the cancel): nothing is decoded or submitted for nobody."""
+    pipeline, engine, arena = setup
+
+    async def main():
+        staged = await pipeline.prepare([jpeg(7)])
+        submitted = pipeline.submit(staged, time.monotonic() + 30, top_k=1)
+        waiting = asyncio.ensure_future(pipeline.wait(submitted))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        engine.answer(1, [wire.DECLINED])
+        pipeline.cancel(submitted)  # while_connected's on_hangup, then its task.cancel()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert len(engine.submits) == 1 and arena.used_slots == 0
+
+    asyncio.run(main())
+
+
+def test_a_client_that_leaves_as_the_cpu_decode_finishes_has_the_second_submit_cancelled(setup):
+    pipeline, engine, arena = setup
+
+    async def main():
+        staged = await pipeline.prepare([jpeg(8)])
+        submitted = pipeline.submit(staged, time.monotonic() + 30, top_k=1)
+        waiting = asyncio.ensure_future(pipeline.wait(submitted))
+        await until(lambda: len(engine.submits) == 1)
+        prepare = pipeline.prepare
+
+        async def prepare_then_leave(*args, **kwargs):  # the hang-up in the turn the decode is done
+            staged = await prepare(*args, **kwargs)
+            asyncio.get_running_loop().call_soon(waiting.cancel)
+            return staged
+
+        pipeline.prepare = prepare_then_leave  # type: ignore[method-assign]
+        engine.answer(1, [wire.DECLINED])
         with pytest.raises(asyncio.CancelledError):
             await waiting
         assert engine.cancelled == [2]
