@@ -173,6 +173,8 @@ class EngineRunner:
             return dict(self._decoded)
 
     def run(self, prepared: Prepared) -> list[ImageOutput]:
+        if all(decode == DECLINED for decode in prepared.decode):  # nothing to infer: all go back
+            return [ImageOutput(None, None, None, DECLINED) for _ in prepared.images]
         n = len(prepared.images)
         k = max((image.top_k for image in prepared.images), default=0)
         want_logits = any(image.want_logits for image in prepared.images)

@@ -150,7 +150,7 @@ def test_jpegs_the_decoder_refuses_are_declined_alone_the_rest_of_the_batch_answ
     assert runner.decoded() == {"gpu": 4, DECLINED: 2}
 
 
-def test_a_jpeg_is_declined_where_there_is_no_gpu_decoder(fitted, selections):
+def test_a_jpeg_is_declined_where_there_is_no_gpu_decoder(fitted, selections, monkeypatch):
     png = fitted.eval_images(per_class=1)[0][0]
     for backend in ("torch", "onnxruntime"):  # the tensor path and the host path
         selection = selections[backend]
@@ -159,6 +159,11 @@ def test_a_jpeg_is_declined_where_there_is_no_gpu_decoder(fitted, selections):
         crop, declined = run(runner, staging.images([staging.crop(png), staging.jpeg(jpeg(png))]))
         assert (crop.decode, declined.decode) == ("cpu", DECLINED)
         assert crop.indices is not None and declined.indices is None
+        # A batch of declined images only is not run at all.
+        monkeypatch.setattr(runner, "_run_tensor", lambda *a: pytest.fail("ran a batch with nothing to infer"))
+        monkeypatch.setattr(runner, "_run_host", lambda *a: pytest.fail("ran a batch with nothing to infer"))
+        outputs = run(runner, staging.images([staging.jpeg(jpeg(png)), staging.jpeg(jpeg(png))]))
+        assert [(o.decode, o.indices) for o in outputs] == [(DECLINED, None)] * 2
 
 
 def test_exif_orientation_sent_by_the_front_end_is_applied_after_decoding(fitted, selections):
