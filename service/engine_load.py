@@ -25,7 +25,9 @@ class LoadedModel:
 
 
 def choose_decode(settings: Settings, selection: Selection) -> tuple[object | None, str]:
-    """(a JpegDecoder or None, why): where JPEGs are decoded, for --decode auto|cpu|gpu."""
+    """(a JpegDecoder or None, why): where JPEGs are decoded, for --decode auto|cpu|gpu. ``auto`` takes
+    the GPU only with a decoder whose chroma matches the CPU path's (``start_jpeg_decoder``'s probe):
+    answers then do not depend on where an image was decoded. ``gpu`` takes the first that decodes."""
     backend = selection.backend
     if settings.decode == "cpu":
         return None, "decode=cpu was asked for"
@@ -44,7 +46,12 @@ def choose_decode(settings: Settings, selection: Selection) -> tuple[object | No
         except RuntimeError as exc:
             why_not = f"no GPU JPEG decoder is usable here: {exc}"
         else:
-            return decoder, f"nvJPEG on the GPU via {name} ({decoder.chroma}), CPU for what it does not take"
+            if decoder.interpolates_chroma or settings.decode == "gpu":
+                return decoder, f"nvJPEG on the GPU via {name} ({decoder.chroma}), CPU for what it does not take"
+            why_not = (
+                f"no GPU JPEG decoder here interpolates chroma as the CPU path does (the first that decodes, "
+                f"{name}: {decoder.chroma}); --decode gpu decodes on the GPU anyway"
+            )
     if settings.decode == "gpu":
         raise NotReady(f"decode=gpu was asked for, but {why_not}")
     return None, f"auto: on the CPU in the front ends, because {why_not}"

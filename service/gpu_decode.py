@@ -330,6 +330,7 @@ class JpegDecoder:
         self.group_bytes = group_bytes if group_bytes is not None else (GROUP_MAX_BYTES if on_cuda else 0)
         # What start_jpeg_decoder measured of its chroma (describe_chroma), for the engine to report.
         self.chroma = "chroma not measured"
+        self.interpolates_chroma: bool | None = None  # as the CPU path does, by that measurement
 
     def decode(self, jpegs: Sequence[tuple[memoryview, int]]) -> list[torch.Tensor | Exception]:
         """One crop or one exception per (bytes, EXIF orientation), in order.
@@ -384,7 +385,7 @@ def start_jpeg_decoder(
             errors.append(f"{name}: {type(exc).__name__}: {exc}")
             passed_over.append(errors[-1])
             continue
-        decoder.chroma = describe_chroma(diff)
+        decoder.chroma, decoder.interpolates_chroma = describe_chroma(diff), diff.interpolated
         if diff.interpolated:
             if passed_over:
                 log.warning("GPU JPEG decoding by %s, because %s", name, "; ".join(passed_over))

@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     decode: Literal["auto", "cpu", "gpu"] = Field(
         "auto",
         description="where JPEGs are decoded: gpu = nvJPEG in the engine (a backend on CUDA), cpu = in the "
-        "front ends; auto = gpu where it can run",
+        "front ends; auto = gpu where it can run with a decoder whose colour matches the CPU path's",
     )
     jpeg_draft: bool = Field(True, description="decode large JPEGs at reduced DCT size (>= 2x the resize target)")
     warmup: bool = Field(

@@ -68,15 +68,21 @@ def test_jpegs_are_decoded_on_the_gpu_for_any_cuda_backend_that_takes_tensors_an
         "nvJPEG on the GPU via nvimgcodec (chroma interpolated: 4 probes, the worst 0.0 levels from the CPU path "
         "(4:2:0 128x96)), CPU for what it does not take"
     )
-    # Where every decoder repeats chroma, the engine still decodes on the GPU and says what it measured.
+    # Where every decoder repeats chroma, auto decodes on the CPU, saying what it measured; gpu decodes
+    # on the GPU all the same.
     monkeypatch.setattr(gpu_decode, "nvimgcodec_decoder", lambda device, **options: pil_decode_repeating_chroma)
     monkeypatch.setattr(gpu_decode, "torchvision_decoder", lambda device: pil_decode_repeating_chroma)
     repeated = gpu_decode.describe_chroma(gpu_decode.chroma_diff(pil_decode_repeating_chroma))
-    decoder, why = choose_decode(Settings(decode="auto"), selection)
+    assert repeated.startswith("chroma repeated on 4 of 4 probes (levels from the CPU path, threshold 8: ")
+    assert choose_decode(Settings(decode="auto"), selection) == (
+        None,
+        "auto: on the CPU in the front ends, because no GPU JPEG decoder here interpolates chroma as the CPU "
+        f"path does (the first that decodes, nvimgcodec: {repeated}); --decode gpu decodes on the GPU anyway",
+    )
+    decoder, why = choose_decode(Settings(decode="gpu"), selection)
     assert isinstance(decoder, gpu_decode.JpegDecoder) and why == (
         f"nvJPEG on the GPU via nvimgcodec ({repeated}), CPU for what it does not take"
     )
-    assert repeated.startswith("chroma repeated on 4 of 4 probes (levels from the CPU path, threshold 8: ")
     assert choose_decode(Settings(decode="cpu"), selection) == (None, "decode=cpu was asked for")
 
 
