@@ -66,6 +66,7 @@ def http_sweeps(
     """
     out: dict[str, dict] = {}
     started: dict[str, servers.Started] = {}
+    serving: dict[str, dict] = {}  # what each service says it serves (servers.served)
     for t in targets:
         say(f"starting {t.key} ({t.backend}, {args.device})")
         try:
@@ -75,6 +76,10 @@ def http_sweeps(
         except Exception as exc:  # a peer that will not start is reported, not fatal
             say(f"{t.key} failed to start: {exc}")
             out[t.key] = {"skipped": f"failed to start: {start_failure(exc)}"}
+            continue
+        if t.name == "service" and (facts := servers.served(started[t.key].url)) is not None:
+            serving[t.key] = facts
+            say(f"  {t.key} serves {facts['backend']}; JPEGs decoded: {facts['decode_reason']}")
     live = [t for t in targets if t.key in started] + [
         Target(f"pipeline:{p.name}", "pipeline", p.name, Path(), []) for p in pipelines
     ]
@@ -206,6 +211,8 @@ def http_sweeps(
             title=f"{t.key} ({t.backend}, {args.device})",
         )
         out[t.key] = {"url": started[t.key].url, "steps": [report.row(r) for r in results[t.key]]}
+        if t.key in serving:
+            out[t.key]["serving"] = serving[t.key]
         if tail:
             out[t.key]["open_loop"] = {**report.row(tail[0]), "peak_req_per_s": round(open_peak[t.key], 3)}
     return out, ceiling, interrupted

@@ -63,6 +63,14 @@ def open_loop_lines(what: str, entry: dict, md: list[str]) -> list[str]:
     return [f"  {what}, {where}: p50 {_ms(o['p50_ms'])} ms, p99 {_ms(o['p99_ms'])} ms, {o['errors']} errors"]
 
 
+def serving_line(what: str, entry: dict) -> list[str]:
+    """What a service said it served when it started (``servers.served``), where it said."""
+    s = entry.get("serving")
+    if not s:
+        return []
+    return [f"  {what} served {s['backend']}, {s['http_workers']} front end(s); JPEGs: {s['decode_reason']}"]
+
+
 def layout_lines(layouts: dict[str, dict], md: list[str], service: dict | None = None) -> list[str]:
     """(e): each layout's steps as table rows, and its img/s and p50 per concurrency (medians over the
     rounds) against the first layout; the default service (c) is compared with that first layout too."""
@@ -85,6 +93,7 @@ def layout_lines(layouts: dict[str, dict], md: list[str], service: dict | None =
             )
         if label in measured:
             lines += open_loop_lines(f"(e) layout {label}", entry, md)
+            lines += serving_line(f"(e) layout {label}", entry)
         if label == base_label:
             continue
         parts = []
@@ -135,6 +144,7 @@ def backend_lines(name: str, b: dict, result: dict, md: list[str]) -> list[str]:
         f"p50 {best['p50_ms']:.1f} ms, p99 {best['p99_ms']:.1f} ms"
     )
     lines += open_loop_lines(f"(c) service {name}", service, md)
+    lines += serving_line(f"(c) service {name}", service)
     # Upper bounds, each as if it had the host to itself: which one the service sits under names the limit.
     cores = result["host"]["cpu_count"] or 1
     lines.append(

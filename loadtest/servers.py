@@ -8,6 +8,7 @@ none is left holding its port, its CPUs or the GPU.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -82,6 +83,25 @@ def command(
     if name == "mosec":
         return [py, "-m", "loadtest.peers.mosec_server", "--port", str(port), "--address", "127.0.0.1"], "/"
     raise ValueError(f"unknown server {name!r}; choose service, naive, litserve or mosec")
+
+
+def served(url: str) -> dict | None:
+    """What a started service says it serves (its ``/v1/models``): backend, device and precision, how
+    many front ends, and where JPEGs are decoded and why (which GPU decoder, its measured chroma).
+    A figure is only worth what ran it. None where it does not say (another server, an older one)."""
+    try:
+        headers = auth_headers(api_key_from_env())
+        with urllib.request.urlopen(urllib.request.Request(url + "/v1/models", headers=headers), timeout=5) as r:
+            (model,) = json.load(r)["models"]
+        backend, decode = model["backend"], model["decode"]
+        return {
+            "backend": f"{backend['name']} on {backend['device']}, {backend['precision']}",
+            "http_workers": model["processes"]["http_workers"],
+            "decode": decode["where"],
+            "decode_reason": decode["reason"],
+        }
+    except (OSError, ValueError, KeyError, TypeError):  # best effort: the figures stand without it
+        return None
 
 
 def start(

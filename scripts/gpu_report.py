@@ -91,6 +91,18 @@ def service_rows(bench: dict) -> list[dict]:
     return rows
 
 
+def served_lines(bench: dict) -> list[str]:
+    """What each service of the bench said it served when it started (loadtest.servers.served): the
+    GPU decoder behind a figure, or that JPEGs were decoded on the CPU after all."""
+    entries = [(f"(c) service {name}", b.get("service", {})) for name, b in bench.get("backends", {}).items()]
+    entries += [(f"(e) layout {label}", entry) for label, entry in bench.get("layouts", {}).items()]
+    return [
+        f"{what}: {s['backend']}, {s['http_workers']} front end(s); JPEGs: {s['decode_reason']}"
+        for what, entry in entries
+        if (s := entry.get("serving"))
+    ]
+
+
 def _open_loop_row(backend: str, what: str, entry: dict) -> list[dict]:
     """loadtest.bench's open-loop step (Poisson arrivals at --open-at of the peak), when it ran."""
     o = entry.get("open_loop")
@@ -127,6 +139,7 @@ def build_report(work: Path, budget_s: int) -> dict:
         "bench_train": load_json(work / "bench_train.json"),
         "bench_train_compile": load_json(work / "bench_train_compile.json"),
         "service": service_rows(load_json(work / "bench" / "bench.json") or {}),
+        "served": served_lines(load_json(work / "bench" / "bench.json") or {}),
     }
 
 
@@ -169,6 +182,9 @@ def markdown(report: dict) -> str:
                 f"{_fmt(r.get('p99_ms'), '.2f')} | {note} |"
             )
         md.append("")
+    if report["served"]:
+        md += ["What each service said it served when it started (`/v1/models`):", ""]
+        md += [f"- {line}" for line in report["served"]] + [""]
     for key, title in (
         ("engine_wire", "The engine's own ceiling (loadtest.engine_wire)"),
         ("gpu_decode", "The engine's GPU JPEG path without HTTP (loadtest.gpu_decode)"),
@@ -232,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {r['backend']} {r['what']}: {r['img_per_s']:.0f} img/s, p50 {_fmt(r['ms'], '.2f')} ms, "
                 f"p99 {_fmt(r['p99_ms'], '.2f')} ms"
             )
+    for line in report["served"]:
+        print(f"  {line}")
     bad = [s["name"] for s in report["steps"] if s["state"] not in ("ok", "skipped")]  # skipped: not asked for
     if bad:
         print(f"error: not ok: {', '.join(bad)}", file=sys.stderr)

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from loadtest.servers import served
 from service.gpu_decode import JpegDecoder
 from service.pipeline import GPU_DECODE_MAX_PIXELS
 from tests.fakes import pil_decode
@@ -133,6 +134,14 @@ def test_the_engine_says_jpegs_are_decoded_there(servers):
     gpu, cpu = servers
     assert httpx.get(gpu.url + "/v1/models").json()["models"][0]["decode"]["where"] == "gpu"
     assert httpx.get(cpu.url + "/v1/models").json()["models"][0]["decode"]["where"] == "cpu"
+    # and what the bench records beside each service's figures (loadtest.servers.served)
+    assert served(gpu.url) == {
+        "backend": "onnxruntime on cpu, fp32",
+        "http_workers": 1,
+        "decode": "gpu",
+        "decode_reason": "a stand-in for nvJPEG (PIL on the CPU), CPU for what it does not take",
+    }
+    assert served(cpu.url)["decode_reason"] == "decode=cpu was asked for"  # type: ignore[index]
 
 
 @pytest.mark.parametrize(

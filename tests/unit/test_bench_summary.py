@@ -141,3 +141,17 @@ def test_steps_where_every_request_failed_are_rows_with_dashes_never_the_best():
 
     lines, _ = summarize(result([failed_step(1), failed_step(16)], {}))
     assert "onnxruntime: service not measured (no request was answered ok)" in lines
+
+
+def test_what_each_service_said_it_served_is_printed_beside_its_figures():
+    gpu = {"backend": "torch on cuda:0, fp16", "http_workers": 15, "decode": "gpu", "decode_reason": "nvJPEG via x"}
+    cpu = {**gpu, "http_workers": 1, "decode": "cpu", "decode_reason": "decode=cpu was asked for"}
+    res = result([step(1, 30.0)], {}, {"cpu decode": {"steps": [step(1, 20.0)], "serving": cpu}})
+    res["backends"]["onnxruntime"]["service"]["serving"] = gpu
+    lines, _ = summarize(res)
+    assert "  (c) service onnxruntime served torch on cuda:0, fp16, 15 front end(s); JPEGs: nvJPEG via x" in lines
+    assert (
+        "  (e) layout cpu decode served torch on cuda:0, fp16, 1 front end(s); JPEGs: decode=cpu was asked for" in lines
+    )
+    res["backends"]["onnxruntime"]["service"].pop("serving")  # a server that did not say: no line
+    assert not any("(c) service onnxruntime served" in line for line in summarize(res)[0])

@@ -227,7 +227,8 @@ def test_the_gpu_report_carries_the_engine_and_decode_tools_reports_and_fails_a_
     open_loop = {"rate": 4000.0, "img_per_s": 3998.5, "p50_ms": 3.1, "p99_ms": 17.25, "errors": 0}
     # A step where every request failed has null latencies in bench.json (loadtest/report.py).
     failed = {"concurrency": 1, "img_per_s": 0.0, "p50_ms": None, "p99_ms": None, "errors": 4}
-    service = {"steps": [failed], "open_loop": open_loop}
+    serving = {"backend": "torch on cuda:0, fp16", "http_workers": 15, "decode": "gpu", "decode_reason": "nvJPEG"}
+    service = {"steps": [failed], "open_loop": open_loop, "serving": serving}
     bench = {"backends": {"torch": {"engine": [], "pipeline": [], "service": service}}}
     (work / "bench" / "bench.json").write_text(json.dumps(bench))
     run = subprocess.run(
@@ -248,6 +249,8 @@ def test_the_gpu_report_carries_the_engine_and_decode_tools_reports_and_fails_a_
     assert "torch (c) service over HTTP, open loop at 4000 req/s: 3998 img/s, p50 3.10 ms, p99 17.25 ms" in run.stdout
     assert "| torch | (c) service over HTTP, c=1 | 0 | - | - | 4 errors" in md
     assert "torch (c) service over HTTP, c=1: 0 img/s, p50 - ms, p99 - ms" in run.stdout
+    served = "(c) service torch: torch on cuda:0, fp16, 15 front end(s); JPEGs: nvJPEG"
+    assert f"- {served}\n" in md and f"  {served}\n" in run.stdout
 
 
 @pytest.mark.parametrize("required", [False, True])
