@@ -117,9 +117,9 @@ def _tensor_input(data: bytes) -> tuple[torch.Tensor, int]:
 
 
 def _decode_on_cuda(datas: list[bytes]) -> list[torch.Tensor | None]:
-    """The GPU decoder the engine chooses (by its start-up chroma probe: nvImageCodec, else torchvision's
-    nvJPEG), which must start on a CUDA host; None for what the front end sends to the CPU path
-    instead. Nearly every JPEG it is given must decode: else this test would compare the CPU path with
+    """The GPU decoder the engine takes under --decode gpu (by its start-up chroma probe: nvImageCodec,
+    else torchvision's nvJPEG; --decode auto takes it only where its chroma matches the CPU path's),
+    which must start on a CUDA host; None for what the front end sends to the CPU path instead. Nearly every JPEG it is given must decode: else this test would compare the CPU path with
     itself."""
     decoder, name = start_jpeg_decoder("cuda", CONFIG.resize_size, CONFIG.crop_size)
     print(f"GPU JPEG decoder: {name} ({decoder.chroma})")  # shown when the test fails
