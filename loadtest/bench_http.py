@@ -79,7 +79,7 @@ def http_sweeps(
             continue
         if t.name == "service" and (facts := servers.served(started[t.key].url)) is not None:
             serving[t.key] = facts
-            say(f"  {t.key} serves {facts['backend']}; JPEGs decoded: {facts['decode_reason']}")
+            say(f"  {t.key} serves {servers.served_text(facts)}")
     live = [t for t in targets if t.key in started] + [
         Target(f"pipeline:{p.name}", "pipeline", p.name, Path(), []) for p in pipelines
     ]

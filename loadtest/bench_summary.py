@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import statistics
 
+from loadtest.servers import served_text
+
 TARGETS = {"vs_pipeline": 0.85, "vs_naive": 1.6, "c1_p50_over_pipeline": 1.10}
 
 
@@ -65,10 +67,7 @@ def open_loop_lines(what: str, entry: dict, md: list[str]) -> list[str]:
 
 def serving_line(what: str, entry: dict) -> list[str]:
     """What a service said it served when it started (``servers.served``), where it said."""
-    s = entry.get("serving")
-    if not s:
-        return []
-    return [f"  {what} served {s['backend']}, {s['http_workers']} front end(s); JPEGs: {s['decode_reason']}"]
+    return [f"  {what} served {served_text(entry['serving'])}"] if entry.get("serving") else []
 
 
 def layout_lines(layouts: dict[str, dict], md: list[str], service: dict | None = None) -> list[str]:

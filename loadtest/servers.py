@@ -104,6 +104,11 @@ def served(url: str) -> dict | None:
         return None
 
 
+def served_text(facts: dict) -> str:
+    """``served``'s facts in words, as the bench prints them."""
+    return f"{facts['backend']}, {facts['http_workers']} front end(s); JPEGs: {facts['decode_reason']}"
+
+
 def start(
     name: str,
     log_dir: Path,

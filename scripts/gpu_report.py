@@ -93,7 +93,9 @@ def service_rows(bench: dict) -> list[dict]:
 
 def served_lines(bench: dict) -> list[str]:
     """What each service of the bench said it served when it started (loadtest.servers.served): the
-    GPU decoder behind a figure, or that JPEGs were decoded on the CPU after all."""
+    GPU decoder behind a figure, or that JPEGs were decoded on the CPU after all. Worded as
+    loadtest.servers.served_text, not imported: this report is written even where the service's
+    packages do not import (a carried wheel that does not load)."""
     entries = [(f"(c) service {name}", b.get("service", {})) for name, b in bench.get("backends", {}).items()]
     entries += [(f"(e) layout {label}", entry) for label, entry in bench.get("layouts", {}).items()]
     return [

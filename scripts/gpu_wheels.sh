@@ -10,7 +10,8 @@
 #
 # It also writes .whl-nvimgcodec/ (29 MiB): nvImageCodec and its nvJPEG, the engine's preferred GPU JPEG
 # decoder (service/gpu_decode.py). A folder of its own, so that a call that must carry something large
-# (a part of onnxruntime-gpu, docs/gpu.md) can leave it behind: the engine then decodes with torchvision.
+# (a part of onnxruntime-gpu, docs/gpu.md) can leave it behind: the GPU decoder is then torchvision's
+# nvJPEG, which --decode auto passes over for the CPU (its chroma), and gpu_check's bench-service forces.
 #
 # A host with network needs none of this: `make install` there, then `bash scripts/gpu_check.sh`.
 set -euo pipefail

@@ -47,6 +47,8 @@ def choose_decode(settings: Settings, selection: Selection) -> tuple[object | No
             why_not = f"no GPU JPEG decoder is usable here: {exc}"
         else:
             if decoder.interpolates_chroma or settings.decode == "gpu":
+                if decoder.warning:
+                    log.warning("%s", decoder.warning)
                 return decoder, f"nvJPEG on the GPU via {name} ({decoder.chroma}), CPU for what it does not take"
             why_not = (
                 f"no GPU JPEG decoder here interpolates chroma as the CPU path does (the first that decodes, "

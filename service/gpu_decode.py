@@ -331,6 +331,8 @@ class JpegDecoder:
         # What start_jpeg_decoder measured of its chroma (describe_chroma), for the engine to report.
         self.chroma = "chroma not measured"
         self.interpolates_chroma: bool | None = None  # as the CPU path does, by that measurement
+        # Where start_jpeg_decoder found none that does: what whoever decodes with it anyway should log.
+        self.warning: str | None = None
 
     def decode(self, jpegs: Sequence[tuple[memoryview, int]]) -> list[torch.Tensor | Exception]:
         """One crop or one exception per (bytes, EXIF orientation), in order.
@@ -366,8 +368,9 @@ def start_jpeg_decoder(
     """(decoder, its name): the first of ``decoder_factories`` (or of ``names`` among them) that turns a
     test JPEG into a crop on ``device`` (which also loads nvJPEG now, not on a request) and decodes the
     chroma probes (one batch) each within ``CHROMA_THRESHOLD`` of PIL's pixels; where none is that close,
-    the first that decodes, with a warning. ``decoder.chroma`` says what its probes measured. A
-    RuntimeError giving each one's failure where none decodes."""
+    the first that decodes, with the warning its user should log in ``decoder.warning`` (the engine
+    logs it only where it decodes with it: ``--decode gpu``). ``decoder.chroma`` says what its probes
+    measured. A RuntimeError giving each one's failure where none decodes."""
     passed_over: list[str] = []  # each candidate not taken, and why, in order
     errors: list[str] = []  # those that did not decode
     repeating: list[tuple[str, JpegDecoder, ChromaDiff]] = []  # those that decode, chroma unlike the CPU path's
@@ -395,13 +398,11 @@ def start_jpeg_decoder(
     if not repeating:
         raise RuntimeError("; ".join(errors))
     name, decoder, _ = repeating[0]
-    log.warning(
-        "GPU JPEG decoding by %s, the first that decodes, though none here interpolates chroma as the CPU "
-        "path does (chroma probes, the worst's levels of 255 from PIL's pixels, threshold %g: %s): on saturated colour "
-        'its crops will differ from the CPU path\'s (docs/gpu.md, "JPEG chroma on the GPU")%s',
-        name,
-        CHROMA_THRESHOLD,
-        ", ".join(f"{other} {diff.levels:.1f} ({diff.worst})" for other, _, diff in repeating),
-        "".join(f"; {error}" for error in errors),
+    decoder.warning = (
+        f"GPU JPEG decoding by {name}, the first that decodes, though none here interpolates chroma as the CPU "
+        f"path does (chroma probes, the worst's levels of 255 from PIL's pixels, threshold {CHROMA_THRESHOLD:g}: "
+        + ", ".join(f"{other} {diff.levels:.1f} ({diff.worst})" for other, _, diff in repeating)
+        + '): on saturated colour its crops will differ from the CPU path\'s (docs/gpu.md, "JPEG chroma on the GPU")'
+        + "".join(f"; {error}" for error in errors)
     )
     return decoder, name

@@ -221,11 +221,6 @@ class Pipeline:
             raise
         return [Staged(wire.ImageRef("fp32", s.offset, s.nbytes), s, 0.0) for s in spans]
 
-    def release(self, staged: list[Staged]) -> None:
-        """Free slots of images that will not be submitted after all."""
-        for item in staged:
-            self.arena.free(item.span)
-
     # -- inference ----------------------------------------------------------------------------------
     def submit(self, staged: list[Staged], deadline: float, top_k: int, want_logits: bool = False) -> Submitted:
         """Send the images to the engine, now (no await: nothing can come between the staging and

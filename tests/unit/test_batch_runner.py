@@ -263,7 +263,7 @@ def test_on_cuda_crops_and_jpegs_decoded_by_nvjpeg_give_the_cpu_top_1(fitted, se
     selection = select_onnxruntime_cuda(settings) if backend == "onnxruntime" else select_backend(settings)
     assert selection.backend.takes_tensors
     meta = selection.metadata
-    decoder, _name = start_jpeg_decoder(selection.backend.device, 256, 224)  # as the engine chooses
+    decoder, _name = start_jpeg_decoder(selection.backend.device, 256, 224)  # as the engine chooses (--decode gpu)
     runner = EngineRunner(selection.backend, meta, decoder)
     jpegs = [jpeg(d) for d, _ in fitted.eval_images(per_class=2)]
     staging = Staging()

@@ -266,7 +266,8 @@ def test_the_calibration_script_prints_each_probe_separated_and_what_the_probes_
     assert list(rows) == list(gpu_decode.CHROMA_PROBES), proc.stdout
     assert "4:2:2 128x96" in rows and " 0.00   64.3  yes (8.0x the threshold)" in rows["4:2:2 128x96"]
     assert all(" 0.00 " in row and "  yes (" in row for row in rows.values()), proc.stdout
-    assert re.search(r"cost: built in \d+ ms .* 0\.70 MB; one chroma_diff \d+ ms", proc.stdout), proc.stdout
+    cost = re.search(r"cost: built in \d+ ms .* (\d+\.\d\d) MB; one chroma_diff \d+ ms", proc.stdout)
+    assert cost and 0.3 < float(cost[1]) < 1.5, proc.stdout  # 0.70 MB with Pillow 13
 
 
 def _repeating_on(kind):
@@ -343,7 +344,7 @@ def test_the_engine_passes_over_a_decoder_that_repeats_chroma_only_on_large_jpeg
     decoder, name = gpu_decode.start_jpeg_decoder("cpu", 256, 224)
     diff = gpu_decode.chroma_diff(large_only)
     assert name == "hw" and decoder.chroma == gpu_decode.describe_chroma(diff)
-    assert f"threshold 8: hw {diff.levels:.1f} (4:2:0 1280x960))" in caplog.text
+    assert decoder.warning and f"threshold 8: hw {diff.levels:.1f} (4:2:0 1280x960))" in decoder.warning
 
 
 def test_a_probe_the_decoder_refuses_is_left_to_the_cpu_path_and_said_and_all_refused_raises():
@@ -420,7 +421,7 @@ def test_the_engine_passes_over_a_gpu_decoder_that_repeats_chroma_for_the_next_a
     assert repeated.startswith("chroma repeated on 4 of 4 probes") and "docs/gpu.md" in repeated
 
 
-def test_where_every_gpu_decoder_repeats_chroma_the_engine_takes_the_first_that_decodes_and_warns(monkeypatch, caplog):
+def test_where_every_gpu_decoder_repeats_chroma_the_first_that_decodes_comes_with_its_warning(monkeypatch, caplog):
     diff = gpu_decode.chroma_diff(pil_decode_repeating_chroma)
     repeating = _serving(pil_decode_repeating_chroma)
     monkeypatch.setattr(
@@ -429,9 +430,8 @@ def test_where_every_gpu_decoder_repeats_chroma_the_engine_takes_the_first_that_
     decoder, name = gpu_decode.start_jpeg_decoder("cpu", 256, 224)
     assert name == "hw" and decoder.decode_batch is pil_decode_repeating_chroma
     assert decoder.chroma == gpu_decode.describe_chroma(diff) and decoder.chroma.startswith("chroma repeated on 4")
-    (record,) = [r for r in caplog.records if r.name == "service.gpu_decode"]
-    assert record.levelname == "WARNING"
-    assert record.getMessage() == (
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # logged by whoever decodes with it
+    assert decoder.warning == (
         "GPU JPEG decoding by hw, the first that decodes, though none here interpolates chroma as the CPU path "
         "does (chroma probes, the worst's levels of 255 from PIL's pixels, threshold 8: "
         f"hw {diff.levels:.1f} (4:2:0 1280x960), tv {diff.levels:.1f} (4:2:0 1280x960)): on "
@@ -440,7 +440,7 @@ def test_where_every_gpu_decoder_repeats_chroma_the_engine_takes_the_first_that_
     )
     caplog.clear()
     decoder, name = gpu_decode.start_jpeg_decoder("cpu", 256, 224, ["tv"])  # as loadtest.gpu_decode starts each
-    assert name == "tv" and decoder.chroma.startswith("chroma repeated") and "the first that decodes" in caplog.text
+    assert name == "tv" and decoder.chroma.startswith("chroma repeated") and "the first that decodes" in decoder.warning
 
 
 def test_the_engine_takes_the_first_gpu_decoder_that_decodes_and_says_why_it_passed_the_others(monkeypatch, caplog):

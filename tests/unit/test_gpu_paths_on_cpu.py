@@ -49,7 +49,7 @@ class CudaBackend(Backend):
         raise AssertionError("not run here")
 
 
-def test_jpegs_are_decoded_on_the_gpu_for_any_cuda_backend_that_takes_tensors_and_else_it_says_why(monkeypatch):
+def test_jpegs_are_decoded_on_the_gpu_for_any_cuda_backend_that_takes_tensors_and_else_it_says_why(monkeypatch, caplog):
     # nvJPEG, as the engine sees it
     monkeypatch.setattr(gpu_decode, "nvimgcodec_decoder", lambda device, **options: pil_decode)
     meta = ModelMetadata("torchvision", ["a", "b"], 224, 256, "test", "c" * 64)
@@ -74,15 +74,18 @@ def test_jpegs_are_decoded_on_the_gpu_for_any_cuda_backend_that_takes_tensors_an
     monkeypatch.setattr(gpu_decode, "torchvision_decoder", lambda device: pil_decode_repeating_chroma)
     repeated = gpu_decode.describe_chroma(gpu_decode.chroma_diff(pil_decode_repeating_chroma))
     assert repeated.startswith("chroma repeated on 4 of 4 probes (levels from the CPU path, threshold 8: ")
+    caplog.clear()
     assert choose_decode(Settings(decode="auto"), selection) == (
         None,
         "auto: on the CPU in the front ends, because no GPU JPEG decoder here interpolates chroma as the CPU "
         f"path does (the first that decodes, nvimgcodec: {repeated}); --decode gpu decodes on the GPU anyway",
     )
+    assert "the first that decodes" not in caplog.text  # no warning about a decoder it does not use
     decoder, why = choose_decode(Settings(decode="gpu"), selection)
     assert isinstance(decoder, gpu_decode.JpegDecoder) and why == (
         f"nvJPEG on the GPU via nvimgcodec ({repeated}), CPU for what it does not take"
     )
+    assert decoder.warning and [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [decoder.warning]
     assert choose_decode(Settings(decode="cpu"), selection) == (None, "decode=cpu was asked for")
 
 

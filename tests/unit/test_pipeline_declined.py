@@ -165,7 +165,7 @@ def test_the_deadline_covers_the_second_submit_which_is_cancelled_then(setup):
 
     async def main():
         staged = await pipeline.prepare([jpeg(5)])
-        submitted = pipeline.submit(staged, time.monotonic() + 1.0, top_k=1)
+        submitted = pipeline.submit(staged, time.monotonic() + 3.0, top_k=1)
         waiting = asyncio.ensure_future(pipeline.wait(submitted))
         await until(lambda: len(engine.submits) == 1)
         engine.answer(1, [wire.DECLINED])
