@@ -54,8 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--onnx",
-        type=Path,
-        default=Path("artifacts/alexnet.onnx"),
+        # Absolute: a --layout from another checkout runs its server in that checkout's folder.
+        type=lambda text: Path(text).resolve(),
+        default="artifacts/alexnet.onnx",
         help="ONNX model (exported, untrained, when missing)",
     )
     p.add_argument("--backends", default="onnxruntime", help="backends to measure, comma-separated")

@@ -92,6 +92,12 @@ def test_a_bad_layout_is_a_usage_error(value, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_the_onnx_path_is_made_absolute_for_servers_run_from_another_checkout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert get_args_parser().parse_args([]).onnx == tmp_path / "artifacts" / "alexnet.onnx"
+    assert get_args_parser().parse_args(["--onnx", "m.onnx"]).onnx == tmp_path / "m.onnx"
+
+
 def test_a_layout_parses_into_label_flags_and_checkout(tmp_path):
     (tmp_path / "service").mkdir()
     (tmp_path / "service" / "__main__.py").write_text("")
