@@ -152,8 +152,8 @@ if { [ -z "$ONLY" ] || [[ ",$ONLY," == *",bench-service,"* ]]; } \
     > /dev/null 2>&1; then
     BENCH_DECODE=gpu
 fi
-step bench-service 330 env ALEXNET_DECODE=$BENCH_DECODE $PY -m loadtest.bench --gpu --onnx "$ONNX" --duration-s 4 --warmup-s 1 \
-    --engine-batches 1,8,32 --engine-time-s 2 --procs auto --out "$WORK/bench" \
+step bench-service 330 env ALEXNET_DECODE=$BENCH_DECODE $PY -m loadtest.bench --gpu --onnx "$ONNX" \
+    --duration-s 4 --warmup-s 1 --engine-batches 1,8,32 --engine-time-s 2 --procs auto --out "$WORK/bench" \
     --layout "cpu decode:--decode=cpu" --layout "1 front end, cpu decode:--decode=cpu --http-workers=1"
 # Each GPU decoder (nvImageCodec with and without its hardware decoder, torchvision) alone and with the
 # resize + crop, images of one size in groups against one by one: images/s and the prepare thread's host
