@@ -109,6 +109,28 @@ def setup():
     arena.close()
 
 
+async def submitted_and_waiting(pipeline: Pipeline, images: list[bytes], deadline_s: float = 30.0):
+    """``images`` prepared, submitted, and waited for: (the Submitted, the wait's task), the wait under way."""
+    staged = await pipeline.prepare(images)
+    submitted = pipeline.submit(staged, time.monotonic() + deadline_s, top_k=1)
+    waiting = asyncio.ensure_future(pipeline.wait(submitted))
+    for _ in range(5):  # into the wait for the engine's answer
+        await asyncio.sleep(0)
+    return submitted, waiting
+
+
+async def ends_with_the_second_submit_cancelled(
+    waiting, engine: FakeEngine, arena: Arena, error=asyncio.CancelledError
+):
+    """The wait ends with ``error``, the second submit is cancelled at the engine, and every slot is
+    free once the engine has answered that cancel (not before: the engine may still be reading it)."""
+    with pytest.raises(error):
+        await waiting
+    assert engine.cancelled == [2]
+    engine.answer(2, ["cpu"])
+    assert arena.used_slots == 0
+
+
 async def until(condition, timeout_s: float = 10.0) -> None:
     end = time.monotonic() + timeout_s
     while not condition():
@@ -121,11 +143,8 @@ def test_declined_jpegs_are_decoded_here_sent_as_crops_and_answered_in_their_pla
     images = [jpeg(1), jpeg(2), jpeg(3)]
 
     async def main():
-        staged = await pipeline.prepare(images)
-        assert [s.ref.kind for s in staged] == ["jpeg"] * 3
-        submitted = pipeline.submit(staged, time.monotonic() + 30, top_k=1)
-        waiting = asyncio.ensure_future(pipeline.wait(submitted))
-        await until(lambda: len(engine.submits) == 1)
+        submitted, waiting = await submitted_and_waiting(pipeline, images)
+        assert [s.ref.kind for s in submitted.staged] == ["jpeg"] * 3
         engine.answer(1, ["gpu", wire.DECLINED, wire.DECLINED])
         await until(lambda: len(engine.submits) == 2)
         rid, refs, held = engine.submits[1]
@@ -136,7 +155,7 @@ def test_declined_jpegs_are_decoded_here_sent_as_crops_and_answered_in_their_pla
         results = await waiting
         assert [(r.decode, r.indices) for r in results] == [("gpu", [1]), ("cpu", [2]), ("cpu", [2])]
         assert [(r.queue_ms, r.inference_ms) for r in results] == [(1.0, 2.0), (2.0, 4.0), (2.0, 4.0)]  # both rounds
-        assert staged[1].preprocess_ms > 0 and arena.used_slots == 0
+        assert submitted.staged[1].preprocess_ms > 0 and arena.used_slots == 0
 
     asyncio.run(main())
 
@@ -147,10 +166,7 @@ def test_a_corrupt_jpeg_the_engine_declined_fails_here_named_by_its_place_and_fr
     corrupt = good[: len(good) // 2]
 
     async def main():
-        staged = await pipeline.prepare([good, corrupt])
-        submitted = pipeline.submit(staged, time.monotonic() + 30, top_k=1)
-        waiting = asyncio.ensure_future(pipeline.wait(submitted))
-        await until(lambda: len(engine.submits) == 1)
+        _, waiting = await submitted_and_waiting(pipeline, [good, corrupt])
         engine.answer(1, ["gpu", wire.DECLINED])
         with pytest.raises(CorruptImage) as failed:
             await waiting
@@ -164,17 +180,10 @@ def test_the_deadline_covers_the_second_submit_which_is_cancelled_then(setup):
     pipeline, engine, arena = setup
 
     async def main():
-        staged = await pipeline.prepare([jpeg(5)])
-        submitted = pipeline.submit(staged, time.monotonic() + 3.0, top_k=1)
-        waiting = asyncio.ensure_future(pipeline.wait(submitted))
-        await until(lambda: len(engine.submits) == 1)
+        _, waiting = await submitted_and_waiting(pipeline, [jpeg(5)], deadline_s=3.0)
         engine.answer(1, [wire.DECLINED])
         await until(lambda: len(engine.submits) == 2)  # and never answered
-        with pytest.raises(DeadlineExceeded):
-            await waiting
-        assert engine.cancelled == [2]
-        engine.answer(2, ["cpu"])  # the engine answers the cancel: only then are the crop's slots free
-        assert arena.used_slots == 0
+        await ends_with_the_second_submit_cancelled(waiting, engine, arena, DeadlineExceeded)
 
     asyncio.run(main())
 
@@ -183,18 +192,11 @@ def test_a_client_that_leaves_during_the_second_submit_cancels_it(setup):
     pipeline, engine, arena = setup
 
     async def main():
-        staged = await pipeline.prepare([jpeg(6)])
-        submitted = pipeline.submit(staged, time.monotonic() + 30, top_k=1)
-        waiting = asyncio.ensure_future(pipeline.wait(submitted))
-        await until(lambda: len(engine.submits) == 1)
+        _, waiting = await submitted_and_waiting(pipeline, [jpeg(6)])
         engine.answer(1, [wire.DECLINED])
         await until(lambda: len(engine.submits) == 2)
         waiting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        assert engine.cancelled == [2]
-        engine.answer(2, ["cpu"])
-        assert arena.used_slots == 0
+        await ends_with_the_second_submit_cancelled(waiting, engine, arena)
 
     asyncio.run(main())
 
@@ -205,11 +207,7 @@ def test_a_client_that_leaves_as_the_first_answer_arrives_gets_no_second_decode_
     pipeline, engine, arena = setup
 
     async def main():
-        staged = await pipeline.prepare([jpeg(7)])
-        submitted = pipeline.submit(staged, time.monotonic() + 30, top_k=1)
-        waiting = asyncio.ensure_future(pipeline.wait(submitted))
-        for _ in range(5):
-            await asyncio.sleep(0)
+        submitted, waiting = await submitted_and_waiting(pipeline, [jpeg(7)])
         engine.answer(1, [wire.DECLINED])
         pipeline.cancel(submitted)  # while_connected's on_hangup, then its task.cancel()
         waiting.cancel()
@@ -224,10 +222,7 @@ def test_a_client_that_leaves_as_the_cpu_decode_finishes_has_the_second_submit_c
     pipeline, engine, arena = setup
 
     async def main():
-        staged = await pipeline.prepare([jpeg(8)])
-        submitted = pipeline.submit(staged, time.monotonic() + 30, top_k=1)
-        waiting = asyncio.ensure_future(pipeline.wait(submitted))
-        await until(lambda: len(engine.submits) == 1)
+        _, waiting = await submitted_and_waiting(pipeline, [jpeg(8)])
         prepare = pipeline.prepare
 
         async def prepare_then_leave(*args, **kwargs):  # the hang-up in the turn the decode is done
@@ -237,10 +232,6 @@ def test_a_client_that_leaves_as_the_cpu_decode_finishes_has_the_second_submit_c
 
         pipeline.prepare = prepare_then_leave  # type: ignore[method-assign]
         engine.answer(1, [wire.DECLINED])
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        assert engine.cancelled == [2]
-        engine.answer(2, ["cpu"])
-        assert arena.used_slots == 0
+        await ends_with_the_second_submit_cancelled(waiting, engine, arena)
 
     asyncio.run(main())
