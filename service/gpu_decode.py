@@ -202,8 +202,8 @@ CHROMA_PROBES = {
 def chroma_probe_jpegs() -> Mapping[str, bytes]:
     """Each of ``CHROMA_PROBES`` as a JPEG (quality 90) of a magenta and green checker of 2x2-pixel
     squares: the colour changes at every chroma sample, where repeating it differs most from
-    interpolating it. Built once: 0.7 MB, nearly all of it the large one, in about 50 ms on a 2-core
-    AMD EPYC (where one ``chroma_diff`` then takes about 20 ms: scripts/measure_chroma_upsampling.py)."""
+    interpolating it. Built once: 0.7 MB, nearly all of it the large one, in about 40-50 ms on a 2-core
+    AMD EPYC (where one ``chroma_diff`` then takes 8-10 ms: scripts/measure_chroma_upsampling.py)."""
     from PIL import Image
 
     out: dict[str, bytes] = {}
@@ -217,6 +217,19 @@ def chroma_probe_jpegs() -> Mapping[str, bytes]:
         )
         out[name] = buffer.getvalue()
     return MappingProxyType(out)  # cached: read-only
+
+
+@functools.cache
+def chroma_probe_references() -> Mapping[str, np.ndarray]:
+    """PIL's pixels of each chroma probe, (H, W, 3) int16: decoded once, not once per candidate."""
+    from PIL import Image
+
+    out = {}
+    for name, data in chroma_probe_jpegs().items():
+        with Image.open(io.BytesIO(data)) as image:
+            out[name] = np.asarray(image.convert("RGB")).astype(np.int16)
+            out[name].flags.writeable = False  # cached: read-only
+    return MappingProxyType(out)
 
 
 @dataclass(frozen=True)
@@ -263,9 +276,7 @@ def chroma_diff(decode_batch: DecodeBatch) -> ChromaDiff:
     """``decode_batch``'s pixels of the chroma probes (before any resize), decoded in one call, against
     PIL's (the CPU path's decoder). A probe that comes back as an exception is refused, not measured;
     raises the first exception where every probe is, and a RuntimeError for a wrong-shaped image."""
-    from PIL import Image
-
-    jpegs = chroma_probe_jpegs()
+    jpegs, references = chroma_probe_jpegs(), chroma_probe_references()
     images = decode_each(
         decode_batch, [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in jpegs.values()]
     )
@@ -273,12 +284,11 @@ def chroma_diff(decode_batch: DecodeBatch) -> ChromaDiff:
         raise RuntimeError(f"the chroma probes came back as {len(images)} images, not {len(jpegs)}")
     by_probe: dict[str, float] = {}
     refused: dict[str, Exception] = {}
-    for (name, data), image in zip(jpegs.items(), images, strict=True):
+    for name, image in zip(jpegs, images, strict=True):
         if isinstance(image, Exception):
             refused[name] = image
             continue
-        with Image.open(io.BytesIO(data)) as reference_image:
-            reference = np.asarray(reference_image.convert("RGB")).astype(np.int16)
+        reference = references[name]
         pixels = image.permute(1, 2, 0).cpu().numpy()  # (3, H, W) -> (H, W, 3); waits for the decode
         if pixels.shape != reference.shape or pixels.dtype != np.uint8:
             raise RuntimeError(
@@ -328,11 +338,19 @@ class JpegDecoder:
         # of 500x375, one thread, 2-core AMD EPYC: 190 ms in one group, 74 ms one by one).
         on_cuda = torch.device(device).type == "cuda"
         self.group_bytes = group_bytes if group_bytes is not None else (GROUP_MAX_BYTES if on_cuda else 0)
-        # What start_jpeg_decoder measured of its chroma (describe_chroma), for the engine to report.
-        self.chroma = "chroma not measured"
-        self.interpolates_chroma: bool | None = None  # as the CPU path does, by that measurement
-        # Where start_jpeg_decoder found none that does: what whoever decodes with it anyway should log.
+        self.measured: ChromaDiff | None = None  # its chroma probes, as start_jpeg_decoder measured them
+        # Where start_jpeg_decoder found none that interpolates: what whoever decodes with it should log.
         self.warning: str | None = None
+
+    @property
+    def chroma(self) -> str:
+        """What its chroma probes measured, in words (describe_chroma), for the engine to report."""
+        return describe_chroma(self.measured) if self.measured is not None else "chroma not measured"
+
+    @property
+    def interpolates_chroma(self) -> bool | None:
+        """As the CPU path does, by that measurement (None: not measured)."""
+        return self.measured.interpolated if self.measured is not None else None
 
     def decode(self, jpegs: Sequence[tuple[memoryview, int]]) -> list[torch.Tensor | Exception]:
         """One crop or one exception per (bytes, EXIF orientation), in order.
@@ -388,7 +406,7 @@ def start_jpeg_decoder(
             errors.append(f"{name}: {type(exc).__name__}: {exc}")
             passed_over.append(errors[-1])
             continue
-        decoder.chroma, decoder.interpolates_chroma = describe_chroma(diff), diff.interpolated
+        decoder.measured = diff
         if diff.interpolated:
             if passed_over:
                 log.warning("GPU JPEG decoding by %s, because %s", name, "; ".join(passed_over))
