@@ -130,6 +130,7 @@ def _http_row(backend: str, what: str, step: dict) -> dict:
 
 def build_report(work: Path, budget_s: int) -> dict:
     gpu = (work / "gpu.txt").read_text().strip() if (work / "gpu.txt").is_file() else "unknown GPU"
+    bench = load_json(work / "bench" / "bench.json") or {}
     return {
         "gpu": gpu,
         "budget_s": budget_s,
@@ -140,8 +141,8 @@ def build_report(work: Path, budget_s: int) -> dict:
         "train": train_summary(work),
         "bench_train": load_json(work / "bench_train.json"),
         "bench_train_compile": load_json(work / "bench_train_compile.json"),
-        "service": service_rows(load_json(work / "bench" / "bench.json") or {}),
-        "served": served_lines(load_json(work / "bench" / "bench.json") or {}),
+        "service": service_rows(bench),
+        "served": served_lines(bench),
     }
 
 
