@@ -172,9 +172,16 @@ class EngineRunner:
         with self._decoded_lock:
             return dict(self._decoded)
 
-    def run(self, prepared: Prepared) -> list[ImageOutput]:
-        if all(decode == DECLINED for decode in prepared.decode):  # nothing to infer: all go back
+    def outputs_without_backend(self, prepared: Prepared) -> list[ImageOutput] | None:
+        """Every image declined: nothing for the backend, they all go back (the batcher answers them at
+        once instead of after the running batch). Otherwise None: the batch has to run."""
+        if all(decode == DECLINED for decode in prepared.decode):
             return [ImageOutput(None, None, None, DECLINED) for _ in prepared.images]
+        return None
+
+    def run(self, prepared: Prepared) -> list[ImageOutput]:
+        if (declined := self.outputs_without_backend(prepared)) is not None:
+            return declined
         n = len(prepared.images)
         k = max((image.top_k for image in prepared.images), default=0)
         want_logits = any(image.want_logits for image in prepared.images)

@@ -19,7 +19,9 @@ Policy (the only one in the service):
 
 Each batch goes through two stages of a *runner*: ``prepare`` (assemble the backend's input: stack,
 normalise, decode) on one thread and ``run`` (inference and what follows it) on the inference
-threads. A plain Backend is wrapped in ``BackendRunner``: float32 tensors in, logits rows out.
+threads. A prepared batch with nothing left for the backend (``outputs_without_backend``: the engine
+declined every image) is answered at once, without waiting for the backend, and is not counted as
+one of its batches. A plain Backend is wrapped in ``BackendRunner``: float32 tensors in, logits rows out.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class BatchRunner(Protocol):
 
     def prepare(self, payloads: list[Any]) -> Any: ...
 
+    def outputs_without_backend(self, prepared: Any) -> list[Any] | None: ...  # see BackendRunner
+
     def run(self, prepared: Any) -> list[Any]: ...  # one output per payload
 
 
@@ -86,6 +90,11 @@ class BackendRunner:
         if padded > n:
             stacked = np.concatenate([stacked, np.zeros((padded - n, *stacked.shape[1:]), stacked.dtype)])
         return stacked, n
+
+    def outputs_without_backend(self, prepared: tuple[np.ndarray, int]) -> None:
+        """The outputs of a prepared batch with nothing for the backend to do (the engine's runner: every
+        image went back to its front end), or None: it has to run. A plain backend's batch always runs."""
+        return None
 
     def run(self, prepared: tuple[np.ndarray, int]) -> list[np.ndarray]:
         batch, n = prepared
@@ -275,8 +284,11 @@ class Batcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _prepare_and_run(self, payloads: list[Any]) -> list[Any]:
-        return self.runner.run(self.runner.prepare(payloads))
+    def _prepare_and_run(self, payloads: list[Any]) -> tuple[list[Any], bool]:
+        """The batch's outputs, and whether the backend ran it."""
+        prepared = self.runner.prepare(payloads)
+        outputs = self.runner.outputs_without_backend(prepared)
+        return (outputs, False) if outputs is not None else (self.runner.run(prepared), True)
 
     @property
     def _backend_busy(self) -> bool:
@@ -292,26 +304,33 @@ class Batcher:
         try:
             for item in batch:
                 self._metrics.queue_wait.observe(started - item.enqueued)
-            self._metrics.batch_size.observe(n)
             payloads = [i.payload for i in batch]
             if self.runner.prepare_ahead:  # prepare on its own thread, so it overlaps the running batch
                 prepared = await loop.run_in_executor(self._preparer, self.runner.prepare, payloads)
-                async with self._running:
-                    outputs = await loop.run_in_executor(self._executor, self.runner.run, prepared)
+                answered = self.runner.outputs_without_backend(prepared)
+                ran = answered is None
+                if answered is None:
+                    async with self._running:
+                        outputs = await loop.run_in_executor(self._executor, self.runner.run, prepared)
+                else:  # now, not after the batch that may be running meanwhile
+                    outputs = answered
             else:  # one hop to the inference thread for both stages: less latency per batch
                 async with self._running:
-                    outputs = await loop.run_in_executor(self._executor, self._prepare_and_run, payloads)
+                    outputs, ran = await loop.run_in_executor(self._executor, self._prepare_and_run, payloads)
             if len(outputs) != n:
                 raise RuntimeError(f"runner returned {len(outputs)} outputs for a batch of {n}")
             elapsed = time.monotonic() - started
-            self._metrics.inference_time.observe(elapsed)
-            self._metrics.images.inc(n)
-            self._stats.consecutive_failures = 0
+            if ran:  # one the backend did not run is not counted among its batches
+                self._metrics.batch_size.observe(n)
+                self._metrics.inference_time.observe(elapsed)
+                self._metrics.images.inc(n)
+                self._stats.consecutive_failures = 0
             for item, output in zip(batch, outputs, strict=True):
                 if item.future.done():
                     continue
                 item.future.set_result(InferenceResult(output, (started - item.enqueued) * 1000, elapsed * 1000, n))
         except Exception as exc:
+            self._metrics.batch_size.observe(n)
             self._stats.consecutive_failures += 1
             self._metrics.backend_failures.inc()
             log.exception("backend %s failed on a batch of %d", self.runner.name, n)

@@ -52,7 +52,8 @@ class Metrics:
         )
         self.images = Counter(
             "alexnet_images_total",
-            "Images through a batch (a JPEG the engine declined counts again when its crop comes back)",
+            "Images through a batch the backend ran (a JPEG the engine declined there counts again when its "
+            "crop comes back)",
             registry=r,
         )
         self.errors = Counter("alexnet_errors_total", "Requests answered with an error, by kind", ["kind"], registry=r)

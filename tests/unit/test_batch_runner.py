@@ -159,11 +159,15 @@ def test_a_jpeg_is_declined_where_there_is_no_gpu_decoder(fitted, selections, mo
         crop, declined = run(runner, staging.images([staging.crop(png), staging.jpeg(jpeg(png))]))
         assert (crop.decode, declined.decode) == ("cpu", DECLINED)
         assert crop.indices is not None and declined.indices is None
-        # A batch of declined images only is not run at all.
+        # A batch of declined images only is not run at all, and says so to the batcher.
         monkeypatch.setattr(runner, "_run_tensor", lambda *a: pytest.fail("ran a batch with nothing to infer"))
         monkeypatch.setattr(runner, "_run_host", lambda *a: pytest.fail("ran a batch with nothing to infer"))
-        outputs = run(runner, staging.images([staging.jpeg(jpeg(png)), staging.jpeg(jpeg(png))]))
-        assert [(o.decode, o.indices) for o in outputs] == [(DECLINED, None)] * 2
+        prepared = runner.prepare(staging.images([staging.jpeg(jpeg(png)), staging.jpeg(jpeg(png))]))
+        outputs = runner.outputs_without_backend(prepared)
+        assert outputs is not None and [(o.decode, o.indices) for o in outputs] == [(DECLINED, None)] * 2
+        assert [(o.decode, o.indices) for o in runner.run(prepared)] == [(DECLINED, None)] * 2
+        mixed = runner.prepare(staging.images([staging.crop(png), staging.jpeg(jpeg(png))]))
+        assert runner.outputs_without_backend(mixed) is None
 
 
 def test_exif_orientation_sent_by_the_front_end_is_applied_after_decoding(fitted, selections):

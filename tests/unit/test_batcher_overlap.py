@@ -13,6 +13,8 @@ import asyncio
 import threading
 import time
 
+import pytest
+
 from service.batcher import Batcher
 from service.metrics import Metrics
 
@@ -21,7 +23,9 @@ PROMPT_S = 5  # "at once" on 2 busy cores: far below every max_delay used here t
 
 
 class GatedRunner:
-    """A BatchRunner whose payloads are ints and outputs echo them; ``run`` waits at ``gate``."""
+    """A BatchRunner whose payloads are ints and outputs echo them; ``run`` waits at ``gate``. A batch of
+    negative payloads only (as a batch whose JPEGs the engine all declined) needs no backend: its
+    outputs are the payloads, without ``run``."""
 
     name = "gated"
     max_batch_size = 8
@@ -32,20 +36,25 @@ class GatedRunner:
         self.gate = threading.Event()
         self.started = threading.Semaphore(0)
         self.prepared: list[tuple[float, list[int]]] = []  # (time.monotonic(), payloads) of each batch
+        self.ran: list[list[int]] = []  # the batches run() was given
 
     def prepare(self, payloads: list[int]) -> list[int]:
         self.prepared.append((time.monotonic(), list(payloads)))
         return list(payloads)
 
+    def outputs_without_backend(self, prepared: list[int]) -> list[int] | None:
+        return prepared if all(value < 0 for value in prepared) else None
+
     def run(self, prepared: list[int]) -> list[int]:
+        self.ran.append(prepared)
         self.started.release()
         if not self.gate.wait(HOLD_S):
             raise RuntimeError("the test never opened the gate")
         return prepared
 
 
-def start(runner: GatedRunner, max_delay_ms: float) -> Batcher:
-    batcher = Batcher(runner, Metrics(), 8, max_delay_ms, queue_capacity=64, stall_after_s=HOLD_S)
+def start(runner: GatedRunner, max_delay_ms: float, metrics: Metrics | None = None) -> Batcher:
+    batcher = Batcher(runner, metrics or Metrics(), 8, max_delay_ms, queue_capacity=64, stall_after_s=HOLD_S)
     batcher.start()
     return batcher
 
@@ -139,6 +148,44 @@ def test_without_overlap_max_delay_has_no_effect():
         results = await asyncio.wait_for(asyncio.gather(*rest), PROMPT_S)  # not 60 s
         assert [r.output for r in results] == [1, 2] and {r.batch_size for r in results} == {2}
         await asyncio.gather(*first)
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def batches_counted(metrics: Metrics) -> tuple[float, float, float]:
+    """(batches in the batch-size histogram, in the inference-time one, images counted)"""
+    sample = metrics.registry.get_sample_value
+    return (
+        sample("alexnet_batch_size_count") or 0,
+        sample("alexnet_inference_duration_seconds_count") or 0,
+        sample("alexnet_images_total") or 0,
+    )
+
+
+@pytest.mark.parametrize("prepare_ahead", [True, False])
+def test_a_batch_with_nothing_for_the_backend_is_answered_without_running_and_not_counted(prepare_ahead):
+    """Where batches overlap, it is answered while another batch still runs (not after it); on either
+    path it is not counted as one of the backend's batches."""
+
+    async def main():
+        runner = GatedRunner(prepare_ahead)
+        metrics = Metrics()
+        batcher = start(runner, max_delay_ms=0, metrics=metrics)
+        first = await first_batch_running(runner, batcher)
+        if prepare_ahead:
+            (declined,) = await asyncio.wait_for(asyncio.gather(*batcher.submit([-1], far())), PROMPT_S)
+            assert not runner.gate.is_set() and not first[0].done()  # the first batch still runs
+            runner.gate.set()
+        else:  # one batch at a time: it forms once the first is done
+            pending = batcher.submit([-1], far())
+            runner.gate.set()
+            (declined,) = await asyncio.wait_for(asyncio.gather(*pending), PROMPT_S)
+        assert declined.output == -1 and declined.batch_size == 1
+        (result,) = await asyncio.gather(*first)
+        assert result.output == 0
+        assert runner.ran == [[0]]
+        assert batches_counted(metrics) == (1, 1, 1)
         await batcher.stop()
 
     asyncio.run(main())
