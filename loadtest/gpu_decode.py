@@ -25,9 +25,9 @@ import torch
 from loadtest.corpus import build_corpus
 from model.host import cpu_model
 from model.preprocessing import CROP_SIZE, RESIZE_SIZE
+from service.decode_batch import DecodeBatch
 from service.gpu_decode import (
     GROUP_MAX_BYTES,
-    DecodeBatch,
     JpegDecoder,
     decoder_factories,
     start_jpeg_decoder,

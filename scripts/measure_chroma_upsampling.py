@@ -5,7 +5,7 @@ and the calibration of the engine's start-up chroma probes.
     python scripts/measure_chroma_upsampling.py
     python scripts/measure_chroma_upsampling.py --only probes   # needs nvidia-nvimgcodec-cu13, not turbojpeg
 
-Probes (``service.gpu_decode.CHROMA_PROBES``): each probe's mean |diff| from PIL's pixels
+Probes (``service.chroma_probe.CHROMA_PROBES``): each probe's mean |diff| from PIL's pixels
 (``chroma_diff``) on nvImageCodec's CPU decoder (libjpeg-turbo) with ``fancy_upsampling=1`` and ``=0``
 (chroma repeated), against ``CHROMA_THRESHOLD``, and what the probes cost: building them (once per
 process), PIL's reference pixels of them (decoded once) and one ``chroma_diff`` (a candidate's share of
@@ -41,7 +41,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import tests.unit.test_preprocessing_parity as parity
 from model.preprocessing import normalize_batch, normalize_tensor
 from model.weights import load_model
-from service import gpu_decode
+from service import chroma_probe, gpu_decode
 from service.preprocess import preprocess_uint8
 from tests.synthetic import fitted_checkpoint, write_images
 
@@ -63,21 +63,21 @@ def measure_probes() -> int:
         print(f"the probes need nvidia-nvimgcodec-cu13: {exc}", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    jpegs = gpu_decode.chroma_probe_jpegs()
+    jpegs = chroma_probe.chroma_probe_jpegs()
     built_ms = (time.perf_counter() - start) * 1e3
     start = time.perf_counter()
-    gpu_decode.chroma_probe_references()
+    chroma_probe.chroma_probe_references()
     references_ms = (time.perf_counter() - start) * 1e3
-    diffs = {fancy: gpu_decode.chroma_diff(decode) for fancy, decode in decoders.items()}
-    threshold = gpu_decode.CHROMA_THRESHOLD
+    diffs = {fancy: chroma_probe.chroma_diff(decode) for fancy, decode in decoders.items()}
+    threshold = chroma_probe.CHROMA_THRESHOLD
     print(f"chroma probes, mean |diff| from PIL's pixels in levels of 255 (threshold {threshold:g}):")
     print(f"{'probe':<26} {'bytes':>7} {'fancy_upsampling=1':>19} {'=0':>6}  separated")
     for name, data in jpegs.items():
         on, off = diffs[True].by_probe[name], diffs[False].by_probe[name]
         verdict = "yes" if on < threshold < off else "NO"
         print(f"{name:<26} {len(data):>7} {on:>19.2f} {off:>6.1f}  {verdict} ({off / threshold:.1f}x the threshold)")
-    chroma_diff_ms = _best_ms(lambda: gpu_decode.chroma_diff(decoders[True]))
-    rebuilt_ms = _best_ms(gpu_decode.chroma_probe_jpegs.__wrapped__)
+    chroma_diff_ms = _best_ms(lambda: chroma_probe.chroma_diff(decoders[True]))
+    rebuilt_ms = _best_ms(chroma_probe.chroma_probe_jpegs.__wrapped__)
     print(
         f"cost: built in {built_ms:.0f} ms (first call, once per process; {rebuilt_ms:.0f} ms warm), "
         f"{sum(map(len, jpegs.values())) / 1e6:.2f} MB; PIL's reference pixels decoded once in "

@@ -147,7 +147,7 @@ def pil_decode_repeating_chroma(tensors: list) -> list:
     decode and PIL's chroma samples as stored (a half-size DCT-scaled decode, which needs no
     upsampling), each repeated over its 2x2 pixels. Colour JPEGs only. On 4:2:2 its chroma is halved
     in height too: on the 4:2:2 chroma probe 68.3 levels from PIL's, where libjpeg-turbo's repetition
-    gives 64.3 (service.gpu_decode.CHROMA_PROBES)."""
+    gives 64.3 (service.chroma_probe.CHROMA_PROBES)."""
     import io
 
     import torch

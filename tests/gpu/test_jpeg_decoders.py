@@ -5,7 +5,7 @@ nvImageCodec (chroma interpolated, as libjpeg-turbo does) must stay within 1.5/2
 pixels on every image; torchvision's nvJPEG (chroma repeated) is expected to be further off on saturated
 4:2:0 colour, the reason the engine prefers nvImageCodec (docs/gpu.md, "JPEG chroma on the GPU"). Each
 decoder is skipped where it does not import; one that imports but decodes nothing fails. The engine's
-start-up probe of chroma (service.gpu_decode.chroma_diff) is checked here against nvJPEG itself.
+start-up probe of chroma (service.chroma_probe.chroma_diff) is checked here against nvJPEG itself.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from service.gpu_decode import CHROMA_THRESHOLD, chroma_diff, decoder_factories
+from service.chroma_probe import CHROMA_THRESHOLD, chroma_diff
+from service.gpu_decode import decoder_factories
 from tests.conftest import make_image
 
 pytestmark = [

@@ -1,5 +1,6 @@
 """The engine's GPU JPEG decoder (service.gpu_decode) on the CPU, with PIL standing in for nvJPEG: images
-of one size are resized in groups, and every crop is the one that image gets alone."""
+of one size are resized in groups, and every crop is the one that image gets alone; and the start-up
+chroma probe (service.chroma_probe) that chooses among the decoders."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from service import gpu_decode
+from service import chroma_probe, gpu_decode
 from service.gpu_decode import GROUP_MAX_BYTES, JpegDecoder, same_size_groups
 from tests.conftest import make_image
 from tests.fakes import pil_decode, pil_decode_repeating_chroma
@@ -204,25 +205,25 @@ def test_the_chroma_probe_tells_interpolated_chroma_from_repeated_far_from_the_t
     measured), and on the PIL stand-ins the other tests use: every probe on or under a quarter of it,
     and over four times it."""
     _nvimgcodec()
-    threshold = gpu_decode.CHROMA_THRESHOLD
+    threshold = chroma_probe.CHROMA_THRESHOLD
     interpolated = {
-        "nvimgcodec": gpu_decode.chroma_diff(gpu_decode.nvimgcodec_decoder("cpu")),
-        "nvimgcodec-no-hw": gpu_decode.chroma_diff(gpu_decode.nvimgcodec_decoder("cpu", hardware=False)),
-        "pil": gpu_decode.chroma_diff(pil_decode),
+        "nvimgcodec": chroma_probe.chroma_diff(gpu_decode.nvimgcodec_decoder("cpu")),
+        "nvimgcodec-no-hw": chroma_probe.chroma_diff(gpu_decode.nvimgcodec_decoder("cpu", hardware=False)),
+        "pil": chroma_probe.chroma_diff(pil_decode),
     }
     repeated = {
-        "nvimgcodec": gpu_decode.chroma_diff(gpu_decode.nvimgcodec_decoder("cpu", fancy_upsampling=False)),
-        "pil": gpu_decode.chroma_diff(pil_decode_repeating_chroma),
+        "nvimgcodec": chroma_probe.chroma_diff(gpu_decode.nvimgcodec_decoder("cpu", fancy_upsampling=False)),
+        "pil": chroma_probe.chroma_diff(pil_decode_repeating_chroma),
     }
     for diff in [*interpolated.values(), *repeated.values()]:
-        assert list(diff.by_probe) == list(gpu_decode.CHROMA_PROBES) and diff.refused == ()
+        assert list(diff.by_probe) == list(chroma_probe.CHROMA_PROBES) and diff.refused == ()
     assert all(levels <= threshold / 4 for d in interpolated.values() for levels in d.by_probe.values()), interpolated
     assert all(levels > 4 * threshold for d in repeated.values() for levels in d.by_probe.values()), repeated
     assert (
-        gpu_decode.describe_chroma(interpolated["nvimgcodec"])
+        chroma_probe.describe_chroma(interpolated["nvimgcodec"])
         == "chroma interpolated: 4 probes, the worst 0.0 levels from the CPU path (4:2:0 128x96)"
     )
-    assert gpu_decode.describe_chroma(repeated["nvimgcodec"]) == (
+    assert chroma_probe.describe_chroma(repeated["nvimgcodec"]) == (
         "chroma repeated on 4 of 4 probes (levels from the CPU path, threshold 8: 4:2:0 1280x960 98.9, "
         "4:2:0 128x96 97.8, progressive 4:2:0 128x96 97.8, 4:2:2 128x96 64.3); crops differ from the CPU "
         "path's, docs/gpu.md"
@@ -233,7 +234,7 @@ def test_the_chroma_probes_are_one_jpeg_of_each_kind_a_backend_may_take():
     """Baseline 4:2:0, baseline 4:2:2, progressive 4:2:0, and baseline 4:2:0 over the hybrid Huffman
     threshold DALI gives nvImageCodec (1000x1000 pixels), each of whole MCUs."""
     kinds = {}
-    for name, data in gpu_decode.chroma_probe_jpegs().items():
+    for name, data in chroma_probe.chroma_probe_jpegs().items():
         with Image.open(io.BytesIO(data)) as image:
             assert image.format == "JPEG" and image.mode == "RGB"
             assert image.width % 16 == 0 and image.height % 16 == 0
@@ -263,7 +264,7 @@ def test_the_calibration_script_prints_each_probe_separated_and_what_the_probes_
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = {line.split("  ")[0].strip(): line for line in proc.stdout.splitlines()[2:6]}
-    assert list(rows) == list(gpu_decode.CHROMA_PROBES), proc.stdout
+    assert list(rows) == list(chroma_probe.CHROMA_PROBES), proc.stdout
     assert "4:2:2 128x96" in rows and " 0.00   64.3  yes (8.0x the threshold)" in rows["4:2:2 128x96"]
     assert all(" 0.00 " in row and "  yes (" in row for row in rows.values()), proc.stdout
     cost = re.search(
@@ -318,11 +319,11 @@ def test_a_decoder_that_repeats_chroma_on_one_kind_of_jpeg_only_fails_the_probe_
         calls.append(len(tensors))
         return repeating(tensors)
 
-    diff = gpu_decode.chroma_diff(counted)
+    diff = chroma_probe.chroma_diff(counted)
     assert calls == [4]  # the probes in one batch, as the engine decodes
-    assert diff.worst == worst and diff.levels > 4 * gpu_decode.CHROMA_THRESHOLD and not diff.interpolated
+    assert diff.worst == worst and diff.levels > 4 * chroma_probe.CHROMA_THRESHOLD and not diff.interpolated
     assert [name for name, levels in diff.by_probe.items() if levels > 0] == [worst], diff
-    assert gpu_decode.describe_chroma(diff) == (
+    assert chroma_probe.describe_chroma(diff) == (
         f"chroma repeated on 1 of 4 probes (levels from the CPU path, threshold 8: {worst} {diff.levels:.1f}); "
         "crops differ from the CPU path's, docs/gpu.md"
     )
@@ -346,8 +347,8 @@ def test_the_engine_passes_over_a_decoder_that_repeats_chroma_only_on_large_jpeg
     caplog.clear()
     monkeypatch.setattr(gpu_decode, "decoder_factories", lambda: {"hw": _serving(large_only)})
     decoder, name = gpu_decode.start_jpeg_decoder("cpu", 256, 224)
-    diff = gpu_decode.chroma_diff(large_only)
-    assert name == "hw" and decoder.chroma == gpu_decode.describe_chroma(diff)
+    diff = chroma_probe.chroma_diff(large_only)
+    assert name == "hw" and decoder.chroma == chroma_probe.describe_chroma(diff)
     assert decoder.warning and f"threshold 8: hw {diff.levels:.1f} (4:2:0 1280x960))" in decoder.warning
 
 
@@ -363,24 +364,24 @@ def test_a_probe_the_decoder_refuses_is_left_to_the_cpu_path_and_said_and_all_re
                     out[i] = RuntimeError("progressive: not on this backend")
         return out
 
-    diff = gpu_decode.chroma_diff(refuses_progressive)
+    diff = chroma_probe.chroma_diff(refuses_progressive)
     assert diff.refused == ("progressive 4:2:0 128x96",) and diff.interpolated
     assert list(diff.by_probe) == ["4:2:0 128x96", "4:2:2 128x96", "4:2:0 1280x960"]
-    assert gpu_decode.describe_chroma(diff) == (
+    assert chroma_probe.describe_chroma(diff) == (
         "chroma interpolated: 3 probes, the worst 0.0 levels from the CPU path (4:2:0 128x96); refused, so "
         "decoded by the CPU path: progressive 4:2:0 128x96"
     )
     with pytest.raises(RuntimeError, match="could not decode"):
-        gpu_decode.chroma_diff(lambda tensors: [RuntimeError("could not decode")] * len(tensors))
+        chroma_probe.chroma_diff(lambda tensors: [RuntimeError("could not decode")] * len(tensors))
     with pytest.raises(RuntimeError, match=r"4:2:2 128x96 came back as uint8 \(96, 64, 3\)"):
-        gpu_decode.chroma_diff(
+        chroma_probe.chroma_diff(
             lambda tensors: [
                 torch.zeros(3, 96, 64, dtype=torch.uint8) if i == 1 else image
                 for i, image in enumerate(pil_decode(tensors))
             ]
         )
     with pytest.raises(RuntimeError, match="came back as 1 images, not 4"):
-        gpu_decode.chroma_diff(lambda tensors: pil_decode(tensors[:1]))
+        chroma_probe.chroma_diff(lambda tensors: pil_decode(tensors[:1]))
 
 
 def test_a_batch_call_that_raises_is_retried_one_by_one_for_the_probes():
@@ -395,7 +396,7 @@ def test_a_batch_call_that_raises_is_retried_one_by_one_for_the_probes():
                     raise RuntimeError("nvjpeg: progressive not supported")
         return pil_decode(tensors)
 
-    diff = gpu_decode.chroma_diff(fails_progressive_whole_batch)
+    diff = chroma_probe.chroma_diff(fails_progressive_whole_batch)
     assert calls == [4, 1, 1, 1, 1] and diff.refused == ("progressive 4:2:0 128x96",) and diff.interpolated
 
 
@@ -409,7 +410,7 @@ def _serving(decode):
 
 
 def test_the_engine_passes_over_a_gpu_decoder_that_repeats_chroma_for_the_next_and_says_so(monkeypatch, caplog):
-    repeated = gpu_decode.describe_chroma(gpu_decode.chroma_diff(pil_decode_repeating_chroma))
+    repeated = chroma_probe.describe_chroma(chroma_probe.chroma_diff(pil_decode_repeating_chroma))
     interpolated = "chroma interpolated: 4 probes, the worst 0.0 levels from the CPU path (4:2:0 128x96)"
     factories = {
         "hw": _serving(pil_decode_repeating_chroma),
@@ -426,14 +427,14 @@ def test_the_engine_passes_over_a_gpu_decoder_that_repeats_chroma_for_the_next_a
 
 
 def test_where_every_gpu_decoder_repeats_chroma_the_first_that_decodes_comes_with_its_warning(monkeypatch, caplog):
-    diff = gpu_decode.chroma_diff(pil_decode_repeating_chroma)
+    diff = chroma_probe.chroma_diff(pil_decode_repeating_chroma)
     repeating = _serving(pil_decode_repeating_chroma)
     monkeypatch.setattr(
         gpu_decode, "decoder_factories", lambda: {"missing": _missing, "hw": repeating, "tv": repeating}
     )
     decoder, name = gpu_decode.start_jpeg_decoder("cpu", 256, 224)
     assert name == "hw" and decoder.decode_batch is pil_decode_repeating_chroma
-    assert decoder.chroma == gpu_decode.describe_chroma(diff) and decoder.chroma.startswith("chroma repeated on 4")
+    assert decoder.chroma == chroma_probe.describe_chroma(diff) and decoder.chroma.startswith("chroma repeated on 4")
     assert not [r for r in caplog.records if r.levelname == "WARNING"]  # logged by whoever decodes with it
     assert decoder.warning == (
         "GPU JPEG decoding by hw, the first that decodes, though none here interpolates chroma as the CPU path "

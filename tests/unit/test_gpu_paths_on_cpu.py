@@ -21,7 +21,7 @@ import torch
 
 from export.onnx_metadata import ModelMetadata
 from loadtest.bench_summary import unmeasured_backends
-from service import gpu_decode
+from service import chroma_probe, gpu_decode
 from service.backends import Selection
 from service.backends.base import Backend, bucket_for
 from service.backends.torch import cuda_graph_buckets
@@ -72,7 +72,7 @@ def test_jpegs_are_decoded_on_the_gpu_for_any_cuda_backend_that_takes_tensors_an
     # on the GPU all the same.
     monkeypatch.setattr(gpu_decode, "nvimgcodec_decoder", lambda device, **options: pil_decode_repeating_chroma)
     monkeypatch.setattr(gpu_decode, "torchvision_decoder", lambda device: pil_decode_repeating_chroma)
-    repeated = gpu_decode.describe_chroma(gpu_decode.chroma_diff(pil_decode_repeating_chroma))
+    repeated = chroma_probe.describe_chroma(chroma_probe.chroma_diff(pil_decode_repeating_chroma))
     assert repeated.startswith("chroma repeated on 4 of 4 probes (levels from the CPU path, threshold 8: ")
     caplog.clear()
     assert choose_decode(Settings(decode="auto"), selection) == (
