@@ -12,8 +12,10 @@ How the precision is obtained (``plan_build``):
 - fp16 from an fp32 ONNX: TensorRT 10's ``BuilderFlag.FP16`` on a weakly typed network. TensorRT 11
   removed that flag; there the tool stops and says to export an fp16 ONNX.
 
-Then the engine runs on sample batches and is compared with ONNX Runtime on the same ONNX (top-1
-agreement, max |diff|); only a verified engine is written, with ``<out>.json`` (export/trt_sidecar.py).
+The build prints a line as each of TensorRT's top-level phases starts and ends and one on its
+progress every 10 s at most, and Ctrl-C cancels it (export/trt_progress.py). Then the engine runs on
+sample batches and is compared with ONNX Runtime on the same ONNX (top-1 agreement, max |diff|); only
+a verified engine is written, with ``<out>.json`` (export/trt_sidecar.py).
 Without tensorrt or a CUDA GPU the tool exits with status 2 and says what is missing.
 """
 
@@ -34,6 +36,7 @@ import numpy as np
 from export.cli import run_main, step_printer
 from export.onnx_metadata import INPUT_NAME, OUTPUT_NAME, read_metadata
 from export.ort import import_onnxruntime
+from export.trt_progress import BuildProgress, monitor_for
 from model.atomic_write import write_bytes_atomic
 from model.help_format import DefaultsHelpFormatter
 
@@ -170,7 +173,13 @@ def build_engine(
         f"{batches[0]}/{batches[1]}/{batches[2]}, workspace {workspace_mib} MiB, timing cache "
         f"{'loaded from ' + str(timing_cache) if cache_loaded else 'new'}); this takes minutes"
     )
+    progress = BuildProgress(_step)
+    monitor = monitor_for(trt, progress)  # referenced here until the build has returned, as TensorRT asks
+    if monitor is not None:
+        config.progress_monitor = monitor  # progress lines, and Ctrl-C cancels the build
     serialized = builder.build_serialized_network(network, config)
+    if progress.cancelled:
+        raise BuildError("the build was cancelled (Ctrl-C); nothing was written")
     if serialized is None:
         raise BuildError("TensorRT could not build the engine; see its log above (a larger --workspace-mib?)")
     _step(f"  built in {time.perf_counter() - t:.1f} s")

@@ -8,7 +8,8 @@ and TF32, create_optimization_profile, set_shape, add_optimization_profile, crea
 set_timing_cache, get_timing_cache, build_serialized_network, Runtime, deserialize_cuda_engine,
 create_execution_context, num_io_tensors, get_tensor_name, get_tensor_mode, TensorIOMode,
 get_tensor_dtype, get_tensor_profile_shape, set_input_shape, get_tensor_shape, set_tensor_address,
-execute_async_v3. It proves that our code calls them in a sensible order with sensible arguments;
+execute_async_v3, IProgressMonitor (phase_start(phase_name, parent_phase, num_steps),
+step_complete(phase_name, step), phase_finish(phase_name)) and BuilderConfig.progress_monitor. It proves that our code calls them in a sensible order with sensible arguments;
 whether TensorRT accepts the network is checked in tests/gpu/.
 
 Its execution context runs a stand-in network (logits = each channel's mean, (N, C, H, W) float32
@@ -48,6 +49,14 @@ class FakeTensorRT:
         self.DataType = SimpleNamespace(FLOAT="FLOAT", HALF="HALF")
         self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, level: None})
         rec = self.calls.append
+
+        class IProgressMonitor:
+            """As the bindings' trampoline: a subclass must call this __init__ (pybind11 refuses it otherwise)."""
+
+            def __init__(self) -> None:
+                self.initialised = True
+
+        self.IProgressMonitor = IProgressMonitor
 
         class Cache:
             def __init__(self, data: bytes = b"") -> None:
@@ -108,7 +117,24 @@ class FakeTensorRT:
 
             def build_serialized_network(self, network, config):
                 rec(("build",))
+                monitor = getattr(config, "progress_monitor", None)
+                if monitor is not None and not report_progress(monitor):
+                    rec(("build cancelled",))
+                    return None
                 return b"engine-bytes"
+
+        def report_progress(monitor) -> bool:
+            """A build's calls to its progress monitor: two nested phases; False where it asked to stop."""
+            if not getattr(monitor, "initialised", False):
+                raise TypeError("IProgressMonitor.__init__() must be called when overriding __init__")
+            monitor.phase_start("Building engine", None, 2)
+            monitor.phase_start("Tactic selection", "Building engine", 3)
+            for phase, steps in (("Tactic selection", 3), ("Building engine", 2)):
+                for step in range(steps):
+                    if not monitor.step_complete(phase, step):
+                        return False
+                monitor.phase_finish(phase)
+            return True
 
         class OnnxParser:
             num_errors = 0
