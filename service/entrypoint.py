@@ -33,7 +33,9 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -216,16 +218,43 @@ def build_engine(
         str(engine.with_name("trt_timing.cache")),
     ]
     log.info("running %s", " ".join(command))
-    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout_s)
-    output = (result.stdout + result.stderr).strip()
-    for line in output.splitlines()[-20:]:
-        log.info("  to_trt: %s", line)
-    if result.returncode == 0:
+    returncode, lines = run_logged(command, "to_trt", timeout_s)
+    if returncode == 0:
         return True, ""
-    if result.returncode == TRT_UNAVAILABLE_EXIT:
-        lines = output.splitlines()
+    if returncode == TRT_UNAVAILABLE_EXIT:
         return False, lines[-1] if lines else "to_trt.py exited 2 (TensorRT or a CUDA GPU is missing)"
-    raise EntrypointError(f"to_trt.py failed with exit {result.returncode}:\n{output[-4000:]}")
+    output = "\n".join(lines)
+    raise EntrypointError(f"to_trt.py failed with exit {returncode}:\n{output[-4000:]}")
+
+
+def run_logged(command: list[str], tag: str, timeout_s: float) -> tuple[int, list[str]]:
+    """Run ``command``, logging each line of its output (stdout and stderr, in the order written) as
+    it comes, not at the end: an engine build takes minutes and prints its progress. Its exit status
+    and its last lines; killed after ``timeout_s`` (subprocess.TimeoutExpired)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # lines as they are printed, stdout and stderr in order
+    timed_out = threading.Event()
+    tail: deque[str] = deque(maxlen=200)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+
+        def kill() -> None:
+            timed_out.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout_s, kill)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip()
+                if line:
+                    log.info("  %s: %s", tag, line)
+                    tail.append(line)
+        finally:
+            timer.cancel()
+        returncode = proc.wait()
+    if timed_out.is_set():
+        raise subprocess.TimeoutExpired(command, timeout_s, output="\n".join(tail))
+    return returncode, list(tail)
 
 
 def prepare(argv: list[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -133,6 +134,53 @@ def test_build_engine_failure_is_an_error_with_the_tools_output(tmp_path):
     )
     with pytest.raises(entrypoint.EntrypointError, match="unsupported operator Foo"):
         entrypoint.build_engine(tmp_path / "m.onnx", tmp_path / "m.plan", "fp16", script=script)
+
+
+def test_the_builds_output_is_logged_as_it_comes_not_when_it_ends(tmp_path):
+    """A build takes minutes and prints its progress: each line reaches the log while it runs. The
+    stand-in prints a line, then waits (up to 20 s) for the test to have seen it in the log."""
+    seen = tmp_path / "seen"
+    script = fake_to_trt(
+        tmp_path,
+        f"""
+        import time
+        print("[to_trt]   Building engine (3 steps)")
+        deadline = time.monotonic() + 20
+        while not Path({str(seen)!r}).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print("[to_trt] built" if Path({str(seen)!r}).exists() else "[to_trt] nobody saw the first line")
+    """,
+    )
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "Building engine" in record.getMessage():
+                seen.touch()
+
+    handler, level = Seen(), entrypoint.log.level
+    entrypoint.log.addHandler(handler)
+    entrypoint.log.setLevel(logging.INFO)  # as the entrypoint's own logging.basicConfig
+    try:
+        returncode, lines = entrypoint.run_logged([sys.executable, str(script)], "to_trt", timeout_s=60)
+    finally:
+        entrypoint.log.removeHandler(handler)
+        entrypoint.log.setLevel(level)
+    assert returncode == 0 and lines == ["[to_trt]   Building engine (3 steps)", "[to_trt] built"]
+
+
+def test_a_build_past_its_timeout_is_killed_with_its_output_so_far(tmp_path):
+    script = fake_to_trt(
+        tmp_path,
+        """
+        import time
+        print("[to_trt] building")
+        time.sleep(60)
+    """,
+    )
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired) as caught:
+        entrypoint.run_logged([sys.executable, str(script)], "to_trt", timeout_s=1)
+    assert time.monotonic() - started < 30 and caught.value.output == "[to_trt] building"
 
 
 def test_missing_to_trt_script_is_a_skip(tmp_path):
