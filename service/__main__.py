@@ -103,6 +103,8 @@ def explain(exc: ValidationError) -> str:
     reasons: dict[str, list[str]] = {}
     given: dict[str, object] = {}
     for error in exc.errors():
+        if error["type"] == "default_factory_not_called":  # --onnx/--engine: defaults from a setting that failed
+            continue
         message = error["msg"].removeprefix("Value error, ")
         if not error["loc"]:
             rules.append(message)

@@ -70,7 +70,7 @@ class Metrics:
         self.frontends = Gauge("alexnet_frontends_connected", "HTTP front-end processes connected", registry=r)
 
     def apply(self, events: list[tuple]) -> None:
-        """Record the events a front end observed (see service.frontend_metrics)."""
+        """Record the events a front end observed (``EngineClient.observe``, sent in ``Observe`` messages)."""
         for event in events:
             if event[0] == "request":
                 _, route, status, seconds = event

@@ -123,6 +123,16 @@ def test_a_setting_of_two_types_fails_in_one_line():
     assert "valid integer" in lines[0] and " or Input should be 'auto'" in lines[0] and "got 'four'" in lines[0]
 
 
+@pytest.mark.parametrize("args", [["--port", "99999"], ["--http-workers", "0"], ["--max-batch-size", "0"]])
+def test_an_invalid_setting_is_the_one_line_even_where_other_defaults_are_made_from_it(args):
+    """--onnx and --engine default to files in --model-dir: pydantic does not make them once any
+    setting failed, and says so for each; that is not theirs to report."""
+    result = run_service(*args)
+    assert result.returncode == 2
+    reasons = [line for line in result.stderr.splitlines() if line.startswith("  --")]
+    assert len(reasons) == 1 and reasons[0].startswith(f"  {args[0]} / "), result.stderr
+
+
 def test_an_empty_checkpoint_means_none():
     assert settings_from_args(["--checkpoint", ""]).checkpoint is None
     assert settings_from_args(["--checkpoint", "w.pt"]).checkpoint is not None
