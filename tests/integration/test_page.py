@@ -102,7 +102,9 @@ def wait_for(driver, condition, what: str, shot: str):
 
 def open_page(driver, url: str) -> None:
     driver.get(url + "/")
-    wait_for(driver, lambda d: field(d, "#model", "arch") not in (None, "-"), "the model metadata", "page-load.png")
+    wait_for(
+        driver, lambda d: field(d, "#model", "arch") not in (None, "-"), "the model metadata", "page-load-timeout.png"
+    )
 
 
 def field(driver, container: str, name: str) -> str | None:

@@ -89,7 +89,9 @@ def test_a_401_asks_for_the_key_which_then_classifies_and_stays_out_of_urls(brow
         timeout=page.WAIT_S,
     ).json()
     assert page.shown_predictions(browser) == [(p["label"], p["index"]) for p in api["results"][0]["predictions"]]
-    page.wait_for(browser, lambda d: page.field(d, "#model", "arch") not in (None, "-"), "the model", "page-key-m.png")
+    page.wait_for(
+        browser, lambda d: page.field(d, "#model", "arch") not in (None, "-"), "the model", "page-key-model-timeout.png"
+    )
     assert not key_form_shown(browser)
     assert stored_key(browser) == KEY
 
