@@ -40,7 +40,8 @@ class Metrics:
         )
         self.preprocess_time = Histogram(
             "alexnet_preprocess_duration_seconds",
-            "Decode + resize + normalize time per image",
+            "Front-end time per image: decode, resize and crop on the CPU path; the header check of a JPEG "
+            "sent to the GPU decoder (observed again when it is declined and decoded on the CPU)",
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
