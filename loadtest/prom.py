@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 BATCH = "alexnet_batch_size"
 QUEUE_WAIT = "alexnet_queue_wait_seconds"
 INFERENCE = "alexnet_inference_duration_seconds"
+PREPARE = "alexnet_batch_prepare_duration_seconds"
 PREPROCESS = "alexnet_preprocess_duration_seconds"
 ERRORS = "alexnet_errors_total"
 IMAGES = "alexnet_images_total"
@@ -97,7 +98,12 @@ def step_summary(before: Snapshot, after: Snapshot) -> dict:
             if batch.count
             else float("nan")
         )
-    for name, key in ((QUEUE_WAIT, "queue_wait"), (INFERENCE, "inference"), (PREPROCESS, "preprocess")):
+    for name, key in (
+        (QUEUE_WAIT, "queue_wait"),
+        (PREPARE, "prepare"),
+        (INFERENCE, "inference"),
+        (PREPROCESS, "preprocess"),
+    ):
         if name in after.histograms:
             h = after.histograms[name].minus(before.histograms.get(name, Histogram()))
             out[f"{key}_mean_ms"] = h.mean * 1000

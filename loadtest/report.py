@@ -52,6 +52,7 @@ def row(result: StepResult) -> dict:
         "batch_size_mean",
         "queue_wait_mean_ms",
         "queue_wait_p99_ms",
+        "prepare_mean_ms",
         "inference_mean_ms",
         "preprocess_mean_ms",
     ):

@@ -125,6 +125,8 @@ def _http_row(backend: str, what: str, step: dict) -> dict:
         "p99_ms": step["p99_ms"],
         "errors": step["errors"],
         "batch_mean": step.get("server_batch_size_mean"),
+        "prepare_ms": step.get("server_prepare_mean_ms"),  # per batch, the engine's (decode on the GPU path)
+        "infer_ms": step.get("server_inference_mean_ms"),  # per batch, the backend call and top-k
     }
 
 
@@ -178,7 +180,10 @@ def markdown(report: dict) -> str:
                 md.append(f"| {r['backend']} | not run | - | - | - | {r['skipped'][:120]} |")
                 continue
             note = (
-                f"{r.get('errors', 0)} errors, mean batch {_fmt(r.get('batch_mean'), '.1f')}" if "errors" in r else ""
+                f"{r.get('errors', 0)} errors, mean batch {_fmt(r.get('batch_mean'), '.1f')}, per batch prepare "
+                f"{_fmt(r.get('prepare_ms'), '.2f')} ms, infer {_fmt(r.get('infer_ms'), '.2f')} ms"
+                if "errors" in r
+                else ""
             )
             md.append(
                 f"| {r['backend']} | {r['what']} | {r['img_per_s']:.0f} | {_fmt(r['ms'], '.2f')} | "

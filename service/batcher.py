@@ -31,6 +31,7 @@ import functools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -284,11 +285,14 @@ class Batcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _prepare_and_run(self, payloads: list[Any]) -> tuple[list[Any], bool]:
-        """The batch's outputs, and whether the backend ran it."""
-        prepared = self.runner.prepare(payloads)
+    def _prepare_and_run(self, payloads: list[Any]) -> tuple[list[Any], float, float | None]:
+        """The batch's outputs, the seconds it took to prepare and to run (None: the backend did not)."""
+        prepared, prepare_s = _timed(self.runner.prepare, payloads)
         outputs = self.runner.outputs_without_backend(prepared)
-        return (outputs, False) if outputs is not None else (self.runner.run(prepared), True)
+        if outputs is not None:
+            return outputs, prepare_s, None
+        outputs, run_s = _timed(self.runner.run, prepared)
+        return outputs, prepare_s, run_s
 
     @property
     def _backend_busy(self) -> bool:
@@ -305,24 +309,27 @@ class Batcher:
             for item in batch:
                 self._metrics.queue_wait.observe(started - item.enqueued)
             payloads = [i.payload for i in batch]
+            run_s: float | None = None  # stays None for a batch the backend did not run
             if self.runner.prepare_ahead:  # prepare on its own thread, so it overlaps the running batch
-                prepared = await loop.run_in_executor(self._preparer, self.runner.prepare, payloads)
+                prepared, prepare_s = await loop.run_in_executor(self._preparer, _timed, self.runner.prepare, payloads)
                 answered = self.runner.outputs_without_backend(prepared)
-                ran = answered is None
                 if answered is None:
                     async with self._running:
-                        outputs = await loop.run_in_executor(self._executor, self.runner.run, prepared)
+                        outputs, run_s = await loop.run_in_executor(self._executor, _timed, self.runner.run, prepared)
                 else:  # now, not after the batch that may be running meanwhile
                     outputs = answered
             else:  # one hop to the inference thread for both stages: less latency per batch
                 async with self._running:
-                    outputs, ran = await loop.run_in_executor(self._executor, self._prepare_and_run, payloads)
+                    outputs, prepare_s, run_s = await loop.run_in_executor(
+                        self._executor, self._prepare_and_run, payloads
+                    )
             if len(outputs) != n:
                 raise RuntimeError(f"runner returned {len(outputs)} outputs for a batch of {n}")
             elapsed = time.monotonic() - started
-            if ran:  # one the backend did not run is not counted among its batches
+            self._metrics.prepare_time.observe(prepare_s)
+            if run_s is not None:  # one the backend did not run is not counted among its batches
                 self._metrics.batch_size.observe(n)
-                self._metrics.inference_time.observe(elapsed)
+                self._metrics.inference_time.observe(run_s)
                 self._metrics.images.inc(n)
                 self._stats.consecutive_failures = 0
             for item, output in zip(batch, outputs, strict=True):
@@ -341,3 +348,13 @@ class Batcher:
             del self._stats.running_since[batch_id]
             self._slots.release()
             self._arrived.set()  # a waiting batch re-checks whether the backend is free
+
+
+def _timed(function: Callable[[Any], Any], argument: Any) -> tuple[Any, float]:
+    """``function(argument)`` and the seconds it took (on the thread that calls it)."""
+    start = stage_clock()
+    result = function(argument)
+    return result, stage_clock() - start
+
+
+stage_clock = time.perf_counter  # what the stages are timed by (a test's clock in tests)

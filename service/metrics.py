@@ -35,8 +35,19 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.prepare_time = Histogram(
+            "alexnet_batch_prepare_duration_seconds",
+            "Per batch, assembling the backend's input: stacking and normalising crops; on the GPU path also "
+            "decoding, resizing and cropping its JPEGs",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
         self.inference_time = Histogram(
-            "alexnet_inference_duration_seconds", "Backend time per batch", buckets=LATENCY_BUCKETS_S, registry=r
+            "alexnet_inference_duration_seconds",
+            "Per batch the backend ran: the backend call, softmax and top-k (its preparation is "
+            "alexnet_batch_prepare_duration_seconds)",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.preprocess_time = Histogram(
             "alexnet_preprocess_duration_seconds",

@@ -59,7 +59,10 @@ class Prediction(BaseModel):
 class ImageTimings(BaseModel):
     preprocess: float = Field(description="decode + resize + crop in the front end, ms")
     queue: float = Field(description="waiting for a batch, ms")
-    inference: float = Field(description="the batch's preparation and backend call, ms")
+    inference: float = Field(
+        description="the batch's preparation and backend call (where batches overlap, also its wait for "
+        "the batch before it), ms"
+    )
     batch_size: int = Field(deprecated=True, description="not a timing: use results[].batch_size (kept one release)")
 
 

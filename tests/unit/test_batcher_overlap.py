@@ -189,3 +189,33 @@ def test_a_batch_with_nothing_for_the_backend_is_answered_without_running_and_no
         await batcher.stop()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("prepare_ahead", [True, False])
+def test_preparing_and_running_a_batch_are_timed_apart(monkeypatch, prepare_ahead):
+    """alexnet_batch_prepare_duration_seconds times the prepare stage, alexnet_inference_duration_seconds
+    the run stage only (on the GPU path a prepared batch may wait for the one before it in between)."""
+    now = [0.0]
+    monkeypatch.setattr("service.batcher.stage_clock", lambda: now[0])
+
+    class Timed(GatedRunner):
+        def prepare(self, payloads):
+            now[0] += 5.0
+            return super().prepare(payloads)
+
+        def run(self, prepared):
+            now[0] += 2.0
+            return super().run(prepared)
+
+    async def main():
+        runner = Timed(prepare_ahead)
+        runner.gate.set()
+        metrics = Metrics()
+        batcher = start(runner, max_delay_ms=0, metrics=metrics)
+        await asyncio.wait_for(asyncio.gather(*batcher.submit([0], far())), PROMPT_S)
+        await batcher.stop()
+        sample = metrics.registry.get_sample_value
+        assert sample("alexnet_batch_prepare_duration_seconds_sum") == 5.0
+        assert sample("alexnet_inference_duration_seconds_sum") == 2.0
+
+    asyncio.run(main())
