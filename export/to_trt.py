@@ -36,7 +36,7 @@ import numpy as np
 from export.cli import run_main, step_printer
 from export.onnx_metadata import INPUT_NAME, OUTPUT_NAME, read_metadata
 from export.ort import import_onnxruntime
-from export.trt_progress import BuildProgress, monitor_for
+from export.trt_progress import BuildProgress, cancel_on_ctrl_c, monitor_for
 from model.atomic_write import write_bytes_atomic
 from model.help_format import DefaultsHelpFormatter
 
@@ -177,7 +177,8 @@ def build_engine(
     monitor = monitor_for(trt, progress)  # referenced here until the build has returned, as TensorRT asks
     if monitor is not None:
         config.progress_monitor = monitor  # progress lines, and Ctrl-C cancels the build
-    serialized = builder.build_serialized_network(network, config)
+    with cancel_on_ctrl_c(progress):
+        serialized = builder.build_serialized_network(network, config)
     if progress.cancelled:
         raise BuildError("the build was cancelled (Ctrl-C); nothing was written")
     if serialized is None:

@@ -5,11 +5,14 @@ whose build calls the monitor as the bindings document (phase_start, step_comple
 
 from __future__ import annotations
 
+import signal
+import threading
+
 import pytest
 
 from export import to_trt
 from export.to_trt import BuildError, plan_build
-from export.trt_progress import BuildProgress, monitor_for
+from export.trt_progress import BuildProgress, cancel_on_ctrl_c, monitor_for
 from tests.fake_tensorrt import FakeTensorRT
 
 
@@ -47,33 +50,43 @@ def test_top_level_phases_get_a_line_each_nested_ones_only_in_the_progress_line(
     assert lines[3:] == ["  Serializing (1 step)"]
 
 
-class CtrlC:
-    """A report function in which, once armed, a Ctrl-C is delivered (KeyboardInterrupt)."""
-
-    def __init__(self) -> None:
-        self.armed = False
-
-    def __call__(self, line: str) -> None:
-        if self.armed:
-            raise KeyboardInterrupt
+def test_a_phase_under_a_parent_not_seen_is_nested_all_the_same():
+    lines: list[str] = []
+    progress = BuildProgress(lines.append)
+    progress.phase_start("Layer conv1", "a phase another thread started", 3)
+    progress.phase_finish("Layer conv1")
+    assert lines == []
 
 
-@pytest.mark.parametrize("where", ["phase_start", "step_complete", "phase_finish"])
-def test_a_ctrl_c_in_any_call_makes_the_next_step_stop_the_build(where):
-    report = CtrlC()
-    progress = BuildProgress(report, interval_s=0)  # interval 0: every step reports
-    if where != "phase_start":
-        progress.phase_start("Building engine", None, 3)
-    assert not progress.cancelled
-    report.armed = True
-    {
-        "phase_start": lambda: progress.phase_start("Building engine", None, 3),
-        "step_complete": lambda: progress.step_complete("Building engine", 0),
-        "phase_finish": lambda: progress.phase_finish("Building engine"),
-    }[where]()  # the KeyboardInterrupt stays inside: TensorRT never sees it
-    assert progress.cancelled
-    report.armed = False
+def test_once_cancelled_every_step_asks_tensorrt_to_stop_and_it_is_said_once():
+    lines: list[str] = []
+    progress = BuildProgress(lines.append, interval_s=1e9)
+    progress.phase_start("Building engine", None, 3)
+    assert progress.step_complete("Building engine", 0) is True
+    progress.cancel()  # what SIGINT's handler does
     assert progress.step_complete("Building engine", 1) is False
+    assert progress.step_complete("Building engine", 2) is False
+    assert lines[1:] == ["  Ctrl-C: asking TensorRT to stop the build"]
+
+
+def test_a_ctrl_c_is_seen_by_a_step_on_any_thread_while_the_main_thread_is_busy():
+    """As when TensorRT calls the monitor from its own threads while the main thread is inside
+    build_serialized_network: the Python handler cannot run, the wakeup fd is written at once."""
+    progress = BuildProgress(lambda line: None, interval_s=1e9)
+    answers: list[bool] = []
+
+    def tensorrt_thread() -> None:
+        answers.append(progress.step_complete("Building engine", 0))
+        signal.raise_signal(signal.SIGINT)  # the C-level handler writes the wakeup fd, on this thread
+        answers.append(progress.step_complete("Building engine", 1))
+
+    handler = signal.getsignal(signal.SIGINT)
+    with cancel_on_ctrl_c(progress):
+        thread = threading.Thread(target=tensorrt_thread)
+        thread.start()
+        thread.join()
+    assert answers == [True, False] and progress.cancelled
+    assert signal.getsignal(signal.SIGINT) is handler  # and no KeyboardInterrupt came out of the build
 
 
 def test_bindings_without_a_progress_monitor_build_without_one():
@@ -98,7 +111,7 @@ def test_ctrl_c_during_the_build_cancels_it_and_nothing_is_written(tmp_path, mon
 
     def ctrl_c_while_a_phase_starts(message: str) -> float:
         if message.strip().startswith("Building engine ("):
-            raise KeyboardInterrupt  # as a Ctrl-C is delivered in the first Python code TensorRT calls
+            signal.raise_signal(signal.SIGINT)  # a Ctrl-C during the build, on the main thread
         return step(message)
 
     monkeypatch.setattr(to_trt, "_step", ctrl_c_while_a_phase_starts)
