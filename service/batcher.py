@@ -20,8 +20,8 @@ Policy (the only one in the service):
 Each batch goes through two stages of a *runner*: ``prepare`` (assemble the backend's input: stack,
 normalise, decode) on one thread and ``run`` (inference and what follows it) on the inference
 threads. A prepared batch with nothing left for the backend (``outputs_without_backend``: the engine
-declined every image) is answered at once, without waiting for the backend, and is not counted as
-one of its batches. A plain Backend is wrapped in ``BackendRunner``: float32 tensors in, logits rows out.
+declined every image) is not counted as one of its batches and, where batches overlap
+(``prepare_ahead``), is answered at once instead of after the batch running meanwhile. A plain Backend is wrapped in ``BackendRunner``: float32 tensors in, logits rows out.
 """
 
 from __future__ import annotations

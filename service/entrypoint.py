@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -230,17 +231,30 @@ def build_engine(
 def run_logged(command: list[str], tag: str, timeout_s: float) -> tuple[int, list[str]]:
     """Run ``command``, logging each line of its output (stdout and stderr, in the order written) as
     it comes, not at the end: an engine build takes minutes and prints its progress. Its exit status
-    and its last lines; killed after ``timeout_s`` (subprocess.TimeoutExpired)."""
+    and its last lines. It runs in its own process group, killed whole after ``timeout_s``
+    (subprocess.TimeoutExpired) or when this process is interrupted: a build is never left running."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # lines as they are printed, stdout and stderr in order
     timed_out = threading.Event()
     tail: deque[str] = deque(maxlen=200)
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+    with subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="backslashreplace",  # a path in another encoding is logged, not fatal
+        env=env,
+        start_new_session=True,  # its own group: a child of its own cannot hold the pipe past the kill
+    ) as proc:
 
         def kill() -> None:
-            timed_out.set()
-            proc.kill()
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
-        timer = threading.Timer(timeout_s, kill)
+        def time_out() -> None:
+            timed_out.set()
+            kill()
+
+        timer = threading.Timer(timeout_s, time_out)
         timer.start()
         try:
             assert proc.stdout is not None
@@ -249,10 +263,13 @@ def run_logged(command: list[str], tag: str, timeout_s: float) -> tuple[int, lis
                 if line:
                     log.info("  %s: %s", tag, line)
                     tail.append(line)
+            returncode = proc.wait()
+        except BaseException:  # interrupted (Ctrl-C, SystemExit): not a build left running without us
+            kill()
+            raise
         finally:
             timer.cancel()
-        returncode = proc.wait()
-    if timed_out.is_set():
+    if timed_out.is_set() and returncode < 0:  # killed by the timer, not finished just before it fired
         raise subprocess.TimeoutExpired(command, timeout_s, output="\n".join(tail))
     return returncode, list(tail)
 

@@ -183,6 +183,56 @@ def test_a_build_past_its_timeout_is_killed_with_its_output_so_far(tmp_path):
     assert time.monotonic() - started < 30 and caught.value.output == "[to_trt] building"
 
 
+def test_output_in_another_encoding_is_logged_not_fatal(tmp_path):
+    script = fake_to_trt(
+        tmp_path, "sys.stdout.buffer.write(b'[to_trt] parsing caf\\xe9.onnx\\n'); print('[to_trt] built')"
+    )
+    returncode, lines = entrypoint.run_logged([sys.executable, str(script)], "to_trt", timeout_s=60)
+    assert returncode == 0 and lines == ["[to_trt] parsing caf\\xe9.onnx", "[to_trt] built"]
+
+
+def test_a_build_is_not_left_running_when_the_entrypoint_is_interrupted(tmp_path, monkeypatch):
+    pid_file = tmp_path / "pid"
+    script = fake_to_trt(
+        tmp_path,
+        f"""
+        import os, time
+        Path({str(pid_file)!r}).write_text(str(os.getpid()))
+        print("[to_trt] building")
+        time.sleep(60)
+    """,
+    )
+
+    def interrupted(*args) -> None:  # stands for a Ctrl-C (KeyboardInterrupt) while a line is logged
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(entrypoint.log, "info", interrupted)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        entrypoint.run_logged([sys.executable, str(script)], "to_trt", timeout_s=60)
+    assert time.monotonic() - started < 30
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):  # killed and reaped
+        os.kill(pid, 0)
+
+
+def test_the_timeout_holds_though_a_child_of_the_build_keeps_its_output_open(tmp_path):
+    script = fake_to_trt(
+        tmp_path,
+        """
+        import subprocess
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # inherits stdout
+        print("[to_trt] building")
+        import time
+        time.sleep(60)
+    """,
+    )
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        entrypoint.run_logged([sys.executable, str(script)], "to_trt", timeout_s=1)
+    assert time.monotonic() - started < 30  # not the 60 s the child would hold the pipe
+
+
 def test_missing_to_trt_script_is_a_skip(tmp_path):
     built, reason = entrypoint.build_engine(
         tmp_path / "m.onnx", tmp_path / "m.plan", "fp16", script=tmp_path / "nope.py"
