@@ -68,6 +68,24 @@ class InvalidSettings(EntrypointError):
 
 
 @contextmanager
+def stopped_by_sigterm():
+    """While the artifacts are made: SIGTERM (``docker stop``, the kubelet) stops the entrypoint at
+    once, exit 143, killing a build in progress (``run_logged``). Without it, the entrypoint as a
+    container's PID 1 would ignore SIGTERM (the kernel's rule for PID 1 without a handler) until the
+    SIGKILL that follows, and one started by hand would die leaving its engine build running."""
+
+    def stop(signum: int, _frame) -> None:
+        log.warning("stopped by %s while making the artifacts", signal.Signals(signum).name)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
 def step(title: str):
     """Log the start and the end of a step with its duration."""
     log.info("%s ...", title)
@@ -348,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         t0 = time.perf_counter()
         try:
-            prepare(argv)
+            with stopped_by_sigterm():
+                prepare(argv)
         except SystemExit:
             raise  # argparse already said what was wrong with the flags
         except InvalidSettings as exc:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -89,3 +91,37 @@ def test_entrypoint_serves_the_checkpoint_it_finds_through_the_onnx_it_exports(t
         assert model["weights"] == "seed-1" and model["backend"]["name"] == "onnxruntime"
     finally:
         assert server.stop() in (0, -15)
+
+
+def test_sigterm_during_the_export_stops_the_entrypoint_at_once_leaving_no_model(tmp_path):
+    """As ``docker stop`` on a first start: exit 143 within seconds (not the SIGKILL after the grace
+    period), and no alexnet.onnx (the export writes atomically, so none half-written either)."""
+    env = {**os.environ, "ALEXNET_MODEL_DIR": str(tmp_path)}
+    for name in ("ALEXNET_ONNX", "ALEXNET_ENGINE", "ALEXNET_CHECKPOINT"):
+        env.pop(name, None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.entrypoint", "--port", "0"],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        log = []
+        for line in proc.stderr:  # until the export has begun
+            log.append(line)
+            if "exporting: " in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _, rest = proc.communicate(timeout=60)
+        log.append(rest)
+        assert proc.returncode == 143, "".join(log)
+        assert time.monotonic() - started < 30
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "stopped by SIGTERM while making the artifacts" in "".join(log)
+    assert not list(tmp_path.glob("alexnet*.onnx*"))

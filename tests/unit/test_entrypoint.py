@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -231,6 +232,14 @@ def test_the_timeout_holds_though_a_child_of_the_build_keeps_its_output_open(tmp
     with pytest.raises(subprocess.TimeoutExpired):
         entrypoint.run_logged([sys.executable, str(script)], "to_trt", timeout_s=1)
     assert time.monotonic() - started < 30  # not the 60 s the child would hold the pipe
+
+
+def test_sigterm_while_the_artifacts_are_made_stops_with_143_and_the_handler_is_restored():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped, entrypoint.stopped_by_sigterm():
+        signal.raise_signal(signal.SIGTERM)
+        time.sleep(5)  # not reached: the handler raises at once
+    assert stopped.value.code == 143 and signal.getsignal(signal.SIGTERM) is before
 
 
 def test_missing_to_trt_script_is_a_skip(tmp_path):
