@@ -99,12 +99,15 @@ COLUMNS = [  # (header, row key, format)
     ("max", "max_ms", "{:.1f}"),
     ("batch", "server_batch_size_mean", "{:.1f}"),
     ("qwait", "server_queue_wait_mean_ms", "{:.1f}"),
+    ("prep", "server_prepare_mean_ms", "{:.1f}"),
+    ("infer", "server_inference_mean_ms", "{:.1f}"),
     ("cli%", "client_cpu_pct", "{:.0f}"),
 ]
 
 
 def table(rows: list[dict]) -> str:
-    """Fixed-width text table; latencies in ms, ``batch`` and ``qwait`` (ms) are the server's means."""
+    """Fixed-width text table; latencies in ms; ``batch``, ``qwait``, ``prep`` and ``infer`` (ms) are
+    the server's means."""
     cells = [[h for h, _, _ in COLUMNS]]
     for r in rows:
         line = []

@@ -85,6 +85,11 @@ alexnet_queue_wait_seconds_bucket{le="0.1"} 110.0
 alexnet_queue_wait_seconds_bucket{le="+Inf"} 110.0
 alexnet_queue_wait_seconds_count 110.0
 alexnet_queue_wait_seconds_sum 5.01
+# TYPE alexnet_batch_prepare_duration_seconds histogram
+alexnet_batch_prepare_duration_seconds_bucket{le="0.01"} 20.0
+alexnet_batch_prepare_duration_seconds_bucket{le="+Inf"} 20.0
+alexnet_batch_prepare_duration_seconds_count 20.0
+alexnet_batch_prepare_duration_seconds_sum 0.06
 # TYPE alexnet_errors_total counter
 alexnet_errors_total{kind="queue_full"} 4.0
 alexnet_errors_total{kind="bad_image"} 2.0
@@ -99,6 +104,7 @@ def test_metrics_diff_counts_only_the_step():
     assert s["queue_wait_mean_ms"] == pytest.approx(50.0)  # 5 s over 100 images
     assert 10.0 <= s["queue_wait_p50_ms"] <= 100.0
     assert s["errors"] == {"queue_full": 3, "bad_image": 2}
+    assert s["prepare_mean_ms"] == pytest.approx(3.0)  # new in the step: 60 ms over 20 batches
 
 
 def test_histogram_quantile_interpolates_like_prometheus():
@@ -133,7 +139,7 @@ def _result() -> StepResult:
     for _ in range(10):
         r.error_latency.record(0.001)
     r.errors, r.error_kinds = {"503": 7, "timeout": 3}, {"queue_full": 7}
-    r.server = {"batches": 12, "batch_size_mean": 7.5}
+    r.server = {"batches": 12, "batch_size_mean": 7.5, "prepare_mean_ms": 1.25, "inference_mean_ms": 20.5}
     return r
 
 
@@ -147,6 +153,8 @@ def test_report_row_adds_up(tmp_path):
     assert row["server_batch_size_mean"] == 7.5
     text = report.table([row])
     assert "req/s" in text and "c=4" in text and "503:7" in text
+    header, line = text.splitlines()[:2]
+    assert header.split()[-3:-1] == ["prep", "infer"] and line.split()[-3:-1] == ["1.2", "20.5"]
     report.write_csv([row], tmp_path / "s.csv")
     rows = list(csv.DictReader((tmp_path / "s.csv").read_text().splitlines()))
     assert rows[0]["requests"] == "100"
