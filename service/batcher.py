@@ -21,7 +21,8 @@ Each batch goes through two stages of a *runner*: ``prepare`` (assemble the back
 normalise, decode) on one thread and ``run`` (inference and what follows it) on the inference
 threads. A prepared batch with nothing left for the backend (``outputs_without_backend``: the engine
 declined every image) is not counted as one of its batches and, where batches overlap
-(``prepare_ahead``), is answered at once instead of after the batch running meanwhile. A plain Backend is wrapped in ``BackendRunner``: float32 tensors in, logits rows out.
+(``prepare_ahead``), is answered at once instead of after the batch running meanwhile. A plain
+Backend is wrapped in ``BackendRunner``: float32 tensors in, logits rows out.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 FAILURES_BEFORE_UNHEALTHY = 3
+stage_clock = time.perf_counter  # what a batch's prepare and run stages are timed by (a test's clock in tests)
 
 
 @dataclass
@@ -355,6 +357,3 @@ def _timed(function: Callable[[Any], Any], argument: Any) -> tuple[Any, float]:
     start = stage_clock()
     result = function(argument)
     return result, stage_clock() - start
-
-
-stage_clock = time.perf_counter  # what the stages are timed by (a test's clock in tests)

@@ -78,6 +78,9 @@ def stopped_by_sigterm():
         log.warning("stopped by %s while making the artifacts", signal.Signals(signum).name)
         raise SystemExit(128 + signum)
 
+    if threading.current_thread() is not threading.main_thread():  # only there can Python take signals
+        yield
+        return
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
