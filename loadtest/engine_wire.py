@@ -33,6 +33,7 @@ from service.backends.base import Backend
 from service.cpus import usable_cpus
 
 TICK = os.sysconf("SC_CLK_TCK")
+WARM_UP_S = 3.0  # between every front end being ready and the measured window
 
 
 class InstantBackend(Backend):
@@ -64,9 +65,10 @@ def engine_process(address: str, onnx: str, in_flight: int) -> None:
     os.environ.setdefault("ALEXNET_LOG_LEVEL", "warning")
     import service.engine
     import service.engine_load
-    from service.process import reuse_freed_memory
+    from service.process import follow_parent, reuse_freed_memory
     from service.settings import Settings
 
+    follow_parent(None)  # gone with this tool, however it ends (a killed parent leaves no engine)
     reuse_freed_memory()
     select = service.engine_load.select_backend
 
@@ -79,12 +81,17 @@ def engine_process(address: str, onnx: str, in_flight: int) -> None:
     service.engine.run_engine(Settings(), address)
 
 
-def run_frontend(address: str, index: int, in_flight: int, seconds: float, start_at: float, out) -> None:
-    """One front end's worth of load: ``in_flight`` requests always outstanding, one crop each."""
+def run_frontend(address: str, index: int, in_flight: int, seconds: float, parent) -> None:
+    """One front end's worth of load: ``in_flight`` requests always outstanding, one crop each. Over
+    ``parent`` (a pipe): "ready" once the engine is, then the window's start (time.monotonic(), the
+    same clock in every process) comes back; the requests done in the window go out at the end, or
+    why there were none (a string)."""
     from service import wire
     from service.arena import SLOT_BYTES, Arena
     from service.engine_client import EngineClient
-    from service.process import use_uvloop
+    from service.process import follow_parent, use_uvloop
+
+    follow_parent(None)
 
     async def main() -> None:
         arena = Arena(in_flight + 8, SLOT_BYTES)
@@ -93,9 +100,11 @@ def run_frontend(address: str, index: int, in_flight: int, seconds: float, start
         give_up = time.monotonic() + 120
         while not client.ready:
             if time.monotonic() > give_up:
-                out.send(f"the engine was not ready within 120 s: {client.not_ready_reason()}")
+                parent.send(f"the engine was not ready within 120 s: {client.not_ready_reason()}")
                 return
             await asyncio.sleep(0.05)
+        parent.send("ready")
+        start_at = await asyncio.to_thread(parent.recv)
         size = client.model.input_size  # type: ignore[union-attr]
         crop = np.random.default_rng(index).integers(0, 256, (size, size, 3), dtype=np.uint8)
         done = 0
@@ -114,14 +123,14 @@ def run_frontend(address: str, index: int, in_flight: int, seconds: float, start
 
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
         await asyncio.gather(*(one_at_a_time() for _ in range(in_flight)))
-        out.send(done)
+        parent.send(done)
         await client.stop()
 
     use_uvloop()
     try:
         asyncio.run(main())
     except Exception as exc:  # said once, by the parent, instead of a traceback per front end
-        out.send(f"front end {index}: {type(exc).__name__}: {exc}")
+        parent.send(f"front end {index}: {type(exc).__name__}: {exc}")
 
 
 def thread_cpu_s(pid: int) -> dict[int, float]:
@@ -142,7 +151,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", default="artifacts/alexnet.onnx", help="model whose facts the engine serves")
     p.add_argument("--frontends", type=int, default=2, help="front-end processes")
     p.add_argument("--in-flight", type=int, default=64, help="requests outstanding per front end")
-    p.add_argument("--seconds", type=float, default=10.0, help="measured seconds (after 3 s of warm-up)")
+    p.add_argument("--seconds", type=float, default=10.0, help=f"measured seconds (after {WARM_UP_S:g} s of warm-up)")
     return p
 
 
@@ -158,15 +167,24 @@ def main(argv: list[str] | None = None) -> int:
         target=engine_process, args=(address, str(args.onnx), args.frontends * args.in_flight), daemon=True
     )
     engine.start()
-    start_at = time.monotonic() + 15.0  # loading the model and spawning the front ends
     pipes, frontends = [], []
     for i in range(args.frontends):
-        receive, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=run_frontend, args=(address, i, args.in_flight, args.seconds, start_at, send))
+        ours, theirs = ctx.Pipe()
+        proc = ctx.Process(target=run_frontend, args=(address, i, args.in_flight, args.seconds, theirs))
         proc.start()
-        pipes.append(receive)
+        pipes.append(ours)
         frontends.append(proc)
     assert engine.pid is not None
+    # The window starts once every front end has the engine ready (on a small, busy host loading the
+    # model and spawning the front ends can take longer than any fixed wait), after a warm-up.
+    for pipe in pipes:
+        said = pipe.recv() if pipe.poll(150) else "a front end did not start within 150 s"
+        if said != "ready":
+            print(said, file=sys.stderr)
+            return 1
+    start_at = time.monotonic() + WARM_UP_S
+    for pipe in pipes:
+        pipe.send(start_at)
     time.sleep(max(0.0, start_at - time.monotonic()))
     before = thread_cpu_s(engine.pid)
     time.sleep(args.seconds)
