@@ -334,7 +334,10 @@ def prepare(argv: list[str]) -> None:
             return
         if settings.backend == "auto" and not gpu_here(settings):
             # Not a warning: on a CPU host there is nothing to install, ONNX Runtime is the plan.
-            log.info("skipped: no CUDA GPU here (device %s); the service serves with ONNX Runtime", settings.device)
+            log.info(
+                "skipped: no CUDA GPU here (device %s); the service takes the next backend (ONNX Runtime)",
+                settings.device,
+            )
             return
         reason = engine_needs_build(settings.engine, source, exported)
         if reason is None:
@@ -356,7 +359,7 @@ def prepare(argv: list[str]) -> None:
         elif settings.backend == "tensorrt":
             raise EntrypointError(f"backend=tensorrt was asked for, but TensorRT cannot run here: {why_not}")
         else:
-            log.warning("TensorRT skipped: %s; the service will pick the next backend (onnxruntime)", why_not)
+            log.warning("TensorRT skipped: %s; the service takes the next backend (ONNX Runtime)", why_not)
 
 
 def main(argv: list[str] | None = None) -> int:

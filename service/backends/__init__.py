@@ -124,12 +124,14 @@ def _build_torch(settings: Settings, device: str) -> tuple[Backend, ModelMetadat
         arch = onnx_meta.arch
     loaded = load_model(settings.checkpoint, arch)
     if onnx_meta is not None and onnx_meta.weights_sha256 != loaded.weights_sha256:
-        log.warning(
-            "torch backend weights (%s) differ from %s (%s)",
-            loaded.weights_description,
-            settings.onnx,
-            onnx_meta.weights,
-        )
+        differ = f"PyTorch's weights ({loaded.weights_description}) differ from {settings.onnx}'s ({onnx_meta.weights})"
+        if settings.backend == "auto":  # a fallback must not answer with other weights than the model exported
+            raise BackendUnavailable(
+                f"{differ}: it would answer otherwise than that model; install ONNX Runtime "
+                "(pip install '.[cpu]'), pass --checkpoint with those weights, or --backend torch to serve "
+                "PyTorch's anyway"
+            )
+        log.warning("%s: serving PyTorch's, as --backend torch asks", differ)
     spec = arch_spec(loaded.arch)
     precision = settings.precision if settings.precision != "auto" else ("fp16" if device == "cuda" else "fp32")
     backend = TorchBackend(

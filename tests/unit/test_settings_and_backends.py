@@ -205,6 +205,28 @@ def test_an_onnx_holding_other_weights_than_the_checkpoint_is_refused(tmp_path, 
     assert "--backend torch" in message
 
 
+def test_auto_never_falls_back_to_pytorch_with_other_weights_than_the_onnx_files(tmp_path, monkeypatch, caplog):
+    """Without ONNX Runtime (a plain ``pip install .``) and without the checkpoint, PyTorch could only
+    serve a random model in place of the exported one: under auto that is refused, saying what to do;
+    --backend torch serves it, as asked, with a warning."""
+    import service.backends
+    from tests.tiny_onnx import tiny_onnx
+
+    onnx = tiny_onnx(tmp_path / "alexnet.onnx", weights_sha256="c" * 64)  # trained weights, say
+
+    def not_installed(settings, device):
+        raise BackendUnavailable("onnxruntime is not installed: install the project with an extra")
+
+    monkeypatch.setitem(service.backends.BUILDERS, "onnxruntime", not_installed)
+    with pytest.raises(BackendUnavailable) as refused:
+        select_backend(Settings(onnx=onnx, backend="auto", device="cpu"))
+    torch_said = str(refused.value).split("'torch': ")[1]
+    assert "PyTorch's weights (untrained) differ from" in torch_said and "pip install '.[cpu]'" in torch_said
+    assert "--checkpoint" in torch_said and "--backend torch" in torch_said
+    selection = select_backend(Settings(onnx=onnx, backend="torch", device="cpu"))
+    assert selection.metadata.weights == "untrained" and "as --backend torch asks" in caplog.text
+
+
 def test_an_onnx_that_preprocesses_otherwise_than_the_checkpoint_was_trained_is_refused(tmp_path):
     """The right weights behind the wrong crop answer wrongly too: the service preprocesses by the
     ONNX metadata (here the arch's 256/224, from an export made before it carried the recorded sizes)."""
