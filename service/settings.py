@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from service.cpus import usable_cpus
 
 BackendName = Literal["auto", "tensorrt", "onnxruntime", "torch"]
+ArchName = Literal["torchvision", "alexnet2012"]  # model.alexnet.ARCHS (a test keeps the two in step)
 ENV_PREFIX = "ALEXNET_"
 # Secrets come from the environment only: a flag would show in `ps` and shell history.
 ENV_ONLY = frozenset({"api_key"})
@@ -100,7 +101,11 @@ class Settings(BaseSettings):
         description="weights to serve: the torch backend loads them, TensorRT and ONNX Runtime refuse an ONNX "
         "that holds other weights; none = the ONNX file's weights (torch: its arch, untrained)",
     )
-    arch: str = Field("torchvision", description="architecture for the torch backend without a checkpoint")
+    arch: ArchName = Field(
+        "torchvision",
+        description="AlexNet layout where nothing records one: the torch backend's untrained model when "
+        "there is no ONNX file, or a state dict without our metadata (torchvision's .pth)",
+    )
     backend: BackendName = Field(
         "auto", description="auto picks tensorrt > onnxruntime > torch by what this host can run"
     )

@@ -118,11 +118,14 @@ def _build_torch(settings: Settings, device: str) -> tuple[Backend, ModelMetadat
             "precision fp16 was asked for, but PyTorch on the CPU runs in fp32; use --precision auto or fp32 "
             "on the CPU, or serve on a CUDA GPU"
         )
-    arch = settings.arch
+    arch: str = settings.arch
     onnx_meta = read_metadata(settings.onnx) if settings.onnx.is_file() else None
     if settings.checkpoint is None and onnx_meta is not None:
         arch = onnx_meta.arch
     loaded = load_model(settings.checkpoint, arch)
+    if "arch" in settings.model_fields_set and loaded.arch != settings.arch:
+        source = settings.checkpoint if settings.checkpoint is not None else settings.onnx
+        log.warning("--arch %s is not what is served: %s records %s", settings.arch, source, loaded.arch)
     if onnx_meta is not None and onnx_meta.weights_sha256 != loaded.weights_sha256:
         differ = f"PyTorch's weights ({loaded.weights_description}) differ from {settings.onnx}'s ({onnx_meta.weights})"
         if settings.backend == "auto":  # a fallback must not answer with other weights than the model exported

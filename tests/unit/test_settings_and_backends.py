@@ -227,6 +227,26 @@ def test_auto_never_falls_back_to_pytorch_with_other_weights_than_the_onnx_files
     assert selection.metadata.weights == "untrained" and "as --backend torch asks" in caplog.text
 
 
+def test_the_arch_setting_names_the_layouts_the_model_knows():
+    from typing import get_args
+
+    from model.alexnet import ARCHS
+    from service.settings import ArchName
+
+    assert sorted(get_args(ArchName)) == sorted(ARCHS)
+    with pytest.raises(ValidationError, match="arch"):
+        Settings(arch="bogus")
+
+
+def test_an_arch_asked_for_but_not_served_is_warned_about(tmp_path, caplog):
+    from tests.tiny_onnx import tiny_onnx
+
+    onnx = tiny_onnx(tmp_path / "alexnet.onnx", untrained=True)  # records torchvision's layout
+    selection = select_backend(Settings(onnx=onnx, backend="torch", device="cpu", arch="alexnet2012"))
+    assert selection.metadata.arch == "torchvision"
+    assert f"--arch alexnet2012 is not what is served: {onnx} records torchvision" in caplog.text
+
+
 def test_an_onnx_that_preprocesses_otherwise_than_the_checkpoint_was_trained_is_refused(tmp_path):
     """The right weights behind the wrong crop answer wrongly too: the service preprocesses by the
     ONNX metadata (here the arch's 256/224, from an export made before it carried the recorded sizes)."""
