@@ -76,7 +76,7 @@ class Settings(BaseSettings):
         "auto",
         description="HTTP front-end processes sharing the port, all feeding the one engine process "
         "(auto = one per CPU this process may use, by its affinity mask and any cgroup CPU limit, less one for "
-        "the engine; at least 1)",
+        "the engine; at least 1); at most 4 per such CPU, or 8",
     )
 
     # Before onnx and engine: their defaults are read from it, and fields are validated in order.
@@ -197,6 +197,11 @@ class Settings(BaseSettings):
     def _positive_workers(cls, value: int | str) -> int | str:
         if isinstance(value, int) and value < 1:
             raise ValueError("must be at least 1 (or auto)")
+        if isinstance(value, int) and value > (limit := max(8, 4 * (cpus := usable_cpus()))):
+            raise ValueError(
+                f"must be at most {limit} (4 per CPU this process may use, {cpus} here; or 8): more front ends "
+                "only contend for the CPUs, and each holds some 70 MB"
+            )
         return value
 
     @property

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import ValidationError
 
 from service.__main__ import settings_from_args, unknown_variables
 from tests.conftest import REPO
@@ -131,6 +132,16 @@ def test_an_invalid_setting_is_the_one_line_even_where_other_defaults_are_made_f
     assert result.returncode == 2
     reasons = [line for line in result.stderr.splitlines() if line.startswith("  --")]
     assert len(reasons) == 1 and reasons[0].startswith(f"  {args[0]} / "), result.stderr
+
+
+def test_front_ends_beyond_what_the_cpus_can_use_are_refused(monkeypatch):
+    """1000 front ends on 2 CPUs ran the host out of memory (each holds some 70 MB)."""
+    monkeypatch.setattr("service.settings.usable_cpus", lambda: 2)
+    assert settings_from_args(["--http-workers", "8"]).frontends == 8
+    with pytest.raises(ValidationError, match=r"must be at most 8 \(4 per CPU this process may use, 2 here"):
+        settings_from_args(["--http-workers", "9"])
+    monkeypatch.setattr("service.settings.usable_cpus", lambda: 16)
+    assert settings_from_args(["--http-workers", "64"]).frontends == 64
 
 
 def test_an_empty_checkpoint_means_none():
