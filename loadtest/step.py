@@ -72,7 +72,7 @@ ERROR_RATE_STOP = "error rate"  # how StepResult.stopped begins for a step cut s
 
 def error_rate_stop(rate: float, limit: float) -> str:
     """``StepResult.stopped`` for a step whose errors went over ``limit``."""
-    return f"{ERROR_RATE_STOP} {rate:.1%} > {limit:.1%}"
+    return f"{ERROR_RATE_STOP} {rate:.1%} > {limit:.1%}, where a step is cut short"
 
 
 @dataclass

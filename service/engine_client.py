@@ -182,7 +182,7 @@ class EngineClient:
             except OSError as exc:
                 sock.close()
                 if not announced_wait:
-                    log.info("waiting for the engine (%s)", exc.strerror or exc)
+                    log.info("waiting for the engine to listen (it is starting: %s)", exc.strerror or exc)
                     announced_wait = True
                 await asyncio.sleep(RECONNECT_S)
                 continue

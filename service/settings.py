@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "fp16"] = Field(
         "auto", description="auto = fp16 on CUDA, fp32 on CPU (where fp16 is refused)"
     )
-    intra_op_threads: int = Field(0, ge=0, description="CPU inference threads (0 = one per core)")
+    intra_op_threads: int = Field(0, ge=0, description="CPU inference threads (0 = one per CPU this process may use)")
 
     max_batch_size: int = Field(32, ge=1, le=4096, description="largest batch sent to the backend, images")
     max_delay_ms: float = Field(
