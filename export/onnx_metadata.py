@@ -6,8 +6,9 @@ Every value in ONNX metadata is a string; this module owns the keys and the conv
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -31,6 +32,9 @@ class ModelMetadata:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     precision: str = "fp32"
+    # Where the weights came from, as the checkpoint records it (model.weights: source, and for a
+    # training run its dataset, epoch, validation top-1/top-5, when it was saved); {} in older exports.
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def untrained(self) -> bool:

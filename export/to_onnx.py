@@ -99,6 +99,7 @@ def model_metadata(loaded: LoadedModel, precision: str = "fp32") -> tuple[ModelM
         mean=mean,
         std=std,
         precision=precision,
+        provenance=loaded.provenance_to_publish,
     )
     if len(missing) == len(RECORDED_PREPROCESSING):
         source = f"{loaded.arch} defaults: the weights record no preprocessing"

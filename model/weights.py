@@ -73,6 +73,11 @@ class LoadedModel:
         """``"untrained"`` or where the weights came from."""
         return str(self.provenance.get("source", "unknown"))
 
+    @property
+    def provenance_to_publish(self) -> dict[str, Any]:
+        """The provenance an export records and the service reports, less the local path it was read from."""
+        return {key: value for key, value in self.provenance.items() if key != "file"}
+
 
 def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 over each tensor's name, dtype, shape and bytes, in key order."""

@@ -118,6 +118,7 @@ def load_model(settings: Settings, stop: threading.Event | None = None) -> Loade
             decode="gpu" if decoder is not None else "cpu",
             decode_reason=decode_reason,
             batches_overlap=runner.prepare_ahead or backend.max_concurrency > 1,
+            weights_provenance=dict(meta.provenance),
         )
     except BaseException:
         backend.close()

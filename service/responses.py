@@ -141,6 +141,11 @@ class ModelEntry(BaseModel):
     weights: str | None = None
     untrained: bool | None = None
     weights_sha256: str | None = None
+    weights_provenance: dict[str, Any] | None = Field(
+        None,
+        description="where the weights came from, as their checkpoint records it: source, and for a "
+        "training run its dataset, epoch, validation top-1/top-5 (%) and when it was saved",
+    )
     num_classes: int | None = None
     input: InputFacts | None = None
     backend: BackendInfo | None = None

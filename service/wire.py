@@ -28,7 +28,7 @@ HEADER = struct.Struct("<I")
 MAX_FRAME = 256 * 2**20  # a 1000-class top-k for 4096 images is ~32 MB; anything larger is a bug
 HELLO = struct.Struct("<8sIIQ")  # magic, protocol version, front-end index, pid
 MAGIC = b"ALEXNETS"
-PROTOCOL = 3  # 2: per-request messages as extension codes (per_request); 3: DECLINED images
+PROTOCOL = 4  # 2: per-request messages as extension codes (per_request); 3: DECLINED images; 4: provenance
 STATUS_INTERVAL_S = 0.5  # heartbeat: a front end that hears nothing for several of these reconnects
 # ImageResult.decode of a JPEG the engine did not decode (its GPU decoder refused it, or there is none):
 # no rows; the front end decodes it on its CPU and submits the crop (service.pipeline).
@@ -143,6 +143,7 @@ class ModelInfo:
     decode: str  # "cpu" or "gpu": where JPEGs are decoded
     decode_reason: str
     batches_overlap: bool = False  # a batch may form while another runs: only then does max_delay_ms apply
+    weights_provenance: dict[str, Any] = field(default_factory=dict)  # ModelMetadata.provenance
 
 
 @dataclass

@@ -148,6 +148,7 @@ def _build_torch(settings: Settings, device: str) -> tuple[Backend, ModelMetadat
         weights=loaded.weights_description,
         weights_sha256=loaded.weights_sha256,
         precision=backend.precision,
+        provenance=loaded.provenance_to_publish,
     )
     return backend, metadata
 

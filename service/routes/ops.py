@@ -51,6 +51,7 @@ async def models(state: State) -> dict:
                 "weights": model.weights,
                 "untrained": model.untrained,
                 "weights_sha256": model.weights_sha256,
+                "weights_provenance": model.weights_provenance,
                 "num_classes": len(model.labels),
                 "input": {
                     "resize_size": model.resize_size,

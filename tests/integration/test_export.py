@@ -74,6 +74,8 @@ def test_checker_opset_and_metadata_round_trip(fp32_onnx, loaded):
     assert meta.weights_sha256 == loaded.weights_sha256 and not meta.untrained
     assert (meta.input_size, meta.resize_size, meta.precision) == (224, 256, "fp32")
     assert meta.mean == IMAGENET_MEAN and meta.std == IMAGENET_STD
+    # The checkpoint's provenance travels with the weights (less the path it was read from).
+    assert meta.provenance == loaded.provenance_to_publish and meta.provenance["source"] == meta.weights
 
 
 def test_verify_fails_loudly_on_a_different_model(fp32_onnx, loaded, fitted):

@@ -354,6 +354,7 @@ def test_a_client_that_hangs_up_takes_no_batch_slot(gated_server):
 def test_models_endpoint_reports_provenance_backend_and_batching(onnx_server):
     (model,) = httpx.get(onnx_server.url + "/v1/models").json()["models"]
     assert model["weights"] == "untrained" and model["untrained"] is True
+    assert model["weights_provenance"] == {"source": "untrained", "seed": 0}  # recorded by the export
     assert model["arch"] == "torchvision" and model["num_classes"] == 1000
     assert model["backend"]["name"] == "onnxruntime" and model["backend"]["precision"] == "fp32"
     assert model["batching"]["max_batch_size"] == 32
