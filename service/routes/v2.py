@@ -212,6 +212,11 @@ async def _infer(request: Request, state: ServiceState, model_name: str, model_v
     deadline = started + settings.request_timeout_s
     pipeline = state.pipeline
     meta = pipeline.model
+    if request.headers.get("content-type", "").lower().startswith("multipart/"):
+        raise oip.ProtocolError(
+            "this route takes the Open Inference Protocol's JSON (or its binary extension), not a form "
+            "upload; send images as multipart/form-data to /classify"
+        )
 
     body = await by_deadline(request.body(), deadline, "while its body was received")
     json_length = oip.header_length(request.headers.get(oip.HEADER_LENGTH), len(body))

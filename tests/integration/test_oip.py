@@ -245,6 +245,12 @@ def test_malformed_bodies_get_400_with_the_protocol_error_shape(onnx_server, bod
     assert list(r.json()) == ["error"] and r.json()["error"]
 
 
+def test_a_form_upload_is_pointed_at_classify(onnx_server):
+    """A form upload (curl -F) to v2 is the most likely mistake: say where it goes, not a JSON error."""
+    r = httpx.post(f"{onnx_server.url}/v2/models/{MODEL}/infer", files={"file": ("a.jpg", b"\xff\xd8\xff")}, timeout=30)
+    assert r.status_code == 400 and "send images as multipart/form-data to /classify" in r.json()["error"]
+
+
 def test_not_ready_is_503(onnx_model, inprocess_server, monkeypatch):
     """A server still warming up is live; v2 says not ready and refuses inference with 503. (A model
     that fails to load stops the server: tests/integration/test_processes.py.)"""
