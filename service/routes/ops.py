@@ -12,13 +12,18 @@ from service.state import State
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", response_model=Health)
+# GET and HEAD: some load balancers and monitors probe with HEAD (the answer without its body).
+@router.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health)
 async def healthz() -> dict:
     """Live: the process answers HTTP."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={200: {"model": Readiness}, 503: {"model": Readiness, "description": "not ready"}})
+@router.api_route(
+    "/readyz",
+    methods=["GET", "HEAD"],
+    responses={200: {"model": Readiness}, 503: {"model": Readiness, "description": "not ready"}},
+)
 async def readyz(state: State) -> JSONResponse:
     """Ready: the engine is connected, its model loaded and warm and its backend healthy (503 otherwise)."""
     await state.client.refresh_status()

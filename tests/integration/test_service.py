@@ -284,10 +284,13 @@ def test_ready_only_after_warm_up_while_live_at_once(onnx_model, inprocess_serve
     wait_until(lambda: "warming" in readyz_reason(server.url), 30, "/readyz to say the engine is warming up")
     r = httpx.get(server.url + "/readyz")
     assert r.status_code == 503 and "warming" in r.json()["reason"]
+    head = httpx.head(server.url + "/readyz")  # as some load balancers probe: the status, no body
+    assert head.status_code == 503 and head.content == b""
     assert classify(server.url, make_image(64, 64)).json()["kind"] == "not_ready"
     holder["warmup_gate"].set()
     server.wait_ready()
     assert httpx.get(server.url + "/readyz").status_code == 200
+    assert [httpx.head(server.url + path).status_code for path in ("/healthz", "/readyz")] == [200, 200]
 
 
 def readyz_reason(url: str) -> str:
