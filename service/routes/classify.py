@@ -19,6 +19,7 @@ from service.state import ServiceState, State
 router = APIRouter(tags=["classification"])
 
 RAW_TYPES = ("image/", "application/octet-stream")
+QUERY_PARAMETERS = frozenset({"top_k"})  # a misspelt one (?topk=1) is refused, not ignored
 DECIMAL = re.compile(r"[+-]?[0-9]+")
 
 
@@ -84,6 +85,10 @@ async def classify(request: Request, state: State, top_k: QueryInt = 5) -> dict:
     """Top-k ImageNet labels with probabilities for each image sent."""
     started = time.monotonic()
     settings = state.settings
+    if unknown := sorted(set(request.query_params) - QUERY_PARAMETERS):
+        raise BadParameter(
+            f"unknown query parameter {', '.join(map(repr, unknown))}: /classify takes {', '.join(QUERY_PARAMETERS)}"
+        )
     if not 1 <= top_k <= settings.max_top_k:
         raise BadParameter(f"top_k must be between 1 and {settings.max_top_k}, got {top_k}")
     if not state.ready:

@@ -204,6 +204,13 @@ def test_a_top_k_that_is_not_a_number_is_told_in_the_words_of_the_range_check(li
     assert words[0]["error"].startswith("top_k must be between 1 and ")
 
 
+def test_a_misspelt_query_parameter_is_refused_not_ignored(limited_server):
+    image = {"file": ("a.jpg", make_image(64, 64), "image/jpeg")}
+    r = httpx.post(limited_server.url + "/classify", files=image, params={"topk": 1}, timeout=60)
+    assert r.status_code == 422
+    assert r.json() == {"error": "unknown query parameter 'topk': /classify takes top_k", "kind": "bad_parameter"}
+
+
 @pytest.mark.parametrize("text", ["1.0", "1e0", " 1", "1 ", "1_0", "0x1", "１", ""])
 def test_a_top_k_that_is_not_integer_text_is_refused_not_rounded(limited_server, text):
     # pydantic alone would read '1.0', ' 1' and '1 ' as 1 and '1_0' as 10.
