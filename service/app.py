@@ -58,6 +58,11 @@ def framework_message(request: Request, exc: StarletteHTTPException) -> str:
     if exc.status_code == 405 and exc.detail == "Method Not Allowed":
         allow = (exc.headers or {}).get("Allow")
         return f"{request.url.path} does not take {request.method}" + (f"; send {allow}" if allow else "")
+    if exc.status_code == 400 and request.headers.get("content-type", "").lower().startswith("multipart/"):
+        return (  # the form parser's words ("Missing boundary in multipart.") and what to send instead
+            f"the multipart body could not be read: {exc.detail}; send multipart/form-data with the boundary "
+            "its Content-Type names, as curl -F does"
+        )
     return str(exc.detail)
 
 

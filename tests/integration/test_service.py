@@ -381,3 +381,4 @@ def test_framework_errors_use_the_same_error_shape(limited_server):
         headers={"content-type": "multipart/form-data; boundary=b"},
     )
     assert broken_form.status_code == 400 and broken_form.json()["kind"] == "bad_request"
+    assert broken_form.json()["error"].startswith("the multipart body could not be read: ")
