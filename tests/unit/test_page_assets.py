@@ -76,6 +76,9 @@ def test_no_documentation_page_loads_from_a_cdn(client, path):
     assert r.status_code == 404 or not EXTERNAL.findall(r.text), f"{path} refers outside: {EXTERNAL.findall(r.text)}"
 
 
-def test_the_openapi_schema_is_still_served(client):
+def test_the_openapi_schema_is_still_served_with_an_operation_id_each(client):
+    """Client generators key on operationId: a route of two methods (GET and HEAD) gave both the same."""
     r = client.get("/openapi.json")
     assert r.status_code == 200 and "/classify" in r.json()["paths"]
+    ids = [operation["operationId"] for path in r.json()["paths"].values() for operation in path.values()]
+    assert len(ids) == len(set(ids)), sorted(ids)
