@@ -167,7 +167,18 @@ def main(argv: list[str] | None = None) -> int:
         target=engine_process, args=(address, str(args.onnx), args.frontends * args.in_flight), daemon=True
     )
     engine.start()
-    pipes, frontends = [], []
+    frontends: list = []
+    try:
+        return _measure(args, ctx, address, engine, frontends)
+    finally:  # on every way out (a front end that never got ready included): none left waiting
+        for proc in [*frontends, engine]:
+            if proc.is_alive():
+                proc.terminate()
+
+
+def _measure(args: argparse.Namespace, ctx, address: str, engine, frontends: list) -> int:
+    """Start the front ends (into ``frontends``), measure the engine, print the figures; the exit status."""
+    pipes = []
     for i in range(args.frontends):
         ours, theirs = ctx.Pipe()
         proc = ctx.Process(target=run_frontend, args=(address, i, args.in_flight, args.seconds, theirs))
@@ -178,7 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     # The window starts once every front end has the engine ready (on a small, busy host loading the
     # model and spawning the front ends can take longer than any fixed wait), after a warm-up.
     for pipe in pipes:
-        said = pipe.recv() if pipe.poll(150) else "a front end did not start within 150 s"
+        try:
+            said = pipe.recv() if pipe.poll(150) else "a front end did not start within 150 s"
+        except EOFError:
+            said = "a front end exited before the engine was ready"
         if said != "ready":
             print(said, file=sys.stderr)
             return 1
