@@ -15,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from service.arena import SLOT_BYTES, Arena, arena_slot_count
 from service.decode_budget import DecodeBudget
@@ -51,10 +52,20 @@ def _problem(error: dict) -> str:
     return f"{'.'.join(map(str, error['loc']))}: {error['msg']}"
 
 
+def _routed(request: Request, path: str) -> bool:
+    """Some route takes ``path`` (with any method): Starlette's own test for its slash redirect."""
+    scope = {**request.scope, "path": path}
+    return any(route.matches(scope)[0] != Match.NONE for route in request.app.router.routes)
+
+
 def framework_message(request: Request, exc: StarletteHTTPException) -> str:
     """Starlette's bare "Not Found" and "Method Not Allowed" say neither what was asked nor what to do."""
     if exc.status_code == 404 and exc.detail == "Not Found":
-        return f"no route {request.method} {request.url.path}; /openapi.json lists the routes"
+        path = request.url.path
+        bare = path.rstrip("/")
+        if bare and bare != path and _routed(request, bare):
+            return f"no route {request.method} {path}; the route is {bare}, without the trailing slash"
+        return f"no route {request.method} {path}; /openapi.json lists the routes"
     if exc.status_code == 405 and exc.detail == "Method Not Allowed":
         allow = (exc.headers or {}).get("Allow")
         return f"{request.url.path} does not take {request.method}" + (f"; send {allow}" if allow else "")
@@ -111,6 +122,9 @@ def create_app(
         # hosts this serves, and no installed package ships the files. The schema stays at /openapi.json.
         docs_url=None,
         redoc_url=None,
+        # Starlette would answer /classify/ with a 307 to http://<Host>/classify: behind a TLS proxy that
+        # sends the client (and its image, again) to plain http. A 404 that names the route instead.
+        redirect_slashes=False,
     )
     app.state.service = state
     app.include_router(ops.router)

@@ -28,6 +28,18 @@ def test_an_unknown_route_names_itself_and_where_the_routes_are():
     assert r.json() == {"error": "no route GET /clasify; /openapi.json lists the routes", "kind": "not_found"}
 
 
+def test_a_trailing_slash_is_not_redirected_but_named():
+    # A 307 would point at http://<Host>/classify, plain http behind a TLS proxy, and make the client
+    # send its images twice; the 404 says which route was meant.
+    r = request("POST", "/classify/")
+    assert r.status_code == 404 and "location" not in r.headers
+    assert r.json() == {
+        "error": "no route POST /classify/; the route is /classify, without the trailing slash",
+        "kind": "not_found",
+    }
+    assert request("GET", "/").status_code == 200  # the page, not a path with its slash stripped to nothing
+
+
 def test_a_wrong_method_names_the_methods_the_route_takes():
     r = request("GET", "/classify")
     assert r.status_code == 405 and r.headers["allow"] == "POST"
