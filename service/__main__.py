@@ -130,6 +130,20 @@ def cuda_visible() -> bool:
         return False
 
 
+def cpu_serves_fp16(settings: Settings) -> bool:
+    """``--precision fp16`` can run on the CPU in one case: ONNX Runtime serving an ONNX file that is
+    itself fp16 (the backends refuse fp16 on the CPU otherwise: PyTorch's CPU path runs fp32, and an
+    fp32 ONNX would be served in fp32)."""
+    if settings.backend not in ("auto", "onnxruntime") or not settings.onnx.is_file():
+        return False
+    from export.onnx_metadata import read_metadata  # onnx: only for this rare question
+
+    try:
+        return read_metadata(settings.onnx).precision == "fp16"
+    except ValueError:  # not ONNX: the engine says so when it loads it
+        return False
+
+
 def needs_a_gpu(settings: Settings, cuda_check: Callable[[], bool] | None = None) -> str | None:
     """Why the settings cannot run on this host, as far as the settings alone need a CUDA GPU; None when
     they can (or might: the rest is for the engine to find out, and the server exits 3 if it cannot).
@@ -137,12 +151,12 @@ def needs_a_gpu(settings: Settings, cuda_check: Callable[[], bool] | None = None
     loaded anyway (the entrypoint) asks in-process."""
     asked = [
         setting_name(name, value)
-        for name, value in (("device", "cuda"), ("backend", "tensorrt"), ("decode", "gpu"))
-        if getattr(settings, name) == value
+        for name, value in (("device", "cuda"), ("backend", "tensorrt"), ("decode", "gpu"), ("precision", "fp16"))
+        if getattr(settings, name) == value and (name != "precision" or not cpu_serves_fp16(settings))
     ]
     if not asked:
         return None
-    if settings.device == "cpu":  # with --backend tensorrt or --decode gpu
+    if settings.device == "cpu":  # with --backend tensorrt, --decode gpu or --precision fp16
         return f"{asked[0]} needs a CUDA GPU, but {setting_name('device', 'cpu')} keeps the model on the CPU"
     if (cuda_check or cuda_visible)():
         return None

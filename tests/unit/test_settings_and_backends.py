@@ -141,7 +141,13 @@ def test_a_checkpoint_that_is_not_a_file_stops_the_server_whatever_the_backend(m
 
 @pytest.mark.parametrize(
     "args",
-    [["--device", "cuda"], ["--decode", "gpu"], ["--backend", "tensorrt"], ["--device", "cuda", "--decode", "gpu"]],
+    [
+        ["--device", "cuda"],
+        ["--decode", "gpu"],
+        ["--backend", "tensorrt"],
+        ["--precision", "fp16"],
+        ["--device", "cuda", "--decode", "gpu"],
+    ],
 )
 def test_settings_that_need_a_gpu_on_a_host_without_one_stop_at_once(monkeypatch, capsys, args):
     """Before any process starts: a server up but never ready would hide it until someone looked."""
@@ -157,12 +163,31 @@ def test_settings_that_need_a_gpu_on_a_host_without_one_stop_at_once(monkeypatch
     )
 
 
-@pytest.mark.parametrize("args", [["--decode", "gpu"], ["--backend", "tensorrt"]])
+@pytest.mark.parametrize("args", [["--decode", "gpu"], ["--backend", "tensorrt"], ["--precision", "fp16"]])
 def test_settings_that_need_a_gpu_with_device_cpu_stop_at_once_on_any_host(capsys, args):
     from service.__main__ import main
 
     assert main([*args, "--device", "cpu", "--port", "0"]) == 2
     assert "needs a CUDA GPU, but --device cpu (ALEXNET_DEVICE=cpu) keeps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend, passes", [("auto", True), ("onnxruntime", True), ("torch", False)])
+def test_fp16_passes_the_early_check_without_a_gpu_only_for_an_fp16_onnx_on_onnxruntime(
+    tmp_path, monkeypatch, backend, passes
+):
+    """ONNX Runtime on the CPU serves an ONNX that is fp16 itself; every other fp16 without a GPU would
+    start the processes only for the engine to refuse it (exit 3)."""
+    import service.__main__
+    from service.__main__ import needs_a_gpu
+    from tests.tiny_onnx import tiny_onnx
+
+    monkeypatch.setattr(service.__main__, "cuda_visible", lambda: False)
+    fp16 = tiny_onnx(tmp_path / "alexnet.fp16.onnx", precision="fp16")
+    fp32 = tiny_onnx(tmp_path / "alexnet.onnx")
+    assert (needs_a_gpu(Settings(onnx=fp16, precision="fp16", backend=backend)) is None) is passes
+    assert needs_a_gpu(Settings(onnx=fp32, precision="fp16", backend=backend)) is not None
+    (tmp_path / "not.onnx").write_bytes(b"\x00not onnx")
+    assert needs_a_gpu(Settings(onnx=tmp_path / "not.onnx", precision="fp16", backend=backend)) is not None
 
 
 def test_the_supervisor_asks_a_child_process_whether_there_is_a_gpu_and_keeps_torch_out():
