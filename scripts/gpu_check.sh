@@ -23,7 +23,7 @@ PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 REHEARSAL=
-if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
     if [ "${GPU_CHECK_REHEARSAL:-}" != 1 ]; then
         echo "error: no CUDA GPU is visible to PyTorch from $PY on this host; gpu_check.sh measures nothing here" >&2
         exit 2
@@ -37,12 +37,12 @@ mkdir -p "$OUT" "$WORK"
 carried=$(ls .whl/*.whl .whl-nvimgcodec/*.whl 2>/dev/null)
 if [ -n "$carried" ]; then
     # shellcheck disable=SC2086  # one wheel per word
-    $PY -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" $carried \
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" $carried \
         || { echo "error: installing the carried wheels failed: $carried" >&2; exit 1; }
     export PYTHONPATH="$PYTHONPATH:$PWD/$WORK/site"
 fi
 # onnxruntime-gpu installed (docs/gpu.md: its five-call carry): its CUDA tests must run, not skip.
-if $PY -c "import sys, onnxruntime as o; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" \
+if "$PY" -c "import sys, onnxruntime as o; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" \
     2>/dev/null; then
     export REQUIRE_ORT_CUDA=1
 fi
@@ -55,7 +55,7 @@ start_s=$SECONDS
 # the bench's output), and the bench's own files. Run after each step, so a run killed from outside
 # (the device tool's time limit) still brings back every step that finished.
 publish() {
-    $PY scripts/gpu_report.py --work "$WORK" --out "$OUT" --budget-s "$BUDGET_S" > /dev/null 2>&1
+    "$PY" scripts/gpu_report.py --work "$WORK" --out "$OUT" --budget-s "$BUDGET_S" > /dev/null 2>&1
     for f in "$WORK"/*.log; do echo "######## $(basename "$f")"; cat "$f"; done > "$OUT/gpu_check.log"
     # Each server log bounded: its start (the decoder and backend it chose, a failed start-up) and its
     # end (how it stopped).
@@ -124,22 +124,22 @@ cat "$WORK/gpu.txt"
 ONNX=$WORK/alexnet.onnx
 # Seconds, and it says at once (its log names the missing module) if the carried wheels do not import
 # beside this host's packages: every service step after it would fail the same way, minutes later.
-step imports 60 $PY -c "import fastapi, uvicorn, pydantic, pydantic_settings, multipart, hdrh, aiohttp, \
+step imports 60 "$PY" -c "import fastapi, uvicorn, pydantic, pydantic_settings, multipart, hdrh, aiohttp, \
 service.app, service.frontend, service.engine, loadtest.bench; print('the service and load generator import')"
 # In order of what matters most (issue 13: the service's GPU path), so a spent budget cuts the least:
 # correctness and the service's GPU figures, then which GPU decoder is faster, the determinism check,
 # the engine's event-loop ceiling, and training last.
-step export-onnx 120 $PY export/to_onnx.py --out "$ONNX"
+step export-onnx 120 "$PY" export/to_onnx.py --out "$ONNX"
 # What the entrypoint makes on a CUDA host: ONNX Runtime's CUDA provider serves it (--precision auto),
 # and TensorRT (10 or 11) builds its fp16 engine from it where TensorRT imports.
-step export-onnx-fp16 90 $PY export/to_onnx.py --precision fp16 --out "$WORK/alexnet.fp16.onnx" \
+step export-onnx-fp16 90 "$PY" export/to_onnx.py --precision fp16 --out "$WORK/alexnet.fp16.onnx" \
     --verify-batch-sizes 1 7
-if $PY -c "import tensorrt" 2>/dev/null; then
+if "$PY" -c "import tensorrt" 2>/dev/null; then
     export ALEXNET_ENGINE=$WORK/alexnet.plan
-    step build-engine 240 $PY export/to_trt.py --onnx "$WORK/alexnet.fp16.onnx" --out "$ALEXNET_ENGINE" \
+    step build-engine 240 "$PY" export/to_trt.py --onnx "$WORK/alexnet.fp16.onnx" --out "$ALEXNET_ENGINE" \
         --timing-cache "$WORK/trt_timing.cache"
 fi
-step pytest-gpu 180 $PY -m pytest -q -rs -p no:cacheprovider tests/gpu tests/unit/test_preprocess.py \
+step pytest-gpu 180 "$PY" -m pytest -q -rs -p no:cacheprovider tests/gpu tests/unit/test_preprocess.py \
     tests/unit/test_preprocessing_parity.py tests/unit/test_batch_runner.py tests/unit/test_model.py
 # All front ends, JPEGs decoded on the GPU, against CPU decoding and one front end. --decode gpu (as
 # ALEXNET_DECODE, which the layouts' --decode=cpu overrides) wherever a GPU JPEG decoder starts, not
@@ -148,31 +148,31 @@ step pytest-gpu 180 $PY -m pytest -q -rs -p no:cacheprovider tests/gpu tests/uni
 # Where none starts, auto: gpu would stop every service from starting, and the CPU figures still count.
 BENCH_DECODE=auto
 if { [ -z "$ONLY" ] || [[ ",$ONLY," == *",bench-service,"* ]]; } \
-    && timeout 120 $PY -c "from service.gpu_decode import start_jpeg_decoder as s; s('cuda', 256, 224)" \
+    && timeout 120 "$PY" -c "from service.gpu_decode import start_jpeg_decoder as s; s('cuda', 256, 224)" \
     > /dev/null 2>&1; then
     BENCH_DECODE=gpu
 fi
-step bench-service 330 env ALEXNET_DECODE=$BENCH_DECODE $PY -m loadtest.bench --gpu --onnx "$ONNX" \
+step bench-service 330 env ALEXNET_DECODE=$BENCH_DECODE "$PY" -m loadtest.bench --gpu --onnx "$ONNX" \
     --duration-s 4 --warmup-s 1 --engine-batches 1,8,32 --engine-time-s 2 --procs auto --out "$WORK/bench" \
     --layout "cpu decode:--decode=cpu" --layout "1 front end, cpu decode:--decode=cpu --http-workers=1"
 # Each GPU decoder (nvImageCodec with and without its hardware decoder, torchvision) alone and with the
 # resize + crop, images of one size in groups against one by one: images/s and the prepare thread's host
 # CPU per image (it shares the engine's GIL). Three decoders of 6 rows of 2 s each: about 45 s.
-step gpu-decode 80 $PY -m loadtest.gpu_decode --batch 32,256 --seconds 2
+step gpu-decode 80 "$PY" -m loadtest.gpu_decode --batch 32,256 --seconds 2
 step train-deterministic 60 bash scripts/gpu_determinism_check.sh "$WORK/determinism"
 # What the engine's one event loop can take with inference free: is the 8,000 img/s target in reach here?
-step engine-wire 60 $PY -m loadtest.engine_wire --onnx "$ONNX" --frontends 8 --seconds 5
+step engine-wire 60 "$PY" -m loadtest.engine_wire --onnx "$ONNX" --frontends 8 --seconds 5
 step train 150 bash scripts/gpu_train_check.sh "$WORK/train"
-step bench-train 120 $PY -m model.bench_train --device cuda --warmup 3 --steps 10 --workers 12 \
+step bench-train 120 "$PY" -m model.bench_train --device cuda --warmup 3 --steps 10 --workers 12 \
     --json "$WORK/bench_train.json"
-step bench-train-compile 150 $PY -m model.bench_train --device cuda --compile --sources tensors \
+step bench-train-compile 150 "$PY" -m model.bench_train --device cuda --compile --sources tensors \
     --precisions bf16 --memory-formats channels_last --warmup 5 --steps 20 --json "$WORK/bench_train_compile.json"
 
 for name in ${ONLY//,/ }; do  # a name that matched no step is a mistake, not a quiet skip of everything
     grep -q "^$name"$'\t' "$STEPS" || printf '%s\tfailed\t0\tGPU_CHECK_STEPS names no such step\n' "$name" >> "$STEPS"
 done
 publish
-$PY scripts/gpu_report.py --work "$WORK" --out "$OUT" --budget-s "$BUDGET_S"
+"$PY" scripts/gpu_report.py --work "$WORK" --out "$OUT" --budget-s "$BUDGET_S"
 rc=$?
 echo "wrote $OUT/gpu_check.md, $OUT/gpu_check.json, $OUT/gpu_check.log (in $((SECONDS - start_s)) s)"
 exit $rc

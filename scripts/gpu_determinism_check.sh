@@ -7,12 +7,12 @@
 set -euo pipefail
 DIR=${1:?usage: gpu_determinism_check.sh DIR}
 PY=${PYTHON:-python3}
-$PY -m model.synthetic --out "$DIR/data" --classes 4 --train-per-class 64 --val-per-class 8 --size 256
+"$PY" -m model.synthetic --out "$DIR/data" --classes 4 --train-per-class 64 --val-per-class 8 --size 256
 common=(--data-path "$DIR/data" --device cuda --batch-size 32 --workers 4 --epochs 1 --ten-crop never
         --deterministic --print-every-s 30)
-$PY -m model.train "${common[@]}" --output-dir "$DIR/a"
-$PY -m model.train "${common[@]}" --output-dir "$DIR/b"
-$PY - "$DIR/a/checkpoint.pt" "$DIR/b/checkpoint.pt" <<'PY'
+"$PY" -m model.train "${common[@]}" --output-dir "$DIR/a"
+"$PY" -m model.train "${common[@]}" --output-dir "$DIR/b"
+"$PY" - "$DIR/a/checkpoint.pt" "$DIR/b/checkpoint.pt" <<'PY'
 import sys
 
 import torch

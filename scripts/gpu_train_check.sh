@@ -5,12 +5,12 @@
 set -euo pipefail
 DIR=${1:?usage: gpu_train_check.sh DIR}
 PY=${PYTHON:-python3}
-$PY -m model.synthetic --out "$DIR/data" --classes 10 --train-per-class 100 --val-per-class 20 --size 256
+"$PY" -m model.synthetic --out "$DIR/data" --classes 10 --train-per-class 100 --val-per-class 20 --size 256
 common=(--data-path "$DIR/data" --output-dir "$DIR/run" --device cuda --batch-size 32 --workers 8
         --init kaiming --lr 0.005 --dropout 0 --precision fp16 --channels-last --ten-crop never --print-every-s 5)
-$PY -m model.train "${common[@]}" --epochs 4
-$PY -m model.train "${common[@]}" --epochs 8 --resume "$DIR/run/checkpoint.pt"
-$PY - "$DIR/run/metrics.jsonl" <<'PY'
+"$PY" -m model.train "${common[@]}" --epochs 4
+"$PY" -m model.train "${common[@]}" --epochs 8 --resume "$DIR/run/checkpoint.pt"
+"$PY" - "$DIR/run/metrics.jsonl" <<'PY'
 import json, sys
 from model.metrics_log import read_metrics
 epochs = [r for r in read_metrics(sys.argv[1]) if r["kind"] == "epoch"]

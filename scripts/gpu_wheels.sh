@@ -53,7 +53,7 @@ download() {  # download FOLDER SPEC...: the cp312 Linux wheels, and the folder 
     local dest=$1; shift
     rm -rf "$dest"
     mkdir -p "$dest"
-    $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
+    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         --platform any -d "$dest" "$@"
     echo "$*"
