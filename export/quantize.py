@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from export.cli import positive_int, run_main, step_printer
+from export.cli import fraction, positive_int, run_main, step_printer
 from export.image_folder import ImageFolderError, iter_batches, list_images
 from export.onnx_metadata import INPUT_NAME, PREFIX, ModelMetadata, read_metadata, write_metadata
 from export.ort import import_onnxruntime, int8_kernels_saturate
-from model.atomic_write import atomic_output
+from model.atomic_write import atomic_output, check_output_file
 from model.help_format import DefaultsHelpFormatter
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -136,7 +136,12 @@ def run(
 ) -> dict:
     """Quantize, check, measure; the file appears at ``out`` only if every check passed."""
     import_onnxruntime()  # quantizing and checking need it: say so now, not after reading the images
+    check_output_file(out, "--out", "alexnet.int8.onnx")
     t0 = _step(f"reading {onnx_path}")
+    if Path(onnx_path).is_dir():
+        raise QuantizeError(
+            f"{onnx_path} is a folder; pass the fp32 ONNX file, e.g. {Path(onnx_path) / 'alexnet.onnx'}"
+        )
     if not Path(onnx_path).is_file():  # else the error is a bare "[Errno 2] No such file or directory"
         raise QuantizeError(f"{onnx_path} not found; export it first: python export/to_onnx.py --out {onnx_path}")
     meta = read_metadata(onnx_path)
@@ -255,7 +260,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax", help="calibration method")
     parser.add_argument(
         "--min-top1-agreement",
-        type=float,
+        type=fraction,
         default=0.9,
         help="fail below this top-1 agreement with fp32 (not enforced for untrained weights)",
     )

@@ -32,7 +32,7 @@ import onnx
 import torch
 
 from export.checkpoint_match import RECORDED_PREPROCESSING, recorded_preprocessing
-from export.cli import positive_int, run_main, step_printer
+from export.cli import positive_float, positive_int, run_main, step_printer
 from export.onnx_metadata import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -43,7 +43,7 @@ from export.onnx_metadata import (
 )
 from export.ort import import_onnxruntime
 from model.alexnet import ARCHS
-from model.atomic_write import atomic_output
+from model.atomic_write import atomic_output, check_output_file
 from model.help_format import DefaultsHelpFormatter
 from model.weights import CheckpointError, LoadedModel, load_model
 
@@ -190,8 +190,7 @@ def export_and_verify(
     Our checkpoint records its arch, which wins over ``arch``; with ``arch_given`` (the user named
     one) a checkpoint of another arch is refused instead.
     """
-    if out.is_dir():
-        raise ExportError(f"--out {out} is a folder; pass a file name, e.g. {out / 'alexnet.onnx'}")
+    check_output_file(out, "--out", "alexnet.onnx")
     import_onnxruntime()  # verification needs it: say so now, not after the export
     t0 = _step(f"loading {'checkpoint ' + str(checkpoint) if checkpoint else 'untrained ' + arch + ' model'}")
     loaded = load_model(checkpoint, arch)
@@ -262,7 +261,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tolerance",
-        type=float,
+        type=positive_float,
         default=None,
         help="max |diff| allowed; default 1e-4 absolute for fp32, 1e-2 relative to max |logit| for fp16",
     )

@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from export.cli import run_main, step_printer
+from export.cli import fraction, positive_int, run_main, step_printer
 from export.onnx_metadata import INPUT_NAME, OUTPUT_NAME, read_metadata
 from export.ort import import_onnxruntime
 from export.trt_progress import BuildProgress, cancel_on_ctrl_c, monitor_for
-from model.atomic_write import write_bytes_atomic
+from model.atomic_write import check_output_file, write_bytes_atomic
 from model.help_format import DefaultsHelpFormatter
 
 EXIT_MISSING = 2
@@ -252,6 +252,7 @@ def run(args: argparse.Namespace, trt: Any) -> Path:
     from export.trt_sidecar import EngineSidecar, current_device, file_sha256, write_sidecar
 
     import_onnxruntime()  # the verification needs it: say so now, not after minutes of building
+    check_output_file(args.out, "--out", "alexnet.plan")
     device = current_device()
     t0 = _step(f"TensorRT {trt.__version__} on {device.gpu_name} (sm {device.compute_capability}); reading {args.onnx}")
     if not args.onnx.is_file():
@@ -353,14 +354,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--verify-batch-sizes",
-        type=int,
+        type=positive_int,
         nargs="+",
         default=None,
         help="batches compared with ONNX Runtime; default min, opt and max",
     )
     parser.add_argument(
         "--min-top1-agreement",
-        type=float,
+        type=fraction,
         default=None,
         help="default 0.99 fp32, 0.9 fp16/int8; not enforced for untrained weights",
     )
@@ -376,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     except MissingPrerequisite as exc:
         print(f"[to_trt] cannot build a TensorRT engine here: {exc}", file=sys.stderr)
         return EXIT_MISSING
-    return run_main("to_trt", lambda: run(args, trt), (BuildError, SidecarError, ValueError, OSError))
+    return run_main("to_trt", lambda: run(args, trt), (BuildError, SidecarError, ValueError))
 
 
 if __name__ == "__main__":

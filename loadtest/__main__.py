@@ -23,7 +23,8 @@ the key is read from the environment only, never from a flag (a flag shows in ``
 
 Exit status: 0 when every step ran within the limits (a sweep ended by --max-p99-ms included); 1 when a
 step had more errors than --max-error-rate (which also stops the sweep), or no ok answer at all; 2 for
-invalid arguments; 130 on Ctrl-C.
+invalid arguments (an --out that cannot be written included); 130 on Ctrl-C or SIGTERM, having written
+the steps that finished.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import asyncio
 import math
 import os
 import platform
+import signal
 import sys
 import time
 import urllib.parse
@@ -48,6 +50,7 @@ from loadtest.multiproc import resolve_procs, run_sweep
 from loadtest.payloads import KINDS, Payload, build_payload
 from loadtest.progress import ProgressBar
 from loadtest.step import ARRIVALS, MODES, StepConfig, StepResult
+from model.atomic_write import OutputPathError, check_output_folder
 from model.help_format import DefaultsRawDescriptionHelpFormatter
 
 if TYPE_CHECKING:
@@ -156,7 +159,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-p99-ms", type=float, default=None, help="stop the sweep after a step with a slower p99")
     p.add_argument("--model", default="alexnet", help="model name in OIP v2 paths")
-    p.add_argument("--top-k", type=int, default=5, help="top_k asked of /classify")
+    p.add_argument("--top-k", type=_at_least(int, 1), default=5, help="top_k asked of /classify")
     p.add_argument("--no-validate", action="store_true", help="do not parse 200 answers (saves client CPU)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default results/loadtest-TIMESTAMP)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -273,10 +276,14 @@ def write_outputs(
     report.write_json(meta, results, files[0])
     report.write_csv(rows, files[1])
     answered = [r for r in results if r.ok]  # a step without one ok answer has no latency to plot
+    pngs = [out / "latency_vs_throughput.png", out / "latency_cdf.png"]
     if plots_too and answered:
-        files += [out / "latency_vs_throughput.png", out / "latency_cdf.png"]
-        plots.latency_vs_throughput(answered, files[2], title)
-        plots.latency_cdf(answered, files[3], title)
+        files += pngs
+        plots.latency_vs_throughput(answered, pngs[0], title)
+        plots.latency_cdf(answered, pngs[1], title)
+    else:  # an earlier run's plots in the same folder would pass for this run's
+        for png in pngs:
+            png.unlink(missing_ok=True)
     return files
 
 
@@ -293,7 +300,7 @@ async def run(args, api_key: str | None = None) -> int:
         server,
     )
     configs = step_configs(args)
-    out = args.out or Path("results") / time.strftime("loadtest-%Y%m%d-%H%M%S")
+    out = args.out
     meta = {
         "url": args.url,
         "kind": args.kind,
@@ -325,23 +332,50 @@ async def run(args, api_key: str | None = None) -> int:
             file=sys.stderr,
         )
 
+    finished: list[StepResult] = []
+
+    def record(result: StepResult) -> None:
+        finished.append(result)
+        on_step(result)
+
+    title = f"{args.kind} -> {args.url}"
     if bar:
         bar.next_step()
-    results = await run_sweep(
-        args.url,
-        args.kind,
-        payloads,
-        configs,
-        args.procs,
-        validate=not args.no_validate,
-        timeout_s=args.timeout_s,
-        max_error_rate=args.max_error_rate,
-        max_p99_ms=args.max_p99_ms,
-        progress=bar,
-        on_step=on_step,
-        api_key=api_key,
-    )
-    files = write_outputs(out, meta, results, not args.no_plots, f"{args.kind} -> {args.url}")
+    # A timeout's SIGTERM cancels the sweep as Ctrl-C does (asyncio.run's SIGINT handler), through the
+    # event loop: a KeyboardInterrupt raised wherever the main thread is can be swallowed (bench_http).
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        results = await run_sweep(
+            args.url,
+            args.kind,
+            payloads,
+            configs,
+            args.procs,
+            validate=not args.no_validate,
+            timeout_s=args.timeout_s,
+            max_error_rate=args.max_error_rate,
+            max_p99_ms=args.max_p99_ms,
+            progress=bar,
+            on_step=record,
+            api_key=api_key,
+        )
+    except asyncio.CancelledError:
+        if finished:
+            meta["interrupted"] = "stopped by a signal: only the steps that finished are here"
+            files = write_outputs(out, meta, finished, not args.no_plots, title)
+            print(
+                f"\nloadtest: interrupted; wrote the {len(finished)} finished step(s): "
+                + ", ".join(str(f) for f in files),
+                file=sys.stderr,
+            )
+        else:
+            print("\nloadtest: interrupted before a step finished; nothing written", file=sys.stderr)
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+    files = write_outputs(out, meta, results, not args.no_plots, title)
     print(report.table([report.row(r) for r in results]))
     print(
         "latency in ms; batch, qwait, prep and infer (ms, the last two per batch) are the server's own means "
@@ -419,9 +453,14 @@ def main(argv: list[str] | None = None) -> int:
         api_key = api_key_from_env()
     except ValueError as exc:
         parser.error(str(exc))
+    args.out = args.out or Path("results") / time.strftime("loadtest-%Y%m%d-%H%M%S")
+    try:  # now, not after the sweep it would lose
+        check_output_folder(args.out, "--out")
+    except OutputPathError as exc:
+        parser.error(str(exc))
     try:
         return asyncio.run(run(args, api_key))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C; SIGTERM
         return 130
 
 

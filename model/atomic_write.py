@@ -47,3 +47,46 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot be written, found before the work that would fill it."""
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """Why files cannot be written in ``folder`` (made when first written to), or None when they can:
+    a file was created and removed in it, or in the nearest folder above it that exists. Nothing is
+    left behind, not even ``folder``."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        fd, name = tempfile.mkstemp(dir=existing, prefix=".write-check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        return f"cannot write in {existing} ({exc.strerror or exc})"
+    return None
+
+
+def check_output_folder(folder: str | Path, flag: str) -> Path:
+    """``folder`` once files could be written in it (it need not exist yet); else OutputPathError naming
+    ``flag``. For the start of long work: a typo then costs nothing, not the run's results."""
+    folder = Path(folder)
+    if (problem := _folder_problem(folder)) is not None:
+        raise OutputPathError(f"{flag} {folder}: {problem}")
+    return folder
+
+
+def check_output_file(path: str | Path, flag: str, example_name: str) -> Path:
+    """``path`` once it is no folder and a file could be written where it goes (its folder need not
+    exist yet); else OutputPathError naming ``flag`` (with ``example_name``: a file to pass instead of
+    a folder)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{flag} {path} is a folder; pass a file name, e.g. {path / example_name}")
+    if (problem := _folder_problem(path.parent)) is not None:
+        raise OutputPathError(f"{flag} {path}: {problem}")
+    return path

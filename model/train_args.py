@@ -11,12 +11,13 @@ from typing import Any
 import torch
 
 from model.alexnet import ARCHS, arch_spec
+from model.atomic_write import OutputPathError, check_output_folder
 from model.engine import LOSS_CHECK_EVERY, PRECISIONS
 from model.help_format import DefaultsHelpFormatter
 from model.transforms import (
     LIGHTING_STD,
 )
-from model.weights import peek_checkpoint
+from model.weights import CheckpointError, peek_checkpoint, require_checkpoint_file
 
 DEFAULT_LR = 0.01  # the paper's, for batch 128
 
@@ -220,6 +221,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.lr is not None and not args.lr >= 0:  # also NaN
         raise SystemExit(f"error: --lr must be at least 0, got {args.lr}")
     if args.resume is not None:
+        try:  # now, not after the data is loaded
+            require_checkpoint_file(args.resume)
+        except CheckpointError as exc:
+            raise SystemExit(f"error: --resume {exc}") from None
         _adopt_recorded(args)
     else:
         args.lr = DEFAULT_LR if args.lr is None else args.lr
@@ -238,6 +243,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit("error: --test-only needs --resume CHECKPOINT")
     if not args.test_only and args.resume is None:
         _refuse_existing_run(args.output_dir)
+    if not args.test_only:  # a test-only run writes nothing
+        try:
+            check_output_folder(args.output_dir, "--output-dir")
+        except OutputPathError as exc:
+            raise SystemExit(f"error: {exc}") from None
 
 
 def _refuse_existing_run(output_dir: Path) -> None:

@@ -130,9 +130,20 @@ def save_checkpoint(
 _TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
+def require_checkpoint_file(path: Path) -> None:
+    """CheckpointError unless ``path`` is a file; for a folder (a run's --output-dir), naming the
+    checkpoint in it to pass instead."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        held = [name for name in ("checkpoint.pt", "best.pt") if (path / name).is_file()]
+        example = path / (held[0] if held else "checkpoint.pt")
+        raise CheckpointError(f"{path} is a folder; pass a checkpoint file, e.g. {example}")
+    raise CheckpointError(f"{path}: no such checkpoint file")
+
+
 def _torch_load(path: Path) -> Any:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    require_checkpoint_file(path)
     with open(path, "rb") as f:
         head = f.read(4)
     if not head.startswith(_TORCH_SAVE_MAGIC):
@@ -278,8 +289,7 @@ def _arch_that_fits(state_dict: Mapping[str, Any], num_classes: int) -> str | No
 
 def _check_hash_in_name(path: Path) -> None:
     """Refuse a file whose name carries a SHA-256 prefix (``alexnet-owt-7be5be79.pth``) it does not have."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    require_checkpoint_file(path)
     match = _HASH_IN_NAME.search(path.name)
     if match and not (actual := file_sha256(path)).startswith(match.group(1)):
         raise CheckpointError(_hash_mismatch(path, match.group(1), actual))
@@ -322,8 +332,7 @@ def load_model(path: str | Path | None, arch: str = "torchvision", seed: int = D
     if path is None:
         return untrained_model(arch, seed)
     payload_path = Path(path)
-    if not payload_path.is_file():
-        raise CheckpointError(f"{payload_path}: no such checkpoint file")
+    require_checkpoint_file(payload_path)
     try:
         return load_checkpoint(payload_path)
     except CheckpointError as exc:
@@ -343,8 +352,7 @@ def checkpoint_weights_sha256(path: str | Path, arch: str = "torchvision") -> st
     other file (torchvision's state dicts, legacy pickles) is loaded and hashed as ``load_model`` does.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    require_checkpoint_file(path)
     stat = path.stat()  # the same file unchanged: hashed once (a torchvision file is a full load)
     return _checkpoint_weights_sha256(path.resolve(), stat.st_mtime_ns, stat.st_size, arch)
 

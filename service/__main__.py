@@ -175,6 +175,11 @@ def refusal(
         # Named by hand and missing (a typo): auto would start PyTorch with whatever weights it finds,
         # answering 200 with another model's answers. (With a backend named by hand the engine fails
         # to load the model, saying why, and the server exits 3.)
+        if named[0] == "onnx" and settings.onnx.is_dir():
+            return (
+                f"{setting_name('onnx')}: {settings.onnx} is a folder; pass the ONNX file, e.g. "
+                f"{settings.onnx / 'alexnet.onnx'}"
+            )
         if named[0] == "onnx":
             return (
                 f"{setting_name('onnx')}: {settings.onnx} is not a file; build it with "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -44,6 +45,31 @@ def _loadtest(*args: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
     )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_keeps_the_steps_that_finished(healthz_server, tmp_path, sig):
+    """Ctrl-C, or a timeout's SIGTERM, after the first of five steps: exit 130, and the report holds the
+    steps that finished, marked interrupted (it used to be lost with them)."""
+    out = tmp_path / "run"
+    argv = ["--url", healthz_server, "--concurrency", "2,2,2,2,2", "--duration-s", "1", "--quiet", "--out", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadtest", "--kind", "healthz", "--no-plots", "--warmup-s", "0", *argv],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:  # bounded: the run ends by itself within ~5 s
+        if line.startswith("  c=2:"):
+            proc.send_signal(sig)
+            break
+    err = proc.stderr.read()
+    assert proc.wait(60) == 130, err
+    assert "loadtest: interrupted; wrote the" in err, err
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["interrupted"].startswith("stopped by a signal")
+    assert 1 <= len(doc["steps"]) < 5
 
 
 def test_procs_2_counts_what_the_server_served(healthz_server, tmp_path):

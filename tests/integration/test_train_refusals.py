@@ -165,11 +165,19 @@ def test_ctrl_c_before_any_epoch_is_saved(tiny4, tmp_path, monkeypatch, capsys):
         (["--workers", "-1"], "error: --workers must be at least 0, got -1"),
         (["--lr", "-0.1"], "error: --lr must be at least 0, got -0.1"),
         (["--device", "gpu"], "error: --device gpu: not a device; use cuda, cuda:N or cpu"),
+        (
+            ["--output-dir", "{tmp}/notes/run"],
+            "error: --output-dir {tmp}/notes/run: {tmp}/notes is a file, not a folder",
+        ),
+        (["--resume", "{tmp}"], "error: --resume {tmp} is a folder; pass a checkpoint file, e.g. {tmp}/checkpoint.pt"),
+        (["--resume", "{tmp}/typo.pt"], "error: --resume {tmp}/typo.pt: no such checkpoint file"),
     ],
 )
 def test_bad_flags_are_one_line_exit_2(tiny4, tmp_path, argv, message, capsys):
+    (tmp_path / "notes").write_text("a file where a folder would go")
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
     assert train.cli([*SMALL, "--data-path", str(tiny4), "--output-dir", str(tmp_path), *argv]) == 2
-    assert capsys.readouterr().err == message + "\n"
+    assert capsys.readouterr().err == message.replace("{tmp}", str(tmp_path)) + "\n"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a host without CUDA")

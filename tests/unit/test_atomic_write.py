@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from export.trt_sidecar import EngineSidecar, read_sidecar, sidecar_path, write_sidecar
-from model.atomic_write import atomic_output, write_bytes_atomic, write_text_atomic
+from model.atomic_write import (
+    OutputPathError,
+    atomic_output,
+    check_output_file,
+    check_output_folder,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 from model.weights import CheckpointError, download_torchvision_weights, save_checkpoint, untrained_model
 
 
@@ -116,3 +123,36 @@ def test_a_damaged_file_at_the_download_name_is_downloaded_again(tmp_path, capsy
     message = str(err.value)
     assert str(dest / good.name) in message and hashlib.sha256(b"weig").hexdigest() in message
     assert f"{good.name[12:20]}..." in message and "delete it" in message
+
+
+def test_output_checks_pass_a_writable_place_and_leave_nothing_behind(tmp_path):
+    assert check_output_folder(tmp_path / "a" / "b", "--out") == tmp_path / "a" / "b"
+    assert check_output_file(tmp_path / "c" / "x.onnx", "--out", "x.onnx") == tmp_path / "c" / "x.onnx"
+    assert check_output_file(tmp_path / "x.onnx", "--out", "x.onnx") == tmp_path / "x.onnx"
+    assert list(tmp_path.iterdir()) == []  # no folder made, no probe file left
+
+
+def test_output_checks_name_the_flag_and_what_is_wrong(tmp_path):
+    notes = tmp_path / "notes"
+    notes.write_text("a file")
+    with pytest.raises(OutputPathError, match=rf"^--out {tmp_path} is a folder; pass a file name, e\.g\. "):
+        check_output_file(tmp_path, "--out", "x.onnx")
+    with pytest.raises(OutputPathError) as refused:
+        check_output_file(notes / "run" / "x.onnx", "--out", "x.onnx")
+    assert str(refused.value) == f"--out {notes / 'run' / 'x.onnx'}: {notes} is a file, not a folder"
+    with pytest.raises(OutputPathError) as refused:
+        check_output_folder(notes, "--output-dir")
+    assert str(refused.value) == f"--output-dir {notes}: {notes} is a file, not a folder"
+
+
+def test_a_folder_that_takes_no_files_is_refused(tmp_path, monkeypatch):
+    """As a read-only mount would (root ignores mode bits, so the refusal is simulated)."""
+    import model.atomic_write as atomic_write
+
+    def refuse(**kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(atomic_write.tempfile, "mkstemp", refuse)
+    with pytest.raises(OutputPathError) as refused:
+        check_output_folder(tmp_path / "run", "--out")
+    assert str(refused.value) == f"--out {tmp_path / 'run'}: cannot write in {tmp_path} (Permission denied)"

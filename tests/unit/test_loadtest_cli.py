@@ -29,6 +29,8 @@ BAD = [
     (["--generated-per-size", "0"], "--generated-per-size: expected a number >= 1"),
     (["--duration-s", "0"], "--duration-s: expected a number > 0"),
     (["--requests", "0"], "--requests: expected a number >= 1"),
+    (["--top-k", "0"], "--top-k: expected a number >= 1"),
+    (["--out", "{tmp}/notes/run"], "--out {tmp}/notes/run: {tmp}/notes is a file, not a folder"),
     (["--kind", "raw", "--images-per-request", "2"], "--kind raw carries one image per request"),
     (["--mode", "open", "--requests", "20"], "--requests counts a closed loop's requests"),
     (
@@ -54,11 +56,13 @@ def closed_port() -> int:
 def test_a_bad_value_is_a_usage_error(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("ALEXNET_API_KEY", raising=False)
     url = f"http://127.0.0.1:{closed_port()}"
+    (tmp_path / "notes").write_text("a file where a folder would go")
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
     with pytest.raises(SystemExit) as exc:
         main(["--url", url, "--out", str(tmp_path / "out"), "--no-plots", *argv])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert message in err, err
+    assert message.replace("{tmp}", str(tmp_path)) in err, err
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists()  # stopped before any step ran
 
@@ -137,6 +141,9 @@ def test_no_plot_is_drawn_for_a_step_without_an_ok_answer(tmp_path):
     assert sorted(p.name for p in (tmp_path / "all-failed").iterdir()) == ["report.json", "steps.csv"]
     files = write_outputs(tmp_path / "mixed", {}, [failed, answered])
     assert {f.name for f in files} >= {"latency_vs_throughput.png", "latency_cdf.png"}
+    # The same folder again, for a run without plots: the last run's are not left to pass for this one's
+    files = write_outputs(tmp_path / "mixed", {}, [answered], plots_too=False)
+    assert sorted(p.name for p in (tmp_path / "mixed").iterdir()) == ["report.json", "steps.csv"]
 
 
 def _refuse(constant: str):

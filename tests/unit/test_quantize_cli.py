@@ -19,6 +19,27 @@ def test_max_calibration_images_below_one_is_a_usage_error(value, tmp_path, caps
     assert "--max-calibration-images: must be at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["2", "-0.1", "nan", "90%"])
+def test_a_top1_floor_outside_0_to_1_is_a_usage_error(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--calibration-dir", str(tmp_path), "--min-top1-agreement", value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--min-top1-agreement: " in err and ("must be from 0 to 1" in err or "invalid float value" in err), err
+
+
+def test_an_out_folder_is_refused_before_calibration(tmp_path, capsys, monkeypatch):
+    import export.quantize as quantize
+
+    monkeypatch.setattr(quantize, "read_metadata", lambda *a: pytest.fail("read the model before checking --out"))
+    onnx_path = tmp_path / "alexnet.onnx"
+    onnx_path.write_bytes(b"")
+    assert main(["--onnx", str(onnx_path), "--calibration-dir", str(tmp_path), "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"[quantize] error: --out {tmp_path} is a folder; pass a file name, e.g. {tmp_path / 'alexnet.int8.onnx'}"
+    )
+
+
 def test_a_file_that_is_not_onnx_is_one_error_line(tmp_path, capsys):
     checkpoint = tmp_path / "alexnet.pt"
     torch.save({"weights": torch.zeros(3)}, checkpoint)
@@ -26,6 +47,13 @@ def test_a_file_that_is_not_onnx_is_one_error_line(tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == [
         f"[quantize] error: {checkpoint}: not an ONNX file; pass a .onnx model written by export/to_onnx.py"
+    ]
+
+
+def test_an_onnx_folder_gets_the_file_to_pass(tmp_path, capsys):
+    assert main(["--onnx", str(tmp_path), "--calibration-dir", str(tmp_path), "--out", str(tmp_path / "q.onnx")]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"[quantize] error: {tmp_path} is a folder; pass the fp32 ONNX file, e.g. {tmp_path / 'alexnet.onnx'}"
     ]
 
 

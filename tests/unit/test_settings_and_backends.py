@@ -125,6 +125,10 @@ def test_an_onnx_named_by_hand_that_is_missing_stops_the_server_under_auto(monke
     assert f"{missing} is not a file" in capsys.readouterr().err
     monkeypatch.setenv("ALEXNET_ONNX", str(missing))
     assert main(["--port", "0"]) == 2
+    capsys.readouterr()
+    # A folder (where the file is) gets the file to pass, not "build it with --out <the folder>"
+    assert main(["--onnx", str(tmp_path), "--port", "0"]) == 2
+    assert f"{tmp_path} is a folder; pass the ONNX file, e.g. {tmp_path / 'alexnet.onnx'}" in capsys.readouterr().err
 
 
 def test_a_checkpoint_that_is_not_a_file_stops_the_server_whatever_the_backend(monkeypatch, tmp_path, capsys):

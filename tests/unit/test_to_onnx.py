@@ -113,6 +113,8 @@ def test_out_defaults_by_precision(argv, out, monkeypatch):
         (["--opset", "25"], "--opset"),  # outside the tested 18-20
         (["--verify-batch-sizes", "1", "0"], "--verify-batch-sizes"),
         (["--arch", "resnet"], "--arch"),
+        (["--tolerance", "-1"], "--tolerance"),  # no export could pass it
+        (["--tolerance", "nan"], "--tolerance"),
     ],
 )
 def test_flags_outside_what_the_export_takes_are_usage_errors(argv, flag, capsys):
@@ -130,6 +132,30 @@ def test_an_out_folder_is_refused_before_the_export(tmp_path, capsys, monkeypatc
     assert capsys.readouterr().err.strip() == (
         f"[to_onnx] error: --out {tmp_path} is a folder; pass a file name, e.g. {tmp_path / 'alexnet.onnx'}"
     )
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_the_export(tmp_path, capsys, monkeypatch):
+    import export.to_onnx as to_onnx
+
+    monkeypatch.setattr(to_onnx, "load_model", lambda *a: pytest.fail("loaded before checking --out"))
+    (tmp_path / "notes").write_text("a file where a folder would go")
+    out = tmp_path / "notes" / "alexnet.onnx"
+    assert main(["--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"[to_onnx] error: --out {out}: {tmp_path / 'notes'} is a file, not a folder"
+    )
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    import export.to_onnx as to_onnx
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(to_onnx, "load_model", interrupted)
+    assert main(["--out", str(tmp_path / "alexnet.onnx")]) == 130
+    assert capsys.readouterr().err == "[to_onnx] interrupted; no file is left half-written\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_arch_other_than_the_checkpoints_is_refused(tmp_path, capsys, monkeypatch):

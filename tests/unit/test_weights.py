@@ -248,6 +248,12 @@ def test_the_weights_hash_of_a_checkpoint_is_the_one_load_model_reports(trained,
 def test_the_weights_hash_of_a_missing_or_foreign_file_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
         checkpoint_weights_sha256(tmp_path / "typo.pt")
+    (tmp_path / "run").mkdir()
+    with pytest.raises(CheckpointError, match=r"run is a folder; pass a checkpoint file, e\.g\. .*run/checkpoint\.pt$"):
+        load_model(tmp_path / "run")  # a training run's --output-dir
+    (tmp_path / "run" / "best.pt").write_bytes(b"")  # only its name counts here
+    with pytest.raises(CheckpointError, match=r"e\.g\. .*run/best\.pt$"):  # the one that is there
+        checkpoint_weights_sha256(tmp_path / "run")
     (tmp_path / "notes.txt").write_text("not weights")
     with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
         checkpoint_weights_sha256(tmp_path / "notes.txt")
