@@ -179,8 +179,8 @@ def build_engine(
         config.progress_monitor = monitor  # progress lines, and Ctrl-C cancels the build
     with cancel_on_ctrl_c(progress):
         serialized = builder.build_serialized_network(network, config)
-    if progress.cancelled:
-        raise BuildError("the build was cancelled (Ctrl-C); nothing was written")
+    if progress.cancelled:  # as a Ctrl-C anywhere else: run_main's one line, exit 130
+        raise KeyboardInterrupt
     if serialized is None:
         raise BuildError("TensorRT could not build the engine; see its log above (a larger --workspace-mib?)")
     _step(f"  built in {time.perf_counter() - t:.1f} s")

@@ -288,6 +288,18 @@ def write_outputs(
 
 
 async def run(args, api_key: str | None = None) -> int:
+    """The run: a timeout's SIGTERM cancels it as Ctrl-C does (asyncio.run's SIGINT handler), through
+    the event loop; a KeyboardInterrupt raised wherever the main thread is can be swallowed (bench_http)."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await _sweep_and_report(args, api_key)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _sweep_and_report(args, api_key: str | None) -> int:
     server = await server_info(args.url, api_key)
     payloads = build_payloads(
         args.kind,
@@ -341,11 +353,6 @@ async def run(args, api_key: str | None = None) -> int:
     title = f"{args.kind} -> {args.url}"
     if bar:
         bar.next_step()
-    # A timeout's SIGTERM cancels the sweep as Ctrl-C does (asyncio.run's SIGINT handler), through the
-    # event loop: a KeyboardInterrupt raised wherever the main thread is can be swallowed (bench_http).
-    loop, task = asyncio.get_running_loop(), asyncio.current_task()
-    assert task is not None
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
     try:
         results = await run_sweep(
             args.url,
@@ -373,8 +380,6 @@ async def run(args, api_key: str | None = None) -> int:
         else:
             print("\nloadtest: interrupted before a step finished; nothing written", file=sys.stderr)
         raise
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
     files = write_outputs(out, meta, results, not args.no_plots, title)
     print(report.table([report.row(r) for r in results]))
     print(

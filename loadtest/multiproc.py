@@ -286,6 +286,7 @@ class LoadProcesses:
         for conn in self._conns:
             try:
                 loop.remove_reader(conn.fileno())
+                conn.send(("stop",))  # a step still running (a cancelled sweep) ends now, not at its end
                 conn.send(("close",))
             except (OSError, ValueError):  # already gone
                 pass

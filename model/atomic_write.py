@@ -58,10 +58,13 @@ def _folder_problem(folder: Path) -> str | None:
     a file was created and removed in it, or in the nearest folder above it that exists. Nothing is
     left behind, not even ``folder``."""
     existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder"
+    try:  # exists() and is_dir() raise what is not "no such file" (a name too long, no permission)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{existing} is a file, not a folder"
+    except OSError as exc:
+        return f"cannot look at {existing} ({exc.strerror or exc})"
     try:
         fd, name = tempfile.mkstemp(dir=existing, prefix=".write-check.", suffix=".tmp")
         os.close(fd)
@@ -85,7 +88,11 @@ def check_output_file(path: str | Path, flag: str, example_name: str) -> Path:
     exist yet); else OutputPathError naming ``flag`` (with ``example_name``: a file to pass instead of
     a folder)."""
     path = Path(path)
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError as exc:  # as in _folder_problem
+        raise OutputPathError(f"{flag} {path}: cannot look at it ({exc.strerror or exc})") from None
+    if is_dir:
         raise OutputPathError(f"{flag} {path} is a folder; pass a file name, e.g. {path / example_name}")
     if (problem := _folder_problem(path.parent)) is not None:
         raise OutputPathError(f"{flag} {path}: {problem}")

@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections import Counter
 
@@ -47,12 +48,15 @@ def _loadtest(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.parametrize("procs", ["1", "2"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_a_signal_keeps_the_steps_that_finished(healthz_server, tmp_path, sig):
-    """Ctrl-C, or a timeout's SIGTERM, after the first of five steps: exit 130, and the report holds the
-    steps that finished, marked interrupted (it used to be lost with them)."""
+def test_a_signal_keeps_the_steps_that_finished(healthz_server, tmp_path, sig, procs):
+    """Ctrl-C, or SIGTERM to the loadtest process alone (``kill PID``), after the first of five 6 s
+    steps: exit 130 well within the step, not after it (load processes stop theirs at once), and the report
+    holds the steps that finished, marked interrupted (it used to be lost with them)."""
     out = tmp_path / "run"
-    argv = ["--url", healthz_server, "--concurrency", "2,2,2,2,2", "--duration-s", "1", "--quiet", "--out", str(out)]
+    argv = ["--url", healthz_server, "--concurrency", "2,2,2,2,2", "--duration-s", "6", "--quiet", "--out", str(out)]
+    argv += ["--procs", procs]
     proc = subprocess.Popen(
         [sys.executable, "-m", "loadtest", "--kind", "healthz", "--no-plots", "--warmup-s", "0", *argv],
         cwd=REPO,
@@ -60,12 +64,16 @@ def test_a_signal_keeps_the_steps_that_finished(healthz_server, tmp_path, sig):
         text=True,
     )
     assert proc.stderr is not None
-    for line in proc.stderr:  # bounded: the run ends by itself within ~5 s
+    signalled = None
+    for line in proc.stderr:  # bounded: the run ends by itself within ~30 s
         if line.startswith("  c=2:"):
             proc.send_signal(sig)
+            signalled = time.monotonic()
             break
     err = proc.stderr.read()
     assert proc.wait(60) == 130, err
+    assert signalled is not None, err
+    assert time.monotonic() - signalled < 4, "the step running at the signal was waited for"
     assert "loadtest: interrupted; wrote the" in err, err
     doc = json.loads((out / "report.json").read_text())
     assert doc["interrupted"].startswith("stopped by a signal")

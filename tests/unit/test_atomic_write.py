@@ -156,3 +156,13 @@ def test_a_folder_that_takes_no_files_is_refused(tmp_path, monkeypatch):
     with pytest.raises(OutputPathError) as refused:
         check_output_folder(tmp_path / "run", "--out")
     assert str(refused.value) == f"--out {tmp_path / 'run'}: cannot write in {tmp_path} (Permission denied)"
+
+
+def test_a_path_the_system_will_not_look_at_is_refused_not_raised(tmp_path):
+    """exists() and is_dir() raise on what is not "no such file" (here a name over NAME_MAX): refused,
+    naming the flag, never a traceback."""
+    too_long = tmp_path / ("a" * 300)
+    with pytest.raises(OutputPathError, match=r"^--out .*: cannot look at .* \(File name too long\)$"):
+        check_output_folder(too_long / "run", "--out")
+    with pytest.raises(OutputPathError, match=r"^--out .*: cannot look at it \(File name too long\)$"):
+        check_output_file(too_long, "--out", "x.onnx")
