@@ -36,6 +36,7 @@ from loadtest.bench_summary import summarize, unmeasured_backends
 from loadtest.ceilings import engine_ceiling, load_backend, pipeline_ceiling, preprocess_time_ms
 from loadtest.corpus import build_corpus
 from loadtest.progress import say
+from model.atomic_write import write_text_atomic
 from model.help_format import DefaultsRawDescriptionHelpFormatter
 from service.process import reuse_freed_memory
 
@@ -271,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {result['device_name']} ({result['host']['platform']}); images {args.images}, "
         f"kind {args.kind}, {args.duration_s:g} s per step"
     )
-    (out / "bench.json").write_text(report.dumps(result))  # strict JSON: a NaN (no ok answer) is null
-    (out / "bench.md").write_text(header + "\n\n" + "\n".join(md) + "\n\n" + "\n".join(lines) + "\n")
+    write_text_atomic(out / "bench.json", report.dumps(result))  # strict JSON: a NaN (no ok answer) is null
+    write_text_atomic(out / "bench.md", header + "\n\n" + "\n".join(md) + "\n\n" + "\n".join(lines) + "\n")
     print(header)
     print("\n".join(lines))
     print()

@@ -12,6 +12,7 @@ from matplotlib.ticker import ScalarFormatter
 
 from loadtest.histogram import PERCENTILES, pct_key
 from loadtest.step import StepResult
+from model.atomic_write import atomic_output
 
 
 def latency_vs_throughput(results: list[StepResult], path: Path, title: str = "") -> None:
@@ -37,8 +38,7 @@ def latency_vs_throughput(results: list[StepResult], path: Path, title: str = ""
     ax.legend(title="latency")
     ax.set_title(title or "Latency percentiles vs throughput")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def latency_cdf(results: list[StepResult], path: Path, title: str = "") -> None:
@@ -61,5 +61,11 @@ def latency_cdf(results: list[StepResult], path: Path, title: str = "") -> None:
     ax.legend(fontsize=8)
     ax.set_title(title or "Latency CDF per step")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    """The PNG whole or not at all (a run stopped while it is written leaves no half a plot), then closed."""
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 
 from loadtest.histogram import PERCENTILES, pct_key
 from loadtest.step import StepResult
+from model.atomic_write import write_text_atomic
 
 LATENCY_KEYS = [pct_key(p) for p in PERCENTILES] + ["max"]
 
@@ -132,10 +134,11 @@ def write_csv(rows: list[dict], path: Path) -> None:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
 
 
 def json_safe(value):
@@ -157,4 +160,4 @@ def dumps(doc) -> str:
 
 def write_json(meta: dict, results: list[StepResult], path: Path) -> None:
     """report.json: ``meta`` and every step; latencies of a step without an ok answer are null."""
-    path.write_text(dumps({**meta, "steps": [step_json(r) for r in results]}))
+    write_text_atomic(path, dumps({**meta, "steps": [step_json(r) for r in results]}))

@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -144,6 +145,33 @@ def test_no_plot_is_drawn_for_a_step_without_an_ok_answer(tmp_path):
     # The same folder again, for a run without plots: the last run's are not left to pass for this one's
     files = write_outputs(tmp_path / "mixed", {}, [answered], plots_too=False)
     assert sorted(p.name for p in (tmp_path / "mixed").iterdir()) == ["report.json", "steps.csv"]
+
+
+def test_a_plot_interrupted_while_written_leaves_the_last_run_whole(tmp_path, monkeypatch):
+    """Ctrl-C while a PNG is written (plots come last, after the report): the folder keeps the last
+    whole plot, not half of a new one, and no temporary file."""
+    from matplotlib.figure import Figure
+
+    answered = _result(10, 10)
+    for _ in range(10):
+        answered.latency.record(0.02)
+    write_outputs(tmp_path, {}, [answered])
+    whole = (tmp_path / "latency_vs_throughput.png").read_bytes()
+
+    def interrupted(self, fname, **kwargs):
+        Path(fname).write_bytes(whole[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_outputs(tmp_path, {}, [answered])
+    assert (tmp_path / "latency_vs_throughput.png").read_bytes() == whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "latency_cdf.png",
+        "latency_vs_throughput.png",
+        "report.json",
+        "steps.csv",
+    ]
 
 
 def _refuse(constant: str):
