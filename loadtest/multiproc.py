@@ -107,6 +107,12 @@ async def _serve(
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue[tuple] = asyncio.Queue()
     stop = [asyncio.Event()]  # the running step's; replaced at each "go"
+    closing = [False]  # "close" came: the running step stops, and a step queued behind it never starts
+
+    def close() -> None:
+        closing[0] = True
+        stop[0].set()
+        inbox.put_nowait(("close",))
 
     def readable() -> None:
         try:
@@ -114,11 +120,13 @@ async def _serve(
                 message = conn.recv()
                 if message[0] == "stop":  # handled at once: the step that it stops is running
                     stop[0].set()
+                elif message[0] == "close":  # also at once (a cancelled sweep): not after a queued "go"
+                    close()
                 else:
                     inbox.put_nowait(message)
         except (EOFError, OSError):  # the parent is gone
             loop.remove_reader(conn.fileno())
-            inbox.put_nowait(("close",))
+            close()
 
     last_sent = [0.0]
 
@@ -133,7 +141,7 @@ async def _serve(
             conn.send(("ready",))
             while True:
                 message = await inbox.get()
-                if message[0] == "close":
+                if closing[0]:
                     return
                 verb, config, share, wall_time, want_progress = message
                 if verb == "warm":
@@ -286,8 +294,7 @@ class LoadProcesses:
         for conn in self._conns:
             try:
                 loop.remove_reader(conn.fileno())
-                conn.send(("stop",))  # a step still running (a cancelled sweep) ends now, not at its end
-                conn.send(("close",))
+                conn.send(("close",))  # a step still running (a cancelled sweep) ends now, not at its end
             except (OSError, ValueError):  # already gone
                 pass
         for process in self._processes:
