@@ -34,7 +34,6 @@ import asyncio
 import math
 import os
 import platform
-import signal
 import sys
 import time
 import urllib.parse
@@ -49,6 +48,7 @@ from loadtest.corpus import build_corpus, parse_spec
 from loadtest.multiproc import resolve_procs, run_sweep
 from loadtest.payloads import KINDS, Payload, build_payload
 from loadtest.progress import ProgressBar
+from loadtest.sigterm import sigterm_cancels_this_task
 from loadtest.step import ARRIVALS, MODES, StepConfig, StepResult
 from model.atomic_write import OutputPathError, check_output_folder
 from model.help_format import DefaultsRawDescriptionHelpFormatter
@@ -288,15 +288,9 @@ def write_outputs(
 
 
 async def run(args, api_key: str | None = None) -> int:
-    """The run: a timeout's SIGTERM cancels it as Ctrl-C does (asyncio.run's SIGINT handler), through
-    the event loop; a KeyboardInterrupt raised wherever the main thread is can be swallowed (bench_http)."""
-    loop, task = asyncio.get_running_loop(), asyncio.current_task()
-    assert task is not None
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    try:
+    """The run: a timeout's SIGTERM cancels it as Ctrl-C does (asyncio.run's SIGINT handler)."""
+    with sigterm_cancels_this_task():
         return await _sweep_and_report(args, api_key)
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
 
 
 async def _sweep_and_report(args, api_key: str | None) -> int:

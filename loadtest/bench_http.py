@@ -4,7 +4,6 @@ open-loop step per server; (b), the in-process pipeline, takes its turn in the s
 from __future__ import annotations
 
 import asyncio
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from loadtest.__main__ import write_outputs
 from loadtest.ceilings import load_backend, run_pipeline
 from loadtest.multiproc import healthz_ceiling, run_sweep
 from loadtest.progress import ProgressBar, say
+from loadtest.sigterm import Sigterm, sigterm_cancels_this_task
 from loadtest.step import StepConfig, StepResult
 
 
@@ -162,28 +162,12 @@ def http_sweeps(
                     f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, {row['errors']} errors"
                 )
 
-    signalled = False
+    sigterm = Sigterm()
 
     async def go_until_sigterm():
-        """``go``, cancelled by a SIGTERM through the event loop. ``main``'s handler raises
-        KeyboardInterrupt wherever the main thread is, and Python swallows it when that is a weakref
-        callback or a ``__del__`` ("Exception ignored in ..."): the bench then ran on to the end."""
-        nonlocal signalled
-        loop, task = asyncio.get_running_loop(), asyncio.current_task()
-        assert task is not None
-
-        def stop() -> None:
-            nonlocal signalled
-            signalled = True
-            task.cancel()
-
-        previous = signal.getsignal(signal.SIGTERM)
-        loop.add_signal_handler(signal.SIGTERM, stop)
-        try:
+        """``go``, cancelled by a SIGTERM through the event loop, not by ``main``'s handler (see sigterm)."""
+        with sigterm_cancels_this_task(sigterm):
             await go()
-        finally:
-            loop.remove_signal_handler(signal.SIGTERM)  # which sets SIG_DFL: put main's handler back
-            signal.signal(signal.SIGTERM, previous)
 
     interrupted = False
     try:
@@ -191,12 +175,12 @@ def http_sweeps(
     except KeyboardInterrupt:  # Ctrl-C: asyncio.run turns SIGINT into a cancellation, then this
         interrupted = True
     except asyncio.CancelledError:
-        if not signalled:
+        if not sigterm.came:
             raise
     finally:
         for server in started.values():
             server.stop()
-    interrupted = interrupted or signalled
+    interrupted = interrupted or sigterm.came
     if interrupted:
         say("interrupted: keeping the steps that finished")
     for t in live:
