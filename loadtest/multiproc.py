@@ -38,7 +38,8 @@ from loadtest import prom
 from loadtest.auth import api_key_from_env
 from loadtest.histogram import LatencyHistogram
 from loadtest.payloads import Payload, build_payload
-from loadtest.runner import LoadClient, ProgressFn, measure, sweep, sweep_steps, warm_up
+from loadtest.runner import LoadClient, ProgressFn, measure, run_step, sweep_steps, warm_up
+from loadtest.spawn import without_main_module
 from loadtest.step import Share, StepConfig, StepResult
 from loadtest.step_parts import describe, merge, pack, shares, unpack
 from service.cpus import usable_cpus
@@ -47,6 +48,7 @@ from service.cpus import usable_cpus
 START_AHEAD_S = 0.2
 PROGRESS_EVERY_S = 0.5  # a process's partial counts and histogram to the parent, for the progress bar
 READY_TIMEOUT_S = 120.0  # spawning: a fresh interpreter importing aiohttp, numpy, hdrh
+CLOSE_TIMEOUT_S = 10.0  # for all of them to end after "close", before they are terminated
 
 
 class LoadProcessError(RuntimeError):
@@ -208,7 +210,8 @@ class LoadProcesses:
                     name=f"loadtest-{i}",
                     daemon=True,
                 )
-                process.start()
+                with without_main_module():  # python -m loadtest.bench's imports are not theirs to make
+                    process.start()
                 child_end.close()
                 self._conns.append(parent_end)
                 self._processes.append(process)
@@ -297,8 +300,11 @@ class LoadProcesses:
                 conn.send(("close",))  # a step still running (a cancelled sweep) ends now, not at its end
             except (OSError, ValueError):  # already gone
                 pass
+        # One deadline for all of them (they stop together), not 10 s each: then terminate the rest.
+        deadline = time.monotonic() + CLOSE_TIMEOUT_S
         for process in self._processes:
-            await asyncio.to_thread(process.join, 10)
+            await asyncio.to_thread(process.join, max(0.0, deadline - time.monotonic()))
+        for process in self._processes:
             if process.is_alive():
                 process.terminate()
                 await asyncio.to_thread(process.join, 5)
@@ -309,6 +315,52 @@ class LoadProcesses:
 
 
 # -- what the CLI and the bench call ------------------------------------------------------------------
+
+
+class OneProcess:
+    """``LoadProcesses``' interface for ``procs`` = 1: each step runs in this process (``runner.run_step``)."""
+
+    def __init__(
+        self,
+        url: str,
+        kind: str,
+        payloads: list[Payload],
+        validate: bool = True,
+        timeout_s: float = 30.0,
+        api_key: str | None = None,
+    ) -> None:
+        self.payloads, self.procs = payloads, 1
+        self._client = LoadClient(url, kind, validate, timeout_s, api_key)
+
+    async def __aenter__(self) -> OneProcess:
+        await self._client.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._client.__aexit__(*exc)
+
+    async def run_step(self, config: StepConfig, progress: ProgressFn | None = None) -> StepResult:
+        return await run_step(self._client, self.payloads, config, progress)
+
+
+def load_pool(
+    url: str,
+    kind: str,
+    payloads: list[Payload],
+    procs: int | str = 1,
+    *,
+    validate: bool = True,
+    timeout_s: float = 30.0,
+    api_key: str | None = None,
+) -> OneProcess | LoadProcesses:
+    """What runs the steps against one server: ``async with load_pool(...) as pool: await pool.run_step(c)``.
+    ``procs`` an int or "auto"; 1 runs in this process. One pool serves any number of steps, so a caller
+    that interleaves steps against several servers (loadtest.bench) starts each server's processes once.
+    ``api_key``: sent as ``Authorization: Bearer`` by every process; None = ``ALEXNET_API_KEY``'s."""
+    n = resolve_procs(procs)
+    if n == 1:
+        return OneProcess(url, kind, payloads, validate, timeout_s, api_key)
+    return LoadProcesses(url, kind, payloads, n, validate, timeout_s, api_key)
 
 
 async def run_sweep(
@@ -326,13 +378,8 @@ async def run_sweep(
     on_step: Callable[[StepResult], None] | None = None,
     api_key: str | None = None,
 ) -> list[StepResult]:
-    """``runner.sweep`` over ``procs`` load processes (an int, or "auto"); 1 runs in this process.
-    ``api_key``: sent as ``Authorization: Bearer`` by every process; None = ``ALEXNET_API_KEY``'s."""
-    n = resolve_procs(procs)
-    if n == 1:
-        async with LoadClient(url, kind, validate, timeout_s, api_key) as client:
-            return await sweep(client, payloads, configs, max_error_rate, max_p99_ms, progress, on_step)
-    async with LoadProcesses(url, kind, payloads, n, validate, timeout_s, api_key) as pool:
+    """``runner.sweep`` over a ``load_pool``: ``procs`` load processes (an int, or "auto"), or this one."""
+    async with load_pool(url, kind, payloads, procs, validate=validate, timeout_s=timeout_s, api_key=api_key) as pool:
         return await sweep_steps(pool.run_step, configs, max_error_rate, max_p99_ms, progress, on_step)
 
 

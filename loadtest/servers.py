@@ -55,11 +55,19 @@ class Started:
     process: subprocess.Popen
     log_path: Path
 
+    def begin_stop(self) -> None:
+        """SIGTERM to its process group, without waiting: servers stopped together drain at once."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
     def stop(self, timeout_s: float = 20) -> None:
         if self.process.poll() is not None:
             return
         try:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            self.begin_stop()
             self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)

@@ -103,7 +103,7 @@ step() {  # step NAME LIMIT_S COMMAND...: output to $WORK/NAME.log; status to st
     local t0=$SECONDS
     # In the background and waited for, so that a TERM to this script reaches stop_run at once; timeout
     # puts the step in a process group of its own, which stop_run ends.
-    timeout --kill-after=10 "$limit" "$@" > "$WORK/$name.log" 2>&1 &
+    timeout --kill-after=20 "$limit" "$@" > "$WORK/$name.log" 2>&1 &
     STEP_PID=$!
     wait "$STEP_PID"
     local rc=$? state=ok

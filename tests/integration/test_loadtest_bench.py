@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +36,8 @@ def test_bench_measures_every_part_and_writes_the_table(onnx_model, tmp_path):
             "0.2",
             "--images",
             "photos",
+            "--procs",
+            "2",
             "--out",
             str(out),
         ],
@@ -44,6 +47,9 @@ def test_bench_measures_every_part_and_writes_the_table(onnx_model, tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Each HTTP server's load processes started once, for all its steps (closed and open loop), not per step.
+    started = sorted(re.findall(r"\] +(\S+): 2 load processes ready", proc.stderr))
+    assert started == ["naive", "service:onnxruntime"], proc.stderr[-3000:]
     doc = json.loads((out / "bench.json").read_text())
     ort = doc["backends"]["onnxruntime"]
     assert [e["batch"] for e in ort["engine"]] == [1, 2] and all(e["img_per_s"] > 0 for e in ort["engine"])

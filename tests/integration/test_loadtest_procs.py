@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from aiohttp import web
 
 from loadtest.client_ceiling import start_server
 from loadtest.histogram import LatencyHistogram
-from loadtest.multiproc import healthz_ceiling, run_sweep
+from loadtest.multiproc import healthz_ceiling, load_pool, run_sweep
 from loadtest.payloads import Payload
 from loadtest.step import StepConfig
 from tests.conftest import REPO
@@ -123,6 +124,16 @@ async def _counting_server(handler):
     return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
 
 
+def _ok_counting(served: Counter):
+    """A handler answering 200 to every request, counting them by path in ``served``."""
+
+    async def ok(request):
+        served[request.path] += 1
+        return web.json_response({"status": "ok"})
+
+    return ok
+
+
 def test_errors_by_status_and_kind_and_images_are_summed_over_processes():
     served: Counter = Counter()
 
@@ -161,12 +172,8 @@ def test_errors_by_status_and_kind_and_images_are_summed_over_processes():
 def test_warm_up_runs_before_the_window_and_is_not_counted():
     served: Counter = Counter()
 
-    async def ok(request):
-        served[request.path] += 1
-        return web.json_response({"status": "ok"})
-
     async def go():
-        runner, url = await _counting_server(ok)
+        runner, url = await _counting_server(_ok_counting(served))
         try:
             config = StepConfig("closed", concurrency=4, duration_s=None, requests=100, warmup_s=0.5)
             return await run_sweep(url, "healthz", [Payload("/healthz", {}, b"", 0, "GET")], [config], 2)
@@ -182,12 +189,8 @@ def test_warm_up_runs_before_the_window_and_is_not_counted():
 def test_open_loop_over_two_processes_sends_the_one_schedule():
     served: Counter = Counter()
 
-    async def ok(request):
-        served[request.path] += 1
-        return web.json_response({"status": "ok"})
-
     async def go():
-        runner, url = await _counting_server(ok)
+        runner, url = await _counting_server(_ok_counting(served))
         try:
             config = StepConfig("open", rate=40, duration_s=1.5, warmup_s=0)
             return await run_sweep(url, "healthz", [Payload("/healthz", {}, b"", 0, "GET")], [config], 2)
@@ -290,3 +293,75 @@ def test_without_the_key_every_request_is_a_401_with_the_servers_words(monkeypat
     r = _keyed_sweep(Counter(), None)
     assert r.ok == 0 and r.errors == {"401": r.counted} and r.error_kinds == {"unauthorized": r.counted}
     assert r.error_examples == {"401": "401 Unauthorized: missing or wrong API key: send 'Authorization: Bearer <key>'"}
+
+
+@pytest.mark.parametrize("procs", [1, 2])
+def test_one_pool_runs_step_after_step_with_the_same_processes(procs):
+    """loadtest.bench keeps each server's pool for all its steps: the processes are started once, and
+    each step's counts are its own (nothing carried over from the step before)."""
+    served: Counter = Counter()
+
+    async def go():
+        runner, url = await _counting_server(_ok_counting(served))
+        try:
+            payloads = [Payload("/healthz", {}, b"", 0, "GET")]
+            async with load_pool(url, "healthz", payloads, procs) as pool:
+                pids = [p.pid for p in getattr(pool, "_processes", [])]
+                results = []
+                for n in (30, 50):
+                    served.clear()
+                    config = StepConfig("closed", concurrency=4, duration_s=None, requests=n, warmup_s=0)
+                    results.append((await pool.run_step(config), served["/healthz"]))
+                assert [p.pid for p in getattr(pool, "_processes", [])] == pids
+                assert all(p.is_alive() for p in getattr(pool, "_processes", []))
+            assert not any(p.is_alive() for p in getattr(pool, "_processes", []))  # closed with the pool
+            return pool.procs, len(pids), results
+        finally:
+            await runner.cleanup()
+
+    n_procs, started, results = asyncio.run(go())
+    assert n_procs == procs and started == (procs if procs > 1 else 0)
+    assert [(r.counted, r.ok, sent) for r, sent in results] == [(30, 30, 30), (50, 50, 50)]
+    assert all(r.procs == procs for r, _ in results)
+
+
+_RECORDS_ITS_IMPORTS = """
+import os, sys, time
+with open(os.environ["IMPORTS_LOG"], "a") as f:
+    f.write(__name__ + "\\n")
+if __name__ == "__main__":
+    import multiprocessing
+    from loadtest.spawn import without_main_module
+    main = sys.modules["__main__"]
+    before = (main.__spec__, main.__file__)
+    ctx = multiprocessing.get_context("spawn")
+    child = ctx.Process(target=time.sleep, args=(0,))
+    if sys.argv[1] == "hidden":
+        with without_main_module():
+            child.start()
+    else:
+        child.start()
+    child.join(60)
+    assert child.exitcode == 0, child.exitcode
+    assert (main.__spec__, main.__file__) == before  # put back after the start
+"""
+
+
+@pytest.mark.parametrize("how", ["hidden", "plain"])
+def test_a_load_process_is_spawned_without_importing_the_parents_main_module(how, tmp_path):
+    """Under python -m loadtest.bench every spawned child imported the bench's torch and ONNX Runtime
+    first (multiprocessing re-runs __main__ as __mp_main__); within without_main_module it does not."""
+    (tmp_path / "records_its_imports.py").write_text(_RECORDS_ITS_IMPORTS)
+    log = tmp_path / "imports.log"
+    env = {**os.environ, "IMPORTS_LOG": str(log), "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "records_its_imports", how],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    expected = ["__main__"] if how == "hidden" else ["__main__", "__mp_main__"]
+    assert log.read_text().split() == expected
