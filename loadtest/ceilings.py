@@ -1,11 +1,11 @@
 """The two ceilings a served model is measured against, both in this process, without HTTP:
 
 (a) engine:   ``backend.infer`` alone on preprocessed batches; img/s per batch size.
-(b) pipeline: the best in-process overlap of decoding and batched inference: decode threads
-              (the service's own ``preprocess``) feeding the service's ``Batcher``, one inference
-              thread, driven by N concurrent in-process callers. No HTTP, no processes, no IPC:
-              what one process could do if serving cost nothing. The bench runs it with the
-              service's malloc settings (``service.process.reuse_freed_memory``).
+(b) pipeline: the best in-process overlap of decoding and batched inference: decode threads, one
+              per usable CPU (the service's own ``preprocess``), feeding the service's ``Batcher``,
+              one inference thread, driven by N concurrent in-process callers. No HTTP, no
+              processes, no IPC: what one process could do if serving cost nothing. The bench
+              runs it with the service's malloc settings (``service.process.reuse_freed_memory``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from loadtest.histogram import LatencyHistogram
 from service.backends import Selection, select_backend
 from service.backends.base import Backend
 from service.batcher import Batcher
+from service.cpus import usable_cpus
 from service.metrics import Metrics
 from service.postprocess import top_k
 from service.preprocess import PreprocessConfig, preprocess
@@ -91,7 +92,10 @@ async def run_pipeline(
     )
     batcher.start()
     config = PreprocessConfig.for_model(meta, settings.max_image_pixels, settings.jpeg_draft)
-    decoder = ThreadPoolExecutor(settings.decoder_threads, thread_name_prefix="decode")
+    # One process's decode threads: ALEXNET_DECODE_THREADS, else every CPU it may use. Not the service's
+    # per-front-end share (settings.decoder_threads): with 15 front ends on 16 CPUs that is 1 thread,
+    # which held the H200 host's pipeline to ~230 img/s at batch 1.0 (2026-12-04).
+    decoder = ThreadPoolExecutor(settings.decode_threads or usable_cpus(), thread_name_prefix="decode")
     loop = asyncio.get_running_loop()
     latency = LatencyHistogram()
     t0 = time.perf_counter()
