@@ -5,6 +5,7 @@ at start-up: the decode alone, then decode + EXIF + resize + crop
 
     python -m loadtest.gpu_decode                              # CUDA, batches of 32 and 256, 3 s each
     python -m loadtest.gpu_decode --batch 64 --images 500x375 --seconds 5 --decoder nvimgcodec
+    python -m loadtest.gpu_decode --decoder nvimgcodec --hardware-share 1,0.9,0.65   # hardware vs CUDA split
 
 Each row runs its batch over and over, waiting for the GPU after each, and prints images per second
 and the host CPU this thread spent per image (``time.thread_time``): in the engine that thread is the
@@ -30,6 +31,7 @@ from service.gpu_decode import (
     GROUP_MAX_BYTES,
     JpegDecoder,
     decoder_factories,
+    nvimgcodec_decoder,
     start_jpeg_decoder,
     wait_for_stream,
 )
@@ -95,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"GPU decoders to measure, comma-separated, of {names} (default: all; one that does not load "
         "here is reported and skipped)",
     )
+    parser.add_argument(
+        "--hardware-share",
+        default="1",
+        help="for nvimgcodec: the fractions of each batch offered to the GPU's hardware JPEG decoder "
+        "(the rest to nvJPEG's CUDA decoders), comma-separated, each measured as a decoder of its own "
+        "(default: 1, the engine's: all of it)",
+    )
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("no CUDA GPU is visible to PyTorch here; --device cpu measures the decoders' CPU paths")
@@ -102,14 +111,29 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in chosen if name not in names]
     if unknown or not chosen:
         parser.error(f"--decoder: {unknown or 'none given'}; choose from {names}")
+    try:
+        shares = [float(share) for share in args.hardware_share.split(",") if share.strip()]
+    except ValueError:
+        shares = []
+    if not shares or not all(0 < share <= 1 for share in shares):
+        parser.error(f"--hardware-share: fractions in (0, 1], comma-separated, got {args.hardware_share!r}")
+    # (label, factories to start it from: None = the engine's own) for each decoder measured
+    runs: list[tuple[str, dict | None]] = []
+    for name in chosen:
+        for share in shares if name == "nvimgcodec" else [1.0]:
+            if share == 1.0:
+                runs.append((name, None))
+            else:
+                label = f"nvimgcodec, hardware share {share:g}"
+                runs.append((label, {label: functools.partial(nvimgcodec_decoder, hardware_share=share)}))
     batches = [int(b) for b in args.batch.split(",") if b.strip()]
     corpus = build_corpus(args.images)
     gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "no GPU"
     print(f"host: {cpu_model()}, {gpu}; images: {', '.join(f'{c.width}x{c.height}' for c in corpus)}")
     measured = 0
-    for name in chosen:
+    for name, factories in runs:
         try:  # as the engine starts it: a decoder that loads but cannot decode (no nvJPEG) is refused
-            decoder = start_jpeg_decoder(args.device, RESIZE_SIZE, CROP_SIZE, [name])[0]
+            decoder = start_jpeg_decoder(args.device, RESIZE_SIZE, CROP_SIZE, [name], factories)[0]
         except RuntimeError as exc:
             print(f"{name}: not measured, {exc}")
             continue

@@ -157,8 +157,10 @@ step bench-service 330 env ALEXNET_DECODE=$BENCH_DECODE "$PY" -m loadtest.bench 
     --layout "cpu decode:--decode=cpu" --layout "1 front end, cpu decode:--decode=cpu --http-workers=1"
 # Each GPU decoder (nvImageCodec with and without its hardware decoder, torchvision) alone and with the
 # resize + crop, images of one size in groups against one by one: images/s and the prepare thread's host
-# CPU per image (it shares the engine's GIL). Three decoders of 6 rows of 2 s each: about 45 s.
-step gpu-decode 80 "$PY" -m loadtest.gpu_decode --batch 32,256 --seconds 2
+# CPU per image (it shares the engine's GIL). nvImageCodec also with its hardware decoder offered 0.9
+# and 0.65 of each batch, the rest to its CUDA decoders (DALI's defaults; the H200 run of 2026-12-04
+# decoded 3,100-3,400 JPEGs/s offering it all). Five decoders of 6 rows of 2 s each: about 75 s.
+step gpu-decode 120 "$PY" -m loadtest.gpu_decode --batch 32,256 --seconds 2 --hardware-share 1,0.9,0.65
 step train-deterministic 60 bash scripts/gpu_determinism_check.sh "$WORK/determinism"
 # What the engine's one event loop can take with inference free: is the 8,000 img/s target in reach here?
 step engine-wire 60 "$PY" -m loadtest.engine_wire --onnx "$ONNX" --frontends 8 --seconds 5

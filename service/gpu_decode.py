@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -85,13 +85,18 @@ def torchvision_decoder(device: str) -> DecodeBatch:
 NVIMGCODEC_CPU_THREADS = 4
 
 
-def nvimgcodec_decoder(device: str, fancy_upsampling: bool = True, hardware: bool = True) -> DecodeBatch:
+def nvimgcodec_decoder(
+    device: str, fancy_upsampling: bool = True, hardware: bool = True, hardware_share: float = 1.0
+) -> DecodeBatch:
     """nvJPEG through nvImageCodec (``nvidia-nvimgcodec-cu13`` with ``nvidia-nvjpeg``), asked to
     interpolate chroma as libjpeg-turbo does (``fancy_upsampling``; False asks it to repeat), or an
     ImportError/RuntimeError saying why it is not available.
 
     On CUDA only its GPU decoders are allowed: the hardware JPEG decoder first where ``hardware`` and
-    the GPU has one, then nvJPEG's CUDA decoders. A JPEG they refuse comes back as an exception and goes
+    the GPU has one, then nvJPEG's CUDA decoders. ``hardware_share``: the fraction of each batch
+    offered to the hardware decoder (its ``load_hint``), the rest going to the CUDA decoders as they
+    would; 1.0 (the engine's) offers it all. DALI gives it 0.65 or 0.9 by default; which is faster
+    here is ``python -m loadtest.gpu_decode --hardware-share``'s to measure. A JPEG they refuse comes back as an exception and goes
     back to a front end's CPU path (the service's decode, with its limits), not to nvImageCodec's own
     CPU decoders. On ``cpu`` the same calls run its libjpeg-turbo decoder (``hardware`` changes nothing
     there), so a CPU host tests this code.
@@ -113,12 +118,17 @@ def nvimgcodec_decoder(device: str, fancy_upsampling: bool = True, hardware: boo
         kinds += [nvimgcodec.HYBRID_CPU_GPU, nvimgcodec.GPU_ONLY]
     else:
         device_id, kinds = nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, [nvimgcodec.CPU_ONLY]
+    if not 0 < hardware_share <= 1:
+        raise ValueError(f"hardware_share must be in (0, 1], got {hardware_share}")
+    backends = [
+        nvimgcodec.Backend(kind, load_hint=hardware_share if kind == nvimgcodec.HW_GPU_ONLY else 1.0) for kind in kinds
+    ]
     # The option is given, never left to the default: it changed from on to off between releases. Each
     # backend "may ignore or honor" it (nvImageCodec's docs): start_jpeg_decoder measures what it got.
     decoder = nvimgcodec.Decoder(
         device_id=device_id,
         max_num_cpu_threads=NVIMGCODEC_CPU_THREADS,
-        backends=[nvimgcodec.Backend(kind) for kind in kinds],
+        backends=backends,
         options=f":fancy_upsampling={int(fancy_upsampling)}",
     )
     params = nvimgcodec.DecodeParams(
@@ -225,18 +235,22 @@ class JpegDecoder:
 
 
 def start_jpeg_decoder(
-    device: str, resize_size: int, crop_size: int, names: Sequence[str] | None = None
+    device: str,
+    resize_size: int,
+    crop_size: int,
+    names: Sequence[str] | None = None,
+    factories: Mapping[str, Callable[[str], DecodeBatch]] | None = None,
 ) -> tuple[JpegDecoder, str]:
-    """(decoder, its name): the first of ``decoder_factories`` (or of ``names`` among them) that turns a
-    test JPEG into a crop on ``device`` (which also loads nvJPEG now, not on a request) and decodes the
-    chroma probes (one batch) each within ``CHROMA_THRESHOLD`` of PIL's pixels; where none is that close,
-    the first that decodes, with the warning its user should log in ``decoder.warning`` (the engine
-    logs it only where it decodes with it: ``--decode gpu``). ``decoder.chroma`` says what its probes
+    """(decoder, its name): the first of ``factories`` (default ``decoder_factories()``; or of ``names``
+    among them) that turns a test JPEG into a crop on ``device`` (which also loads nvJPEG now, not on a
+    request) and decodes the chroma probes (one batch) each within ``CHROMA_THRESHOLD`` of PIL's
+    pixels; where none is that close, the first that decodes, with the warning its user should log in
+    ``decoder.warning`` (the engine logs it only where it decodes with it: ``--decode gpu``). ``decoder.chroma`` says what its probes
     measured. A RuntimeError giving each one's failure where none decodes."""
     passed_over: list[str] = []  # each candidate not taken, and why, in order
     errors: list[str] = []  # those that did not decode
     repeating: list[tuple[str, JpegDecoder, ChromaDiff]] = []  # those that decode, chroma unlike the CPU path's
-    factories = decoder_factories()
+    factories = decoder_factories() if factories is None else factories
     for name in names if names is not None else list(factories):
         try:
             decoder = JpegDecoder(device, resize_size, crop_size, factories[name](device))

@@ -183,6 +183,59 @@ def test_on_cuda_nvimgcodec_allows_its_gpu_backends_only_and_its_hardware_decode
     ]
     assert [kwargs["options"] for kwargs in made] == [":fancy_upsampling=1", ":fancy_upsampling=0"]
     assert [kwargs["device_id"] for kwargs in made] == [0, 0]
+    assert [[b.load_hint for b in kwargs["backends"]] for kwargs in made] == [[1.0] * 3, [1.0] * 2]
+
+
+def test_the_hardware_decoder_can_be_offered_a_share_of_each_batch_only(monkeypatch):
+    """loadtest.gpu_decode --hardware-share: the hardware decoder's load hint (DALI gives it 0.65 or
+    0.9), the CUDA decoders' unchanged; a share outside (0, 1] is refused before a decoder is made."""
+    nvimgcodec = _nvimgcodec()
+    made = []
+    monkeypatch.setattr(nvimgcodec, "Decoder", lambda **kwargs: made.append(kwargs))
+    gpu_decode.nvimgcodec_decoder("cuda:0", hardware_share=0.65)
+    hints = [(b.backend_kind, round(b.load_hint, 4)) for b in made[0]["backends"]]
+    assert hints == [(nvimgcodec.HW_GPU_ONLY, 0.65), (nvimgcodec.HYBRID_CPU_GPU, 1.0), (nvimgcodec.GPU_ONLY, 1.0)]
+    for share in (0.0, 1.5):
+        with pytest.raises(ValueError, match="hardware_share must be in"):
+            gpu_decode.nvimgcodec_decoder("cuda:0", hardware_share=share)
+    assert len(made) == 1
+
+
+def test_the_decode_benchmark_measures_each_hardware_share_as_a_decoder_of_its_own(monkeypatch, capsys):
+    """Each share starts as the engine starts a decoder (a test JPEG, the chroma probes), under its own
+    label; 1 is the engine's own nvimgcodec. Here on the CPU, with PIL standing in for nvJPEG."""
+    from loadtest import gpu_decode as bench
+
+    shares = []
+
+    def fake(device, fancy_upsampling=True, hardware=True, hardware_share=1.0):
+        shares.append(hardware_share)
+        return pil_decode
+
+    monkeypatch.setattr(gpu_decode, "nvimgcodec_decoder", fake)
+    monkeypatch.setattr(bench, "nvimgcodec_decoder", fake)
+    code = bench.main(
+        [
+            "--device",
+            "cpu",
+            "--decoder",
+            "nvimgcodec",
+            "--hardware-share",
+            "1,0.65",
+            "--batch",
+            "2",
+            "--seconds",
+            "0.01",
+            "--images",
+            "64x48",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and shares == [1.0, 0.65]
+    assert "\nnvimgcodec (chroma interpolated" in out and "\nnvimgcodec, hardware share 0.65 (chroma" in out
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--device", "cpu", "--hardware-share", "0"])
+    assert exit_info.value.code == 2 and "--hardware-share: fractions in (0, 1]" in capsys.readouterr().err
 
 
 def test_repeated_chroma_is_what_the_interpolation_option_avoids():
