@@ -3,7 +3,6 @@ script's name (``[to_onnx] ...``), and one way to turn an expected failure into 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Callable
@@ -36,37 +35,3 @@ def run_main(tag: str, action: Callable[[], object], errors: tuple[type[BaseExce
         print(f"[{tag}] interrupted; no file is left half-written", file=sys.stderr)
         return 130
     return 0
-
-
-def positive_int(text: str) -> int:
-    """argparse ``type`` for counts that must be at least 1 (exit 2 with the flag named otherwise)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse ``type`` for limits that must be above 0, such as a tolerance (exit 2 otherwise)."""
-    value = _float(text)
-    if not value > 0:  # also NaN
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """argparse ``type`` for a share from 0 to 1, such as an agreement floor (exit 2 otherwise)."""
-    value = _float(text)
-    if not 0 <= value <= 1:  # also NaN
-        raise argparse.ArgumentTypeError(f"must be from 0 to 1 (0.9 = 90%), got {text}")
-    return value
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None

@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from export.cli import fraction, positive_int, run_main, step_printer
+from export.cli import run_main, step_printer
 from export.image_folder import ImageFolderError, iter_batches, list_images
 from export.onnx_metadata import INPUT_NAME, PREFIX, ModelMetadata, read_metadata, write_metadata
 from export.ort import import_onnxruntime, int8_kernels_saturate
+from model.arg_types import fraction, positive_int
 from model.atomic_write import atomic_output, check_output_file
 from model.help_format import DefaultsHelpFormatter
 

@@ -32,7 +32,7 @@ import onnx
 import torch
 
 from export.checkpoint_match import RECORDED_PREPROCESSING, recorded_preprocessing
-from export.cli import positive_float, positive_int, run_main, step_printer
+from export.cli import run_main, step_printer
 from export.onnx_metadata import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -43,6 +43,7 @@ from export.onnx_metadata import (
 )
 from export.ort import import_onnxruntime
 from model.alexnet import ARCHS
+from model.arg_types import positive_float, positive_int
 from model.atomic_write import atomic_output, check_output_file
 from model.help_format import DefaultsHelpFormatter
 from model.weights import CheckpointError, LoadedModel, load_model

@@ -33,10 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from export.cli import fraction, positive_int, run_main, step_printer
+from export.cli import run_main, step_printer
 from export.onnx_metadata import INPUT_NAME, OUTPUT_NAME, read_metadata
 from export.ort import import_onnxruntime
 from export.trt_progress import BuildProgress, cancel_on_ctrl_c, monitor_for
+from model.arg_types import fraction, positive_int
 from model.atomic_write import check_output_file, write_bytes_atomic
 from model.help_format import DefaultsHelpFormatter
 

@@ -50,6 +50,7 @@ from loadtest.payloads import KINDS, Payload, build_payload
 from loadtest.progress import ProgressBar
 from loadtest.sigterm import sigterm_cancels_this_task
 from loadtest.step import ARRIVALS, MODES, StepConfig, StepResult
+from model.arg_types import non_negative_float, positive_float, positive_int
 from model.atomic_write import OutputPathError, check_output_folder
 from model.help_format import DefaultsRawDescriptionHelpFormatter
 
@@ -67,22 +68,6 @@ def _numbers(text: str, cast=float) -> list:
     if not values or not all(math.isfinite(v) and v > 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers > 0, got {text!r}")
     return values
-
-
-def _at_least(cast, low: float, strict: bool = False):
-    """An argparse type: one finite number >= ``low`` (> ``low`` when ``strict``)."""
-    bound = f"> {low:g}" if strict else f">= {low:g}"
-
-    def parse(text: str):
-        try:
-            value = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}") from None
-        if not math.isfinite(value) or value < low or (strict and value == low):
-            raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}")
-        return value
-
-    return parse
 
 
 def _base_url(text: str) -> str:
@@ -120,14 +105,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         help=f"server base URL, with http:// or https://; an API key comes from ${API_KEY_ENV}, not a flag",
     )
     p.add_argument("--kind", choices=KINDS, default="multipart", help="request kind (see loadtest/payloads.py)")
-    p.add_argument("--images-per-request", type=_at_least(int, 1), default=1, help="images in each request")
+    p.add_argument("--images-per-request", type=positive_int, default=1, help="images in each request")
     p.add_argument(
         "--images",
         type=_image_spec,
         default="photos,500x375",
         help="corpus: 'photos' (shipped) and/or generated WIDTHxHEIGHT sizes, comma-separated",
     )
-    p.add_argument("--generated-per-size", type=_at_least(int, 1), default=4, help="generated images per size")
+    p.add_argument("--generated-per-size", type=positive_int, default=4, help="generated images per size")
     p.add_argument("--mode", choices=MODES, default="closed", help="closed loop (clients) or open loop (rate)")
     p.add_argument(
         "--concurrency",
@@ -137,20 +122,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rate", type=_numbers, default=[10.0], help="open loop: requests/s per step, comma-separated")
     p.add_argument("--arrival", choices=ARRIVALS, default="constant", help="open loop: inter-arrival times")
-    p.add_argument(
-        "--duration-s", type=_at_least(float, 0, strict=True), default=10.0, help="measured seconds per step"
-    )
+    p.add_argument("--duration-s", type=positive_float, default=10.0, help="measured seconds per step")
     p.add_argument(
         "--requests",
-        type=_at_least(int, 1),
+        type=positive_int,
         default=None,
         help="closed loop: measured requests per step instead of --duration-s",
     )
-    p.add_argument("--warmup-s", type=_at_least(float, 0), default=2.0, help="unmeasured seconds before each step")
-    p.add_argument(
-        "--timeout-s", type=_at_least(float, 0, strict=True), default=30.0, help="per-request client timeout"
-    )
-    p.add_argument("--max-in-flight", type=_at_least(int, 1), default=2048, help="open loop: most requests outstanding")
+    p.add_argument("--warmup-s", type=non_negative_float, default=2.0, help="unmeasured seconds before each step")
+    p.add_argument("--timeout-s", type=positive_float, default=30.0, help="per-request client timeout")
+    p.add_argument("--max-in-flight", type=positive_int, default=2048, help="open loop: most requests outstanding")
     p.add_argument(
         "--max-error-rate",
         type=float,
@@ -159,7 +140,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-p99-ms", type=float, default=None, help="stop the sweep after a step with a slower p99")
     p.add_argument("--model", default="alexnet", help="model name in OIP v2 paths")
-    p.add_argument("--top-k", type=_at_least(int, 1), default=5, help="top_k asked of /classify")
+    p.add_argument("--top-k", type=positive_int, default=5, help="top_k asked of /classify")
     p.add_argument("--no-validate", action="store_true", help="do not parse 200 answers (saves client CPU)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default results/loadtest-TIMESTAMP)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
