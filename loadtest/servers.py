@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtest.auth import api_key_from_env, auth_headers
@@ -54,10 +54,12 @@ class Started:
     url: str
     process: subprocess.Popen
     log_path: Path
+    terminated: bool = field(default=False, init=False)  # SIGTERM sent: stop() does not send it again
 
     def begin_stop(self) -> None:
-        """SIGTERM to its process group, without waiting: servers stopped together drain at once."""
-        if self.process.poll() is None:
+        """SIGTERM to its process group once, without waiting: servers stopped together drain at once."""
+        if self.process.poll() is None and not self.terminated:
+            self.terminated = True
             try:
                 os.killpg(self.process.pid, signal.SIGTERM)
             except ProcessLookupError:
