@@ -14,10 +14,7 @@ def at_least(cast: Callable[[str], float], low: float, strict: bool = False) -> 
     bound = f"above {low:g}" if strict else f"at least {low:g}"
 
     def parse(text: str):
-        try:
-            value = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid {getattr(cast, '__name__', 'number')} value: {text!r}") from None
+        value = _number(cast, text)
         if not math.isfinite(value) or value < low or (strict and value == low):  # NaN fails isfinite
             raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
         return value
@@ -32,10 +29,14 @@ non_negative_float = at_least(float, 0)  # a warm-up that may be skipped
 
 def fraction(text: str) -> float:
     """A share from 0 to 1, such as an agreement floor."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    value = _number(float, text)
     if not 0 <= value <= 1:  # also NaN
         raise argparse.ArgumentTypeError(f"must be from 0 to 1 (0.9 = 90%), got {text}")
     return value
+
+
+def _number(cast: Callable[[str], float], text: str) -> float:
+    try:
+        return cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid {getattr(cast, '__name__', 'number')} value: {text!r}") from None
