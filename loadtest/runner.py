@@ -60,6 +60,11 @@ class Answer(NamedTuple):
 
 
 DETAIL_CHARS = 300  # of a server's error message or an exception, kept as the example of its outcome
+# A keep-alive connection idle longer than this is closed, not reused: under the servers' own idle
+# close (uvicorn's default, which the service and LitServe keep, is 5 s). A request sent on a connection
+# in the moment its server closes it fails (seen between two steps 4.99 s apart), and that failure is
+# the client's doing, not the server's.
+KEEPALIVE_S = 2.0
 
 
 def _error_detail(status: int, reason: str | None, body: bytes) -> tuple[str | None, str]:
@@ -85,7 +90,13 @@ class LoadClient:
     """
 
     def __init__(
-        self, url: str, kind: str, validate: bool = True, timeout_s: float = 30.0, api_key: str | None = None
+        self,
+        url: str,
+        kind: str,
+        validate: bool = True,
+        timeout_s: float = 30.0,
+        api_key: str | None = None,
+        keepalive_s: float = KEEPALIVE_S,
     ) -> None:
         self.url = url.rstrip("/")
         self.kind = kind
@@ -93,11 +104,14 @@ class LoadClient:
         self.timeout_s = timeout_s
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.headers = auth_headers(api_key if api_key is not None else api_key_from_env())
+        self.keepalive_s = keepalive_s
         self.session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> LoadClient:
         # limit=0: one keep-alive connection per concurrent request; the client never queues internally.
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, use_dns_cache=True)
+        connector = aiohttp.TCPConnector(
+            limit=0, ttl_dns_cache=None, use_dns_cache=True, keepalive_timeout=self.keepalive_s
+        )
         self.session = aiohttp.ClientSession(
             connector=connector,
             timeout=self.timeout,

@@ -139,7 +139,7 @@ def test_oip_v2_kinds(onnx_server):
 RAW = [Payload("/classify", {"Content-Type": "image/jpeg"}, b"x", 1)]
 
 
-def against_scripted_server(handler, measure: Callable[[LoadClient], Awaitable[T]]) -> T:
+def against_scripted_server(handler, measure: Callable[[LoadClient], Awaitable[T]], **client_options) -> T:
     """Serve every path with ``handler`` (aiohttp) on 127.0.0.1 and run ``measure`` with a raw client to it."""
 
     async def go() -> T:
@@ -151,7 +151,7 @@ def against_scripted_server(handler, measure: Callable[[LoadClient], Awaitable[T
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             port = site._server.sockets[0].getsockname()[1]
-            async with LoadClient(f"http://127.0.0.1:{port}", "raw") as client:
+            async with LoadClient(f"http://127.0.0.1:{port}", "raw", **client_options) as client:
                 return await measure(client)
         finally:
             await runner.cleanup()
@@ -197,3 +197,29 @@ def test_errors_stop_the_sweep():
     assert r.counted == r.ok + sum(r.errors.values())
     assert r.errors["503"] == r.error_kinds["queue_full"] > 0
     assert r.errors["bad_response"] > 0
+
+
+def test_idle_keepalive_connections_are_not_reused():
+    """A connection idle longer than the client's keep-alive is replaced, not reused (a server closing
+    it at that moment would fail the request); one used again at once is reused."""
+    ports: list[int] = []
+
+    async def record(request):
+        ports.append(request.transport.get_extra_info("peername")[1])
+        return web.json_response({"results": [{"predictions": [{"label": "x"}]}]})
+
+    async def three_requests(client: LoadClient) -> None:
+        for pause_s in (0, 0, 0.6):
+            await asyncio.sleep(pause_s)
+            assert (await client.send(RAW[0])).outcome == "ok"
+
+    against_scripted_server(record, three_requests, keepalive_s=0.4)
+    assert ports[0] == ports[1] != ports[2]
+
+
+def test_client_keepalive_is_under_the_service_idle_close():
+    from loadtest.runner import KEEPALIVE_S
+    from service.frontend import uvicorn_config
+    from service.settings import Settings
+
+    assert uvicorn_config(None, Settings()).timeout_keep_alive > KEEPALIVE_S
