@@ -6,11 +6,19 @@ at start-up: the decode alone, then decode + EXIF + resize + crop
     python -m loadtest.gpu_decode                              # CUDA, batches of 32 and 256, 3 s each
     python -m loadtest.gpu_decode --batch 64 --images 500x375 --seconds 5 --decoder nvimgcodec
     python -m loadtest.gpu_decode --decoder nvimgcodec --hardware-share 1,0.9,0.65   # hardware vs CUDA split
+    python -m loadtest.gpu_decode --decoder nvimgcodec --cpu-threads 4,16 --fancy-upsampling 1,0
 
-Each row runs its batch over and over, waiting for the GPU after each, and prints images per second
-and the host CPU this thread spent per image (``time.thread_time``): in the engine that thread is the
+nvImageCodec's settings other than the engine's (``--hardware-share``, ``--cpu-threads``: its host
+threads, ``--fancy-upsampling 0``: chroma repeated, which the engine never asks for) are each measured
+as a decoder of its own, one setting changed at a time: whether its hardware decoder takes the
+images only when not asked to interpolate chroma, and whether its host threads are the bound.
+
+Each row runs its batch over and over, waiting for the GPU after each, and prints images per second,
+the host CPU this thread spent per image (``time.thread_time``: in the engine that thread is the
 batcher's prepare thread, which shares the process's GIL with the engine's event loop, so its CPU
-per image bounds the service whatever the GPU does.
+per image bounds the service whatever the GPU does) and the CPU of the whole process per image
+(``time.process_time``: with the decoder's own host threads, which parse and, in nvImageCodec's
+hybrid backend, Huffman-decode; their sum over the wall time is the cores it kept busy).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from model.preprocessing import CROP_SIZE, RESIZE_SIZE
 from service.decode_batch import DecodeBatch
 from service.gpu_decode import (
     GROUP_MAX_BYTES,
+    NVIMGCODEC_CPU_THREADS,
     JpegDecoder,
     decoder_factories,
     nvimgcodec_decoder,
@@ -37,19 +46,19 @@ from service.gpu_decode import (
 )
 
 
-def measure(run: Callable[[], object], sync: Callable[[], None], seconds: float) -> tuple[int, float, float]:
-    """(calls, wall seconds, this thread's CPU seconds) of ``run`` + ``sync`` repeated for ``seconds``,
-    after one call to warm up."""
+def measure(run: Callable[[], object], sync: Callable[[], None], seconds: float) -> tuple[int, float, float, float]:
+    """(calls, wall seconds, this thread's CPU seconds, the process's CPU seconds) of ``run`` + ``sync``
+    repeated for ``seconds``, after one call to warm up."""
     run()
     sync()
-    calls, wall0, cpu0 = 0, time.perf_counter(), time.thread_time()
+    calls, wall0, cpu0, process0 = 0, time.perf_counter(), time.thread_time(), time.process_time()
     while True:
         run()
         sync()
         calls += 1
         wall = time.perf_counter() - wall0
         if wall >= seconds:
-            return calls, wall, time.thread_time() - cpu0
+            return calls, wall, time.thread_time() - cpu0, time.process_time() - process0
 
 
 def rows(device: str, decode_batch: DecodeBatch, jpegs: list[bytes], batches: list[int], seconds: float) -> list[dict]:
@@ -70,10 +79,16 @@ def rows(device: str, decode_batch: DecodeBatch, jpegs: list[bytes], batches: li
             "+ resize, crop: one by one": functools.partial(alone.decode, items),
         }
         for name, run in paths.items():
-            calls, wall, cpu = measure(run, sync, seconds)
+            calls, wall, cpu, process_cpu = measure(run, sync, seconds)
             images = calls * size
             out.append(
-                {"batch": size, "path": name, "img_per_s": images / wall, "host_cpu_us_per_img": cpu / images * 1e6}
+                {
+                    "batch": size,
+                    "path": name,
+                    "img_per_s": images / wall,
+                    "host_cpu_us_per_img": cpu / images * 1e6,
+                    "process_cpu_us_per_img": process_cpu / images * 1e6,
+                }
             )
     return out
 
@@ -104,6 +119,18 @@ def main(argv: list[str] | None = None) -> int:
         "(the rest to nvJPEG's CUDA decoders), comma-separated, each measured as a decoder of its own "
         "(default: 1, the engine's: all of it)",
     )
+    parser.add_argument(
+        "--cpu-threads",
+        default=str(NVIMGCODEC_CPU_THREADS),
+        help="for nvimgcodec: its host threads, comma-separated, each measured as a decoder of its own "
+        f"(default: {NVIMGCODEC_CPU_THREADS}, the engine's)",
+    )
+    parser.add_argument(
+        "--fancy-upsampling",
+        default="1",
+        help="for nvimgcodec: 1 (interpolated chroma, the engine's) and/or 0 (repeated: would its hardware "
+        "decoder take more?), comma-separated (default: 1)",
+    )
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("no CUDA GPU is visible to PyTorch here; --device cpu measures the decoders' CPU paths")
@@ -111,21 +138,24 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in chosen if name not in names]
     if unknown or not chosen:
         parser.error(f"--decoder: {unknown or 'none given'}; choose from {names}")
-    try:
-        shares = [float(share) for share in args.hardware_share.split(",") if share.strip()]
-    except ValueError:
-        shares = []
-    if not shares or not all(0 < share <= 1 for share in shares):
-        parser.error(f"--hardware-share: fractions in (0, 1], comma-separated, got {args.hardware_share!r}")
+    shares = _values(
+        parser, "--hardware-share", args.hardware_share, float, lambda v: 0 < v <= 1, "fractions in (0, 1]"
+    )
+    threads = _values(parser, "--cpu-threads", args.cpu_threads, int, lambda v: v >= 1, "integers of at least 1")
+    fancy = _values(parser, "--fancy-upsampling", args.fancy_upsampling, int, lambda v: v in (0, 1), "0 or 1")
+    # nvImageCodec's settings other than the engine's, one at a time: (label, nvimgcodec_decoder's keyword, value)
+    variants = [(f"hardware share {v:g}", "hardware_share", v) for v in shares if v != 1.0]
+    variants += [(f"{v} CPU threads", "cpu_threads", v) for v in threads if v != NVIMGCODEC_CPU_THREADS]
+    variants += [("chroma repeated (fancy_upsampling=0)", "fancy_upsampling", False) for v in fancy if v == 0]
     # (label, factories to start it from: None = the engine's own) for each decoder measured
     runs: list[tuple[str, dict | None]] = []
     for name in chosen:
-        for share in shares if name == "nvimgcodec" else [1.0]:
-            if share == 1.0:
-                runs.append((name, None))
-            else:
-                label = f"nvimgcodec, hardware share {share:g}"
-                runs.append((label, {label: functools.partial(nvimgcodec_decoder, hardware_share=share)}))
+        if name != "nvimgcodec" or (1.0 in shares and NVIMGCODEC_CPU_THREADS in threads and 1 in fancy):
+            runs.append((name, None))
+        if name == "nvimgcodec":
+            for what, keyword, value in variants:
+                label = f"nvimgcodec, {what}"
+                runs.append((label, {label: functools.partial(nvimgcodec_decoder, **{keyword: value})}))
     batches = [int(b) for b in args.batch.split(",") if b.strip()]
     corpus = build_corpus(args.images)
     gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "no GPU"
@@ -137,14 +167,31 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as exc:
             print(f"{name}: not measured, {exc}")
             continue
-        print(f"{name} ({decoder.chroma}):\n{'batch':>5}  {'path':<34} {'img/s':>9} {'host CPU us/img':>16}")
+        print(
+            f"{name} ({decoder.chroma}):\n{'batch':>5}  {'path':<34} {'img/s':>9} {'host CPU us/img':>16} "
+            f"{'process CPU us/img':>19}"
+        )
         for row in rows(args.device, decoder.decode_batch, [c.data for c in corpus], batches, args.seconds):
-            print(f"{row['batch']:>5}  {row['path']:<34} {row['img_per_s']:>9.0f} {row['host_cpu_us_per_img']:>16.1f}")
+            print(
+                f"{row['batch']:>5}  {row['path']:<34} {row['img_per_s']:>9.0f} {row['host_cpu_us_per_img']:>16.1f} "
+                f"{row['process_cpu_us_per_img']:>19.1f}"
+            )
         measured += 1
     if not measured:
         print("error: no decoder could be measured", file=sys.stderr)
         return 1
     return 0
+
+
+def _values(parser: argparse.ArgumentParser, flag: str, text: str, parse, valid, what: str) -> list:
+    """A comma-separated flag's values, each parsed and valid, or a usage error naming the flag."""
+    try:
+        values = [parse(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(valid(value) for value in values):
+        parser.error(f"{flag}: {what}, comma-separated, got {text!r}")
+    return values
 
 
 if __name__ == "__main__":

@@ -16,10 +16,14 @@ orientation here: the front end reads it from the header and it is applied on th
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
 import os
+import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -80,13 +84,56 @@ def torchvision_decoder(device: str) -> DecodeBatch:
     return decode
 
 
+# The nvImageCodec extensions the engine decodes with: nvJPEG's (the hardware and CUDA JPEG decoders) and
+# libjpeg-turbo's (its CPU decoder, which runs this code on a CPU host). Left to itself it loads every
+# extension in its folder, and those whose CUDA library is not installed (nvJPEG2000, nvTIFF: JPEG 2000
+# and TIFF, which the engine is never sent) each print an [ERROR] into the engine's log at start-up.
+NVIMGCODEC_EXTENSIONS = ("libnvjpeg_ext", "libjpeg_turbo_ext")
+
+
+def import_nvimgcodec():
+    """``nvidia.nvimgcodec``, with only ``NVIMGCODEC_EXTENSIONS`` loaded where this import is the first in
+    the process (it loads its extensions once, on import) and ``NVIMGCODEC_EXTENSIONS_PATH`` is not set
+    already (then the user's choice stands): their files, linked from a folder of their own, are what
+    it is pointed at for the import. An ImportError where it is not installed."""
+    # Its C++ side prints a warning per image it cannot parse; the engine reports those itself. Read
+    # once, at import: errors still print.
+    os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "1")
+    if "nvidia.nvimgcodec" not in sys.modules and "NVIMGCODEC_EXTENSIONS_PATH" not in os.environ:
+        spec = importlib.util.find_spec("nvidia.nvimgcodec")
+        folders = list(spec.submodule_search_locations or []) if spec is not None else []
+        chosen = [
+            path
+            for folder in folders[:1]
+            for path in sorted((Path(folder) / "extensions").glob("*.so*"))
+            if path.name.partition(".so")[0] in NVIMGCODEC_EXTENSIONS
+        ]
+        if chosen:
+            with tempfile.TemporaryDirectory(prefix="alexnet-nvimgcodec-") as only:
+                for path in chosen:
+                    os.symlink(path, Path(only) / path.name)
+                os.environ["NVIMGCODEC_EXTENSIONS_PATH"] = only
+                try:
+                    from nvidia import nvimgcodec
+                finally:  # loaded by now; not for the processes this one starts
+                    del os.environ["NVIMGCODEC_EXTENSIONS_PATH"]
+                return nvimgcodec
+    from nvidia import nvimgcodec
+
+    return nvimgcodec
+
+
 # nvImageCodec's host threads for a batch (parsing; Huffman decoding in its hybrid backend): a few, not
 # its default of one per core, which would compete with the front ends for the cores.
 NVIMGCODEC_CPU_THREADS = 4
 
 
 def nvimgcodec_decoder(
-    device: str, fancy_upsampling: bool = True, hardware: bool = True, hardware_share: float = 1.0
+    device: str,
+    fancy_upsampling: bool = True,
+    hardware: bool = True,
+    hardware_share: float = 1.0,
+    cpu_threads: int = NVIMGCODEC_CPU_THREADS,
 ) -> DecodeBatch:
     """nvJPEG through nvImageCodec (``nvidia-nvimgcodec-cu13`` with ``nvidia-nvjpeg``), asked to
     interpolate chroma as libjpeg-turbo does (``fancy_upsampling``; False asks it to repeat), or an
@@ -96,7 +143,8 @@ def nvimgcodec_decoder(
     the GPU has one, then nvJPEG's CUDA decoders. ``hardware_share``: the fraction of each batch
     offered to the hardware decoder (its ``load_hint``), the rest going to the CUDA decoders as they
     would; 1.0 (the engine's) offers it all. DALI gives it 0.65 or 0.9 by default; which is faster
-    here is ``python -m loadtest.gpu_decode --hardware-share``'s to measure. A JPEG they refuse comes back as an exception and goes
+    here is ``python -m loadtest.gpu_decode --hardware-share``'s to measure, as ``cpu_threads``
+    (nvImageCodec's host threads) is ``--cpu-threads``'s. A JPEG they refuse comes back as an exception and goes
     back to a front end's CPU path (the service's decode, with its limits), not to nvImageCodec's own
     CPU decoders. On ``cpu`` the same calls run its libjpeg-turbo decoder (``hardware`` changes nothing
     there), so a CPU host tests this code.
@@ -105,11 +153,7 @@ def nvimgcodec_decoder(
     from CUDA's own pool (cudaMallocAsync), not torch's allocator. Read against nvImageCodec's source
     (v0.8, with 0.9's docstrings), not yet run on a GPU.
     """
-    # Its C++ side prints a warning per image it cannot parse; the engine reports those itself. Read
-    # once, at import: errors still print.
-    os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "1")
-    from nvidia import nvimgcodec
-
+    nvimgcodec = import_nvimgcodec()
     dev = torch.device(device)
     on_cuda = dev.type == "cuda"
     if on_cuda:
@@ -120,6 +164,8 @@ def nvimgcodec_decoder(
         device_id, kinds = nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, [nvimgcodec.CPU_ONLY]
     if not 0 < hardware_share <= 1:
         raise ValueError(f"hardware_share must be in (0, 1], got {hardware_share}")
+    if cpu_threads < 1:
+        raise ValueError(f"cpu_threads must be at least 1, got {cpu_threads}")
     backends = [
         nvimgcodec.Backend(kind, load_hint=hardware_share if kind == nvimgcodec.HW_GPU_ONLY else 1.0) for kind in kinds
     ]
@@ -127,7 +173,7 @@ def nvimgcodec_decoder(
     # backend "may ignore or honor" it (nvImageCodec's docs): start_jpeg_decoder measures what it got.
     decoder = nvimgcodec.Decoder(
         device_id=device_id,
-        max_num_cpu_threads=NVIMGCODEC_CPU_THREADS,
+        max_num_cpu_threads=cpu_threads,
         backends=backends,
         options=f":fancy_upsampling={int(fancy_upsampling)}",
     )

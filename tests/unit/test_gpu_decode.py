@@ -4,7 +4,9 @@ chroma probe (service.chroma_probe) that chooses among the decoders."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import os
 import pathlib
 import re
 import subprocess
@@ -166,6 +168,34 @@ def test_nvimgcodec_gives_pils_pixels_upright_as_stored_with_a_failure_in_its_pl
     assert tuple(out[4].shape) == (3, 500, 375)  # as stored; upright it would be 375 high
 
 
+def test_nvimgcodec_loads_only_the_extensions_the_engine_decodes_with():
+    """nvImageCodec loads every extension in its folder on import, and those without their CUDA library
+    (nvJPEG2000, nvTIFF) each print an [ERROR] into the engine's log: the engine's import loads only
+    nvJPEG's and libjpeg-turbo's, whose CPU decoder still decodes here. A folder the user names in
+    NVIMGCODEC_EXTENSIONS_PATH is left as it is (here the full one: the errors are back)."""
+    _nvimgcodec()
+    script = (
+        "import torch, os; from service import gpu_decode as g; "
+        "print(g.nvimgcodec_decoder('cpu')([torch.frombuffer(g.tiny_jpeg(), dtype=torch.uint8)])[0].shape, "
+        "os.environ.get('NVIMGCODEC_EXTENSIONS_PATH'))"
+    )
+    (folder,) = importlib.util.find_spec("nvidia.nvimgcodec").submodule_search_locations
+    full = str(pathlib.Path(folder) / "extensions")
+    outputs = {}
+    for name, path in (("engine", None), ("user's", full)):
+        env = {k: v for k, v in os.environ.items() if k != "NVIMGCODEC_EXTENSIONS_PATH"}
+        if path is not None:
+            env["NVIMGCODEC_EXTENSIONS_PATH"] = path
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+        assert run.returncode == 0, run.stderr
+        outputs[name] = run
+    engine, users = outputs["engine"], outputs["user's"]
+    assert engine.stdout.split() == ["torch.Size([3,", "24,", "32])", "None"]  # decoded; the variable not left set
+    assert "nvjpeg2k" not in engine.stdout + engine.stderr and "nvtiff" not in engine.stdout + engine.stderr
+    assert "nvjpeg2k" in users.stdout + users.stderr and "nvtiff" in users.stdout + users.stderr
+    assert users.stdout.split()[-1] == full
+
+
 def test_on_cuda_nvimgcodec_allows_its_gpu_backends_only_and_its_hardware_decoder_first_unless_told_not_to(
     monkeypatch,
 ):
@@ -201,41 +231,58 @@ def test_the_hardware_decoder_can_be_offered_a_share_of_each_batch_only(monkeypa
     assert len(made) == 1
 
 
-def test_the_decode_benchmark_measures_each_hardware_share_as_a_decoder_of_its_own(monkeypatch, capsys):
-    """Each share starts as the engine starts a decoder (a test JPEG, the chroma probes), under its own
-    label; 1 is the engine's own nvimgcodec. Here on the CPU, with PIL standing in for nvJPEG."""
+def test_the_decode_benchmark_measures_each_nvimgcodec_setting_as_a_decoder_of_its_own(monkeypatch, capsys):
+    """Each setting other than the engine's (a hardware share, a number of host threads, repeated
+    chroma) starts as the engine starts a decoder (a test JPEG, the chroma probes), under its own label,
+    with only that setting changed; the engine's own nvimgcodec first. Here on the CPU, with PIL
+    standing in for nvJPEG, and the rows carry the process's CPU per image beside the thread's."""
     from loadtest import gpu_decode as bench
 
-    shares = []
+    made = []
 
-    def fake(device, fancy_upsampling=True, hardware=True, hardware_share=1.0):
-        shares.append(hardware_share)
+    def fake(device, **settings):
+        made.append(settings)
         return pil_decode
 
     monkeypatch.setattr(gpu_decode, "nvimgcodec_decoder", fake)
     monkeypatch.setattr(bench, "nvimgcodec_decoder", fake)
-    code = bench.main(
-        [
-            "--device",
-            "cpu",
-            "--decoder",
-            "nvimgcodec",
-            "--hardware-share",
-            "1,0.65",
-            "--batch",
-            "2",
-            "--seconds",
-            "0.01",
-            "--images",
-            "64x48",
-        ]
-    )
+    flags = ["--device", "cpu", "--decoder", "nvimgcodec", "--batch", "2", "--seconds", "0.01", "--images", "64x48"]
+    code = bench.main([*flags, "--hardware-share", "1,0.65", "--cpu-threads", "4,16", "--fancy-upsampling", "1,0"])
     out = capsys.readouterr().out
-    assert code == 0 and shares == [1.0, 0.65]
-    assert "\nnvimgcodec (chroma interpolated" in out and "\nnvimgcodec, hardware share 0.65 (chroma" in out
-    with pytest.raises(SystemExit) as exit_info:
-        bench.main(["--device", "cpu", "--hardware-share", "0"])
-    assert exit_info.value.code == 2 and "--hardware-share: fractions in (0, 1]" in capsys.readouterr().err
+    assert code == 0
+    assert made == [{}, {"hardware_share": 0.65}, {"cpu_threads": 16}, {"fancy_upsampling": False}]
+    labels = [line.partition(" (chroma")[0] for line in out.splitlines() if " (chroma" in line]
+    assert labels == [
+        "nvimgcodec",
+        "nvimgcodec, hardware share 0.65",
+        "nvimgcodec, 16 CPU threads",
+        "nvimgcodec, chroma repeated (fancy_upsampling=0)",
+    ]
+    assert "process CPU us/img" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("    2  decode alone")]
+    assert len(rows) == 4 and all(float(row[-1]) >= float(row[-2]) > 0 for row in rows)  # process >= thread
+    made.clear()
+    assert bench.main([*flags, "--cpu-threads", "8"]) == 0  # the engine's own not asked for: not measured
+    assert made == [{"cpu_threads": 8}]
+    for flag, value, message in (
+        ("--hardware-share", "0", "--hardware-share: fractions in (0, 1]"),
+        ("--cpu-threads", "0", "--cpu-threads: integers of at least 1"),
+        ("--fancy-upsampling", "2", "--fancy-upsampling: 0 or 1"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main(["--device", "cpu", flag, value])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_nvimgcodec_is_created_with_the_host_threads_asked_for(monkeypatch):
+    nvimgcodec = _nvimgcodec()
+    made = []
+    monkeypatch.setattr(nvimgcodec, "Decoder", lambda **kwargs: made.append(kwargs))
+    gpu_decode.nvimgcodec_decoder("cuda:0")
+    gpu_decode.nvimgcodec_decoder("cuda:0", cpu_threads=16)
+    assert [kwargs["max_num_cpu_threads"] for kwargs in made] == [gpu_decode.NVIMGCODEC_CPU_THREADS, 16]
+    with pytest.raises(ValueError, match="cpu_threads must be at least 1, got 0"):
+        gpu_decode.nvimgcodec_decoder("cuda:0", cpu_threads=0)
 
 
 def test_repeated_chroma_is_what_the_interpolation_option_avoids():
