@@ -358,8 +358,8 @@ async def _sweep_and_report(args, api_key: str | None) -> int:
     files = write_outputs(out, meta, results, not args.no_plots, title)
     print(report.table([report.row(r) for r in results]))
     print(
-        "latency in ms; batch, qwait, prep and infer (ms, the last two per batch) are the server's own means "
-        "from /metrics"
+        "latency in ms; srv (ms per answered request), batch, qwait, prep and infer (ms, the last two per "
+        "batch) are the server's own means from /metrics"
         + ("; cli% is summed over the load processes" if args.procs > 1 else "")
         + "\nwrote: "
         + ", ".join(str(f) for f in files)

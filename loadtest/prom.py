@@ -19,6 +19,12 @@ PREPARE = "alexnet_batch_prepare_duration_seconds"
 PREPROCESS = "alexnet_preprocess_duration_seconds"
 ERRORS = "alexnet_errors_total"
 IMAGES = "alexnet_images_total"
+# Labelled by route and status: its answered (200) requests on every route but /metrics (the scrapes),
+# summed into one histogram under this name: the server's own time per request, from its front end's
+# middleware to the last byte handed to uvicorn. The client's latency less this is the client's and the
+# kernel's share, and uvicorn's parsing.
+REQUEST = "alexnet_request_duration_seconds"
+REQUEST_OK = REQUEST + "{status=200}"
 
 
 @dataclass
@@ -65,11 +71,13 @@ def parse(text: str) -> Snapshot:
     """Prometheus text exposition -> histograms (unlabelled ones) and counters by label values."""
     snap = Snapshot()
     for family in text_string_to_metric_families(text):
-        if family.type == "histogram":
+        if family.type == "histogram" and family.name == REQUEST:
+            snap.histograms[REQUEST_OK] = _answered_requests(family.samples)
+        elif family.type == "histogram":
             hist = Histogram()
             for sample in family.samples:
                 if sample.labels.keys() - {"le"}:
-                    continue  # labelled histograms (per route) are not needed here
+                    continue  # labelled histograms are not needed here
                 if sample.name.endswith("_bucket"):
                     hist.buckets[float(sample.labels["le"])] = sample.value
                 elif sample.name.endswith("_count"):
@@ -85,8 +93,25 @@ def parse(text: str) -> Snapshot:
     return snap
 
 
+def _answered_requests(samples) -> Histogram:
+    """REQUEST's samples -> one histogram of its 200s on every route but /metrics (see REQUEST_OK)."""
+    hist = Histogram()
+    for sample in samples:
+        if sample.labels.get("status") != "200" or sample.labels.get("route") == "/metrics":
+            continue
+        if sample.name.endswith("_bucket"):
+            le = float(sample.labels["le"])
+            hist.buckets[le] = hist.buckets.get(le, 0.0) + sample.value
+        elif sample.name.endswith("_count"):
+            hist.count += sample.value
+        elif sample.name.endswith("_sum"):
+            hist.sum += sample.value
+    return hist
+
+
 def step_summary(before: Snapshot, after: Snapshot) -> dict:
-    """What the server did between two scrapes: batches, batch size, queue wait, inference, errors."""
+    """What the server did between two scrapes: batches, batch size, queue wait, inference, its own time
+    per answered request, errors."""
     out: dict = {}
     if BATCH in after.histograms:
         batch = after.histograms[BATCH].minus(before.histograms.get(BATCH, Histogram()))
@@ -103,6 +128,7 @@ def step_summary(before: Snapshot, after: Snapshot) -> dict:
         (PREPARE, "prepare"),
         (INFERENCE, "inference"),
         (PREPROCESS, "preprocess"),
+        (REQUEST_OK, "request"),
     ):
         if name in after.histograms:
             h = after.histograms[name].minus(before.histograms.get(name, Histogram()))

@@ -57,6 +57,7 @@ def row(result: StepResult) -> dict:
         "prepare_mean_ms",
         "inference_mean_ms",
         "preprocess_mean_ms",
+        "request_mean_ms",
     ):
         out[f"server_{key}"] = _r(server.get(key))
     return out
@@ -99,6 +100,7 @@ COLUMNS = [  # (header, row key, format)
     ("p99", "p99_ms", "{:.1f}"),
     ("p99.9", "p99.9_ms", "{:.1f}"),
     ("max", "max_ms", "{:.1f}"),
+    ("srv", "server_request_mean_ms", "{:.1f}"),
     ("batch", "server_batch_size_mean", "{:.1f}"),
     ("qwait", "server_queue_wait_mean_ms", "{:.1f}"),
     ("prep", "server_prepare_mean_ms", "{:.1f}"),
@@ -108,8 +110,8 @@ COLUMNS = [  # (header, row key, format)
 
 
 def table(rows: list[dict]) -> str:
-    """Fixed-width text table; latencies in ms; ``batch``, ``qwait``, ``prep`` and ``infer`` (ms) are
-    the server's means."""
+    """Fixed-width text table; latencies in ms; ``srv`` (ms: its time per answered request), ``batch``,
+    ``qwait``, ``prep`` and ``infer`` (ms) are the server's means."""
     cells = [[h for h, _, _ in COLUMNS]]
     for r in rows:
         line = []

@@ -127,6 +127,7 @@ def _http_row(backend: str, what: str, step: dict) -> dict:
         "batch_mean": step.get("server_batch_size_mean"),
         "prepare_ms": step.get("server_prepare_mean_ms"),  # per batch, the engine's (decode on the GPU path)
         "infer_ms": step.get("server_inference_mean_ms"),  # per batch, the backend call and top-k
+        "request_ms": step.get("server_request_mean_ms"),  # per answered request, the server's own time
     }
 
 
@@ -181,7 +182,8 @@ def markdown(report: dict) -> str:
                 continue
             note = (
                 f"{r.get('errors', 0)} errors, mean batch {_fmt(r.get('batch_mean'), '.1f')}, per batch prepare "
-                f"{_fmt(r.get('prepare_ms'), '.2f')} ms, infer {_fmt(r.get('infer_ms'), '.2f')} ms"
+                f"{_fmt(r.get('prepare_ms'), '.2f')} ms, infer {_fmt(r.get('infer_ms'), '.2f')} ms; the server's "
+                f"mean per request {_fmt(r.get('request_ms'), '.2f')} ms"
                 if "errors" in r
                 else ""
             )

@@ -69,6 +69,12 @@ alexnet_queue_wait_seconds_count 10.0
 alexnet_queue_wait_seconds_sum 0.01
 # TYPE alexnet_errors_total counter
 alexnet_errors_total{kind="queue_full"} 1.0
+# TYPE alexnet_request_duration_seconds histogram
+alexnet_request_duration_seconds_bucket{le="0.01",route="/classify",status="200"} 5.0
+alexnet_request_duration_seconds_bucket{le="0.1",route="/classify",status="200"} 5.0
+alexnet_request_duration_seconds_bucket{le="+Inf",route="/classify",status="200"} 5.0
+alexnet_request_duration_seconds_count{route="/classify",status="200"} 5.0
+alexnet_request_duration_seconds_sum{route="/classify",status="200"} 0.02
 """
 
 METRICS_AFTER = """
@@ -93,6 +99,25 @@ alexnet_batch_prepare_duration_seconds_sum 0.06
 # TYPE alexnet_errors_total counter
 alexnet_errors_total{kind="queue_full"} 4.0
 alexnet_errors_total{kind="bad_image"} 2.0
+# TYPE alexnet_request_duration_seconds histogram
+alexnet_request_duration_seconds_bucket{le="0.01",route="/classify",status="200"} 15.0
+alexnet_request_duration_seconds_bucket{le="0.1",route="/classify",status="200"} 15.0
+alexnet_request_duration_seconds_bucket{le="+Inf",route="/classify",status="200"} 15.0
+alexnet_request_duration_seconds_count{route="/classify",status="200"} 15.0
+alexnet_request_duration_seconds_sum{route="/classify",status="200"} 0.07
+alexnet_request_duration_seconds_bucket{le="0.01",route="/v2/models/{model_name}/infer",status="200"} 0.0
+alexnet_request_duration_seconds_bucket{le="0.1",route="/v2/models/{model_name}/infer",status="200"} 10.0
+alexnet_request_duration_seconds_bucket{le="+Inf",route="/v2/models/{model_name}/infer",status="200"} 10.0
+alexnet_request_duration_seconds_count{route="/v2/models/{model_name}/infer",status="200"} 10.0
+alexnet_request_duration_seconds_sum{route="/v2/models/{model_name}/infer",status="200"} 0.2
+alexnet_request_duration_seconds_bucket{le="0.01",route="/classify",status="503"} 3.0
+alexnet_request_duration_seconds_bucket{le="+Inf",route="/classify",status="503"} 3.0
+alexnet_request_duration_seconds_count{route="/classify",status="503"} 3.0
+alexnet_request_duration_seconds_sum{route="/classify",status="503"} 0.003
+alexnet_request_duration_seconds_bucket{le="0.01",route="/metrics",status="200"} 0.0
+alexnet_request_duration_seconds_bucket{le="+Inf",route="/metrics",status="200"} 1.0
+alexnet_request_duration_seconds_count{route="/metrics",status="200"} 1.0
+alexnet_request_duration_seconds_sum{route="/metrics",status="200"} 5.0
 """
 
 
@@ -105,6 +130,10 @@ def test_metrics_diff_counts_only_the_step():
     assert 10.0 <= s["queue_wait_p50_ms"] <= 100.0
     assert s["errors"] == {"queue_full": 3, "bad_image": 2}
     assert s["prepare_mean_ms"] == pytest.approx(3.0)  # new in the step: 60 ms over 20 batches
+    # answered requests of every route but /metrics, summed: 10 /classify (50 ms) and 10 /v2 (200 ms);
+    # the 503s and the scrape are not in it
+    assert s["request_mean_ms"] == pytest.approx(12.5)
+    assert 0.0 <= s["request_p50_ms"] <= 10.0 < s["request_p99_ms"] <= 100.0
 
 
 def test_histogram_quantile_interpolates_like_prometheus():
