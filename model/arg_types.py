@@ -15,7 +15,9 @@ def at_least(cast: Callable[[str], float], low: float, strict: bool = False) -> 
 
     def parse(text: str):
         value = _number(cast, text)
-        if not math.isfinite(value) or value < low or (strict and value == low):  # NaN fails isfinite
+        if not math.isfinite(value):  # NaN too
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
+        if value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
         return value
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import ipaddress
 import logging
 import os
 import subprocess
@@ -199,6 +200,24 @@ def refusal(
     return needs_a_gpu(settings, cuda_check)
 
 
+def exposure_warning(settings: Settings) -> str | None:
+    """What to warn of when the server listens beyond this host with no API key (``make serve`` and the
+    images listen on 0.0.0.0: inside a container that is their only way out); None otherwise."""
+    if settings.api_key is not None or settings.host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(settings.host).is_loopback:
+            return None
+    except ValueError:  # a host name: it may resolve to any interface
+        pass
+    where = "every interface" if settings.host in ("0.0.0.0", "::") else settings.host
+    return (
+        f"listening on {where} with no API key: anyone who can reach port {settings.port} can use this server; "
+        f"set {ENV_PREFIX}API_KEY (clients then send 'Authorization: Bearer <key>'), or --host 127.0.0.1 for this "
+        "host only"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     for warning in unknown_variables(os.environ):
         print(warning, file=sys.stderr)
@@ -213,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[supervisor]: %(message)s"
     )
+    if (exposed := exposure_warning(settings)) is not None:
+        logging.getLogger("service").warning(exposed)
     # The engine and the front ends are new processes: they read their Settings from this environment.
     values = settings.model_dump(exclude_none=True)
     if settings.api_key is not None:

@@ -23,8 +23,9 @@ def test_a_value_in_bounds_comes_back_as_its_type(parse, text, value):
         (positive_int, "0", "must be at least 1, got 0"),
         (positive_int, "1.5", "invalid int value: '1.5'"),
         (positive_float, "0", "must be above 0, got 0"),
-        (positive_float, "nan", "must be above 0, got nan"),
-        (positive_float, "inf", "must be above 0, got inf"),  # a duration or tolerance is finite
+        (positive_float, "nan", "must be a finite number above 0, got nan"),
+        (positive_float, "inf", "must be a finite number above 0, got inf"),  # a duration or tolerance is finite
+        (non_negative_float, "-inf", "must be a finite number at least 0, got -inf"),
         (non_negative_float, "-1", "must be at least 0, got -1"),
         (fraction, "1.1", "must be from 0 to 1 (0.9 = 90%), got 1.1"),
         (fraction, "nan", "must be from 0 to 1"),

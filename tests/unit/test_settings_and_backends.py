@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from service.__main__ import ENV_ONLY, get_args_parser, settings_from_args
+from service.__main__ import ENV_ONLY, exposure_warning, get_args_parser, settings_from_args
 from service.backends import select_backend
 from service.backends.torch import cuda_graph_buckets
 from service.errors import BackendUnavailable
@@ -56,6 +56,31 @@ def test_the_api_key_is_read_from_the_environment_only(monkeypatch):
     assert "s3cret" not in repr(settings_from_args([]))
     with pytest.raises(SystemExit):
         settings_from_args(["--api-key", "x"])
+
+
+@pytest.mark.parametrize(
+    ("host", "key", "warned"),
+    [
+        ("0.0.0.0", None, "every interface"),
+        ("::", None, "every interface"),
+        ("10.1.2.3", None, "10.1.2.3"),
+        ("myhost.example", None, "myhost.example"),
+        ("0.0.0.0", "s3cret", None),
+        ("127.0.0.1", None, None),
+        ("::1", None, None),
+        ("localhost", None, None),
+    ],
+)
+def test_listening_beyond_this_host_without_a_key_is_warned_of(monkeypatch, host, key, warned):
+    monkeypatch.delenv("ALEXNET_API_KEY", raising=False)
+    if key:
+        monkeypatch.setenv("ALEXNET_API_KEY", key)
+    text = exposure_warning(settings_from_args(["--host", host, "--port", "8123"]))
+    if warned is None:
+        assert text is None
+    else:
+        assert text.startswith(f"listening on {warned} with no API key: anyone who can reach port 8123")
+        assert "ALEXNET_API_KEY" in text and "--host 127.0.0.1" in text
 
 
 def test_an_api_key_from_a_secret_file_ending_in_a_newline_is_the_key_clients_send(monkeypatch):
