@@ -129,25 +129,46 @@ class Pipeline:
         seconds = time.perf_counter() - start
         return (seconds - waited[0], waited[0]) if waited else (seconds, None)
 
+    def _stage_jpeg(
+        self, data: bytes, span: Span, config: PreprocessConfig
+    ) -> tuple[wire.ImageRef, float, float | None] | None:
+        """A GPU candidate's header checked and, where the GPU takes it, its bytes in ``span``: as
+        ``_stage_one`` answers; None where it is for the CPU path (CMYK, another frame, too large)."""
+        start = time.perf_counter()
+        orientation = inspect_jpeg(data, config, GPU_DECODE_MAX_PIXELS)
+        if orientation is None:
+            return None
+        self.arena.write(Span(span.first, span.slots, span.offset, len(data)), data)
+        return wire.ImageRef("jpeg", span.offset, len(data), orientation), time.perf_counter() - start, None
+
     def _stage_one(
         self, data: bytes, span: Span, config: PreprocessConfig, gpu: bool, abandoned: threading.Event
     ) -> tuple[wire.ImageRef, float, float | None]:
         """On a decode thread: the image's ref once its bytes or its crop are in ``span``, the seconds
         that took, and the seconds it waited for the decode budget (None if it did not need to)."""
-        if gpu and _gpu_candidate(data):
-            start = time.perf_counter()
-            orientation = inspect_jpeg(data, config, GPU_DECODE_MAX_PIXELS)
-            if orientation is not None:  # the GPU takes it: only the bytes cross
-                self.arena.write(Span(span.first, span.slots, span.offset, len(data)), data)
-                return wire.ImageRef("jpeg", span.offset, len(data), orientation), time.perf_counter() - start, None
+        if gpu and _gpu_candidate(data) and (staged := self._stage_jpeg(data, span, config)) is not None:
+            return staged  # the GPU takes it: only the bytes cross
         seconds, waited = self._stage_crop(data, span, config, abandoned)
         return wire.ImageRef("crop", span.offset, config.crop_bytes), seconds, waited
+
+    def _check_alone_on_the_loop(self, data: bytes, span: Span, config: PreprocessConfig) -> list | None:
+        """The one JPEG of a request for the GPU: its header checked here, on the event loop, as
+        ``_stage_one`` would on a decode thread (a tenth of a millisecond, most of it holding the GIL
+        either way), saving the two hand-offs to and from that thread (~0.1 ms of a c=1 request on the
+        2-core Xeon, docs/bench/c1-breakdown-2core.md). ``prepare``'s results, or the error in its
+        place; None when the GPU does not take it (it is then decoded on a decode thread: milliseconds)."""
+        try:
+            staged = self._stage_jpeg(data, span, config)
+        except Exception as exc:  # as a decode thread's failure: prepare frees the span and raises it
+            return [exc]
+        return None if staged is None else [staged]
 
     async def prepare(
         self, images: list[bytes], gpu: bool | None = None, positions: list[int] | None = None
     ) -> list[Staged]:
-        """Decode (or check) every image on the decode threads, off the event loop, into the arena.
-        ``gpu``: JPEGs go to the engine as bytes (default: where the engine decodes them).
+        """Decode (or check) every image on the decode threads, off the event loop, into the arena; the
+        header of a request's only JPEG bound for the GPU is checked on the loop. ``gpu``: JPEGs go to
+        the engine as bytes (default: where the engine decodes them).
 
         The first bad image's ServiceError is raised, naming which image it was when there are
         several (by ``positions``, the images' places in their request, where given); then no slot
@@ -165,18 +186,10 @@ class Pipeline:
             for span in spans:
                 self.arena.free(span)
             raise
-        abandoned = threading.Event()  # set if the request ends first: started jobs stop waiting for the budget
-        jobs = self._decoder.submit_request(
-            [(self._stage_one, (data, span, config, gpu, abandoned)) for data, span in zip(images, spans, strict=True)]
-        )
-        try:
-            results = await asyncio.gather(*(asyncio.wrap_future(job) for job in jobs), return_exceptions=True)
-        except asyncio.CancelledError:  # hang-up or deadline: images not yet started are not decoded,
-            abandoned.set()
-            for job in jobs:  # and a thread may still be writing into a span: free them after
-                job.cancel()
-            self._free_when_done(jobs, spans)
-            raise
+        alone = gpu and len(images) == 1 and _gpu_candidate(images[0])
+        results = self._check_alone_on_the_loop(images[0], spans[0], config) if alone else None
+        if results is None:  # (one the GPU does not take is not checked again there)
+            results = await self._stage_on_threads(images, spans, config, gpu and not alone)
         for index, result in enumerate(results):
             if isinstance(result, BaseException):
                 for span in spans:
@@ -185,12 +198,29 @@ class Pipeline:
                     result.message = f"image {index if positions is None else positions[index]}: {result.message}"
                 raise result
         staged = []
-        for (ref, seconds, waited), span, data in zip(results, spans, images, strict=True):  # type: ignore[misc]
+        for (ref, seconds, waited), span, data in zip(results, spans, images, strict=True):
             self.client.observe(("preprocess", seconds))
             if waited is not None:
                 self.client.observe(("decode_memory_wait", waited))
             staged.append(Staged(ref, span, seconds * 1000, data if ref.kind == "jpeg" else None))
         return staged
+
+    async def _stage_on_threads(
+        self, images: list[bytes], spans: list[Span], config: PreprocessConfig, gpu: bool
+    ) -> list:
+        """``_stage_one`` of each image on the decode threads: its results, or the exception in its place."""
+        abandoned = threading.Event()  # set if the request ends first: started jobs stop waiting for the budget
+        jobs = self._decoder.submit_request(
+            [(self._stage_one, (data, span, config, gpu, abandoned)) for data, span in zip(images, spans, strict=True)]
+        )
+        try:
+            return await asyncio.gather(*(asyncio.wrap_future(job) for job in jobs), return_exceptions=True)
+        except asyncio.CancelledError:  # hang-up or deadline: images not yet started are not decoded,
+            abandoned.set()
+            for job in jobs:  # and a thread may still be writing into a span: free them after
+                job.cancel()
+            self._free_when_done(jobs, spans)
+            raise
 
     def _free_when_done(self, jobs: list, spans: list[Span]) -> None:
         """Free ``spans`` on the event loop once every decode job has finished writing into them."""

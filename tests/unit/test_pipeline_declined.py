@@ -19,7 +19,7 @@ from PIL import Image
 from service import wire
 from service.arena import SLOT_BYTES, Arena, ArenaView
 from service.decode_budget import DecodeBudget
-from service.errors import CorruptImage, DeadlineExceeded, error_from_kind
+from service.errors import CorruptImage, DeadlineExceeded, NotAnImage, error_from_kind
 from service.pipeline import Pipeline
 from service.preprocess import PreprocessConfig, preprocess_uint8
 
@@ -233,5 +233,50 @@ def test_a_client_that_leaves_as_the_cpu_decode_finishes_has_the_second_submit_c
         pipeline.prepare = prepare_then_leave  # type: ignore[method-assign]
         engine.answer(1, [wire.DECLINED])
         await ends_with_the_second_submit_cancelled(waiting, engine, arena)
+
+    asyncio.run(main())
+
+
+# -- where a JPEG bound for the GPU is checked ---------------------------------------------------------
+
+
+def cmyk_jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.new("CMYK", (64, 48), (10, 20, 30, 40)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def test_a_requests_only_jpeg_for_the_gpu_is_checked_on_the_loop_not_a_decode_thread(setup, monkeypatch):
+    """One JPEG: its header checked and its bytes staged without a hand-off to the decode threads; a
+    bad header fails the same way, its slot freed. Two JPEGs, or one the GPU does not take (CMYK,
+    decoded on a thread, its header not checked twice), still go to the decode threads."""
+    import service.pipeline as pipeline_module
+
+    pipeline, _engine, arena = setup
+    threaded: list[int] = []
+    submit_request = pipeline._decoder.submit_request
+    monkeypatch.setattr(
+        pipeline._decoder, "submit_request", lambda calls: threaded.append(len(calls)) or submit_request(calls)
+    )
+    inspected: list[int] = []
+    inspect = pipeline_module.inspect_jpeg
+    monkeypatch.setattr(pipeline_module, "inspect_jpeg", lambda *args: inspected.append(1) or inspect(*args))
+
+    async def main() -> None:
+        (one,) = await pipeline.prepare([jpeg(1)])
+        assert one.ref.kind == "jpeg" and one.jpeg == jpeg(1) and threaded == [] and len(inspected) == 1
+        pipeline.arena.free(one.span)
+        with pytest.raises(NotAnImage):
+            await pipeline.prepare([b"\xff\xd8\xff\xe0" + b"\x00" * 64])
+        assert threaded == [] and arena.used_slots == 0
+        both = await pipeline.prepare([jpeg(2), jpeg(3)])
+        assert [s.ref.kind for s in both] == ["jpeg", "jpeg"] and threaded == [2]
+        for s in both:
+            pipeline.arena.free(s.span)
+        inspected.clear()
+        (crop,) = await pipeline.prepare([cmyk_jpeg()])
+        assert crop.ref.kind == "crop" and threaded == [2, 1] and len(inspected) == 1
+        pipeline.arena.free(crop.span)
+        assert arena.used_slots == 0
 
     asyncio.run(main())
