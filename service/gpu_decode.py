@@ -16,6 +16,7 @@ orientation here: the front end reads it from the header and it is applied on th
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import io
 import logging
@@ -95,7 +96,14 @@ def import_nvimgcodec():
     """``nvidia.nvimgcodec``, with only ``NVIMGCODEC_EXTENSIONS`` loaded where this import is the first in
     the process (it loads its extensions once, on import) and ``NVIMGCODEC_EXTENSIONS_PATH`` is not set
     already (then the user's choice stands): their files, linked from a folder of their own, are what
-    it is pointed at for the import. An ImportError where it is not installed."""
+    it is pointed at for the import. An ImportError where it is not installed.
+
+    Each chosen extension is loaded from its real path first. An extension finds the CUDA library it
+    wraps (nvJPEG's ``libnvjpeg.so.13``) when nvImageCodec registers it, through its run path, relative
+    to the folder it was loaded from (``$ORIGIN/../../cu13/lib``, where the nvidia-nvjpeg wheel puts it):
+    loaded through a link in a temporary folder, it would look there and find nothing ("Failed to load
+    nvjpeg library", and no GPU decoder). The dynamic loader knows the link's file as the one already
+    loaded and hands nvImageCodec that copy, with its real folder."""
     # Its C++ side prints a warning per image it cannot parse; the engine reports those itself. Read
     # once, at import: errors still print.
     os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "1")
@@ -111,6 +119,7 @@ def import_nvimgcodec():
         if chosen:
             with tempfile.TemporaryDirectory(prefix="alexnet-nvimgcodec-") as only:
                 for path in chosen:
+                    ctypes.CDLL(str(path))  # never unloaded (ctypes does not close what it opened)
                     os.symlink(path, Path(only) / path.name)
                 os.environ["NVIMGCODEC_EXTENSIONS_PATH"] = only
                 try:
