@@ -28,6 +28,7 @@ from service.decode_budget import DecodeBudget
 from service.decode_pool import DecodePool
 from service.engine_client import EngineClient
 from service.errors import DeadlineExceeded, NotReady, QueueFull, ServiceError
+from service.header_checks import first_scan
 from service.preprocess import (
     PreprocessConfig,
     decode_opened,
@@ -49,6 +50,21 @@ GPU_DECODE_MAX_BYTES = 8 * SLOT_BYTES
 def _gpu_candidate(data: bytes) -> bool:
     """Worth a look for the GPU path: a JPEG by its magic number, and not too many bytes."""
     return data.startswith(JPEG_MAGIC) and len(data) <= GPU_DECODE_MAX_BYTES
+
+
+# A request's only JPEG for the GPU has its header checked on the event loop (``_check_alone_on_the_loop``)
+# only where the header is short: PIL reads it segment by segment in Python, and the EXIF block entry by
+# entry, and a crafted 1.2 MB of empty segments held the loop ~0.5 s (a decode thread lets the loop run
+# in between). Within these, a header takes at most ~2 ms (an EXIF block of 16 KB of entries; 2-core
+# AMD EPYC); a photo's ~0.1 ms. Longer ones, and those that do not parse, go to a decode thread.
+LOOP_HEADER_STEPS = 32
+LOOP_HEADER_BYTES = 16 * 1024
+
+
+def _short_header(data: bytes) -> bool:
+    """A JPEG whose segments before its first scan parse, number at most LOOP_HEADER_STEPS and end
+    within LOOP_HEADER_BYTES."""
+    return 0 < first_scan(data, LOOP_HEADER_STEPS) <= LOOP_HEADER_BYTES
 
 
 @dataclass(slots=True)
@@ -152,11 +168,12 @@ class Pipeline:
         return wire.ImageRef("crop", span.offset, config.crop_bytes), seconds, waited
 
     def _check_alone_on_the_loop(self, data: bytes, span: Span, config: PreprocessConfig) -> list | None:
-        """The one JPEG of a request for the GPU: its header checked here, on the event loop, as
-        ``_stage_one`` would on a decode thread (a tenth of a millisecond, most of it holding the GIL
-        either way), saving the two hand-offs to and from that thread (~0.1 ms of a c=1 request on the
-        2-core Xeon, docs/bench/c1-breakdown-2core.md). ``prepare``'s results, or the error in its
-        place; None when the GPU does not take it (it is then decoded on a decode thread: milliseconds)."""
+        """The one JPEG of a request for the GPU, its header short (``_short_header``): checked here, on
+        the event loop, as ``_stage_one`` would on a decode thread (a tenth of a millisecond, most of it
+        holding the GIL either way), saving the two hand-offs to and from that thread (~0.1 ms of a c=1
+        request on the 2-core Xeon, docs/bench/c1-breakdown-2core.md). ``prepare``'s results, or the
+        error in its place; None when the GPU does not take it (it is then decoded on a decode thread:
+        milliseconds)."""
         try:
             staged = self._stage_jpeg(data, span, config)
         except Exception as exc:  # as a decode thread's failure: prepare frees the span and raises it
@@ -167,8 +184,8 @@ class Pipeline:
         self, images: list[bytes], gpu: bool | None = None, positions: list[int] | None = None
     ) -> list[Staged]:
         """Decode (or check) every image on the decode threads, off the event loop, into the arena; the
-        header of a request's only JPEG bound for the GPU is checked on the loop. ``gpu``: JPEGs go to
-        the engine as bytes (default: where the engine decodes them).
+        header of a request's only JPEG bound for the GPU, if short, is checked on the loop. ``gpu``:
+        JPEGs go to the engine as bytes (default: where the engine decodes them).
 
         The first bad image's ServiceError is raised, naming which image it was when there are
         several (by ``positions``, the images' places in their request, where given); then no slot
@@ -186,7 +203,7 @@ class Pipeline:
             for span in spans:
                 self.arena.free(span)
             raise
-        alone = gpu and len(images) == 1 and _gpu_candidate(images[0])
+        alone = gpu and len(images) == 1 and _gpu_candidate(images[0]) and _short_header(images[0])
         results = self._check_alone_on_the_loop(images[0], spans[0], config) if alone else None
         if results is None:  # (one the GPU does not take is not checked again there)
             results = await self._stage_on_threads(images, spans, config, gpu and not alone)

@@ -20,7 +20,7 @@ from service import wire
 from service.arena import SLOT_BYTES, Arena, ArenaView
 from service.decode_budget import DecodeBudget
 from service.errors import CorruptImage, DeadlineExceeded, NotAnImage, error_from_kind
-from service.pipeline import Pipeline
+from service.pipeline import LOOP_HEADER_BYTES, LOOP_HEADER_STEPS, Pipeline
 from service.preprocess import PreprocessConfig, preprocess_uint8
 
 MODEL = wire.ModelInfo(
@@ -246,10 +246,16 @@ def cmyk_jpeg() -> bytes:
     return out.getvalue()
 
 
+def with_segments(data: bytes, count: int, size: int = 0) -> bytes:
+    """``data`` (a JPEG) with ``count`` comment segments of ``size`` bytes each after its SOI marker."""
+    return data[:2] + (b"\xff\xfe" + (size + 2).to_bytes(2, "big") + b"c" * size) * count + data[2:]
+
+
 def test_a_requests_only_jpeg_for_the_gpu_is_checked_on_the_loop_not_a_decode_thread(setup, monkeypatch):
-    """One JPEG: its header checked and its bytes staged without a hand-off to the decode threads; a
-    bad header fails the same way, its slot freed. Two JPEGs, or one the GPU does not take (CMYK,
-    decoded on a thread, its header not checked twice), still go to the decode threads."""
+    """One JPEG: its header checked and its bytes staged without a hand-off to the decode threads. Two
+    JPEGs, one the GPU does not take (CMYK, decoded on a thread, its header not checked twice), or one
+    whose header is long (PIL parses it in Python: a crafted one held the loop ~0.5 s) or does not
+    parse (a bad header, failing as it would have, its slot freed) still go to the decode threads."""
     import service.pipeline as pipeline_module
 
     pipeline, _engine, arena = setup
@@ -266,9 +272,19 @@ def test_a_requests_only_jpeg_for_the_gpu_is_checked_on_the_loop_not_a_decode_th
         (one,) = await pipeline.prepare([jpeg(1)])
         assert one.ref.kind == "jpeg" and one.jpeg == jpeg(1) and threaded == [] and len(inspected) == 1
         pipeline.arena.free(one.span)
+        within = with_segments(jpeg(1), LOOP_HEADER_STEPS - 9, 16)  # + PIL's 8 segments and the scan's marker
+        (one,) = await pipeline.prepare([within])
+        assert one.ref.kind == "jpeg" and threaded == []
+        pipeline.arena.free(one.span)
+        for long in (with_segments(jpeg(1), LOOP_HEADER_STEPS), with_segments(jpeg(1), 1, LOOP_HEADER_BYTES)):
+            (one,) = await pipeline.prepare([long])
+            assert one.ref.kind == "jpeg" and one.jpeg == long and threaded == [1]
+            pipeline.arena.free(one.span)
+            threaded.clear()
         with pytest.raises(NotAnImage):
             await pipeline.prepare([b"\xff\xd8\xff\xe0" + b"\x00" * 64])
-        assert threaded == [] and arena.used_slots == 0
+        assert threaded == [1] and arena.used_slots == 0
+        threaded.clear()
         both = await pipeline.prepare([jpeg(2), jpeg(3)])
         assert [s.ref.kind for s in both] == ["jpeg", "jpeg"] and threaded == [2]
         for s in both:
