@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import platform
 import sys
@@ -50,24 +49,12 @@ from loadtest.payloads import KINDS, Payload, build_payload
 from loadtest.progress import ProgressBar
 from loadtest.sigterm import sigterm_cancels_this_task
 from loadtest.step import ARRIVALS, MODES, StepConfig, StepResult
-from model.arg_types import non_negative_float, positive_float, positive_int
+from model.arg_types import comma_separated, non_negative_float, positive_float, positive_int
 from model.atomic_write import OutputPathError, check_output_folder
 from model.help_format import DefaultsRawDescriptionHelpFormatter
 
 if TYPE_CHECKING:
     from service.preprocess import PreprocessConfig
-
-
-def _numbers(text: str, cast=float) -> list:
-    """Comma-separated numbers, at least one, each finite and > 0 (a step of 0 clients or 0 requests/s
-    cannot run)."""
-    try:
-        values = [cast(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or not all(math.isfinite(v) and v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers > 0, got {text!r}")
-    return values
 
 
 def _base_url(text: str) -> str:
@@ -116,11 +103,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=MODES, default="closed", help="closed loop (clients) or open loop (rate)")
     p.add_argument(
         "--concurrency",
-        type=lambda t: _numbers(t, int),
+        type=comma_separated(positive_int),
         default=[1, 2, 4, 8, 16, 32],
         help="closed loop: concurrent clients per step, comma-separated",
     )
-    p.add_argument("--rate", type=_numbers, default=[10.0], help="open loop: requests/s per step, comma-separated")
+    p.add_argument(
+        "--rate",
+        type=comma_separated(positive_float),
+        default=[10.0],
+        help="open loop: requests/s per step, comma-separated",
+    )
     p.add_argument("--arrival", choices=ARRIVALS, default="constant", help="open loop: inter-arrival times")
     p.add_argument("--duration-s", type=positive_float, default=10.0, help="measured seconds per step")
     p.add_argument(

@@ -36,6 +36,7 @@ from loadtest.bench_summary import summarize, unmeasured_backends
 from loadtest.ceilings import engine_ceiling, load_backend, pipeline_ceiling, preprocess_time_ms
 from loadtest.corpus import build_corpus
 from loadtest.progress import say
+from model.arg_types import comma_separated, non_negative_float, positive_float, positive_int
 from model.atomic_write import write_text_atomic
 from model.help_format import DefaultsRawDescriptionHelpFormatter
 from service.process import reuse_freed_memory
@@ -43,10 +44,6 @@ from service.process import reuse_freed_memory
 GPU_BACKENDS = ("torch", "onnxruntime", "tensorrt")
 DEFAULT_CONCURRENCY = [1, 4, 16, 32]
 GPU_CONCURRENCY = (1, 16, 32, 64, 128)
-
-
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -74,18 +71,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", default="photos,500x375", help="corpus (see python -m loadtest --help)")
     p.add_argument(
         "--concurrency",
-        type=_ints,
+        type=comma_separated(positive_int),
         default=DEFAULT_CONCURRENCY,
         help=f"(c) (d) sweep (--gpu: {','.join(map(str, GPU_CONCURRENCY))})",
     )
-    p.add_argument("--duration-s", type=float, default=8.0, help="measured seconds per step of (b) (c) (d)")
-    p.add_argument("--warmup-s", type=float, default=2.0, help="unmeasured seconds before each step")
-    p.add_argument("--engine-batches", type=_ints, default=[1, 8, 32], help="(a) batch sizes")
-    p.add_argument("--engine-time-s", type=float, default=3.0, help="(a) seconds per batch size")
+    p.add_argument("--duration-s", type=positive_float, default=8.0, help="measured seconds per step of (b) (c) (d)")
+    p.add_argument("--warmup-s", type=non_negative_float, default=2.0, help="unmeasured seconds before each step")
+    p.add_argument("--engine-batches", type=comma_separated(positive_int), default=[1, 8, 32], help="(a) batch sizes")
+    p.add_argument("--engine-time-s", type=positive_float, default=3.0, help="(a) seconds per batch size")
     p.add_argument("--no-naive", action="store_true", help="skip (d)")
     p.add_argument(
         "--open-at",
-        type=float,
+        type=non_negative_float,
         default=0.8,
         help="after the sweep, each HTTP server in an open loop (Poisson) at this fraction of its peak req/s; 0: skip",
     )

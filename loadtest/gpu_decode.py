@@ -32,6 +32,7 @@ from collections.abc import Callable
 import torch
 
 from loadtest.corpus import build_corpus
+from model.arg_types import comma_separated, one_of, positive_float, positive_fraction, positive_int
 from model.host import cpu_model
 from model.preprocessing import CROP_SIZE, RESIZE_SIZE
 from service.decode_batch import DecodeBatch
@@ -102,11 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--device", default="cuda", help="where to decode (default: cuda)")
-    parser.add_argument("--batch", default="32,256", help="batch sizes, comma-separated (default: 32,256)")
+    parser.add_argument(
+        "--batch",
+        type=comma_separated(positive_int),
+        default=[32, 256],
+        help="batch sizes, comma-separated (default: 32,256)",
+    )
     parser.add_argument(
         "--images", default="photos,500x375", help="corpus spec, as python -m loadtest's (default: photos,500x375)"
     )
-    parser.add_argument("--seconds", type=float, default=3.0, help="per row (default: 3)")
+    parser.add_argument("--seconds", type=positive_float, default=3.0, help="per row (default: 3)")
     names = list(decoder_factories())
     parser.add_argument(
         "--decoder",
@@ -116,20 +122,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--hardware-share",
-        default="1",
+        type=comma_separated(positive_fraction),
+        default=[1.0],
         help="for nvimgcodec: the fractions of each batch offered to the GPU's hardware JPEG decoder "
         "(the rest to nvJPEG's CUDA decoders), comma-separated, each measured as a decoder of its own "
         "(default: 1, the engine's: all of it)",
     )
     parser.add_argument(
         "--cpu-threads",
-        default=str(NVIMGCODEC_CPU_THREADS),
+        type=comma_separated(positive_int),
+        default=[NVIMGCODEC_CPU_THREADS],
         help="for nvimgcodec: its host threads, comma-separated, each measured as a decoder of its own "
         f"(default: {NVIMGCODEC_CPU_THREADS}, the engine's)",
     )
     parser.add_argument(
         "--fancy-upsampling",
-        default="1",
+        type=comma_separated(one_of(int, (0, 1))),
+        default=[1],
         help="for nvimgcodec: 1 (interpolated chroma, the engine's) and/or 0 (repeated: would its hardware "
         "decoder take more?), comma-separated (default: 1)",
     )
@@ -140,11 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in chosen if name not in names]
     if unknown or not chosen:
         parser.error(f"--decoder: {unknown or 'none given'}; choose from {names}")
-    shares = _values(
-        parser, "--hardware-share", args.hardware_share, float, lambda v: 0 < v <= 1, "fractions in (0, 1]"
-    )
-    threads = _values(parser, "--cpu-threads", args.cpu_threads, int, lambda v: v >= 1, "integers of at least 1")
-    fancy = _values(parser, "--fancy-upsampling", args.fancy_upsampling, int, lambda v: v in (0, 1), "0 or 1")
+    shares, threads, fancy = args.hardware_share, args.cpu_threads, args.fancy_upsampling
     # nvImageCodec's settings other than the engine's, one at a time: (label, nvimgcodec_decoder's keyword, value)
     variants = [(f"hardware share {v:g}", "hardware_share", v) for v in shares if v != 1.0]
     variants += [(f"{v} CPU threads", "cpu_threads", v) for v in threads if v != NVIMGCODEC_CPU_THREADS]
@@ -162,7 +167,6 @@ def main(argv: list[str] | None = None) -> int:
             for what, keyword, value in variants:
                 label = f"nvimgcodec, {what}"
                 runs.append((label, {label: functools.partial(nvimgcodec_decoder, **{keyword: value})}))
-    batches = [int(b) for b in args.batch.split(",") if b.strip()]
     corpus = build_corpus(args.images)
     gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "no GPU"
     print(f"host: {cpu_model()}, {gpu}; images: {', '.join(f'{c.width}x{c.height}' for c in corpus)}")
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{name} ({decoder.chroma}):\n{'batch':>5}  {'path':<34} {'img/s':>9} {'host CPU us/img':>16} "
             f"{'process CPU us/img':>19}"
         )
-        for row in rows(args.device, decoder.decode_batch, [c.data for c in corpus], batches, args.seconds):
+        for row in rows(args.device, decoder.decode_batch, [c.data for c in corpus], args.batch, args.seconds):
             print(
                 f"{row['batch']:>5}  {row['path']:<34} {row['img_per_s']:>9.0f} {row['host_cpu_us_per_img']:>16.1f} "
                 f"{row['process_cpu_us_per_img']:>19.1f}"
@@ -187,17 +191,6 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no decoder could be measured", file=sys.stderr)
         return 1
     return 0
-
-
-def _values(parser: argparse.ArgumentParser, flag: str, text: str, parse, valid, what: str) -> list:
-    """A comma-separated flag's values, each parsed and valid, or a usage error naming the flag."""
-    try:
-        values = [parse(value) for value in text.split(",") if value.strip()]
-    except ValueError:
-        values = []
-    if not values or not all(valid(value) for value in values):
-        parser.error(f"{flag}: {what}, comma-separated, got {text!r}")
-    return values
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def at_least(cast: Callable[[str], float], low: float, strict: bool = False) -> Callable[[str], float]:
@@ -37,7 +40,42 @@ def fraction(text: str) -> float:
     return value
 
 
-def _number(cast: Callable[[str], float], text: str) -> float:
+def positive_fraction(text: str) -> float:
+    """A share above 0, up to 1, such as the part of a batch offered to one decoder."""
+    value = _number(float, text)
+    if not 0 < value <= 1:  # also NaN
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {text}")
+    return value
+
+
+def one_of(cast: Callable[[str], T], allowed: tuple[T, ...]) -> Callable[[str], T]:
+    """One of ``allowed`` (``cast``: its type), such as a switch given as 0 or 1."""
+    words = " or ".join(map(str, allowed))
+
+    def parse(text: str) -> T:
+        value = _number(cast, text)
+        if value not in allowed:
+            raise argparse.ArgumentTypeError(f"must be {words}, got {text}")
+        return value
+
+    return parse
+
+
+def comma_separated(item: Callable[[str], T]) -> Callable[[str], list[T]]:
+    """Comma-separated values, at least one, each parsed by ``item`` (one of the types here): the first
+    that is not valid is the flag's error, in ``item``'s words (``--concurrency: must be at least 1, got
+    0``). A sweep's steps, a benchmark's batch sizes."""
+
+    def parse(text: str) -> list[T]:
+        values = [item(value.strip()) for value in text.split(",") if value.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}")
+        return values
+
+    return parse
+
+
+def _number(cast: Callable[[str], T], text: str) -> T:
     try:
         return cast(text)
     except ValueError:

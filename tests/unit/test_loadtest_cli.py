@@ -19,10 +19,12 @@ from loadtest.step import StepConfig, StepResult
 from tests.conftest import REPO
 
 BAD = [
-    (["--concurrency", "0"], "--concurrency: expected comma-separated numbers > 0"),
-    (["--concurrency", "1,-4"], "--concurrency: expected comma-separated numbers > 0"),
-    (["--mode", "open", "--rate", "0"], "--rate: expected comma-separated numbers > 0"),
-    (["--mode", "open", "--rate", "nan"], "--rate: expected comma-separated numbers > 0"),
+    (["--concurrency", "0"], "--concurrency: must be at least 1, got 0"),
+    (["--concurrency", "1,-4"], "--concurrency: must be at least 1, got -4"),
+    (["--concurrency", "1,2.5"], "--concurrency: invalid int value: '2.5'"),
+    (["--concurrency", ","], "--concurrency: expected comma-separated values, got ','"),
+    (["--mode", "open", "--rate", "0"], "--rate: must be above 0, got 0"),
+    (["--mode", "open", "--rate", "nan"], "--rate: must be a finite number above 0, got nan"),
     (["--images", "10x"], "--images: image spec entry '10x': use 'photos' or WIDTHxHEIGHT"),
     (["--images", "0x0"], "--images: image spec entry '0x0': width and height must be >= 1"),
     (["--images", "photos,640x0"], "--images: image spec entry '640x0'"),
@@ -106,7 +108,7 @@ def test_a_usage_error_through_the_command_line_is_one_line():
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     (line,) = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert line == "python -m loadtest: error: argument --concurrency: expected comma-separated numbers > 0, got '0'"
+    assert line == "python -m loadtest: error: argument --concurrency: must be at least 1, got 0"
 
 
 def test_a_run_where_every_request_failed_exits_1(tmp_path):
