@@ -17,15 +17,23 @@ DecodeBatch = Callable[[list[torch.Tensor]], Sequence[torch.Tensor | Exception]]
 
 def decode_each(decode_batch: DecodeBatch, data: list[torch.Tensor]) -> list[torch.Tensor | Exception]:
     """One image or one exception per JPEG: one batch call, or one call per image where the batch call
-    raises a RuntimeError (torchvision's returns nothing when one image fails)."""
+    raises (torchvision's returns nothing when one image fails) or does not answer every JPEG. One
+    image's failure, whatever its type, is that image's: a batch is never lost for it (a batch that
+    fails counts towards the engine's backend failures, which mark it unhealthy)."""
     try:
-        return list(decode_batch(data))
-    except RuntimeError as exc:
-        log.debug("batch JPEG decode failed (%s); decoding one by one", exc)
-    out: list[torch.Tensor | Exception] = []
+        out = list(decode_batch(data))
+    except Exception as exc:
+        log.debug("batch JPEG decode failed (%s: %s); decoding one by one", type(exc).__name__, exc)
+    else:
+        if len(out) == len(data):
+            return out
+        log.warning("the JPEG decoder answered %d of %d images; decoding one by one", len(out), len(data))
+    each: list[torch.Tensor | Exception] = []
     for tensor in data:
         try:
-            out.append(decode_batch([tensor])[0])
-        except RuntimeError as exc:
-            out.append(exc)
-    return out
+            (image,) = decode_batch([tensor])
+        except Exception as exc:  # a ValueError from unpacking too: an image it did not answer
+            each.append(exc)
+        else:
+            each.append(image)
+    return each

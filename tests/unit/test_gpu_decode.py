@@ -612,3 +612,34 @@ def test_the_decode_benchmark_measures_each_decoder_that_starts_and_names_the_ot
         exit_info.value.code == 2
         and "choose from ['nvimgcodec', 'nvimgcodec-no-hw', 'torchvision']" in capsys.readouterr().err
     )
+
+
+def test_one_jpeg_failing_in_any_way_is_that_jpegs_failure_not_the_batchs():
+    """decode_each: a batch call that raises any exception, or answers fewer images than it was given,
+    is retried image by image; each image's own failure (any exception type, or no answer) takes its
+    place. A batch lost to one image would count as a backend failure of the engine."""
+    from service.decode_batch import decode_each
+
+    good = torch.zeros(3, 2, 2, dtype=torch.uint8)
+    data = [torch.tensor([n], dtype=torch.uint8) for n in range(4)]  # 1: ValueError, 2: TypeError, 3: no answer
+
+    def decoder(batch: list[torch.Tensor]) -> list:
+        if len(batch) > 1:
+            return [good] * (len(batch) - 1)  # short: one image missing, no error
+        (n,) = batch[0].tolist()
+        if n == 1:
+            raise ValueError("odd image")
+        if n == 2:
+            raise TypeError("odd image")
+        return [] if n == 3 else [good]
+
+    out = decode_each(decoder, data)
+    assert out[0] is good and isinstance(out[1], ValueError) and isinstance(out[2], TypeError)
+    assert isinstance(out[3], ValueError) and len(out) == 4  # no answer for it: unpacking fails
+
+    def raising(batch: list[torch.Tensor]) -> list:
+        if len(batch) > 1:
+            raise ValueError("the batch call failed")
+        return [good]
+
+    assert decode_each(raising, data) == [good] * 4
