@@ -79,6 +79,13 @@ def check_jpeg_scans(data: bytes, width: int, height: int) -> None:
         )
 
 
+def ends_after_first_scan(data: bytes) -> bool:
+    """Whether an end-of-image marker follows the JPEG's first scan. A file cut short (an upload that
+    broke off) has none; an EXIF thumbnail's own, in the header before the scan, does not count."""
+    first = first_scan(data)
+    return 0 < first < data.rfind(_EOI)
+
+
 def first_scan(data: bytes, max_steps: int | None = None) -> int:
     """Offset of the first scan's marker, by walking the segments before it: 0 if they do not parse, or
     (with ``max_steps``) take more steps than that, a segment or a fill byte each."""

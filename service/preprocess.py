@@ -39,7 +39,7 @@ from model.preprocessing import (
     upright,
 )
 from service.errors import CorruptImage, EmptyBody, ImageTooLarge, NotAnImage, UnsupportedImageFormat
-from service.header_checks import check_decode_work, check_jpeg_scans
+from service.header_checks import check_decode_work, check_jpeg_scans, ends_after_first_scan
 
 # JPEG draft decoding keeps at least this multiple of the resize target, so the final bilinear
 # resize still does real antialiased downscaling and the result stays within ~1/255 of a full decode.
@@ -247,12 +247,13 @@ def jpeg_frame(data: bytes) -> int | None:
 def inspect_jpeg(data: bytes, config: PreprocessConfig, max_gpu_pixels: int) -> int | None:
     """For the GPU path: the EXIF orientation (1-8) of a JPEG the GPU decoder can take, None for one it
     should not (CMYK or other modes nvJPEG's RGB output does not cover, frames other than
-    ``GPU_JPEG_FRAMES``, over ``max_gpu_pixels``), or the same typed error ``decode`` would raise for a
-    bad header. No pixel is decoded here."""
+    ``GPU_JPEG_FRAMES``, over ``max_gpu_pixels``, a file cut short: nvJPEG's GPU decoders may fill in
+    what is missing where PIL refuses it), or the same typed error ``decode`` would raise for a bad
+    header. No pixel is decoded here."""
     image = open_checked(data, config)
     width, height = image.size
     if image.format != "JPEG" or image.mode not in ("RGB", "L") or width * height > max_gpu_pixels:
         return None
-    if jpeg_frame(data) not in GPU_JPEG_FRAMES:
+    if jpeg_frame(data) not in GPU_JPEG_FRAMES or not ends_after_first_scan(data):
         return None
     return exif_orientation(image)

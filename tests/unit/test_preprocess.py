@@ -364,3 +364,18 @@ def test_the_gpu_route_takes_huffman_coded_dct_jpegs_only():
     # Fill bytes before a marker are allowed; a header that ends before its frame has none.
     assert jpeg_frame(baseline[:2] + b"\xff" + baseline[2:]) == 0xC0
     assert jpeg_frame(baseline[:20]) is None and jpeg_frame(b"\xff\xd8\xff\xda\x00\x02") is None
+
+
+def test_a_jpeg_cut_short_stays_with_the_cpu_path_which_refuses_it_as_corrupt():
+    """nvJPEG's GPU decoders may fill in a file cut short where PIL refuses it (400 corrupt_image): a
+    JPEG with no end-of-image marker after its first scan is not for the GPU, even where one sits in
+    its header (an EXIF thumbnail's)."""
+    config = PreprocessConfig()
+    photo = make_image(320, 240, seed=3)
+    thumbnail_eoi = photo[:2] + b"\xff\xe1\x00\x08Exif\xff\xd9" + photo[2:]  # an APP1 holding EOI bytes
+    for whole in (photo, thumbnail_eoi):
+        assert inspect_jpeg(whole, config, 10**8) == 1
+        cut = whole[: len(whole) * 2 // 3]
+        assert inspect_jpeg(cut, config, 10**8) is None
+        with pytest.raises(CorruptImage):
+            preprocess_uint8(cut, config)
