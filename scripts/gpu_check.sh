@@ -144,12 +144,14 @@ fi
 # auto: auto decodes on the CPU where no decoder's chroma matches the CPU path's, and the GPU figures
 # are wanted whatever the chroma (the report lists the decoder each service took and its chroma).
 # Where none starts, auto: gpu would stop every service from starting, and the CPU figures still count.
+# The decoder it takes (and why the others were passed over) is in decoder-check.log.
 BENCH_DECODE=auto
 if { [ -z "$ONLY" ] || [[ ",$ONLY," == *",bench-service,"* ]]; } \
-    && timeout 120 "$PY" -c "from service.gpu_decode import start_jpeg_decoder as s; s('cuda', 256, 224)" \
-    > /dev/null 2>&1; then
+    && timeout 120 "$PY" -c "from service.gpu_decode import start_jpeg_decoder as s; d, n = s('cuda', 256, 224); \
+print('GPU JPEG decoder:', n, '|', d.chroma, '|', d.warning or 'no warning')" > "$WORK/decoder-check.log" 2>&1; then
     BENCH_DECODE=gpu
 fi
+echo "the service benchmark decodes with ALEXNET_DECODE=$BENCH_DECODE" >> "$WORK/decoder-check.log"
 step bench-service 330 env ALEXNET_DECODE=$BENCH_DECODE "$PY" -m loadtest.bench --gpu --onnx "$ONNX" \
     --duration-s 4 --warmup-s 1 --engine-batches 1,8,32 --engine-time-s 2 --procs auto --out "$WORK/bench" \
     --layout "cpu decode:--decode=cpu" --layout "1 front end, cpu decode:--decode=cpu --http-workers=1"
