@@ -19,6 +19,9 @@ PREPARE = "alexnet_batch_prepare_duration_seconds"
 PREPROCESS = "alexnet_preprocess_duration_seconds"
 ERRORS = "alexnet_errors_total"
 IMAGES = "alexnet_images_total"
+# Images by where they were decoded (cpu, gpu, tensor) and JPEGs the GPU decoder declined (then counted
+# again under cpu): a GPU figure whose images went back to the CPU is a CPU figure.
+DECODED = "alexnet_images_decoded_total"
 # Labelled by route and status: its answered (200) requests on every route but /metrics (the scrapes),
 # summed into one histogram under this name: the server's own time per request, from its front end's
 # middleware to the last byte handed to uvicorn. The client's latency less this is the client's and the
@@ -138,10 +141,17 @@ def step_summary(before: Snapshot, after: Snapshot) -> dict:
     if IMAGES in after.counters:
         out["images"] = int(sum(after.counters[IMAGES].values()) - sum(before.counters.get(IMAGES, {}).values()))
     if ERRORS in after.counters:
-        errors = {}
-        for labels, value in after.counters[ERRORS].items():
-            delta = value - before.counters.get(ERRORS, {}).get(labels, 0.0)
-            if delta:
-                errors[dict(labels).get("kind", "?")] = int(delta)
-        out["errors"] = errors
+        out["errors"] = _deltas(before, after, ERRORS, "kind")
+    if DECODED in after.counters:
+        out["decoded"] = _deltas(before, after, DECODED, "path")
     return out
+
+
+def _deltas(before: Snapshot, after: Snapshot, name: str, label: str) -> dict[str, int]:
+    """A labelled counter's increase over the step, by the value of ``label``; those that did not move left out."""
+    deltas = {}
+    for labels, value in after.counters[name].items():
+        delta = value - before.counters.get(name, {}).get(labels, 0.0)
+        if delta:
+            deltas[dict(labels).get(label, "?")] = int(delta)
+    return deltas

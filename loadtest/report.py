@@ -60,6 +60,9 @@ def row(result: StepResult) -> dict:
         "request_mean_ms",
     ):
         out[f"server_{key}"] = _r(server.get(key))
+    # Where its images were decoded, e.g. "cpu:12 declined:12 gpu:3000" (JPEGs declined by the GPU decoder
+    # are counted again under cpu); empty where the server does not say.
+    out["server_decoded"] = " ".join(f"{k}:{v}" for k, v in sorted(server.get("decoded", {}).items()))
     return out
 
 

@@ -128,6 +128,7 @@ def _http_row(backend: str, what: str, step: dict) -> dict:
         "prepare_ms": step.get("server_prepare_mean_ms"),  # per batch, the engine's (decode on the GPU path)
         "infer_ms": step.get("server_inference_mean_ms"),  # per batch, the backend call and top-k
         "request_ms": step.get("server_request_mean_ms"),  # per answered request, the server's own time
+        "decoded": step.get("server_decoded") or "",  # images by where they were decoded, e.g. "gpu:3000"
     }
 
 
@@ -183,7 +184,7 @@ def markdown(report: dict) -> str:
             note = (
                 f"{r.get('errors', 0)} errors, mean batch {_fmt(r.get('batch_mean'), '.1f')}, per batch prepare "
                 f"{_fmt(r.get('prepare_ms'), '.2f')} ms, infer {_fmt(r.get('infer_ms'), '.2f')} ms; the server's "
-                f"mean per request {_fmt(r.get('request_ms'), '.2f')} ms"
+                f"mean per request {_fmt(r.get('request_ms'), '.2f')} ms; decoded {r.get('decoded') or '-'}"
                 if "errors" in r
                 else ""
             )

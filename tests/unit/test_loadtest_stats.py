@@ -69,6 +69,10 @@ alexnet_queue_wait_seconds_count 10.0
 alexnet_queue_wait_seconds_sum 0.01
 # TYPE alexnet_errors_total counter
 alexnet_errors_total{kind="queue_full"} 1.0
+# TYPE alexnet_images_decoded_total counter
+alexnet_images_decoded_total{path="gpu"} 100.0
+alexnet_images_decoded_total{path="declined"} 1.0
+alexnet_images_decoded_total{path="cpu"} 1.0
 # TYPE alexnet_request_duration_seconds histogram
 alexnet_request_duration_seconds_bucket{le="0.01",route="/classify",status="200"} 5.0
 alexnet_request_duration_seconds_bucket{le="0.1",route="/classify",status="200"} 5.0
@@ -99,6 +103,11 @@ alexnet_batch_prepare_duration_seconds_sum 0.06
 # TYPE alexnet_errors_total counter
 alexnet_errors_total{kind="queue_full"} 4.0
 alexnet_errors_total{kind="bad_image"} 2.0
+# TYPE alexnet_images_decoded_total counter
+alexnet_images_decoded_total{path="gpu"} 190.0
+alexnet_images_decoded_total{path="declined"} 11.0
+alexnet_images_decoded_total{path="cpu"} 11.0
+alexnet_images_decoded_total{path="tensor"} 0.0
 # TYPE alexnet_request_duration_seconds histogram
 alexnet_request_duration_seconds_bucket{le="0.01",route="/classify",status="200"} 15.0
 alexnet_request_duration_seconds_bucket{le="0.1",route="/classify",status="200"} 15.0
@@ -129,6 +138,7 @@ def test_metrics_diff_counts_only_the_step():
     assert s["queue_wait_mean_ms"] == pytest.approx(50.0)  # 5 s over 100 images
     assert 10.0 <= s["queue_wait_p50_ms"] <= 100.0
     assert s["errors"] == {"queue_full": 3, "bad_image": 2}
+    assert s["decoded"] == {"gpu": 90, "declined": 10, "cpu": 10}  # paths that did not move left out
     assert s["prepare_mean_ms"] == pytest.approx(3.0)  # new in the step: 60 ms over 20 batches
     # answered requests of every route but /metrics, summed: 10 /classify (50 ms) and 10 /v2 (200 ms);
     # the 503s and the scrape are not in it
@@ -192,6 +202,13 @@ def test_report_row_adds_up(tmp_path):
     assert doc["steps"][0]["errors_by_status"] == {"503": 7, "timeout": 3}
     assert LatencyHistogram.decode(doc["steps"][0]["latency_hdr"]).count == 90  # ok answers only
     assert doc["steps"][0]["error_latency_ms"]["max"] == pytest.approx(1.0, rel=1e-2)
+
+
+def test_a_row_says_where_the_servers_images_were_decoded():
+    r = _result()
+    assert report.row(r)["server_decoded"] == ""  # a server that does not say
+    r.server = {"decoded": {"gpu": 90, "declined": 10, "cpu": 10}}
+    assert report.row(r)["server_decoded"] == "cpu:10 declined:10 gpu:90"
 
 
 def _strict_json(text: str):
