@@ -7,11 +7,14 @@ at start-up: the decode alone, then decode + EXIF + resize + crop
     python -m loadtest.gpu_decode --batch 64 --images 500x375 --seconds 5 --decoder nvimgcodec
     python -m loadtest.gpu_decode --decoder nvimgcodec --hardware-share 1,0.9,0.65   # hardware vs CUDA split
     python -m loadtest.gpu_decode --decoder nvimgcodec --cpu-threads 4,16 --fancy-upsampling 1,0
+    python -m loadtest.gpu_decode --decoder nvimgcodec --pool-keep-mib 1024,0    # its CUDA pool kept or not
 
 nvImageCodec's settings other than the engine's (``--hardware-share``, ``--cpu-threads``: its host
-threads, ``--fancy-upsampling 0``: chroma repeated, which the engine never asks for) are each measured
-as a decoder of its own, one setting changed at a time: whether its hardware decoder takes the
-images only when not asked to interpolate chroma, and whether its host threads are the bound.
+threads, ``--fancy-upsampling 0``: chroma repeated, which the engine never asks for,
+``--pool-keep-mib``: what its CUDA memory pool keeps between batches) are each measured as a decoder
+of its own, one setting changed at a time: whether its hardware decoder takes the images only when
+not asked to interpolate chroma, whether its host threads are the bound, and what mapping its memory
+again at every batch costs.
 
 Each row runs its batch over and over, waiting for the GPU after each, and prints images per second,
 the host CPU this thread spent per image (``time.thread_time``: in the engine that thread is the
@@ -32,13 +35,14 @@ from collections.abc import Callable
 import torch
 
 from loadtest.corpus import build_corpus
-from model.arg_types import comma_separated, one_of, positive_float, positive_fraction, positive_int
+from model.arg_types import at_least, comma_separated, one_of, positive_float, positive_fraction, positive_int
 from model.host import cpu_model
 from model.preprocessing import CROP_SIZE, RESIZE_SIZE
 from service.decode_batch import DecodeBatch
 from service.gpu_decode import (
     GROUP_MAX_BYTES,
     NVIMGCODEC_CPU_THREADS,
+    POOL_KEEP_BYTES,
     JpegDecoder,
     decoder_factories,
     nvimgcodec_decoder,
@@ -142,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         help="for nvimgcodec: 1 (interpolated chroma, the engine's) and/or 0 (repeated: would its hardware "
         "decoder take more?), comma-separated (default: 1)",
     )
+    parser.add_argument(
+        "--pool-keep-mib",
+        type=comma_separated(at_least(int, 0)),
+        default=[POOL_KEEP_BYTES >> 20],
+        help="for nvimgcodec: MiB its CUDA memory pool keeps between batches (0: it hands all back at each "
+        f"batch, CUDA's default), comma-separated (default: {POOL_KEEP_BYTES >> 20}, the engine's)",
+    )
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("no CUDA GPU is visible to PyTorch here; --device cpu measures the decoders' CPU paths")
@@ -149,19 +160,22 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in chosen if name not in names]
     if unknown or not chosen:
         parser.error(f"--decoder: {unknown or 'none given'}; choose from {names}")
-    shares, threads, fancy = args.hardware_share, args.cpu_threads, args.fancy_upsampling
+    shares, threads, fancy, keep = args.hardware_share, args.cpu_threads, args.fancy_upsampling, args.pool_keep_mib
     # nvImageCodec's settings other than the engine's, one at a time: (label, nvimgcodec_decoder's keyword, value)
     variants = [(f"hardware share {v:g}", "hardware_share", v) for v in shares if v != 1.0]
     variants += [(f"{v} CPU threads", "cpu_threads", v) for v in threads if v != NVIMGCODEC_CPU_THREADS]
     variants += [("chroma repeated (fancy_upsampling=0)", "fancy_upsampling", False) for v in fancy if v == 0]
+    variants += [(f"pool keeps {v} MiB", "pool_keep_bytes", v << 20) for v in keep if v << 20 != POOL_KEEP_BYTES]
     if variants and "nvimgcodec" not in chosen:
         parser.error(
-            "--hardware-share, --cpu-threads and --fancy-upsampling set nvimgcodec, which --decoder leaves out"
+            "--hardware-share, --cpu-threads, --fancy-upsampling and --pool-keep-mib set nvimgcodec, which "
+            "--decoder leaves out"
         )
     # (label, factories to start it from: None = the engine's own) for each decoder measured
     runs: list[tuple[str, dict | None]] = []
     for name in chosen:
-        if name != "nvimgcodec" or (1.0 in shares and NVIMGCODEC_CPU_THREADS in threads and 1 in fancy):
+        engines = 1.0 in shares and NVIMGCODEC_CPU_THREADS in threads and 1 in fancy and POOL_KEEP_BYTES >> 20 in keep
+        if name != "nvimgcodec" or engines:
             runs.append((name, None))
         if name == "nvimgcodec":
             for what, keyword, value in variants:

@@ -163,9 +163,11 @@ step bench-service 330 env ALEXNET_DECODE=$BENCH_DECODE "$PY" -m loadtest.bench 
 # 2026-12-04 decoded 3,100-3,400 JPEGs/s with the engine's settings, batch 32 or 256: these say whether
 # its hardware decoder took them and whether its host threads were the bound. Batch 1 too: at c=1 the
 # engine prepared one 500x375 JPEG in 0.95 ms there, most of the 2.5 ms issue 13 allows; which decoder
-# is quickest alone says what c=1 can reach. Six decoders of 9 rows of 1 s each: about 75 s.
-step gpu-decode 120 "$PY" -m loadtest.gpu_decode --batch 1,32,256 --seconds 1 --hardware-share 1,0.9 \
-    --cpu-threads 4,16 --fancy-upsampling 1,0
+# is quickest alone says what c=1 can reach. And its CUDA pool handing all its memory back at every
+# batch (CUDA's default, before 2026-12-05) against the engine's 1 GiB kept. Seven decoders of 9 rows
+# of 1 s each, with their start-ups: about 100-110 s.
+step gpu-decode 140 "$PY" -m loadtest.gpu_decode --batch 1,32,256 --seconds 1 --hardware-share 1,0.9 \
+    --cpu-threads 4,16 --fancy-upsampling 1,0 --pool-keep-mib 1024,0
 # Correctness on CUDA (it passed on the H200 on 2026-12-04): after the figures issue 13 still lacks, so a
 # spent budget cuts it rather than them; a broken GPU path shows in the service's figures first.
 step pytest-gpu 180 "$PY" -m pytest -q -rs -p no:cacheprovider tests/gpu tests/unit/test_preprocess.py \

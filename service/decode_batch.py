@@ -31,9 +31,12 @@ def decode_each(decode_batch: DecodeBatch, data: list[torch.Tensor]) -> list[tor
     each: list[torch.Tensor | Exception] = []
     for tensor in data:
         try:
-            (image,) = decode_batch([tensor])
-        except Exception as exc:  # a ValueError from unpacking too: an image it did not answer
+            answer = list(decode_batch([tensor]))
+        except Exception as exc:
             each.append(exc)
+            continue
+        if len(answer) == 1:
+            each.append(answer[0])
         else:
-            each.append(image)
+            each.append(RuntimeError(f"the JPEG decoder answered {len(answer)} images for one"))
     return each

@@ -136,6 +136,33 @@ def import_nvimgcodec():
 # its default of one per core, which would compete with the front ends for the cores.
 NVIMGCODEC_CPU_THREADS = 4
 
+# nvImageCodec takes its images' memory with cudaMallocAsync from the device's current memory pool,
+# whose release threshold is 0 unless set: at each synchronisation (one per batch) the pool hands its
+# free memory back to the driver, and the next batch maps it again (~140 MB for 256 decoded 500x375
+# images). The engine keeps up to this much in the pool instead, as PyTorch's caching allocator keeps
+# its own; ``python -m loadtest.gpu_decode --pool-keep-mib`` measures the difference.
+POOL_KEEP_BYTES = 1 << 30
+_CUDA_RUNTIME = "libcudart.so.13"  # the CUDA 13 runtime PyTorch's CUDA build has loaded already
+_POOL_ATTR_RELEASE_THRESHOLD = 4  # cudaMemPoolAttrReleaseThreshold (driver_types.h)
+
+
+def keep_pool_memory(device_index: int, keep_bytes: int, runtime: str = _CUDA_RUNTIME) -> str | None:
+    """Set the release threshold of ``device_index``'s current CUDA memory pool (the one cudaMallocAsync
+    draws from) to ``keep_bytes``: None when set, else why not (no CUDA runtime to call, a CUDA error)."""
+    try:
+        cudart = ctypes.CDLL(runtime)
+    except OSError as exc:
+        return f"cannot load the CUDA runtime ({exc})"
+    pool = ctypes.c_void_p()
+    if error := cudart.cudaDeviceGetMemPool(ctypes.byref(pool), ctypes.c_int(device_index)):
+        return f"cudaDeviceGetMemPool failed: CUDA error {error}"
+    threshold = ctypes.c_uint64(keep_bytes)
+    if error := cudart.cudaMemPoolSetAttribute(
+        pool, ctypes.c_int(_POOL_ATTR_RELEASE_THRESHOLD), ctypes.byref(threshold)
+    ):
+        return f"cudaMemPoolSetAttribute failed: CUDA error {error}"
+    return None
+
 
 def nvimgcodec_decoder(
     device: str,
@@ -143,6 +170,7 @@ def nvimgcodec_decoder(
     hardware: bool = True,
     hardware_share: float = 1.0,
     cpu_threads: int = NVIMGCODEC_CPU_THREADS,
+    pool_keep_bytes: int = POOL_KEEP_BYTES,
 ) -> DecodeBatch:
     """nvJPEG through nvImageCodec (``nvidia-nvimgcodec-cu13`` with ``nvidia-nvjpeg``), asked to
     interpolate chroma as libjpeg-turbo does (``fancy_upsampling``; False asks it to repeat), or an
@@ -153,7 +181,8 @@ def nvimgcodec_decoder(
     offered to the hardware decoder (its ``load_hint``), the rest going to the CUDA decoders as they
     would; 1.0 (the engine's) offers it all. DALI gives it 0.65 or 0.9 by default; which is faster
     here is ``python -m loadtest.gpu_decode --hardware-share``'s to measure, as ``cpu_threads``
-    (nvImageCodec's host threads) is ``--cpu-threads``'s. A JPEG they refuse comes back as an exception and goes
+    (nvImageCodec's host threads) is ``--cpu-threads``'s, and ``pool_keep_bytes`` (memory its CUDA pool
+    keeps between batches, ``POOL_KEEP_BYTES``) is ``--pool-keep-mib``'s. A JPEG they refuse comes back as an exception and goes
     back to a front end's CPU path (the service's decode, with its limits), not to nvImageCodec's own
     CPU decoders. On ``cpu`` the same calls run its libjpeg-turbo decoder (``hardware`` changes nothing
     there), so a CPU host tests this code.
@@ -175,6 +204,8 @@ def nvimgcodec_decoder(
         raise ValueError(f"hardware_share must be in (0, 1], got {hardware_share}")
     if cpu_threads < 1:
         raise ValueError(f"cpu_threads must be at least 1, got {cpu_threads}")
+    if on_cuda and (why := keep_pool_memory(device_id, pool_keep_bytes)) is not None:
+        log.warning("nvImageCodec's memory pool returns its memory at every batch: %s", why)
     backends = [
         nvimgcodec.Backend(kind, load_hint=hardware_share if kind == nvimgcodec.HW_GPU_ONLY else 1.0) for kind in kinds
     ]

@@ -255,20 +255,28 @@ def test_the_decode_benchmark_measures_each_nvimgcodec_setting_as_a_decoder_of_i
     monkeypatch.setattr(gpu_decode, "nvimgcodec_decoder", fake)
     monkeypatch.setattr(bench, "nvimgcodec_decoder", fake)
     flags = ["--device", "cpu", "--decoder", "nvimgcodec", "--batch", "2", "--seconds", "0.01", "--images", "64x48"]
-    code = bench.main([*flags, "--hardware-share", "1,0.65", "--cpu-threads", "4,16", "--fancy-upsampling", "1,0"])
+    variants = ["--hardware-share", "1,0.65", "--cpu-threads", "4,16", "--fancy-upsampling", "1,0"]
+    code = bench.main([*flags, *variants, "--pool-keep-mib", "1024,0"])
     out = capsys.readouterr().out
     assert code == 0
-    assert made == [{}, {"hardware_share": 0.65}, {"cpu_threads": 16}, {"fancy_upsampling": False}]
+    assert made == [
+        {},
+        {"hardware_share": 0.65},
+        {"cpu_threads": 16},
+        {"fancy_upsampling": False},
+        {"pool_keep_bytes": 0},
+    ]
     labels = [line.partition(" (chroma")[0] for line in out.splitlines() if " (chroma" in line]
     assert labels == [
         "nvimgcodec",
         "nvimgcodec, hardware share 0.65",
         "nvimgcodec, 16 CPU threads",
         "nvimgcodec, chroma repeated (fancy_upsampling=0)",
+        "nvimgcodec, pool keeps 0 MiB",
     ]
     assert "process CPU us/img" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("    2  decode alone")]
-    assert len(rows) == 4 and all(float(row[-1]) >= float(row[-2]) - 0.1 > 0 for row in rows)  # process >= thread
+    assert len(rows) == 5 and all(float(row[-1]) >= float(row[-2]) - 0.1 > 0 for row in rows)  # process >= thread
     made.clear()
     assert bench.main([*flags, "--cpu-threads", "8"]) == 0  # the engine's own not asked for: not measured
     assert made == [{"cpu_threads": 8}]
@@ -278,6 +286,7 @@ def test_the_decode_benchmark_measures_each_nvimgcodec_setting_as_a_decoder_of_i
         ("--fancy-upsampling", "2", "--fancy-upsampling: must be 0 or 1, got 2"),
         ("--batch", "32,0", "--batch: must be at least 1, got 0"),
         ("--seconds", "0", "--seconds: must be above 0, got 0"),
+        ("--pool-keep-mib", "-1", "--pool-keep-mib: must be at least 0, got -1"),
         ("--decoder=torchvision --cpu-threads", "8", "set nvimgcodec, which --decoder leaves out"),
     ):
         with pytest.raises(SystemExit) as exit_info:
@@ -491,8 +500,8 @@ def test_a_probe_the_decoder_refuses_is_left_to_the_cpu_path_and_said_and_all_re
                 for i, image in enumerate(pil_decode(tensors))
             ]
         )
-    with pytest.raises(RuntimeError, match="came back as 1 images, not 4"):
-        chroma_probe.chroma_diff(lambda tensors: pil_decode(tensors[:1]))
+    with pytest.raises(RuntimeError, match="the JPEG decoder answered 0 images for one"):
+        chroma_probe.chroma_diff(lambda tensors: [])  # no probe answered: each refused (decode_each)
 
 
 def test_a_batch_call_that_raises_is_retried_one_by_one_for_the_probes():
@@ -635,7 +644,7 @@ def test_one_jpeg_failing_in_any_way_is_that_jpegs_failure_not_the_batchs():
 
     out = decode_each(decoder, data)
     assert out[0] is good and isinstance(out[1], ValueError) and isinstance(out[2], TypeError)
-    assert isinstance(out[3], ValueError) and len(out) == 4  # no answer for it: unpacking fails
+    assert isinstance(out[3], RuntimeError) and "answered 0 images for one" in str(out[3]) and len(out) == 4
 
     def raising(batch: list[torch.Tensor]) -> list:
         if len(batch) > 1:
@@ -643,3 +652,53 @@ def test_one_jpeg_failing_in_any_way_is_that_jpegs_failure_not_the_batchs():
         return [good]
 
     assert decode_each(raising, data) == [good] * 4
+
+
+FAKE_CUDA_RUNTIME = r"""
+#include <stdint.h>
+static int pool_device = -1, pool_attr = -1;
+static uint64_t pool_threshold = 0;
+static char the_pool;
+int cudaDeviceGetMemPool(void **pool, int device) {
+    if (device > 1) return 101;  /* cudaErrorInvalidDevice */
+    pool_device = device; *pool = &the_pool; return 0;
+}
+int cudaMemPoolSetAttribute(void *pool, int attr, void *value) {
+    if (pool != &the_pool) return 1;
+    pool_attr = attr; pool_threshold = *(uint64_t *)value; return 0;
+}
+int fake_device(void) { return pool_device; }
+int fake_attr(void) { return pool_attr; }
+uint64_t fake_threshold(void) { return pool_threshold; }
+"""
+
+
+def test_the_decoders_cuda_pool_is_told_what_to_keep_through_the_cuda_runtime(tmp_path, monkeypatch):
+    """keep_pool_memory calls the CUDA runtime's cudaDeviceGetMemPool and cudaMemPoolSetAttribute
+    (cudaMemPoolAttrReleaseThreshold, a uint64 by pointer) as CUDA declares them: checked against a fake
+    runtime compiled here, which returns CUDA's error codes as the real one would. No runtime, or an
+    error, is a reason in words, never an exception; nvimgcodec_decoder sets it for its device on CUDA."""
+    import ctypes
+    import shutil
+
+    if shutil.which("gcc") is None:
+        pytest.skip("no C compiler here to build the fake CUDA runtime")
+    source = tmp_path / "fake_cudart.c"
+    source.write_text(FAKE_CUDA_RUNTIME)
+    library = tmp_path / "libfake_cudart.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(library), str(source)], check=True, timeout=60)
+    assert gpu_decode.keep_pool_memory(1, 3 << 40, str(library)) is None
+    fake = ctypes.CDLL(str(library))
+    fake.fake_threshold.restype = ctypes.c_uint64
+    assert (fake.fake_device(), fake.fake_attr(), fake.fake_threshold()) == (1, 4, 3 << 40)  # above 32 bits
+    assert gpu_decode.keep_pool_memory(2, 0, str(library)) == "cudaDeviceGetMemPool failed: CUDA error 101"
+    assert gpu_decode.keep_pool_memory(0, 0, str(tmp_path / "none.so")).startswith("cannot load the CUDA runtime")
+
+    nvimgcodec = _nvimgcodec()
+    kept = []
+    monkeypatch.setattr(nvimgcodec, "Decoder", lambda **kwargs: None)
+    monkeypatch.setattr(gpu_decode, "keep_pool_memory", lambda device, keep: kept.append((device, keep)))
+    gpu_decode.nvimgcodec_decoder("cuda:1")
+    gpu_decode.nvimgcodec_decoder("cuda:0", pool_keep_bytes=0)
+    gpu_decode.nvimgcodec_decoder("cpu")  # no CUDA pool
+    assert kept == [(1, gpu_decode.POOL_KEEP_BYTES), (0, 0)]
