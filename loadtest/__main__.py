@@ -44,7 +44,7 @@ import aiohttp
 from loadtest import plots, report
 from loadtest.auth import API_KEY_ENV, api_key_from_env, auth_headers
 from loadtest.corpus import build_corpus, parse_spec
-from loadtest.multiproc import resolve_procs, run_sweep
+from loadtest.multiproc import procs_arg, run_sweep
 from loadtest.payloads import KINDS, Payload, build_payload
 from loadtest.progress import ProgressBar
 from loadtest.sigterm import sigterm_cancels_this_task
@@ -140,19 +140,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the corpus and of Poisson arrivals")
     p.add_argument(
         "--procs",
-        type=_procs,
+        type=procs_arg,
         default=1,
         help="load processes sharing each step's clients (or rate), results merged exactly; "
         "'auto' = the CPUs this process may use",
     )
     return p
-
-
-def _procs(text: str) -> int:
-    try:
-        return resolve_procs(text.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_payloads(

@@ -27,8 +27,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from loadtest.multiproc import healthz_ceiling, resolve_procs
+from loadtest.multiproc import healthz_ceiling, procs_arg
 from loadtest.servers import REPO, free_port
+from model.arg_types import comma_separated, non_negative_float, positive_float, positive_int
 from model.help_format import DefaultsRawDescriptionHelpFormatter
 from model.host import cpu_model
 from service.cpus import usable_cpus
@@ -69,11 +70,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=DefaultsRawDescriptionHelpFormatter,
     )
-    p.add_argument("--procs", default="1,2", help="process counts to compare, comma-separated ('auto' allowed)")
-    p.add_argument("--concurrency", type=int, default=32, help="clients per step, split over the processes")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (each runs every process count)")
-    p.add_argument("--duration-s", type=float, default=5.0, help="measured seconds per step")
-    p.add_argument("--warmup-s", type=float, default=1.0, help="unmeasured seconds before each step")
+    p.add_argument(
+        "--procs",
+        type=comma_separated(procs_arg),
+        default=[1, 2],
+        help="process counts to compare, comma-separated ('auto' allowed)",
+    )
+    p.add_argument("--concurrency", type=positive_int, default=32, help="clients per step, split over the processes")
+    p.add_argument("--rounds", type=positive_int, default=5, help="interleaved rounds (each runs every process count)")
+    p.add_argument("--duration-s", type=positive_float, default=5.0, help="measured seconds per step")
+    p.add_argument("--warmup-s", type=non_negative_float, default=1.0, help="unmeasured seconds before each step")
     p.add_argument("--url", default=None, help="a running server instead of the built-in trivial one")
     p.add_argument("--json", type=Path, default=None, help="also write every step and the summary here")
     return p
@@ -81,7 +87,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    counts = [resolve_procs(v.strip()) for v in args.procs.split(",") if v.strip()]
+    counts = args.procs
     cpus = usable_cpus()
     machine = f"{cpu_model()}, {cpus} CPUs usable ({os.cpu_count()} online)"
     server, url = (None, args.url) if args.url else start_server()

@@ -27,6 +27,7 @@ stops all its clients. ``procs`` = 1 runs each step in this process (``runner.ru
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import multiprocessing
 import time
@@ -66,6 +67,14 @@ def resolve_procs(value: int | str) -> int:
     if n < 1:
         raise ValueError(f"procs must be an integer >= 1 or 'auto', got {value!r}")
     return n
+
+
+def procs_arg(text: str) -> int:
+    """``resolve_procs`` as an argparse type: a bad value is the flag's error, not a traceback."""
+    try:
+        return resolve_procs(text.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # -- a load process ---------------------------------------------------------------------------------------

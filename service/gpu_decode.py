@@ -148,7 +148,9 @@ _POOL_ATTR_RELEASE_THRESHOLD = 4  # cudaMemPoolAttrReleaseThreshold (driver_type
 
 def keep_pool_memory(device_index: int, keep_bytes: int, runtime: str = _CUDA_RUNTIME) -> str | None:
     """Set the release threshold of ``device_index``'s current CUDA memory pool (the one cudaMallocAsync
-    draws from) to ``keep_bytes``: None when set, else why not (no CUDA runtime to call, a CUDA error)."""
+    draws from) to ``keep_bytes``: None when set, else why not (no CUDA runtime to call, a CUDA error).
+    Device-wide: it holds for whatever else allocates from that pool in the process (PyTorch too, under
+    ``PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync``), until set again (each decoder made sets it)."""
     try:
         cudart = ctypes.CDLL(runtime)
     except OSError as exc:

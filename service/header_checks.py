@@ -81,23 +81,25 @@ def check_jpeg_scans(data: bytes, width: int, height: int) -> None:
 
 def ends_after_first_scan(data: bytes) -> bool:
     """Whether an end-of-image marker follows the JPEG's first scan. A file cut short (an upload that
-    broke off) has none; an EXIF thumbnail's own, in the header before the scan, does not count."""
+    broke off) has none; an EXIF thumbnail's own, in the header before the scan, does not count. False
+    too where the header does not parse (``first_scan``): such a file stays with the CPU path."""
     first = first_scan(data)
     return 0 < first < data.rfind(_EOI)
 
 
 def first_scan(data: bytes, max_steps: int | None = None) -> int:
-    """Offset of the first scan's marker, by walking the segments before it: 0 if they do not parse, or
-    (with ``max_steps``) take more steps than that, a segment or a fill byte each."""
+    """Offset of the first scan's marker, by walking the segments before it: 0 if they do not parse (a
+    stray byte between two segments included, which libjpeg skips with a warning), or (with
+    ``max_steps``) take more steps than that, a segment or a fill byte each."""
     at = 2
     steps = 0
     while at + 4 <= len(data) and data[at] == 0xFF:
-        steps += 1
-        if max_steps is not None and steps > max_steps:
-            return 0
         marker = data[at + 1]
         if marker == 0xDA:
             return at
+        steps += 1
+        if max_steps is not None and steps > max_steps:
+            return 0
         if marker == 0xFF:  # fill byte
             at += 1
         elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # no length

@@ -55,15 +55,17 @@ def _gpu_candidate(data: bytes) -> bool:
 # A request's only JPEG for the GPU has its header checked on the event loop (``_check_alone_on_the_loop``)
 # only where the header is short: PIL reads it segment by segment in Python, and the EXIF block entry by
 # entry, and a crafted 1.2 MB of empty segments held the loop ~0.5 s (a decode thread lets the loop run
-# in between). Within these, a header takes at most ~2 ms (an EXIF block of 16 KB of entries; 2-core
-# AMD EPYC); a photo's ~0.1 ms. Longer ones, and those that do not parse, go to a decode thread.
+# in between). Within these, a header takes at most ~2-4 ms (an EXIF block of 16 KB of entries, more
+# where they point at long values; 2-core AMD EPYC); a photo's ~0.1 ms. Longer ones (camera photos
+# whose EXIF thumbnail takes the header past 16 KB among them), and those that do not parse, go to a
+# decode thread.
 LOOP_HEADER_STEPS = 32
 LOOP_HEADER_BYTES = 16 * 1024
 
 
 def _short_header(data: bytes) -> bool:
-    """A JPEG whose segments before its first scan parse, number at most LOOP_HEADER_STEPS and end
-    within LOOP_HEADER_BYTES."""
+    """A JPEG whose segments before its first scan parse, number at most LOOP_HEADER_STEPS (fill bytes
+    counted as segments) and end within LOOP_HEADER_BYTES."""
     return 0 < first_scan(data, LOOP_HEADER_STEPS) <= LOOP_HEADER_BYTES
 
 

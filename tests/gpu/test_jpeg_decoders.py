@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from service.chroma_probe import CHROMA_THRESHOLD, chroma_diff
+from service.decode_batch import decode_each
 from service.gpu_decode import decoder_factories
 from tests.conftest import make_image
 
@@ -110,3 +111,26 @@ def test_the_start_up_chroma_probe_passes_nvimgcodec_and_not_torchvisions_defaul
     assert not [diff for diff in measured.values() if str(diff).startswith("failed")], measured
     assert all(diff.interpolated for name, diff in diffs.items() if name.startswith("nvimgcodec")), measured
     assert "torchvision" in diffs and diffs["torchvision"].levels > CHROMA_THRESHOLD, measured
+
+
+def test_a_jpeg_broken_mid_scan_fails_on_the_gpu_as_on_the_cpu(capsys):
+    """A sound header and end, a marker in the middle of the scan: PIL refuses it (400 corrupt_image on
+    the CPU route), so the GPU decoders must answer it with an exception in its place (the engine then
+    declines it and its front end refuses it), not pixels filled in, which would answer 200. A file cut
+    short never reaches them (preprocess.inspect_jpeg keeps it on the CPU path); printed for the record."""
+    whole = make_image(500, 375, seed=7)
+    broken = whole[: len(whole) // 2] + b"\xff\xc0" + whole[len(whole) // 2 + 2 :]
+    cut = whole[: len(whole) // 2]
+    answers = {}
+    for name, factory in decoder_factories().items():
+        try:
+            decode = factory("cuda")
+        except ImportError as exc:
+            answers[name] = f"does not import: {exc}"
+            continue
+        out = decode_each(decode, [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in (broken, cut)])
+        answers[name] = [type(o).__name__ if isinstance(o, Exception) else "pixels" for o in out]
+    with capsys.disabled():
+        print(f"\nbroken mid-scan, cut short ({torch.cuda.get_device_name()}): {answers}")
+    wrong = {name: answer for name, answer in answers.items() if isinstance(answer, list) and answer[0] == "pixels"}
+    assert not wrong, f"decoded a broken JPEG into pixels where PIL refuses it: {wrong}"

@@ -702,3 +702,23 @@ def test_the_decoders_cuda_pool_is_told_what_to_keep_through_the_cuda_runtime(tm
     gpu_decode.nvimgcodec_decoder("cuda:0", pool_keep_bytes=0)
     gpu_decode.nvimgcodec_decoder("cpu")  # no CUDA pool
     assert kept == [(1, gpu_decode.POOL_KEEP_BYTES), (0, 0)]
+
+
+def test_a_decoder_that_fails_every_image_the_same_odd_way_is_broken_and_fails_the_batch():
+    """Not a RuntimeError (a decoding failure), the same type for the batch and every image: the
+    decoder is broken, and that is a failed batch (counted towards the engine's health), not every
+    image declined to the CPU in silence. RuntimeErrors for all stay the images' own (all corrupt)."""
+    from service.decode_batch import decode_each
+
+    data = [torch.tensor([n], dtype=torch.uint8) for n in range(3)]
+
+    def broken(batch: list[torch.Tensor]) -> list:
+        raise AttributeError("'NoneType' object has no attribute 'decode'")
+
+    with pytest.raises(AttributeError):
+        decode_each(broken, data)
+
+    def all_corrupt(batch: list[torch.Tensor]) -> list:
+        raise RuntimeError("could not decode")
+
+    assert all(isinstance(image, RuntimeError) for image in decode_each(all_corrupt, data))

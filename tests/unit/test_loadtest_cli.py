@@ -228,3 +228,28 @@ def test_401s_say_to_set_the_key_or_that_it_was_refused():
         "every request was refused with 401: the server did not accept the key in $ALEXNET_API_KEY; check it"
     ]
     assert hints([_result(100, 97)], api_key_sent=False) == []  # 503s: nothing to do on this side
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--procs", ","], "--procs: expected comma-separated values, got ','"),
+        (["--procs", "1,0"], "--procs: procs must be an integer >= 1 or 'auto', got '0'"),
+        (["--concurrency", "0"], "--concurrency: must be at least 1, got 0"),
+        (["--rounds", "0"], "--rounds: must be at least 1, got 0"),
+        (["--duration-s", "0"], "--duration-s: must be above 0, got 0"),
+    ],
+)
+def test_the_client_ceilings_bad_flags_are_flag_errors_before_any_server_starts(argv, message, capsys):
+    from loadtest import client_ceiling
+
+    with pytest.raises(SystemExit) as exit_info:
+        client_ceiling.main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_client_ceilings_procs_are_counts_with_auto_resolved():
+    from loadtest import client_ceiling
+    from service.cpus import usable_cpus
+
+    assert client_ceiling.get_args_parser().parse_args(["--procs", "1, auto"]).procs == [1, usable_cpus()]

@@ -272,11 +272,11 @@ def test_a_requests_only_jpeg_for_the_gpu_is_checked_on_the_loop_not_a_decode_th
         (one,) = await pipeline.prepare([jpeg(1)])
         assert one.ref.kind == "jpeg" and one.jpeg == jpeg(1) and threaded == [] and len(inspected) == 1
         pipeline.arena.free(one.span)
-        within = with_segments(jpeg(1), LOOP_HEADER_STEPS - 9, 16)  # + PIL's 8 segments and the scan's marker
+        within = with_segments(jpeg(1), LOOP_HEADER_STEPS - 8, 16)  # + PIL's own 8 segments: at the bound
         (one,) = await pipeline.prepare([within])
         assert one.ref.kind == "jpeg" and threaded == []
         pipeline.arena.free(one.span)
-        for long in (with_segments(jpeg(1), LOOP_HEADER_STEPS), with_segments(jpeg(1), 1, LOOP_HEADER_BYTES)):
+        for long in (with_segments(jpeg(1), LOOP_HEADER_STEPS - 7), with_segments(jpeg(1), 1, LOOP_HEADER_BYTES)):
             (one,) = await pipeline.prepare([long])
             assert one.ref.kind == "jpeg" and one.jpeg == long and threaded == [1]
             pipeline.arena.free(one.span)
