@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     # (label, factories to start it from: None = the engine's own) for each decoder measured
     runs: list[tuple[str, dict | None]] = []
+    engines = 1.0 in shares and NVIMGCODEC_CPU_THREADS in threads and 1 in fancy and POOL_KEEP_BYTES >> 20 in keep
     for name in chosen:
-        engines = 1.0 in shares and NVIMGCODEC_CPU_THREADS in threads and 1 in fancy and POOL_KEEP_BYTES >> 20 in keep
         if name != "nvimgcodec" or engines:
             runs.append((name, None))
         if name == "nvimgcodec":

@@ -41,8 +41,8 @@ def row(result: StepResult) -> dict:
         "client_cpu_pct": round(100 * result.client_cpu_s / result.elapsed_s, 1) if result.elapsed_s else None,
         "procs": result.procs,
         "split": result.split,
-        "errors_by_status": " ".join(f"{k}:{v}" for k, v in sorted(result.errors.items())),
-        "errors_by_kind": " ".join(f"{k}:{v}" for k, v in sorted(result.error_kinds.items())),
+        "errors_by_status": _counts(result.errors),
+        "errors_by_kind": _counts(result.error_kinds),
         "stopped": result.stopped or "",
     }
     if result.schedule_lag is not None:
@@ -62,8 +62,13 @@ def row(result: StepResult) -> dict:
         out[f"server_{key}"] = _r(server.get(key))
     # Where its images were decoded, e.g. "cpu:12 declined:12 gpu:3000" (JPEGs declined by the GPU decoder
     # are counted again under cpu); empty where the server does not say.
-    out["server_decoded"] = " ".join(f"{k}:{v}" for k, v in sorted(server.get("decoded", {}).items()))
+    out["server_decoded"] = _counts(server.get("decoded", {}))
     return out
+
+
+def _counts(counts: dict) -> str:
+    """Counts by name as one line, names sorted: ``{"503": 7, "timeout": 3}`` -> ``"503:7 timeout:3"``."""
+    return " ".join(f"{name}:{count}" for name, count in sorted(counts.items()))
 
 
 def _r(value, digits: int = 3):
