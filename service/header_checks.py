@@ -22,6 +22,7 @@ inside these: a progressive photo has about 10 scans.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 from service.errors import CorruptImage, ImageTooLarge
 
@@ -38,6 +39,7 @@ MAX_RLE_BMP_PIXELS = 4_200_000
 
 # A scan's start and the image's end: entropy-coded data never holds a marker (an 0xFF there is followed by 0x00).
 _SOS, _EOI = b"\xff\xda", b"\xff\xd9"
+_NOT_FRAMES = frozenset({0xC4, 0xC8, 0xCC})  # DHT, JPG (reserved), DAC: in the SOF range, not frames
 _TIFF_LE = b"II"
 # Pillow's TIFF header prefixes (TiffImagePlugin.PREFIXES), the odd ones included.
 _TIFF_PREFIXES = (b"MM\x00\x2a", b"II\x2a\x00", b"MM\x2a\x00", b"II\x00\x2a", b"MM\x00\x2b", b"II\x2b\x00")
@@ -67,7 +69,7 @@ def check_jpeg_scans(data: bytes, width: int, height: int) -> None:
     the segments between scans may hold marker bytes too (so the first EOI bytes found need not be
     the image's end), and the decoder stops at the image's end, which is at or before the last EOI
     bytes. At memory speed: ~20 microseconds for a 100 KB photo."""
-    first = first_scan(data)
+    first = read_jpeg_header(data).scan
     end = data.rfind(_EOI)
     scans = data.count(_SOS, first, end if end > first else len(data))
     if scans > MAX_JPEG_SCANS:
@@ -79,34 +81,45 @@ def check_jpeg_scans(data: bytes, width: int, height: int) -> None:
         )
 
 
-def ends_after_first_scan(data: bytes) -> bool:
-    """Whether an end-of-image marker follows the JPEG's first scan. A file cut short (an upload that
-    broke off) has none; an EXIF thumbnail's own, in the header before the scan, does not count. False
-    too where the header does not parse (``first_scan``): such a file stays with the CPU path."""
-    first = first_scan(data)
-    return 0 < first < data.rfind(_EOI)
+def ends_after_scan(data: bytes, scan: int) -> bool:
+    """Whether an end-of-image marker follows the first scan, at ``scan`` (``read_jpeg_header``). A
+    file cut short (an upload that broke off) has none; an EXIF thumbnail's own, in the header before
+    the scan, does not count. False too where the header did not parse (``scan`` 0)."""
+    return 0 < scan < data.rfind(_EOI)
 
 
-def first_scan(data: bytes, max_steps: int | None = None) -> int:
-    """Offset of the first scan's marker, by walking the segments before it: 0 if they do not parse (a
-    stray byte between two segments included, which libjpeg skips with a warning), or (with
-    ``max_steps``) take more steps than that, a segment or a fill byte each."""
-    at = 2
+@dataclass(frozen=True, slots=True)
+class JpegHeader:
+    """What a JPEG's segments before its first scan say, read in one walk (``read_jpeg_header``)."""
+
+    scan: int  # offset of the first scan's marker; 0 where the segments do not parse (or take too many steps)
+    frame: int | None  # the first frame's start-of-frame marker (0xC0-0xCF), None where none came before
+
+
+def read_jpeg_header(data: bytes, max_steps: int | None = None) -> JpegHeader:
+    """Walk the segments before the first scan. The scan is 0 where they do not parse (a stray byte
+    between two segments included, which libjpeg skips with a warning), or (with ``max_steps``) take
+    more steps than that, a segment or a fill byte each; the frame is whatever came before."""
+    at = 2  # after SOI
     steps = 0
+    frame = None
     while at + 4 <= len(data) and data[at] == 0xFF:
         marker = data[at + 1]
         if marker == 0xDA:
-            return at
+            return JpegHeader(at, frame)
         steps += 1
         if max_steps is not None and steps > max_steps:
-            return 0
+            break
         if marker == 0xFF:  # fill byte
             at += 1
-        elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # no length
+            continue
+        if frame is None and 0xC0 <= marker <= 0xCF and marker not in _NOT_FRAMES:
+            frame = marker
+        if 0xD0 <= marker <= 0xD8 or marker == 0x01:  # no length
             at += 2
         else:
             at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
-    return 0
+    return JpegHeader(0, frame)
 
 
 def _check_tiff(data: bytes) -> None:

@@ -28,7 +28,7 @@ from service.decode_budget import DecodeBudget
 from service.decode_pool import DecodePool
 from service.engine_client import EngineClient
 from service.errors import DeadlineExceeded, NotReady, QueueFull, ServiceError
-from service.header_checks import first_scan
+from service.header_checks import read_jpeg_header
 from service.preprocess import (
     PreprocessConfig,
     decode_opened,
@@ -66,7 +66,7 @@ LOOP_HEADER_BYTES = 16 * 1024
 def _short_header(data: bytes) -> bool:
     """A JPEG whose segments before its first scan parse, number at most LOOP_HEADER_STEPS (fill bytes
     counted as segments) and end within LOOP_HEADER_BYTES."""
-    return 0 < first_scan(data, LOOP_HEADER_STEPS) <= LOOP_HEADER_BYTES
+    return 0 < read_jpeg_header(data, LOOP_HEADER_STEPS).scan <= LOOP_HEADER_BYTES
 
 
 @dataclass(slots=True)

@@ -39,7 +39,7 @@ from model.preprocessing import (
     upright,
 )
 from service.errors import CorruptImage, EmptyBody, ImageTooLarge, NotAnImage, UnsupportedImageFormat
-from service.header_checks import check_decode_work, check_jpeg_scans, ends_after_first_scan
+from service.header_checks import check_decode_work, check_jpeg_scans, ends_after_scan, read_jpeg_header
 
 # JPEG draft decoding keeps at least this multiple of the resize target, so the final bilinear
 # resize still does real antialiased downscaling and the result stays within ~1/255 of a full decode.
@@ -224,24 +224,6 @@ def preprocess(data: bytes, config: PreprocessConfig) -> np.ndarray:
 # which PIL (libjpeg-turbo) decodes: those stay in the front ends, rather than going to the engine only
 # to be declined there and come back (a round trip and a batch slot for nothing).
 GPU_JPEG_FRAMES = frozenset({0xC0, 0xC1, 0xC2})
-_NOT_FRAMES = frozenset({0xC4, 0xC8, 0xCC})  # DHT, JPG (reserved), DAC: in the SOF range, not frames
-
-
-def jpeg_frame(data: bytes) -> int | None:
-    """The start-of-frame marker (0xC0-0xCF) of a JPEG's first frame, read from its segment headers
-    before the first scan; None where there is none, or the header is malformed."""
-    i = 2  # after SOI
-    while i + 4 <= len(data) and data[i] == 0xFF:
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            i += 1
-            continue
-        if 0xC0 <= marker <= 0xCF and marker not in _NOT_FRAMES:
-            return marker
-        if marker == 0xDA:  # start of scan: no frame header before it
-            return None
-        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
-    return None
 
 
 def inspect_jpeg(data: bytes, config: PreprocessConfig, max_gpu_pixels: int) -> int | None:
@@ -254,6 +236,7 @@ def inspect_jpeg(data: bytes, config: PreprocessConfig, max_gpu_pixels: int) -> 
     width, height = image.size
     if image.format != "JPEG" or image.mode not in ("RGB", "L") or width * height > max_gpu_pixels:
         return None
-    if jpeg_frame(data) not in GPU_JPEG_FRAMES or not ends_after_first_scan(data):
+    header = read_jpeg_header(data)
+    if header.frame not in GPU_JPEG_FRAMES or not ends_after_scan(data, header.scan):
         return None
     return exif_orientation(image)

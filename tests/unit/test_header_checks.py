@@ -15,8 +15,11 @@ from service.header_checks import (
     MAX_JPEG_SCANS,
     MAX_TIFF_BLOCKS,
     MAX_TIFF_ENTRIES,
+    JpegHeader,
     check_decode_work,
     check_jpeg_scans,
+    ends_after_scan,
+    read_jpeg_header,
 )
 from service.preprocess import PreprocessConfig, preprocess_uint8
 from tests.conftest import make_image
@@ -117,6 +120,30 @@ def test_jpeg_scans_are_bounded_in_number_and_in_pixels_x_scans():
     check_jpeg_scans(ten_scans, 6000, 6000)  # 36 MP progressive: fine
     with pytest.raises(ImageTooLarge, match="pixels x scans"):
         check_jpeg_scans(ten_scans, 6000, MAX_JPEG_SCAN_PIXELS // (6000 * scans) + 1)
+
+
+def test_one_walk_of_a_jpeg_header_finds_its_frame_and_its_first_scan():
+    """The frame (for the GPU route) and the first scan (for the scan count, the cut-short check and
+    the event loop's bound) come from one walker, which steps over fill bytes and the markers that
+    carry no length (TEM, RSTn) as libjpeg does."""
+    data = make_image(64, 48)
+    sos = data.index(b"\xff\xda")
+    assert read_jpeg_header(data) == JpegHeader(sos, 0xC0)
+    # A fill byte and a TEM marker (no length) before the first segment: both skipped.
+    padded = data[:2] + b"\xff" + b"\xff\x01" + data[2:]
+    assert read_jpeg_header(padded) == JpegHeader(sos + 3, 0xC0)
+    # A header cut before its frame: neither; cut after the frame, before the scan: the frame only.
+    assert read_jpeg_header(data[:20]) == JpegHeader(0, None)
+    sof = data.index(b"\xff\xc0")
+    after_frame = data[: sof + 4 + int.from_bytes(data[sof + 2 : sof + 4], "big")]
+    assert read_jpeg_header(after_frame) == JpegHeader(0, 0xC0)
+    assert read_jpeg_header(b"\xff\xd8\xff\xda\x00\x02").frame is None
+    # A stray byte between two segments: not parsed (libjpeg skips it; the route stays the CPU's).
+    stray = data[:sof] + b"\x00" + data[sof:]
+    assert read_jpeg_header(stray).scan == 0
+    # A step bound: PIL writes this JPEG's header in 8 segments.
+    assert read_jpeg_header(data, 8).scan == sos and read_jpeg_header(data, 1).scan == 0
+    assert ends_after_scan(data, sos) and not ends_after_scan(data[:-2], sos) and not ends_after_scan(data, 0)
 
 
 def test_scan_markers_in_metadata_before_the_first_scan_do_not_count():
