@@ -17,6 +17,9 @@ QUEUE_WAIT = "alexnet_queue_wait_seconds"
 INFERENCE = "alexnet_inference_duration_seconds"
 PREPARE = "alexnet_batch_prepare_duration_seconds"
 PREPROCESS = "alexnet_preprocess_duration_seconds"
+# On CUDA, what the GPU spent per batch (CUDA events), where PREPARE and INFERENCE are host time.
+PREPARE_GPU = "alexnet_batch_prepare_gpu_seconds"
+INFERENCE_GPU = "alexnet_inference_gpu_seconds"
 ERRORS = "alexnet_errors_total"
 IMAGES = "alexnet_images_total"
 # Images by where they were decoded (cpu, gpu, tensor) and JPEGs the GPU decoder declined (then counted
@@ -130,6 +133,8 @@ def step_summary(before: Snapshot, after: Snapshot) -> dict:
         (QUEUE_WAIT, "queue_wait"),
         (PREPARE, "prepare"),
         (INFERENCE, "inference"),
+        (PREPARE_GPU, "prepare_gpu"),
+        (INFERENCE_GPU, "inference_gpu"),
         (PREPROCESS, "preprocess"),
         (REQUEST_OK, "request"),
     ):

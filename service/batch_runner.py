@@ -13,6 +13,13 @@ Two paths, chosen by the backend:
   top-k run on the device, so only k rows come back. On CUDA, ``prepare`` runs on its own stream, so
   decoding batch k+1 overlaps inference of batch k.
 
+The seconds the batcher times are the threads' host time: on CUDA ``prepare`` only queues most of its
+work, and ``run`` starts by waiting for it. What the GPU itself spent is timed with CUDA events and
+handed to ``on_gpu_seconds`` (the engine's metrics): a batch's preparation on the prepare stream, from
+its first queued work to its input being ready (JPEG decoding, resize, normalise, and whatever host
+work the decoder does between its kernels), and its inference on the backend's stream, from the input
+being ready to the logits.
+
 The engine decodes nothing on its CPU. A JPEG the GPU decoder does not take (nvJPEG refuses it, or
 it is corrupt behind a sound header), or a JPEG sent where there is no GPU decoder, is answered
 ``decode="declined"`` with no rows, and its front end decodes it on its own CPU (with its decode
@@ -30,7 +37,9 @@ import logging
 import os
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +76,8 @@ class Prepared:
     images: list[EngineImage]
     batch: object  # np.ndarray (host path) or torch.Tensor (tensor path), padded to a bucket
     decode: list[str]  # per image: ImageOutput.decode
-    ready: object = None  # torch.cuda.Event recorded after the input was written (CUDA only)
+    ready: Any = None  # torch.cuda.Event recorded after the input was written (CUDA only)
+    started: Any = None  # torch.cuda.Event recorded before the batch's first work (CUDA only)
 
 
 def top_k_rows(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,6 +106,8 @@ class EngineRunner:
             raise ValueError(f"JPEG decoding on the GPU needs a backend that takes tensors, not {backend.name}")
         self.jpeg_decoder = jpeg_decoder
         self.prepare_ahead = jpeg_decoder is not None
+        # (prepare, inference) seconds of each batch on the GPU (CUDA only; see the module docstring).
+        self.on_gpu_seconds: Callable[[float, float], None] | None = None
         self._decoded: Counter[str] = Counter()  # images by decode path (prepare thread writes)
         self._decoded_lock = threading.Lock()
         size = metadata.input_size
@@ -277,6 +289,9 @@ class EngineRunner:
         stream = self._prepare_stream
         context = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
         with context, torch.inference_mode():
+            if stream is not None:
+                prepared.started = torch.cuda.Event(enable_timing=True)
+                prepared.started.record(stream)
             # JPEGs first, while this stream has nothing of this batch queued: the decoder drains it
             # (see gpu_decode.torchvision_decoder), which then waits for nothing but older batches.
             crops = self.jpeg_decoder.decode([self._jpeg(images[i]) for i in jpegs]) if jpegs else []
@@ -302,7 +317,7 @@ class EngineRunner:
                 for row, i in zip(rows, fp32_rows, strict=True):
                     batch[i] = row
             if stream is not None:
-                prepared.ready = torch.cuda.Event()
+                prepared.ready = torch.cuda.Event(enable_timing=True)
                 prepared.ready.record(stream)
         prepared.batch = batch
         return prepared
@@ -311,9 +326,18 @@ class EngineRunner:
         import torch
 
         backend = self.backend
+        report = self.on_gpu_seconds if prepared.ready is not None else None
         with torch.inference_mode():
+            if report is not None:  # the inference's start: on the backend's stream, once the input is ready
+                with backend.stream_context():
+                    torch.cuda.current_stream().wait_event(prepared.ready)
+                    inference_start = torch.cuda.Event(enable_timing=True)
+                    inference_start.record()
             logits = backend.infer_tensor(prepared.batch, prepared.ready)
             with backend.stream_context():
+                if report is not None:
+                    inferred = torch.cuda.Event(enable_timing=True)
+                    inferred.record()
                 rows = logits[:n].float()
                 wanted: list[torch.Tensor] = []
                 if k:
@@ -324,6 +348,11 @@ class EngineRunner:
                     wanted.append(rows)
                 # Read back before returning: nothing may read the graph's buffers after that.
                 host = iter(_to_host(wanted, cuda=rows.is_cuda))
+        if report is not None:  # every event has completed: the stream they precede was waited for
+            report(
+                prepared.started.elapsed_time(prepared.ready) / 1000,
+                inference_start.elapsed_time(inferred) / 1000,
+            )
         indices, probabilities = (next(host), next(host)) if k else (None, None)
         return indices, probabilities, (next(host) if want_logits else None)
 

@@ -141,6 +141,7 @@ class EngineServer:
         try:
             await asyncio.to_thread(self._load)
             assert self.runner is not None
+            self.runner.on_gpu_seconds = self.metrics.observe_gpu_seconds  # after the warm-up: requests only
             batcher = Batcher(  # refuses a max_batch_size over the backend's (a TensorRT plan's profile)
                 self.runner,
                 self.metrics,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+GPU_BUCKETS_S = (0.0001, 0.00025, 0.0005, *LATENCY_BUCKETS_S)  # a batch of one takes ~0.2-0.5 ms there
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -47,6 +48,20 @@ class Metrics:
             "Per batch the backend ran: the backend call, softmax and top-k (its preparation is "
             "alexnet_batch_prepare_duration_seconds)",
             buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        # CUDA events: what the GPU spent, where the two above are the threads' host time (batch_runner).
+        self.prepare_gpu_time = Histogram(
+            "alexnet_batch_prepare_gpu_seconds",
+            "Per batch on CUDA: its preparation on the GPU's prepare stream, from its first queued work to its "
+            "input ready (decoding, resizing and normalising, and the decoder's host work between its kernels)",
+            buckets=GPU_BUCKETS_S,
+            registry=r,
+        )
+        self.inference_gpu_time = Histogram(
+            "alexnet_inference_gpu_seconds",
+            "Per batch on CUDA: its inference on the backend's stream, from its input ready to its logits",
+            buckets=GPU_BUCKETS_S,
             registry=r,
         )
         self.preprocess_time = Histogram(
@@ -93,6 +108,11 @@ class Metrics:
                 self.preprocess_time.observe(event[1])
             elif event[0] == "decode_memory_wait":
                 self.decode_memory_wait.observe(event[1])
+
+    def observe_gpu_seconds(self, prepare: float, inference: float) -> None:
+        """One batch's GPU time (``EngineRunner.on_gpu_seconds``)."""
+        self.prepare_gpu_time.observe(prepare)
+        self.inference_gpu_time.observe(inference)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -269,10 +269,14 @@ def test_on_cuda_crops_and_jpegs_decoded_by_nvjpeg_give_the_cpu_top_1(fitted, se
     meta = selection.metadata
     decoder, _name = start_jpeg_decoder(selection.backend.device, 256, 224)  # as the engine chooses (--decode gpu)
     runner = EngineRunner(selection.backend, meta, decoder)
+    gpu_seconds: list[tuple[float, float]] = []
+    runner.on_gpu_seconds = lambda prepare, inference: gpu_seconds.append((prepare, inference))
     jpegs = [jpeg(d) for d, _ in fitted.eval_images(per_class=2)]
     staging = Staging()
     crops = staging.images([staging.crop(d) for d in jpegs], want_logits=True)
     outputs = run(runner, crops + staging.images([staging.jpeg(d) for d in jpegs], want_logits=True))
+    (prepare_s, inference_s) = gpu_seconds[0]  # CUDA events on the two streams: the GPU's time, each stage's
+    assert len(gpu_seconds) == 1 and 0 < prepare_s < 5 and 0 < inference_s < 5
     cpu = selections["onnxruntime"]  # fp32 on the CPU, the host path: the reference
     reference = run(EngineRunner(cpu.backend, cpu.metadata), crops)
     n = len(jpegs)
@@ -282,3 +286,65 @@ def test_on_cuda_crops_and_jpegs_decoded_by_nvjpeg_give_the_cpu_top_1(fitted, se
     decoded = outputs[n:]  # nvJPEG's IDCT and the tensor resize: near-ties may swap, nothing more
     assert sum(o.indices[0] == w.indices[0] for o, w in zip(decoded, reference, strict=True)) >= 0.9 * n
     assert all(np.corrcoef(o.logits, w.logits)[0, 1] > 0.99 for o, w in zip(decoded, reference, strict=True))
+
+
+class _Clock:
+    """Stand-ins for CUDA events and the current stream: each event recorded reads the next tick (ms)
+    of a GPU clock, and what a stream was told to wait for is kept, in order."""
+
+    def __init__(self) -> None:
+        self.ms = 0.0
+        self.log: list[object] = []
+        clock = self
+
+        class Event:
+            def __init__(self, enable_timing: bool = False) -> None:
+                assert enable_timing, "an event elapsed_time is asked of must be created with timing"
+                self.at: float | None = None
+
+            def record(self, stream=None) -> None:
+                clock.ms += 0.25
+                self.at = clock.ms
+                clock.log.append(self)
+
+            def elapsed_time(self, end) -> float:
+                assert self.at is not None and end.at is not None, "both events must have been recorded"
+                return end.at - self.at
+
+        class Stream:
+            def wait_event(self, event) -> None:
+                clock.log.append(("wait", event))
+
+        self.Event, self.stream = Event, Stream()
+
+
+def test_the_gpu_time_of_a_batch_s_two_stages_is_timed_by_cuda_events_on_their_streams(fitted, selections, monkeypatch):
+    """On CUDA the batcher's clock sees host time only; the runner hands the engine's metrics what the
+    GPU spent: from the batch's first queued work to its input ready (prepare), and from the backend's
+    stream having waited for that to the logits (inference). CUDA events and streams are stood in for:
+    the torch backend on the CPU runs the batch."""
+    selection = selections["torch"]
+    runner = EngineRunner(selection.backend, selection.metadata)
+    staging = Staging()
+    png = fitted.eval_images(per_class=1)[0][0]
+    clock = _Clock()
+    monkeypatch.setattr(torch.cuda, "Event", clock.Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: clock.stream)
+    prepared = runner.prepare(staging.images([staging.crop(png)]))
+    assert prepared.ready is None  # no CUDA stream on the CPU: nothing to time
+    seen: list[tuple[float, float]] = []
+    runner.on_gpu_seconds = lambda prepare, inference: seen.append((prepare, inference))
+    runner.run(prepared)
+    assert seen == []  # and nothing timed
+    prepared.started, prepared.ready = clock.Event(enable_timing=True), clock.Event(enable_timing=True)
+    prepared.started.record()  # 0.25 ms
+    clock.ms += 3.0
+    prepared.ready.record()  # 3.5 ms: the prepare stream's span
+    (out,) = runner.run(prepared)
+    assert out.indices is not None
+    assert seen == [(pytest.approx(0.00325), pytest.approx(0.00025))]  # the inference's start, then its end
+    wait, start = clock.log[2:4]
+    assert wait == ("wait", prepared.ready) and isinstance(start, clock.Event)  # the start waits for the input
+    runner.on_gpu_seconds = None
+    runner.run(prepared)  # not asked for: not timed (the warm-up)
+    assert len(seen) == 1 and len(clock.log) == 5

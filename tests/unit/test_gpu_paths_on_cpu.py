@@ -230,6 +230,7 @@ def test_the_gpu_report_carries_the_engine_and_decode_tools_reports_and_fails_a_
     open_loop = {"rate": 4000.0, "img_per_s": 3998.5, "p50_ms": 3.1, "p99_ms": 17.25, "errors": 0}
     open_loop |= {"server_batch_size_mean": 12.5, "server_prepare_mean_ms": 1.25, "server_inference_mean_ms": 0.5}
     open_loop |= {"server_request_mean_ms": 2.4, "server_decoded": "cpu:12 declined:12 gpu:3986"}
+    open_loop |= {"server_prepare_gpu_mean_ms": 0.875, "server_inference_gpu_mean_ms": 0.25}
     # A step where every request failed has null latencies in bench.json (loadtest/report.py).
     failed = {"concurrency": 1, "img_per_s": 0.0, "p50_ms": None, "p99_ms": None, "errors": 4}
     serving = {"backend": "torch on cuda:0, fp16", "http_workers": 15, "decode": "gpu", "decode_reason": "nvJPEG"}
@@ -252,7 +253,8 @@ def test_the_gpu_report_carries_the_engine_and_decode_tools_reports_and_fails_a_
     assert "32  nvJPEG alone  9000  40.0" in md[decode:] and "warming" not in md
     assert (
         "| torch | (c) service over HTTP, open loop at 4000 req/s | 3998 | 3.10 | 17.25 | 0 errors, mean batch "
-        "12.5, per batch prepare 1.25 ms, infer 0.50 ms; the server's mean per request 2.40 ms; decoded "
+        "12.5, per batch prepare 1.25 ms, infer 0.50 ms (on the GPU 0.88 and 0.25 ms); the server's mean per "
+        "request 2.40 ms; decoded "
         "cpu:12 declined:12 gpu:3986 |" in md
     )
     assert "torch (c) service over HTTP, open loop at 4000 req/s: 3998 img/s, p50 3.10 ms, p99 17.25 ms" in run.stdout

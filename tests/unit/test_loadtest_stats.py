@@ -14,6 +14,7 @@ from loadtest.histogram import LatencyHistogram
 from loadtest.runner import arrival_offsets
 from loadtest.step import StepConfig, StepResult
 from service.cpus import usable_cpus
+from service.metrics import Metrics
 
 
 def test_percentiles_match_numpy_within_hdr_precision():
@@ -100,6 +101,11 @@ alexnet_batch_prepare_duration_seconds_bucket{le="0.01"} 20.0
 alexnet_batch_prepare_duration_seconds_bucket{le="+Inf"} 20.0
 alexnet_batch_prepare_duration_seconds_count 20.0
 alexnet_batch_prepare_duration_seconds_sum 0.06
+# TYPE alexnet_inference_gpu_seconds histogram
+alexnet_inference_gpu_seconds_bucket{le="0.001"} 20.0
+alexnet_inference_gpu_seconds_bucket{le="+Inf"} 20.0
+alexnet_inference_gpu_seconds_count 20.0
+alexnet_inference_gpu_seconds_sum 0.01
 # TYPE alexnet_errors_total counter
 alexnet_errors_total{kind="queue_full"} 4.0
 alexnet_errors_total{kind="bad_image"} 2.0
@@ -140,10 +146,23 @@ def test_metrics_diff_counts_only_the_step():
     assert s["errors"] == {"queue_full": 3, "bad_image": 2}
     assert s["decoded"] == {"gpu": 90, "declined": 10, "cpu": 10}  # paths that did not move left out
     assert s["prepare_mean_ms"] == pytest.approx(3.0)  # new in the step: 60 ms over 20 batches
+    assert s["inference_gpu_mean_ms"] == pytest.approx(0.5)  # CUDA events' (a GPU server's only)
+    assert "prepare_gpu_mean_ms" not in s  # a histogram the server does not have is no figure
     # answered requests of every route but /metrics, summed: 10 /classify (50 ms) and 10 /v2 (200 ms);
     # the 503s and the scrape are not in it
     assert s["request_mean_ms"] == pytest.approx(12.5)
     assert 0.0 <= s["request_p50_ms"] <= 10.0 < s["request_p99_ms"] <= 100.0
+
+
+def test_the_gpu_time_the_engine_observes_is_what_a_step_reports():
+    """service.metrics names the GPU histograms loadtest.prom reads (one rename would lose the figures)."""
+    metrics = Metrics()
+    before = prom.parse(metrics.render().decode())
+    for prepare, inference in ((0.0008, 0.0002), (0.0012, 0.0004)):
+        metrics.observe_gpu_seconds(prepare, inference)
+    s = prom.step_summary(before, prom.parse(metrics.render().decode()))
+    assert s["prepare_gpu_mean_ms"] == pytest.approx(1.0) and s["inference_gpu_mean_ms"] == pytest.approx(0.3)
+    assert s["inference_gpu_p50_ms"] == pytest.approx(0.25)  # buckets below a millisecond: 0.1, 0.25, 0.5
 
 
 def test_histogram_quantile_interpolates_like_prometheus():
