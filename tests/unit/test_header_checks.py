@@ -4,11 +4,13 @@ done; real images of every format pass (the corpus test sends both kinds through
 from __future__ import annotations
 
 import io
+import random
 import struct
 
 import pytest
 from PIL import Image
 
+from service import header_checks
 from service.errors import CorruptImage, ImageTooLarge
 from service.header_checks import (
     MAX_JPEG_SCAN_PIXELS,
@@ -144,6 +146,18 @@ def test_one_walk_of_a_jpeg_header_finds_its_frame_and_its_first_scan():
     # A step bound: PIL writes this JPEG's header in 8 segments.
     assert read_jpeg_header(data, 8).scan == sos and read_jpeg_header(data, 1).scan == 0
     assert ends_after_scan(data, sos) and not ends_after_scan(data[:-2], sos) and not ends_after_scan(data, 0)
+
+
+def test_scan_markers_are_counted_as_bytes_count_counts_them_across_chunk_edges(monkeypatch):
+    """The scan count's NumPy search finds what ``bytes.count`` finds, wherever the window starts and
+    ends and wherever a chunk boundary splits a marker (chunks of 7 bytes here)."""
+    monkeypatch.setattr(header_checks, "_COUNT_CHUNK", 7)
+    rng = random.Random(7)
+    for _ in range(2000):
+        data = bytes(rng.choice((0xFF, 0xDA, 0x00, 0xD9)) for _ in range(rng.randrange(60)))
+        start = rng.randrange(len(data) + 1)
+        end = rng.randrange(start, len(data) + 1)
+        assert header_checks._count_markers(data, 0xDA, start, end) == data.count(b"\xff\xda", start, end)
 
 
 def test_scan_markers_in_metadata_before_the_first_scan_do_not_count():
