@@ -1,6 +1,6 @@
 """The engine's batch runner: images in front-end arenas -> the backend's input -> top-k rows.
 
-``prepare`` (the batcher's prepare thread, or its inference thread on an idle backend) reads each image from the arena it was written to and
+``prepare`` (the batcher's prepare thread) reads each image from the arena it was written to and
 builds the backend's input; ``run`` (the inference thread) runs the backend, then softmax and top-k,
 and returns one ``ImageOutput`` per image.
 

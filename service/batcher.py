@@ -18,9 +18,8 @@ Policy (the only one in the service):
 - Batches are padded up to the next size the backend supports, and the padding is sliced off.
 
 Each batch goes through two stages of a *runner*: ``prepare`` (assemble the backend's input: stack,
-normalise, decode) and ``run`` (inference and what follows it), one batch at a time each. Both run on
-the inference thread in one hop, except where batches overlap (``prepare_ahead``) and another batch
-is running or being prepared: then it is prepared on the prepare thread beside it, and run after. A prepared batch with nothing left for the backend (``outputs_without_backend``: the engine
+normalise, decode) on one thread and ``run`` (inference and what follows it) on the inference
+threads. A prepared batch with nothing left for the backend (``outputs_without_backend``: the engine
 declined every image) is not counted as one of its batches and, where batches overlap
 (``prepare_ahead``), is answered at once instead of after the batch running meanwhile. A plain
 Backend is wrapped in ``BackendRunner``: float32 tensors in, logits rows out.
@@ -31,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -152,8 +150,6 @@ class Batcher:
         self._slots = asyncio.Semaphore(runner.max_concurrency + (1 if runner.prepare_ahead else 0))
         self._running = asyncio.Semaphore(runner.max_concurrency)
         self._preparer = ThreadPoolExecutor(1, thread_name_prefix="prepare")
-        self._preparing = 0  # batches handed to the prepare thread and not back yet
-        self._prepare_lock = threading.Lock()  # one batch prepared at a time, on whichever thread
         self._executor = ThreadPoolExecutor(runner.max_concurrency, thread_name_prefix="infer")
         self._stats = _Stats()
         self._tasks: set[asyncio.Task] = set()
@@ -291,15 +287,9 @@ class Batcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _prepare(self, payloads: list[Any]) -> tuple[Any, float]:
-        """The prepared batch and the seconds that took: one batch at a time (a runner's decoder need not
-        be used from two threads at once), on the prepare thread or in ``_prepare_and_run``."""
-        with self._prepare_lock:
-            return _timed(self.runner.prepare, payloads)
-
     def _prepare_and_run(self, payloads: list[Any]) -> tuple[list[Any], float, float | None]:
         """The batch's outputs, the seconds it took to prepare and to run (None: the backend did not)."""
-        prepared, prepare_s = self._prepare(payloads)
+        prepared, prepare_s = _timed(self.runner.prepare, payloads)
         outputs = self.runner.outputs_without_backend(prepared)
         if outputs is not None:
             return outputs, prepare_s, None
@@ -322,21 +312,15 @@ class Batcher:
                 self._metrics.queue_wait.observe(started - item.enqueued)
             payloads = [i.payload for i in batch]
             run_s: float | None = None  # stays None for a batch the backend did not run
-            # Prepared on its own thread where that overlaps a batch running or one prepared before it;
-            # otherwise both stages in one hop to the inference thread (less latency per batch).
-            if self.runner.prepare_ahead and (self._running.locked() or self._preparing):
-                self._preparing += 1
-                try:
-                    prepared, prepare_s = await loop.run_in_executor(self._preparer, self._prepare, payloads)
-                finally:
-                    self._preparing -= 1
+            if self.runner.prepare_ahead:  # prepare on its own thread, so it overlaps the running batch
+                prepared, prepare_s = await loop.run_in_executor(self._preparer, _timed, self.runner.prepare, payloads)
                 answered = self.runner.outputs_without_backend(prepared)
                 if answered is None:
                     async with self._running:
                         outputs, run_s = await loop.run_in_executor(self._executor, _timed, self.runner.run, prepared)
                 else:  # now, not after the batch that may be running meanwhile
                     outputs = answered
-            else:
+            else:  # one hop to the inference thread for both stages: less latency per batch
                 async with self._running:
                     outputs, prepare_s, run_s = await loop.run_in_executor(
                         self._executor, self._prepare_and_run, payloads

@@ -37,11 +37,9 @@ class GatedRunner:
         self.started = threading.Semaphore(0)
         self.prepared: list[tuple[float, list[int]]] = []  # (time.monotonic(), payloads) of each batch
         self.ran: list[list[int]] = []  # the batches run() was given
-        self.prepared_on: list[str] = []  # the thread each batch was prepared on: "prepare" or "infer"
 
     def prepare(self, payloads: list[int]) -> list[int]:
         self.prepared.append((time.monotonic(), list(payloads)))
-        self.prepared_on.append(threading.current_thread().name.split("_")[0])
         return list(payloads)
 
     def outputs_without_backend(self, prepared: list[int]) -> list[int] | None:
@@ -130,27 +128,6 @@ def test_an_idle_backend_never_waits():
             (result,) = await asyncio.wait_for(asyncio.gather(*batcher.submit([value], far())), PROMPT_S)
             assert result.output == value and result.batch_size == 1
         assert [payloads for _, payloads in runner.prepared] == [[0], [1], [2]]
-        await batcher.stop()
-
-    asyncio.run(main())
-
-
-def test_a_batch_is_prepared_on_the_prepare_thread_only_where_that_overlaps_another():
-    """On an idle backend a batch's two stages take one hop, to the inference thread (a hop less per
-    request at c=1); while a batch runs, the next is prepared on the prepare thread beside it."""
-
-    async def main():
-        runner = GatedRunner(prepare_ahead=True)
-        batcher = start(runner, max_delay_ms=0)
-        first = await first_batch_running(runner, batcher)
-        second = batcher.submit([1], far())
-        await until(lambda: len(runner.prepared) == 2, "the next batch to be prepared while the first runs")
-        runner.gate.set()
-        await asyncio.wait_for(asyncio.gather(*first, *second), PROMPT_S)
-        (third,) = await asyncio.wait_for(asyncio.gather(*batcher.submit([2], far())), PROMPT_S)
-        assert third.output == 2
-        assert runner.prepared_on == ["infer", "prepare", "infer"]
-        assert runner.ran == [[0], [1], [2]]
         await batcher.stop()
 
     asyncio.run(main())
