@@ -17,7 +17,8 @@ QUEUE_WAIT = "alexnet_queue_wait_seconds"
 INFERENCE = "alexnet_inference_duration_seconds"
 PREPARE = "alexnet_batch_prepare_duration_seconds"
 PREPROCESS = "alexnet_preprocess_duration_seconds"
-# On CUDA, what the GPU spent per batch (CUDA events), where PREPARE and INFERENCE are host time.
+# On CUDA, each stage's span per batch on its CUDA stream (CUDA events), where PREPARE and INFERENCE are
+# host time: an upper bound on the GPU's work (host gaps while the stream had nothing queued count).
 PREPARE_GPU = "alexnet_batch_prepare_gpu_seconds"
 INFERENCE_GPU = "alexnet_inference_gpu_seconds"
 ERRORS = "alexnet_errors_total"

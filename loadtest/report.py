@@ -56,7 +56,7 @@ def row(result: StepResult) -> dict:
         "queue_wait_p99_ms",
         "prepare_mean_ms",
         "inference_mean_ms",
-        "prepare_gpu_mean_ms",  # on CUDA, what the GPU spent (CUDA events); absent elsewhere
+        "prepare_gpu_mean_ms",  # on CUDA, each stage's span on its stream (CUDA events); null elsewhere
         "inference_gpu_mean_ms",
         "preprocess_mean_ms",
         "request_mean_ms",

@@ -127,7 +127,7 @@ def _http_row(backend: str, what: str, step: dict) -> dict:
         "batch_mean": step.get("server_batch_size_mean"),
         "prepare_ms": step.get("server_prepare_mean_ms"),  # per batch, the engine's (decode on the GPU path)
         "infer_ms": step.get("server_inference_mean_ms"),  # per batch, the backend call and top-k
-        "prepare_gpu_ms": step.get("server_prepare_gpu_mean_ms"),  # per batch, the GPU's own time (CUDA events)
+        "prepare_gpu_ms": step.get("server_prepare_gpu_mean_ms"),  # per batch, its span on the stream (CUDA events)
         "infer_gpu_ms": step.get("server_inference_gpu_mean_ms"),
         "request_ms": step.get("server_request_mean_ms"),  # per answered request, the server's own time
         "decoded": step.get("server_decoded") or "",  # images by where they were decoded, e.g. "gpu:3000"
@@ -150,6 +150,13 @@ def build_report(work: Path, budget_s: int) -> dict:
         "service": service_rows(bench),
         "served": served_lines(bench),
     }
+
+
+def _stream_spans(row: dict) -> str:
+    """ " (on their CUDA streams P and I ms)" where the server timed its stages with CUDA events, else ""."""
+    if row.get("prepare_gpu_ms") is None and row.get("infer_gpu_ms") is None:
+        return ""
+    return f" (on their CUDA streams {_fmt(row.get('prepare_gpu_ms'), '.2f')} and {_fmt(row.get('infer_gpu_ms'), '.2f')} ms)"
 
 
 def _fmt(value, spec: str) -> str:
@@ -185,8 +192,8 @@ def markdown(report: dict) -> str:
                 continue
             note = (
                 f"{r.get('errors', 0)} errors, mean batch {_fmt(r.get('batch_mean'), '.1f')}, per batch prepare "
-                f"{_fmt(r.get('prepare_ms'), '.2f')} ms, infer {_fmt(r.get('infer_ms'), '.2f')} ms (on the GPU "
-                f"{_fmt(r.get('prepare_gpu_ms'), '.2f')} and {_fmt(r.get('infer_gpu_ms'), '.2f')} ms); the server's "
+                f"{_fmt(r.get('prepare_ms'), '.2f')} ms, infer {_fmt(r.get('infer_ms'), '.2f')} ms{_stream_spans(r)}; "
+                "the server's "
                 f"mean per request {_fmt(r.get('request_ms'), '.2f')} ms; decoded {r.get('decoded') or '-'}"
                 if "errors" in r
                 else ""

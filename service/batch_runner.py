@@ -14,11 +14,13 @@ Two paths, chosen by the backend:
   decoding batch k+1 overlaps inference of batch k.
 
 The seconds the batcher times are the threads' host time: on CUDA ``prepare`` only queues most of its
-work, and ``run`` starts by waiting for it. What the GPU itself spent is timed with CUDA events and
-handed to ``on_gpu_seconds`` (the engine's metrics): a batch's preparation on the prepare stream, from
-its first queued work to its input being ready (JPEG decoding, resize, normalise, and whatever host
-work the decoder does between its kernels), and its inference on the backend's stream, from the input
-being ready to the logits.
+work, and ``run`` starts by waiting for it. Each stage's span on its CUDA stream is timed with CUDA
+events and handed to ``on_gpu_seconds`` (the engine's metrics): a batch's preparation on the prepare
+stream, from an event before its first work to its input being ready, and its inference on the
+backend's stream, from the input being ready to the logits. Stream time, not GPU busy time: an upper
+bound on the GPU's work, which includes whatever the host did between the two events while the stream
+had nothing queued (the decoder's host work, launching kernels, ONNX Runtime's or TensorRT's own calls
+per run), so at batch 1 it can be mostly host time.
 
 The engine decodes nothing on its CPU. A JPEG the GPU decoder does not take (nvJPEG refuses it, or
 it is corrupt behind a sound header), or a JPEG sent where there is no GPU decoder, is answered
@@ -326,7 +328,7 @@ class EngineRunner:
         import torch
 
         backend = self.backend
-        report = self.on_gpu_seconds if prepared.ready is not None else None
+        report = self.on_gpu_seconds if prepared.ready is not None and prepared.started is not None else None
         with torch.inference_mode():
             if report is not None:  # the inference's start: on the backend's stream, once the input is ready
                 with backend.stream_context():
@@ -349,10 +351,13 @@ class EngineRunner:
                 # Read back before returning: nothing may read the graph's buffers after that.
                 host = iter(_to_host(wanted, cuda=rows.is_cuda))
         if report is not None:  # every event has completed: the stream they precede was waited for
-            report(
-                prepared.started.elapsed_time(prepared.ready) / 1000,
-                inference_start.elapsed_time(inferred) / 1000,
-            )
+            try:
+                report(
+                    prepared.started.elapsed_time(prepared.ready) / 1000,
+                    inference_start.elapsed_time(inferred) / 1000,
+                )
+            except Exception:  # a measurement, never the batch's answers
+                log.exception("timing a batch's CUDA streams failed")
         indices, probabilities = (next(host), next(host)) if k else (None, None)
         return indices, probabilities, (next(host) if want_logits else None)
 

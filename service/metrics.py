@@ -50,17 +50,19 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
-        # CUDA events: what the GPU spent, where the two above are the threads' host time (batch_runner).
+        # CUDA events: each stage's span on its CUDA stream, where the two above are the threads' host time
+        # (batch_runner): an upper bound on the GPU's work, host gaps included.
         self.prepare_gpu_time = Histogram(
             "alexnet_batch_prepare_gpu_seconds",
-            "Per batch on CUDA: its preparation on the GPU's prepare stream, from its first queued work to its "
-            "input ready (decoding, resizing and normalising, and the decoder's host work between its kernels)",
+            "Per batch on CUDA: its preparation's span on the prepare stream (CUDA events), from before its "
+            "first work to its input ready: decoding, resizing, normalising, and host work in between",
             buckets=GPU_BUCKETS_S,
             registry=r,
         )
         self.inference_gpu_time = Histogram(
             "alexnet_inference_gpu_seconds",
-            "Per batch on CUDA: its inference on the backend's stream, from its input ready to its logits",
+            "Per batch on CUDA: its inference's span on the backend's stream (CUDA events), from its input "
+            "ready to its logits, host work in between (launches, the runtime's own calls) included",
             buckets=GPU_BUCKETS_S,
             registry=r,
         )

@@ -253,12 +253,13 @@ def test_the_gpu_report_carries_the_engine_and_decode_tools_reports_and_fails_a_
     assert "32  nvJPEG alone  9000  40.0" in md[decode:] and "warming" not in md
     assert (
         "| torch | (c) service over HTTP, open loop at 4000 req/s | 3998 | 3.10 | 17.25 | 0 errors, mean batch "
-        "12.5, per batch prepare 1.25 ms, infer 0.50 ms (on the GPU 0.88 and 0.25 ms); the server's mean per "
+        "12.5, per batch prepare 1.25 ms, infer 0.50 ms (on their CUDA streams 0.88 and 0.25 ms); the server's mean per "
         "request 2.40 ms; decoded "
         "cpu:12 declined:12 gpu:3986 |" in md
     )
     assert "torch (c) service over HTTP, open loop at 4000 req/s: 3998 img/s, p50 3.10 ms, p99 17.25 ms" in run.stdout
     assert "| torch | (c) service over HTTP, c=1 | 0 | - | - | 4 errors" in md
+    assert "infer - ms; the server's" in md  # no CUDA stream spans said: none printed
     assert "torch (c) service over HTTP, c=1: 0 img/s, p50 - ms, p99 - ms" in run.stdout
     served = "(c) service torch: torch on cuda:0, fp16, 15 front end(s); JPEGs: nvJPEG"
     assert f"- {served}\n" in md and f"  {served}\n" in run.stdout
