@@ -430,8 +430,6 @@ class EngineServer:
     def render_metrics(self) -> bytes:
         self._metrics_at = time.monotonic()
         m = self.metrics
-        if self.batcher is not None:
-            m.queue_depth.set(self.batcher.depth)
         m.ready.set(1 if self.ready else 0)
         if self.runner is not None:
             for path, count in self.runner.decoded().items():

@@ -136,10 +136,11 @@ def test_cancelled_images_free_their_queue_places_at_once():
         for future in gone:
             future.cancel()
         await until(lambda: batcher.depth == 0, "the cancelled images to leave the count")
-        assert batcher._metrics.queue_depth._value.get() == 0
+        assert batcher._metrics.registry.get_sample_value("alexnet_queue_depth") == 0
         kept = batcher.submit([tensor(4), tensor(5), tensor(6)], far())  # the whole capacity again
         with pytest.raises(QueueFull):
             batcher.submit([tensor(7)], far())
+        assert batcher._metrics.registry.get_sample_value("alexnet_queue_depth") == 3  # the gauge reads the count
         backend.gate.set()
         assert [(await f).logits[0] for f in kept] == [4, 5, 6]
         await asyncio.gather(*running)
