@@ -108,7 +108,7 @@ class EngineRunner:
             raise ValueError(f"JPEG decoding on the GPU needs a backend that takes tensors, not {backend.name}")
         self.jpeg_decoder = jpeg_decoder
         self.prepare_ahead = jpeg_decoder is not None
-        # (prepare, inference) seconds of each batch on the GPU (CUDA only; see the module docstring).
+        # Each batch's (prepare, inference) spans on their CUDA streams, seconds (CUDA only; module docstring).
         self.on_gpu_seconds: Callable[[float, float], None] | None = None
         self._decoded: Counter[str] = Counter()  # images by decode path (prepare thread writes)
         self._decoded_lock = threading.Lock()
