@@ -193,8 +193,7 @@ def markdown(report: dict) -> str:
             note = (
                 f"{r.get('errors', 0)} errors, mean batch {_fmt(r.get('batch_mean'), '.1f')}, per batch prepare "
                 f"{_fmt(r.get('prepare_ms'), '.2f')} ms, infer {_fmt(r.get('infer_ms'), '.2f')} ms{_stream_spans(r)}; "
-                "the server's "
-                f"mean per request {_fmt(r.get('request_ms'), '.2f')} ms; decoded {r.get('decoded') or '-'}"
+                f"the server's mean per request {_fmt(r.get('request_ms'), '.2f')} ms; decoded {r.get('decoded') or '-'}"
                 if "errors" in r
                 else ""
             )

@@ -328,7 +328,7 @@ class EngineRunner:
         import torch
 
         backend = self.backend
-        report = self.on_gpu_seconds if prepared.ready is not None and prepared.started is not None else None
+        report = self.on_gpu_seconds if prepared.started is not None else None  # set with ready, on CUDA only
         with torch.inference_mode():
             if report is not None:  # the inference's start: on the backend's stream, once the input is ready
                 with backend.stream_context():

@@ -157,7 +157,7 @@ def test_scan_markers_are_counted_as_bytes_count_counts_them_across_chunk_edges(
         data = bytes(rng.choice((0xFF, 0xDA, 0x00, 0xD9)) for _ in range(rng.randrange(60)))
         start = rng.randrange(len(data) + 1)
         end = rng.randrange(start, len(data) + 1)
-        assert header_checks._count_markers(data, 0xDA, start, end) == data.count(b"\xff\xda", start, end)
+        assert header_checks._count_scans(data, start, end) == data.count(b"\xff\xda", start, end)
 
 
 def test_scan_markers_in_metadata_before_the_first_scan_do_not_count():
