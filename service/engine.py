@@ -30,6 +30,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -42,7 +43,13 @@ from service.engine_link import Connection, listening_socket
 from service.engine_load import load_model
 from service.errors import LoadStopped, ServiceError
 from service.metrics import Metrics
-from service.process import EXIT_MODEL_NOT_LOADED, follow_parent, reuse_freed_memory, use_uvloop
+from service.process import (
+    EXIT_MODEL_NOT_LOADED,
+    follow_parent,
+    reuse_freed_memory,
+    settle_garbage_collector,
+    use_uvloop,
+)
 from service.settings import Settings
 
 # /metrics is rendered at most once per this many seconds; a scrape waits at most this long for it.
@@ -62,9 +69,12 @@ class _Preload:
 
 
 class EngineServer:
-    def __init__(self, settings: Settings, address: str) -> None:
+    def __init__(self, settings: Settings, address: str, when_loaded: Callable[[], None] | None = None) -> None:
+        """``when_loaded``: called once in the loop, after the model loaded and warmed up, before the
+        engine says it is ready (the engine process settles its garbage collector there)."""
         self.settings = settings
         self.address = address
+        self._when_loaded = when_loaded
         self.metrics = Metrics()
         self.selection: Selection | None = None
         self._closing = threading.Lock()
@@ -164,6 +174,8 @@ class EngineServer:
             if self._stop is not None:
                 self._stop.set()
             return
+        if self._when_loaded is not None:
+            self._when_loaded()
         self.batcher = batcher
         self.batcher.start()
         self.loaded = True
@@ -459,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_engine(settings: Settings, address: str) -> int:
     """Serve on ``address`` until SIGTERM or SIGINT, on uvloop where installed; the exit status:
     0, or ``EXIT_MODEL_NOT_LOADED`` when the model failed to load."""
-    engine = EngineServer(settings, address)
+    engine = EngineServer(settings, address, when_loaded=settle_garbage_collector)
 
     async def serve() -> None:
         stop = asyncio.Event()

@@ -19,7 +19,7 @@ import uvicorn
 
 from service.app import create_app
 from service.http_head import BoundedHeadProtocol
-from service.process import follow_parent, reuse_freed_memory
+from service.process import follow_parent, reuse_freed_memory, settle_garbage_collector
 from service.settings import Settings
 
 
@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     listener = socket.socket(fileno=args.listen_fd)
     app = create_app(settings, engine_address=args.socket, frontend=args.index, decode_budget_fd=args.decode_budget_fd)
-    uvicorn.Server(uvicorn_config(app, settings)).run(sockets=[listener])
+    server = uvicorn.Server(uvicorn_config(app, settings))
+    settle_garbage_collector()
+    server.run(sockets=[listener])
     return 0
 
 

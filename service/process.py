@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 
@@ -20,6 +21,9 @@ M_MMAP_THRESHOLD = -3
 KEEP_BLOCKS_UP_TO = 8 * 1024 * 1024
 # Free memory each heap (one per thread that allocates) keeps for reuse before giving it back.
 KEEP_FREE_UP_TO = 16 * 1024 * 1024
+# Net allocations of container objects between collections of the youngest generation (Python's
+# default: 700); see settle_garbage_collector.
+YOUNG_COLLECTION_THRESHOLD = 7000
 
 
 def follow_parent(parent: int | None) -> bool:
@@ -60,3 +64,21 @@ def use_uvloop() -> None:
         import uvloop
 
         uvloop.install()
+
+
+def settle_garbage_collector() -> None:
+    """Tune the cycle collector for a serving process; call once, when start-up is done.
+
+    - Collect once, then freeze what is left (modules, the app, its routes and schemas, the model's
+      metadata): it lives as long as the process, and each full collection walked it all again
+      (~73,000 objects in a front end: 66-82 ms of event loop stopped per full collection, one every
+      ~5 s at c=16 on the 2-core development host; 1-5 ms frozen).
+    - Collect the youngest generation after YOUNG_COLLECTION_THRESHOLD net allocations, not 700. A
+      request's objects die by reference counting, but 700 is below what 16 requests in flight hold
+      at once, so at the default a front end ran ~1,800 young collections per 18,000 requests
+      (~15 us a request); at 7,000, ~20, at start-up (measured at c=16 and c=64, same host).
+    """
+    gc.collect()  # garbage from start-up is freed, not frozen with the rest
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, older, oldest)

@@ -69,11 +69,11 @@ def test_gpu_decoding_refused_on_a_cpu_backend_closes_it_too(backend):
     assert backend.closed == 1
 
 
-def serve_until(backend: ClosingBackend, stop_when, max_batch_size: int = 8) -> EngineServer:
+def serve_until(backend: ClosingBackend, stop_when, max_batch_size: int = 8, when_loaded=None) -> EngineServer:
     """Run an engine, set its stop once ``stop_when(engine)`` (awaited) returns, and let asyncio.run end
     as the engine process does (waiting for the loading thread)."""
     settings = Settings(warmup=True, max_batch_size=max_batch_size)
-    engine = EngineServer(settings, f"alexnet-test-close-{os.getpid()}-{id(backend)}")
+    engine = EngineServer(settings, f"alexnet-test-close-{os.getpid()}-{id(backend)}", when_loaded=when_loaded)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -94,6 +94,22 @@ def test_the_engine_closes_its_backend_once_when_it_stops(backend):
 
     serve_until(backend, ready)
     assert backend.closed == 1
+
+
+def test_the_engine_calls_when_loaded_once_after_the_warm_up_and_before_it_is_ready(backend):
+    seen: list[tuple[bool, bool]] = []  # (warm-up done, ready) at each call
+    engine_box: list[EngineServer] = []
+
+    def when_loaded() -> None:
+        seen.append((backend.warming.is_set() and backend.inner.calls != [], engine_box[0].ready))
+
+    async def ready(engine: EngineServer) -> None:
+        engine_box.append(engine)
+        while not engine.ready:
+            await asyncio.sleep(0.01)
+
+    serve_until(backend, ready, when_loaded=when_loaded)
+    assert seen == [(True, False)]
 
 
 def test_an_engine_stopped_while_it_warms_up_closes_the_backend_once_the_load_ends(backend):
