@@ -11,7 +11,8 @@ import statistics
 
 from loadtest.servers import served_text
 
-TARGETS = {"vs_pipeline": 0.85, "vs_naive": 1.6, "c1_p50_over_pipeline": 1.10}
+# vs_pipeline: issue 13's, c=16 over the in-process overlap of decode and inference on the 2-core host.
+TARGETS = {"vs_pipeline": 0.90, "vs_naive": 1.6, "c1_p50_over_pipeline": 1.10}
 
 
 def _measured(step: dict) -> bool:
@@ -50,6 +51,16 @@ def _medians(steps: list[dict]) -> dict[int, tuple[float, float]]:
     return {
         c: (statistics.median(s["img_per_s"] for s in group), statistics.median(s["p50_ms"] for s in group))
         for c, group in by_c.items()
+    }
+
+
+def _as_step(p: dict) -> dict:
+    """An in-process pipeline step (loadtest.ceilings.run_pipeline) in a served step's keys."""
+    return {
+        "concurrency": p["concurrency"],
+        "requests": p.get("images", 1),
+        "img_per_s": p["img_per_s"],
+        "p50_ms": p["latency_ms"]["p50"],
     }
 
 
@@ -168,26 +179,31 @@ def backend_lines(name: str, b: dict, result: dict, md: list[str]) -> list[str]:
             f"{after['ms_per_batch']:.1f} | - | host drift check |"
         )
     ratio = best["img_per_s"] / pipe_peak["img_per_s"]
-    inter = {p["concurrency"]: p for p in b.get("pipeline_interleaved", [])}
-    same_c = inter.get(best["concurrency"])
-    if same_c:  # measured within a minute of (c), at the same concurrency: the ratio to trust
-        for p in inter.values():
-            md.append(
-                f"| (b) pipeline {name}, {p['concurrency']} callers, interleaved with (c) | "
-                f"{p['img_per_s']:.1f} | {p['latency_ms']['p50']:.1f} | {p['latency_ms']['p99']:.1f} | "
-                f"mean batch {p['batch_size_mean'] or 0:.1f} |"
-            )
+    interleaved = b.get("pipeline_interleaved") or []
+    for p in interleaved:  # every round's, in the order they ran
+        md.append(
+            f"| (b) pipeline {name}, {p['concurrency']} callers, interleaved with (c) | "
+            f"{p['img_per_s']:.1f} | {p['latency_ms']['p50']:.1f} | {p['latency_ms']['p99']:.1f} | "
+            f"mean batch {p['batch_size_mean'] or 0:.1f} |"
+        )
+    service_medians = _medians(service["steps"])
+    pipeline_medians = _medians([_as_step(p) for p in interleaved])
+    shared = [c for c in service_medians if c in pipeline_medians]
+    if shared := [c for c in shared if 16 <= c <= 32] or shared:
+        # (b) run in the same rotation as (c): like against like, the medians of the rounds at the
+        # concurrency where the service's median is highest. The ratio to trust.
+        c = max(shared, key=lambda c: service_medians[c][0])
+        rounds = sum(1 for s in service["steps"] if s["concurrency"] == c and _measured(s))
         lines.append(f"  (c)/(b) {ratio:.2f} against the standalone (b), measured minutes earlier")
-        ratio = best["img_per_s"] / same_c["img_per_s"]
-        pipe_peak = same_c
-        if 1 in inter:
-            pipe_c1 = inter[1]
+        ratio = service_medians[c][0] / pipeline_medians[c][0]
+        detail = (
+            f"medians at c={c} over {rounds} round{'s' if rounds > 1 else ''}: service "
+            f"{service_medians[c][0]:.1f}, pipeline {pipeline_medians[c][0]:.1f} img/s, interleaved with (c)"
+        )
+    else:
+        detail = f"pipeline {pipe_peak['img_per_s']:.1f} img/s at {pipe_peak['concurrency']} callers"
     ok = "MET" if ratio >= TARGETS["vs_pipeline"] else "MISSED"
-    lines.append(
-        f"  (c)/(b) {ratio:.2f}  target >= {TARGETS['vs_pipeline']}: {ok}  "
-        f"(pipeline {pipe_peak['img_per_s']:.1f} img/s at {pipe_peak['concurrency']} callers"
-        f"{', interleaved with (c)' if same_c else ''})"
-    )
+    lines.append(f"  (c)/(b) {ratio:.2f}  target >= {TARGETS['vs_pipeline']}: {ok}  ({detail})")
     if nbest := _best(naive.get("steps", [])):
         ratio = best["img_per_s"] / nbest["img_per_s"] if nbest["img_per_s"] else math.inf
         ok = "MET" if ratio >= TARGETS["vs_naive"] else "MISSED"
@@ -195,18 +211,20 @@ def backend_lines(name: str, b: dict, result: dict, md: list[str]) -> list[str]:
             f"  (c)/(d) {ratio:.2f}  target >= {TARGETS['vs_naive']}: {ok}  "
             f"(naive best {nbest['img_per_s']:.1f} img/s at c={nbest['concurrency']}, p99 {nbest['p99_ms']:.1f} ms)"
         )
-    if c1:
-        ratio = c1["p50_ms"] / pipe_c1["latency_ms"]["p50"]
-        ok = "MET" if ratio <= TARGETS["c1_p50_over_pipeline"] else "MISSED"
-        where = (
-            "in-process, interleaved"
-            if "pipeline_interleaved" in b and pipe_c1 in b["pipeline_interleaved"]
-            else "in-process"
-        )
-        lines.append(
-            f"  c=1 p50 {c1['p50_ms']:.1f} ms vs {where} {pipe_c1['latency_ms']['p50']:.1f} ms: "
-            f"x{ratio:.2f}, target <= {TARGETS['c1_p50_over_pipeline']}: {ok}"
-        )
+    if 1 in service_medians and 1 in pipeline_medians:
+        service_p50, pipeline_p50 = service_medians[1][1], pipeline_medians[1][1]
+        where = "in-process, interleaved (medians of the rounds)"
+    elif c1:
+        service_p50, pipeline_p50 = c1["p50_ms"], pipe_c1["latency_ms"]["p50"]
+        where = "in-process"
+    else:
+        return lines
+    ratio = service_p50 / pipeline_p50
+    ok = "MET" if ratio <= TARGETS["c1_p50_over_pipeline"] else "MISSED"
+    lines.append(
+        f"  c=1 p50 {service_p50:.1f} ms vs {where} {pipeline_p50:.1f} ms: "
+        f"x{ratio:.2f}, target <= {TARGETS['c1_p50_over_pipeline']}: {ok}"
+    )
     return lines
 
 
