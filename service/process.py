@@ -74,8 +74,8 @@ def settle_garbage_collector() -> None:
       (~73,000 objects in a front end: 66-82 ms of event loop stopped per full collection, one every
       ~5 s at c=16 on the 2-core development host; 1-5 ms frozen).
     - Collect the youngest generation after YOUNG_COLLECTION_THRESHOLD net allocations, not 700. A
-      request's objects die by reference counting, but 700 is below what 16 requests in flight hold
-      at once, so at the default a front end ran ~1,800 young collections per 18,000 requests
+      request's objects die by reference counting, but its burst of short-lived ones (parsing,
+      validation, rendering), on top of what the requests in flight hold, passes 700: at the default a front end ran ~1,800 young collections per 18,000 requests
       (~15 us a request); at 7,000, ~20, at start-up (measured at c=16 and c=64, same host).
     """
     gc.collect()  # garbage from start-up is freed, not frozen with the rest
