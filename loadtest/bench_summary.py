@@ -188,11 +188,15 @@ def backend_lines(name: str, b: dict, result: dict, md: list[str]) -> list[str]:
         )
     service_medians = _medians(service["steps"])
     pipeline_medians = _medians([_as_step(p) for p in interleaved])
-    shared = [c for c in service_medians if c in pipeline_medians]
-    if shared := [c for c in shared if 16 <= c <= 32] or shared:
-        # (b) run in the same rotation as (c): like against like, the medians of the rounds at the
-        # concurrency where the service's median is highest. The ratio to trust.
-        c = max(shared, key=lambda c: service_medians[c][0])
+    # (b) run in the same rotation as (c): like against like, the medians of the rounds at the
+    # concurrency (16..32 where there is one) where the service's median is highest. The ratio to trust.
+    median_steps = [
+        {"concurrency": c, "requests": 1, "img_per_s": img_s, "p50_ms": p50}
+        for c, (img_s, p50) in service_medians.items()
+        if c in pipeline_medians
+    ]
+    if best_median := _best(median_steps):
+        c = best_median["concurrency"]
         rounds = sum(1 for s in service["steps"] if s["concurrency"] == c and _measured(s))
         lines.append(f"  (c)/(b) {ratio:.2f} against the standalone (b), measured minutes earlier")
         ratio = service_medians[c][0] / pipeline_medians[c][0]

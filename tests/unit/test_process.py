@@ -34,18 +34,18 @@ print(applied, faults[0])
 """
 
 
+def run_snippet(code: str, *args: str, env: dict[str, str] | None = None) -> list[str]:
+    """The words ``code`` prints, run in a fresh interpreter (its process-wide settings stay there)."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True, env=env, timeout=120
+    ).stdout.split()
+
+
 def faults_per_decode(tmp_path, mode: str, env: dict[str, str] | None = None) -> tuple[bool, float]:
     image = tmp_path / "photo.jpg"
     image.write_bytes(make_image(500, 375))
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    out = subprocess.run(
-        [sys.executable, "-c", DECODE_AND_COUNT_FAULTS, str(image), mode],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=clean | (env or {}),
-        timeout=120,
-    ).stdout.split()
+    out = run_snippet(DECODE_AND_COUNT_FAULTS, str(image), mode, env=clean | (env or {}))
     return out[0] == "True", float(out[1])
 
 
@@ -67,8 +67,8 @@ def test_the_users_own_malloc_settings_win(tmp_path):
 # Builds 'start-up' state (a long-lived list of objects and a cycle of garbage), settles the collector
 # when argv[1] == "settle", then runs request-like churn: 16 requests in flight, each holding 40
 # container objects until it is answered and making a burst of 900 temporary ones (parsing,
-# validation, rendering) that die by reference counting before the next request's turn. Prints: young collections during the churn, objects
-# frozen, whether the start-up garbage is gone.
+# validation, rendering) that die by reference counting before the next request's turn. Prints:
+# young collections during the churn, objects frozen, whether the start-up garbage is gone.
 CHURN_AND_COUNT_COLLECTIONS = """
 import gc, sys, weakref
 from service.process import settle_garbage_collector
@@ -96,13 +96,7 @@ print(len(young), gc.get_freeze_count(), garbage() is None)
 
 
 def churn(mode: str) -> tuple[int, int, bool]:
-    out = subprocess.run(
-        [sys.executable, "-c", CHURN_AND_COUNT_COLLECTIONS, mode],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout.split()
+    out = run_snippet(CHURN_AND_COUNT_COLLECTIONS, mode)
     return int(out[0]), int(out[1]), out[2] == "True"
 
 
